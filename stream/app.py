@@ -1,0 +1,181 @@
+"""The Faust application: topics, the profile table, the agent, timers and views.
+
+``build_app`` wires a :class:`~stream.processor.Processor` into Faust; all the
+decisions about events live in the processor, so this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import TP
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from models.engine import FeedbackEngine
+from stream import checkpoint
+from stream.metrics import Metrics
+from stream.processor import InputMessage, OutputMessage, Processor
+from stream.settings import Settings
+from stream.topics import PROFILES_TABLE
+
+log = logging.getLogger(__name__)
+
+# Events handed to the processor at once; `within` bounds the added latency.
+BATCH_SIZE = 500
+BATCH_WITHIN_SECONDS = 0.05
+
+
+@dataclass
+class FeedbackApp:
+    """The Faust app and the objects the HTTP views and tests reach into."""
+
+    app: faust.App
+    settings: Settings
+    processor: Processor
+    metrics: Metrics
+    input_topic: Any
+    output_topics: dict[str, Any]
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust credentials for the configured security protocol (None for PLAINTEXT)."""
+    proto = settings.security_protocol
+    context: ssl.SSLContext | None = None
+    if proto in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+        if settings.ssl_certfile:
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+    if proto.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def build_app(
+    settings: Settings,
+    engine: FeedbackEngine | None = None,
+    registry: CollectorRegistry = REGISTRY,
+) -> FeedbackApp:
+    metrics = Metrics(registry)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.heartbeat_seconds,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        datadir=f"{settings.state_dir}/faust",
+        web_in_thread=False,
+    )
+    raw = {"key_type": str, "key_serializer": "raw", "value_serializer": "raw"}
+    input_topic = app.topic(
+        settings.topic_clicks,
+        settings.topic_purchases,
+        settings.topic_reviews,
+        key_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        allow_empty=True,
+    )
+    outputs = {
+        name: app.topic(name, partitions=settings.partitions, **raw)  # type: ignore[arg-type]
+        for name in (
+            settings.topic_recommendations,
+            settings.topic_alerts,
+            settings.topic_deadletter,
+        )
+    }
+    profiles = app.Table(
+        PROFILES_TABLE,
+        default=None,
+        partitions=settings.partitions,
+        key_type=str,
+        key_serializer="raw",
+        value_serializer="json",
+    )
+    if engine is None:
+        engine = checkpoint.load_or_new(settings)
+    processor = Processor(settings, engine, profiles, metrics)  # type: ignore[arg-type]
+    fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
+
+    @app.agent(input_topic)
+    async def process(stream: Any) -> None:
+        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
+            batch = [
+                InputMessage(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    e.message.timestamp,
+                )
+                for e in events
+            ]
+            await publish(fa, processor.handle(batch))
+
+    @app.timer(settings.tick_interval_seconds)
+    async def tick() -> None:
+        await publish(fa, processor.tick())
+        await update_lag(fa)
+        metrics.users_tracked.set(len(profiles))
+
+    @app.timer(settings.checkpoint_interval_seconds)
+    async def save_checkpoint() -> None:
+        start = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(
+            None, checkpoint.save, settings, checkpoint.dumps(engine)
+        )
+        metrics.checkpoints.inc()
+        metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+
+    from stream import views
+
+    views.register(fa, profiles)
+    return fa
+
+
+async def publish(fa: FeedbackApp, messages: list[OutputMessage]) -> None:
+    """Hand every output to the producer and wait for the broker's acknowledgements."""
+    if not messages:
+        return
+    futures = [
+        await fa.output_topics[m.topic].send(key=m.key, value=m.value, headers=m.headers or None)
+        for m in messages
+    ]
+    await asyncio.gather(*futures)
+
+
+async def update_lag(fa: FeedbackApp) -> None:
+    consumer = fa.app.consumer
+    inputs = set(fa.settings.input_topics)
+    for tp in consumer.assignment():
+        if tp.topic not in inputs:
+            continue
+        highwater = consumer.highwater(tp)
+        position = await consumer.position(TP(tp.topic, tp.partition))
+        if highwater is None or position is None:
+            continue
+        labels = (tp.topic, str(tp.partition))
+        fa.metrics.input_highwater.labels(*labels).set(highwater)
+        fa.metrics.consumer_lag.labels(*labels).set(max(0, highwater - position))

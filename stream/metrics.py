@@ -1,0 +1,118 @@
+"""Every Prometheus metric the worker exports, declared in one place.
+
+Names follow the Prometheus conventions (``feedback_<subsystem>_<name>``,
+counters end in ``_total``, durations are ``_seconds`` histograms). Label sets
+are small and fixed: never a user id or an item id as a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+NAMESPACE = "feedback"
+
+# Per-event processing is tens of microseconds; a whole batch can take tens of ms.
+PROCESSING_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+# From an event's produce time to the recommendation it triggered.
+END_TO_END_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+RATING_ERROR_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class Metrics:
+    """The worker's metrics, registered in ``registry`` (tests pass a fresh one)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        ns = NAMESPACE
+        self.build_info = Info(
+            "build", "Version of feedback-stream and of its learning library.",
+            namespace=ns, registry=registry,
+        )
+        self.events = Counter(
+            "events_total",
+            "Input events by type and outcome (processed, duplicate, dead_lettered).",
+            ["type", "outcome"], namespace=ns, registry=registry,
+        )
+        self.processing_seconds = Histogram(
+            "event_processing_seconds",
+            "Time to validate one event, update every model and emit its outputs.",
+            ["type"], namespace=ns, registry=registry, buckets=PROCESSING_BUCKETS,
+        )
+        self.deadletter = Counter(
+            "deadletter_total",
+            "Input messages sent to the dead-letter topic, by reason and source topic.",
+            ["reason", "topic"], namespace=ns, registry=registry,
+        )
+        self.recommendations = Counter(
+            "recommendations_emitted_total",
+            "Recommendation messages published, by strategy.",
+            ["strategy"], namespace=ns, registry=registry,
+        )
+        self.recommendation_latency_seconds = Histogram(
+            "event_to_recommendation_seconds",
+            "From the triggering event's Kafka timestamp to its recommendation being sent.",
+            namespace=ns, registry=registry, buckets=END_TO_END_BUCKETS,
+        )
+        self.alerts = Counter(
+            "alerts_emitted_total",
+            "Alert messages published, by kind and severity.",
+            ["kind", "severity"], namespace=ns, registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag_messages",
+            "Messages between the consumer's position and the partition's high-water mark.",
+            ["topic", "partition"], namespace=ns, registry=registry,
+        )
+        self.input_highwater = Gauge(
+            "input_highwater_offset",
+            "High-water mark of each input partition this worker owns.",
+            ["topic", "partition"], namespace=ns, registry=registry,
+        )
+        # Online model quality, measured before learning from each event.
+        self.model_positives = Counter(
+            "model_positive_events_total",
+            "Positive events (purchase with quantity > 0 or rating >= 4) scored for hit rate.",
+            namespace=ns, registry=registry,
+        )
+        self.model_hits = Counter(
+            "model_hits_total",
+            "Positive events whose item was in the user's top-10 before learning.",
+            namespace=ns, registry=registry,
+        )
+        self.rating_error = Histogram(
+            "model_rating_absolute_error",
+            "Absolute error of the rating prediction made before learning from a review.",
+            namespace=ns, registry=registry, buckets=RATING_ERROR_BUCKETS,
+        )
+        self.review_sentiment = Histogram(
+            "review_sentiment_positive_probability",
+            "Predicted probability that a review's text is positive.",
+            namespace=ns, registry=registry, buckets=PROBABILITY_BUCKETS,
+        )
+        self.segment_users = Gauge(
+            "segment_users",
+            "Users currently assigned to each customer segment.",
+            ["segment"], namespace=ns, registry=registry,
+        )
+        self.users_tracked = Gauge(
+            "users_tracked", "Users with state in this worker's models.",
+            namespace=ns, registry=registry,
+        )
+        self.items_tracked = Gauge(
+            "items_tracked", "Items known to this worker's recommender.",
+            namespace=ns, registry=registry,
+        )
+        self.checkpoints = Counter(
+            "model_checkpoints_total", "Model checkpoints written.",
+            namespace=ns, registry=registry,
+        )
+        self.checkpoint_seconds = Histogram(
+            "model_checkpoint_seconds", "Time to serialise and write one model checkpoint.",
+            namespace=ns, registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )

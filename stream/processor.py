@@ -1,0 +1,287 @@
+"""The worker's per-batch logic, free of Faust so that it can be tested directly.
+
+The Faust agent (``stream/agents.py``) hands :meth:`Processor.handle` a batch of
+raw input messages; the processor validates each one, de-duplicates it against
+the user's profile, lets the engine predict then learn, and returns the output
+messages (recommendations, alerts, dead letters) for the agent to publish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from models.engine import Alert, FeedbackEngine, Outcome, Recommendation
+from models.events import Event
+from stream.contract import Rejected, decode_event
+from stream.metrics import Metrics
+from stream.privacy import pseudonymise, scrub_pii
+from stream.settings import Settings
+
+# Namespace of the deterministic output ids: re-processing the same event after a
+# crash yields the same recommendation_id / alert_id, so consumers can de-duplicate.
+_ID_NAMESPACE = uuid.UUID("6b0c1d2e-8f7a-4c55-9e3b-2a6f0d9c4b17")
+
+Profile = dict[str, Any]
+
+
+@dataclass(slots=True)
+class InputMessage:
+    """One Kafka record as the agent received it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float | None = None  # Kafka record time, Unix seconds
+
+
+@dataclass(slots=True)
+class OutputMessage:
+    """One record for the agent to publish."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def rfc3339(ts: float) -> str:
+    """Unix seconds as RFC 3339 UTC with millisecond precision."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+class Processor:
+    """Validate, de-duplicate, learn and emit; one instance per worker process.
+
+    ``profiles`` is the per-user state: a Faust table in the worker (backed by a
+    compacted changelog topic), a plain dict in tests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: FeedbackEngine,
+        profiles: MutableMapping[str, Profile],
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.profiles = profiles
+        self.metrics = metrics
+        self.clock = clock
+        self.max_event_time = 0.0
+        self._types_by_topic = settings.input_topics
+        self._key = settings.pseudonymise_key.encode()
+
+    # -- the hot path ---------------------------------------------------------
+
+    def handle(self, batch: Sequence[InputMessage]) -> list[OutputMessage]:
+        """Process a batch in order; never raises for bad input."""
+        out: list[OutputMessage] = []
+        # One profile write per user per batch: each write is a changelog record.
+        dirty: dict[str, Profile] = {}
+        now = self.clock()
+        for msg in batch:
+            start = time.perf_counter()
+            etype = self._types_by_topic.get(msg.topic, "unknown")
+            try:
+                event = self._decode(msg, now)
+            except Rejected as rejection:
+                out.append(self._dead_letter(msg, rejection))
+                self.metrics.events.labels(etype, "dead_lettered").inc()
+                continue
+            profile = dirty.get(event.user_id)
+            if profile is None:
+                profile = self.profiles.get(event.user_id) or new_profile(event.user_id)
+            if event.event_id in profile["recent_event_ids"]:
+                self.metrics.events.labels(etype, "duplicate").inc()
+                continue
+            outcome = self.engine.process(event)
+            self._observe(outcome)
+            update_profile(profile, event, outcome, self.settings.dedup_window)
+            dirty[event.user_id] = profile
+            if should_recommend(profile, event, self.settings.recommend_min_interval_seconds):
+                out.append(self._recommend(profile, event, msg, now))
+            out.extend(self._alert(a, now) for a in outcome.alerts)
+            self.max_event_time = max(self.max_event_time, event.timestamp)
+            self.metrics.events.labels(etype, "processed").inc()
+            self.metrics.processing_seconds.labels(etype).observe(time.perf_counter() - start)
+        for user_id, profile in dirty.items():
+            self.profiles[user_id] = profile
+        return out
+
+    def tick(self) -> list[OutputMessage]:
+        """Time-driven work: churn checks at the latest event time, model gauges."""
+        out: list[OutputMessage] = []
+        if self.max_event_time:
+            now = self.clock()
+            out.extend(self._alert(a, now) for a in self.engine.tick(self.max_event_time))
+        self.metrics.segment_users.clear()
+        for segment, size in self.engine.segment_sizes().items():
+            self.metrics.segment_users.labels(str(segment)).set(size)
+        return out
+
+    # -- steps ----------------------------------------------------------------
+
+    def _decode(self, msg: InputMessage, now: float) -> Event:
+        etype = self._types_by_topic.get(msg.topic)
+        if etype is None:
+            raise Rejected("unknown_type", f"topic {msg.topic!r} is not an input topic")
+        if msg.value is None:
+            raise Rejected("undecodable", "the record has no value (tombstone)")
+        event = decode_event(
+            msg.value,
+            etype,  # type: ignore[arg-type]
+            max_bytes=self.settings.max_payload_bytes,
+            max_text_chars=self.settings.max_text_chars,
+        )
+        if msg.key is not None and msg.key != event.user_id.encode():
+            # Partitioning, per-user state and HTTP routing all rely on key = user_id.
+            raise Rejected(
+                "key_mismatch",
+                f"record key {msg.key[:64]!r} differs from user_id {event.user_id[:64]!r}",
+            )
+        if event.timestamp > now + self.settings.max_future_skew_seconds:
+            raise Rejected(
+                "out_of_range",
+                f'field "timestamp" is {event.timestamp - now:.0f} s in the future '
+                f"(at most {self.settings.max_future_skew_seconds:.0f} s allowed)",
+            )
+        changes: dict[str, Any] = {}
+        if self._key:
+            changes["user_id"] = pseudonymise(event.user_id, self._key)
+        if event.text:
+            changes["text"] = scrub_pii(event.text)
+        if event.title:
+            changes["title"] = scrub_pii(event.title)
+        return dataclasses.replace(event, **changes) if changes else event
+
+    def _observe(self, outcome: Outcome) -> None:
+        m = self.metrics
+        if outcome.hit is not None:
+            m.model_positives.inc()
+            if outcome.hit:
+                m.model_hits.inc()
+        if outcome.rating_error is not None:
+            m.rating_error.observe(abs(outcome.rating_error))
+        if outcome.sentiment is not None:
+            m.review_sentiment.observe(outcome.sentiment)
+
+    def _recommend(
+        self, profile: Profile, event: Event, msg: InputMessage, now: float
+    ) -> OutputMessage:
+        items = self.engine.recommend(event.user_id, self.settings.top_k, now=event.timestamp)
+        strategy = self.engine.strategy
+        rec_id = str(uuid.uuid5(_ID_NAMESPACE, f"rec:{event.event_id}:{strategy}"))
+        profile["recommendations"] = [recommendation_json(r) for r in items]
+        profile["recommendation_id"] = rec_id
+        profile["recommended_at"] = event.timestamp
+        payload = {
+            "recommendation_id": rec_id,
+            "user_id": event.user_id,
+            "items": [
+                {"rank": i + 1, **recommendation_json(r)} for i, r in enumerate(items)
+            ],
+            "strategy": strategy,
+            "trigger_event_id": event.event_id,
+            "trigger_event_type": event.type,
+            "event_time": rfc3339(event.timestamp),
+            "generated_at": rfc3339(now),
+        }
+        self.metrics.recommendations.labels(strategy).inc()
+        if msg.timestamp:
+            self.metrics.recommendation_latency_seconds.observe(max(0.0, now - msg.timestamp))
+        return OutputMessage(
+            self.settings.topic_recommendations, event.user_id.encode(), orjson.dumps(payload)
+        )
+
+    def _alert(self, alert: Alert, now: float) -> OutputMessage:
+        key = f"alert:{alert.kind}:{alert.subject}:{alert.timestamp}"
+        alert_id = uuid.uuid5(_ID_NAMESPACE, key)
+        payload = {
+            "alert_id": str(alert_id),
+            "kind": alert.kind,
+            "severity": alert.severity,
+            "subject": alert.subject,
+            "message": alert.message,
+            "value": alert.value,
+            "threshold": alert.threshold,
+            "event_time": rfc3339(alert.timestamp),
+            "generated_at": rfc3339(now),
+        }
+        self.metrics.alerts.labels(alert.kind, alert.severity).inc()
+        return OutputMessage(
+            self.settings.topic_alerts, alert.subject.encode(), orjson.dumps(payload)
+        )
+
+    def _dead_letter(self, msg: InputMessage, rejection: Rejected) -> OutputMessage:
+        self.metrics.deadletter.labels(rejection.reason, msg.topic).inc()
+        # Kafka Connect's convention: the original bytes untouched, the why in headers.
+        headers = [
+            ("deadletter.reason", rejection.reason.encode()),
+            ("deadletter.detail", rejection.detail.encode("utf-8", "replace")[:1024]),
+            ("source.topic", msg.topic.encode()),
+            ("source.partition", str(msg.partition).encode()),
+            ("source.offset", str(msg.offset).encode()),
+        ]
+        if msg.timestamp is not None:
+            headers.append(("source.timestamp", rfc3339(msg.timestamp).encode()))
+        return OutputMessage(
+            self.settings.topic_deadletter, msg.key, msg.value or b"", headers
+        )
+
+
+# -- per-user profile (plain JSON so that the changelog stays readable) ----------
+
+
+def new_profile(user_id: str) -> Profile:
+    return {
+        "user_id": user_id,
+        "events": {"click": 0, "purchase": 0, "review": 0},
+        "first_event_time": None,
+        "last_event_time": None,
+        "segment": None,
+        "recent_event_ids": [],
+        "recommendations": [],
+        "recommendation_id": None,
+        "recommended_at": None,
+    }
+
+
+def update_profile(profile: Profile, event: Event, outcome: Outcome, window: int) -> None:
+    profile["events"][event.type] += 1
+    if profile["first_event_time"] is None or event.timestamp < profile["first_event_time"]:
+        profile["first_event_time"] = event.timestamp
+    if profile["last_event_time"] is None or event.timestamp > profile["last_event_time"]:
+        profile["last_event_time"] = event.timestamp
+    profile["segment"] = outcome.segment
+    ids: list[str] = profile["recent_event_ids"]
+    ids.append(event.event_id)
+    if len(ids) > window:
+        del ids[: len(ids) - window]
+
+
+def should_recommend(profile: Profile, event: Event, min_interval: float) -> bool:
+    """Publish after a purchase or a review (the user's taste just changed), and
+    after a click only when the last publication is older than ``min_interval``
+    seconds of event time: a browsing session should not flood the topic."""
+    if event.type != "click":
+        return True
+    last = profile["recommended_at"]
+    return last is None or event.timestamp - last >= min_interval
+
+
+def recommendation_json(rec: Recommendation) -> dict[str, Any]:
+    return {"item_id": rec.item_id, "score": round(float(rec.score), 6), "reason": rec.reason}

@@ -1,0 +1,160 @@
+"""Worker settings: one frozen object read from the environment, validated at start-up.
+
+Every setting has a working default for the embedded broker, so ``make run``
+needs no configuration; a real cluster needs ``FEEDBACK_BOOTSTRAP_SERVERS`` and,
+usually, the security settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PREFIX = "FEEDBACK_"
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the worker cannot run with; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the worker; the environment variable is ``FEEDBACK_<NAME>``."""
+
+    bootstrap_servers: str = "localhost:9092"
+    app_id: str = "feedback-stream"
+    partitions: int = 4
+    replication_factor: int = 1
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    state_dir: str = "var"
+    log_level: str = "INFO"
+
+    topic_clicks: str = "feedback.clicks"
+    topic_purchases: str = "feedback.purchases"
+    topic_reviews: str = "feedback.reviews"
+    topic_recommendations: str = "feedback.recommendations"
+    topic_alerts: str = "feedback.alerts"
+    topic_deadletter: str = "feedback.deadletter"
+
+    # Short group-join timings suit the embedded broker, which takes half the
+    # session timeout to complete a join; a real cluster may want the defaults.
+    session_timeout_seconds: float = 6.0
+    heartbeat_seconds: float = 1.0
+
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+    # Keyed hash applied to user ids before anything is stored or emitted.
+    pseudonymise_key: str = ""
+
+    max_payload_bytes: int = 65_536
+    max_text_chars: int = 10_000
+    # Timestamps later than the wall clock by more than this are rejected.
+    max_future_skew_seconds: float = 86_400.0
+
+    top_k: int = 10
+    # A user's recommendations are recomputed and published at most this often
+    # (event time), and always after a purchase or a review.
+    recommend_min_interval_seconds: float = 60.0
+    # Event ids remembered per user for de-duplication.
+    dedup_window: int = 128
+    checkpoint_interval_seconds: float = 30.0
+    # How often the worker runs the engine's time-driven checks (churn) and refreshes gauges.
+    tick_interval_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``FEEDBACK_*`` variables, apply ``overrides`` and validate.
+
+        >>> Settings.from_env({"FEEDBACK_PARTITIONS": "8"}).partitions
+        8
+        >>> Settings.from_env({"FEEDBACK_PARTITIONS": "many"})
+        Traceback (most recent call last):
+        ...
+        stream.settings.SettingsError: FEEDBACK_PARTITIONS must be an integer, got 'many'
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = PREFIX + f.name.upper()
+            if f.name in overrides and overrides[f.name] is not None:
+                values[f.name] = overrides[f.name]
+            elif name in env:
+                values[f.name] = _parse(name, env[name], f.type)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` naming the first invalid setting."""
+        checks: list[tuple[bool, str]] = [
+            (bool(self.bootstrap_servers.strip()), "FEEDBACK_BOOTSTRAP_SERVERS is empty"),
+            (all(":" in s for s in self.bootstrap_servers.split(",")),
+             f"FEEDBACK_BOOTSTRAP_SERVERS must be host:port[,host:port], "
+             f"got {self.bootstrap_servers!r}"),
+            (self.partitions >= 1, "FEEDBACK_PARTITIONS must be >= 1"),
+            (self.replication_factor >= 1, "FEEDBACK_REPLICATION_FACTOR must be >= 1"),
+            (0 < self.web_port < 65536, "FEEDBACK_WEB_PORT must be in 1..65535"),
+            (self.security_protocol in SECURITY_PROTOCOLS,
+             f"FEEDBACK_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}"),
+            (self.sasl_mechanism in SASL_MECHANISMS,
+             f"FEEDBACK_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}"),
+            (not self.security_protocol.startswith("SASL")
+             or bool(self.sasl_username and self.sasl_password),
+             "FEEDBACK_SASL_USERNAME and FEEDBACK_SASL_PASSWORD are required with SASL"),
+            (self.heartbeat_seconds < self.session_timeout_seconds,
+             "FEEDBACK_HEARTBEAT_SECONDS must be below FEEDBACK_SESSION_TIMEOUT_SECONDS"),
+            (self.max_payload_bytes >= 256, "FEEDBACK_MAX_PAYLOAD_BYTES must be >= 256"),
+            (self.max_text_chars >= 1, "FEEDBACK_MAX_TEXT_CHARS must be >= 1"),
+            (self.top_k >= 1, "FEEDBACK_TOP_K must be >= 1"),
+            (self.dedup_window >= 1, "FEEDBACK_DEDUP_WINDOW must be >= 1"),
+            (self.checkpoint_interval_seconds > 0,
+             "FEEDBACK_CHECKPOINT_INTERVAL_SECONDS must be > 0"),
+            (self.tick_interval_seconds > 0, "FEEDBACK_TICK_INTERVAL_SECONDS must be > 0"),
+            (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+             "FEEDBACK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
+        ]
+        for path in (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile):
+            checks.append((not path or Path(path).is_file(), f"TLS file not found: {path}"))
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        """Event type by input topic name."""
+        return {
+            self.topic_clicks: "click",
+            self.topic_purchases: "purchase",
+            self.topic_reviews: "review",
+        }
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+
+def _parse(name: str, raw: str, kind: object) -> object:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    raw = raw.strip()
+    if kind_name == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if kind_name == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    return raw

@@ -1,0 +1,59 @@
+"""HTTP endpoints of the worker: profiles, Prometheus metrics and health."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from stream.privacy import pseudonymise
+
+if TYPE_CHECKING:
+    from stream.app import FeedbackApp
+
+
+def register(fa: FeedbackApp, profiles: Any) -> None:
+    app: faust.App = fa.app
+    settings = fa.settings
+    engine = fa.processor.engine
+    key = settings.pseudonymise_key.encode()
+
+    @app.page("/users/{user_id}")
+    class UserProfile(View):
+        """The user's profile; a user owned by another worker is forwarded there."""
+
+        @app.table_route(table=profiles, match_info="user_id")
+        async def get(self, request: Request, user_id: str) -> Response:
+            stored_id = pseudonymise(user_id, key) if key else user_id
+            profile = profiles.get(stored_id)
+            if profile is None:
+                return self.json({"error": f"unknown user {user_id!r}"}, status=404)
+            return self.json(profile_view(profile, engine.user_summary(stored_id)))
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(
+                generate_latest(fa.metrics.registry), content_type=CONTENT_TYPE_LATEST
+            )
+
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", "app_id": settings.app_id})
+
+
+def profile_view(profile: dict[str, Any], features: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``GET /users/{id}`` returns: the stored profile less internal fields."""
+    return {
+        "user_id": profile["user_id"],
+        "events": profile["events"],
+        "first_event_time": profile["first_event_time"],
+        "last_event_time": profile["last_event_time"],
+        "segment": profile["segment"],
+        "recommendation_id": profile["recommendation_id"],
+        "recommendations": profile["recommendations"],
+        "features": features,
+    }
