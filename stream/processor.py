@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -25,11 +25,24 @@ from stream.metrics import Metrics
 from stream.privacy import pseudonymise, scrub_pii
 from stream.settings import Settings
 
+# Reasons the stream layer adds to those of stream.contract.REJECTION_REASONS.
+STREAM_REJECTION_REASONS = ("key_mismatch",)
+
 # Namespace of the deterministic output ids: re-processing the same event after a
 # crash yields the same recommendation_id / alert_id, so consumers can de-duplicate.
 _ID_NAMESPACE = uuid.UUID("6b0c1d2e-8f7a-4c55-9e3b-2a6f0d9c4b17")
 
 Profile = dict[str, Any]
+
+
+class ProfileStore(Protocol):
+    """Per-user state: a Faust table in the worker, :class:`DictStore` in tests."""
+
+    def get(self, user_id: str) -> Profile | None: ...
+
+    def put(self, user_id: str, profile: Profile, source: InputMessage) -> None: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -42,6 +55,7 @@ class InputMessage:
     key: bytes | None
     value: bytes | None
     timestamp: float | None = None  # Kafka record time, Unix seconds
+    context: Any = None  # the transport's own event object (Faust's), passed back to the store
 
 
 @dataclass(slots=True)
@@ -72,7 +86,7 @@ class Processor:
         self,
         settings: Settings,
         engine: FeedbackEngine,
-        profiles: MutableMapping[str, Profile],
+        profiles: ProfileStore,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -91,7 +105,7 @@ class Processor:
         """Process a batch in order; never raises for bad input."""
         out: list[OutputMessage] = []
         # One profile write per user per batch: each write is a changelog record.
-        dirty: dict[str, Profile] = {}
+        dirty: dict[str, tuple[Profile, InputMessage]] = {}
         now = self.clock()
         for msg in batch:
             start = time.perf_counter()
@@ -102,8 +116,10 @@ class Processor:
                 out.append(self._dead_letter(msg, rejection))
                 self.metrics.events.labels(etype, "dead_lettered").inc()
                 continue
-            profile = dirty.get(event.user_id)
-            if profile is None:
+            cached = dirty.get(event.user_id)
+            if cached is not None:
+                profile = cached[0]
+            else:
                 profile = self.profiles.get(event.user_id) or new_profile(event.user_id)
             if event.event_id in profile["recent_event_ids"]:
                 self.metrics.events.labels(etype, "duplicate").inc()
@@ -111,15 +127,15 @@ class Processor:
             outcome = self.engine.process(event)
             self._observe(outcome)
             update_profile(profile, event, outcome, self.settings.dedup_window)
-            dirty[event.user_id] = profile
+            dirty[event.user_id] = (profile, msg)
             if should_recommend(profile, event, self.settings.recommend_min_interval_seconds):
                 out.append(self._recommend(profile, event, msg, now))
             out.extend(self._alert(a, now) for a in outcome.alerts)
             self.max_event_time = max(self.max_event_time, event.timestamp)
             self.metrics.events.labels(etype, "processed").inc()
             self.metrics.processing_seconds.labels(etype).observe(time.perf_counter() - start)
-        for user_id, profile in dirty.items():
-            self.profiles[user_id] = profile
+        for user_id, (profile, source) in dirty.items():
+            self.profiles.put(user_id, profile, source)
         return out
 
     def tick(self) -> list[OutputMessage]:
@@ -139,8 +155,6 @@ class Processor:
         etype = self._types_by_topic.get(msg.topic)
         if etype is None:
             raise Rejected("unknown_type", f"topic {msg.topic!r} is not an input topic")
-        if msg.value is None:
-            raise Rejected("undecodable", "the record has no value (tombstone)")
         event = decode_event(
             msg.value,
             etype,  # type: ignore[arg-type]
@@ -241,6 +255,13 @@ class Processor:
         return OutputMessage(
             self.settings.topic_deadletter, msg.key, msg.value or b"", headers
         )
+
+
+class DictStore(dict[str, Profile]):
+    """An in-memory :class:`ProfileStore` (tests, the evaluation tools)."""
+
+    def put(self, user_id: str, profile: Profile, source: InputMessage) -> None:
+        self[user_id] = profile
 
 
 # -- per-user profile (plain JSON so that the changelog stays readable) ----------

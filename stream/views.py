@@ -35,8 +35,10 @@ def register(fa: FeedbackApp, profiles: Any) -> None:
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
+            # aiohttp refuses a charset inside content_type=, so set the header whole.
             return self.bytes(
-                generate_latest(fa.metrics.registry), content_type=CONTENT_TYPE_LATEST
+                generate_latest(fa.metrics.registry),
+                headers={"Content-Type": CONTENT_TYPE_LATEST},
             )
 
     @app.page("/healthz")

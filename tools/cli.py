@@ -1,0 +1,149 @@
+"""``feedback-stream``: the one command-line entry point.
+
+Subcommands import their modules lazily so that ``--help`` and the model-only
+tools start fast and never touch Kafka.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from stream.settings import Settings, SettingsError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        bootstrap_servers=getattr(args, "bootstrap_servers", None),
+        partitions=getattr(args, "partitions", None),
+        web_port=getattr(args, "web_port", None),
+        web_host=getattr(args, "web_host", None),
+        app_id=getattr(args, "app_id", None),
+        state_dir=getattr(args, "state_dir", None),
+    )
+
+
+def _kafka_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bootstrap-servers",
+        help="host:port[,host:port] (env FEEDBACK_BOOTSTRAP_SERVERS, default localhost:9092)",
+    )
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from stream import broker
+
+    proc = broker.start(args.port, args.host)
+    print(f"embedded Kafka-compatible broker (Tansu) on {args.host}:{args.port}", flush=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        broker.stop(proc)
+        return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from stream.kafka import create_topics
+
+    settings = _settings(args)
+    created = asyncio.run(create_topics(settings))
+    for name in created:
+        print(f"created {name} ({settings.partitions} partitions)")
+    if not created:
+        print("all topics exist already")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from stream.worker import run_worker
+
+    return run_worker(_settings(args))
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from tools import produce
+
+    return produce.run(args, _settings(args))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tools import demo
+
+    return demo.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feedback-stream",
+        description="Real-time customer-feedback processor: clicks, purchases and reviews in; "
+        "recommendations, segments and alerts out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("topics", help="create the input, output and changelog topics")
+    _kafka_options(p)
+    p.add_argument("--partitions", type=int, help="env FEEDBACK_PARTITIONS, default 4")
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("worker", help="run the stream worker (Faust)")
+    _kafka_options(p)
+    p.add_argument("--web-port", type=int, help="HTTP port (env FEEDBACK_WEB_PORT, default 6066)")
+    p.add_argument("--web-host", help="HTTP bind address (env FEEDBACK_WEB_HOST, 127.0.0.1)")
+    p.add_argument("--state-dir", help="checkpoints folder (env FEEDBACK_STATE_DIR, default var)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("produce", help="replay a JSONL file or a shared dataset into the topics")
+    _kafka_options(p)
+    from tools.produce import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser(
+        "run", help="the whole thing on real data: broker, topics, worker and a replay"
+    )
+    from tools.demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+    # Listed for --help; `main` hands their arguments to their own parsers.
+    for name, (_, _, summary) in DELEGATED.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+# Tools with parsers of their own: (module, argument prefix, summary).
+DELEGATED = {
+    "evaluate": ("tools.evaluate", [], "replay a JSONL file through the models and measure them"),
+    "convert": ("tools.datasets", ["convert"], "convert a shared dataset into contract JSONL"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if argv and argv[0] in DELEGATED:
+        module, prefix, _ = DELEGATED[argv[0]]
+        return int(importlib.import_module(module).main([*prefix, *argv[1:]]))
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"feedback-stream: invalid setting: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
