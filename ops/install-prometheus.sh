@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Make `prometheus` and `promtool` available for the ops tests (tests/ops, and
-# tests/integration/test_prometheus_live.py). Idempotent: does nothing when both
-# are already on PATH. Source: Debian's `prometheus` package (bookworm: 2.42.0),
-# the only registry that ships the real server here.
+# tests/integration/test_prometheus_live.py). Idempotent: does nothing when the
+# tools are already on PATH. Source: Debian's `prometheus` package (bookworm:
+# 2.42.0), the only registry that ships the real server here.
+#
+# Also Debian's `docker-compose` (1.29, the Python v1 tool): tests/ops uses only its
+# offline `config` command to validate docker-compose.yml against the Compose schema
+# and interpolation rules. It never talks to a Docker engine (there is none here).
 #
 # The package's maintainer scripts would normally start a system Prometheus on
 # :9090; a temporary policy-rc.d forbids that (the tests start their own server
 # on a free loopback port, so a running service would not break them anyway).
 set -euo pipefail
 
-if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+BINARIES=(prometheus promtool docker-compose)
+PACKAGES=(prometheus docker-compose)
+
+missing=0
+for bin in "${BINARIES[@]}"; do
+    command -v "$bin" >/dev/null 2>&1 || missing=1
+done
+if [ "$missing" -eq 0 ]; then
     exit 0
 fi
 
@@ -18,14 +29,14 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     SUDO=(sudo -n)
 else
-    echo "install-prometheus.sh: prometheus/promtool are not on PATH and this user can neither" >&2
+    echo "install-prometheus.sh: ${BINARIES[*]} are not all on PATH and this user can neither" >&2
     echo "  run apt-get (not root) nor use password-less sudo. Install them yourself:" >&2
-    echo "  sudo apt-get install -y --no-install-recommends prometheus" >&2
+    echo "  sudo apt-get install -y --no-install-recommends ${PACKAGES[*]}" >&2
     exit 1
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-prometheus.sh: no apt-get here; install Prometheus (prometheus + promtool) by hand." >&2
+    echo "install-prometheus.sh: no apt-get here; install ${PACKAGES[*]} by hand." >&2
     exit 1
 fi
 
@@ -44,16 +55,16 @@ trap cleanup EXIT
 
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
 
 # If a systemd host started it anyway, stop it: it would hold :9090 for nothing.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
     "${SUDO[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
-for bin in prometheus promtool; do
+for bin in "${BINARIES[@]}"; do
     if ! command -v "$bin" >/dev/null 2>&1; then
-        echo "install-prometheus.sh: the prometheus package did not provide '$bin' on PATH" >&2
+        echo "install-prometheus.sh: the packages ${PACKAGES[*]} did not provide '$bin' on PATH" >&2
         exit 1
     fi
 done
