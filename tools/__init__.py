@@ -1,0 +1,1 @@
+"""Command-line tools: dataset conversion, replay and evaluation."""
