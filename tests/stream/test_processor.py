@@ -1,0 +1,131 @@
+"""The worker's batch logic without a broker: real engine, in-memory profile store."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from models.engine import FeedbackEngine
+from stream.metrics import Metrics
+from stream.processor import DictStore, InputMessage, Processor
+from stream.settings import Settings
+
+NOW = 1_800_000_000.0  # the injected wall clock (2027)
+
+
+def make(**overrides: object) -> tuple[Processor, Settings, CollectorRegistry]:
+    settings = Settings.from_env({}, **overrides)
+    registry = CollectorRegistry()
+    proc = Processor(settings, FeedbackEngine(), DictStore(), Metrics(registry), clock=lambda: NOW)
+    return proc, settings, registry
+
+
+def msg(settings: Settings, event: dict[str, object], offset: int = 0) -> InputMessage:
+    topic = {v: k for k, v in settings.input_topics.items()}[str(event["type"])]
+    return InputMessage(
+        topic, 0, offset, str(event["user_id"]).encode(), orjson.dumps(event), NOW - 0.5
+    )
+
+
+def purchase(eid: str, user: str, item: str, ts: str = "2024-01-01T10:00:00Z") -> dict:
+    return {"type": "purchase", "event_id": eid, "user_id": user, "item_id": item,
+            "timestamp": ts, "quantity": 1, "price": 3.0}
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_purchases_update_profiles_and_publish_recommendations() -> None:
+    proc, s, reg = make()
+    batch = [
+        msg(s, purchase("e1", "ann", "a")),
+        msg(s, purchase("e2", "ann", "b")),
+        msg(s, purchase("e3", "bob", "a")),
+    ]
+    out = proc.handle(batch)
+    recs = [orjson.loads(o.value) for o in out if o.topic == s.topic_recommendations]
+    # One recommendation per purchase; bob bought "a" after ann bought a and b.
+    assert [r["trigger_event_id"] for r in recs] == ["e1", "e2", "e3"]
+    bob = recs[-1]
+    assert bob["user_id"] == "bob"
+    assert "a" not in [i["item_id"] for i in bob["items"]]
+    assert "b" in [i["item_id"] for i in bob["items"]]
+    profile = proc.profiles.get("ann")
+    assert profile is not None and profile["events"]["purchase"] == 2
+    assert value(reg, "feedback_events_total", type="purchase", outcome="processed") == 3
+    assert value(reg, "feedback_recommendations_emitted_total",
+                 strategy=proc.engine.strategy) == 3
+
+
+def test_duplicate_event_ids_are_learned_once() -> None:
+    proc, s, reg = make()
+    proc.handle([msg(s, purchase("e1", "ann", "a"))])
+    out = proc.handle([msg(s, purchase("e1", "ann", "a"), offset=1)])
+    assert out == []
+    profile = proc.profiles.get("ann")
+    assert profile is not None and profile["events"]["purchase"] == 1
+    assert value(reg, "feedback_events_total", type="purchase", outcome="duplicate") == 1
+
+
+def test_dedup_window_is_bounded() -> None:
+    proc, s, _ = make(dedup_window=3)
+    proc.handle([msg(s, purchase(f"e{i}", "ann", f"i{i}")) for i in range(5)])
+    profile = proc.profiles.get("ann")
+    assert profile is not None
+    assert profile["recent_event_ids"] == ["e2", "e3", "e4"]
+
+
+def test_clicks_publish_at_most_once_per_interval() -> None:
+    proc, s, _ = make(recommend_min_interval_seconds=60)
+    clicks = [
+        {"type": "click", "event_id": f"c{i}", "user_id": "ann", "item_id": "x",
+         "timestamp": f"2024-01-01T10:00:{i * 10:02d}Z"}
+        for i in range(6)
+    ] + [{"type": "click", "event_id": "late", "user_id": "ann", "item_id": "y",
+          "timestamp": "2024-01-01T10:01:05Z"}]
+    out = proc.handle([msg(s, c) for c in clicks])
+    triggers = [orjson.loads(o.value)["trigger_event_id"] for o in out
+                if o.topic == s.topic_recommendations]
+    assert triggers == ["c0", "late"]
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "reason"),
+    [
+        (b"\xff", b"ann", "undecodable"),
+        (b'{"type": "purchase"}', b"ann", "missing_field"),
+        (orjson.dumps(purchase("e1", "ann", "a")), b"bob", "key_mismatch"),
+        (orjson.dumps(purchase("e1", "ann", "a", ts="2031-01-01T00:00:00Z")), b"ann",
+         "out_of_range"),
+    ],
+)
+def test_bad_input_becomes_a_dead_letter_with_its_reason(
+    value: bytes, key: bytes, reason: str
+) -> None:
+    proc, s, reg = make()
+    bad = InputMessage(s.topic_purchases, 2, 41, key, value, NOW)
+    good = msg(s, purchase("g", "carl", "z"))
+    out = proc.handle([bad, good])
+    dead = [o for o in out if o.topic == s.topic_deadletter]
+    assert len(dead) == 1
+    headers = dict(dead[0].headers)
+    assert headers["deadletter.reason"] == reason.encode()
+    assert headers["source.partition"] == b"2" and headers["source.offset"] == b"41"
+    assert dead[0].value == value and dead[0].key == key
+    assert value_of(reg, reason) == 1
+    assert proc.profiles.get("carl") is not None, "the good event after it was processed"
+
+
+def value_of(reg: CollectorRegistry, reason: str) -> float:
+    return value(reg, "feedback_deadletter_total", reason=reason, topic="feedback.purchases")
+
+
+def test_pseudonymised_ids_never_reach_outputs_or_state() -> None:
+    proc, s, _ = make(pseudonymise_key="secret")
+    out = proc.handle([msg(s, purchase("e1", "alice@example.com", "a"))])
+    assert proc.profiles.get("alice@example.com") is None
+    assert len(proc.profiles) == 1
+    for o in out:
+        assert b"alice" not in o.value and b"alice" not in (o.key or b"")
