@@ -1,5 +1,458 @@
 """FeedbackEngine: every model of the service behind one predict-then-learn call.
 
-Placeholder module written by the lead so that `stream/` can be built against a
-fixed interface; the models issue (#3) replaces the body with the real blend.
+The worker calls :meth:`FeedbackEngine.process` once per validated event and
+:meth:`FeedbackEngine.tick` every few seconds; the evaluation tool replays files
+through exactly the same calls. Every prediction in an :class:`Outcome` is made
+*before* the engine learns from the event (progressive validation), and time
+only ever comes from events.
 """
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.alerts import ALERT_KINDS, Alert, BehaviourAnomaly, Cooldown, QualityDrift
+from models.catalogue import ItemCatalogue, grown
+from models.churn import ChurnModel
+from models.events import Event
+from models.profiles import DAY, UserProfile
+from models.recommender import BlendedRecommender
+from models.segmentation import OnlineSegmentation
+from models.sentiment import ItemSentiment, SentimentModel, lexicon_compound
+
+__all__ = [
+    "ALERT_KINDS",
+    "Alert",
+    "EngineConfig",
+    "FeedbackEngine",
+    "Outcome",
+    "Recommendation",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One recommended item, its blend score and why."""
+
+    item_id: str
+    score: float
+    reason: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one event produced; every figure measured before learning from it."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    hit: bool | None = None
+    rating_error: float | None = None
+    sentiment: float | None = None
+    segment: int | None = None
+    anomaly_score: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Every knob of the engine, with defaults that work on the shared datasets.
+
+    Interaction strengths feed co-occurrence and popularity; a review's
+    strength is ``review_weight`` scaled up by how much it was liked.
+    """
+
+    seed: int = 42
+    top_k: int = 10
+    # user memory bounds
+    history_size: int = 20
+    max_seen_items: int = 2000
+    # interaction strengths
+    click_weight: float = 0.3
+    purchase_weight: float = 1.0
+    review_weight: float = 0.6
+    # recommender
+    history_decay: float = 0.9
+    max_neighbours: int = 200
+    pair_decay: float = 0.9
+    mass_alpha: float = 0.5
+    trending_half_life_s: float = DAY
+    segment_half_life_s: float = 7 * DAY
+    n_factors: int = 16
+    bpr_lr: float = 0.05
+    bpr_l2: float = 0.01
+    bpr_negatives: int = 2
+    rating_factors: int = 10
+    blend_lr: float = 0.02
+    blend_l2: float = 0.01
+    # segmentation
+    n_segments: int = 4
+    segment_margin: float = 0.1
+    segment_warmup: int = 50
+    refresh_users_per_tick: int = 200
+    # sentiment
+    lexicon_prior_weight: float = 3.0
+    sentiment_lr: float = 0.05
+    sentiment_l2: float = 1e-5
+    # alerts
+    alert_cooldown_s: float = DAY
+    spike_min_reviews: int = 10
+    spike_min_increase: float = 0.25
+    spike_min_rate: float = 0.4
+    anomaly_quantile: float = 0.999
+    anomaly_min_score: float = 0.8
+    anomaly_warmup: int = 1000
+    drift_delta: float = 0.002
+    drift_min_events: int = 1000
+    # churn
+    churn_horizon_days: float = 90.0
+    churn_overdue_factor: float = 3.0
+    churn_min_orders: int = 3
+
+
+class FeedbackEngine:
+    """Recommender, segmentation, sentiment, anomaly, drift and churn in one object.
+
+    All state lives in plain attributes (numpy arrays, dicts, River models), so
+    the engine pickles as a whole. Memory per user and per item is bounded:
+    see :class:`models.profiles.UserProfile` (history and seen-item caps),
+    :class:`models.cooccurrence.ItemCooccurrence` (neighbour cap) and the
+    fixed-size per-item arrays; the number of users and items itself grows
+    with the data.
+
+    Examples
+    --------
+    >>> engine = FeedbackEngine(EngineConfig(seed=1))
+    >>> t = 1_700_000_000.0
+    >>> for i, (user, item) in enumerate([("a", "x"), ("a", "y"), ("b", "x")]):
+    ...     out = engine.process(Event("purchase", f"e{i}", user, item, t + i, quantity=1))
+    >>> [r.item_id for r in engine.recommend("b")]
+    ['y']
+    >>> engine.recommend("b")[0].reason
+    'bought together with x'
+    """
+
+    strategy = "blend"
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config if config is not None else EngineConfig()
+        c = self.config
+        self.catalogue = ItemCatalogue()
+        self.profiles: dict[str, UserProfile] = {}
+        self.recommender = BlendedRecommender(
+            history_size=c.history_size,
+            history_decay=c.history_decay,
+            max_neighbours=c.max_neighbours,
+            pair_decay=c.pair_decay,
+            mass_alpha=c.mass_alpha,
+            trending_half_life=c.trending_half_life_s,
+            segment_half_life=c.segment_half_life_s,
+            n_segments=c.n_segments,
+            n_factors=c.n_factors,
+            bpr_lr=c.bpr_lr,
+            bpr_l2=c.bpr_l2,
+            bpr_negatives=c.bpr_negatives,
+            rating_factors=c.rating_factors,
+            blend_lr=c.blend_lr,
+            blend_l2=c.blend_l2,
+            seed=c.seed,
+        )
+        self.segmentation = OnlineSegmentation(
+            k=c.n_segments, margin=c.segment_margin, warmup=c.segment_warmup, seed=c.seed
+        )
+        self.sentiment = SentimentModel(c.lexicon_prior_weight, c.sentiment_lr, c.sentiment_l2)
+        self.item_sentiment = ItemSentiment()
+        self.anomaly = BehaviourAnomaly(
+            quantile=c.anomaly_quantile,
+            min_score=c.anomaly_min_score,
+            warmup=c.anomaly_warmup,
+            seed=c.seed,
+        )
+        self.hit_drift = QualityDrift(higher_is_better=True, delta=c.drift_delta)
+        self.rating_drift = QualityDrift(higher_is_better=False, delta=c.drift_delta)
+        self.churn = ChurnModel(
+            horizon_days=c.churn_horizon_days,
+            overdue_factor=c.churn_overdue_factor,
+            min_orders=c.churn_min_orders,
+        )
+        self.cooldown = Cooldown(c.alert_cooldown_s)
+        self.item_price = np.zeros(16)
+        self.item_price_n = np.zeros(16)
+        self.clock: float | None = None
+        self.events = 0
+        self.hits_seen = 0
+        self.ratings_seen = 0
+
+    # -- the per-event path ----------------------------------------------------
+    def _profile(self, user_id: str, t: float) -> UserProfile:
+        profile = self.profiles.get(user_id)
+        if profile is None:
+            profile = UserProfile(user_id, t, t, deque(maxlen=self.config.history_size))
+            self.profiles[user_id] = profile
+        return profile
+
+    def _strengths(self, event: Event, sentiment: float | None) -> tuple[float, float]:
+        """``(strength, preference)`` of an event, see ``BlendedRecommender.learn``."""
+        c = self.config
+        if event.type == "click":
+            return c.click_weight, c.click_weight
+        if event.type == "purchase":
+            if event.quantity < 0:
+                return -c.purchase_weight, -c.purchase_weight
+            return c.purchase_weight, c.purchase_weight
+        if event.rating is not None:
+            liking = min(1.0, max(0.0, (event.rating - 1.0) / 4.0))
+        elif sentiment is not None:
+            liking = sentiment
+        else:
+            liking = 0.5
+        return c.review_weight * (0.5 + liking), 2.0 * liking - 1.0
+
+    def process(self, event: Event) -> Outcome:
+        """Predict for ``event`` (hit, rating, sentiment, anomaly), then learn from it."""
+        c = self.config
+        t = event.timestamp
+        self.clock = t if self.clock is None else max(self.clock, t)
+        self.events += 1
+        item = self.catalogue.add(event.item_id)
+        n_items = len(self.catalogue)
+        profile = self._profile(event.user_id, t)
+        out = Outcome()
+
+        # ---- predict (nothing below has learnt from this event yet) ----
+        scored = None
+        if event.is_positive:
+            scored = self.recommender.score(profile, n_items)
+            rank = self.recommender.rank_of(scored, item)
+            out.hit = rank is not None and rank < c.top_k
+        if event.type == "review" and event.rating is not None:
+            out.rating_error = self.recommender.ratings.predict(event.user_id, item) - event.rating
+        compound = None
+        if event.type == "review" and event.text:
+            compound = lexicon_compound(event.text)
+            out.sentiment = self.sentiment.predict_proba(event.text, compound)
+        if event.type == "purchase":
+            out.anomaly_score = self._anomaly_score(event, profile, item)
+
+        # ---- learn ----
+        strength, preference = self._strengths(event, out.sentiment)
+        self.recommender.learn(profile, item, strength, preference, t, n_items)
+        if scored is not None:
+            self.recommender.learn_blend(scored, item)
+        if event.rating is not None and event.type == "review":
+            self.recommender.ratings.learn(event.user_id, item, event.rating)
+        if event.text and event.type == "review":
+            self.sentiment.learn(event.text, event.rating, compound)
+        previous_order = profile.last_order_time
+        if profile.observe(event, out.sentiment):
+            self.churn.observe_order(profile, previous_order)
+        profile.remember(item, event.type, c.max_seen_items)
+        profile.segment = self.segmentation.update(
+            event.user_id, profile.segment_vector(), profile.last_seen
+        )
+        out.segment = profile.segment
+
+        # ---- alerts ----
+        if out.sentiment is not None:
+            self._check_spike(event, out.sentiment, out.alerts)
+        if out.anomaly_score is not None and out.anomaly_score > self.anomaly.threshold():
+            self._alert(
+                out.alerts,
+                "anomalous_behaviour",
+                "critical" if out.anomaly_score >= 0.99 else "warning",
+                event.user_id,
+                f"Unusual purchase by user {event.user_id}: {event.quantity} x "
+                f"{event.item_id} at {event.price:g}.",
+                out.anomaly_score,
+                self.anomaly.threshold(),
+                t,
+            )
+        self._check_drift(out, t)
+        return out
+
+    def _anomaly_score(self, event: Event, profile: UserProfile, item: int) -> float | None:
+        self.item_price = grown(self.item_price, item + 1)
+        self.item_price_n = grown(self.item_price_n, item + 1)
+        n = self.item_price_n[item]
+        mean_price = self.item_price[item] if n > 0 else event.price
+        features = [
+            float(event.quantity),
+            event.price,
+            abs(event.revenue),
+            event.price / mean_price - 1.0 if mean_price > 0 else 0.0,
+            (event.timestamp - profile.last_seen) / 3600.0 if profile.purchase_lines else 0.0,
+        ]
+        score = self.anomaly.score_and_learn(features)
+        self.item_price_n[item] = n + 1
+        self.item_price[item] = mean_price + (event.price - mean_price) / (n + 1)
+        return score
+
+    def _alert(
+        self,
+        alerts: list[Alert],
+        kind: str,
+        severity: str,
+        subject: str,
+        message: str,
+        value: float,
+        threshold: float,
+        t: float,
+    ) -> None:
+        if self.cooldown.allow(kind, subject, t):
+            alerts.append(Alert(kind, severity, subject, message, value, threshold, t))
+
+    def _check_spike(self, event: Event, p_positive: float, alerts: list[Alert]) -> None:
+        c = self.config
+        recent, baseline, count = self.item_sentiment.update(
+            event.item_id, p_positive, event.timestamp
+        )
+        threshold = max(baseline + c.spike_min_increase, c.spike_min_rate)
+        if count >= c.spike_min_reviews and recent > threshold:
+            self._alert(
+                alerts,
+                "negative_review_spike",
+                "critical" if recent >= 0.75 else "warning",
+                event.item_id,
+                f"Negative reviews of {event.item_id} are up: {recent:.0%} of recent reviews "
+                f"against a baseline of {baseline:.0%}.",
+                recent,
+                threshold,
+                event.timestamp,
+            )
+
+    def _check_drift(self, out: Outcome, t: float) -> None:
+        c = self.config
+        if out.hit is not None:
+            self.hits_seen += 1
+            change = self.hit_drift.update(float(out.hit))
+            if change is not None and self.hits_seen >= c.drift_min_events:
+                self._alert(
+                    out.alerts,
+                    "model_drift",
+                    "warning",
+                    "recommender",
+                    f"Recommender hit rate fell from {change[1]:.3f} to {change[0]:.3f}.",
+                    change[0],
+                    change[1],
+                    t,
+                )
+        if out.rating_error is not None:
+            self.ratings_seen += 1
+            change = self.rating_drift.update(abs(out.rating_error))
+            if change is not None and self.ratings_seen >= c.drift_min_events:
+                self._alert(
+                    out.alerts,
+                    "model_drift",
+                    "warning",
+                    "rating_model",
+                    f"Rating model error rose from {change[1]:.3f} to {change[0]:.3f}.",
+                    change[0],
+                    change[1],
+                    t,
+                )
+
+    # -- periodic work -----------------------------------------------------------
+    def tick(self, now: float) -> list[Alert]:
+        """Churn alerts due by event time ``now``; a few segment refreshes.
+
+        Cost is proportional to the alerts that fell due plus
+        ``refresh_users_per_tick``, never to the number of users.
+        """
+        alerts: list[Alert] = []
+        c = self.config
+        for user_id, version in self.churn.due(now):
+            profile = self.profiles.get(user_id)
+            if profile is None or profile.churn_version != version:
+                continue  # ordered again since: that due date is stale
+            risk = self.churn.risk(profile, now)
+            gap = self.churn.expected_gap_days(profile)
+            assert profile.last_order_time is not None
+            overdue = (now - profile.last_order_time) / DAY / gap
+            self._alert(
+                alerts,
+                "churn_risk",
+                "critical" if risk is not None and risk >= 0.9 else "warning",
+                user_id,
+                f"Customer {user_id} usually orders every {gap:.0f} days and has not for "
+                f"{overdue * gap:.0f} days.",
+                overdue,
+                c.churn_overdue_factor,
+                now,
+            )
+        self.segmentation.refresh(c.refresh_users_per_tick)
+        if len(self.cooldown.last) > 10_000:
+            self.cooldown.prune(now)
+        return alerts
+
+    # -- queries -----------------------------------------------------------------
+    def recommend(
+        self, user_id: str, k: int = 10, now: float | None = None
+    ) -> list[Recommendation]:
+        """Top-``k`` items for ``user_id``, excluding items they bought or reviewed.
+
+        An unknown user gets the popular items. ``now`` is accepted for
+        interface stability; popularity is already decayed to the latest event.
+        """
+        n = len(self.catalogue)
+        if n == 0:
+            return []
+        profile = self.profiles.get(user_id)
+        if profile is None:
+            profile = UserProfile(user_id, 0.0, 0.0, deque(maxlen=self.config.history_size))
+        scored = self.recommender.score(profile, n, exclude_all_seen=False)
+        return [
+            Recommendation(
+                self.catalogue.ids[i],
+                float(scored.scores[i]),
+                self.recommender.reason(scored, i, profile, self.catalogue),
+            )
+            for i in self.recommender.top(scored, k)
+        ]
+
+    def segment_of(self, user_id: str) -> int | None:
+        """The user's current segment, ``None`` if unknown or before warm-up."""
+        return self.segmentation.segment_of(user_id)
+
+    def segment_profiles(self) -> dict[int, dict[str, float]]:
+        """Each segment's centre in real units (recency in days at the latest event)."""
+        return self.segmentation.profiles(self.clock)
+
+    def segment_sizes(self) -> dict[int, int]:
+        """Users per segment."""
+        return self.segmentation.sizes()
+
+    def churn_risk(self, user_id: str, now: float | None = None) -> float | None:
+        """P(no order within the churn horizon) for a customer with orders."""
+        profile = self.profiles.get(user_id)
+        t = now if now is not None else self.clock
+        if profile is None or t is None:
+            return None
+        return self.churn.risk(profile, t)
+
+    def item_summary(self, item_id: str) -> dict[str, Any] | None:
+        """Per-item figures: popularity and sentiment over time."""
+        idx = self.catalogue.get(item_id)
+        if idx is None:
+            return None
+        n = len(self.catalogue)
+        return {
+            "item_id": item_id,
+            "popularity_recent": float(self.recommender.popularity.recent(n)[idx]),
+            "popularity_all_time": float(self.recommender.popularity.all_time(n)[idx]),
+            "sentiment": self.item_sentiment.summary(item_id),
+        }
+
+    def user_summary(self, user_id: str) -> dict[str, Any] | None:
+        """JSON-able per-user features for the HTTP profile, ``None`` if unknown."""
+        profile = self.profiles.get(user_id)
+        if profile is None:
+            return None
+        now = self.clock if self.clock is not None else profile.last_seen
+        summary = profile.summary(now)
+        summary["user_id"] = user_id
+        summary["segment"] = self.segment_of(user_id)
+        risk = self.churn.risk(profile, now)
+        summary["churn_risk"] = None if risk is None or math.isnan(risk) else risk
+        return summary

@@ -1,0 +1,172 @@
+"""Alert records, cooldowns and the detectors behind each kind of alert."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from river import anomaly, drift, stats
+
+ALERT_KINDS: tuple[str, ...] = (
+    "negative_review_spike",
+    "anomalous_behaviour",
+    "model_drift",
+    "churn_risk",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert: what, about whom, how bad, measured against which threshold."""
+
+    kind: str
+    severity: str
+    subject: str
+    message: str
+    value: float
+    threshold: float
+    timestamp: float
+
+
+class Cooldown:
+    """At most one alert per ``(kind, subject)`` every ``seconds`` of event time.
+
+    Keys older than the cooldown are dropped by :meth:`prune`, so memory is
+    bounded by the number of subjects alerted on within one cooldown.
+
+    >>> cd = Cooldown(60.0)
+    >>> cd.allow("k", "s", 0.0), cd.allow("k", "s", 30.0), cd.allow("k", "s", 61.0)
+    (True, False, True)
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last: dict[tuple[str, str], float] = {}
+
+    def allow(self, kind: str, subject: str, now: float) -> bool:
+        """True (and the clock restarted) if this subject may be alerted on at ``now``."""
+        key = (kind, subject)
+        last = self.last.get(key)
+        if last is not None and now - last < self.seconds:
+            return False
+        self.last[key] = now
+        return True
+
+    def prune(self, now: float) -> None:
+        """Forget keys whose cooldown has expired."""
+        self.last = {k: t for k, t in self.last.items() if now - t < self.seconds}
+
+
+class BehaviourAnomaly:
+    """Half-space trees over a purchase's features squashed into [0, 1].
+
+    River's ``HalfSpaceTrees`` assumes features in [0, 1], so each feature is
+    log-compressed and min-max scaled with running bounds. The alert threshold
+    is the larger of ``min_score`` and the running ``quantile`` of past scores,
+    so that only the most unusual fraction of events raise alerts whatever the
+    data's score distribution. Scores are produced only after ``warmup``
+    events (the trees need a full reference window).
+
+    Parameters
+    ----------
+    n_trees, height, window_size
+        Half-space trees' parameters.
+    quantile
+        Scores above this running quantile are anomalous.
+    min_score
+        Floor of the threshold.
+    warmup
+        Events learnt before any score is given.
+    seed
+        Seeds the trees.
+
+    Examples
+    --------
+    >>> det = BehaviourAnomaly(window_size=50, warmup=100, seed=1)
+    >>> rng = np.random.default_rng(0)
+    >>> for _ in range(300):
+    ...     _ = det.score_and_learn([rng.normal(1.0, 0.1), rng.normal(1.0, 0.1), 0.0])
+    >>> normal = det.score_and_learn([1.0, 1.0, 0.0])
+    >>> odd = det.score_and_learn([8.0, 9.0, 1.0])
+    >>> odd > normal
+    True
+    """
+
+    def __init__(
+        self,
+        n_trees: int = 10,
+        height: int = 8,
+        window_size: int = 250,
+        quantile: float = 0.999,
+        min_score: float = 0.8,
+        warmup: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        self.n_trees = n_trees
+        self.height = height
+        self.window_size = window_size
+        self.quantile = quantile
+        self.min_score = min_score
+        self.warmup = warmup
+        self.seed = seed
+        self.trees = anomaly.HalfSpaceTrees(
+            n_trees=n_trees, height=height, window_size=window_size, seed=seed
+        )
+        self.score_quantile = stats.Quantile(quantile)
+        self.low: np.ndarray | None = None
+        self.high: np.ndarray | None = None
+        self.n = 0
+
+    def threshold(self) -> float:
+        """Current alert threshold."""
+        q = self.score_quantile.get()
+        return max(self.min_score, q if q is not None else self.min_score)
+
+    def score_and_learn(self, features: list[float]) -> float | None:
+        """Anomaly score of ``features`` in [0, 1] (``None`` during warm-up), then learn."""
+        raw = np.sign(features) * np.log1p(np.abs(features))
+        if self.low is None or self.high is None:
+            self.low, self.high = raw.copy(), raw.copy()
+        span = np.maximum(self.high - self.low, 1e-9)
+        x = {i: v for i, v in enumerate(np.clip((raw - self.low) / span, 0.0, 1.0).tolist())}
+        score = float(self.trees.score_one(x)) if self.n >= self.warmup else None
+        self.trees.learn_one(x)
+        self.low = np.minimum(self.low, raw)
+        self.high = np.maximum(self.high, raw)
+        self.n += 1
+        if score is not None:
+            self.score_quantile.update(score)
+        return score
+
+
+class QualityDrift:
+    """ADWIN over a model's per-event quality (hit or absolute error).
+
+    Reports a drift only when quality got *worse*: for a ``higher_is_better``
+    stream (hits), when the mean of the window after the change is lower than
+    before it; for errors, when it is higher.
+
+    >>> qd = QualityDrift(higher_is_better=True)
+    >>> flags = [qd.update(1.0 if i < 1000 else 0.0) for i in range(2000)]
+    >>> any(f is not None for f in flags[:1000]), any(f is not None for f in flags[1000:])
+    (False, True)
+    """
+
+    def __init__(self, higher_is_better: bool, delta: float = 0.002) -> None:
+        self.higher_is_better = higher_is_better
+        self.delta = delta
+        self.detector = drift.ADWIN(delta=delta)
+        self.mean_before = 0.0
+
+    def update(self, value: float) -> tuple[float, float] | None:
+        """Learn one value; on a worsening drift returns ``(new mean, old mean)``."""
+        before = self.detector.estimation
+        self.detector.update(value)
+        if not self.detector.drift_detected:
+            return None
+        after = self.detector.estimation
+        worse = after < before if self.higher_is_better else after > before
+        if not worse or math.isclose(after, before):
+            return None
+        return after, before

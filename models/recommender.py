@@ -1,0 +1,295 @@
+"""The blended recommender: co-occurrence, factorisations and popularity, learnt to rank."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.catalogue import ItemCatalogue
+from models.cooccurrence import ItemCooccurrence
+from models.factorization import ImplicitFactorization, RatingFactorization
+from models.popularity import DecayedPopularity
+from models.profiles import UserProfile
+
+#: The blend's features, one row of the feature matrix each.
+FEATURES: tuple[str, ...] = (
+    "cooccurrence",
+    "taste",
+    "rating",
+    "trending",
+    "bestseller",
+    "segment",
+)
+#: Starting blend weights: co-occurrence and popularity first, the factorisations
+#: earn their weight as they learn.
+PRIOR_WEIGHTS: tuple[float, ...] = (2.0, 0.2, 0.2, 1.0, 1.0, 0.5)
+
+
+def _unit_log(values: np.ndarray) -> np.ndarray:
+    """``log1p(v) / log1p(max v)``: popularity-like counts mapped into [0, 1]."""
+    top = float(values.max()) if values.size else 0.0
+    if top <= 0.0:
+        return np.zeros_like(values)
+    return np.log1p(np.maximum(values, 0.0)) / math.log1p(top)
+
+
+def _unit_max(values: np.ndarray) -> np.ndarray:
+    top = float(values.max()) if values.size else 0.0
+    return values / top if top > 0.0 else np.zeros_like(values)
+
+
+def _unit_z(values: np.ndarray) -> np.ndarray:
+    """Z-scores clipped to +-3 and divided by 3: preference scores mapped into [-1, 1]."""
+    std = float(values.std()) if values.size else 0.0
+    if std <= 1e-12:
+        return np.zeros_like(values)
+    return np.clip((values - values.mean()) / std, -3.0, 3.0) / 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """Scores of the whole catalogue for one user, with the features behind them."""
+
+    scores: np.ndarray  # (n_items,), -inf for excluded items
+    features: np.ndarray  # (n_features, n_items)
+
+
+class BlendedRecommender:
+    """Linear blend of six per-item signals whose weights are learnt to rank.
+
+    Signals, each scaled to a comparable range over the catalogue:
+    item-to-item co-occurrence with the user's recent history, BPR matrix
+    factorisation of implicit feedback ("taste"), the biased-MF predicted rating,
+    time-decayed popularity ("trending"), all-time popularity ("bestseller") and
+    decayed popularity within the user's segment. Every positive event is a
+    training pair for the blend itself: before learning, the target item should
+    outrank the best-scored other candidate and a random one, and one pairwise
+    logistic (BPR) step on the six weights pushes it to (regularised towards
+    the prior weights). The blend therefore leans on whatever signal works on
+    the data it sees: co-occurrence on session-like data, popularity on cold
+    users, factorisation as it matures.
+
+    Scoring is vectorised: one numpy pass over the catalogue per call; the
+    popularity rows are cached for ``cache_events`` learning steps.
+
+    Parameters
+    ----------
+    history_size
+        Recent interactions of a user used for co-occurrence.
+    history_decay
+        Weight ratio between consecutive history positions (recent counts more).
+    max_neighbours, pair_decay, mass_alpha
+        See :class:`models.cooccurrence.ItemCooccurrence`.
+    trending_half_life, segment_half_life
+        Half-lives (seconds) of global and per-segment popularity.
+    n_segments
+        Number of segments (one popularity vector each).
+    n_factors, bpr_lr, bpr_l2, bpr_negatives
+        See :class:`models.factorization.ImplicitFactorization`.
+    blend_lr, blend_l2
+        Step size and pull towards the prior of the blend weights.
+    cache_events
+        Learning steps between refreshes of the cached popularity rows.
+    seed
+        Seeds the factorisations and the negative sampling.
+    """
+
+    def __init__(
+        self,
+        history_size: int = 20,
+        history_decay: float = 0.9,
+        max_neighbours: int = 200,
+        pair_decay: float = 0.9,
+        mass_alpha: float = 0.5,
+        trending_half_life: float = 86_400.0,
+        segment_half_life: float = 7 * 86_400.0,
+        n_segments: int = 4,
+        n_factors: int = 16,
+        bpr_lr: float = 0.05,
+        bpr_l2: float = 0.01,
+        bpr_negatives: int = 2,
+        rating_factors: int = 10,
+        blend_lr: float = 0.02,
+        blend_l2: float = 0.01,
+        cache_events: int = 50,
+        seed: int = 0,
+    ) -> None:
+        self.history_size = history_size
+        self.history_decay = history_decay
+        self.max_neighbours = max_neighbours
+        self.pair_decay = pair_decay
+        self.mass_alpha = mass_alpha
+        self.trending_half_life = trending_half_life
+        self.segment_half_life = segment_half_life
+        self.n_segments = n_segments
+        self.n_factors = n_factors
+        self.bpr_lr = bpr_lr
+        self.bpr_l2 = bpr_l2
+        self.bpr_negatives = bpr_negatives
+        self.rating_factors = rating_factors
+        self.blend_lr = blend_lr
+        self.blend_l2 = blend_l2
+        self.cache_events = cache_events
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self.cooccurrence = ItemCooccurrence(max_neighbours, pair_decay, mass_alpha)
+        self.taste = ImplicitFactorization(n_factors, bpr_lr, bpr_l2, bpr_negatives, seed=seed)
+        self.ratings = RatingFactorization(n_factors=rating_factors, seed=seed + 1)
+        self.popularity = DecayedPopularity(trending_half_life)
+        self.segment_popularity = [DecayedPopularity(segment_half_life) for _ in range(n_segments)]
+        self.prior = np.array(PRIOR_WEIGHTS)
+        self.weights = self.prior.copy()
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._since_cache = 0
+
+    # -- scoring ---------------------------------------------------------------
+    def recency_weighted(self, profile: UserProfile) -> list[tuple[int, float]]:
+        """The user's history as ``(item, weight)``, most recent weighted most."""
+        out = []
+        w = 1.0
+        for item, strength in reversed(profile.history):
+            out.append((item, strength * w))
+            w *= self.history_decay
+        return out
+
+    def _popularity_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        cache = self._cache
+        if cache is None or cache[0].shape[0] != n or self._since_cache >= self.cache_events:
+            cache = (_unit_log(self.popularity.recent(n)), _unit_log(self.popularity.all_time(n)))
+            self._cache = cache
+            self._since_cache = 0
+        return cache
+
+    def features(self, profile: UserProfile, n: int) -> np.ndarray:
+        """The ``(len(FEATURES), n)`` feature matrix of items ``0..n-1`` for ``profile``."""
+        trending, bestseller = self._popularity_rows(n)
+        user = profile.user_id
+        seg = profile.segment
+        segment = (
+            _unit_log(self.segment_popularity[seg].recent(n))
+            if seg is not None and seg < self.n_segments
+            else np.zeros(n)
+        )
+        has_ratings = self.ratings.user_count.get(user, 0) > 0
+        return np.stack(
+            [
+                _unit_max(self.cooccurrence.scores(self.recency_weighted(profile), n)),
+                _unit_z(self.taste.scores(user, n)) if user in self.taste.user_vec else np.zeros(n),
+                _unit_z(self.ratings.predict_all(user, n)) if has_ratings else np.zeros(n),
+                trending,
+                bestseller,
+                segment,
+            ]
+        )
+
+    def score(self, profile: UserProfile, n: int, exclude_all_seen: bool = True) -> Scored:
+        """Blend scores of the catalogue, with the user's seen items set to ``-inf``.
+
+        ``exclude_all_seen`` excludes every item the user interacted with (the
+        evaluation's definition); otherwise only items bought or reviewed.
+        """
+        feats = self.features(profile, n)
+        scores = self.weights @ feats
+        if profile.seen:
+            if exclude_all_seen:
+                seen = np.fromiter(profile.seen.keys(), dtype=np.int64, count=len(profile.seen))
+            else:
+                seen = np.array(
+                    [i for i, kind in profile.seen.items() if kind != "click"], dtype=np.int64
+                )
+            scores[seen[seen < n]] = -np.inf
+        return Scored(scores, feats)
+
+    @staticmethod
+    def rank_of(scored: Scored, item: int) -> int | None:
+        """Zero-based rank of ``item`` (ties broken by index), ``None`` if excluded."""
+        s = scored.scores
+        target = s[item]
+        if not np.isfinite(target):
+            return None
+        ahead = int(np.count_nonzero(s > target)) + int(np.count_nonzero(s[:item] == target))
+        return ahead
+
+    def top(self, scored: Scored, k: int) -> list[int]:
+        """Indices of the ``k`` best-scored finite items, best first."""
+        s = scored.scores
+        k = min(k, int(np.count_nonzero(np.isfinite(s))))
+        if k <= 0:
+            return []
+        part = np.argpartition(-s, k - 1)[:k] if k < s.shape[0] else np.arange(s.shape[0])
+        return [int(i) for i in part[np.lexsort((part, -s[part]))]]
+
+    def reason(
+        self, scored: Scored, item: int, profile: UserProfile, catalogue: ItemCatalogue
+    ) -> str:
+        """Short human-readable reason: the signal contributing most to ``item``."""
+        contrib = self.weights * scored.features[:, item]
+        best = FEATURES[int(contrib.argmax())]
+        if best == "cooccurrence":
+            source = self.cooccurrence.strongest_source(self.recency_weighted(profile), item)
+            if source is not None:
+                verb = profile.seen.get(source, "purchase")
+                text = {
+                    "purchase": "bought together with",
+                    "review": "liked by people who liked",
+                    "click": "viewed together with",
+                }[verb]
+                return f"{text} {catalogue.ids[source]}"
+        return {
+            "cooccurrence": "related to your recent activity",
+            "taste": "matches your taste",
+            "rating": "you are likely to rate it highly",
+            "trending": "popular right now",
+            "bestseller": "a best seller",
+            "segment": f"popular in your segment ({profile.segment})",
+        }[best]
+
+    # -- learning --------------------------------------------------------------
+    def learn_blend(self, scored: Scored, item: int) -> None:
+        """One pairwise logistic step: ``item`` above the best other and a random item."""
+        s = scored.scores
+        n = s.shape[0]
+        if n < 3 or not np.isfinite(s[item]):
+            return
+        masked = s.copy()
+        masked[item] = -np.inf
+        negatives = [int(masked.argmax()), int(self._rng.integers(n))]
+        for neg in negatives:
+            if neg == item or not np.isfinite(s[neg]):
+                continue
+            diff = scored.features[:, item] - scored.features[:, neg]
+            x = float(self.weights @ diff)
+            g = 1.0 / (1.0 + math.exp(min(x, 30.0)))
+            self.weights += self.blend_lr * (g * diff - self.blend_l2 * (self.weights - self.prior))
+
+    def learn(
+        self,
+        profile: UserProfile,
+        item: int,
+        strength: float,
+        preference: float,
+        t: float,
+        n_items: int,
+    ) -> None:
+        """Learn one interaction of ``profile`` with ``item``.
+
+        ``strength`` (> 0 for a consumption, <= 0 for a return) feeds
+        co-occurrence and popularity; ``preference`` in [-1, 1] (sign and size
+        of the liking) feeds the BPR factorisation. The item is then appended
+        to the user's bounded history.
+        """
+        self._since_cache += 1
+        if strength > 0:
+            self.cooccurrence.learn(profile.history, item, strength)
+        else:
+            self.cooccurrence.learn((), item, 0.0)  # register the item only
+        self.popularity.learn(item, strength, t)
+        seg = profile.segment
+        if seg is not None and seg < self.n_segments:
+            self.segment_popularity[seg].learn(item, strength, t)
+        if preference != 0.0:
+            self.taste.learn(profile.user_id, item, preference, n_items)
+        if strength > 0:
+            profile.history.append((item, strength))
