@@ -88,7 +88,7 @@ class ItemCooccurrence:
         """Scores of items ``0..n-1`` given ``(item, recency weight)`` pairs."""
         keys: list[np.ndarray] = []
         vals: list[np.ndarray] = []
-        mass = self._mass
+        self._mass = mass = grown(self._mass, n)
         for h, r in history:
             if h >= len(self.neighbours):
                 continue

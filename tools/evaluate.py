@@ -1,0 +1,578 @@
+"""``feedback-stream evaluate``: replay a contract JSONL file through the engine.
+
+Every event goes through exactly :class:`models.engine.FeedbackEngine` (predict
+first, then learn), and the baselines named in the models issue are computed
+on the same events in the same run:
+
+* ``hr_at_10_popularity``: a plain all-time popularity ranking (interaction
+  counts; ties broken by first appearance), excluding the user's seen items;
+* ``rmse_biased_mf`` / ``mae_biased_mf``: River's ``reco.BiasedMF`` with the
+  settings of River's MovieLens tutorial, clipped to the rating range seen;
+* ``sentiment_macro_f1_lexicon``: VADER alone (compound >= 0.05 is positive);
+* ``segmentation_silhouette_offline_kmeans``: numpy k-means++ / Lloyd with the
+  same k on the same final (standardised) per-user features;
+* ``churn_auc_recency``: days since the last order alone.
+
+``--bench-items N`` instead times the model path on a synthetic, seeded stream
+over a catalogue of N items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from models.engine import EngineConfig, FeedbackEngine
+from models.events import Event
+from models.sentiment import label_of, lexicon_compound
+
+DAY = 86_400.0
+CHURN_HORIZON_DAYS = 90.0
+TICK_EVERY = 500  # events between engine.tick() calls, as the worker does every few seconds
+
+
+# -- reading -------------------------------------------------------------------
+def read_events(path: Path, limit: int | None = None) -> tuple[list[Event], int]:
+    """Events of a contract JSONL file, in file order, and the count of rejected lines.
+
+    Uses the stream layer's strict validator, so a file is read exactly as the
+    worker would read its messages.
+    """
+    from stream.contract import Rejected, decode_event
+
+    events: list[Event] = []
+    rejected = 0
+    with path.open("rb") as f:
+        for line in f:
+            if limit is not None and len(events) >= limit:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                events.append(decode_event(line))
+            except Rejected:
+                rejected += 1
+    return events, rejected
+
+
+# -- metrics -------------------------------------------------------------------
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties averaged); ``None`` if one class.
+
+    >>> roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    0.75
+    """
+    labels = labels.astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks of ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def macro_f1(pred: Sequence[bool], truth: Sequence[bool]) -> float | None:
+    """Mean of the F1 scores of the positive and the negative class.
+
+    >>> macro_f1([True, True, False, False], [True, False, False, False])
+    0.7333333333333334
+    """
+    if not truth:
+        return None
+    p = np.asarray(pred, dtype=bool)
+    t = np.asarray(truth, dtype=bool)
+    scores = []
+    for cls in (True, False):
+        tp = int(((p == cls) & (t == cls)).sum())
+        fp = int(((p == cls) & (t != cls)).sum())
+        fn = int(((p != cls) & (t == cls)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(scores))
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mean silhouette coefficient (Euclidean); ``None`` with fewer than 2 clusters.
+
+    >>> x = np.array([[0.0], [0.1], [5.0], [5.1]])
+    >>> round(silhouette(x, np.array([0, 0, 1, 1])), 3)
+    0.98
+    """
+    uniq = np.unique(labels)
+    if len(uniq) < 2 or len(x) < 3:
+        return None
+    sq = (x * x).sum(axis=1)
+    values = np.zeros(len(x))
+    for start in range(0, len(x), 1024):
+        block = x[start : start + 1024]
+        d2 = sq[start : start + 1024, None] + sq[None, :] - 2.0 * block @ x.T
+        d = np.sqrt(np.maximum(d2, 0.0))
+        per_cluster = np.stack([d[:, labels == c].sum(axis=1) for c in uniq], axis=1)
+        sizes = np.array([(labels == c).sum() for c in uniq], dtype=float)
+        own = np.searchsorted(uniq, labels[start : start + 1024])
+        rows = np.arange(len(block))
+        own_size = sizes[own]
+        a = per_cluster[rows, own] / np.maximum(own_size - 1, 1)
+        mean_other = per_cluster / sizes
+        mean_other[rows, own] = np.inf
+        b = mean_other.min(axis=1)
+        s = (b - a) / np.maximum(np.maximum(a, b), 1e-12)
+        s[own_size <= 1] = 0.0
+        values[start : start + 1024] = s
+    return float(values.mean())
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 5, iters: int = 100) -> np.ndarray:
+    """Offline k-means (k-means++ seeding, Lloyd iterations); labels of the best restart.
+
+    >>> x = np.array([[0.0], [0.2], [9.0], [9.2]])
+    >>> labels = kmeans(x, 2, seed=0)
+    >>> bool(labels[0] == labels[1] != labels[2] == labels[3])
+    True
+    """
+    rng = np.random.default_rng(seed)
+    best_labels, best_inertia = np.zeros(len(x), dtype=np.int64), math.inf
+    for _ in range(restarts):
+        centres = [x[int(rng.integers(len(x)))]]
+        for _ in range(1, k):
+            d = np.min([((x - c) ** 2).sum(axis=1) for c in centres], axis=0)
+            total = d.sum()
+            centres.append(x[int(rng.choice(len(x), p=d / total))] if total > 0 else x[0])
+        c = np.stack(centres)
+        labels = np.zeros(len(x), dtype=np.int64)
+        for _ in range(iters):
+            d2 = ((x[:, None, :] - c[None]) ** 2).sum(axis=2)
+            new = d2.argmin(axis=1)
+            if np.array_equal(new, labels) and _ > 0:
+                break
+            labels = new
+            for j in range(k):
+                if (labels == j).any():
+                    c[j] = x[labels == j].mean(axis=0)
+        inertia = float(((x - c[labels]) ** 2).sum())
+        if inertia < best_inertia:
+            best_labels, best_inertia = labels, inertia
+    return best_labels
+
+
+# -- baselines -----------------------------------------------------------------
+class PopularityBaseline:
+    """All-time interaction counts; HR@k with the user's seen items excluded."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.counts = np.zeros(1024)
+        self.seen: dict[str, set[int]] = defaultdict(set)
+
+    def hit(self, user: str, item_id: str, k: int) -> bool:
+        idx = self.index.get(item_id)
+        seen = self.seen[user]
+        if idx is None:
+            return False  # never seen before: count 0, ranked after every known item
+        if idx in seen:
+            return False
+        n = len(self.index)
+        c = self.counts[:n]
+        target = c[idx]
+        ahead = int(np.count_nonzero(c > target)) + int(np.count_nonzero(c[:idx] == target))
+        if seen:
+            s = np.fromiter(seen, dtype=np.int64, count=len(seen))
+            cs = c[s]
+            ahead -= int(np.count_nonzero(cs > target)) + int(
+                np.count_nonzero((cs == target) & (s < idx))
+            )
+        return ahead < k
+
+    def learn(self, event: Event) -> None:
+        idx = self.index.get(event.item_id)
+        if idx is None:
+            idx = len(self.index)
+            self.index[event.item_id] = idx
+            if idx >= len(self.counts):
+                self.counts = np.concatenate([self.counts, np.zeros(len(self.counts))])
+        if not (event.type == "purchase" and event.quantity < 0):
+            self.counts[idx] += 1
+        self.seen[event.user_id].add(idx)
+
+
+def biased_mf() -> Any:
+    """River's BiasedMF with the settings of River's MovieLens tutorial."""
+    from river import optim, reco
+
+    return reco.BiasedMF(
+        n_factors=10,
+        bias_optimizer=optim.SGD(0.025),
+        latent_optimizer=optim.SGD(0.05),
+        weight_initializer=optim.initializers.Zeros(),
+        latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=73),
+        l2_bias=0.0,
+        l2_latent=0.0,
+    )
+
+
+# -- the replay ----------------------------------------------------------------
+def _progress(done: int, total: int, started: float) -> None:
+    width = 30
+    frac = done / max(total, 1)
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    bar = "#" * int(width * frac)
+    sys.stderr.write(f"\r[{bar:<{width}}] {frac:6.1%} {done:,}/{total:,} events  {rate:,.0f}/s")
+    sys.stderr.flush()
+
+
+def evaluate(
+    events: list[Event],
+    config: EngineConfig | None = None,
+    progress: bool = False,
+    series: dict[str, list[Any]] | None = None,
+) -> dict[str, Any]:
+    """Replay ``events`` through a fresh engine and the baselines; the metrics dict."""
+    engine = FeedbackEngine(config)
+    k = engine.config.top_k
+    pop = PopularityBaseline()
+    mf = biased_mf()
+    rating_low, rating_high = math.inf, -math.inf
+    hits: list[bool] = []
+    pop_hits: list[bool] = []
+    err: list[float] = []
+    mf_err: list[float] = []
+    sent_pred: list[bool] = []
+    lex_pred: list[bool] = []
+    sent_truth: list[bool] = []
+    alerts: Counter[str] = Counter()
+    alert_times: list[tuple[float, str]] = []
+    has_purchases = any(e.type == "purchase" for e in events)
+    t_end = max((e.timestamp for e in events), default=0.0)
+    cutoff = t_end - CHURN_HORIZON_DAYS * DAY
+    churn_snapshot: dict[str, tuple[float, float]] | None = None
+    bought_after: set[str] = set()
+    engine_seconds = 0.0
+    started = time.perf_counter()
+    step = max(len(events) // 200, 1)
+
+    for n, event in enumerate(events):
+        if has_purchases and churn_snapshot is None and event.timestamp > cutoff:
+            churn_snapshot = {
+                u: (risk, (cutoff - p.last_order_time) / DAY)
+                for u, p in engine.profiles.items()
+                if p.last_order_time is not None
+                and (risk := engine.churn_risk(u, cutoff)) is not None
+            }
+        if churn_snapshot is not None and event.type == "purchase" and event.quantity > 0:
+            bought_after.add(event.user_id)
+
+        # baselines: predict first, then learn
+        if event.is_positive:
+            pop_hits.append(pop.hit(event.user_id, event.item_id, k))
+        if event.type == "review" and event.rating is not None:
+            if rating_low <= rating_high:
+                y = min(rating_high, max(rating_low, mf.predict_one(event.user_id, event.item_id)))
+            else:
+                y = mf.predict_one(event.user_id, event.item_id)
+            mf_err.append(y - event.rating)
+            mf.learn_one(event.user_id, event.item_id, event.rating)
+            rating_low, rating_high = min(rating_low, event.rating), max(rating_high, event.rating)
+        label = label_of(event.rating) if event.type == "review" and event.text else None
+        if label is not None and event.text:
+            lex_pred.append(lexicon_compound(event.text) >= 0.05)
+        pop.learn(event)
+
+        t0 = time.perf_counter()
+        out = engine.process(event)
+        ticked = engine.tick(event.timestamp) if n % TICK_EVERY == TICK_EVERY - 1 else []
+        engine_seconds += time.perf_counter() - t0
+
+        if out.hit is not None:
+            hits.append(out.hit)
+        if out.rating_error is not None:
+            err.append(out.rating_error)
+        if label is not None and out.sentiment is not None:
+            sent_pred.append(out.sentiment >= 0.5)
+            sent_truth.append(label)
+        for alert in [*out.alerts, *ticked]:
+            alerts[alert.kind] += 1
+            alert_times.append((alert.timestamp, alert.kind))
+        if progress and n % step == 0:
+            _progress(n + 1, len(events), started)
+    if progress:
+        _progress(len(events), len(events), started)
+        sys.stderr.write("\n")
+
+    result: dict[str, Any] = {
+        "events": len(events),
+        "positives": len(hits),
+        "hr_at_10": float(np.mean(hits)) if hits else None,
+        "hr_at_10_popularity": float(np.mean(pop_hits)) if pop_hits else None,
+        "ratings": len(err),
+        "rmse": float(np.sqrt(np.mean(np.square(err)))) if err else None,
+        "mae": float(np.mean(np.abs(err))) if err else None,
+        "rmse_biased_mf": float(np.sqrt(np.mean(np.square(mf_err)))) if mf_err else None,
+        "mae_biased_mf": float(np.mean(np.abs(mf_err))) if mf_err else None,
+        "sentiment_reviews": len(sent_truth),
+        "sentiment_macro_f1": macro_f1(sent_pred, sent_truth),
+        "sentiment_macro_f1_lexicon": macro_f1(lex_pred, sent_truth),
+    }
+    result.update(_segmentation_metrics(engine))
+    result.update(_churn_metrics(churn_snapshot, bought_after))
+    result["alerts_by_kind"] = dict(sorted(alerts.items()))
+    result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
+    result["blend_weights"] = dict(
+        zip(
+            ("cooccurrence", "taste", "rating", "trending", "bestseller", "segment"),
+            [round(w, 3) for w in engine.recommender.weights.tolist()],
+            strict=True,
+        )
+    )
+    if series is not None:
+        series.update(
+            hits=hits, pop_hits=pop_hits, err=err, mf_err=mf_err,
+            sent_pred=sent_pred, sent_truth=sent_truth, lex_pred=lex_pred,
+            alert_times=alert_times, segment_profiles=engine.segment_profiles(),
+        )  # fmt: skip
+    return result
+
+
+def _segmentation_metrics(engine: FeedbackEngine, sample: int = 4000) -> dict[str, Any]:
+    users, x, labels = engine.segmentation.snapshot()
+    if len(users) < 3:
+        return {"segmentation_silhouette": None, "segmentation_silhouette_offline_kmeans": None}
+    offline = kmeans(x, engine.config.n_segments, seed=engine.config.seed)
+    rng = np.random.default_rng(engine.config.seed)
+    pick = rng.choice(len(x), size=min(sample, len(x)), replace=False)
+    return {
+        "segment_users": len(users),
+        "segmentation_silhouette": silhouette(x[pick], labels[pick]),
+        "segmentation_silhouette_offline_kmeans": silhouette(x[pick], offline[pick]),
+    }
+
+
+def _churn_metrics(
+    snapshot: dict[str, tuple[float, float]] | None, bought_after: set[str]
+) -> dict[str, Any]:
+    if not snapshot:
+        return {"churn_customers": 0, "churn_auc": None, "churn_auc_recency": None}
+    users = list(snapshot)
+    churned = np.array([u not in bought_after for u in users])
+    risk = np.array([snapshot[u][0] for u in users])
+    recency = np.array([snapshot[u][1] for u in users])
+    return {
+        "churn_customers": len(users),
+        "churn_rate": float(churned.mean()),
+        "churn_auc": roc_auc(risk, churned),
+        "churn_auc_recency": roc_auc(recency, churned),
+    }
+
+
+# -- plots ---------------------------------------------------------------------
+def _rolling(values: Sequence[float], window: int) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return v
+    w = min(window, len(v))
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    return (c[w:] - c[:-w]) / w
+
+
+def write_plots(series: dict[str, Any], directory: Path) -> list[Path]:
+    """PNG plots of the metrics over the stream; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def save(fig: Any, name: str) -> None:
+        path = directory / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    if series["hits"]:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot(_rolling(series["hits"], 2000), label="blend")
+        ax.plot(_rolling(series["pop_hits"], 2000), label="all-time popularity")
+        ax.set(xlabel="positive events", ylabel="HR@10 (rolling 2,000)", title="Hit rate")
+        ax.legend()
+        save(fig, "hit_rate.png")
+    if series["err"]:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot(_rolling(np.abs(series["err"]), 2000), label="engine")
+        ax.plot(_rolling(np.abs(series["mf_err"]), 2000), label="River BiasedMF")
+        ax.set(xlabel="rated reviews", ylabel="MAE (rolling 2,000)", title="Rating error")
+        ax.legend()
+        save(fig, "rating_error.png")
+    if series["sent_truth"]:
+        truth = np.asarray(series["sent_truth"])
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot(_rolling(np.asarray(series["sent_pred"]) == truth, 1000), label="engine")
+        ax.plot(_rolling(np.asarray(series["lex_pred"]) == truth, 1000), label="VADER alone")
+        ax.set(xlabel="labelled reviews", ylabel="accuracy (rolling 1,000)", title="Sentiment")
+        ax.legend()
+        save(fig, "sentiment.png")
+    if series["alert_times"]:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        by_kind: dict[str, list[float]] = defaultdict(list)
+        for t, kind in sorted(series["alert_times"]):
+            by_kind[kind].append(t)
+        for kind, times in by_kind.items():
+            ax.step(np.array(times) / DAY, np.arange(1, len(times) + 1), label=kind)
+        ax.set(xlabel="event time (days since epoch)", ylabel="alerts", title="Alerts")
+        ax.legend()
+        save(fig, "alerts.png")
+    return written
+
+
+# -- benchmark -----------------------------------------------------------------
+WORDS = ["love", "great", "fits", "perfect", "soft", "cheap", "broke", "returned", "small", "large", "fabric", "colour", "quality", "awful", "nice", "comfortable", "disappointed", "beautiful", "thin", "itchy", "recommend"]
+
+
+def synthetic_events(n_items: int, n_events: int, seed: int, n_users: int = 5000) -> Iterator[Event]:
+    """A seeded mixed stream: 60% clicks, 30% purchases, 10% reviews, Zipf-like items."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    weights /= weights.sum()
+    items = rng.choice(n_items, size=n_events, p=weights)
+    users = rng.integers(0, n_users, size=n_events)
+    kinds = rng.random(n_events)
+    t = 1_700_000_000.0
+    for i in range(n_events):
+        t += float(rng.exponential(2.0))
+        user, item = f"u{users[i]}", f"i{items[i]}"
+        if kinds[i] < 0.6:
+            yield Event("click", f"e{i}", user, item, t, session_id=f"s{users[i]}-{int(t) // 1800}")
+        elif kinds[i] < 0.9:
+            qty = int(rng.integers(1, 4)) if rng.random() > 0.03 else -1
+            yield Event("purchase", f"e{i}", user, item, t, quantity=qty, price=9.99)
+        else:
+            rating = float(rng.integers(1, 6))
+            text = " ".join(rng.choice(WORDS, size=12).tolist())
+            yield Event("review", f"e{i}", user, item, t, rating=rating, text=text)
+
+
+def bench(n_items: int, n_events: int, seed: int) -> dict[str, Any]:
+    """Events per second of ``process`` (+ ``tick``) with ``n_items`` in the catalogue."""
+    engine = FeedbackEngine(EngineConfig(seed=seed))
+    t = 1_600_000_000.0
+    for i in range(n_items):  # fill the catalogue first (not timed)
+        engine.process(Event("click", f"w{i}", f"w{i % 997}", f"i{i}", t + i))
+    events = list(synthetic_events(n_items, n_events, seed))
+    started = time.perf_counter()
+    for n, event in enumerate(events):
+        engine.process(event)
+        if n % TICK_EVERY == 0:
+            engine.tick(event.timestamp)
+    elapsed = time.perf_counter() - started
+    return {
+        "catalogue_items": len(engine.catalogue),
+        "events": n_events,
+        "seconds": elapsed,
+        "events_per_second": n_events / elapsed,
+    }
+
+
+# -- command line --------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The human-readable report: each metric beside its same-run baseline."""
+    rows = [
+        ("HR@10 (positives: %s)" % result["positives"], "hr_at_10", "hr_at_10_popularity",
+         "popularity"),
+        ("rating RMSE", "rmse", "rmse_biased_mf", "River BiasedMF"),
+        ("rating MAE", "mae", "mae_biased_mf", "River BiasedMF"),
+        ("sentiment macro-F1", "sentiment_macro_f1", "sentiment_macro_f1_lexicon", "VADER"),
+        ("segmentation silhouette", "segmentation_silhouette",
+         "segmentation_silhouette_offline_kmeans", "offline k-means"),
+        ("churn ROC AUC", "churn_auc", "churn_auc_recency", "recency"),
+    ]  # fmt: skip
+    print(f"{'metric':<28} {'engine':>10} {'baseline':>10}  baseline is")
+    for name, key, base, what in rows:
+        print(f"{name:<28} {_fmt(result.get(key)):>10} {_fmt(result.get(base)):>10}  {what}")
+    print(f"{'alerts':<28} {result['alerts_by_kind']}")
+    print(f"{'events/s (model path)':<28} {_fmt(result['events_per_second'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``feedback-stream evaluate``."""
+    parser = argparse.ArgumentParser(
+        prog="feedback-stream evaluate",
+        description="Replay a contract JSONL file through the models, predicting before "
+        "learning, and report each metric beside a baseline computed in the same run.",
+    )
+    parser.add_argument("path", nargs="?", type=Path, help="contract JSONL file, one event a line")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots into DIR")
+    parser.add_argument("--limit", type=int, help="replay only the first N events")
+    parser.add_argument("--seed", type=int, default=EngineConfig().seed, help="engine seed")
+    parser.add_argument(
+        "--bench-items",
+        type=int,
+        metavar="N",
+        help="instead of a file, time the model path on a synthetic stream with N items",
+    )
+    parser.add_argument(
+        "--bench-events", type=int, default=50_000, help="events timed by --bench-items"
+    )
+    args = parser.parse_args(argv)
+
+    if args.bench_items is not None:
+        result = bench(args.bench_items, args.bench_events, args.seed)
+        if args.json:
+            print(orjson.dumps(result).decode())
+        else:
+            print(
+                f"{result['events']:,} events over {result['catalogue_items']:,} items: "
+                f"{result['events_per_second']:,.0f} events/s"
+            )
+        return 0
+    if args.path is None:
+        parser.error("a JSONL path is needed (or --bench-items N)")
+    if not args.path.exists():
+        parser.error(f"no such file: {args.path}")
+    events, rejected = read_events(args.path, args.limit)
+    if not events:
+        parser.error(f"no valid event in {args.path} ({rejected} rejected lines)")
+    series: dict[str, Any] | None = {} if args.plot else None
+    result = evaluate(
+        events,
+        EngineConfig(seed=args.seed),
+        progress=sys.stderr.isatty() and not args.json,
+        series=series,
+    )
+    result["rejected_lines"] = rejected
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        print(f"{args.path}: {len(events):,} events ({rejected} rejected lines)")
+        print_table(result)
+    if args.plot and series is not None:
+        for path in write_plots(series, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
