@@ -238,7 +238,7 @@ def evaluate(
     events: list[Event],
     config: EngineConfig | None = None,
     progress: bool = False,
-    series: dict[str, list[Any]] | None = None,
+    series: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Replay ``events`` through a fresh engine and the baselines; the metrics dict."""
     engine = FeedbackEngine(config)
@@ -440,10 +440,15 @@ def write_plots(series: dict[str, Any], directory: Path) -> list[Path]:
 
 
 # -- benchmark -----------------------------------------------------------------
-WORDS = ["love", "great", "fits", "perfect", "soft", "cheap", "broke", "returned", "small", "large", "fabric", "colour", "quality", "awful", "nice", "comfortable", "disappointed", "beautiful", "thin", "itchy", "recommend"]
+WORDS = (
+    "love great fits perfect soft cheap broke returned small large fabric colour quality "
+    "awful nice comfortable disappointed beautiful thin itchy recommend"
+).split()
 
 
-def synthetic_events(n_items: int, n_events: int, seed: int, n_users: int = 5000) -> Iterator[Event]:
+def synthetic_events(
+    n_items: int, n_events: int, seed: int, n_users: int = 5000
+) -> Iterator[Event]:
     """A seeded mixed stream: 60% clicks, 30% purchases, 10% reviews, Zipf-like items."""
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, n_items + 1) ** 0.8
@@ -499,7 +504,7 @@ def _fmt(value: Any) -> str:
 def print_table(result: dict[str, Any]) -> None:
     """The human-readable report: each metric beside its same-run baseline."""
     rows = [
-        ("HR@10 (positives: %s)" % result["positives"], "hr_at_10", "hr_at_10_popularity",
+        (f"HR@10 (positives: {result['positives']})", "hr_at_10", "hr_at_10_popularity",
          "popularity"),
         ("rating RMSE", "rmse", "rmse_biased_mf", "River BiasedMF"),
         ("rating MAE", "mae", "mae_biased_mf", "River BiasedMF"),
