@@ -440,10 +440,29 @@ def write_plots(series: dict[str, Any], directory: Path) -> list[Path]:
 
 
 # -- benchmark -----------------------------------------------------------------
-WORDS = (
-    "love great fits perfect soft cheap broke returned small large fabric colour quality "
-    "awful nice comfortable disappointed beautiful thin itchy recommend"
-).split()
+WORDS = [
+    "love",
+    "great",
+    "fits",
+    "perfect",
+    "soft",
+    "cheap",
+    "broke",
+    "returned",
+    "small",
+    "large",
+    "fabric",
+    "colour",
+    "quality",
+    "awful",
+    "nice",
+    "comfortable",
+    "disappointed",
+    "beautiful",
+    "thin",
+    "itchy",
+    "recommend",
+]
 
 
 def synthetic_events(
