@@ -129,7 +129,9 @@ class Processor:
             update_profile(profile, event, outcome, self.settings.dedup_window)
             dirty[event.user_id] = (profile, msg)
             if should_recommend(profile, event, self.settings.recommend_min_interval_seconds):
-                out.append(self._recommend(profile, event, msg, now))
+                rec = self._recommend(profile, event, msg, now)
+                if rec is not None:
+                    out.append(rec)
             out.extend(self._alert(a, now) for a in outcome.alerts)
             self.max_event_time = max(self.max_event_time, event.timestamp)
             self.metrics.events.labels(etype, "processed").inc()
@@ -195,8 +197,12 @@ class Processor:
 
     def _recommend(
         self, profile: Profile, event: Event, msg: InputMessage, now: float
-    ) -> OutputMessage:
+    ) -> OutputMessage | None:
         items = self.engine.recommend(event.user_id, self.settings.top_k, now=event.timestamp)
+        if not items:
+            # Nothing the user has not already bought yet (a cold catalogue): an
+            # empty list helps no consumer, so nothing is published.
+            return None
         strategy = self.engine.strategy
         rec_id = str(uuid.uuid5(_ID_NAMESPACE, f"rec:{event.event_id}:{strategy}"))
         profile["recommendations"] = [recommendation_json(r) for r in items]

@@ -24,7 +24,7 @@ def register(fa: FeedbackApp, profiles: Any) -> None:
     class UserProfile(View):
         """The user's profile; a user owned by another worker is forwarded there."""
 
-        @app.table_route(table=profiles, match_info="user_id")
+        @app.table_route(table=profiles, match_info="user_id")  # type: ignore[arg-type]
         async def get(self, request: Request, user_id: str) -> Response:
             stored_id = pseudonymise(user_id, key) if key else user_id
             profile = profiles.get(stored_id)

@@ -81,8 +81,10 @@ def test_profile_lookup_and_duplicates(worker_factory) -> None:
         {**base, "type": "review", "event_id": "r1", "item_id": "sku-1", "rating": 5,
          "text": "Lovely, fits well"},
     ]
-    # The purchase arrives twice (a producer retry): it must be learned once.
-    records = event_records(worker.settings, [*events, events[1]])
+    # Bob's purchase gives the catalogue an item Alice has not bought yet.
+    bob = {**events[1], "user_id": "bob", "event_id": "b1", "item_id": "sku-2"}
+    # Alice's purchase arrives twice (a producer retry): it must be learned once.
+    records = event_records(worker.settings, [bob, *events, events[1]])
     produce_events(worker.settings, records)
 
     def profile() -> dict[str, Any] | None:
@@ -95,6 +97,7 @@ def test_profile_lookup_and_duplicates(worker_factory) -> None:
     assert p["events"] == {"click": 1, "purchase": 1, "review": 1}
     assert p["last_event_time"] is not None
     assert p["recommendation_id"]
+    assert [r["item_id"] for r in p["recommendations"]] == ["sku-2"]
     assert wait_for(lambda: worker.metric("feedback_events_total", outcome="duplicate") == 1, 30)
     status, body = worker.get("/users/nobody")
     assert status == 404 and b"nobody" in body
