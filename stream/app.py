@@ -141,7 +141,8 @@ def build_app(
     async def tick() -> None:
         await publish(fa, processor.tick())
         await update_lag(fa)
-        metrics.users_tracked.set(len(profiles))
+        metrics.users_tracked.set(len(engine.profiles))
+        metrics.items_tracked.set(len(engine.catalogue))
 
     @app.timer(settings.checkpoint_interval_seconds)
     async def save_checkpoint() -> None:
