@@ -7,7 +7,8 @@ set -euo pipefail
 bootstrap="${FEEDBACK_BOOTSTRAP_SERVERS:-kafka:29092}"
 partitions="${FEEDBACK_PARTITIONS:-4}"
 replication="${FEEDBACK_REPLICATION_FACTOR:-1}"
-kafka_topics=/opt/kafka/bin/kafka-topics.sh
+# The apache/kafka image's tool; overridable so tests/ops can run this script with a stub.
+kafka_topics="${KAFKA_TOPICS_BIN:-/opt/kafka/bin/kafka-topics.sh}"
 
 create() {  # create TOPIC [--config k=v ...]
     local topic="$1"

@@ -418,3 +418,41 @@ def test_dockerfile_copies_what_pip_install_needs(dockerfile: list) -> None:
     hidden = copied & ignored
     assert not hidden, f".dockerignore hides what the Dockerfile copies: {hidden}"
     assert {".git", ".venv"} <= ignored, "keep the build context small"
+
+
+def test_topics_script_creates_what_the_worker_expects(services: dict, tmp_path: Path) -> None:
+    """Run create-topics.sh with the topics service's environment and a stub
+    kafka-topics.sh; the topics it creates are stream.topics.topic_specs()."""
+    from stream.topics import topic_specs
+
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "kafka-topics.sh"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{calls}"\n')
+    stub.chmod(0o755)
+    env = {**env_of(services["topics"]), "KAFKA_TOPICS_BIN": str(stub), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        ["bash", str(REPO / "ops/kafka/create-topics.sh")],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    created = {}
+    for line in calls.read_text().splitlines():
+        args = line.split()
+        if "--create" not in args:
+            continue
+        assert args[args.index("--bootstrap-server") + 1] == env["FEEDBACK_BOOTSTRAP_SERVERS"]
+        assert "--if-not-exists" in args
+        configs = dict(
+            args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--config"
+        )
+        created[args[args.index("--topic") + 1]] = (
+            int(args[args.index("--partitions") + 1]),
+            int(args[args.index("--replication-factor") + 1]),
+            configs,
+        )
+    expected = topic_specs(Settings.from_env(env_of(services["worker"])))
+    assert set(created) == {s.name for s in expected}
+    for spec in expected:
+        partitions, replication, configs = created[spec.name]
+        assert (partitions, replication) == (spec.partitions, spec.replication_factor)
+        assert configs.get("cleanup.policy", "delete") == spec.config["cleanup.policy"]
