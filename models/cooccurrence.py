@@ -2,12 +2,62 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from operator import itemgetter
 
 import numpy as np
 
 from models.catalogue import grown
+
+
+class Neighbours:
+    """One item's weighted neighbours: numpy arrays plus a slot index for O(1) updates.
+
+    Scoring reads ``keys[:n]`` and ``values[:n]`` directly, with no per-call
+    conversion from a dict.
+    """
+
+    __slots__ = ("keys", "n", "slots", "values")
+
+    def __init__(self) -> None:
+        self.slots: dict[int, int] = {}
+        self.keys = np.zeros(8, dtype=np.int64)
+        self.values = np.zeros(8)
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, item: int, weight: float) -> None:
+        """Add ``weight`` to the pair with ``item``."""
+        slot = self.slots.get(item)
+        if slot is None:
+            slot = self.n
+            if slot == self.keys.shape[0]:
+                self.keys = grown(self.keys, slot + 1)
+                self.values = grown(self.values, slot + 1)
+            self.slots[item] = slot
+            self.keys[slot] = item
+            self.values[slot] = weight
+            self.n = slot + 1
+        else:
+            self.values[slot] += weight
+
+    def get(self, item: int) -> float:
+        """Weight of the pair with ``item`` (0 if absent)."""
+        slot = self.slots.get(item)
+        return 0.0 if slot is None else float(self.values[slot])
+
+    def prune(self, keep: int) -> None:
+        """Keep only the ``keep`` heaviest neighbours."""
+        if self.n <= keep:
+            return
+        top = np.argpartition(-self.values[: self.n], keep - 1)[:keep]
+        top.sort()
+        self.keys = self.keys[top].copy()
+        self.values = self.values[top].copy()
+        self.n = keep
+        self.slots = {int(k): i for i, k in enumerate(self.keys.tolist())}
 
 
 class ItemCooccurrence:
@@ -49,12 +99,12 @@ class ItemCooccurrence:
         self.max_neighbours = max_neighbours
         self.gamma = gamma
         self.alpha = alpha
-        self.neighbours: list[dict[int, float]] = []
+        self.neighbours: list[Neighbours] = []
         self._mass = np.zeros(16)
 
     def _ensure(self, item: int) -> None:
         while len(self.neighbours) <= item:
-            self.neighbours.append({})
+            self.neighbours.append(Neighbours())
         self._mass = grown(self._mass, item + 1)
 
     def learn(self, history: Sequence[tuple[int, float]], item: int, weight: float) -> None:
@@ -69,20 +119,16 @@ class ItemCooccurrence:
             if h != item and w_h > 0.0:
                 w = min(weight, w_h) * decay
                 nb_h = self.neighbours[h]
-                nb_h[item] = nb_h.get(item, 0.0) + w
-                nb_item[h] = nb_item.get(h, 0.0) + w
+                nb_h.add(item, w)
+                nb_item.add(h, w)
                 self._mass[h] += w
                 total += w
-                if len(nb_h) > 2 * self.max_neighbours:
-                    self.neighbours[h] = self._pruned(nb_h)
+                if nb_h.n > 2 * self.max_neighbours:
+                    nb_h.prune(self.max_neighbours)
             decay *= self.gamma
         self._mass[item] += total
-        if len(nb_item) > 2 * self.max_neighbours:
-            self.neighbours[item] = self._pruned(nb_item)
-
-    def _pruned(self, nb: dict[int, float]) -> dict[int, float]:
-        kept = sorted(nb.items(), key=itemgetter(1), reverse=True)[: self.max_neighbours]
-        return dict(kept)
+        if nb_item.n > 2 * self.max_neighbours:
+            nb_item.prune(self.max_neighbours)
 
     def scores(self, history: Sequence[tuple[int, float]], n: int) -> np.ndarray:
         """Scores of items ``0..n-1`` given ``(item, recency weight)`` pairs."""
@@ -93,12 +139,10 @@ class ItemCooccurrence:
             if h >= len(self.neighbours):
                 continue
             nb = self.neighbours[h]
-            if not nb or r <= 0.0:
+            if nb.n == 0 or r <= 0.0:
                 continue
-            k = np.fromiter(nb.keys(), dtype=np.int64, count=len(nb))
-            v = np.fromiter(nb.values(), dtype=np.float64, count=len(nb))
-            keys.append(k)
-            vals.append(v * (r / np.sqrt(mass[h] + 1.0)))
+            keys.append(nb.keys[: nb.n])
+            vals.append(nb.values[: nb.n] * (r / math.sqrt(mass[h] + 1.0)))
         if not keys:
             return np.zeros(n)
         idx = np.concatenate(keys)
@@ -112,7 +156,7 @@ class ItemCooccurrence:
         best, best_w = None, 0.0
         for h, r in history:
             if h < len(self.neighbours):
-                w = self.neighbours[h].get(candidate, 0.0) * r / np.sqrt(self._mass[h] + 1.0)
+                w = self.neighbours[h].get(candidate) * r / math.sqrt(self._mass[h] + 1.0)
                 if w > best_w:
                     best, best_w = h, w
         return best

@@ -42,18 +42,29 @@ def _unit_max(values: np.ndarray) -> np.ndarray:
 
 def _unit_z(values: np.ndarray) -> np.ndarray:
     """Z-scores clipped to +-3 and divided by 3: preference scores mapped into [-1, 1]."""
-    std = float(values.std()) if values.size else 0.0
+    if not values.size:
+        return values
+    mean = float(values.mean())
+    std = math.sqrt(max(float(values @ values) / values.size - mean * mean, 0.0))
     if std <= 1e-12:
         return np.zeros_like(values)
-    return np.clip((values - values.mean()) / std, -3.0, 3.0) / 3.0
+    return np.clip((values - mean) / (3.0 * std), -1.0, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """Scores of the whole catalogue for one user, with the features behind them."""
+    """Scores of the whole catalogue for one user, with the feature rows behind them.
+
+    A row that is zero for every item (no co-occurrence history, unknown user,
+    ...) is ``None``, so that it costs nothing.
+    """
 
     scores: np.ndarray  # (n_items,), -inf for excluded items
-    features: np.ndarray  # (n_features, n_items)
+    rows: tuple[np.ndarray | None, ...]  # one per name in FEATURES
+
+    def column(self, item: int) -> np.ndarray:
+        """The feature vector of one item."""
+        return np.array([0.0 if r is None else float(r[item]) for r in self.rows])
 
 
 class BlendedRecommender:
@@ -142,6 +153,7 @@ class BlendedRecommender:
         self.prior = np.array(PRIOR_WEIGHTS)
         self.weights = self.prior.copy()
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._segment_cache: dict[int, np.ndarray] = {}
         self._since_cache = 0
 
     # -- scoring ---------------------------------------------------------------
@@ -154,34 +166,36 @@ class BlendedRecommender:
             w *= self.history_decay
         return out
 
-    def _popularity_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _popularity_rows(self, n: int, segment: int | None) -> tuple[np.ndarray, ...]:
+        """Trending, best-seller and segment rows, cached for ``cache_events`` steps."""
         cache = self._cache
         if cache is None or cache[0].shape[0] != n or self._since_cache >= self.cache_events:
             cache = (_unit_log(self.popularity.recent(n)), _unit_log(self.popularity.all_time(n)))
             self._cache = cache
+            self._segment_cache = {}
             self._since_cache = 0
-        return cache
+        if segment is None or segment >= self.n_segments:
+            return cache
+        row = self._segment_cache.get(segment)
+        if row is None:
+            row = _unit_log(self.segment_popularity[segment].recent(n))
+            self._segment_cache[segment] = row
+        return (*cache, row)
 
-    def features(self, profile: UserProfile, n: int) -> np.ndarray:
-        """The ``(len(FEATURES), n)`` feature matrix of items ``0..n-1`` for ``profile``."""
-        trending, bestseller = self._popularity_rows(n)
+    def features(self, profile: UserProfile, n: int) -> tuple[np.ndarray | None, ...]:
+        """Feature rows of items ``0..n-1`` for ``profile``, in :data:`FEATURES` order."""
+        popular = self._popularity_rows(n, profile.segment)
         user = profile.user_id
-        seg = profile.segment
-        segment = (
-            _unit_log(self.segment_popularity[seg].recent(n))
-            if seg is not None and seg < self.n_segments
-            else np.zeros(n)
-        )
-        has_ratings = self.ratings.user_count.get(user, 0) > 0
-        return np.stack(
-            [
-                _unit_max(self.cooccurrence.scores(self.recency_weighted(profile), n)),
-                _unit_z(self.taste.scores(user, n)) if user in self.taste.user_vec else np.zeros(n),
-                _unit_z(self.ratings.predict_all(user, n)) if has_ratings else np.zeros(n),
-                trending,
-                bestseller,
-                segment,
-            ]
+        history = self.recency_weighted(profile)
+        return (
+            _unit_max(self.cooccurrence.scores(history, n)) if history else None,
+            _unit_z(self.taste.scores(user, n)) if user in self.taste.user_vec else None,
+            _unit_z(self.ratings.predict_all(user, n))
+            if self.ratings.user_count.get(user, 0) > 0
+            else None,
+            popular[0],
+            popular[1],
+            popular[2] if len(popular) > 2 else None,
         )
 
     def score(self, profile: UserProfile, n: int, exclude_all_seen: bool = True) -> Scored:
@@ -190,8 +204,11 @@ class BlendedRecommender:
         ``exclude_all_seen`` excludes every item the user interacted with (the
         evaluation's definition); otherwise only items bought or reviewed.
         """
-        feats = self.features(profile, n)
-        scores = self.weights @ feats
+        rows = self.features(profile, n)
+        scores = np.zeros(n)
+        for w, row in zip(self.weights.tolist(), rows, strict=True):
+            if row is not None:
+                scores += w * row
         if profile.seen:
             if exclude_all_seen:
                 seen = np.fromiter(profile.seen.keys(), dtype=np.int64, count=len(profile.seen))
@@ -200,7 +217,7 @@ class BlendedRecommender:
                     [i for i, kind in profile.seen.items() if kind != "click"], dtype=np.int64
                 )
             scores[seen[seen < n]] = -np.inf
-        return Scored(scores, feats)
+        return Scored(scores, rows)
 
     @staticmethod
     def rank_of(scored: Scored, item: int) -> int | None:
@@ -225,7 +242,7 @@ class BlendedRecommender:
         self, scored: Scored, item: int, profile: UserProfile, catalogue: ItemCatalogue
     ) -> str:
         """Short human-readable reason: the signal contributing most to ``item``."""
-        contrib = self.weights * scored.features[:, item]
+        contrib = self.weights * scored.column(item)
         best = FEATURES[int(contrib.argmax())]
         if best == "cooccurrence":
             source = self.cooccurrence.strongest_source(self.recency_weighted(profile), item)
@@ -259,7 +276,7 @@ class BlendedRecommender:
         for neg in negatives:
             if neg == item or not np.isfinite(s[neg]):
                 continue
-            diff = scored.features[:, item] - scored.features[:, neg]
+            diff = scored.column(item) - scored.column(neg)
             x = float(self.weights @ diff)
             g = 1.0 / (1.0 + math.exp(min(x, 30.0)))
             self.weights += self.blend_lr * (g * diff - self.blend_l2 * (self.weights - self.prior))

@@ -70,9 +70,17 @@ class OnlineSegmentation:
         self.order: list[str] = []
         self.cursor = 0
         self.initialised = False
+        self._updates = 0
+        self._scale_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- scaling -------------------------------------------------------------
     def _scale(self) -> tuple[np.ndarray, np.ndarray]:
+        # Population statistics move slowly: recomputed every 64 updates, not every event.
+        if self._scale_cache is None or self._updates % 64 == 0:
+            self._scale_cache = self._compute_scale()
+        return self._scale_cache
+
+    def _compute_scale(self) -> tuple[np.ndarray, np.ndarray]:
         n = max(len(self.members), 1)
         mean = self.total / n
         var = np.maximum(self.total_sq / n - mean * mean, 0.0)
@@ -82,7 +90,7 @@ class OnlineSegmentation:
 
     def scaled(self, vectors: np.ndarray) -> np.ndarray:
         """``vectors`` standardised with the current population statistics."""
-        mean, std = self._scale()
+        mean, std = self._compute_scale()
         return (vectors - mean) / std
 
     def _centre(self, j: int) -> np.ndarray:
@@ -115,6 +123,7 @@ class OnlineSegmentation:
 
     def update(self, user_id: str, vector: np.ndarray, last_seen: float) -> int | None:
         """Put ``user_id``'s new ``vector`` in; returns their (possibly new) segment."""
+        self._updates += 1
         old = self.members.get(user_id)
         segment: int | None = None
         if old is None:
@@ -152,7 +161,7 @@ class OnlineSegmentation:
             for j in range(self.k):
                 if (labels == j).any():
                     c[j] = x[labels == j].mean(axis=0)
-        mean, std = self._scale()
+        mean, std = self._compute_scale()
         self.centres = c * std + mean
         self.initialised = True
         for u, label in zip(users, labels.tolist(), strict=True):
