@@ -135,8 +135,10 @@ class Rejected(Exception):
 def _show(value: Any) -> str:
     """A short, safe rendering of an offending value for a detail sentence."""
     if isinstance(value, str):
-        text = value if len(value) <= _MAX_SHOWN else value[:_MAX_SHOWN] + "..."
-        return ascii(text)  # escapes control characters and surrogates
+        shown = ascii(value[:_MAX_SHOWN])  # escapes control characters and surrogates
+        if len(shown) > 2 * _MAX_SHOWN:  # escapes can make it up to 10x longer
+            return shown[: 2 * _MAX_SHOWN] + "..."
+        return shown + "..." if len(value) > _MAX_SHOWN else shown
     if isinstance(value, dict | list):
         return _JSON_TYPE_NAMES[type(value)]
     text = repr(value)

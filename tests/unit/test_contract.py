@@ -343,6 +343,8 @@ def test_details_quote_offending_strings_safely_and_briefly() -> None:
     error = rejected(raw(CLICK, timestamp="\x00" + "x" * 1000))
     assert "\x00" not in error.detail and "\\x00" in error.detail
     assert len(error.detail) < 200
+    wide = rejected(raw(CLICK, timestamp="\U0001f600" * 1000))  # escapes are 10 chars each
+    assert len(wide.detail) < 200
 
 
 def test_rejected_pickles_for_multiprocessing_and_logging() -> None:
