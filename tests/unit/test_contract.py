@@ -364,3 +364,13 @@ def test_stream_package_import_does_not_load_faust() -> None:
     code = "import sys, stream.contract; print('faust' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_module_doctests() -> None:
+    # pytest's --doctest-modules only collects tests/ and models/: run these here.
+    import doctest
+
+    import stream.contract
+
+    result = doctest.testmod(stream.contract, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 8 and result.failed == 0

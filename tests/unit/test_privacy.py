@@ -149,3 +149,12 @@ def test_real_clothing_reviews_are_left_intact() -> None:
     assert len(texts) > 20_000
     changed = [t for t in texts if scrub_pii(t) != t]
     assert changed == []
+
+
+def test_module_doctests() -> None:
+    import doctest
+
+    import stream.privacy
+
+    result = doctest.testmod(stream.privacy)
+    assert result.attempted >= 4 and result.failed == 0
