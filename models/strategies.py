@@ -1,0 +1,156 @@
+"""The recommendation strategies an experiment or the bandit chooses among.
+
+* ``blend``: the engine's blended recommender, :meth:`FeedbackEngine.recommend`.
+* ``popularity``: plain all-time popularity (net interaction weight, the same
+  counts the engine's popularity component learns), excluding what the user
+  bought or reviewed: the baseline every personalised model must beat.
+* ``explore``: the blend with exploration. The top ``pool * k`` blended items
+  are re-ranked by sampling without replacement (Plackett-Luce, with the
+  Gumbel-top-k trick) with weights ``rank ** (-1 / temperature)``: the blend's
+  order on average, but items ranked beyond ``k`` regularly reach the list, so
+  the feedback loop also learns about them. The emitted score is the sampled
+  key (so the list stays sorted by score); an item from beyond the blend's
+  top ``k`` says so in its reason.
+
+Every strategy is a deterministic function of the engine state and a
+``key`` (the triggering event id): re-processing the same event after a crash
+produces the same list.
+"""
+
+from __future__ import annotations
+
+import math
+from hashlib import blake2b
+
+import numpy as np
+
+from models.engine import FeedbackEngine, Recommendation
+from models.experiments import KNOWN_STRATEGIES
+
+__all__ = ["STRATEGIES", "Strategies"]
+
+#: Names of the strategies, in a fixed order (the bandit's arms).
+STRATEGIES: tuple[str, ...] = KNOWN_STRATEGIES
+
+
+class Strategies:
+    """Produce top-k lists with any of :data:`STRATEGIES` from one engine.
+
+    Parameters
+    ----------
+    explore_pool
+        ``explore`` samples from the blend's top ``explore_pool * k`` items.
+    explore_temperature
+        Higher explores more: weight of blend rank ``r`` is ``r ** (-1 / temperature)``.
+    seed
+        Combined with each call's ``key`` to seed that call's sampling.
+
+    Examples
+    --------
+    >>> from models.events import Event
+    >>> engine = FeedbackEngine()
+    >>> t = 1_700_000_000.0
+    >>> buys = [("a", "x"), ("b", "x"), ("c", "x"), ("a", "y"), ("b", "z"), ("d", "w")]
+    >>> for i, (user, item) in enumerate(buys):
+    ...     _ = engine.process(Event("purchase", f"e{i}", user, item, t + i, quantity=1))
+    >>> s = Strategies(seed=1)
+    >>> [r.item_id for r in s.recommend("popularity", engine, "c", k=2)]
+    ['y', 'z']
+    >>> [r.reason for r in s.recommend("popularity", engine, "d", k=1)]
+    ['popular with everyone']
+    >>> s.recommend("explore", engine, "c", k=3, key="e9") == s.recommend(
+    ...     "explore", engine, "c", k=3, key="e9")
+    True
+    """
+
+    def __init__(
+        self, explore_pool: int = 3, explore_temperature: float = 1.0, seed: int = 0
+    ) -> None:
+        if explore_pool < 1 or explore_temperature <= 0:
+            raise ValueError("explore_pool must be >= 1 and explore_temperature > 0")
+        self.explore_pool = explore_pool
+        self.explore_temperature = explore_temperature
+        self.seed = seed
+
+    def recommend(
+        self,
+        strategy: str,
+        engine: FeedbackEngine,
+        user_id: str,
+        k: int = 10,
+        now: float | None = None,
+        key: str = "",
+    ) -> list[Recommendation]:
+        """Top-``k`` for ``user_id`` by ``strategy``; ``key`` seeds ``explore``."""
+        if strategy == "blend":
+            return engine.recommend(user_id, k, now=now)
+        if strategy == "popularity":
+            return self.popularity(engine, user_id, k)
+        if strategy == "explore":
+            return self.explore(engine, user_id, k, now, key)
+        raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+
+    @staticmethod
+    def popularity(engine: FeedbackEngine, user_id: str, k: int) -> list[Recommendation]:
+        """All-time most popular items the user has not bought or reviewed.
+
+        Uses the engine's own popularity counts (``engine.recommender.popularity``)
+        and the same exclusion rule as :meth:`FeedbackEngine.recommend`; ties
+        are broken by catalogue order. One vectorised pass over the catalogue.
+        """
+        n = len(engine.catalogue)
+        if n == 0 or k <= 0:
+            return []
+        counts = engine.recommender.popularity.all_time(n)
+        scores = np.where(counts > 0, counts, -np.inf)
+        profile = engine.profiles.get(user_id)
+        if profile is not None and profile.seen:
+            seen = np.array([i for i, kind in profile.seen.items() if kind != "click"], dtype=int)
+            if seen.size:
+                scores[seen[seen < n]] = -np.inf
+        k = min(k, int(np.count_nonzero(np.isfinite(scores))))
+        if k <= 0:
+            return []
+        part = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+        order = part[np.lexsort((part, -scores[part]))]
+        return [
+            Recommendation(engine.catalogue.ids[int(i)], float(scores[i]), "popular with everyone")
+            for i in order
+        ]
+
+    def explore(
+        self,
+        engine: FeedbackEngine,
+        user_id: str,
+        k: int,
+        now: float | None = None,
+        key: str = "",
+    ) -> list[Recommendation]:
+        """The blend's top ``explore_pool * k``, re-ranked by a Plackett-Luce draw."""
+        pool = engine.recommend(user_id, k * self.explore_pool, now=now)
+        if not pool:
+            return []
+        digest = blake2b(f"{self.seed}:{key}".encode(), digest_size=8).digest()
+        rng = np.random.default_rng(int.from_bytes(digest, "big"))
+        ranks = np.arange(1, len(pool) + 1, dtype=float)
+        keys = -np.log(ranks) / self.explore_temperature + rng.gumbel(size=len(pool))
+        chosen = np.argsort(-keys, kind="stable")[:k]
+        out = []
+        for i in chosen:
+            rec = pool[int(i)]
+            reason = rec.reason if i < k else f"something new: {rec.reason}"
+            out.append(Recommendation(rec.item_id, round(float(keys[i]), 6), reason))
+        return out
+
+
+def exploration_share(explore_pool: int, temperature: float, k: int = 10) -> float:
+    """Expected share of the first draw coming from beyond the blend's top ``k``.
+
+    A quick way to read ``temperature``: at 1.0 with a pool of 3k, about a
+    quarter of first picks come from ranks k+1..3k.
+
+    >>> round(exploration_share(3, 1.0), 2)
+    0.27
+    """
+    w = [r ** (-1.0 / temperature) for r in range(1, explore_pool * k + 1)]
+    return math.fsum(w[k:]) / math.fsum(w)
