@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from models.experiments import parse_variants
+
 PREFIX = "FEEDBACK_"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -72,6 +74,21 @@ class Settings:
     # How often the worker runs the engine's time-driven checks (churn) and refreshes gauges.
     tick_interval_seconds: float = 5.0
 
+    # Experiments (docs/feedback-loop.md): variants as ``name[:weight],...`` among
+    # blend, popularity, explore; a user's variant is a keyed hash of the user id
+    # with the salt, the same on every worker and after restarts.
+    experiment_variants: str = "blend"
+    experiment_salt: str = "feedback-experiment-1"
+    # On: a Thompson-sampling bandit picks the strategy per segment from the
+    # attributed clicks, for every user (variant "bandit").
+    bandit: bool = False
+    bandit_seed: int = 42
+    # A click or purchase without a recommendation_id is credited to the latest
+    # recommendation of that item to that user shown at most this long before
+    # (event time); each user's last `attribution_max_exposures` are remembered.
+    attribution_window_seconds: float = 1800.0
+    attribution_max_exposures: int = 20
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read ``FEEDBACK_*`` variables, apply ``overrides`` and validate.
@@ -123,7 +140,15 @@ class Settings:
             (self.tick_interval_seconds > 0, "FEEDBACK_TICK_INTERVAL_SECONDS must be > 0"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "FEEDBACK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
+            (self.attribution_window_seconds > 0,
+             "FEEDBACK_ATTRIBUTION_WINDOW_SECONDS must be > 0"),
+            (self.attribution_max_exposures >= 1,
+             "FEEDBACK_ATTRIBUTION_MAX_EXPOSURES must be >= 1"),
         ]
+        try:
+            parse_variants(self.experiment_variants)
+        except ValueError as exc:
+            checks.append((False, f"FEEDBACK_EXPERIMENT_VARIANTS: {exc}"))
         for path in (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile):
             checks.append((not path or Path(path).is_file(), f"TLS file not found: {path}"))
         for ok, message in checks:
@@ -152,6 +177,12 @@ def _parse(name: str, raw: str, kind: object) -> object:
             return int(raw)
         except ValueError:
             raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if kind_name == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{name} must be 1/0 (true/false), got {raw!r}")
     if kind_name == "float":
         try:
             return float(raw)
