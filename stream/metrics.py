@@ -107,6 +107,62 @@ class Metrics:
             "items_tracked", "Items known to this worker's recommender.",
             namespace=ns, registry=registry,
         )
+        # The feedback loop (docs/feedback-loop.md): exposures, attributed clicks and
+        # purchases per experiment variant and strategy; CTR = clicked / exposures.
+        variant_labels = ["variant", "strategy"]
+        self.exposures = Counter(
+            "recommendation_exposures_total",
+            "Recommendations published (exposures), by experiment variant and strategy.",
+            variant_labels, namespace=ns, registry=registry,
+        )
+        self.recommendations_clicked = Counter(
+            "recommendations_clicked_total",
+            "Recommendations with at least one attributed click (the CTR numerator).",
+            variant_labels, namespace=ns, registry=registry,
+        )
+        self.recommendations_converted = Counter(
+            "recommendations_converted_total",
+            "Recommendations with at least one attributed purchase (the conversion numerator).",
+            variant_labels, namespace=ns, registry=registry,
+        )
+        self.attributed_clicks = Counter(
+            "attributed_clicks_total",
+            "Clicks attributed to a recommendation, by variant, strategy and how they were "
+            "matched (id: carried its recommendation_id; window: same item shortly after).",
+            [*variant_labels, "matched_by"], namespace=ns, registry=registry,
+        )
+        self.attributed_purchases = Counter(
+            "attributed_purchases_total",
+            "Purchase lines (quantity > 0) attributed to a recommendation.",
+            variant_labels, namespace=ns, registry=registry,
+        )
+        self.attributed_revenue = Counter(
+            "attributed_revenue_total",
+            "Revenue (quantity x unit price, any currency) of attributed purchase lines.",
+            variant_labels, namespace=ns, registry=registry,
+        )
+        self.attribution_unmatched = Counter(
+            "attribution_unmatched_total",
+            "Clicks and purchases credited to no recommendation, by type and reason "
+            "(unknown_recommendation_id, not_recommended).",
+            ["type", "reason"], namespace=ns, registry=registry,
+        )
+        self.experiment_rate = Gauge(
+            "experiment_rate",
+            "Per-variant CTR and conversion rate of recommendations since this worker "
+            "started, with a 95% Wilson interval (bound: value, lower, upper).",
+            ["variant", "metric", "bound"], namespace=ns, registry=registry,
+        )
+        self.bandit_choices = Counter(
+            "bandit_choices_total",
+            "Strategies chosen by the bandit, by customer segment.",
+            ["segment", "strategy"], namespace=ns, registry=registry,
+        )
+        self.bandit_mean_ctr = Gauge(
+            "bandit_posterior_mean_ctr",
+            "The bandit's posterior mean CTR of each strategy, by customer segment.",
+            ["segment", "strategy"], namespace=ns, registry=registry,
+        )
         self.checkpoints = Counter(
             "model_checkpoints_total", "Model checkpoints written.",
             namespace=ns, registry=registry,
