@@ -8,6 +8,7 @@ usually, the security settings.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from models.experiments import parse_variants
 
 PREFIX = "FEEDBACK_"
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -32,6 +34,9 @@ class Settings:
     partitions: int = 4
     replication_factor: int = 1
     web_host: str = "127.0.0.1"
+    # The address other workers use to forward profile look-ups to this one.
+    # Empty: the bind address, or this host's IP when binding to every interface.
+    advertised_host: str = ""
     web_port: int = 6066
     state_dir: str = "var"
     log_level: str = "INFO"
@@ -166,7 +171,33 @@ class Settings:
 
     @property
     def web_url(self) -> str:
-        return f"http://{self.web_host}:{self.web_port}"
+        """Where this worker answers locally (tools and tests call it)."""
+        host = "127.0.0.1" if self.web_host in WILDCARD_HOSTS else self.web_host
+        return f"http://{host}:{self.web_port}"
+
+    @property
+    def canonical_url(self) -> str:
+        """The URL this worker advertises to the others for table routing.
+
+        A wildcard bind (0.0.0.0 in a container) is not an address another
+        replica can reach, so the host's own IP stands in for it.
+        """
+        host = self.advertised_host
+        if not host:
+            host = self.web_host
+            if host in WILDCARD_HOSTS:
+                host = routable_host()
+        return f"http://{host}:{self.web_port}"
+
+
+def routable_host() -> str:
+    """This host's IP, or its name where the name resolves to loopback only."""
+    name = socket.gethostname()
+    try:
+        ip = socket.gethostbyname(name)
+    except OSError:
+        return name
+    return name if ip.startswith("127.") else ip
 
 
 def _parse(name: str, raw: str, kind: object) -> object:

@@ -458,12 +458,6 @@ def test_topics_script_creates_what_the_worker_expects(services: dict, tmp_path:
         assert configs.get("cleanup.policy", "delete") == spec.config["cleanup.policy"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stream/app.py passes FEEDBACK_WEB_HOST (0.0.0.0 in containers) as Faust's web_host, "
-    "so every replica advertises http://0.0.0.0:6066 and GET /users/{id} is never forwarded "
-    "to the replica that owns the user; strict: remove this marker once fixed",
-)
 def test_workers_advertise_a_routable_url_in_containers(
     services: dict, tmp_path: Path
 ) -> None:
