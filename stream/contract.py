@@ -27,9 +27,11 @@ Rules (see ``docs/contract.md`` and ``stream/schemas/*.json``):
 * ``null`` means absent. Unknown extra fields are ignored, so producers may add
   fields without breaking older workers (forward compatibility).
 
-Speed: a typical event decodes and validates in about 3 µs on the reference
-2-core machine (``timeit`` of ``decode_event`` on the purchase in the tests,
-measured 2026-11-22; orjson parsing is under 1 µs of that).
+Speed (``timeit``, best of 7 x 200,000 calls on the shared 2-core machine,
+2026-11-22): a 183-byte Online Retail purchase decodes and validates in 6.8 µs,
+a click in 4.5 µs, a review with a 270-character text in 6.3 µs; under load
+from other jobs up to ~11 µs. orjson parsing is 0.5-0.8 µs of that, building
+the frozen ``Event`` about 1.8 µs, the timestamp about 1 µs.
 
 >>> e = decode_event(b'{"type":"click","event_id":"e1","user_id":"u1",'
 ...                  b'"item_id":"i1","timestamp":"2024-05-01T12:00:00Z"}')
