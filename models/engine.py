@@ -89,9 +89,11 @@ class EngineConfig:
     blend_l2: float = 0.01
     # segmentation
     n_segments: int = 4
-    segment_margin: float = 0.1
+    segment_margin: float = 0.05
     segment_warmup: int = 50
-    refresh_users_per_tick: int = 200
+    segment_refit_every: int = 2000
+    segment_refit_sample: int = 4096
+    refresh_users_per_tick: int = 1000
     # sentiment
     lexicon_prior_weight: float = 3.0
     sentiment_lr: float = 0.05
@@ -160,7 +162,12 @@ class FeedbackEngine:
             seed=c.seed,
         )
         self.segmentation = OnlineSegmentation(
-            k=c.n_segments, margin=c.segment_margin, warmup=c.segment_warmup, seed=c.seed
+            k=c.n_segments,
+            margin=c.segment_margin,
+            warmup=c.segment_warmup,
+            refit_every=c.segment_refit_every,
+            refit_sample=c.segment_refit_sample,
+            seed=c.seed,
         )
         self.sentiment = SentimentModel(c.lexicon_prior_weight, c.sentiment_lr, c.sentiment_l2)
         self.item_sentiment = ItemSentiment()

@@ -1,4 +1,4 @@
-"""Online customer segmentation: exact running-mean k-means with hysteresis."""
+"""Online customer segmentation: running-mean k-means with hysteresis and re-fits."""
 
 from __future__ import annotations
 
@@ -6,28 +6,72 @@ import math
 
 import numpy as np
 
+from models.catalogue import grown
 from models.profiles import DAY, SEGMENT_FEATURES
+
+
+def kmeans_fit(
+    x: np.ndarray, k: int, rng: np.random.Generator, restarts: int = 3, iters: int = 30
+) -> tuple[np.ndarray, float]:
+    """k-means++ seeding and Lloyd iterations; ``(centres, inertia)`` of the best restart.
+
+    >>> x = np.array([[0.0], [0.1], [5.0], [5.1]])
+    >>> centres, inertia = kmeans_fit(x, 2, np.random.default_rng(0))
+    >>> sorted(np.round(centres[:, 0], 2).tolist()), round(inertia, 3)
+    ([0.05, 5.05], 0.01)
+    """
+    best_c, best_inertia = x[:k].copy(), math.inf
+    for _ in range(restarts):
+        centres = [x[int(rng.integers(len(x)))]]
+        for _ in range(1, k):
+            d = np.min([((x - c) ** 2).sum(axis=1) for c in centres], axis=0)
+            total = float(d.sum())
+            pick = int(rng.choice(len(x), p=d / total)) if total > 0 else int(rng.integers(len(x)))
+            centres.append(x[pick])
+        c = np.stack(centres).astype(float)
+        labels = np.full(len(x), -1)
+        for _ in range(iters):
+            new = ((x[:, None, :] - c[None]) ** 2).sum(axis=2).argmin(axis=1)
+            if np.array_equal(new, labels):
+                break
+            labels = new
+            for j in range(k):
+                members = labels == j
+                if members.any():
+                    c[j] = x[members].mean(axis=0)
+        inertia = float(((x - c[labels]) ** 2).sum())
+        if inertia < best_inertia:
+            best_c, best_inertia = c, inertia
+    return best_c, best_inertia
 
 
 class OnlineSegmentation:
     """Online k-means over users' current feature vectors, standardised online.
 
     Each segment's centre is the exact mean of its members' *current* vectors:
-    when a user's features change, their old vector is taken out of their
-    segment's running sum and the new one put in (MacQueen k-means with
-    removal), so centres never remember stale states. Features are
-    standardised with the mean and standard deviation of all users' current
-    vectors, maintained the same way; since both sums are kept in raw units,
-    a change of scale never invalidates a centre.
+    when a user's features change, their old vector leaves their segment's
+    running sum and the new one enters (MacQueen k-means with removal), so
+    centres never remember stale states. Features are standardised with the
+    mean and standard deviation of all users' current vectors, maintained the
+    same way; sums are kept in raw units, so a change of scale never
+    invalidates a centre.
 
-    Stability: a user moves to a closer segment only when it is closer than the
-    current one by a factor ``1 - margin`` (hysteresis), so users near a border
-    do not flip on every event. :meth:`refresh` re-examines a few users per
-    call, round robin, so that users without new events follow the centres.
+    Stability: a user moves to a closer segment only when it is closer than
+    the current one by a factor ``1 - margin`` (hysteresis), so users near a
+    border do not flip on every event.
 
-    The first ``warmup`` users are clustered at once with k-means++ seeding and a
-    few Lloyd iterations; before that every segment is ``None``. Memory: one
-    vector, one segment and one timestamp per user.
+    Periodic work (:meth:`refresh`, called from the engine's ``tick``) is
+    vectorised and bounded: it re-examines the next ``n_users`` users round
+    robin, and every ``refit_every`` updates fits k-means++ on a random sample
+    of at most ``refit_sample`` users. Online k-means can settle in a poor
+    local optimum (centres placed while every user had one event); when the
+    fresh fit beats the current centres on that sample by ``refit_gain``, its
+    centres are adopted (matched to the old ids so segments keep their
+    meaning) and every user is reassigned in one vectorised pass.
+
+    The first ``warmup`` users are clustered at once; before that every
+    segment is ``None``. Memory: one vector, one segment and one timestamp per
+    user, in contiguous arrays.
 
     Parameters
     ----------
@@ -37,8 +81,14 @@ class OnlineSegmentation:
         Relative distance gain needed to change segment.
     warmup
         Users seen before the first clustering.
+    refit_every
+        User updates between two re-fit attempts.
+    refit_sample
+        Users sampled for a re-fit.
+    refit_gain
+        Relative inertia improvement a re-fit must bring to be adopted.
     seed
-        Seeds the k-means++ initialisation.
+        Seeds the k-means++ seeding and the samples.
 
     Examples
     --------
@@ -53,38 +103,58 @@ class OnlineSegmentation:
     [4, 4]
     """
 
-    def __init__(self, k: int = 4, margin: float = 0.1, warmup: int = 50, seed: int = 0) -> None:
+    def __init__(
+        self,
+        k: int = 4,
+        margin: float = 0.05,
+        warmup: int = 50,
+        refit_every: int = 2000,
+        refit_sample: int = 4096,
+        refit_gain: float = 0.03,
+        seed: int = 0,
+    ) -> None:
         self.k = k
         self.margin = margin
         self.warmup = warmup
+        self.refit_every = refit_every
+        self.refit_sample = refit_sample
+        self.refit_gain = refit_gain
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         d = len(SEGMENT_FEATURES)
         self.sums = np.zeros((k, d))
         self.counts = np.zeros(k, dtype=np.int64)
         self.last_seen_sums = np.zeros(k)
-        self.centres = np.zeros((k, d))
+        self.centres = np.zeros((k, d))  # raw units; used for empty segments
         self.total = np.zeros(d)
         self.total_sq = np.zeros(d)
-        self.members: dict[str, tuple[int | None, np.ndarray, float]] = {}
-        self.order: list[str] = []
+        self.index: dict[str, int] = {}
+        self.vectors = np.zeros((16, d))
+        self.labels = np.full(16, -1, dtype=np.int64)
+        self.last_seen = np.zeros(16)
         self.cursor = 0
         self.initialised = False
-        self._updates = 0
+        self.updates = 0
+        self.last_refit = 0
+        self.refits_adopted = 0
         self._scale_cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def n_users(self) -> int:
+        """Users ever seen."""
+        return len(self.index)
 
     # -- scaling -------------------------------------------------------------
     def _scale(self) -> tuple[np.ndarray, np.ndarray]:
         # Population statistics move slowly: recomputed every 64 updates, not every event.
-        if self._scale_cache is None or self._updates % 64 == 0:
+        if self._scale_cache is None or self.updates % 64 == 0:
             self._scale_cache = self._compute_scale()
         return self._scale_cache
 
     def _compute_scale(self) -> tuple[np.ndarray, np.ndarray]:
-        n = max(len(self.members), 1)
+        n = max(self.n_users, 1)
         mean = self.total / n
-        var = np.maximum(self.total_sq / n - mean * mean, 0.0)
-        std = np.sqrt(var)
+        std = np.sqrt(np.maximum(self.total_sq / n - mean * mean, 0.0))
         std[std < 1e-9] = 1.0
         return mean, std
 
@@ -93,100 +163,146 @@ class OnlineSegmentation:
         mean, std = self._compute_scale()
         return (vectors - mean) / std
 
-    def _centre(self, j: int) -> np.ndarray:
-        if self.counts[j] > 0:
-            return self.sums[j] / self.counts[j]
-        return self.centres[j]
+    def _raw_centres(self) -> np.ndarray:
+        counts = self.counts[:, None]
+        return np.where(counts > 0, self.sums / np.maximum(counts, 1), self.centres)
 
     # -- membership ------------------------------------------------------------
-    def _leave(self, segment: int | None, vector: np.ndarray, last_seen: float) -> None:
-        if segment is not None:
-            self.centres[segment] = self._centre(segment)
-            self.sums[segment] -= vector
-            self.counts[segment] -= 1
-            self.last_seen_sums[segment] -= last_seen
-
-    def _join(self, segment: int, vector: np.ndarray, last_seen: float) -> None:
-        self.sums[segment] += vector
-        self.counts[segment] += 1
-        self.last_seen_sums[segment] += last_seen
-
-    def _choose(self, current: int | None, vector: np.ndarray) -> int:
+    def _distances(self, vectors: np.ndarray) -> np.ndarray:
         std = self._scale()[1]
-        counts = self.counts[:, None]
-        centres = np.where(counts > 0, self.sums / np.maximum(counts, 1), self.centres)
-        d = (((vector - centres) / std) ** 2).sum(axis=1)
-        best = int(d.argmin())
-        if current is not None and d[best] >= (1.0 - self.margin) ** 2 * d[current]:
-            return current
-        return best
+        diff = (vectors[:, None, :] - self._raw_centres()[None]) / std
+        return (diff * diff).sum(axis=2)
 
     def update(self, user_id: str, vector: np.ndarray, last_seen: float) -> int | None:
         """Put ``user_id``'s new ``vector`` in; returns their (possibly new) segment."""
-        self._updates += 1
-        old = self.members.get(user_id)
-        segment: int | None = None
-        if old is None:
-            self.order.append(user_id)
+        self.updates += 1
+        row = self.index.get(user_id)
+        if row is None:
+            row = len(self.index)
+            self.index[user_id] = row
+            if row >= self.labels.shape[0]:
+                self.vectors = grown(self.vectors, row + 1)
+                self.last_seen = grown(self.last_seen, row + 1)
+                labels = np.full(self.vectors.shape[0], -1, dtype=np.int64)
+                labels[: self.labels.shape[0]] = self.labels
+                self.labels = labels
         else:
-            segment, old_vec, old_seen = old
-            self.total -= old_vec
-            self.total_sq -= old_vec * old_vec
-            self._leave(segment, old_vec, old_seen)
+            old = self.vectors[row]
+            self.total -= old
+            self.total_sq -= old * old
+            segment = int(self.labels[row])
+            if segment >= 0:
+                self.centres[segment] = self._raw_centres()[segment]
+                self.sums[segment] -= old
+                self.counts[segment] -= 1
+                self.last_seen_sums[segment] -= self.last_seen[row]
+        self.vectors[row] = vector
+        self.last_seen[row] = last_seen
         self.total += vector
         self.total_sq += vector * vector
         if not self.initialised:
-            self.members[user_id] = (None, vector, last_seen)
-            if len(self.members) >= max(self.warmup, self.k):
-                self._initialise()
-            return self.members[user_id][0]
-        segment = self._choose(segment, vector)
-        self._join(segment, vector, last_seen)
-        self.members[user_id] = (segment, vector, last_seen)
-        return segment
+            if self.n_users >= max(self.warmup, self.k):
+                self._refit(force=True)
+            label = int(self.labels[row])
+            return None if label < 0 else label
+        current = int(self.labels[row])
+        d = self._distances(vector[None])[0]
+        best = int(d.argmin())
+        if current >= 0 and d[best] >= (1.0 - self.margin) ** 2 * d[current]:
+            best = current
+        self.labels[row] = best
+        self.sums[best] += vector
+        self.counts[best] += 1
+        self.last_seen_sums[best] += last_seen
+        return best
 
-    def _initialise(self) -> None:
-        users = list(self.members)
-        x = self.scaled(np.stack([self.members[u][1] for u in users]))
-        # k-means++ seeding, then Lloyd iterations on the warm-up users.
-        centres = [x[int(self._rng.integers(len(x)))]]
-        for _ in range(1, self.k):
-            d = np.min([((x - c) ** 2).sum(axis=1) for c in centres], axis=0)
-            p = d / d.sum() if d.sum() > 0 else None
-            centres.append(x[int(self._rng.choice(len(x), p=p))])
-        c = np.stack(centres)
-        labels = np.zeros(len(x), dtype=np.int64)
-        for _ in range(20):
-            labels = ((x[:, None, :] - c[None]) ** 2).sum(axis=2).argmin(axis=1)
-            for j in range(self.k):
-                if (labels == j).any():
-                    c[j] = x[labels == j].mean(axis=0)
+    def _recount(self) -> None:
+        n = self.n_users
+        labels = self.labels[:n]
+        for j in range(self.k):
+            members = labels == j
+            self.sums[j] = self.vectors[:n][members].sum(axis=0)
+            self.counts[j] = int(members.sum())
+            self.last_seen_sums[j] = float(self.last_seen[:n][members].sum())
+
+    def _refit(self, force: bool = False) -> bool:
+        """Fit k-means on a sample; adopt it (reassigning everyone) if clearly better."""
+        self.last_refit = self.updates
+        n = self.n_users
+        pick = (
+            self._rng.choice(n, size=self.refit_sample, replace=False)
+            if n > self.refit_sample
+            else np.arange(n)
+        )
         mean, std = self._compute_scale()
-        self.centres = c * std + mean
+        x = (self.vectors[pick] - mean) / std
+        fitted, inertia = kmeans_fit(x, self.k, self._rng)
+        if not force:
+            current = (self._raw_centres() - mean) / std
+            current_inertia = float(
+                ((x[:, None, :] - current[None]) ** 2).sum(axis=2).min(axis=1).sum()
+            )
+            if inertia > (1.0 - self.refit_gain) * current_inertia:
+                return False
+            # Keep segment ids meaningful: greedily pair each new centre with the nearest old one.
+            cost = ((fitted[:, None, :] - current[None]) ** 2).sum(axis=2)
+            order = np.zeros(self.k, dtype=np.int64)
+            free_old, free_new = set(range(self.k)), set(range(self.k))
+            for flat in np.argsort(cost, axis=None).tolist():
+                i, j = divmod(flat, self.k)
+                if i in free_new and j in free_old:
+                    order[j] = i
+                    free_new.discard(i)
+                    free_old.discard(j)
+            fitted = fitted[order]
+        self.centres = fitted * std + mean
+        self.sums[:] = 0.0
+        self.counts[:] = 0
+        self._scale_cache = (mean, std)
+        x_all = (self.vectors[:n] - mean) / std
+        self.labels[:n] = ((x_all[:, None, :] - fitted[None]) ** 2).sum(axis=2).argmin(axis=1)
+        self._recount()
         self.initialised = True
-        for u, label in zip(users, labels.tolist(), strict=True):
-            _, vec, seen = self.members[u]
-            self._join(label, vec, seen)
-            self.members[u] = (label, vec, seen)
+        self.refits_adopted += 1
+        return True
 
     def refresh(self, n_users: int) -> None:
-        """Re-examine ``n_users`` users round robin (hysteresis applies)."""
-        if not self.initialised or not self.order:
+        """Periodic work: a re-fit attempt when due, then ``n_users`` re-examined."""
+        if not self.initialised:
             return
-        for _ in range(min(n_users, len(self.order))):
-            self.cursor = (self.cursor + 1) % len(self.order)
-            user_id = self.order[self.cursor]
-            segment, vec, seen = self.members[user_id]
-            self._leave(segment, vec, seen)
-            new = self._choose(segment, vec)
-            self._join(new, vec, seen)
-            self.members[user_id] = (new, vec, seen)
+        if self.updates - self.last_refit >= self.refit_every and self._refit():
+            return
+        n = self.n_users
+        if n == 0:
+            return
+        rows = (self.cursor + np.arange(min(n_users, n))) % n
+        self.cursor = int((self.cursor + len(rows)) % n)
+        x = self.vectors[rows]
+        current = self.labels[rows]
+        d = self._distances(x)
+        best = d.argmin(axis=1)
+        here = d[np.arange(len(rows)), current]
+        move = d[np.arange(len(rows)), best] < (1.0 - self.margin) ** 2 * here
+        if not move.any():
+            return
+        rows, best, current, x = rows[move], best[move], current[move], x[move]
+        seen = self.last_seen[rows]
+        self.centres = self._raw_centres()  # remembered in case a segment empties
+        np.subtract.at(self.sums, current, x)
+        np.add.at(self.sums, best, x)
+        np.subtract.at(self.counts, current, 1)
+        np.add.at(self.counts, best, 1)
+        np.subtract.at(self.last_seen_sums, current, seen)
+        np.add.at(self.last_seen_sums, best, seen)
+        self.labels[rows] = best
 
     # -- reading ---------------------------------------------------------------
     def segment_of(self, user_id: str) -> int | None:
         """Current segment of a user, ``None`` if unknown or before warm-up."""
-        member = self.members.get(user_id)
-        return None if member is None else member[0]
+        row = self.index.get(user_id)
+        if row is None or self.labels[row] < 0:
+            return None
+        return int(self.labels[row])
 
     def sizes(self) -> dict[int, int]:
         """Number of users per non-empty segment."""
@@ -200,11 +316,11 @@ class OnlineSegmentation:
             if n == 0:
                 continue
             c = dict(zip(SEGMENT_FEATURES, (self.sums[j] / n).tolist(), strict=True))
-            last_seen = self.last_seen_sums[j] / n
+            last_seen = float(self.last_seen_sums[j] / n)
+            reference = now if now is not None else last_seen
             out[j] = {
                 "users": float(n),
-                "recency_days": max(0.0, (now if now is not None else last_seen) - last_seen)
-                / DAY,
+                "recency_days": max(0.0, reference - last_seen) / DAY,
                 "orders": math.expm1(c["log_orders"]),
                 "order_value": math.expm1(c["log_order_value"]),
                 "clicks": math.expm1(c["log_clicks"]),
@@ -218,9 +334,8 @@ class OnlineSegmentation:
 
     def snapshot(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """``(user ids, standardised vectors, segments)`` of all segmented users."""
-        users = [u for u, m in self.members.items() if m[0] is not None]
-        if not users:
-            return [], np.zeros((0, len(SEGMENT_FEATURES))), np.zeros(0, dtype=np.int64)
-        x = self.scaled(np.stack([self.members[u][1] for u in users]))
-        labels = np.array([self.members[u][0] for u in users], dtype=np.int64)
-        return users, x, labels
+        n = self.n_users
+        users = list(self.index)
+        keep = self.labels[:n] >= 0
+        x = self.scaled(self.vectors[:n][keep])
+        return [u for u, k in zip(users, keep.tolist(), strict=True) if k], x, self.labels[:n][keep]
