@@ -18,8 +18,12 @@ from typing import Any, Protocol
 
 import orjson
 
+from models.attribution import Attribution, Exposure, UserExposures
+from models.bandit import SegmentedThompson, segment_key
 from models.engine import Alert, FeedbackEngine, Outcome, Recommendation
 from models.events import Event
+from models.experiments import Experiment, parse_variants, wilson
+from models.strategies import STRATEGIES, Strategies
 from stream.contract import Rejected, decode_event
 from stream.metrics import Metrics
 from stream.privacy import pseudonymise, scrub_pii
@@ -98,6 +102,16 @@ class Processor:
         self.max_event_time = 0.0
         self._types_by_topic = settings.input_topics
         self._key = settings.pseudonymise_key.encode()
+        # The feedback loop: who sees which strategy, and what it earned.
+        self.experiment = Experiment(
+            parse_variants(settings.experiment_variants), settings.experiment_salt
+        )
+        self.strategies = Strategies(seed=settings.bandit_seed)
+        self.bandit = (
+            SegmentedThompson(STRATEGIES, seed=settings.bandit_seed) if settings.bandit else None
+        )
+        # (exposures, clicked, converted) per variant since start, for the rate gauges.
+        self.variant_counts: dict[str, list[int]] = {}
 
     # -- the hot path ---------------------------------------------------------
 
@@ -128,6 +142,9 @@ class Processor:
             self._observe(outcome)
             update_profile(profile, event, outcome, self.settings.dedup_window)
             dirty[event.user_id] = (profile, msg)
+            if event.type != "review":
+                # Before this event's own recommendation exists: never credited to it.
+                self._attribute(profile, event, etype)
             if should_recommend(profile, event, self.settings.recommend_min_interval_seconds):
                 rec = self._recommend(profile, event, msg, now)
                 if rec is not None:
@@ -149,6 +166,7 @@ class Processor:
         self.metrics.segment_users.clear()
         for segment, size in self.engine.segment_sizes().items():
             self.metrics.segment_users.labels(str(segment)).set(size)
+        self._experiment_gauges()
         return out
 
     # -- steps ----------------------------------------------------------------
@@ -195,19 +213,86 @@ class Processor:
         if outcome.sentiment is not None:
             m.review_sentiment.observe(outcome.sentiment)
 
+    def _exposures(self, profile: Profile) -> UserExposures:
+        return UserExposures.from_json(
+            profile.get("exposures"),
+            window=self.settings.attribution_window_seconds,
+            max_exposures=self.settings.attribution_max_exposures,
+        )
+
+    def _attribute(self, profile: Profile, event: Event, etype: str) -> Attribution | None:
+        """Credit a click or purchase to one of the user's recent recommendations."""
+        m = self.metrics
+        if event.type == "purchase" and event.quantity <= 0:
+            return None  # returns are not attributed
+        log = self._exposures(profile)
+        hit = log.attribute(event)
+        if hit is None:
+            reason = (
+                "unknown_recommendation_id" if event.recommendation_id else "not_recommended"
+            )
+            m.attribution_unmatched.labels(etype, reason).inc()
+            return None
+        exp = hit.exposure
+        labels = (exp.variant, exp.strategy)
+        counts = self.variant_counts.setdefault(exp.variant, [0, 0, 0])
+        if hit.kind == "click":
+            m.attributed_clicks.labels(*labels, hit.matched_by).inc()
+            if hit.first:
+                m.recommendations_clicked.labels(*labels).inc()
+                counts[1] += 1
+                if self.bandit is not None and exp.variant == "bandit":
+                    self.bandit.reward(exp.segment, exp.strategy)
+        else:
+            m.attributed_purchases.labels(*labels).inc()
+            if hit.revenue > 0:
+                m.attributed_revenue.labels(*labels).inc(hit.revenue)
+            if hit.first:
+                m.recommendations_converted.labels(*labels).inc()
+                counts[2] += 1
+        profile["exposures"] = log.to_json()
+        return hit
+
+    def _choose(self, profile: Profile, event: Event) -> tuple[str, str]:
+        """``(variant, strategy)`` for this recommendation."""
+        if self.bandit is not None:
+            segment = profile.get("segment")
+            strategy = self.bandit.choose(segment, key=event.event_id)
+            self.metrics.bandit_choices.labels(segment_key(segment), strategy).inc()
+            return "bandit", strategy
+        variant = self.experiment.variant_of(event.user_id)
+        return variant, variant
+
     def _recommend(
         self, profile: Profile, event: Event, msg: InputMessage, now: float
     ) -> OutputMessage | None:
-        items = self.engine.recommend(event.user_id, self.settings.top_k, now=event.timestamp)
+        variant, strategy = self._choose(profile, event)
+        items = self.strategies.recommend(
+            strategy, self.engine, event.user_id, self.settings.top_k,
+            now=event.timestamp, key=event.event_id,
+        )
         if not items:
             # Nothing the user has not already bought yet (a cold catalogue): an
             # empty list helps no consumer, so nothing is published.
             return None
-        strategy = self.engine.strategy
         rec_id = str(uuid.uuid5(_ID_NAMESPACE, f"rec:{event.event_id}:{strategy}"))
         profile["recommendations"] = [recommendation_json(r) for r in items]
         profile["recommendation_id"] = rec_id
         profile["recommended_at"] = event.timestamp
+        profile["variant"] = variant
+        log = self._exposures(profile)
+        segment = profile.get("segment")
+        log.expose(
+            Exposure(
+                rec_id, tuple(r.item_id for r in items), strategy, variant, event.timestamp,
+                segment,
+            )
+        )
+        profile["exposures"] = log.to_json()
+        self.metrics.exposures.labels(variant, strategy).inc()
+        self.variant_counts.setdefault(variant, [0, 0, 0])[0] += 1
+        if self.bandit is not None:
+            self.bandit.expose(segment, strategy)
         payload = {
             "recommendation_id": rec_id,
             "user_id": event.user_id,
@@ -215,6 +300,7 @@ class Processor:
                 {"rank": i + 1, **recommendation_json(r)} for i, r in enumerate(items)
             ],
             "strategy": strategy,
+            "variant": variant,
             "trigger_event_id": event.event_id,
             "trigger_event_type": event.type,
             "event_time": rfc3339(event.timestamp),
@@ -226,6 +312,20 @@ class Processor:
         return OutputMessage(
             self.settings.topic_recommendations, event.user_id.encode(), orjson.dumps(payload)
         )
+
+    def _experiment_gauges(self) -> None:
+        m = self.metrics
+        for variant, (exposures, clicked, converted) in self.variant_counts.items():
+            for metric, successes in (("ctr", clicked), ("conversion", converted)):
+                rate = wilson(min(successes, exposures), exposures)
+                for bound, value in (
+                    ("value", rate.value), ("lower", rate.lower), ("upper", rate.upper)
+                ):
+                    m.experiment_rate.labels(variant, metric, bound).set(value)
+        if self.bandit is not None:
+            for segment, arms in self.bandit.snapshot().items():
+                for strategy, stats in arms.items():
+                    m.bandit_mean_ctr.labels(segment, strategy).set(stats["mean"])
 
     def _alert(self, alert: Alert, now: float) -> OutputMessage:
         key = f"alert:{alert.kind}:{alert.subject}:{alert.timestamp}"
@@ -284,6 +384,8 @@ def new_profile(user_id: str) -> Profile:
         "recommendations": [],
         "recommendation_id": None,
         "recommended_at": None,
+        "variant": None,
+        "exposures": [],
     }
 
 
