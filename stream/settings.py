@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from stream.privacy import MIN_KEY_BYTES
+
 from models.experiments import parse_variants
 
 PREFIX = "FEEDBACK_"
@@ -136,6 +138,9 @@ class Settings:
              "FEEDBACK_SASL_USERNAME and FEEDBACK_SASL_PASSWORD are required with SASL"),
             (self.heartbeat_seconds < self.session_timeout_seconds,
              "FEEDBACK_HEARTBEAT_SECONDS must be below FEEDBACK_SESSION_TIMEOUT_SECONDS"),
+            (not self.pseudonymise_key or len(self.pseudonymise_key.encode()) >= MIN_KEY_BYTES,
+             f"FEEDBACK_PSEUDONYMISE_KEY must be at least {MIN_KEY_BYTES} bytes "
+             "(a keyed hash with a short key is easy to brute-force)"),
             (self.max_payload_bytes >= 256, "FEEDBACK_MAX_PAYLOAD_BYTES must be >= 256"),
             (self.max_text_chars >= 1, "FEEDBACK_MAX_TEXT_CHARS must be >= 1"),
             (self.top_k >= 1, "FEEDBACK_TOP_K must be >= 1"),

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from models.engine import FeedbackEngine
 from stream.metrics import Metrics
 from stream.processor import DictStore, InputMessage, Processor
-from stream.settings import Settings
+from stream.settings import Settings, SettingsError
 
 NOW = 1_800_000_000.0  # the injected wall clock (2027)
 
@@ -46,8 +46,9 @@ def test_purchases_update_profiles_and_publish_recommendations() -> None:
     ]
     out = proc.handle(batch)
     recs = [orjson.loads(o.value) for o in out if o.topic == s.topic_recommendations]
-    # One recommendation per purchase; bob bought "a" after ann bought a and b.
-    assert [r["trigger_event_id"] for r in recs] == ["e1", "e2", "e3"]
+    # Ann has bought everything the catalogue knows after e1 and e2, so nothing is
+    # published for her; Bob, who bought "a", is offered "b".
+    assert [r["trigger_event_id"] for r in recs] == ["e3"]
     bob = recs[-1]
     assert bob["user_id"] == "bob"
     assert "a" not in [i["item_id"] for i in bob["items"]]
@@ -56,7 +57,7 @@ def test_purchases_update_profiles_and_publish_recommendations() -> None:
     assert profile is not None and profile["events"]["purchase"] == 2
     assert value(reg, "feedback_events_total", type="purchase", outcome="processed") == 3
     assert value(reg, "feedback_recommendations_emitted_total",
-                 strategy=proc.engine.strategy) == 3
+                 strategy=proc.engine.strategy) == 1
 
 
 def test_duplicate_event_ids_are_learned_once() -> None:
@@ -122,8 +123,13 @@ def value_of(reg: CollectorRegistry, reason: str) -> float:
     return value(reg, "feedback_deadletter_total", reason=reason, topic="feedback.purchases")
 
 
+def test_short_pseudonymisation_keys_are_refused_at_start_up() -> None:
+    with pytest.raises(SettingsError, match="FEEDBACK_PSEUDONYMISE_KEY"):
+        Settings.from_env({"FEEDBACK_PSEUDONYMISE_KEY": "secret"})
+
+
 def test_pseudonymised_ids_never_reach_outputs_or_state() -> None:
-    proc, s, _ = make(pseudonymise_key="secret")
+    proc, s, _ = make(pseudonymise_key="a-secret-of-32-bytes-for-tests!!")
     out = proc.handle([msg(s, purchase("e1", "alice@example.com", "a"))])
     assert proc.profiles.get("alice@example.com") is None
     assert len(proc.profiles) == 1
