@@ -184,7 +184,9 @@ def wilson(successes: int, trials: int, z: float = Z95) -> Rate:
     denom = 1.0 + z2 / trials
     centre = (p + z2 / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / denom
-    return Rate(successes, trials, p, max(0.0, centre - half), min(1.0, centre + half))
+    lower = 0.0 if successes == 0 else max(0.0, centre - half)
+    upper = 1.0 if successes == trials else min(1.0, centre + half)
+    return Rate(successes, trials, p, lower, upper)
 
 
 def rate_ratio(
