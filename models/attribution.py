@@ -174,6 +174,26 @@ class UserExposures:
         while self.exposures and now - self.exposures[0].timestamp > self.retention:
             self.exposures.popleft()
 
+    def fatigued(self, min_impressions: int = 3) -> set[str]:
+        """Items to stop showing: clicked from a recommendation already (and not
+        bought, or they would be excluded anyway), or shown in at least
+        ``min_impressions`` remembered recommendations without a click.
+
+        >>> log = UserExposures()
+        >>> for i in range(3):
+        ...     log.expose(Exposure(f"r{i}", ("a", "b"), "blend", "blend", float(i)))
+        >>> _ = log.attribute(Event("click", "c", "u", "b", 5.0, recommendation_id="r2"))
+        >>> sorted(log.fatigued(3)), sorted(log.fatigued(4))
+        (['a', 'b'], ['b'])
+        """
+        shown: dict[str, int] = {}
+        clicked: set[str] = set()
+        for exposure in self.exposures:
+            clicked.update(exposure.clicked_items)
+            for item in exposure.items:
+                shown[item] = shown.get(item, 0) + 1
+        return clicked | {i for i, n in shown.items() if n >= min_impressions}
+
     # -- attribution -------------------------------------------------------------
     def find(self, event: Event) -> tuple[Exposure, MatchedBy] | None:
         """The exposure ``event`` is credited to, without changing any state."""

@@ -101,8 +101,9 @@ class EngineConfig:
     # alerts
     alert_cooldown_s: float = DAY
     spike_min_reviews: int = 10
+    spike_z: float = 3.0
     spike_min_increase: float = 0.25
-    spike_min_rate: float = 0.4
+    spike_min_rate: float = 0.5
     anomaly_quantile: float = 0.999
     anomaly_min_score: float = 0.8
     anomaly_warmup: int = 1000
@@ -311,12 +312,29 @@ class FeedbackEngine:
             alerts.append(Alert(kind, severity, subject, message, value, threshold, t))
 
     def _check_spike(self, event: Event, p_positive: float, alerts: list[Alert]) -> None:
+        """Alert when an item's recent negative rate is significantly above its baseline.
+
+        The recent rate is an exponential average over about ``n_eff`` reviews;
+        it must exceed the baseline by ``spike_z`` binomial standard errors (the
+        baseline floored at 5% so that a spotless item does not alert on one bad
+        review), by ``spike_min_increase`` in absolute terms, and reach
+        ``spike_min_rate``, after at least ``spike_min_reviews`` reviews.
+        """
         c = self.config
         recent, baseline, count = self.item_sentiment.update(
             event.item_id, p_positive, event.timestamp
         )
-        threshold = max(baseline + c.spike_min_increase, c.spike_min_rate)
-        if count >= c.spike_min_reviews and recent > threshold:
+        if count < c.spike_min_reviews:
+            return
+        fast = self.item_sentiment.fast
+        n_eff = (2.0 - fast) / fast
+        p0 = max(baseline, 0.05)
+        threshold = max(
+            p0 + c.spike_z * math.sqrt(p0 * (1.0 - p0) / n_eff),
+            baseline + c.spike_min_increase,
+            c.spike_min_rate,
+        )
+        if recent > threshold:
             self._alert(
                 alerts,
                 "negative_review_spike",

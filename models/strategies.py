@@ -12,7 +12,13 @@
   key (so the list stays sorted by score); an item from beyond the blend's
   top ``k`` says so in its reason.
 
-Every strategy is a deterministic function of the engine state and a
+Every strategy takes an ``avoid`` set: the items the user was already shown
+too often without a click, or clicked and did not buy (see
+:meth:`models.attribution.UserExposures.fatigued`); they are left out of the
+top ``k`` (looking ``k`` items deeper), the same rule for every strategy, so that
+a list does not keep spending its best slots on what the user has passed over.
+
+Every strategy is a deterministic function of the engine state, ``avoid`` and a
 ``key`` (the triggering event id): re-processing the same event after a crash
 produces the same list.
 """
@@ -20,6 +26,7 @@ produces the same list.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from hashlib import blake2b
 
 import numpy as np
@@ -80,14 +87,17 @@ class Strategies:
         k: int = 10,
         now: float | None = None,
         key: str = "",
+        avoid: Collection[str] = (),
     ) -> list[Recommendation]:
         """Top-``k`` for ``user_id`` by ``strategy``; ``key`` seeds ``explore``."""
         if strategy == "blend":
-            return engine.recommend(user_id, k, now=now)
+            extra = k if avoid else 0
+            return _without(engine.recommend(user_id, k + extra, now=now), avoid, k)
         if strategy == "popularity":
-            return self.popularity(engine, user_id, k)
+            extra = k if avoid else 0
+            return _without(self.popularity(engine, user_id, k + extra), avoid, k)
         if strategy == "explore":
-            return self.explore(engine, user_id, k, now, key)
+            return self.explore(engine, user_id, k, now, key, avoid)
         raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
 
     @staticmethod
@@ -125,9 +135,12 @@ class Strategies:
         k: int,
         now: float | None = None,
         key: str = "",
+        avoid: Collection[str] = (),
     ) -> list[Recommendation]:
         """The blend's top ``explore_pool * k``, re-ranked by a Plackett-Luce draw."""
-        pool = engine.recommend(user_id, k * self.explore_pool, now=now)
+        size = k * self.explore_pool
+        extra = k if avoid else 0
+        pool = _without(engine.recommend(user_id, size + extra, now=now), avoid, size)
         if not pool:
             return []
         digest = blake2b(f"{self.seed}:{key}".encode(), digest_size=8).digest()
@@ -141,6 +154,13 @@ class Strategies:
             reason = rec.reason if i < k else f"something new: {rec.reason}"
             out.append(Recommendation(rec.item_id, round(float(keys[i]), 6), reason))
         return out
+
+
+def _without(recs: list[Recommendation], avoid: Collection[str], k: int) -> list[Recommendation]:
+    """The first ``k`` of ``recs`` not in ``avoid``."""
+    if not avoid:
+        return recs[:k]
+    return [r for r in recs if r.item_id not in avoid][:k]
 
 
 def exploration_share(explore_pool: int, temperature: float, k: int = 10) -> float:
