@@ -37,6 +37,9 @@ STREAM_REJECTION_REASONS = ("key_mismatch",)
 _ID_NAMESPACE = uuid.UUID("6b0c1d2e-8f7a-4c55-9e3b-2a6f0d9c4b17")
 
 Profile = dict[str, Any]
+# A deferred recommendation: (profile, trigger event, its message, the user's
+# previous ``recommended_at``); a tuple, as one is made per triggering event.
+_Pending = tuple[Profile, Event, "InputMessage", float | None]
 
 
 class ProfileStore(Protocol):
@@ -120,6 +123,8 @@ class Processor:
         out: list[OutputMessage] = []
         # One profile write per user per batch: each write is a changelog record.
         dirty: dict[str, tuple[Profile, InputMessage]] = {}
+        # Recommendations are computed once per user per batch, see _defer.
+        pending: dict[str, _Pending] = {}
         now = self.clock()
         for msg in batch:
             start = time.perf_counter()
@@ -146,16 +151,52 @@ class Processor:
                 # Before this event's own recommendation exists: never credited to it.
                 self._attribute(profile, event, etype)
             if should_recommend(profile, event, self.settings.recommend_min_interval_seconds):
-                rec = self._recommend(profile, event, msg, now)
-                if rec is not None:
-                    out.append(rec)
+                self._defer(pending, profile, event, msg, now, out)
             out.extend(self._alert(a, now) for a in outcome.alerts)
             self.max_event_time = max(self.max_event_time, event.timestamp)
             self.metrics.events.labels(etype, "processed").inc()
             self.metrics.processing_seconds.labels(etype).observe(time.perf_counter() - start)
+        for entry in pending.values():
+            self._publish_pending(entry, now, out)
         for user_id, (profile, source) in dirty.items():
             self.profiles.put(user_id, profile, source)
         return out
+
+    def _defer(
+        self,
+        pending: dict[str, _Pending],
+        profile: Profile,
+        event: Event,
+        msg: InputMessage,
+        now: float,
+        out: list[OutputMessage],
+    ) -> None:
+        """Schedule the user's recommendation for the end of the batch.
+
+        Ranking is the costliest step of an event, and a basket of 20 invoice
+        lines or a review right after a purchase would otherwise publish 20 or 2
+        lists within milliseconds, each obsolete at once. A trigger less than
+        ``recommend_min_interval_seconds`` (event time) after the user's pending
+        one replaces it; a later one publishes the pending one first. The
+        interval starts now, so the batch's later clicks do not trigger again.
+        """
+        earlier = pending.pop(event.user_id, None)
+        interval = self.settings.recommend_min_interval_seconds
+        if earlier is not None and event.timestamp - earlier[1].timestamp >= interval:
+            self._publish_pending(earlier, now, out)
+            earlier = None
+        previous = profile["recommended_at"] if earlier is None else earlier[3]
+        pending[event.user_id] = (profile, event, msg, previous)
+        profile["recommended_at"] = event.timestamp
+
+    def _publish_pending(self, entry: _Pending, now: float, out: list[OutputMessage]) -> None:
+        profile, event, msg, previous = entry
+        rec = self._recommend(profile, event, msg, now)
+        if rec is None:
+            # Nothing published: the next trigger may try again.
+            profile["recommended_at"] = previous
+        else:
+            out.append(rec)
 
     def tick(self) -> list[OutputMessage]:
         """Time-driven work: churn checks at the latest event time, model gauges."""
