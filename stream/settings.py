@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from stream.privacy import MIN_KEY_BYTES
@@ -58,13 +58,14 @@ class Settings:
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = "PLAIN"
     sasl_username: str = ""
-    sasl_password: str = ""
+    # Secrets stay out of repr(): settings objects end up in logs and tracebacks.
+    sasl_password: str = field(default="", repr=False)
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
 
     # Keyed hash applied to user ids before anything is stored or emitted.
-    pseudonymise_key: str = ""
+    pseudonymise_key: str = field(default="", repr=False)
 
     max_payload_bytes: int = 65_536
     max_text_chars: int = 10_000
