@@ -115,12 +115,15 @@ class Processor:
         )
         # (exposures, clicked, converted) per variant since start, for the rate gauges.
         self.variant_counts: dict[str, list[int]] = {}
+        # Parsed exposure logs of this batch's users: (the JSON they came from, log).
+        self._exposure_logs: dict[str, tuple[Any, UserExposures]] = {}
 
     # -- the hot path ---------------------------------------------------------
 
     def handle(self, batch: Sequence[InputMessage]) -> list[OutputMessage]:
         """Process a batch in order; never raises for bad input."""
         out: list[OutputMessage] = []
+        self._exposure_logs.clear()
         # One profile write per user per batch: each write is a changelog record.
         dirty: dict[str, tuple[Profile, InputMessage]] = {}
         # Recommendations are computed once per user per batch, see _defer.
@@ -255,11 +258,23 @@ class Processor:
             m.review_sentiment.observe(outcome.sentiment)
 
     def _exposures(self, profile: Profile) -> UserExposures:
-        return UserExposures.from_json(
-            profile.get("exposures"),
+        # Parsed once per user per batch (a basket's lines, a click session), not
+        # per event; reused while the profile still holds the JSON it came from.
+        raw = profile.get("exposures")
+        cached = self._exposure_logs.get(profile["user_id"])
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        log = UserExposures.from_json(
+            raw,
             window=self.settings.attribution_window_seconds,
             max_exposures=self.settings.attribution_max_exposures,
         )
+        self._exposure_logs[profile["user_id"]] = (raw, log)
+        return log
+
+    def _save_exposures(self, profile: Profile, log: UserExposures) -> None:
+        raw = profile["exposures"] = log.to_json()
+        self._exposure_logs[profile["user_id"]] = (raw, log)
 
     def _attribute(self, profile: Profile, event: Event, etype: str) -> Attribution | None:
         """Credit a click or purchase to one of the user's recent recommendations."""
@@ -291,7 +306,7 @@ class Processor:
             if hit.first:
                 m.recommendations_converted.labels(*labels).inc()
                 counts[2] += 1
-        profile["exposures"] = log.to_json()
+        self._save_exposures(profile, log)
         return hit
 
     def _choose(self, profile: Profile, event: Event) -> tuple[str, str]:
@@ -329,7 +344,7 @@ class Processor:
                 segment,
             )
         )
-        profile["exposures"] = log.to_json()
+        self._save_exposures(profile, log)
         self.metrics.exposures.labels(variant, strategy).inc()
         self.variant_counts.setdefault(variant, [0, 0, 0])[0] += 1
         if self.bandit is not None:
