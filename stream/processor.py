@@ -323,9 +323,10 @@ class Processor:
         self, profile: Profile, event: Event, msg: InputMessage, now: float
     ) -> OutputMessage | None:
         variant, strategy = self._choose(profile, event)
+        log = self._exposures(profile)
         items = self.strategies.recommend(
             strategy, self.engine, event.user_id, self.settings.top_k,
-            now=event.timestamp, key=event.event_id,
+            now=event.timestamp, key=event.event_id, avoid=log.fatigued(),
         )
         if not items:
             # Nothing the user has not already bought yet (a cold catalogue): an
@@ -336,7 +337,6 @@ class Processor:
         profile["recommendation_id"] = rec_id
         profile["recommended_at"] = event.timestamp
         profile["variant"] = variant
-        log = self._exposures(profile)
         segment = profile.get("segment")
         log.expose(
             Exposure(
