@@ -117,6 +117,8 @@ class Processor:
         self.variant_counts: dict[str, list[int]] = {}
         # Parsed exposure logs of this batch's users: (the JSON they came from, log).
         self._exposure_logs: dict[str, tuple[Any, UserExposures]] = {}
+        # Per-event metric children by event type: labels() costs a lock and a lookup.
+        self._per_type_metrics: dict[str, tuple[Any, Any]] = {}
 
     # -- the hot path ---------------------------------------------------------
 
@@ -157,8 +159,9 @@ class Processor:
                 self._defer(pending, profile, event, msg, now, out)
             out.extend(self._alert(a, now) for a in outcome.alerts)
             self.max_event_time = max(self.max_event_time, event.timestamp)
-            self.metrics.events.labels(etype, "processed").inc()
-            self.metrics.processing_seconds.labels(etype).observe(time.perf_counter() - start)
+            processed, seconds = self._per_type(etype)
+            processed.inc()
+            seconds.observe(time.perf_counter() - start)
         for entry in pending.values():
             self._publish_pending(entry, now, out)
         for user_id, (profile, source) in dirty.items():
@@ -256,6 +259,15 @@ class Processor:
             m.rating_error.observe(abs(outcome.rating_error))
         if outcome.sentiment is not None:
             m.review_sentiment.observe(outcome.sentiment)
+
+    def _per_type(self, etype: str) -> tuple[Any, Any]:
+        children = self._per_type_metrics.get(etype)
+        if children is None:
+            children = self._per_type_metrics[etype] = (
+                self.metrics.events.labels(etype, "processed"),
+                self.metrics.processing_seconds.labels(etype),
+            )
+        return children
 
     def _exposures(self, profile: Profile) -> UserExposures:
         # Parsed once per user per batch (a basket's lines, a click session), not
