@@ -85,7 +85,7 @@ class EngineConfig:
     bpr_l2: float = 0.01
     bpr_negatives: int = 2
     rating_factors: int = 10
-    blend_lr: float = 0.02
+    blend_lr: float = 0.05
     blend_l2: float = 0.01
     # segmentation
     n_segments: int = 4
@@ -224,6 +224,7 @@ class FeedbackEngine:
         t = event.timestamp
         self.clock = t if self.clock is None else max(self.clock, t)
         self.events += 1
+        n_known = len(self.catalogue)  # items that could have been recommended
         item = self.catalogue.add(event.item_id)
         n_items = len(self.catalogue)
         profile = self._profile(event.user_id, t)
@@ -232,9 +233,11 @@ class FeedbackEngine:
         # ---- predict (nothing below has learnt from this event yet) ----
         scored = None
         if event.is_positive:
-            scored = self.recommender.score(profile, n_items)
-            rank = self.recommender.rank_of(scored, item)
-            out.hit = rank is not None and rank < c.top_k
+            out.hit = False
+            if item < n_known:
+                scored = self.recommender.score(profile, n_known)
+                rank = self.recommender.rank_of(scored, item)
+                out.hit = rank is not None and rank < c.top_k
         if event.type == "review" and event.rating is not None:
             out.rating_error = self.recommender.ratings.predict(event.user_id, item) - event.rating
         compound = None

@@ -74,12 +74,13 @@ class BlendedRecommender:
     item-to-item co-occurrence with the user's recent history, BPR matrix
     factorisation of implicit feedback ("taste"), the biased-MF predicted rating,
     time-decayed popularity ("trending"), all-time popularity ("bestseller") and
-    decayed popularity within the user's segment. Every positive event is a
-    training pair for the blend itself: before learning, the target item should
-    outrank the best-scored other candidate and a random one, and one pairwise
-    logistic (BPR) step on the six weights pushes it to (regularised towards
-    the prior weights). The blend therefore leans on whatever signal works on
-    the data it sees: co-occurrence on session-like data, popularity on cold
+    decayed popularity within the user's segment. The blend weights are the
+    parameters of a conditional-logit choice model (the user picks the next
+    item with probability ``softmax(w . f)`` over the items they have not
+    seen), fitted online by maximum likelihood: every positive event is one
+    exact gradient step (see :meth:`learn_blend`), regularised towards the
+    prior weights. The blend therefore leans on whatever signal works on the
+    data it sees: co-occurrence on session-like data, popularity on cold
     users, factorisation as it matures.
 
     Scoring is vectorised: one numpy pass over the catalogue per call; the
@@ -122,7 +123,7 @@ class BlendedRecommender:
         bpr_l2: float = 0.01,
         bpr_negatives: int = 2,
         rating_factors: int = 10,
-        blend_lr: float = 0.02,
+        blend_lr: float = 0.05,
         blend_l2: float = 0.01,
         cache_events: int = 50,
         seed: int = 0,
@@ -144,7 +145,6 @@ class BlendedRecommender:
         self.blend_l2 = blend_l2
         self.cache_events = cache_events
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
         self.cooccurrence = ItemCooccurrence(max_neighbours, pair_decay, mass_alpha)
         self.taste = ImplicitFactorization(n_factors, bpr_lr, bpr_l2, bpr_negatives, seed=seed)
         self.ratings = RatingFactorization(n_factors=rating_factors, seed=seed + 1)
@@ -265,21 +265,22 @@ class BlendedRecommender:
 
     # -- learning --------------------------------------------------------------
     def learn_blend(self, scored: Scored, item: int) -> None:
-        """One pairwise logistic step: ``item`` above the best other and a random item."""
+        """One maximum-likelihood step of the blend as a choice model over the catalogue.
+
+        The blend is read as a conditional logit: the user picks item ``j`` with
+        probability ``softmax(w . f_j)`` over every item they have not seen. The
+        gradient of the log-likelihood of the observed ``item`` is
+        ``f_item - E_p[f]``, computed exactly (one pass over the catalogue per
+        feature), then a step regularised towards the prior weights.
+        """
         s = scored.scores
-        n = s.shape[0]
-        if n < 3 or not np.isfinite(s[item]):
+        if s.shape[0] < 2 or not np.isfinite(s[item]):
             return
-        masked = s.copy()
-        masked[item] = -np.inf
-        negatives = [int(masked.argmax()), int(self._rng.integers(n))]
-        for neg in negatives:
-            if neg == item or not np.isfinite(s[neg]):
-                continue
-            diff = scored.column(item) - scored.column(neg)
-            x = float(self.weights @ diff)
-            g = 1.0 / (1.0 + math.exp(min(x, 30.0)))
-            self.weights += self.blend_lr * (g * diff - self.blend_l2 * (self.weights - self.prior))
+        p = np.exp(s - s[np.isfinite(s)].max())
+        p /= p.sum()
+        expected = np.array([0.0 if r is None else float(r @ p) for r in scored.rows])
+        grad = scored.column(item) - expected
+        self.weights += self.blend_lr * (grad - self.blend_l2 * (self.weights - self.prior))
 
     def learn(
         self,
