@@ -9,7 +9,15 @@ and their hidden preferences are learnt from their real ratings:
   for that user under a rank-32 SVD of the user x item "rated" matrix (the
   user's top unrated items by taste about 0.2, a median item about 0.001).
 
-They *browse on their own*: at each step one active user (uniformly at random)
+Users arrive with a past: a *warm-up* first replays, for every user, the first
+half of their real history (at most ``--warmup-cap`` movies each) as reviews,
+interleaved at random; the users ignore the recommendations published meanwhile
+and nothing of that phase is measured (the worker's counters are read before
+and after the measured phase and subtracted). Without it every user would start
+with an empty past, so that every blockbuster is still in everybody's future,
+an artefact that flatters the popularity ranking.
+
+Then they *browse on their own*: at each step one active user (uniformly at random)
 watches and rates the next movie of their real, time-ordered MovieLens
 history (a ``review`` with the real rating), skipping movies they already
 bought through a recommendation. They *react to the recommendations* the service
@@ -110,6 +118,10 @@ class Population:
         self.user_index = {u: i for i, u in enumerate(self.users)}
         self.sequences = {u: sequences[u] for u in self.users}
         self.rated: list[dict[int, float]] = [dict(self.sequences[u]) for u in self.users]
+        # Position of each rated item in the user's real, time-ordered history.
+        self.order: list[dict[int, int]] = [
+            {i: pos for pos, (i, _) in enumerate(self.sequences[u])} for u in self.users
+        ]
         # Hidden taste for unrated items: percentile under a low-rank SVD.
         matrix = np.zeros((len(self.users), len(self.items)), dtype=np.float32)
         for u, rated in enumerate(self.rated):
@@ -136,15 +148,29 @@ class Population:
             rows = [r for r in rows if r[0] in keep]
         return cls(rows, **kwargs)
 
-    def preference(self, user: str, item: str) -> float:
-        """The hidden probability scale, in [0, 1], that ``user`` likes ``item``."""
+    def preference(
+        self, user: str, item: str, position: int | None = None, horizon: float = 0.0
+    ) -> float:
+        """The hidden probability scale, in [0, 1], that ``user`` likes ``item``.
+
+        With ``horizon > 0`` and the user's current ``position`` in their
+        history, a rated item's liking is scaled by the user's *intent*:
+        ``0.3 + 0.7 * exp(-d / horizon)`` for an item ``d`` positions ahead (what
+        they really watched next is what they want now; ``d < 0``, already
+        watched, counts as far ahead).
+        """
         u = self.user_index[user]
         i = self.item_index.get(item)
         if i is None:
             return 0.0
         rating = self.rated[u].get(i)
         if rating is not None:
-            return 0.05 + 0.9 * ((rating - 1.0) / 4.0) ** 2
+            liking = 0.05 + 0.9 * ((rating - 1.0) / 4.0) ** 2
+            if horizon > 0 and position is not None:
+                d = self.order[u][i] - position
+                intent = 0.3 + 0.7 * math.exp(-d / horizon) if d >= 0 else 0.3
+                return liking * intent
+            return liking
         return 0.25 * float(self.percentile[u, i]) ** 8
 
     def price(self, item: str) -> float:
@@ -166,6 +192,9 @@ class Behaviour:
     reclick_factor: float = 0.1
     id_share: float = 0.9
     step_seconds: float = 10.0
+    warmup_fraction: float = 0.5
+    warmup_cap: int = 30
+    intent_horizon: float = 0.0
 
 
 @dataclass
@@ -197,7 +226,16 @@ class Simulation:
         self.seed = seed
         self.run_id = run_id
         self.rng = random.Random(seed)
-        self.position = dict.fromkeys(population.users, 0)
+        b = self.behaviour
+        self.position = {
+            u: min(b.warmup_cap, int(len(seq) * b.warmup_fraction))
+            for u, seq in population.sequences.items()
+        }
+        # The warm-up interleaves users at random, each user's past in its own order.
+        self.warmup_order = [u for u in population.users for _ in range(self.position[u])]
+        self.rng.shuffle(self.warmup_order)
+        self._warm_position: Counter[str] = Counter()
+        self.warmed = 0
         self.active = list(population.users)
         self.bought: dict[str, set[str]] = defaultdict(set)
         self.clicked: dict[str, set[str]] = defaultdict(set)
@@ -219,6 +257,24 @@ class Simulation:
     def clock(self) -> float:
         """The simulated time of the next organic event."""
         return START_TIME + self.organic * self.behaviour.step_seconds
+
+    def next_warmup(self) -> dict[str, Any] | None:
+        """The next event of the warm-up (a user's past), ``None`` when it is over."""
+        if self.warmed >= len(self.warmup_order):
+            return None
+        user = self.warmup_order[self.warmed]
+        pos = self._warm_position[user]
+        self._warm_position[user] += 1
+        self.warmed += 1
+        idx, rating = self.population.sequences[user][pos]
+        return {
+            "type": "review",
+            "event_id": f"{self.run_id}-w{self.warmed}",
+            "user_id": user,
+            "item_id": self.population.items[idx],
+            "timestamp": _rfc3339(START_TIME + (self.warmed - len(self.warmup_order)) * 1.0),
+            "rating": rating,
+        }
 
     def next_organic(self) -> dict[str, Any] | None:
         """One user watches and rates the next movie of their real history."""
@@ -248,9 +304,12 @@ class Simulation:
         return None
 
     def ours(self, rec: dict[str, Any]) -> bool:
-        """Whether ``rec`` was triggered by an event of this run."""
-        return str(rec.get("trigger_event_id", "")).startswith(f"{self.run_id}-") and (
-            rec.get("user_id") in self.population.user_index
+        """Whether ``rec`` was triggered by a measured event of this run (not the warm-up)."""
+        trigger = str(rec.get("trigger_event_id", ""))
+        return (
+            trigger.startswith(f"{self.run_id}-")
+            and not trigger.startswith(f"{self.run_id}-w")
+            and rec.get("user_id") in self.population.user_index
         )
 
     def react(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -276,7 +335,8 @@ class Simulation:
             examine *= b.examine
             if item in self.bought[user]:
                 continue
-            p = b.click_scale * self.population.preference(user, item)
+            q = self.population.preference(user, item, self.position[user], b.intent_horizon)
+            p = b.click_scale * q
             if item in self.clicked[user]:
                 p *= b.reclick_factor
             if rng.random() >= p:
@@ -298,7 +358,7 @@ class Simulation:
             out.append(click)
             self.by_variant.clicked[variant] += 1
             self.by_strategy.clicked[strategy] += 1
-            if rng.random() < b.buy_scale * self.population.preference(user, item):
+            if rng.random() < b.buy_scale * q:
                 self.purchases += 1
                 self.bought[user].add(item)
                 out.append({
@@ -426,8 +486,11 @@ async def drive_broker(
     max_events: int,
     drain_seconds: float = 10.0,
     progress: bool = True,
-) -> None:
-    """Produce organic events at ``rate``, react to every recommendation, then drain."""
+    metrics_url: str | None = None,
+) -> Samples | None:
+    """Warm up, then produce organic events at ``rate``, react to every
+    recommendation, and drain. Returns the worker's metrics at the end of the
+    warm-up (``None`` without ``metrics_url``)."""
     from aiokafka import AIOKafkaConsumer
 
     from stream.kafka import client_kwargs, create_topics, producer
@@ -476,6 +539,8 @@ async def drive_broker(
 
     async def reactions() -> None:
         while True:
+            if stop_organic.is_set() and loop.time() - last_rec[0] > drain_seconds:
+                return
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
                 for record in records:
@@ -486,20 +551,40 @@ async def drive_broker(
                         continue
                     for event in sim.react(rec):
                         await send(event)
-            if stop_organic.is_set() and loop.time() - last_rec[0] > drain_seconds:
-                return
+
+    async def warmup() -> Samples | None:
+        pending = []
+        while (event := sim.next_warmup()) is not None:
+            pending.append(await prod.send(
+                topic_by_type[event["type"]], orjson.dumps(event),
+                key=str(event["user_id"]).encode(),
+            ))
+            if len(pending) >= 1000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        if progress:
+            print(f"warm-up: {sim.warmed:,} past reviews sent", file=sys.stderr, flush=True)
+        if metrics_url is None:
+            await asyncio.sleep(drain_seconds)
+            return None
+        return await loop.run_in_executor(None, _wait_drained, metrics_url, sim.warmed, 600.0)
 
     try:
-        await asyncio.gather(organic(), reactions())
+        reacting = asyncio.create_task(reactions())
+        baseline = await warmup()
+        await organic()
+        await reacting
         await prod.flush()
     finally:
         await consumer.stop()
         await prod.stop()
+    return baseline
 
 
 def drive_in_process(
     sim: Simulation, settings: Settings, max_events: int, latency_events: int = 50
-) -> Samples:
+) -> tuple[Samples, Samples]:
     """The same loop without a broker: events go straight to a :class:`Processor`.
 
     A recommendation's reaction is delivered ``latency_events`` organic events
@@ -531,6 +616,9 @@ def drive_in_process(
             if o.topic == settings.topic_recommendations
         ]
 
+    while (warm := sim.next_warmup()) is not None:
+        handle([warm])
+    baseline = parse_metrics(generate_latest(registry).decode())
     while sim.organic < max_events:
         event = sim.next_organic()
         if event is None:
@@ -547,7 +635,14 @@ def drive_in_process(
         pending = []
         for rec in due:
             pending.extend((0, r) for r in handle(sim.react(rec)))
-    return parse_metrics(generate_latest(registry).decode())
+    return baseline, parse_metrics(generate_latest(registry).decode())
+
+
+def subtract(final: Samples, baseline: Samples | None) -> Samples:
+    """Counter samples of the measured phase: ``final - baseline``."""
+    if baseline is None:
+        return final
+    return {key: value - baseline.get(key, 0.0) for key, value in final.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -577,6 +672,7 @@ def report(
     ctr, conv = primary.rates()
     out: dict[str, Any] = {
         "events": sim.events,
+        "warmup_events": sim.warmed,
         "organic_events": sim.organic,
         "clicks": sim.clicks,
         "clicks_with_recommendation_id": sim.clicks_with_id,
@@ -669,6 +765,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, help="simulate only the first N MovieLens users")
     p.add_argument("--id-share", type=float, default=0.9,
                    help="share of clicks that carry their recommendation_id (default 0.9)")
+    p.add_argument("--warmup-cap", type=int, default=30,
+                   help="past reviews replayed per user before measuring (default 30; 0: none)")
+    p.add_argument("--intent-horizon", type=float, default=0.0,
+                   help="scale a rated movie's appeal by how soon the user really watched it "
+                        "(exp(-positions ahead / horizon)); 0 = off (default)")
     p.add_argument("--data-dir", type=Path, help="datasets folder (default ../shared/data)")
     p.add_argument("--bootstrap-servers",
                    help="use this broker and its running worker instead of starting both")
@@ -684,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _wait_drained(url: str, produced: int, timeout: float = 60.0) -> Samples:
+def _wait_drained(url: str, produced: int, timeout: float = 120.0) -> Samples:
     """Metrics once the worker has processed at least ``produced`` events (bounded wait)."""
     deadline = time.monotonic() + timeout
     samples = fetch_metrics(url)
@@ -706,12 +807,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     run_id = args.run_id or f"s{args.seed}-{int(time.time()) % 1_000_000}"
     population = Population.from_movielens(args.data_dir, max_users=args.users)
-    sim = Simulation(population, Behaviour(id_share=args.id_share), args.seed, run_id)
+    behaviour = Behaviour(
+        id_share=args.id_share, warmup_cap=args.warmup_cap, intent_horizon=args.intent_horizon
+    )
+    sim = Simulation(population, behaviour, args.seed, run_id)
     config = {
         "seed": args.seed, "rate": args.rate, "duration": args.duration,
         "events_limit": args.events, "bandit": args.bandit, "variants": args.variants,
         "users": len(population.users), "items": len(population.items),
-        "id_share": args.id_share, "run_id": run_id,
+        "id_share": args.id_share, "run_id": run_id, "warmup_cap": args.warmup_cap,
+        "intent_horizon": args.intent_horizon,
     }
     env_overrides = {
         "FEEDBACK_EXPERIMENT_VARIANTS": args.variants,
@@ -724,15 +829,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             {**os.environ, **env_overrides}, bootstrap_servers="127.0.0.1:1"
         )
         limit = args.events or int(args.duration * args.rate)
-        samples = drive_in_process(sim, settings, limit)
+        warm, final = drive_in_process(sim, settings, limit)
+        samples = subtract(final, warm)
         config["mode"] = "in-process"
     elif args.bootstrap_servers:
         settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
-        asyncio.run(drive_broker(
+        baseline = asyncio.run(drive_broker(
             sim, settings, args.rate, args.duration, args.events, args.drain, not args.json,
+            args.metrics_url,
         ))
         samples = (
-            _wait_drained(args.metrics_url, 0) if args.metrics_url else None
+            subtract(_wait_drained(args.metrics_url, 0), baseline) if args.metrics_url else None
         )
         config["mode"] = "external broker"
     else:
@@ -755,6 +862,7 @@ def _run_embedded(
 
     broker_port, web_port = broker.free_port(), broker.free_port()
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="feedback-simulate-")
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
     bootstrap = f"127.0.0.1:{broker_port}"
     settings = Settings.from_env(
         {**os.environ, **env_overrides},
@@ -781,10 +889,11 @@ def _run_embedded(
                 env=env, stdout=worker_log, stderr=subprocess.STDOUT,
             )
         wait_http(f"{settings.web_url}/healthz", worker)
-        asyncio.run(drive_broker(
-            sim, settings, args.rate, args.duration, args.events, args.drain, not args.json,
+        url = f"{settings.web_url}/metrics"
+        baseline = asyncio.run(drive_broker(
+            sim, settings, args.rate, args.duration, args.events, args.drain, not args.json, url,
         ))
-        return _wait_drained(f"{settings.web_url}/metrics", sim.events)
+        return subtract(_wait_drained(url, sim.events + sim.warmed), baseline)
     finally:
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
