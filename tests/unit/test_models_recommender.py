@@ -16,8 +16,8 @@ from models.recommender import FEATURES, BlendedRecommender
 T0 = 1_700_000_000.0
 
 
-def purchase(i: int, user: str, item: str, t: float | None = None, qty: int = 1) -> Event:
-    return Event("purchase", f"p{i}", user, item, T0 + i if t is None else t, quantity=qty, price=2.0)
+def purchase(i: int, user: str, item: str, qty: int = 1) -> Event:
+    return Event("purchase", f"p{i}", user, item, T0 + i, quantity=qty, price=2.0)
 
 
 def test_cooccurrence_recommends_what_was_bought_together() -> None:

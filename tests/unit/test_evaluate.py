@@ -1,0 +1,127 @@
+"""tools/evaluate.py: metrics, baselines and the command line on small files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from tools import evaluate
+
+KEYS = {
+    "positives", "hr_at_10", "hr_at_10_popularity", "rmse", "mae", "rmse_biased_mf",
+    "mae_biased_mf", "sentiment_macro_f1", "sentiment_macro_f1_lexicon",
+    "segmentation_silhouette", "segmentation_silhouette_offline_kmeans", "churn_auc",
+    "churn_auc_recency", "alerts_by_kind", "events_per_second",
+}  # fmt: skip
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return path
+
+
+def ratings_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(400):
+        ts = 1_600_000_000 + i * 60
+        rows.append(
+            {
+                "type": "review",
+                "event_id": f"r{i}",
+                "user_id": f"u{rng.integers(20)}",
+                "item_id": f"m{rng.integers(30)}",
+                "timestamp": f"2020-09-13T12:{(ts // 60) % 60:02d}:00Z",
+                "rating": float(rng.integers(1, 6)),
+            }
+        )
+    rows.append({"type": "review", "event_id": "bad"})  # rejected, counted
+    return write(tmp_path / "ratings.jsonl", rows)
+
+
+def test_json_output_has_every_key_and_nulls_where_unsupported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = ratings_file(tmp_path)
+    assert evaluate.main([str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= KEYS
+    assert result["rejected_lines"] == 1
+    assert result["rmse"] > 0 and result["rmse_biased_mf"] > 0
+    assert result["positives"] > 0 and 0 <= result["hr_at_10"] <= 1
+    # no text, no purchases: those metrics are null
+    assert result["sentiment_macro_f1"] is None and result["churn_auc"] is None
+
+
+def test_table_limit_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = ratings_file(tmp_path)
+    assert evaluate.main([str(path), "--limit", "300", "--plot", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert "300 events" in out and "HR@10" in out and "River BiasedMF" in out
+    assert (tmp_path / "plots" / "hit_rate.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "rating_error.png").exists()
+
+
+def test_churn_metrics_on_purchases(tmp_path: Path) -> None:
+    rows = []
+    n = 0
+    for c in range(60):
+        every = 5 + c  # customers with different rhythms; the first half stop early
+        last_day = 300 if c % 2 else 150
+        for day in range(0, last_day, every):
+            n += 1
+            month, dom = divmod(day, 28)
+            stamp = f"2021-{month + 1:02d}-{dom + 1:02d}T10:{c % 60:02d}:00Z"
+            rows.append(
+                {
+                    "type": "purchase",
+                    "event_id": f"p{n}",
+                    "user_id": f"c{c}",
+                    "item_id": "x",
+                    "quantity": 1,
+                    "price": 3.0,
+                    "timestamp": stamp,
+                }
+            )
+    rows.sort(key=lambda r: str(r["timestamp"]))
+    events, rejected = evaluate.read_events(write(tmp_path / "p.jsonl", rows))
+    assert rejected == 0
+    result = evaluate.evaluate(events)
+    assert result["churn_customers"] == 60
+    assert result["churn_auc"] is not None and result["churn_auc"] > 0.9
+    assert result["rmse"] is None
+
+
+def test_metric_helpers() -> None:
+    assert evaluate.roc_auc(np.array([1.0, 2.0]), np.array([1, 0])) == 0.0
+    assert evaluate.roc_auc(np.array([1.0, 1.0]), np.array([1, 0])) == 0.5
+    assert evaluate.roc_auc(np.array([1.0]), np.array([1])) is None
+    assert evaluate.macro_f1([True, False], [True, False]) == 1.0
+    x = np.vstack([np.zeros((5, 2)), np.ones((5, 2)) * 10])
+    labels = evaluate.kmeans(x, 2, seed=0)
+    assert evaluate.silhouette(x, labels) == pytest.approx(1.0)
+    assert evaluate.silhouette(x, np.zeros(10, dtype=int)) is None
+
+
+def test_popularity_baseline_excludes_seen_items() -> None:
+    base = evaluate.PopularityBaseline()
+    from models.events import Event
+
+    for i, item in enumerate(["a", "a", "a", "b", "b", "c"]):
+        base.learn(Event("purchase", f"e{i}", f"u{i}", item, 0.0, quantity=1))
+    assert base.hit("new", "a", 1)
+    assert not base.hit("new", "b", 1) and base.hit("new", "b", 2)
+    base.learn(Event("purchase", "x", "me", "a", 0.0, quantity=1))
+    assert base.hit("me", "b", 1)  # "a" is excluded for me
+    assert not base.hit("me", "a", 10)  # already seen
+    assert not base.hit("me", "never-seen", 10)
+
+
+def test_bench_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.main(["--bench-items", "300", "--bench-events", "500", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["catalogue_items"] == 300 and result["events_per_second"] > 0
