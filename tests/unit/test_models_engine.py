@@ -74,12 +74,13 @@ def test_pickle_round_trip_continues_identically() -> None:
 
 def test_same_seed_same_results() -> None:
     stream = mixed_stream(2)
-    runs = []
+    hits: list[list[bool | None]] = []
+    recs: list[list[str]] = []
     for _ in range(2):
         engine = FeedbackEngine(EngineConfig(seed=9))
-        runs.append([engine.process(e).hit for e in stream])
-        runs.append([r.item_id for r in engine.recommend("u3")])
-    assert runs[0] == runs[2] and runs[1] == runs[3]
+        hits.append([engine.process(e).hit for e in stream])
+        recs.append([r.item_id for r in engine.recommend("u3")])
+    assert hits[0] == hits[1] and recs[0] == recs[1]
 
 
 def test_recommendations_have_scores_reasons_and_k() -> None:
