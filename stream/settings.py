@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from stream.privacy import MIN_KEY_BYTES
-
 from models.experiments import parse_variants
+from stream.privacy import MIN_KEY_BYTES
 
 PREFIX = "FEEDBACK_"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
