@@ -20,6 +20,7 @@ from models.alerts import ALERT_KINDS, Alert, BehaviourAnomaly, Cooldown, Qualit
 from models.catalogue import ItemCatalogue, grown
 from models.churn import ChurnModel
 from models.events import Event
+from models.factorization import RatingFactorization
 from models.profiles import DAY, UserProfile
 from models.recommender import BlendedRecommender
 from models.segmentation import OnlineSegmentation
@@ -157,11 +158,11 @@ class FeedbackEngine:
             bpr_lr=c.bpr_lr,
             bpr_l2=c.bpr_l2,
             bpr_negatives=c.bpr_negatives,
-            rating_factors=c.rating_factors,
             blend_lr=c.blend_lr,
             blend_l2=c.blend_l2,
             seed=c.seed,
         )
+        self.ratings = RatingFactorization(n_factors=c.rating_factors, seed=c.seed + 1)
         self.segmentation = OnlineSegmentation(
             k=c.n_segments,
             margin=c.segment_margin,
@@ -239,11 +240,14 @@ class FeedbackEngine:
                 rank = self.recommender.rank_of(scored, item)
                 out.hit = rank is not None and rank < c.top_k
         if event.type == "review" and event.rating is not None:
-            out.rating_error = self.recommender.ratings.predict(event.user_id, item) - event.rating
+            out.rating_error = self.ratings.predict(event.user_id, item) - event.rating
         compound = None
+        text = None
         if event.type == "review" and event.text:
-            compound = lexicon_compound(event.text)
-            out.sentiment = self.sentiment.predict_proba(event.text, compound)
+            # The title ("Disappointed", "Love it!") is part of what the reviewer said.
+            text = f"{event.title}. {event.text}" if event.title else event.text
+            compound = lexicon_compound(text)
+            out.sentiment = self.sentiment.predict_proba(text, compound)
         if event.type == "purchase":
             out.anomaly_score = self._anomaly_score(event, profile, item)
 
@@ -253,9 +257,9 @@ class FeedbackEngine:
         if scored is not None:
             self.recommender.learn_blend(scored, item)
         if event.rating is not None and event.type == "review":
-            self.recommender.ratings.learn(event.user_id, item, event.rating)
-        if event.text and event.type == "review":
-            self.sentiment.learn(event.text, event.rating, compound)
+            self.ratings.learn(event.user_id, item, event.rating)
+        if text is not None:
+            self.sentiment.learn(text, event.rating, compound)
         previous_order = profile.last_order_time
         if profile.observe(event, out.sentiment):
             self.churn.observe_order(profile, previous_order)

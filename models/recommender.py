@@ -9,7 +9,7 @@ import numpy as np
 
 from models.catalogue import ItemCatalogue
 from models.cooccurrence import ItemCooccurrence
-from models.factorization import ImplicitFactorization, RatingFactorization
+from models.factorization import ImplicitFactorization
 from models.popularity import DecayedPopularity
 from models.profiles import UserProfile
 
@@ -17,14 +17,13 @@ from models.profiles import UserProfile
 FEATURES: tuple[str, ...] = (
     "cooccurrence",
     "taste",
-    "rating",
     "trending",
     "bestseller",
     "segment",
 )
 #: Starting blend weights: co-occurrence and popularity first, the factorisations
 #: earn their weight as they learn.
-PRIOR_WEIGHTS: tuple[float, ...] = (2.0, 0.2, 0.2, 1.0, 1.0, 0.5)
+PRIOR_WEIGHTS: tuple[float, ...] = (2.0, 0.2, 1.0, 1.0, 0.5)
 
 
 def _unit_log(values: np.ndarray) -> np.ndarray:
@@ -68,11 +67,12 @@ class Scored:
 
 
 class BlendedRecommender:
-    """Linear blend of six per-item signals whose weights are learnt to rank.
+    """Linear blend of five per-item signals whose weights are learnt to rank.
 
     Signals, each scaled to a comparable range over the catalogue:
     item-to-item co-occurrence with the user's recent history, BPR matrix
-    factorisation of implicit feedback ("taste"), the biased-MF predicted rating,
+    factorisation of implicit feedback ("taste": clicks, purchases, returns,
+    ratings and review sentiment all feed it, signed and scaled by strength),
     time-decayed popularity ("trending"), all-time popularity ("bestseller") and
     decayed popularity within the user's segment. The blend weights are the
     parameters of a conditional-logit choice model (the user picks the next
@@ -122,7 +122,6 @@ class BlendedRecommender:
         bpr_lr: float = 0.05,
         bpr_l2: float = 0.01,
         bpr_negatives: int = 2,
-        rating_factors: int = 10,
         blend_lr: float = 0.05,
         blend_l2: float = 0.01,
         cache_events: int = 50,
@@ -140,14 +139,12 @@ class BlendedRecommender:
         self.bpr_lr = bpr_lr
         self.bpr_l2 = bpr_l2
         self.bpr_negatives = bpr_negatives
-        self.rating_factors = rating_factors
         self.blend_lr = blend_lr
         self.blend_l2 = blend_l2
         self.cache_events = cache_events
         self.seed = seed
         self.cooccurrence = ItemCooccurrence(max_neighbours, pair_decay, mass_alpha)
         self.taste = ImplicitFactorization(n_factors, bpr_lr, bpr_l2, bpr_negatives, seed=seed)
-        self.ratings = RatingFactorization(n_factors=rating_factors, seed=seed + 1)
         self.popularity = DecayedPopularity(trending_half_life)
         self.segment_popularity = [DecayedPopularity(segment_half_life) for _ in range(n_segments)]
         self.prior = np.array(PRIOR_WEIGHTS)
@@ -190,9 +187,6 @@ class BlendedRecommender:
         return (
             _unit_max(self.cooccurrence.scores(history, n)) if history else None,
             _unit_z(self.taste.scores(user, n)) if user in self.taste.user_vec else None,
-            _unit_z(self.ratings.predict_all(user, n))
-            if self.ratings.user_count.get(user, 0) > 0
-            else None,
             popular[0],
             popular[1],
             popular[2] if len(popular) > 2 else None,
@@ -257,7 +251,6 @@ class BlendedRecommender:
         return {
             "cooccurrence": "related to your recent activity",
             "taste": "matches your taste",
-            "rating": "you are likely to rate it highly",
             "trending": "popular right now",
             "bestseller": "a best seller",
             "segment": f"popular in your segment ({profile.segment})",

@@ -33,6 +33,7 @@ import orjson
 
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
+from models.recommender import FEATURES
 from models.sentiment import label_of, lexicon_compound
 
 DAY = 86_400.0
@@ -331,11 +332,7 @@ def evaluate(
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
     result["blend_weights"] = dict(
-        zip(
-            ("cooccurrence", "taste", "rating", "trending", "bestseller", "segment"),
-            [round(w, 3) for w in engine.recommender.weights.tolist()],
-            strict=True,
-        )
+        zip(FEATURES, [round(w, 3) for w in engine.recommender.weights.tolist()], strict=True)
     )
     if series is not None:
         series.update(
