@@ -1,0 +1,255 @@
+"""Shared pieces of the reliability tests: a deterministic event stream, a paced
+background producer, and an independent reader of the profile changelog.
+
+The accounting never trusts the worker under test: the final per-user state is
+read straight from the compacted changelog topic (the last record of each key),
+and every user gets fewer events than the de-duplication window, so a profile's
+``recent_event_ids`` lists every event ever learned for that user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream.kafka import client_kwargs, producer
+from stream.settings import Settings
+from stream.topics import changelog_topic
+
+START = datetime(2024, 5, 1, tzinfo=UTC).timestamp()
+
+
+def make_events(n_users: int, per_user: int, seed: int = 7, n_items: int = 300) -> list[dict]:
+    """``n_users * per_user`` valid events, interleaved across users in time order.
+
+    Clicks, purchases (some returns) and reviews on a small catalogue, so the
+    models learn real co-occurrences and publish recommendations.
+    """
+    rng = random.Random(seed)
+    events: list[dict] = []
+    order = [u for _ in range(per_user) for u in range(n_users)]
+    for i, u in enumerate(order):
+        kind = rng.choices(("click", "purchase", "review"), (6, 3, 1))[0]
+        e: dict[str, Any] = {
+            "type": kind,
+            "event_id": f"ev-{seed}-{i}",
+            "user_id": f"user-{u:04d}",
+            "item_id": f"sku-{int(rng.paretovariate(1.2)) % n_items:03d}",
+            "timestamp": datetime.fromtimestamp(START + i * 7, UTC).isoformat(),
+        }
+        if kind == "click":
+            e["session_id"] = f"s-{u}-{i // (n_users * 5)}"
+        elif kind == "purchase":
+            e["quantity"] = rng.choice((1, 1, 2, 3, -1))
+            e["price"] = round(rng.uniform(0.5, 80.0), 2)
+            e["currency"] = "GBP"
+        else:
+            e["rating"] = rng.randint(1, 5)
+            e["text"] = rng.choice(("Great fit", "Too small", "Lovely colour", "Poor quality"))
+        events.append(e)
+    return events
+
+
+def records_for(settings: Settings, events: Iterable[dict]) -> list[tuple[str, bytes, bytes]]:
+    topics = {v: k for k, v in settings.input_topics.items()}
+    return [(topics[e["type"]], e["user_id"].encode(), orjson.dumps(e)) for e in events]
+
+
+@dataclass
+class PacedProducer:
+    """Sends records from a background thread at about ``rate`` records/s.
+
+    Every send is acknowledged (acks=all) before ``join`` returns, so "sent"
+    means "in the broker's log".
+    """
+
+    settings: Settings
+    records: list[tuple[str, bytes | None, bytes]]
+    rate: float
+    chunk: int = 250
+    sent: int = 0
+    error: BaseException | None = None
+    _thread: threading.Thread = field(init=False)
+
+    def start(self) -> PacedProducer:
+        self._thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float = 300.0) -> int:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("producer still running")
+        if self.error is not None:
+            raise self.error
+        return self.sent
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._send())
+        except BaseException as exc:  # surfaced by join()
+            self.error = exc
+
+    async def _send(self) -> None:
+        prod = producer(self.settings, linger_ms=5)
+        await prod.start()
+        try:
+            t0 = time.monotonic()
+            for start in range(0, len(self.records), self.chunk):
+                futures = [
+                    await prod.send(topic, value, key=key)
+                    for topic, key, value in self.records[start : start + self.chunk]
+                ]
+                await asyncio.gather(*futures)
+                self.sent += len(futures)
+                ahead = self.sent / self.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        finally:
+            await prod.stop()
+
+
+@dataclass
+class Accounting:
+    """What the final profiles say about the events sent."""
+
+    sent: int
+    learned: int  # distinct expected event ids present in the profiles
+    lost: int  # expected ids in no profile
+    learned_twice: int  # profile counts above the distinct ids learned (double learning)
+    foreign: int  # ids in profiles that were never sent
+    users: int
+    lost_ids: list[str] = field(default_factory=list)
+
+    def line(self, label: str) -> str:
+        return (
+            f"[{label}] sent={self.sent} learned={self.learned} lost={self.lost} "
+            f"learned_twice={self.learned_twice} foreign={self.foreign} users={self.users}"
+            + (f" lost_ids={self.lost_ids[:20]}" if self.lost_ids else "")
+        )
+
+
+def read_profiles(
+    settings: Settings,
+    until: Callable[[dict[str, dict]], bool],
+    timeout: float = 90.0,
+) -> dict[str, dict]:
+    """The last profile of every user in the changelog, read until ``until`` or timeout."""
+
+    async def read() -> dict[str, dict]:
+        topic = changelog_topic(settings)
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(settings), enable_auto_commit=False, group_id=None,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        profiles: dict[str, dict] = {}
+        try:
+            consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while loop.time() < deadline:
+                batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+                for msgs in batch.values():
+                    for m in msgs:
+                        if m.value is not None:
+                            profiles[table_key(m.key)] = orjson.loads(m.value)
+                if not batch and until(profiles):
+                    break
+        finally:
+            await consumer.stop()
+        return profiles
+
+    return asyncio.run(read())
+
+
+def table_key(raw: bytes) -> str:
+    # Faust writes table keys to the changelog as JSON strings.
+    return str(orjson.loads(raw)) if raw.startswith(b'"') else raw.decode()
+
+
+def account(events: list[dict], profiles: dict[str, dict]) -> Accounting:
+    expected: dict[str, set[str]] = {}
+    for e in events:
+        expected.setdefault(e["user_id"], set()).add(e["event_id"])
+    learned = lost = twice = foreign = 0
+    lost_ids: list[str] = []
+    for user, ids in expected.items():
+        p = profiles.get(user)
+        got = set(p["recent_event_ids"]) if p else set()
+        learned += len(ids & got)
+        lost += len(ids - got)
+        lost_ids.extend(sorted(ids - got))
+        foreign += len(got - ids)
+        if p:
+            twice += sum(p["events"].values()) - len(got)
+    return Accounting(len(events), learned, lost, twice, foreign, len(expected), lost_ids)
+
+
+def locate(settings: Settings, event_ids: Iterable[str], timeout: float = 20.0) -> list[str]:
+    """Where the given events sit in the input topics: ``topic[partition]@offset``."""
+    wanted = set(event_ids)
+
+    async def read() -> list[str]:
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(settings), enable_auto_commit=False, group_id=None,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        found: list[str] = []
+        try:
+            consumer.assign([
+                TopicPartition(t, p) for t in settings.input_topics
+                for p in range(settings.partitions)
+            ])
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while loop.time() < deadline and len(found) < len(wanted):
+                batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+                if not batch:
+                    break
+                for msgs in batch.values():
+                    for m in msgs:
+                        if orjson.loads(m.value)["event_id"] in wanted:
+                            found.append(f"{m.topic}[{m.partition}]@{m.offset}")
+        finally:
+            await consumer.stop()
+        return sorted(found)
+
+    return asyncio.run(read())
+
+
+def complete(events: list[dict]) -> Callable[[dict[str, dict]], bool]:
+    """``until`` for :func:`read_profiles`: every expected event is in a profile."""
+    total = len(events)
+
+    def done(profiles: dict[str, dict]) -> bool:
+        return sum(len(p["recent_event_ids"]) for p in profiles.values()) >= total
+
+    return done
+
+
+def wait_metric(worker: Any, name: str, at_least: float, timeout: float, **labels: str) -> float:
+    """Poll a worker's metric until it reaches ``at_least``; returns the last value."""
+    deadline = time.monotonic() + timeout
+    value = 0.0
+    while time.monotonic() < deadline:
+        try:
+            value = worker.metric(name, **labels)
+        except OSError:
+            value = 0.0
+        if value >= at_least:
+            return value
+        if worker.process.poll() is not None:
+            raise RuntimeError(f"worker exited; log:\n{worker.log()[-3000:]}")
+        time.sleep(0.1)
+    return value
