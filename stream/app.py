@@ -11,7 +11,7 @@ import logging
 import ssl
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -20,7 +20,7 @@ from faust.types import TP
 from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
 
 from models.engine import FeedbackEngine
-from stream import checkpoint
+from stream import checkpoint, recovery
 from stream.metrics import Metrics
 from stream.processor import InputMessage, OutputMessage, Processor
 from stream.settings import Settings
@@ -43,6 +43,8 @@ class FeedbackApp:
     metrics: Metrics
     input_topic: Any
     output_topics: dict[str, Any]
+    # (topic, partition) label sets this worker currently reports lag for.
+    lag_labels: set[tuple[str, str]] = field(default_factory=set)
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -119,9 +121,13 @@ def build_app(
         engine = checkpoint.load_or_new(settings)
     processor = Processor(settings, engine, TableStore(profiles), metrics)
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
+    commit_guard = recovery.CommitGuard(settings.input_topics)
+    recovery.guard_changelog_recovery(app, settings)
 
     @app.agent(input_topic)
     async def process(stream: Any) -> None:
+        # Before the first message can be acked (see stream/recovery.py).
+        commit_guard.install(app.consumer)
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
             batch = [
                 InputMessage(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, e)
@@ -129,6 +135,7 @@ def build_app(
                 for m in (e.message,)
             ]
             await publish(fa, processor.handle(batch))
+            commit_guard.done(e.message for e in events)
 
     @app.timer(settings.tick_interval_seconds)
     async def tick() -> None:
@@ -190,8 +197,14 @@ async def publish(fa: FeedbackApp, messages: list[OutputMessage]) -> None:
 
 
 async def update_lag(fa: FeedbackApp) -> None:
+    """Lag and high-water gauges for the input partitions this worker owns now.
+
+    Partitions revoked by a rebalance lose their series here; a frozen value left
+    behind would count the partition twice and show lag that no longer exists.
+    """
     consumer = fa.app.consumer
     inputs = set(fa.settings.input_topics)
+    current: set[tuple[str, str]] = set()
     for tp in consumer.assignment():
         if tp.topic not in inputs:
             continue
@@ -200,5 +213,10 @@ async def update_lag(fa: FeedbackApp) -> None:
         if highwater is None or position is None:
             continue
         labels = (tp.topic, str(tp.partition))
+        current.add(labels)
         fa.metrics.input_highwater.labels(*labels).set(highwater)
         fa.metrics.consumer_lag.labels(*labels).set(max(0, highwater - position))
+    for labels in fa.lag_labels - current:
+        fa.metrics.input_highwater.remove(*labels)
+        fa.metrics.consumer_lag.remove(*labels)
+    fa.lag_labels = current
