@@ -74,6 +74,8 @@ async def fetch_highwaters(
 
 def guard_changelog_recovery(app: Any, settings: Settings) -> None:
     """Make Faust's table recovery read each changelog to its real end."""
+    if not settings.recovery_guards:
+        return
     recovery = app.tables.recovery
     original = recovery._build_highwaters
 
@@ -113,16 +115,20 @@ class CommitGuard:
     (at-least-once; the profile's de-duplication window absorbs the repeat).
     """
 
-    def __init__(self, input_topics: Iterable[str]) -> None:
+    def __init__(self, input_topics: Iterable[str], enabled: bool = True) -> None:
         self.input_topics = frozenset(input_topics)
+        self.enabled = enabled
         self._done: set[tuple[str, int, int]] = set()
         self.refused = 0  # acks of unprocessed input events, for the logs and tests
 
     def done(self, messages: Iterable[Any]) -> None:
-        self._done.update((m.topic, m.partition, m.offset) for m in messages)
+        if self.enabled:
+            self._done.update((m.topic, m.partition, m.offset) for m in messages)
 
     def install(self, consumer: Any) -> None:
         """Wrap ``consumer.ack``; idempotent (an agent restart installs again)."""
+        if not self.enabled:
+            return
         if getattr(consumer.ack, "commit_guard", None) is self:
             return
         original = consumer.ack

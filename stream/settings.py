@@ -80,6 +80,9 @@ class Settings:
     checkpoint_interval_seconds: float = 30.0
     # How often the worker runs the engine's time-driven checks (churn) and refreshes gauges.
     tick_interval_seconds: float = 5.0
+    # 1: the fixes of stream/recovery.py for Faust's recovery and commits are on.
+    # 0 only reproduces the upstream defects (docs/faust-sigterm-offset-race.md).
+    recovery_guards: int = 1
 
     # Experiments (docs/feedback-loop.md): variants as ``name[:weight],...`` among
     # blend, popularity, explore; a user's variant is a keyed hash of the user id
@@ -148,6 +151,7 @@ class Settings:
             (self.checkpoint_interval_seconds > 0,
              "FEEDBACK_CHECKPOINT_INTERVAL_SECONDS must be > 0"),
             (self.tick_interval_seconds > 0, "FEEDBACK_TICK_INTERVAL_SECONDS must be > 0"),
+            (self.recovery_guards in (0, 1), "FEEDBACK_RECOVERY_GUARDS must be 0 or 1"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "FEEDBACK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
             (self.attribution_window_seconds > 0,
