@@ -121,7 +121,7 @@ def build_app(
         engine = checkpoint.load_or_new(settings)
     processor = Processor(settings, engine, TableStore(profiles), metrics)
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
-    commit_guard = recovery.CommitGuard(settings.input_topics)
+    commit_guard = recovery.CommitGuard(settings.input_topics, bool(settings.recovery_guards))
     recovery.guard_changelog_recovery(app, settings)
 
     @app.agent(input_topic)
