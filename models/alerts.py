@@ -32,30 +32,38 @@ class Alert:
 class Cooldown:
     """At most one alert per ``(kind, subject)`` every ``seconds`` of event time.
 
-    Keys older than the cooldown are dropped by :meth:`prune`, so memory is
-    bounded by the number of subjects alerted on within one cooldown.
+    ``per_kind`` overrides the duration for some kinds. Keys whose cooldown has
+    expired are dropped by :meth:`prune`, so memory is bounded by the number of
+    subjects alerted on within one cooldown.
 
-    >>> cd = Cooldown(60.0)
+    >>> cd = Cooldown(60.0, per_kind={"slow": 600.0})
     >>> cd.allow("k", "s", 0.0), cd.allow("k", "s", 30.0), cd.allow("k", "s", 61.0)
     (True, False, True)
+    >>> cd.allow("slow", "s", 0.0), cd.allow("slow", "s", 61.0)
+    (True, False)
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, per_kind: dict[str, float] | None = None) -> None:
         self.seconds = seconds
+        self.per_kind = dict(per_kind) if per_kind else {}
         self.last: dict[tuple[str, str], float] = {}
 
     def allow(self, kind: str, subject: str, now: float) -> bool:
         """True (and the clock restarted) if this subject may be alerted on at ``now``."""
         key = (kind, subject)
         last = self.last.get(key)
-        if last is not None and now - last < self.seconds:
+        if last is not None and now - last < self.per_kind.get(kind, self.seconds):
             return False
         self.last[key] = now
         return True
 
     def prune(self, now: float) -> None:
         """Forget keys whose cooldown has expired."""
-        self.last = {k: t for k, t in self.last.items() if now - t < self.seconds}
+        self.last = {
+            k: t
+            for k, t in self.last.items()
+            if now - t < self.per_kind.get(k[0], self.seconds)
+        }
 
 
 class BehaviourAnomaly:

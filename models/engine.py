@@ -24,7 +24,7 @@ from models.factorization import RatingFactorization
 from models.profiles import DAY, UserProfile
 from models.recommender import BlendedRecommender
 from models.segmentation import OnlineSegmentation
-from models.sentiment import ItemSentiment, SentimentModel, lexicon_compound
+from models.sentiment import ItemSentiment, SentimentModel
 
 __all__ = [
     "ALERT_KINDS",
@@ -101,6 +101,7 @@ class EngineConfig:
     sentiment_l2: float = 1e-5
     # alerts
     alert_cooldown_s: float = DAY
+    drift_cooldown_s: float = 7 * DAY
     spike_min_reviews: int = 10
     spike_z: float = 3.0
     spike_min_increase: float = 0.25
@@ -186,7 +187,7 @@ class FeedbackEngine:
             overdue_factor=c.churn_overdue_factor,
             min_orders=c.churn_min_orders,
         )
-        self.cooldown = Cooldown(c.alert_cooldown_s)
+        self.cooldown = Cooldown(c.alert_cooldown_s, {"model_drift": c.drift_cooldown_s})
         self.item_price = np.zeros(16)
         self.item_price_n = np.zeros(16)
         self.clock: float | None = None
@@ -241,13 +242,12 @@ class FeedbackEngine:
                 out.hit = rank is not None and rank < c.top_k
         if event.type == "review" and event.rating is not None:
             out.rating_error = self.ratings.predict(event.user_id, item) - event.rating
-        compound = None
-        text = None
+        words = None
         if event.type == "review" and event.text:
             # The title ("Disappointed", "Love it!") is part of what the reviewer said.
             text = f"{event.title}. {event.text}" if event.title else event.text
-            compound = lexicon_compound(text)
-            out.sentiment = self.sentiment.predict_proba(text, compound)
+            words = self.sentiment.features(text)  # computed once: predict, then learn
+            out.sentiment = self.sentiment.predict_proba(words)
         if event.type == "purchase":
             out.anomaly_score = self._anomaly_score(event, profile, item)
 
@@ -258,8 +258,8 @@ class FeedbackEngine:
             self.recommender.learn_blend(scored, item)
         if event.rating is not None and event.type == "review":
             self.ratings.learn(event.user_id, item, event.rating)
-        if text is not None:
-            self.sentiment.learn(text, event.rating, compound)
+        if words is not None:
+            self.sentiment.learn(words, event.rating)
         previous_order = profile.last_order_time
         if profile.observe(event, out.sentiment):
             self.churn.observe_order(profile, previous_order)

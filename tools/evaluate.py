@@ -34,7 +34,7 @@ import orjson
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
 from models.recommender import FEATURES
-from models.sentiment import label_of, lexicon_compound
+from models.sentiment import label_of, lexicon_compound_whole
 
 DAY = 86_400.0
 CHURN_HORIZON_DAYS = 90.0
@@ -289,7 +289,7 @@ def evaluate(
             rating_low, rating_high = min(rating_low, event.rating), max(rating_high, event.rating)
         label = label_of(event.rating) if event.type == "review" and event.text else None
         if label is not None and event.text:
-            lex_pred.append(lexicon_compound(event.text) >= 0.05)
+            lex_pred.append(lexicon_compound_whole(event.text) >= 0.05)
         pop.learn(event)
 
         t0 = time.perf_counter()
