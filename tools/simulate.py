@@ -767,9 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of clicks that carry their recommendation_id (default 0.9)")
     p.add_argument("--warmup-cap", type=int, default=30,
                    help="past reviews replayed per user before measuring (default 30; 0: none)")
-    p.add_argument("--intent-horizon", type=float, default=0.0,
+    p.add_argument("--intent-horizon", type=float, default=30.0,
                    help="scale a rated movie's appeal by how soon the user really watched it "
-                        "(exp(-positions ahead / horizon)); 0 = off (default)")
+                        "(exp(-positions ahead / horizon)); default 30, 0 = off")
     p.add_argument("--data-dir", type=Path, help="datasets folder (default ../shared/data)")
     p.add_argument("--bootstrap-servers",
                    help="use this broker and its running worker instead of starting both")
