@@ -7,7 +7,13 @@ and their hidden preferences are learnt from their real ratings:
   (5 stars: 0.95, 4 stars: 0.56, 3 stars: 0.28);
 * any other item gets ``0.25 * p ** 8``, where ``p`` is the item's percentile
   for that user under a rank-32 SVD of the user x item "rated" matrix (the
-  user's top unrated items by taste about 0.2, a median item about 0.001).
+  user's top unrated items by taste about 0.2, a median item about 0.001);
+* *intent* (``--intent-horizon H``, default 30): a rated movie ``d`` positions
+  ahead of where the user now is in their real history has its preference
+  scaled by ``0.3 + 0.7 * exp(-d / H)``: what they really watched next is what
+  they want now, the same target as the prequential next-item hit rate of
+  ``feedback-stream evaluate``. ``--intent-horizon 0`` turns it off (then any
+  movie of their whole future is as wanted as the next one).
 
 Users arrive with a past: a *warm-up* first replays, for every user, the first
 half of their real history (at most ``--warmup-cap`` movies each) as reviews,
