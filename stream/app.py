@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from faust.streams import _current_event
+from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
 
@@ -31,6 +32,24 @@ log = logging.getLogger(__name__)
 # Events handed to the processor at once; `within` bounds the added latency.
 BATCH_SIZE = 500
 BATCH_WITHIN_SECONDS = 0.05
+# Faust hard-codes the consumer's fetch_max_wait_ms=1500. Kafka answers a waiting
+# fetch as soon as data arrives, but the embedded broker (Tansu) waits it out,
+# which added 0.4-0.7 s to the median event-to-recommendation latency. A short
+# wait only costs idle fetch requests, on any broker.
+FETCH_MAX_WAIT_MS = 100
+
+
+class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by aiokafka when the consumer starts and builds its fetcher.
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
+class _Consumer(aiokafka_driver.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
 @dataclass
@@ -93,6 +112,7 @@ def build_app(
         datadir=f"{settings.state_dir}/faust",
         web_in_thread=False,
     )
+    app.transport.Consumer = _Consumer  # type: ignore[misc]
     raw = {"key_type": str, "key_serializer": "raw", "value_serializer": "raw"}
     input_topic = app.topic(
         settings.topic_clicks,
