@@ -169,6 +169,12 @@ def add_ratios(report: dict[str, Any]) -> dict[str, Any]:
     out["events_vs_faust_decode_only"] = _round(
         ratio(events, report.get("faust_decode_only_events_per_second"))
     )
+    # The same per CPU-second: what each loop costs, whatever else the machine runs.
+    raw_cpu = report.get("raw_aiokafka_events_per_cpu_second")
+    for key in ("events", "faust_decode_only_events", "faust_per_event_send_events"):
+        out[f"{key}_per_cpu_second_vs_raw"] = _round(
+            ratio(report.get(f"{key}_per_cpu_second"), raw_cpu)
+        )
     return out
 
 
@@ -236,6 +242,16 @@ def format_report(report: dict[str, Any]) -> str:
             f"{_fmt_rate(w.get('recommendations_per_second'))} recommendations, "
             f"peak RSS {_fmt_bytes(w.get('peak_rss_bytes'))}"
         )
+    if r.get("raw_aiokafka_events_per_cpu_second") or r.get("events_per_cpu_second"):
+        lines.append(
+            "per CPU-second (what each loop costs, whatever else the machine runs): "
+            f"raw {_fmt_rate(r.get('raw_aiokafka_events_per_cpu_second'))}, "
+            f"Faust decode-only {_fmt_rate(r.get('faust_decode_only_events_per_cpu_second'))}, "
+            "Faust per-event send "
+            f"{_fmt_rate(r.get('faust_per_event_send_events_per_cpu_second'))}, "
+            f"worker {_fmt_rate(r.get('events_per_cpu_second'))}"
+            + _fmt_ratio(r.get("events_per_cpu_second_vs_raw"))
+        )
     lat = [r.get(f"latency_p{p}_seconds") for p in (50, 95, 99)]
     if all(isinstance(x, float | int) and not math.isnan(x) for x in lat):
         lines.append(
@@ -245,6 +261,11 @@ def format_report(report: dict[str, Any]) -> str:
                 f"p{p} {float(x or 0) * 1000:.0f} ms"
                 for p, x in zip((50, 95, 99), lat, strict=True)
             )
+        )
+    if r.get("checkpoint_mean_seconds"):
+        lines.append(
+            f"model checkpoints: {r.get('checkpoints')}, "
+            f"{r['checkpoint_mean_seconds'] * 1000:.0f} ms each on average (the loop waits)"
         )
     lines.append(f"peak RSS {_fmt_bytes(r.get('peak_rss_bytes'))}")
     users = r.get("memory_users")
@@ -389,6 +410,16 @@ def rss_peak(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        t = psutil.Process(pid).cpu_times()
+        return float(t.user + t.system)
+    return None
+
+
 def rss_now(pid: int) -> int | None:
     import psutil
 
@@ -432,8 +463,9 @@ def _stop(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
 
 def run_reference(
     kind: str, settings: Settings, total: int, state_dir: Path, timeout: float
-) -> float | None:
-    """Start one reference loop on pre-loaded topics and return its sustained events/s."""
+) -> tuple[float | None, float | None]:
+    """Start one reference loop on pre-loaded topics; returns its sustained events/s
+    and its events per CPU-second (robust to other load on the machine)."""
     cmd = [
         sys.executable, "-m", "tools.bench", "_reference", kind,
         "--bootstrap-servers", settings.bootstrap_servers,
@@ -449,8 +481,12 @@ def run_reference(
     ref = RefProcess(proc)
     ref.start_reader()
     deadline = time.monotonic() + timeout
+    cpu: list[tuple[float, float]] = []
     try:
         while ref.count() < total and time.monotonic() < deadline and proc.poll() is None:
+            used = cpu_seconds(proc.pid)
+            if used is not None:
+                cpu.append((time.monotonic(), used))
             time.sleep(SAMPLE_SECONDS)
     finally:
         _stop(proc)
@@ -458,8 +494,16 @@ def run_reference(
     w = window(ref.samples, total)
     if w is None:
         _log(f"{kind}: only {ref.count():,.0f}/{total:,} events in {timeout:.0f} s; see {log.name}")
+        return None, None
+    rate = w.rate(ref.samples)
+    return rate, per_cpu_second(rate, w.rate(cpu))
+
+
+def per_cpu_second(rate: float | None, cores: float | None) -> float | None:
+    """Events per CPU-second from events/s and the cores the process kept busy."""
+    if rate is None or cores is None or math.isnan(cores) or cores <= 0:
         return None
-    return w.rate(ref.samples)
+    return rate / cores
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -474,7 +518,9 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes]
     events: list[tuple[float, float]] = field(default_factory=list)
     recommendations: list[tuple[float, float]] = field(default_factory=list)
+    cpu: list[tuple[float, float]] = field(default_factory=list)
     peak_rss: int = 0
+    totals: dict[str, float] = field(default_factory=dict)
 
     @property
     def metrics_url(self) -> str:
@@ -490,6 +536,8 @@ class WorkerProcess:
         self.recommendations.append(
             (t, totals.get("feedback_recommendations_emitted_total", 0.0))
         )
+        self.cpu.append((t, cpu_seconds(self.proc.pid) or 0.0))
+        self.totals = totals
         rss = rss_now(self.proc.pid) or 0
         self.peak_rss = max(self.peak_rss, rss_peak(self.proc.pid) or rss)
         return totals
@@ -653,8 +701,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             records = encode(events[:n], _topic_by_type(s))
             secs = preload(s, records)
             _log(f"{kind}: pre-loaded {n:,} events in {secs:.1f} s; running")
-            rate = run_reference(kind, s, n, state, timeout)
+            rate, per_cpu = run_reference(kind, s, n, state, timeout)
             report[names[kind]] = _round(rate, 1)
+            report[names[kind].replace("_per_second", "_per_cpu_second")] = _round(per_cpu, 1)
             _log(f"{kind}: {_fmt_rate(rate)}")
 
         # 2. the worker's throughput
@@ -676,6 +725,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["events_per_second"] = _round(win.rate(ev), 1)
             report["recommendations_per_second"] = _round(win.rate(recs), 1)
             report["window_seconds"] = _round(win.seconds)
+            cores = win.rate(combined([w.cpu for w in workers]))
+            report["worker_cpu_cores"] = _round(cores, 2)
+            report["events_per_cpu_second"] = _round(
+                per_cpu_second(report["events_per_second"], cores), 1
+            )
             if args.workers > 1:
                 report["per_worker"] = [
                     {
@@ -724,15 +778,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             extra = list(distinct_users(events[:n], args.users, args.seed))
             _log(f"memory: {args.users:,} new distinct users")
             asyncio.run(_produce(s, encode(extra, topic_by_type), timeout=timeout))
-            wait_counts(workers, done + len(extra), timeout)
+            # New users cost a changelog record each: this phase is the slowest.
+            got = wait_counts(workers, done + len(extra), 2 * timeout)
             after = sum(rss_now(w.proc.pid) or 0 for w in workers)
-            report["memory_users"] = args.users
+            report["memory_users"] = int(min(args.users, max(0.0, got - done)))
+            if report["memory_users"] < args.users:
+                _log(f"memory: only {report['memory_users']:,} users processed in time")
             report["rss_before_users_bytes"] = before
             report["rss_users_bytes"] = after
-            report["memory_bytes_per_user"] = _round(max(0, after - before) / args.users, 1)
+            report["memory_bytes_per_user"] = _round(
+                max(0, after - before) / max(1, report["memory_users"]), 1
+            )
             report["peak_rss_after_users_bytes"] = sum(
                 rss_peak(w.proc.pid) or 0 for w in workers
             )
+        count = sum(w.totals.get("feedback_model_checkpoint_seconds_count", 0) for w in workers)
+        total_s = sum(w.totals.get("feedback_model_checkpoint_seconds_sum", 0) for w in workers)
+        report["checkpoints"] = int(count)
+        # The event loop is blocked while the engine is pickled: a latency outlier.
+        report["checkpoint_mean_seconds"] = _round(total_s / count, 3) if count else None
         report["state_dir"] = str(state)
     return add_ratios(report)
 

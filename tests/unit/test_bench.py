@@ -19,6 +19,7 @@ from tools.bench import (
     encode,
     format_report,
     main,
+    per_cpu_second,
     percentile,
     ratio,
     time_at,
@@ -180,3 +181,18 @@ def test_encode_routes_by_type_and_keys_by_user() -> None:
 def test_cli_refuses_unknown_references() -> None:
     assert main(["--references", "raw,bogus"]) == 2
     assert main(["--events", "10"]) == 2
+
+
+def test_per_cpu_second_figures() -> None:
+    assert per_cpu_second(900.0, 0.5) == 1800.0
+    assert per_cpu_second(900.0, 0.0) is None
+    assert per_cpu_second(None, 1.0) is None
+    r = add_ratios({
+        "raw_aiokafka_events_per_cpu_second": 40_000.0,
+        "events_per_cpu_second": 2_000.0,
+        "faust_per_event_send_events_per_cpu_second": 4_000.0,
+    })
+    assert r["events_per_cpu_second_vs_raw"] == 0.05
+    assert r["faust_per_event_send_events_per_cpu_second_vs_raw"] == 0.1
+    assert r["faust_decode_only_events_per_cpu_second_vs_raw"] is None
+    assert "worker 2,000/s  (0.05x raw)" in format_report(r)
