@@ -321,12 +321,6 @@ def test_worker_metrics_pass_promtool_lint(worker: Worker) -> None:
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stream/app.py update_lag never removes the gauges of partitions revoked by a "
-    "rebalance: the old owner keeps reporting frozen lag for them (phantom lag, partitions "
-    "counted twice); strict: remove this marker once fixed",
-)
 @pytest.mark.timeout(600)
 def test_scaling_out_moves_partitions_as_the_dashboard_shows(
     demo_data: Path, worker_factory: Any, tmp_path: Path
