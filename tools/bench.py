@@ -217,8 +217,9 @@ def format_report(report: dict[str, Any]) -> str:
     """The human-readable report: rates with their ratio to the raw loop."""
     r = report
     lines = [
-        f"feedback-stream bench: {r.get('events'):,} events, {r.get('partitions')} partitions, "
-        f"{r.get('workers')} worker(s), dataset {r.get('dataset')}",
+        f"feedback-stream bench: {r.get('events') or 0:,} events, "
+        f"{r.get('partitions')} partitions, {r.get('workers')} worker(s), "
+        f"dataset {r.get('dataset')}",
         "ceilings (same events, same run)",
         f"  raw aiokafka loop            {_fmt_rate(r.get('raw_aiokafka_events_per_second'))}",
         f"  Faust agent, decode only     "
