@@ -85,6 +85,7 @@ class EngineConfig:
     bpr_lr: float = 0.05
     bpr_l2: float = 0.01
     bpr_negatives: int = 2
+    bpr_popular_negatives: bool = True
     rating_factors: int = 10
     blend_lr: float = 0.05
     blend_l2: float = 0.01
@@ -159,6 +160,7 @@ class FeedbackEngine:
             bpr_lr=c.bpr_lr,
             bpr_l2=c.bpr_l2,
             bpr_negatives=c.bpr_negatives,
+            bpr_popular_negatives=c.bpr_popular_negatives,
             blend_lr=c.blend_lr,
             blend_l2=c.blend_l2,
             seed=c.seed,

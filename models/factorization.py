@@ -151,9 +151,10 @@ class RatingFactorization:
 class ImplicitFactorization:
     """Matrix factorisation of implicit feedback, learnt online with BPR.
 
-    For a positive ``(user, item)`` it samples ``n_negatives`` items uniformly
-    from the catalogue and takes one Bayesian-personalised-ranking step per pair
-    so that ``p_u . q_pos + b_pos`` exceeds ``p_u . q_neg + b_neg``. The step is
+    For a positive ``(user, item)`` it samples ``n_negatives`` items
+    (uniformly, or half of them in proportion to recent popularity) and takes
+    one Bayesian-personalised-ranking step per pair so that
+    ``p_u . q_pos + b_pos`` exceeds ``p_u . q_neg + b_neg``. The step is
     scaled by the event's strength (a purchase moves more than a click); a
     return or a low rating is learnt as a pair with the item in the negative
     role. Memory: ``n_factors`` floats per user, ``n_factors + 1`` per item.
@@ -168,6 +169,9 @@ class ImplicitFactorization:
         L2 penalty.
     n_negatives
         Sampled negatives per positive.
+    popular_negatives
+        Draw every second negative from the last 4,096 positives (so in
+        proportion to recent popularity) instead of uniformly.
     seed
         Seeds initialisation and negative sampling.
 
@@ -188,12 +192,16 @@ class ImplicitFactorization:
         lr: float = 0.05,
         l2: float = 0.01,
         n_negatives: int = 2,
+        popular_negatives: bool = True,
         seed: int = 0,
     ) -> None:
         self.n_factors = n_factors
         self.lr = lr
         self.l2 = l2
         self.n_negatives = n_negatives
+        self.popular_negatives = popular_negatives
+        self._recent: list[int] = []  # ring buffer of recent positive items
+        self._recent_at = 0
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.user_vec: dict[str, np.ndarray] = {}
@@ -237,8 +245,14 @@ class ImplicitFactorization:
         bias = self.item_bias
         # Few small in-place numpy operations per pair: at 16 factors numpy's
         # per-call overhead, not arithmetic, is the cost.
-        for _ in range(self.n_negatives):
-            other = int(self._uniform() * n_items)
+        recent = self._recent
+        for k in range(self.n_negatives):
+            # Alternate uniform negatives with popularity-proportional ones (items of
+            # recent positives): the latter make "taste" learn what popularity misses.
+            if self.popular_negatives and k % 2 == 1 and recent:
+                other = recent[int(self._uniform() * len(recent))]
+            else:
+                other = int(self._uniform() * n_items)
             if other == item or other >= self._n_items:
                 continue
             q_other = self.item_vec[other]
@@ -254,6 +268,12 @@ class ImplicitFactorization:
             q_other -= g * p_old
             bias[item] = bias[item] * shrink + g
             bias[other] = bias[other] * shrink - g
+        if weight > 0:
+            if len(recent) < 4096:
+                recent.append(item)
+            else:
+                recent[self._recent_at] = item
+                self._recent_at = (self._recent_at + 1) % 4096
 
     def _uniform(self) -> float:
         """One U[0, 1) draw from a refilled buffer (a generator call per draw is slow)."""

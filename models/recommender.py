@@ -98,7 +98,7 @@ class BlendedRecommender:
         Half-lives (seconds) of global and per-segment popularity.
     n_segments
         Number of segments (one popularity vector each).
-    n_factors, bpr_lr, bpr_l2, bpr_negatives
+    n_factors, bpr_lr, bpr_l2, bpr_negatives, bpr_popular_negatives
         See :class:`models.factorization.ImplicitFactorization`.
     blend_lr, blend_l2
         Step size and pull towards the prior of the blend weights.
@@ -122,6 +122,7 @@ class BlendedRecommender:
         bpr_lr: float = 0.05,
         bpr_l2: float = 0.01,
         bpr_negatives: int = 2,
+        bpr_popular_negatives: bool = True,
         blend_lr: float = 0.05,
         blend_l2: float = 0.01,
         cache_events: int = 50,
@@ -139,12 +140,15 @@ class BlendedRecommender:
         self.bpr_lr = bpr_lr
         self.bpr_l2 = bpr_l2
         self.bpr_negatives = bpr_negatives
+        self.bpr_popular_negatives = bpr_popular_negatives
         self.blend_lr = blend_lr
         self.blend_l2 = blend_l2
         self.cache_events = cache_events
         self.seed = seed
         self.cooccurrence = ItemCooccurrence(max_neighbours, pair_decay, mass_alpha)
-        self.taste = ImplicitFactorization(n_factors, bpr_lr, bpr_l2, bpr_negatives, seed=seed)
+        self.taste = ImplicitFactorization(
+            n_factors, bpr_lr, bpr_l2, bpr_negatives, bpr_popular_negatives, seed=seed
+        )
         self.popularity = DecayedPopularity(trending_half_life)
         self.segment_popularity = [DecayedPopularity(segment_half_life) for _ in range(n_segments)]
         self.prior = np.array(PRIOR_WEIGHTS)
