@@ -31,6 +31,10 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
+# Benchmarks are commands, not timed tests: their figures are ratios measured in one run.
+bench: $(STAMP)
+	$(BIN)/feedback-stream bench
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {
     "evaluate": ("tools.evaluate", [], "replay a JSONL file through the models and measure them"),
     "convert": ("tools.datasets", ["convert"], "convert a shared dataset into contract JSONL"),
+    "bench": ("tools.bench", [], "measure the worker's throughput, latency and memory"),
+    "simulate": ("tools.simulate", [], "simulated users who react to the recommendations"),
 }
 
 
