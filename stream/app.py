@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,14 +163,9 @@ def build_app(
         metrics.users_tracked.set(len(engine.profiles))
         metrics.items_tracked.set(len(engine.catalogue))
 
-    @app.timer(settings.checkpoint_interval_seconds)
-    async def save_checkpoint() -> None:
-        start = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(
-            None, checkpoint.save, settings, checkpoint.dumps(engine)
-        )
-        metrics.checkpoints.inc()
-        metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+    # Periodic and final (graceful stop) checkpoints, consistent with the
+    # profile changelog: see stream/checkpoint.py.
+    checkpoint.register(app, settings, engine, metrics)
 
     from stream import views
 
