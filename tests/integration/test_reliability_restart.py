@@ -57,15 +57,16 @@ def stop_and_restart(worker_factory: Any, sig: signal.Signals, label: str) -> di
     producer = PacedProducer(s, records_for(s, events), rate=RATE).start()
 
     # Mid-stream: the worker has learned a good share, the producer is still going.
-    seen = wait_metric(first, "feedback_events_total", len(events) * 0.3, 60, outcome="processed")
-    assert seen >= len(events) * 0.3, f"worker too slow: {seen} events in 60 s"
+    # Generous: the 2-core CI machine is shared with other test runs.
+    seen = wait_metric(first, "feedback_events_total", len(events) * 0.3, 240, outcome="processed")
+    assert seen >= len(events) * 0.3, f"worker too slow: {seen} events in 240 s"
     # The worker still has events to read (the producer may be done or not).
     assert seen < len(events), "the stream was fully processed before the stop"
     stopped_at = time.monotonic()
     first.stop(sig)
 
     second = worker_factory(settings=s)
-    first_rec = wait_metric(second, "feedback_recommendations_emitted_total", 1, 60)
+    first_rec = wait_metric(second, "feedback_recommendations_emitted_total", 1, 120)
     recovery_seconds = time.monotonic() - stopped_at
     assert first_rec >= 1, "the restarted worker published no recommendation"
     sent = producer.join()
