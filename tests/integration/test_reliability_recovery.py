@@ -104,3 +104,61 @@ def test_graceful_restart_restores_every_profile(worker_factory, guards: int) ->
     elif short:
         # The control: the defect this project guards against is real on this broker.
         assert bad, "ListOffsets was short, yet the unguarded restore found every profile"
+
+
+class FakeMessage:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.acked = False
+
+
+class FakeConsumer:
+    """The two members of Faust's Consumer that the guard touches."""
+
+    def __init__(self) -> None:
+        self.committable: list[tuple[str, int, int]] = []
+        self._unacked_messages: set[FakeMessage] = set()
+
+    def ack(self, message: FakeMessage) -> bool:
+        message.acked = True
+        self._unacked_messages.discard(message)
+        self.committable.append((message.topic, message.partition, message.offset))
+        return True
+
+
+def test_commit_guard_commits_only_processed_input_offsets() -> None:
+    from stream.recovery import CommitGuard
+
+    consumer = FakeConsumer()
+    guard = CommitGuard(["in.clicks"])
+    guard.install(consumer)
+    guard.install(consumer)  # an agent restart installs again: still one wrapper
+    processed, skipped, changelog = (
+        FakeMessage("in.clicks", 0, 7), FakeMessage("in.clicks", 0, 8),
+        FakeMessage("app-profiles-changelog", 0, 3),
+    )
+    consumer._unacked_messages |= {processed, skipped}
+    guard.done([processed])
+    # Faust acks all three: after processing, as "skipped" after flow control
+    # stopped, and a changelog record (not ours to judge).
+    assert consumer.ack(processed) is True
+    assert consumer.ack(skipped) is False
+    assert consumer.ack(changelog) is True
+    assert consumer.committable == [("in.clicks", 0, 7), ("app-profiles-changelog", 0, 3)]
+    # The refused one no longer holds up a rebalance or shutdown (wait_empty)...
+    assert consumer._unacked_messages == set() and skipped.acked
+    assert guard.refused == 1
+    # ...and a later delivery of the same offset, once processed, commits.
+    again = FakeMessage("in.clicks", 0, 8)
+    guard.done([again])
+    assert consumer.ack(again) is True
+    assert consumer.committable[-1] == ("in.clicks", 0, 8)
+
+
+def test_commit_guard_off_leaves_faust_alone() -> None:
+    from stream.recovery import CommitGuard
+
+    consumer = FakeConsumer()
+    original = consumer.ack
+    CommitGuard(["in.clicks"], enabled=False).install(consumer)
+    assert consumer.ack == original
