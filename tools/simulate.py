@@ -689,6 +689,15 @@ def report(
         "conversion_by_variant": {k: r.as_dict() for k, r in conv.items()},
         "revenue_by_variant": {k: round(v, 2) for k, v in sorted(primary.revenue.items())},
     }
+    if samples is not None:
+        out["worker"] = {
+            "events_processed": round(sum(
+                v for (n, labels), v in samples.items()
+                if n == "feedback_events_total" and ("outcome", "processed") in labels
+            )),
+            "clicks_attributed": sum_by(samples, "feedback_attributed_clicks_total", "matched_by"),
+            "unmatched": sum_by(samples, "feedback_attribution_unmatched_total", "reason"),
+        }
     truth_ctr, _ = Counts.from_tally(sim.by_strategy if bandit else sim.by_variant).rates()
     out["ctr_by_variant_simulator"] = {k: r.as_dict() for k, r in truth_ctr.items()}
     if "blend" in ctr and "popularity" in ctr:
@@ -791,7 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _wait_drained(url: str, produced: int, timeout: float = 120.0) -> Samples:
+def _wait_drained(url: str, produced: int, timeout: float = 300.0) -> Samples:
     """Metrics once the worker has processed at least ``produced`` events (bounded wait)."""
     deadline = time.monotonic() + timeout
     samples = fetch_metrics(url)
