@@ -13,7 +13,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -73,7 +73,7 @@ class PacedProducer:
     """
 
     settings: Settings
-    records: list[tuple[str, bytes | None, bytes]]
+    records: Sequence[tuple[str, bytes | None, bytes]]
     rate: float
     chunk: int = 250
     sent: int = 0
