@@ -246,7 +246,8 @@ class ImplicitFactorization:
         # Few small in-place numpy operations per pair: at 16 factors numpy's
         # per-call overhead, not arithmetic, is the cost.
         recent = self._recent
-        for k in range(self.n_negatives):
+        # A weak signal (a click) gets one pair; purchases and ratings get n_negatives.
+        for k in range(self.n_negatives if abs(weight) >= 0.5 else 1):
             # Alternate uniform negatives with popularity-proportional ones (items of
             # recent positives): the latter make "taste" learn what popularity misses.
             if self.popular_negatives and k % 2 == 1 and recent:

@@ -125,7 +125,7 @@ class OnlineSegmentation:
         self.sums = np.zeros((k, d))
         self.counts = np.zeros(k, dtype=np.int64)
         self.last_seen_sums = np.zeros(k)
-        self.centres = np.zeros((k, d))  # raw units; used for empty segments
+        self.centres = np.zeros((k, d))  # raw units: members' mean, or last mean if empty
         self.total = np.zeros(d)
         self.total_sq = np.zeros(d)
         self.index: dict[str, int] = {}
@@ -164,8 +164,17 @@ class OnlineSegmentation:
         return (vectors - mean) / std
 
     def _raw_centres(self) -> np.ndarray:
+        return self.centres
+
+    def _sync(self, j: int) -> None:
+        """Refresh centre ``j`` after a membership change (an emptied one stays put)."""
+        n = self.counts[j]
+        if n > 0:
+            self.centres[j] = self.sums[j] / n
+
+    def _sync_all(self) -> None:
         counts = self.counts[:, None]
-        return np.where(counts > 0, self.sums / np.maximum(counts, 1), self.centres)
+        self.centres = np.where(counts > 0, self.sums / np.maximum(counts, 1), self.centres)
 
     # -- membership ------------------------------------------------------------
     def _distances(self, vectors: np.ndarray) -> np.ndarray:
@@ -192,10 +201,10 @@ class OnlineSegmentation:
             self.total_sq -= old * old
             segment = int(self.labels[row])
             if segment >= 0:
-                self.centres[segment] = self._raw_centres()[segment]
                 self.sums[segment] -= old
                 self.counts[segment] -= 1
                 self.last_seen_sums[segment] -= self.last_seen[row]
+                self._sync(segment)
         self.vectors[row] = vector
         self.last_seen[row] = last_seen
         self.total += vector
@@ -214,6 +223,7 @@ class OnlineSegmentation:
         self.sums[best] += vector
         self.counts[best] += 1
         self.last_seen_sums[best] += last_seen
+        self._sync(best)
         return best
 
     def _recount(self) -> None:
@@ -224,6 +234,7 @@ class OnlineSegmentation:
             self.sums[j] = self.vectors[:n][members].sum(axis=0)
             self.counts[j] = int(members.sum())
             self.last_seen_sums[j] = float(self.last_seen[:n][members].sum())
+        self._sync_all()
 
     def _refit(self, force: bool = False) -> bool:
         """Fit k-means on a sample; adopt it (reassigning everyone) if clearly better."""
@@ -287,7 +298,6 @@ class OnlineSegmentation:
             return
         rows, best, current, x = rows[move], best[move], current[move], x[move]
         seen = self.last_seen[rows]
-        self.centres = self._raw_centres()  # remembered in case a segment empties
         np.subtract.at(self.sums, current, x)
         np.add.at(self.sums, best, x)
         np.subtract.at(self.counts, current, 1)
@@ -295,6 +305,7 @@ class OnlineSegmentation:
         np.subtract.at(self.last_seen_sums, current, seen)
         np.add.at(self.last_seen_sums, best, seen)
         self.labels[rows] = best
+        self._sync_all()
 
     # -- reading ---------------------------------------------------------------
     def segment_of(self, user_id: str) -> int | None:
