@@ -689,7 +689,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         run_id = f"b{os.getpid()}{int(time.time()) % 100000}"
 
         def phase(name: str, **extra: Any) -> Settings:
-            return _settings(bootstrap, f"{run_id}.{name}.", args.partitions, **extra)
+            return _settings(
+                bootstrap, f"{run_id}.{name}.", args.partitions, state_dir=str(state), **extra
+            )
 
         # 1. ceilings
         names = {
@@ -712,7 +714,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         topic_by_type = _topic_by_type(s)
         preload(s, encode(events[:n], topic_by_type))
         _log(f"worker: pre-loaded {n:,} events; starting {args.workers} worker(s)")
-        env_extra = {"FEEDBACK_LOG_LEVEL": "WARNING"}
+        env_extra = {"FEEDBACK_LOG_LEVEL": "WARNING", **dict(args.worker_env)}
+        if args.worker_env:
+            report["worker_env"] = dict(args.worker_env)
         workers = start_workers(s, args.workers, state, timeout, env_extra)
         for w in workers:
             stack.callback(_stop, w.proc)
@@ -912,6 +916,13 @@ def reference_main(argv: Sequence[str]) -> int:
 # -- CLI --------------------------------------------------------------------------
 
 
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="feedback-stream bench",
@@ -934,6 +945,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offered load as a fraction of the measured maximum")
     p.add_argument("--users", type=int, default=100_000,
                    help="distinct new users for the memory figure (0: skip)")
+    p.add_argument(
+        "--worker-env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
+        help="extra environment for the workers, e.g. "
+        "FEEDBACK_CHECKPOINT_INTERVAL_SECONDS=600 (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--timeout", type=float, default=300.0, help="deadline of every phase, s")
     p.add_argument("--state-dir", help="logs and worker state (default: a temporary folder)")
