@@ -29,6 +29,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit models
 
 integration: $(STAMP)
+	bash ops/install-prometheus.sh
 	$(BIN)/python -m pytest tests/integration
 
 # Benchmarks are commands, not timed tests: their figures are ratios measured in one run.
