@@ -98,6 +98,9 @@ class Settings:
     # (event time); each user's last `attribution_max_exposures` are remembered.
     attribution_window_seconds: float = 1800.0
     attribution_max_exposures: int = 20
+    # Items shown this many times without a click (or clicked and not bought) are
+    # left out of the user's next recommendations; 0 turns the rule off.
+    fatigue_impressions: int = 3
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -158,6 +161,7 @@ class Settings:
              "FEEDBACK_ATTRIBUTION_WINDOW_SECONDS must be > 0"),
             (self.attribution_max_exposures >= 1,
              "FEEDBACK_ATTRIBUTION_MAX_EXPOSURES must be >= 1"),
+            (self.fatigue_impressions >= 0, "FEEDBACK_FATIGUE_IMPRESSIONS must be >= 0"),
         ]
         try:
             parse_variants(self.experiment_variants)

@@ -777,6 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default=DEFAULT_VARIANTS,
                    help=f"FEEDBACK_EXPERIMENT_VARIANTS of the started worker "
                         f"(default {DEFAULT_VARIANTS})")
+    p.add_argument("--fatigue", type=int, default=3,
+                   help="FEEDBACK_FATIGUE_IMPRESSIONS of the started worker (default 3; 0: off)")
     p.add_argument("--users", type=int, help="simulate only the first N MovieLens users")
     p.add_argument("--id-share", type=float, default=0.9,
                    help="share of clicks that carry their recommendation_id (default 0.9)")
@@ -831,12 +833,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events_limit": args.events, "bandit": args.bandit, "variants": args.variants,
         "users": len(population.users), "items": len(population.items),
         "id_share": args.id_share, "run_id": run_id, "warmup_cap": args.warmup_cap,
-        "intent_horizon": args.intent_horizon,
+        "intent_horizon": args.intent_horizon, "fatigue_impressions": args.fatigue,
     }
     env_overrides = {
         "FEEDBACK_EXPERIMENT_VARIANTS": args.variants,
         "FEEDBACK_BANDIT": "1" if args.bandit else "0",
         "FEEDBACK_BANDIT_SEED": str(args.seed),
+        "FEEDBACK_FATIGUE_IMPRESSIONS": str(args.fatigue),
     }
     samples: Samples | None
     if args.in_process:
