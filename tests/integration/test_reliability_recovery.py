@@ -10,6 +10,7 @@ not read again either (their input offsets were committed): they are lost.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from typing import Any
 
@@ -65,11 +66,13 @@ def test_fetch_highwater_is_exact_where_list_offsets_is_not(broker: str, tmp_pat
     assert {tp.partition: v for tp, v in fetched.items()} == truth
 
 
-@pytest.mark.parametrize("guards", [1, 0], ids=["guarded", "unguarded"])
-def test_graceful_restart_restores_every_profile(worker_factory, guards: int) -> None:
+def test_graceful_restart_restores_every_profile(worker_factory) -> None:
+    # FEEDBACK_TEST_RECOVERY_GUARDS=0 runs it on Faust's own recovery: it then
+    # fails whenever ListOffsets was short (measured: 1-7 of 300 users stale).
+    guards = int(os.environ.get("FEEDBACK_TEST_RECOVERY_GUARDS", "1"))
     first = worker_factory(recovery_guards=guards)
     s = first.settings
-    events = make_events(300, 10, seed=11)  # 3,000 events, 300 users
+    events = make_events(300, 8, seed=11)  # 2,400 events, 300 users
     produce_events(s, records_for(s, events))
     assert wait_metric(first, "feedback_events_total", len(events), 90, outcome="processed") == len(
         events
@@ -95,15 +98,13 @@ def test_graceful_restart_restores_every_profile(worker_factory, guards: int) ->
                 bad.append(user)
         return bad
 
-    wait_for(lambda: not stale(), timeout=30, interval=1.0)
+    # Recovery is over once Faust says so; then the answer cannot change any more.
+    assert wait_for(lambda: "Worker ready" in second.log(), timeout=60), second.log()[-3000:]
+    wait_for(lambda: not stale(), timeout=10, interval=1.0)
     bad = stale()
     print(f"\n[restore guards={guards}] changelog records ListOffsets missed={short} "
           f"users stale after restart={len(bad)}/{len(expected)}")
-    if guards:
-        assert bad == []
-    elif short:
-        # The control: the defect this project guards against is real on this broker.
-        assert bad, "ListOffsets was short, yet the unguarded restore found every profile"
+    assert bad == [], f"profiles not restored to the changelog's end: {bad[:10]}"
 
 
 class FakeMessage:
