@@ -16,6 +16,7 @@ from models.profiles import UserProfile
 #: The blend's features, one row of the feature matrix each.
 FEATURES: tuple[str, ...] = (
     "cooccurrence",
+    "sequence",
     "taste",
     "trending",
     "bestseller",
@@ -23,7 +24,7 @@ FEATURES: tuple[str, ...] = (
 )
 #: Starting blend weights: co-occurrence and popularity first, the factorisations
 #: earn their weight as they learn.
-PRIOR_WEIGHTS: tuple[float, ...] = (2.0, 0.2, 1.0, 1.0, 0.5)
+PRIOR_WEIGHTS: tuple[float, ...] = (2.0, 0.5, 0.2, 1.0, 1.0, 0.5)
 
 
 def _unit_log(values: np.ndarray) -> np.ndarray:
@@ -67,10 +68,12 @@ class Scored:
 
 
 class BlendedRecommender:
-    """Linear blend of five per-item signals whose weights are learnt to rank.
+    """Linear blend of six per-item signals whose weights are learnt to rank.
 
     Signals, each scaled to a comparable range over the catalogue:
-    item-to-item co-occurrence with the user's recent history, BPR matrix
+    item-to-item co-occurrence with the user's recent history, co-occurrence
+    with their last interaction alone ("sequence": what tends to come next),
+    BPR matrix
     factorisation of implicit feedback ("taste": clicks, purchases, returns,
     ratings and review sentiment all feed it, signed and scaled by strength),
     time-decayed popularity ("trending"), all-time popularity ("bestseller") and
@@ -190,6 +193,7 @@ class BlendedRecommender:
         history = self.recency_weighted(profile)
         return (
             _unit_max(self.cooccurrence.scores(history, n)) if history else None,
+            _unit_max(self.cooccurrence.scores(history[:1], n)) if history else None,
             _unit_z(self.taste.scores(user, n)) if user in self.taste.user_vec else None,
             popular[0],
             popular[1],
@@ -242,6 +246,10 @@ class BlendedRecommender:
         """Short human-readable reason: the signal contributing most to ``item``."""
         contrib = self.weights * scored.column(item)
         best = FEATURES[int(contrib.argmax())]
+        if best == "sequence":
+            last = profile.history[-1][0] if profile.history else None
+            if last is not None:
+                return f"often chosen right after {catalogue.ids[last]}"
         if best == "cooccurrence":
             source = self.cooccurrence.strongest_source(self.recency_weighted(profile), item)
             if source is not None:
@@ -254,6 +262,7 @@ class BlendedRecommender:
                 return f"{text} {catalogue.ids[source]}"
         return {
             "cooccurrence": "related to your recent activity",
+            "sequence": "related to your recent activity",
             "taste": "matches your taste",
             "trending": "popular right now",
             "bestseller": "a best seller",
