@@ -17,11 +17,12 @@ and their hidden preferences are learnt from their real ratings:
 
 Users arrive with a past: a *warm-up* first replays, for every user, the first
 half of their real history (at most ``--warmup-cap`` movies each) as reviews,
-interleaved at random; the users ignore the recommendations published meanwhile
-and nothing of that phase is measured (the worker's counters are read before
-and after the measured phase and subtracted). Without it every user would start
-with an empty past, so that every blockbuster is still in everybody's future,
-an artefact that flatters the popularity ranking.
+interleaved at random; the users already react to the recommendations published
+meanwhile (so the service, and its bandit, have real feedback from the start),
+but nothing of that phase is measured: the worker's counters are read once the
+warm-up and its reactions are processed, and subtracted at the end. Without it
+every user would start with an empty past, so that every blockbuster is still in
+everybody's future, an artefact that flatters the popularity ranking.
 
 Then they *browse on their own*: at each step one active user (uniformly at random)
 watches and rates the next movie of their real, time-ordered MovieLens
@@ -242,6 +243,7 @@ class Simulation:
         self.rng.shuffle(self.warmup_order)
         self._warm_position: Counter[str] = Counter()
         self.warmed = 0
+        self.warm_reactions = 0
         self.active = list(population.users)
         self.bought: dict[str, set[str]] = defaultdict(set)
         self.clicked: dict[str, set[str]] = defaultdict(set)
@@ -310,13 +312,20 @@ class Simulation:
         return None
 
     def ours(self, rec: dict[str, Any]) -> bool:
-        """Whether ``rec`` was triggered by a measured event of this run (not the warm-up)."""
+        """Whether ``rec`` was triggered by an event of this run."""
         trigger = str(rec.get("trigger_event_id", ""))
-        return (
-            trigger.startswith(f"{self.run_id}-")
-            and not trigger.startswith(f"{self.run_id}-w")
-            and rec.get("user_id") in self.population.user_index
+        return trigger.startswith(f"{self.run_id}-") and (
+            rec.get("user_id") in self.population.user_index
         )
+
+    def measured(self, rec: dict[str, Any]) -> bool:
+        """Whether ``rec`` belongs to the measured phase (not triggered by the warm-up)."""
+        return not str(rec.get("trigger_event_id", "")).startswith(f"{self.run_id}-w")
+
+    @property
+    def produced(self) -> int:
+        """Every event sent, warm-up and its reactions included."""
+        return self.warmed + self.warm_reactions + self.events
 
     def react(self, rec: dict[str, Any]) -> list[dict[str, Any]]:
         """The user's reaction to one published recommendation: maybe a click, maybe a buy."""
@@ -326,10 +335,12 @@ class Simulation:
         user = str(rec["user_id"])
         strategy = str(rec.get("strategy", "?"))
         variant = str(rec.get("variant", strategy))
-        self.received += 1
-        self.log.append((strategy, variant, self.events))
-        self.by_variant.exposures[variant] += 1
-        self.by_strategy.exposures[strategy] += 1
+        measured = self.measured(rec)
+        if measured:
+            self.received += 1
+            self.log.append((strategy, variant, self.events))
+            self.by_variant.exposures[variant] += 1
+            self.by_strategy.exposures[strategy] += 1
         rng = random.Random(_seed_int(self.seed, rec["recommendation_id"]))
         t0 = _parse_time(str(rec["event_time"]))
         out: list[dict[str, Any]] = []
@@ -348,11 +359,16 @@ class Simulation:
             if rng.random() >= p:
                 continue
             self.clicked[user].add(item)
-            self.clicks += 1
+            if measured:
+                self.clicks += 1
+                click_id = f"{self.run_id}-c{self.clicks}"
+            else:
+                self.warm_reactions += 1
+                click_id = f"{self.run_id}-wc{self.warm_reactions}"
             t_click = t0 + rng.uniform(10.0, 60.0)
             click: dict[str, Any] = {
                 "type": "click",
-                "event_id": f"{self.run_id}-c{self.clicks}",
+                "event_id": click_id,
                 "user_id": user,
                 "item_id": item,
                 "timestamp": _rfc3339(t_click),
@@ -360,16 +376,22 @@ class Simulation:
             }
             if rng.random() < b.id_share:
                 click["recommendation_id"] = rec["recommendation_id"]
-                self.clicks_with_id += 1
+                self.clicks_with_id += measured
             out.append(click)
-            self.by_variant.clicked[variant] += 1
-            self.by_strategy.clicked[strategy] += 1
+            if measured:
+                self.by_variant.clicked[variant] += 1
+                self.by_strategy.clicked[strategy] += 1
             if rng.random() < b.buy_scale * q:
-                self.purchases += 1
                 self.bought[user].add(item)
+                if measured:
+                    self.purchases += 1
+                    buy_id = f"{self.run_id}-p{self.purchases}"
+                else:
+                    self.warm_reactions += 1
+                    buy_id = f"{self.run_id}-wp{self.warm_reactions}"
                 out.append({
                     "type": "purchase",
-                    "event_id": f"{self.run_id}-p{self.purchases}",
+                    "event_id": buy_id,
                     "user_id": user,
                     "item_id": item,
                     "timestamp": _rfc3339(t_click + rng.uniform(60.0, 600.0)),
@@ -377,8 +399,9 @@ class Simulation:
                     "price": self.population.price(item),
                     "currency": "EUR",
                 })
-                self.by_variant.converted[variant] += 1
-                self.by_strategy.converted[strategy] += 1
+                if measured:
+                    self.by_variant.converted[variant] += 1
+                    self.by_strategy.converted[strategy] += 1
             break
         return out
 
@@ -574,7 +597,18 @@ async def drive_broker(
         if metrics_url is None:
             await asyncio.sleep(drain_seconds)
             return None
-        return await loop.run_in_executor(None, _wait_drained, metrics_url, sim.warmed, 600.0)
+        await loop.run_in_executor(None, _wait_drained, metrics_url, sim.warmed, 600.0)
+        # Then the users' reactions to the warm-up's recommendations, until quiet.
+        while True:
+            while loop.time() - last_rec[0] < 3.0:
+                await asyncio.sleep(0.5)
+            await prod.flush()
+            target = sim.produced
+            samples = await loop.run_in_executor(
+                None, _wait_drained, metrics_url, target, 600.0
+            )
+            if loop.time() - last_rec[0] >= 3.0 and sim.produced == target:
+                return samples
 
     try:
         reacting = asyncio.create_task(reactions())
@@ -623,7 +657,9 @@ def drive_in_process(
         ]
 
     while (warm := sim.next_warmup()) is not None:
-        handle([warm])
+        recs = handle([warm])
+        while recs:
+            recs = [r for rec in recs for r in handle(sim.react(rec))]
     baseline = parse_metrics(generate_latest(registry).decode())
     while sim.organic < max_events:
         event = sim.next_organic()
@@ -679,6 +715,7 @@ def report(
     out: dict[str, Any] = {
         "events": sim.events,
         "warmup_events": sim.warmed,
+        "warmup_reactions": sim.warm_reactions,
         "organic_events": sim.organic,
         "clicks": sim.clicks,
         "clicks_with_recommendation_id": sim.clicks_with_id,
@@ -911,7 +948,7 @@ def _run_embedded(
         baseline = asyncio.run(drive_broker(
             sim, settings, args.rate, args.duration, args.events, args.drain, not args.json, url,
         ))
-        return subtract(_wait_drained(url, sim.events + sim.warmed), baseline)
+        return subtract(_wait_drained(url, sim.produced), baseline)
     finally:
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
