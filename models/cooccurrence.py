@@ -101,11 +101,16 @@ class ItemCooccurrence:
         self.alpha = alpha
         self.neighbours: list[Neighbours] = []
         self._mass = np.zeros(16)
+        self._norm = np.ones(16)  # (mass + 1) ** -alpha, kept in step with _mass
 
     def _ensure(self, item: int) -> None:
         while len(self.neighbours) <= item:
             self.neighbours.append(Neighbours())
-        self._mass = grown(self._mass, item + 1)
+        if item >= self._mass.shape[0]:
+            self._mass = grown(self._mass, item + 1)
+            norm = np.ones(self._mass.shape[0])
+            norm[: self._norm.shape[0]] = self._norm
+            self._norm = norm
 
     def learn(self, history: Sequence[tuple[int, float]], item: int, weight: float) -> None:
         """Record ``item`` (strength ``weight`` > 0) after ``history`` (most recent last)."""
@@ -121,12 +126,15 @@ class ItemCooccurrence:
                 nb_h = self.neighbours[h]
                 nb_h.add(item, w)
                 nb_item.add(h, w)
-                self._mass[h] += w
+                mass_h = self._mass[h] + w
+                self._mass[h] = mass_h
+                self._norm[h] = (mass_h + 1.0) ** -self.alpha
                 total += w
                 if nb_h.n > 2 * self.max_neighbours:
                     nb_h.prune(self.max_neighbours)
             decay *= self.gamma
         self._mass[item] += total
+        self._norm[item] = (self._mass[item] + 1.0) ** -self.alpha
         if nb_item.n > 2 * self.max_neighbours:
             nb_item.prune(self.max_neighbours)
 
@@ -134,7 +142,9 @@ class ItemCooccurrence:
         """Scores of items ``0..n-1`` given ``(item, recency weight)`` pairs."""
         keys: list[np.ndarray] = []
         vals: list[np.ndarray] = []
-        self._mass = mass = grown(self._mass, n)
+        if n > self._mass.shape[0]:
+            self._ensure(n - 1)
+        mass = self._mass
         for h, r in history:
             if h >= len(self.neighbours):
                 continue
@@ -147,7 +157,8 @@ class ItemCooccurrence:
             return np.zeros(n)
         idx = np.concatenate(keys)
         out = np.bincount(idx, weights=np.concatenate(vals), minlength=n)[:n]
-        return out / (mass[:n] + 1.0) ** self.alpha
+        out *= self._norm[:n]
+        return out
 
     def strongest_source(
         self, history: Sequence[tuple[int, float]], candidate: int

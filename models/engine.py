@@ -263,12 +263,21 @@ class FeedbackEngine:
         if words is not None:
             self.sentiment.learn(words, event.rating)
         previous_order = profile.last_order_time
+        sessions_before = profile.sessions
         if profile.observe(event, out.sentiment):
             self.churn.observe_order(profile, previous_order)
         profile.remember(item, event.type, c.max_seen_items)
-        profile.segment = self.segmentation.update(
-            event.user_id, profile.segment_vector(), profile.last_seen
-        )
+        # Clicks move only log(clicks): re-segment on a click only when it opens a
+        # session (and for new users); purchases and reviews always re-segment.
+        if (
+            event.type != "click"
+            or profile.segment is None
+            or profile.sessions != sessions_before
+            or profile.clicks & (profile.clicks - 1) == 0  # 1, 2, 4, 8, ... clicks
+        ):
+            profile.segment = self.segmentation.update(
+                event.user_id, profile.segment_vector(), profile.last_seen
+            )
         out.segment = profile.segment
 
         # ---- alerts ----
