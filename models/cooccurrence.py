@@ -156,9 +156,8 @@ class ItemCooccurrence:
         if not keys:
             return np.zeros(n)
         idx = np.concatenate(keys)
-        out = np.bincount(idx, weights=np.concatenate(vals), minlength=n)[:n]
-        out *= self._norm[:n]
-        return out
+        out: np.ndarray = np.bincount(idx, weights=np.concatenate(vals), minlength=n)[:n]
+        return np.multiply(out, self._norm[:n], out=out)
 
     def strongest_source(
         self, history: Sequence[tuple[int, float]], candidate: int
