@@ -16,10 +16,12 @@ class RatingFactorization:
     seen so far. Same model as River's ``reco.BiasedMF`` with three changes
     that matter online: L2 regularisation (the documented River settings use
     none, and overfit users with few ratings); bias steps of
-    ``max(lr_bias, 1 / (n + bias_shrinkage))`` after ``n`` ratings, so a new
+    ``max(lr_bias, 1 / (n + 1 + shrinkage))`` after ``n`` ratings, so a new
     user's or item's bias starts as the shrunk mean of its residuals rather
-    than creeping towards it; and per-item arrays in numpy, so every item's
-    predicted rating for a user is one matrix-vector product. Memory:
+    than creeping towards it (users are shrunk harder than items: one
+    person's few ratings say less than many people's ratings of one item);
+    and per-item arrays in numpy, so every item's predicted rating for a user
+    is one matrix-vector product. Memory:
     ``n_factors + 2`` floats per user and ``n_factors + 2`` per item.
 
     Parameters
@@ -30,8 +32,8 @@ class RatingFactorization:
         SGD step sizes of biases and latent vectors.
     l2_bias, l2_latent
         L2 penalties.
-    bias_shrinkage
-        Pseudo-count of the running-mean start of the biases (0 disables it).
+    user_shrinkage, item_shrinkage
+        Pseudo-counts of the shrunk running-mean start of user and item biases.
     seed
         Seeds the latent initialisation.
 
@@ -51,7 +53,8 @@ class RatingFactorization:
         lr_latent: float = 0.05,
         l2_bias: float = 0.1,
         l2_latent: float = 0.1,
-        bias_shrinkage: float = 5.0,
+        user_shrinkage: float = 20.0,
+        item_shrinkage: float = 5.0,
         seed: int = 0,
     ) -> None:
         self.n_factors = n_factors
@@ -59,7 +62,8 @@ class RatingFactorization:
         self.lr_latent = lr_latent
         self.l2_bias = l2_bias
         self.l2_latent = l2_latent
-        self.bias_shrinkage = bias_shrinkage
+        self.user_shrinkage = user_shrinkage
+        self.item_shrinkage = item_shrinkage
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.mean = 0.0
@@ -138,9 +142,8 @@ class RatingFactorization:
         ll = self.lr_latent
         # Step 1 / (n + shrinkage) while it is larger than lr_bias: a bias then
         # starts as the shrunk mean of its residuals instead of creeping towards it.
-        c = self.bias_shrinkage
-        lb_user = max(self.lr_bias, 1.0 / (count + 1 + c) if c > 0 else 0.0)
-        lb_item = max(self.lr_bias, 1.0 / (item_count + 1 + c) if c > 0 else 0.0)
+        lb_user = max(self.lr_bias, 1.0 / (count + 1 + self.user_shrinkage))
+        lb_item = max(self.lr_bias, 1.0 / (item_count + 1 + self.item_shrinkage))
         self.user_bias[user] += lb_user * (err - self.l2_bias * self.user_bias[user])
         self.item_bias[item] += lb_item * (err - self.l2_bias * self.item_bias[item])
         p_old = p.copy()
