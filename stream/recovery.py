@@ -1,27 +1,28 @@
 """Recovery guards the project applies to Faust (faust-streaming 0.15.3, aiokafka 0.14).
 
-Two defects lose data across a restart; both are fixed here, per app instance,
-without touching the installed packages (see docs/faust-sigterm-offset-race.md):
+Two guards, applied per app instance without touching the installed packages
+(the analysis is in docs/faust-sigterm-offset-race.md):
 
-1. **Changelog end offsets.** Faust's table recovery reads each changelog
-   partition up to the end offset that ``ListOffsets(latest)`` reports. Tansu
-   answers with the base offset of the last record batch + 1, not the log end,
-   so recovery stops short and the newest profiles of the last batch are lost
-   (then their events are never replayed: their input offsets were committed).
-   :func:`fetch_highwaters` asks for the high watermark in a *Fetch* response
-   instead, which Tansu and Kafka both report exactly, and recovery uses the
-   larger of the two.
+1. **Changelog end offsets** (the cause of the SIGTERM loss of issue 5).
+   Faust's table recovery reads each changelog partition up to the end offset
+   that ``ListOffsets(latest)`` reports. Tansu answers with the base offset of
+   the last record batch + 1, not the log end, so recovery stops short and the
+   newest profiles of the last batch are lost; after a graceful stop their
+   events are not replayed either (their input offsets were committed).
+   :func:`fetch_highwaters` asks for the high watermark of a *Fetch* response
+   instead, which Tansu and Kafka both report exactly, and recovery reads to
+   the larger of the two. On Apache Kafka both agree: a no-op.
 
-2. **Commits of events no agent processed.** Faust acknowledges some input
-   messages that never reached the agent's code: a message read from the
-   stream's queue after flow control was suspended (shutdown, rebalance) is
-   acked as "skipped", and ``Stream.take_events`` acks its whole batch in a
-   ``finally`` when the generator is closed at shutdown, even while the agent
-   is still publishing that batch's outputs. The final commits of a graceful
-   stop (``App._stop_consumer`` then ``Consumer.on_stop``) then commit offsets
-   past events that were never processed, and the restarted worker resumes
-   after them: the SIGTERM loss. :class:`CommitGuard` makes an input offset
+2. **Commits of events no agent processed** (defence in depth; never seen to
+   fire in our runs). Faust can acknowledge input messages that never reached
+   the agent's code: one read from the stream's queue after flow control was
+   suspended (shutdown, rebalance) is acked as "skipped", and
+   ``Stream.take_events`` acks its whole batch in a ``finally`` when the
+   generator is closed at shutdown, even while the agent is still publishing
+   that batch's outputs. :class:`CommitGuard` makes an input offset
    committable only after the agent has published that event's outputs.
+
+``FEEDBACK_RECOVERY_GUARDS=0`` turns both off, to reproduce the upstream defects.
 """
 
 from __future__ import annotations
