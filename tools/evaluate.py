@@ -263,6 +263,9 @@ def evaluate(
     bought_after: set[str] = set()
     engine_seconds = 0.0
     engine_cpu = 0.0
+    last_segment: dict[str, int] = {}
+    left_segment: dict[str, int] = {}
+    segment_steps = segment_switches = segment_flip_backs = 0
     started = time.perf_counter()
     step = max(len(events) // 200, 1)
 
@@ -299,6 +302,16 @@ def evaluate(
         engine_seconds += time.perf_counter() - t0
         engine_cpu += time.process_time() - c0
 
+        if out.segment is not None:
+            before = last_segment.get(event.user_id)
+            if before is not None:
+                segment_steps += 1
+                if before != out.segment:
+                    segment_switches += 1
+                    # back to the segment left at this user's previous switch: a flip-flop
+                    segment_flip_backs += left_segment.get(event.user_id) == out.segment
+                    left_segment[event.user_id] = before
+            last_segment[event.user_id] = out.segment
         if out.hit is not None:
             hits.append(out.hit)
         if out.rating_error is not None:
@@ -330,6 +343,11 @@ def evaluate(
         "sentiment_macro_f1_lexicon": macro_f1(lex_pred, sent_truth),
     }
     result.update(_segmentation_metrics(engine))
+    # stability: how often a user's event moves them to another segment
+    result["segment_switch_rate"] = segment_switches / segment_steps if segment_steps else None
+    result["segment_flip_back_rate"] = (
+        segment_flip_backs / segment_switches if segment_switches else None
+    )
     result.update(_churn_metrics(churn_snapshot, bought_after))
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
