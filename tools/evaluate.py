@@ -25,6 +25,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -450,8 +451,10 @@ def write_plots(series: dict[str, Any], directory: Path) -> list[Path]:
         for t, kind in sorted(series["alert_times"]):
             by_kind[kind].append(t)
         for kind, times in by_kind.items():
-            ax.step(np.array(times) / DAY, np.arange(1, len(times) + 1), label=kind)
-        ax.set(xlabel="event time (days since epoch)", ylabel="alerts", title="Alerts")
+            when = [datetime.fromtimestamp(t, UTC) for t in times]
+            ax.step(when, np.arange(1, len(times) + 1), where="post", label=kind)
+        ax.set(xlabel="event time (UTC)", ylabel="alerts (cumulative)", title="Alerts")
+        fig.autofmt_xdate()
         ax.legend()
         save(fig, "alerts.png")
     return written
