@@ -349,7 +349,8 @@ class Processor:
             # empty list helps no consumer, so nothing is published.
             return None
         rec_id = str(uuid.uuid5(_ID_NAMESPACE, f"rec:{event.event_id}:{strategy}"))
-        profile["recommendations"] = [recommendation_json(r) for r in items]
+        as_json = [recommendation_json(r) for r in items]  # once for the profile and payload
+        profile["recommendations"] = as_json
         profile["recommendation_id"] = rec_id
         profile["recommended_at"] = event.timestamp
         profile["variant"] = variant
@@ -369,7 +370,7 @@ class Processor:
             "recommendation_id": rec_id,
             "user_id": event.user_id,
             "items": [
-                {"rank": i + 1, **recommendation_json(r)} for i, r in enumerate(items)
+                {"rank": i + 1, **r} for i, r in enumerate(as_json)
             ],
             "strategy": strategy,
             "variant": variant,
