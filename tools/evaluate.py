@@ -451,7 +451,7 @@ def write_plots(series: dict[str, Any], directory: Path) -> list[Path]:
         for t, kind in sorted(series["alert_times"]):
             by_kind[kind].append(t)
         for kind, times in by_kind.items():
-            when = [datetime.fromtimestamp(t, UTC) for t in times]
+            when = np.array([datetime.fromtimestamp(t, UTC) for t in times])
             ax.step(when, np.arange(1, len(times) + 1), where="post", label=kind)
         ax.set(xlabel="event time (UTC)", ylabel="alerts (cumulative)", title="Alerts")
         fig.autofmt_xdate()
