@@ -759,6 +759,13 @@ def report(
             "after_events": events_before,
             "shares": {k: round(v, 4) for k, v in sorted(shares.items())},
         }
+        quarters = []
+        n = len(sim.log)
+        for q in range(4):
+            part = Counter(strategy for strategy, _, _ in sim.log[q * n // 4:(q + 1) * n // 4])
+            total = sum(part.values()) or 1
+            quarters.append({k: round(v / total, 4) for k, v in sorted(part.items())})
+        out["shares_by_quarter"] = quarters
     out["seconds"] = round(seconds, 1)
     out["config"] = config
     return out
