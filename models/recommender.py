@@ -35,36 +35,46 @@ def _unit_log(values: np.ndarray) -> np.ndarray:
     return np.log1p(np.maximum(values, 0.0)) / math.log1p(top)
 
 
-def _unit_max(values: np.ndarray) -> np.ndarray:
+def _unit_max(values: np.ndarray, out: np.ndarray) -> bool:
+    """``values / max(values)`` into ``out``; False (nothing written) if the max is <= 0."""
     top = float(values.max()) if values.size else 0.0
-    return values / top if top > 0.0 else np.zeros_like(values)
+    if top <= 0.0:
+        return False
+    np.multiply(values, 1.0 / top, out=out)
+    return True
 
 
-def _unit_z(values: np.ndarray) -> np.ndarray:
-    """Z-scores clipped to +-3 and divided by 3: preference scores mapped into [-1, 1]."""
+def _unit_z(values: np.ndarray, out: np.ndarray) -> bool:
+    """Z-scores clipped to +-3 and divided by 3 into ``out`` (in [-1, 1]); False if constant."""
     if not values.size:
-        return values
+        return False
     mean = float(values.mean())
     std = math.sqrt(max(float(values @ values) / values.size - mean * mean, 0.0))
     if std <= 1e-12:
-        return np.zeros_like(values)
-    return np.clip((values - mean) / (3.0 * std), -1.0, 1.0)
+        return False
+    np.subtract(values, mean, out=out)
+    out *= 1.0 / (3.0 * std)
+    np.clip(out, -1.0, 1.0, out=out)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """Scores of the whole catalogue for one user, with the feature rows behind them.
+    """Scores of the whole catalogue for one user, with the feature matrix behind them.
 
-    A row that is zero for every item (no co-occurrence history, unknown user,
-    ...) is ``None``, so that it costs nothing.
+    ``matrix`` has one row per name in :data:`FEATURES`; a signal that is zero
+    for every item (no history, unknown user, ...) has ``present`` False and its
+    row is not read. The matrix is a buffer reused by the next
+    :meth:`BlendedRecommender.score` call: use a ``Scored`` before scoring again.
     """
 
     scores: np.ndarray  # (n_items,), -inf for excluded items
-    rows: tuple[np.ndarray | None, ...]  # one per name in FEATURES
+    matrix: np.ndarray  # (len(FEATURES), n_items)
+    present: np.ndarray  # (len(FEATURES),) bool
 
     def column(self, item: int) -> np.ndarray:
-        """The feature vector of one item."""
-        return np.array([0.0 if r is None else float(r[item]) for r in self.rows])
+        """The feature vector of one item (zeros for absent signals)."""
+        return np.where(self.present, self.matrix[:, item], 0.0)
 
 
 class BlendedRecommender:
@@ -157,6 +167,7 @@ class BlendedRecommender:
         self.prior = np.array(PRIOR_WEIGHTS)
         self.weights = self.prior.copy()
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._matrix = np.zeros((len(FEATURES), 16))
         self._segment_cache: dict[int, np.ndarray] = {}
         self._since_cache = 0
 
@@ -186,19 +197,28 @@ class BlendedRecommender:
             self._segment_cache[segment] = row
         return (*cache, row)
 
-    def features(self, profile: UserProfile, n: int) -> tuple[np.ndarray | None, ...]:
-        """Feature rows of items ``0..n-1`` for ``profile``, in :data:`FEATURES` order."""
-        popular = self._popularity_rows(n, profile.segment)
+    def features(self, profile: UserProfile, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(matrix, present)``: the feature rows of items ``0..n-1`` for ``profile``.
+
+        Rows are written into a buffer reused across calls (no allocation per
+        event); popularity rows come from the cache.
+        """
+        if self._matrix.shape[1] < n:
+            self._matrix = np.zeros((len(FEATURES), max(n, 2 * self._matrix.shape[1])))
+        m = self._matrix[:, :n]
+        present = np.zeros(len(FEATURES), dtype=bool)
         user = profile.user_id
         history = self.recency_weighted(profile)
-        return (
-            _unit_max(self.cooccurrence.scores(history, n)) if history else None,
-            _unit_max(self.cooccurrence.scores(history[:1], n)) if history else None,
-            _unit_z(self.taste.scores(user, n)) if user in self.taste.user_vec else None,
-            popular[0],
-            popular[1],
-            popular[2] if len(popular) > 2 else None,
-        )
+        if history:
+            present[0] = _unit_max(self.cooccurrence.scores(history, n), m[0])
+            present[1] = _unit_max(self.cooccurrence.scores(history[:1], n), m[1])
+        if user in self.taste.user_vec:
+            present[2] = _unit_z(self.taste.scores(user, n), m[2])
+        popular = self._popularity_rows(n, profile.segment)
+        for f, row in enumerate(popular, start=3):
+            m[f] = row
+            present[f] = True
+        return m, present
 
     def score(self, profile: UserProfile, n: int, exclude_all_seen: bool = True) -> Scored:
         """Blend scores of the catalogue, with the user's seen items set to ``-inf``.
@@ -206,11 +226,8 @@ class BlendedRecommender:
         ``exclude_all_seen`` excludes every item the user interacted with (the
         evaluation's definition); otherwise only items bought or reviewed.
         """
-        rows = self.features(profile, n)
-        scores = np.zeros(n)
-        for w, row in zip(self.weights.tolist(), rows, strict=True):
-            if row is not None:
-                scores += w * row
+        matrix, present = self.features(profile, n)
+        scores = np.where(present, self.weights, 0.0) @ matrix  # one BLAS pass
         if profile.seen:
             if exclude_all_seen:
                 seen = np.fromiter(profile.seen.keys(), dtype=np.int64, count=len(profile.seen))
@@ -219,7 +236,7 @@ class BlendedRecommender:
                     [i for i, kind in profile.seen.items() if kind != "click"], dtype=np.int64
                 )
             scores[seen[seen < n]] = -np.inf
-        return Scored(scores, rows)
+        return Scored(scores, matrix, present)
 
     @staticmethod
     def rank_of(scored: Scored, item: int) -> int | None:
@@ -282,9 +299,9 @@ class BlendedRecommender:
         s = scored.scores
         if s.shape[0] < 2 or not np.isfinite(s[item]):
             return
-        p = np.exp(s - s[np.isfinite(s)].max())
+        p = np.exp(s - s.max())  # excluded items (-inf) get probability 0
         p /= p.sum()
-        expected = np.array([0.0 if r is None else float(r @ p) for r in scored.rows])
+        expected = np.where(scored.present, scored.matrix @ p, 0.0)  # E_p[f], one BLAS pass
         grad = scored.column(item) - expected
         self.weights += self.blend_lr * (grad - self.blend_l2 * (self.weights - self.prior))
 

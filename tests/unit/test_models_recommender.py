@@ -133,7 +133,11 @@ def test_blend_learns_to_trust_the_signal_that_works() -> None:
 def test_rank_of_breaks_ties_by_index() -> None:
     from models.recommender import Scored
 
-    s = Scored(np.array([1.0, 2.0, 2.0, -np.inf]), (None,) * len(FEATURES))
+    s = Scored(
+        np.array([1.0, 2.0, 2.0, -np.inf]),
+        np.zeros((len(FEATURES), 4)),
+        np.zeros(len(FEATURES), dtype=bool),
+    )
     assert BlendedRecommender.rank_of(s, 1) == 0
     assert BlendedRecommender.rank_of(s, 2) == 1
     assert BlendedRecommender.rank_of(s, 3) is None
