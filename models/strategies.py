@@ -15,7 +15,8 @@
 Every strategy takes an ``avoid`` set: the items the user was already shown
 too often without a click, or clicked and did not buy (see
 :meth:`models.attribution.UserExposures.fatigued`); they are left out of the
-top ``k`` (looking ``k`` items deeper), the same rule for every strategy, so that
+top ``k`` (looking as deep as needed for popularity, at most 50 items deeper for
+the blend), the same rule for every strategy, so that
 a list does not keep spending its best slots on what the user has passed over.
 
 Every strategy is a deterministic function of the engine state, ``avoid`` and a
@@ -35,6 +36,10 @@ from models.engine import FeedbackEngine, Recommendation
 from models.experiments import KNOWN_STRATEGIES
 
 __all__ = ["STRATEGIES", "Strategies"]
+
+#: At most this many items past the top ``k`` replace avoided ones (the blend
+#: computes a reason per item returned, so the look-ahead is bounded).
+MAX_LOOKAHEAD = 50
 
 #: Names of the strategies, in a fixed order (the bandit's arms).
 STRATEGIES: tuple[str, ...] = KNOWN_STRATEGIES
@@ -91,11 +96,11 @@ class Strategies:
     ) -> list[Recommendation]:
         """Top-``k`` for ``user_id`` by ``strategy``; ``key`` seeds ``explore``."""
         if strategy == "blend":
-            extra = k if avoid else 0
+            extra = min(len(avoid), MAX_LOOKAHEAD)
             return _without(engine.recommend(user_id, k + extra, now=now), avoid, k)
         if strategy == "popularity":
-            extra = k if avoid else 0
-            return _without(self.popularity(engine, user_id, k + extra), avoid, k)
+            # Cheap (no per-item reasons to compute): look past every avoided item.
+            return _without(self.popularity(engine, user_id, k + len(avoid)), avoid, k)
         if strategy == "explore":
             return self.explore(engine, user_id, k, now, key, avoid)
         raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
@@ -139,7 +144,7 @@ class Strategies:
     ) -> list[Recommendation]:
         """The blend's top ``explore_pool * k``, re-ranked by a Plackett-Luce draw."""
         size = k * self.explore_pool
-        extra = k if avoid else 0
+        extra = min(len(avoid), MAX_LOOKAHEAD)
         pool = _without(engine.recommend(user_id, size + extra, now=now), avoid, size)
         if not pool:
             return []
