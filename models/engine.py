@@ -98,7 +98,7 @@ class EngineConfig:
     refresh_users_per_tick: int = 1000
     # sentiment
     lexicon_prior_weight: float = 3.0
-    sentiment_lr: float = 0.05
+    sentiment_lr: float = 0.8
     sentiment_l2: float = 1e-5
     # alerts
     alert_cooldown_s: float = DAY

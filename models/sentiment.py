@@ -102,7 +102,7 @@ class SentimentModel:
     def __init__(
         self,
         prior_weight: float = 3.0,
-        learning_rate: float = 0.05,
+        learning_rate: float = 0.8,
         l2: float = 1e-5,
         ngram_max: int = 2,
     ) -> None:
