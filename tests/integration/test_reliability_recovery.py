@@ -114,11 +114,18 @@ class FakeMessage:
 
 
 class FakeConsumer:
-    """The two members of Faust's Consumer that the guard touches."""
+    """The members of Faust's Consumer that the guard touches."""
 
     def __init__(self) -> None:
         self.committable: list[tuple[str, int, int]] = []
         self._unacked_messages: set[FakeMessage] = set()
+        self._committed_offset: dict[TP, int] = {}
+        self.commits: list[dict[TP, int]] = []
+
+    async def _commit_offsets(self, offsets: dict[TP, int]) -> bool:
+        self.commits.append(dict(offsets))
+        self._committed_offset.update(offsets)
+        return True
 
     def ack(self, message: FakeMessage) -> bool:
         message.acked = True
@@ -163,3 +170,22 @@ def test_commit_guard_off_leaves_faust_alone() -> None:
     original = consumer.ack
     CommitGuard(["in.clicks"], enabled=False).install(consumer)
     assert consumer.ack == original
+
+
+def test_commit_guard_never_commits_past_an_unprocessed_offset() -> None:
+    """Whatever Faust's own gap accounting concluded (it can step over a hole),
+    the committed offset stops at the first offset the agent did not process."""
+    from stream.recovery import CommitGuard
+
+    consumer = FakeConsumer()
+    guard = CommitGuard(["in.clicks"])
+    guard.install(consumer)
+    tp, other = TP("in.clicks", 0), TP("app-profiles-changelog", 0)
+    guard.done([FakeMessage("in.clicks", 0, o) for o in (0, 1, 2, 3, 4, 6, 7, 8, 9)])
+    assert asyncio.run(consumer._commit_offsets({tp: 10, other: 50})) is True
+    assert consumer.commits[-1] == {tp: 5, other: 50}  # offset 5 was never processed
+    # Held there until offset 5 is processed (read again after a seek)...
+    assert asyncio.run(consumer._commit_offsets({tp: 12})) is False
+    guard.done([FakeMessage("in.clicks", 0, 5), FakeMessage("in.clicks", 0, 10)])
+    asyncio.run(consumer._commit_offsets({tp: 11}))
+    assert consumer.commits[-1] == {tp: 11}
