@@ -263,17 +263,16 @@ class FeedbackEngine:
         if words is not None:
             self.sentiment.learn(words, event.rating)
         previous_order = profile.last_order_time
-        sessions_before = profile.sessions
         if profile.observe(event, out.sentiment):
             self.churn.observe_order(profile, previous_order)
         profile.remember(item, event.type, c.max_seen_items)
-        # Clicks move only log(clicks): re-segment on a click only when it opens a
-        # session (and for new users); purchases and reviews always re-segment.
+        # A click moves only log(clicks) in the segmentation vector: re-segment on
+        # the 1st, 2nd, 4th, 8th, ... click (and for unsegmented users); purchases
+        # and reviews always re-segment.
         if (
             event.type != "click"
             or profile.segment is None
-            or profile.sessions != sessions_before
-            or profile.clicks & (profile.clicks - 1) == 0  # 1, 2, 4, 8, ... clicks
+            or profile.clicks & (profile.clicks - 1) == 0
         ):
             profile.segment = self.segmentation.update(
                 event.user_id, profile.segment_vector(), profile.last_seen
