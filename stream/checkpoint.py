@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import itertools
 import logging
 import os
 import pickle
@@ -64,10 +65,19 @@ def save(settings: Settings, blob: bytes) -> Path:
     path = path_for(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
+    _write(tmp, blob)
+    _publish(tmp, path)
+    return path
+
+
+def _write(tmp: Path, blob: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(blob)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
     # The rename itself is durable only once the directory entry is.
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -75,7 +85,35 @@ def save(settings: Settings, blob: bytes) -> Path:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+_snapshots = itertools.count()
+
+
+def _fork_snapshot(engine: FeedbackEngine, tmp: Path) -> int:
+    """Pickle ``engine`` into ``tmp`` from a forked child; returns the child's pid.
+
+    The child holds a copy-on-write image of the engine as it is at the fork, so
+    the snapshot is as consistent as pickling in the event loop, without
+    blocking it for the seconds that pickling a large engine takes (the Redis
+    BGSAVE approach). The child only pickles and writes, then leaves through
+    ``os._exit`` so that no handler, buffer or thread of the worker runs in it.
+    """
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            _write(tmp, dumps(engine))
+            code = 0
+        except BaseException:  # nothing may escape a forked child
+            pass
+        finally:
+            os._exit(code)
+    return pid
 
 
 def load(path: Path) -> FeedbackEngine | None:
@@ -115,12 +153,26 @@ async def save_consistent(
 ) -> Path:
     """Snapshot the engine now, make the profile writes it has seen durable, then write.
 
-    Pickling runs in the event loop on purpose: no batch can be half-applied
-    while it runs. Only the file I/O goes to a thread.
+    The snapshot is taken between two batches (no await before it), in a forked
+    child where the platform has ``fork``, else by pickling in the event loop;
+    the file replaces the previous checkpoint only after the flush.
     """
-    blob = dumps(engine)
+    loop = asyncio.get_running_loop()
+    if not hasattr(os, "fork"):
+        blob = dumps(engine)
+        await flush()
+        return await loop.run_in_executor(None, save, settings, blob)
+    path = path_for(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".snap{os.getpid()}-{next(_snapshots)}")
+    pid = _fork_snapshot(engine, tmp)
     await flush()
-    return await asyncio.get_running_loop().run_in_executor(None, save, settings, blob)
+    _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"the checkpoint child exited with status {status}")
+    await loop.run_in_executor(None, _publish, tmp, path)
+    return path
 
 
 def register(app: Any, settings: Settings, engine: FeedbackEngine, metrics: Any) -> None:
