@@ -55,6 +55,7 @@ def profile_view(profile: dict[str, Any], features: dict[str, Any] | None) -> di
         "first_event_time": profile["first_event_time"],
         "last_event_time": profile["last_event_time"],
         "segment": profile["segment"],
+        "variant": profile.get("variant"),
         "recommendation_id": profile["recommendation_id"],
         "recommendations": profile["recommendations"],
         "features": features,

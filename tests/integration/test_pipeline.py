@@ -98,6 +98,7 @@ def test_profile_lookup_and_duplicates(worker_factory) -> None:
     assert p["last_event_time"] is not None
     assert p["recommendation_id"]
     assert [r["item_id"] for r in p["recommendations"]] == ["sku-2"]
+    assert p["variant"] == "blend"
     assert wait_for(lambda: worker.metric("feedback_events_total", outcome="duplicate") == 1, 30)
     status, body = worker.get("/users/nobody")
     assert status == 404 and b"nobody" in body
