@@ -79,7 +79,8 @@ class BehaviourAnomaly:
     Parameters
     ----------
     n_trees, height, window_size
-        Half-space trees' parameters.
+        Half-space trees' parameters (height 6 rather than River's default 8:
+        64 leaves per tree are plenty for five features, at 60% of the cost).
     quantile
         Scores above this running quantile are anomalous.
     min_score
@@ -104,7 +105,7 @@ class BehaviourAnomaly:
     def __init__(
         self,
         n_trees: int = 10,
-        height: int = 8,
+        height: int = 6,
         window_size: int = 250,
         quantile: float = 0.999,
         min_score: float = 0.8,
