@@ -551,7 +551,7 @@ def start_workers(
     settings: Settings, n: int, state_dir: Path, timeout: float, env_extra: dict[str, str]
 ) -> list[WorkerProcess]:
     from stream import broker
-    from tools.demo import wait_http
+    from tools.local import wait_http
 
     workers = []
     for i in range(n):

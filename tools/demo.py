@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from stream import broker
 from stream.settings import Settings
+from tools.local import local_stack
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,67 +74,28 @@ def summary(totals: dict[str, float], produced: int, seconds: float) -> dict[str
     }
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {proc.returncode} during start-up")
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        time.sleep(0.25)
-    raise TimeoutError(f"worker did not answer {url} within {timeout:.0f} s")
-
-
 def run(args: argparse.Namespace) -> int:
-    broker_port = args.broker_port or broker.free_port()
-    web_port = args.web_port or broker.free_port()
-    state_dir = args.state_dir or tempfile.mkdtemp(prefix="feedback-stream-")
-    bootstrap = f"127.0.0.1:{broker_port}"
-    settings = Settings.from_env(
-        bootstrap_servers=bootstrap, web_port=web_port, web_host="127.0.0.1", state_dir=state_dir
-    )
     log = sys.stderr
-    print(f"starting the embedded broker on {bootstrap}", file=log, flush=True)
-    broker_proc = broker.start(broker_port, log_path=Path(state_dir) / "broker.log")
-    worker_proc: subprocess.Popen[bytes] | None = None
     started = time.monotonic()
     produced = 0
     totals: dict[str, float] = {}
-    try:
-        env = {
-            **os.environ,
-            "FEEDBACK_BOOTSTRAP_SERVERS": bootstrap,
-            "FEEDBACK_WEB_PORT": str(web_port),
-            "FEEDBACK_WEB_HOST": "127.0.0.1",
-            "FEEDBACK_STATE_DIR": state_dir,
-        }
-        worker_log = open(Path(state_dir) / "worker.log", "ab")  # noqa: SIM115
-        worker_proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "worker"],
-            env=env, stdout=worker_log, stderr=subprocess.STDOUT,
-        )
-        metrics_url = f"{settings.web_url}/metrics"
-        wait_http(f"{settings.web_url}/healthz", worker_proc)
+    with local_stack(
+        args.state_dir or None, broker_port=args.broker_port, web_port=args.web_port
+    ) as stack:
+        web_url = stack.settings.web_url
         print(
-            f"worker up: metrics {metrics_url}, profiles {settings.web_url}/users/<user_id>, "
-            f"logs in {state_dir}",
+            f"worker up: metrics {stack.metrics_url}, profiles {web_url}/users/<user_id>",
             file=log, flush=True,
         )
-        produced = asyncio.run(_replay_and_watch(args, settings, metrics_url, worker_proc))
-        totals = scrape(metrics_url)
-    except KeyboardInterrupt:
-        print("interrupted", file=log)
-    finally:
-        if worker_proc is not None and worker_proc.poll() is None:
-            with contextlib.suppress(Exception):
-                totals = scrape(f"{settings.web_url}/metrics") or totals
-            worker_proc.send_signal(signal.SIGTERM)
-            try:
-                worker_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                worker_proc.kill()
-        broker.stop(broker_proc)
+        try:
+            produced = asyncio.run(
+                _replay_and_watch(args, stack.settings, stack.metrics_url, stack.worker)
+            )
+        except KeyboardInterrupt:
+            print("interrupted", file=log)
+        # The final count, before the worker is stopped.
+        with contextlib.suppress(OSError):
+            totals = scrape(stack.metrics_url)
     print(orjson.dumps(summary(totals, produced, time.monotonic() - started)).decode(), flush=True)
     return 0
 

@@ -40,7 +40,7 @@ class ProduceStats:
 
 
 def dataset_events(name: str, data_dir: Path | None, limit: int | None) -> Iterator[dict[str, Any]]:
-    from tools import datasets
+    import tools.datasets as datasets
 
     root = data_dir or datasets.default_data_dir()
     generators = {

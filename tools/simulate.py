@@ -58,14 +58,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import os
 import random
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter, defaultdict
@@ -919,53 +915,17 @@ def _run_embedded(
     args: argparse.Namespace, sim: Simulation, env_overrides: dict[str, str]
 ) -> Samples:
     """Start the embedded broker and one worker, simulate through them, read the metrics."""
-    from stream import broker
-    from tools.demo import wait_http
+    from tools.local import local_stack
 
-    broker_port, web_port = broker.free_port(), broker.free_port()
-    state_dir = args.state_dir or tempfile.mkdtemp(prefix="feedback-simulate-")
-    Path(state_dir).mkdir(parents=True, exist_ok=True)
-    bootstrap = f"127.0.0.1:{broker_port}"
-    settings = Settings.from_env(
-        {**os.environ, **env_overrides},
-        bootstrap_servers=bootstrap, web_port=web_port, web_host="127.0.0.1",
-        state_dir=state_dir,
-    )
-    log = sys.stderr
-    if not args.json:
-        print(f"starting the embedded broker on {bootstrap}; logs in {state_dir}", file=log)
-    broker_proc = broker.start(broker_port, log_path=Path(state_dir) / "broker.log")
-    worker: subprocess.Popen[bytes] | None = None
-    try:
-        env = {
-            **os.environ,
-            **env_overrides,
-            "FEEDBACK_BOOTSTRAP_SERVERS": bootstrap,
-            "FEEDBACK_WEB_PORT": str(web_port),
-            "FEEDBACK_WEB_HOST": "127.0.0.1",
-            "FEEDBACK_STATE_DIR": state_dir,
-        }
-        with open(Path(state_dir) / "worker.log", "ab") as worker_log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "tools.cli", "worker"],
-                env=env, stdout=worker_log, stderr=subprocess.STDOUT,
-            )
-        wait_http(f"{settings.web_url}/healthz", worker)
-        url = f"{settings.web_url}/metrics"
+    with local_stack(
+        args.state_dir, env_overrides, prefix="feedback-simulate-", quiet=args.json
+    ) as stack:
+        url = stack.metrics_url
         baseline = asyncio.run(drive_broker(
-            sim, settings, args.rate, args.duration, args.events, args.drain, not args.json, url,
+            sim, stack.settings, args.rate, args.duration, args.events, args.drain,
+            not args.json, url,
         ))
         return subtract(_wait_drained(url, sim.produced), baseline)
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        with contextlib.suppress(Exception):
-            broker.stop(broker_proc)
 
 
 if __name__ == "__main__":
