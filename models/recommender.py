@@ -48,13 +48,14 @@ def _unit_z(values: np.ndarray, out: np.ndarray) -> bool:
     """Z-scores clipped to +-3 and divided by 3 into ``out`` (in [-1, 1]); False if constant."""
     if not values.size:
         return False
-    mean = float(values.mean())
+    mean = float(values.sum()) / values.size
     std = math.sqrt(max(float(values @ values) / values.size - mean * mean, 0.0))
     if std <= 1e-12:
         return False
     np.subtract(values, mean, out=out)
     out *= 1.0 / (3.0 * std)
-    np.clip(out, -1.0, 1.0, out=out)
+    np.minimum(out, 1.0, out=out)  # two ufuncs: cheaper than np.clip's dispatch
+    np.maximum(out, -1.0, out=out)
     return True
 
 
@@ -168,6 +169,7 @@ class BlendedRecommender:
         self.weights = self.prior.copy()
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
         self._matrix = np.zeros((len(FEATURES), 16))
+        self._matrix_rows: np.ndarray | None = None  # the trending row copied into it
         self._segment_cache: dict[int, np.ndarray] = {}
         self._since_cache = 0
 
@@ -205,6 +207,7 @@ class BlendedRecommender:
         """
         if self._matrix.shape[1] < n:
             self._matrix = np.zeros((len(FEATURES), max(n, 2 * self._matrix.shape[1])))
+            self._matrix_rows = None
         m = self._matrix[:, :n]
         present = np.zeros(len(FEATURES), dtype=bool)
         user = profile.user_id
@@ -215,9 +218,14 @@ class BlendedRecommender:
         if user in self.taste.user_vec:
             present[2] = _unit_z(self.taste.scores(user, n), m[2])
         popular = self._popularity_rows(n, profile.segment)
-        for f, row in enumerate(popular, start=3):
-            m[f] = row
-            present[f] = True
+        if self._matrix_rows is not popular[0]:  # global rows change only with the cache
+            m[3] = popular[0]
+            m[4] = popular[1]
+            self._matrix_rows = popular[0]
+        present[3] = present[4] = True
+        if len(popular) > 2:
+            m[5] = popular[2]
+            present[5] = True
         return m, present
 
     def score(self, profile: UserProfile, n: int, exclude_all_seen: bool = True) -> Scored:
