@@ -804,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="feedback-stream simulate",
         description="Simulated MovieLens users react to the service's recommendations "
-        "through the broker; prints per-variant CTR and conversion with 95%% intervals.",
+        "through the broker; prints per-variant CTR and conversion with 95 percent intervals.",
     )
     p.add_argument("--duration", type=float, default=120.0,
                    help="seconds of organic traffic (default 120; 0 = until --events)")
