@@ -355,6 +355,13 @@ def test_scaling_out_moves_partitions_as_the_dashboard_shows(
         # Prometheus picks up the new replica as DNS discovery would: reload the targets.
         prom.set_targets([first, second])
         assert wait_for(lambda: prom.scalar('sum(up{job="feedback-worker"})') == 2, 30)
+        # Produce the second slice only once the group has rebalanced: events sent
+        # while the second worker is still joining all go to the first one.
+        by_instance = "count by (instance) (feedback_consumer_lag_messages)"
+        assert wait_for(
+            lambda: len(prom.query(by_instance)["data"]["result"]) == 2 and reported_by({1}),
+            timeout=60, interval=1,
+        ), "the second worker never got partitions"
         sent += produce(first, "--file", str(after))["sent"]
         assert wait_for(lambda: prom.scalar("sum(feedback_events_total)") >= sent, 120, 1), (
             f"{prom.scalar('sum(feedback_events_total)')} of {sent} events handled after the"
@@ -367,7 +374,7 @@ def test_scaling_out_moves_partitions_as_the_dashboard_shows(
             "partitions reported by more than one worker after the rebalance:\n"
             + json.dumps(prom.query(f"{owned} > 1")["data"]["result"])
         )
-        per_worker = prom.query("count by (instance) (feedback_consumer_lag_messages)")
+        per_worker = prom.query(by_instance)
         assert len(per_worker["data"]["result"]) == 2, "both workers own partitions"
         busy = "count(sum by (instance) (increase(feedback_events_total[1m])) > 0)"
         assert prom.scalar(busy) == 2, "both workers processed events"
