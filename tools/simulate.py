@@ -246,6 +246,11 @@ class Simulation:
         self.organic = 0
         self.clicks = 0
         self.clicks_with_id = 0
+        # Whole-run reactions, warm-up included: what the worker's counters must match
+        # whatever the timing of the warm-up/measured boundary.
+        self.all_clicks = 0
+        self.all_clicks_with_id = 0
+        self.all_purchases = 0
         self.purchases = 0
         self.received = 0
         self.by_variant = Tally()
@@ -355,6 +360,7 @@ class Simulation:
             if rng.random() >= p:
                 continue
             self.clicked[user].add(item)
+            self.all_clicks += 1
             if measured:
                 self.clicks += 1
                 click_id = f"{self.run_id}-c{self.clicks}"
@@ -373,12 +379,14 @@ class Simulation:
             if rng.random() < b.id_share:
                 click["recommendation_id"] = rec["recommendation_id"]
                 self.clicks_with_id += measured
+                self.all_clicks_with_id += 1
             out.append(click)
             if measured:
                 self.by_variant.clicked[variant] += 1
                 self.by_strategy.clicked[strategy] += 1
             if rng.random() < b.buy_scale * q:
                 self.bought[user].add(item)
+                self.all_purchases += 1
                 if measured:
                     self.purchases += 1
                     buy_id = f"{self.run_id}-p{self.purchases}"
