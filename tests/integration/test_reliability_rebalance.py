@@ -49,8 +49,11 @@ def test_survivor_takes_over_every_partition_with_state(worker_factory) -> None:
     # Both workers learn: the group is shared before the kill.
     assert wait_metric(a, "feedback_events_total", 1000, 90, outcome="processed") >= 1000
     assert wait_metric(b, "feedback_events_total", 1000, 90, outcome="processed") >= 1000
+    # The gauges follow the assignment on each tick: wait for both to report theirs.
+    assert wait_for(lambda: bool(owned_partitions(a)) and bool(owned_partitions(b)), 30), (
+        "the partitions were not shared"
+    )
     a_owned = owned_partitions(a)
-    assert a_owned and owned_partitions(b), "the partitions were not shared"
     killed_at = time.monotonic()
     a.stop(signal.SIGKILL)
 
