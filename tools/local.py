@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,13 +45,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) ->
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     """SIGTERM (the worker writes its final checkpoint), SIGKILL if it hangs."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    broker.stop(proc, timeout)
 
 
 @contextlib.contextmanager
