@@ -136,9 +136,10 @@ def build_app(
         partitions=settings.partitions,
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
     )
-    if engine is None:
-        engine = checkpoint.load_or_new(settings)
-    processor = Processor(settings, engine, TableStore(profiles), metrics)
+    models = checkpoint.load_or_new(settings) if engine is None else checkpoint.Models(engine)
+    engine = models.engine
+    processor = Processor(settings, engine, TableStore(profiles), metrics, bandit=models.bandit)
+    models.bandit = processor.bandit  # what the checkpoints save is what the processor learns
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
     commit_guard = recovery.CommitGuard(settings.input_topics, bool(settings.recovery_guards))
     recovery.guard_changelog_recovery(app, settings)
@@ -165,7 +166,7 @@ def build_app(
 
     # Periodic and final (graceful stop) checkpoints, consistent with the
     # profile changelog: see stream/checkpoint.py.
-    checkpoint.register(app, settings, engine, metrics)
+    checkpoint.register(app, settings, models, metrics)
 
     from stream import views
 

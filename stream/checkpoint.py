@@ -1,4 +1,8 @@
-"""Model checkpoints: the pickled engine with the versions that wrote it.
+"""Model checkpoints: the pickled models with the versions that wrote them.
+
+A checkpoint holds :class:`Models`: the engine and, when ``FEEDBACK_BANDIT`` is
+on, the strategy bandit, whose posteriors are what the attributed clicks taught
+it (without them a restart would send traffic back to the prior's coin flips).
 
 River's pickles carry no promise across versions, so a checkpoint written by
 another River or feedback-stream version is ignored (with a warning) rather
@@ -30,14 +34,26 @@ import os
 import pickle
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.bandit import SegmentedThompson
 from models.engine import FeedbackEngine
+from models.strategies import STRATEGIES
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+# 2: the pickle holds the bandit beside the engine.
+FORMAT = 2
+
+
+@dataclass
+class Models:
+    """Everything a checkpoint restores: the engine and the bandit (``None`` when off)."""
+
+    engine: FeedbackEngine
+    bandit: SegmentedThompson | None = None
 
 
 def versions() -> dict[str, str]:
@@ -54,9 +70,15 @@ def path_for(settings: Settings) -> Path:
     return Path(settings.state_dir) / "checkpoints" / f"{settings.app_id}-{settings.web_port}.pkl"
 
 
-def dumps(engine: FeedbackEngine) -> bytes:
+def dumps(models: Models) -> bytes:
     return pickle.dumps(
-        {"versions": versions(), "saved_at": time.time(), "engine": engine}, protocol=5
+        {
+            "versions": versions(),
+            "saved_at": time.time(),
+            "engine": models.engine,
+            "bandit": models.bandit,
+        },
+        protocol=5,
     )
 
 
@@ -94,10 +116,10 @@ class CheckpointError(RuntimeError):
 _snapshots = itertools.count()
 
 
-def _fork_snapshot(engine: FeedbackEngine, tmp: Path) -> int:
-    """Pickle ``engine`` into ``tmp`` from a forked child; returns the child's pid.
+def _fork_snapshot(models: Models, tmp: Path) -> int:
+    """Pickle ``models`` into ``tmp`` from a forked child; returns the child's pid.
 
-    The child holds a copy-on-write image of the engine as it is at the fork, so
+    The child holds a copy-on-write image of the models as they are at the fork, so
     the snapshot is as consistent as pickling in the event loop, without
     blocking it for the seconds that pickling a large engine takes (the Redis
     BGSAVE approach). The child only pickles and writes, then leaves through
@@ -107,7 +129,7 @@ def _fork_snapshot(engine: FeedbackEngine, tmp: Path) -> int:
     if pid == 0:  # the child
         code = 1
         try:
-            _write(tmp, dumps(engine))
+            _write(tmp, dumps(models))
             code = 0
         except BaseException:  # nothing may escape a forked child
             pass
@@ -116,7 +138,7 @@ def _fork_snapshot(engine: FeedbackEngine, tmp: Path) -> int:
     return pid
 
 
-def load(path: Path) -> FeedbackEngine | None:
+def load(path: Path) -> Models | None:
     try:
         with open(path, "rb") as f:
             data: dict[str, Any] = pickle.load(f)
@@ -131,27 +153,40 @@ def load(path: Path) -> FeedbackEngine | None:
             data.get("versions") if isinstance(data, dict) else None, versions(),
         )
         return None
-    engine = data["engine"]
+    engine, bandit = data.get("engine"), data.get("bandit")
     if not isinstance(engine, FeedbackEngine):
         return None
+    if not isinstance(bandit, SegmentedThompson):
+        bandit = None
     saved_at = data.get("saved_at")
     if isinstance(saved_at, float):
         log.info("Checkpoint %s is %.1f s old", path, time.time() - saved_at)
-    return engine
+    return Models(engine, bandit)
 
 
-def load_or_new(settings: Settings) -> FeedbackEngine:
-    engine = load(path_for(settings))
-    if engine is not None:
-        log.info("Restored the models from %s", path_for(settings))
-        return engine
-    return FeedbackEngine()
+def load_or_new(settings: Settings) -> Models:
+    """The checkpointed models, or a fresh engine.
+
+    The bandit comes back only when the settings still want it and its arms are
+    today's strategies; otherwise it is ``None`` and the processor starts one
+    from the prior.
+    """
+    models = load(path_for(settings))
+    if models is None:
+        return Models(FeedbackEngine())
+    log.info("Restored the models from %s", path_for(settings))
+    bandit = models.bandit
+    if not settings.bandit or bandit is None or bandit.arms != list(STRATEGIES):
+        models.bandit = None
+    else:
+        bandit.seed = settings.bandit_seed
+    return models
 
 
 async def save_consistent(
-    settings: Settings, engine: FeedbackEngine, flush: Callable[[], Awaitable[Any]]
+    settings: Settings, models: Models, flush: Callable[[], Awaitable[Any]]
 ) -> Path:
-    """Snapshot the engine now, make the profile writes it has seen durable, then write.
+    """Snapshot the models now, make the profile writes they have seen durable, then write.
 
     The snapshot is taken between two batches (no await before it), in a forked
     child where the platform has ``fork``, else by pickling in the event loop;
@@ -159,13 +194,13 @@ async def save_consistent(
     """
     loop = asyncio.get_running_loop()
     if not hasattr(os, "fork"):
-        blob = dumps(engine)
+        blob = dumps(models)
         await flush()
         return await loop.run_in_executor(None, save, settings, blob)
     path = path_for(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".snap{os.getpid()}-{next(_snapshots)}")
-    pid = _fork_snapshot(engine, tmp)
+    pid = _fork_snapshot(models, tmp)
     await flush()
     _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -175,7 +210,7 @@ async def save_consistent(
     return path
 
 
-def register(app: Any, settings: Settings, engine: FeedbackEngine, metrics: Any) -> None:
+def register(app: Any, settings: Settings, models: Models, metrics: Any) -> None:
     """Periodic checkpoints, plus a final one on a graceful stop.
 
     The final one runs on Faust's ``on_before_shutdown``: the consumer has
@@ -185,7 +220,7 @@ def register(app: Any, settings: Settings, engine: FeedbackEngine, metrics: Any)
 
     async def checkpoint_now() -> None:
         start = time.perf_counter()
-        await save_consistent(settings, engine, app.producer.flush)
+        await save_consistent(settings, models, app.producer.flush)
         metrics.checkpoints.inc()
         metrics.checkpoint_seconds.observe(time.perf_counter() - start)
 

@@ -1,6 +1,6 @@
 """The worker's per-batch logic, free of Faust so that it can be tested directly.
 
-The Faust agent (``stream/agents.py``) hands :meth:`Processor.handle` a batch of
+The Faust agent (``stream/app.py``) hands :meth:`Processor.handle` a batch of
 raw input messages; the processor validates each one, de-duplicates it against
 the user's profile, lets the engine predict then learn, and returns the output
 messages (recommendations, alerts, dead letters) for the agent to publish.
@@ -96,6 +96,7 @@ class Processor:
         profiles: ProfileStore,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        bandit: SegmentedThompson | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -110,9 +111,10 @@ class Processor:
             parse_variants(settings.experiment_variants), settings.experiment_salt
         )
         self.strategies = Strategies(seed=settings.bandit_seed)
-        self.bandit = (
-            SegmentedThompson(STRATEGIES, seed=settings.bandit_seed) if settings.bandit else None
-        )
+        # ``bandit`` is a restored one (stream/checkpoint.py); else a new one from the prior.
+        if settings.bandit and bandit is None:
+            bandit = SegmentedThompson(STRATEGIES, seed=settings.bandit_seed)
+        self.bandit = bandit if settings.bandit else None
         # (exposures, clicked, converted) per variant since start, for the rate gauges.
         self.variant_counts: dict[str, list[int]] = {}
         # Parsed exposure logs of this batch's users: (the JSON they came from, log).

@@ -135,3 +135,27 @@ def test_pseudonymised_ids_never_reach_outputs_or_state() -> None:
     assert len(proc.profiles) == 1
     for o in out:
         assert b"alice" not in o.value and b"alice" not in (o.key or b"")
+
+
+def test_a_restored_bandit_keeps_choosing_from_what_it_learned() -> None:
+    from models.bandit import SegmentedThompson
+    from models.strategies import STRATEGIES
+
+    restored = SegmentedThompson(STRATEGIES, seed=1)
+    for _ in range(500):  # an earlier run's evidence: only popularity earns clicks
+        for arm in STRATEGIES:
+            restored.expose(None, arm)
+        restored.reward(None, "popularity")
+    settings = Settings.from_env({}, bandit=True)
+    proc = Processor(settings, FeedbackEngine(), DictStore(), Metrics(CollectorRegistry()),
+                     clock=lambda: NOW, bandit=restored)
+    assert proc.bandit is restored
+    out = proc.handle([msg(settings, purchase(f"e{i}", f"u{i}", f"sku-{i % 3}"), i)
+                       for i in range(12)])
+    strategies = {orjson.loads(o.value)["strategy"] for o in out
+                  if o.topic == settings.topic_recommendations}
+    assert strategies == {"popularity"}
+    # Without the setting a restored bandit is not used; with it and none given, a new one.
+    assert Processor(Settings.from_env({}), FeedbackEngine(), DictStore(),
+                     Metrics(CollectorRegistry()), bandit=restored).bandit is None
+    assert make(bandit=True)[0].bandit is not None
