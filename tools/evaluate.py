@@ -13,6 +13,10 @@ on the same events in the same run:
   same k on the same final (standardised) per-user features;
 * ``churn_auc_recency``: days since the last order alone.
 
+With clicks or purchases in the file, ``attribution`` reports what each
+strategy's recommendations would have earned in the replay (users split over
+``--variants`` by the worker's keyed hash; see :mod:`tools.attribution_replay`).
+
 ``--bench-items N`` instead times the model path on a synthetic, seeded stream
 over a catalogue of N items.
 """
@@ -36,6 +40,7 @@ from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
 from models.recommender import FEATURES
 from models.sentiment import label_of, lexicon_compound_whole
+from tools.attribution_replay import AttributionReplay
 
 DAY = 86_400.0
 CHURN_HORIZON_DAYS = 90.0
@@ -241,8 +246,13 @@ def evaluate(
     config: EngineConfig | None = None,
     progress: bool = False,
     series: dict[str, Any] | None = None,
+    variants: str | None = "blend,popularity,explore",
 ) -> dict[str, Any]:
-    """Replay ``events`` through a fresh engine and the baselines; the metrics dict."""
+    """Replay ``events`` through a fresh engine and the baselines; the metrics dict.
+
+    ``variants`` (``None``: off) are the strategies of the attribution report,
+    which needs clicks or purchases in ``events``.
+    """
     engine = FeedbackEngine(config)
     k = engine.config.top_k
     pop = PopularityBaseline()
@@ -258,6 +268,11 @@ def evaluate(
     alerts: Counter[str] = Counter()
     alert_times: list[tuple[float, str]] = []
     has_purchases = any(e.type == "purchase" for e in events)
+    # Outside the timed model path: its rankings are what the worker publishes.
+    replay = (
+        AttributionReplay(variants, seed=engine.config.seed)
+        if variants and any(e.type != "review" for e in events) else None
+    )
     t_end = max((e.timestamp for e in events), default=0.0)
     cutoff = t_end - CHURN_HORIZON_DAYS * DAY
     churn_snapshot: dict[str, tuple[float, float]] | None = None
@@ -296,12 +311,16 @@ def evaluate(
         if label is not None and event.text:
             lex_pred.append(lexicon_compound_whole(event.text) >= 0.05)
         pop.learn(event)
+        if replay is not None:
+            replay.before(engine, event)
 
         t0, c0 = time.perf_counter(), time.process_time()
         out = engine.process(event)
         ticked = engine.tick(event.timestamp) if n % TICK_EVERY == TICK_EVERY - 1 else []
         engine_seconds += time.perf_counter() - t0
         engine_cpu += time.process_time() - c0
+        if replay is not None:
+            replay.after(engine, event)
 
         if out.segment is not None:
             before = last_segment.get(event.user_id)
@@ -350,6 +369,7 @@ def evaluate(
         segment_flip_backs / segment_switches if segment_switches else None
     )
     result.update(_churn_metrics(churn_snapshot, bought_after))
+    result["attribution"] = replay.report() if replay is not None else None
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
     result["events_per_cpu_second"] = len(events) / engine_cpu if engine_cpu > 0 else None
@@ -561,6 +581,21 @@ def print_table(result: dict[str, Any]) -> None:
     for name, key, base, what in rows:
         print(f"{name:<28} {_fmt(result.get(key)):>10} {_fmt(result.get(base)):>10}  {what}")
     print(f"{'alerts':<28} {result['alerts_by_kind']}")
+    attribution = result.get("attribution") or {}
+    strategies = {k: v for k, v in attribution.items() if k != "blend_vs_popularity"}
+    if strategies:
+        print("attributed in the replay (item within the window; nobody saw these lists):")
+        print(f"  {'strategy':<12} {'lists':>8} {'CTR [95%]':>24} {'conversion [95%]':>24}"
+              f" {'revenue':>10}")
+        for name, r in strategies.items():
+            ctr, conv = r["ctr"], r["conversion"]
+            print(f"  {name:<12} {r['exposures']:>8,} "
+                  f"{ctr['value']:>7.4f} [{ctr['lower']:.4f}, {ctr['upper']:.4f}] "
+                  f"{conv['value']:>7.4f} [{conv['lower']:.4f}, {conv['upper']:.4f}] "
+                  f"{r['revenue']:>10,.2f}")
+        versus = attribution.get("blend_vs_popularity")
+        if versus:
+            print(f"  {versus['ctr']['statement']}")
     print(f"{'events/s (model path)':<28} {_fmt(result['events_per_second'])}")
     print(f"{'events per CPU second':<28} {_fmt(result['events_per_cpu_second'])}")
 
@@ -585,6 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--bench-events", type=int, default=50_000, help="events timed by --bench-items"
+    )
+    parser.add_argument(
+        "--variants",
+        default="blend,popularity,explore",
+        help="strategies of the attribution report, name[:weight],... ('' turns it off)",
     )
     args = parser.parse_args(argv)
 
@@ -612,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         EngineConfig(seed=args.seed),
         progress=sys.stderr.isatty() and not args.json,
         series=series,
+        variants=args.variants or None,
     )
     result["rejected_lines"] = rejected
     if args.json:

@@ -15,7 +15,7 @@ KEYS = {
     "positives", "hr_at_10", "hr_at_10_popularity", "rmse", "mae", "rmse_biased_mf",
     "mae_biased_mf", "sentiment_macro_f1", "sentiment_macro_f1_lexicon",
     "segmentation_silhouette", "segmentation_silhouette_offline_kmeans", "churn_auc",
-    "churn_auc_recency", "alerts_by_kind", "events_per_second",
+    "churn_auc_recency", "alerts_by_kind", "events_per_second", "attribution",
 }  # fmt: skip
 
 
@@ -53,8 +53,38 @@ def test_json_output_has_every_key_and_nulls_where_unsupported(
     assert result["rejected_lines"] == 1
     assert result["rmse"] > 0 and result["rmse_biased_mf"] > 0
     assert result["positives"] > 0 and 0 <= result["hr_at_10"] <= 1
-    # no text, no purchases: those metrics are null
+    # no text, no purchases, no clicks: those metrics are null
     assert result["sentiment_macro_f1"] is None and result["churn_auc"] is None
+    assert result["attribution"] is None
+
+
+def test_attribution_report_per_strategy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(600):  # users who browse an item, then often buy it a minute later
+        user, item, minute = f"u{rng.integers(25)}", f"sku{rng.integers(12)}", 2 * i
+        for kind, m in (("click", minute), ("purchase", minute + 1)):
+            if kind == "purchase" and rng.random() < 0.5:
+                continue
+            rows.append({"type": kind, "event_id": f"{kind}{i}", "user_id": user,
+                         "item_id": item, "quantity": 1, "price": 2.0,
+                         "timestamp": f"2021-01-01T{m // 60:02d}:{m % 60:02d}:00Z"})
+    path = write(tmp_path / "shop.jsonl", rows)
+    assert evaluate.main([str(path), "--json", "--variants", "blend,popularity"]) == 0
+    report = json.loads(capsys.readouterr().out)["attribution"]
+    assert set(report) == {"blend", "popularity", "blend_vs_popularity"}
+    for strategy in ("blend", "popularity"):
+        r = report[strategy]
+        assert r["exposures"] > 0
+        assert 0 <= r["ctr"]["lower"] <= r["ctr"]["value"] <= r["ctr"]["upper"] <= 1
+        assert r["revenue"] == 2.0 * r["attributed_purchases"]
+    assert sum(report[s]["attributed_clicks"] for s in ("blend", "popularity")) > 0
+    assert evaluate.main([str(path), "--variants", ""]) == 0
+    assert "attributed in the replay" not in capsys.readouterr().out
+    assert evaluate.main([str(path)]) == 0
+    assert "explore" in capsys.readouterr().out
 
 
 def test_table_limit_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
