@@ -113,7 +113,8 @@ def demo_data() -> Path:
 
 @pytest.fixture
 def worker(worker_factory: Any) -> Worker:
-    w: Worker = worker_factory()
+    # The bandit on: the feedback-loop panels, its own included, must draw real data too.
+    w: Worker = worker_factory(bandit=True)
     return w
 
 
