@@ -107,31 +107,9 @@ class Strategies:
 
     @staticmethod
     def popularity(engine: FeedbackEngine, user_id: str, k: int) -> list[Recommendation]:
-        """All-time most popular items the user has not bought or reviewed.
-
-        Uses the engine's own popularity counts (``engine.recommender.popularity``)
-        and the same exclusion rule as :meth:`FeedbackEngine.recommend`; ties
-        are broken by catalogue order. One vectorised pass over the catalogue.
-        """
-        n = len(engine.catalogue)
-        if n == 0 or k <= 0:
-            return []
-        counts = engine.recommender.popularity.all_time(n)
-        scores = np.where(counts > 0, counts, -np.inf)
-        profile = engine.profiles.get(user_id)
-        if profile is not None and profile.seen:
-            seen = np.array([i for i, kind in profile.seen.items() if kind != "click"], dtype=int)
-            if seen.size:
-                scores[seen[seen < n]] = -np.inf
-        k = min(k, int(np.count_nonzero(np.isfinite(scores))))
-        if k <= 0:
-            return []
-        part = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
-        order = part[np.lexsort((part, -scores[part]))]
-        return [
-            Recommendation(engine.catalogue.ids[int(i)], float(scores[i]), "popular with everyone")
-            for i in order
-        ]
+        """All-time most popular items the user has not bought or reviewed
+        (:meth:`FeedbackEngine.popular`)."""
+        return engine.popular(user_id, k)
 
     def explore(
         self,

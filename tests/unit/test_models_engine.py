@@ -133,3 +133,16 @@ def test_tick_is_cheap_and_returns_alerts() -> None:
     alerts = engine.tick(T0 + 365 * 86_400.0)
     assert all(a.kind == "churn_risk" for a in alerts)
     assert engine.tick(T0 + 366 * 86_400.0) == []
+
+
+def test_popular_is_the_all_time_ranking_minus_what_the_user_bought_or_reviewed() -> None:
+    engine = FeedbackEngine()
+    buys = [("a", "x"), ("b", "x"), ("c", "x"), ("a", "y"), ("b", "y"), ("d", "z")]
+    for i, (user, item) in enumerate(buys):
+        engine.process(Event("purchase", f"p{i}", user, item, T0 + i, quantity=1, price=1.0))
+    engine.process(Event("click", "c0", "d", "x", T0 + 10))
+    engine.process(Event("review", "r0", "d", "y", T0 + 11, rating=2.0))
+    # d reviewed y and bought z: only x (clicked, not bought) is left, first by count.
+    assert [r.item_id for r in engine.popular("d", 3)] == ["x"]
+    assert [r.item_id for r in engine.popular("new-user", 3)] == ["x", "y", "z"]
+    assert engine.popular("a", 0) == [] and FeedbackEngine().popular("a") == []
