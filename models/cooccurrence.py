@@ -138,8 +138,13 @@ class ItemCooccurrence:
         if nb_item.n > 2 * self.max_neighbours:
             nb_item.prune(self.max_neighbours)
 
-    def scores(self, history: Sequence[tuple[int, float]], n: int) -> np.ndarray:
-        """Scores of items ``0..n-1`` given ``(item, recency weight)`` pairs."""
+    def scores(
+        self, history: Sequence[tuple[int, float]], n: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Scores of items ``0..n-1`` given ``(item, recency weight)`` pairs.
+
+        Written into ``out`` (length ``n``) when given, to spare the caller a copy.
+        """
         keys: list[np.ndarray] = []
         vals: list[np.ndarray] = []
         if n > self._mass.shape[0]:
@@ -153,11 +158,22 @@ class ItemCooccurrence:
                 continue
             keys.append(nb.keys[: nb.n])
             vals.append(nb.values[: nb.n] * (r / math.sqrt(mass[h] + 1.0)))
+        if out is None:
+            out = np.empty(n)
         if not keys:
-            return np.zeros(n)
-        idx = np.concatenate(keys)
-        out: np.ndarray = np.bincount(idx, weights=np.concatenate(vals), minlength=n)[:n]
-        return np.multiply(out, self._norm[:n], out=out)
+            out.fill(0.0)
+        elif len(keys) == 1:
+            # One source (the "sequence" signal): its keys are distinct, so a
+            # scatter gives what bincount would, without a pass over the catalogue.
+            out.fill(0.0)
+            idx, v = keys[0], vals[0]
+            keep = idx < n
+            idx, v = idx[keep], v[keep]
+            out[idx] = v * self._norm[idx]
+        else:
+            counts = np.bincount(np.concatenate(keys), weights=np.concatenate(vals), minlength=n)
+            np.multiply(counts[:n], self._norm[:n], out=out)
+        return out
 
     def strongest_source(
         self, history: Sequence[tuple[int, float]], candidate: int

@@ -224,14 +224,21 @@ class ImplicitFactorization:
             )
             self._n_items = item + 1
 
-    def scores(self, user: str, n: int) -> np.ndarray:
-        """Preference scores of items ``0..n-1`` (zeros for an unknown user)."""
-        out = np.zeros(n)
+    def scores(self, user: str, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Preference scores of items ``0..n-1`` (zeros for an unknown user).
+
+        Written into ``out`` (length ``n``) when given: no temporary per call.
+        """
+        if out is None:
+            out = np.empty(n)
         m = min(n, self._n_items)
         vec = self.user_vec.get(user)
-        out[:m] = self.item_bias[:m]
         if vec is not None:
-            out[:m] += self.item_vec[:m] @ vec
+            np.matmul(self.item_vec[:m], vec, out=out[:m])
+            out[:m] += self.item_bias[:m]
+        else:
+            out[:m] = self.item_bias[:m]
+        out[m:] = 0.0
         return out
 
     def learn(self, user: str, item: int, weight: float, n_items: int) -> None:
