@@ -117,25 +117,39 @@ class ItemCooccurrence:
         self._ensure(item)
         if weight <= 0.0:
             return
-        nb_item = self.neighbours[item]
+        neighbours = self.neighbours
+        nb_item = neighbours[item]
+        mass, norm, exponent = self._mass, self._norm, -self.alpha
+        cap = 2 * self.max_neighbours
         decay = 1.0
         total = 0.0
+        # The hot loop of learning (up to 2 x history_size pair updates per event):
+        # an existing pair is updated inline, Neighbours.add only makes new ones.
         for h, w_h in reversed(history):
             if h != item and w_h > 0.0:
                 w = min(weight, w_h) * decay
-                nb_h = self.neighbours[h]
-                nb_h.add(item, w)
-                nb_item.add(h, w)
-                mass_h = self._mass[h] + w
-                self._mass[h] = mass_h
-                self._norm[h] = (mass_h + 1.0) ** -self.alpha
+                nb_h = neighbours[h]
+                slot = nb_h.slots.get(item)
+                if slot is None:
+                    nb_h.add(item, w)
+                else:
+                    nb_h.values[slot] += w
+                slot = nb_item.slots.get(h)
+                if slot is None:
+                    nb_item.add(h, w)
+                else:
+                    nb_item.values[slot] += w
+                mass_h = float(mass[h]) + w
+                mass[h] = mass_h
+                norm[h] = (mass_h + 1.0) ** exponent
                 total += w
-                if nb_h.n > 2 * self.max_neighbours:
+                if nb_h.n > cap:
                     nb_h.prune(self.max_neighbours)
             decay *= self.gamma
-        self._mass[item] += total
-        self._norm[item] = (self._mass[item] + 1.0) ** -self.alpha
-        if nb_item.n > 2 * self.max_neighbours:
+        mass_item = float(mass[item]) + total
+        mass[item] = mass_item
+        norm[item] = (mass_item + 1.0) ** exponent
+        if nb_item.n > cap:
             nb_item.prune(self.max_neighbours)
 
     def scores(
@@ -147,17 +161,20 @@ class ItemCooccurrence:
         """
         keys: list[np.ndarray] = []
         vals: list[np.ndarray] = []
+        factors: list[float] = []
         if n > self._mass.shape[0]:
             self._ensure(n - 1)
         mass = self._mass
+        neighbours = self.neighbours
         for h, r in history:
-            if h >= len(self.neighbours):
+            if h >= len(neighbours):
                 continue
-            nb = self.neighbours[h]
+            nb = neighbours[h]
             if nb.n == 0 or r <= 0.0:
                 continue
             keys.append(nb.keys[: nb.n])
-            vals.append(nb.values[: nb.n] * (r / math.sqrt(mass[h] + 1.0)))
+            vals.append(nb.values[: nb.n])
+            factors.append(r / math.sqrt(mass[h] + 1.0))
         if out is None:
             out = np.empty(n)
         if not keys:
@@ -166,12 +183,14 @@ class ItemCooccurrence:
             # One source (the "sequence" signal): its keys are distinct, so a
             # scatter gives what bincount would, without a pass over the catalogue.
             out.fill(0.0)
-            idx, v = keys[0], vals[0]
+            idx, v = keys[0], vals[0] * factors[0]
             keep = idx < n
             idx, v = idx[keep], v[keep]
             out[idx] = v * self._norm[idx]
         else:
-            counts = np.bincount(np.concatenate(keys), weights=np.concatenate(vals), minlength=n)
+            # One multiply for all sources (each source's weights times its factor).
+            weights = np.concatenate(vals) * np.repeat(factors, [k.shape[0] for k in keys])
+            counts = np.bincount(np.concatenate(keys), weights=weights, minlength=n)
             np.multiply(counts[:n], self._norm[:n], out=out)
         return out
 
