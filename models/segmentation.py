@@ -219,8 +219,9 @@ class OnlineSegmentation:
             label = int(self.labels[row])
             return None if label < 0 else label
         current = int(self.labels[row])
-        d = self._distances(vector[None])[0]
-        best = int(d.argmin())
+        diff = (vector - self.centres) / self._scale()[1]  # one user: no (1, k, d) array
+        d = (diff * diff).sum(axis=1).tolist()
+        best = d.index(min(d))
         if current >= 0 and d[best] >= (1.0 - self.margin) ** 2 * d[current]:
             best = current
         self.labels[row] = best
