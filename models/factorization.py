@@ -268,17 +268,18 @@ class ImplicitFactorization:
                 continue
             q_other = self.item_vec[other]
             diff = q_item - q_other
-            x = sign * (float(p @ diff) + bias[item] - bias[other])
+            b_item, b_other = float(bias[item]), float(bias[other])
+            x = sign * (float(p @ diff) + b_item - b_other)
             g = lr * sign / (1.0 + math.exp(min(x, 30.0)))  # lr * sign * sigmoid(-x)
-            p_old = p.copy()
+            step = g * p  # g * p before p's own update (no copy of p needed)
             p *= shrink
             p += g * diff
             q_item *= shrink
-            q_item += g * p_old
+            q_item += step
             q_other *= shrink
-            q_other -= g * p_old
-            bias[item] = bias[item] * shrink + g
-            bias[other] = bias[other] * shrink - g
+            q_other -= step
+            bias[item] = b_item * shrink + g
+            bias[other] = b_other * shrink - g
         if weight > 0:
             if len(recent) < 4096:
                 recent.append(item)
