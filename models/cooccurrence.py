@@ -198,10 +198,23 @@ class ItemCooccurrence:
         self, history: Sequence[tuple[int, float]], candidate: int
     ) -> int | None:
         """The history item contributing most to ``candidate``'s score (for reasons)."""
-        best, best_w = None, 0.0
+        return self.strongest_sources(history, [candidate])[candidate]
+
+    def strongest_sources(
+        self, history: Sequence[tuple[int, float]], candidates: Sequence[int]
+    ) -> dict[int, int | None]:
+        """:meth:`strongest_source` of several candidates in one pass over the history."""
+        best: dict[int, int | None] = dict.fromkeys(candidates)
+        best_w = dict.fromkeys(candidates, 0.0)
         for h, r in history:
-            if h < len(self.neighbours):
-                w = self.neighbours[h].get(candidate) * r / math.sqrt(self._mass[h] + 1.0)
-                if w > best_w:
-                    best, best_w = h, w
+            if h >= len(self.neighbours):
+                continue
+            nb = self.neighbours[h]
+            root = math.sqrt(self._mass[h] + 1.0)
+            for c in candidates:
+                slot = nb.slots.get(c)
+                if slot is not None:  # absent pairs weigh 0: never the strongest
+                    w = float(nb.values[slot]) * r / root
+                    if w > best_w[c]:
+                        best[c], best_w[c] = h, w
         return best

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,30 +271,53 @@ class BlendedRecommender:
         self, scored: Scored, item: int, profile: UserProfile, catalogue: ItemCatalogue
     ) -> str:
         """Short human-readable reason: the signal contributing most to ``item``."""
-        contrib = self.weights * scored.column(item)
-        best = FEATURES[int(contrib.argmax())]
-        if best == "sequence":
-            last = profile.history[-1][0] if profile.history else None
-            if last is not None:
-                return f"often chosen right after {catalogue.ids[last]}"
-        if best == "cooccurrence":
-            source = self.cooccurrence.strongest_source(self.recency_weighted(profile), item)
-            if source is not None:
+        return self.reasons(scored, [item], profile, catalogue)[0]
+
+    def reasons(
+        self,
+        scored: Scored,
+        items: Sequence[int],
+        profile: UserProfile,
+        catalogue: ItemCatalogue,
+    ) -> list[str]:
+        """:meth:`reason` of each of ``items``: one gather of their feature columns, one
+        pass over the user's history for those explained by co-occurrence."""
+        if not items:
+            return []
+        columns = np.where(scored.present[:, None], scored.matrix[:, items], 0.0)
+        best = [FEATURES[int(j)] for j in (self.weights[:, None] * columns).argmax(axis=0)]
+        together = [i for i, b in zip(items, best, strict=True) if b == "cooccurrence"]
+        sources = (
+            self.cooccurrence.strongest_sources(self.recency_weighted(profile), together)
+            if together
+            else {}
+        )
+        last = profile.history[-1][0] if profile.history else None
+        out = []
+        for item, signal in zip(items, best, strict=True):
+            source = sources.get(item)
+            if signal == "sequence" and last is not None:
+                out.append(f"often chosen right after {catalogue.ids[last]}")
+            elif signal == "cooccurrence" and source is not None:
                 verb = profile.seen.get(source, "purchase")
                 text = {
                     "purchase": "bought together with",
                     "review": "liked by people who liked",
                     "click": "viewed together with",
                 }[verb]
-                return f"{text} {catalogue.ids[source]}"
-        return {
-            "cooccurrence": "related to your recent activity",
-            "sequence": "related to your recent activity",
-            "taste": "matches your taste",
-            "trending": "popular right now",
-            "bestseller": "a best seller",
-            "segment": f"popular in your segment ({profile.segment})",
-        }[best]
+                out.append(f"{text} {catalogue.ids[source]}")
+            else:
+                out.append(
+                    {
+                        "cooccurrence": "related to your recent activity",
+                        "sequence": "related to your recent activity",
+                        "taste": "matches your taste",
+                        "trending": "popular right now",
+                        "bestseller": "a best seller",
+                        "segment": f"popular in your segment ({profile.segment})",
+                    }[signal]
+                )
+        return out
 
     # -- learning --------------------------------------------------------------
     def learn_blend(self, scored: Scored, item: int) -> None:
