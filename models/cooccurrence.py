@@ -32,16 +32,20 @@ class Neighbours:
         """Add ``weight`` to the pair with ``item``."""
         slot = self.slots.get(item)
         if slot is None:
-            slot = self.n
-            if slot == self.keys.shape[0]:
-                self.keys = grown(self.keys, slot + 1)
-                self.values = grown(self.values, slot + 1)
-            self.slots[item] = slot
-            self.keys[slot] = item
-            self.values[slot] = weight
-            self.n = slot + 1
+            self.append(item, weight)
         else:
             self.values[slot] += weight
+
+    def append(self, item: int, weight: float) -> None:
+        """Start the pair with ``item``, known to be absent, at ``weight``."""
+        slot = self.n
+        if slot == self.keys.shape[0]:
+            self.keys = grown(self.keys, slot + 1)
+            self.values = grown(self.values, slot + 1)
+        self.slots[item] = slot
+        self.keys[slot] = item
+        self.values[slot] = weight
+        self.n = slot + 1
 
     def get(self, item: int) -> float:
         """Weight of the pair with ``item`` (0 if absent)."""
@@ -124,29 +128,29 @@ class ItemCooccurrence:
         decay = 1.0
         total = 0.0
         # The hot loop of learning (up to 2 x history_size pair updates per event):
-        # an existing pair is updated inline, Neighbours.add only makes new ones.
+        # existing pairs are updated inline, new ones appended without a second lookup.
         for h, w_h in reversed(history):
             if h != item and w_h > 0.0:
                 w = min(weight, w_h) * decay
                 nb_h = neighbours[h]
                 slot = nb_h.slots.get(item)
                 if slot is None:
-                    nb_h.add(item, w)
+                    nb_h.append(item, w)
                 else:
                     nb_h.values[slot] += w
                 slot = nb_item.slots.get(h)
                 if slot is None:
-                    nb_item.add(h, w)
+                    nb_item.append(h, w)
                 else:
                     nb_item.values[slot] += w
-                mass_h = float(mass[h]) + w
+                mass_h = mass.item(h) + w
                 mass[h] = mass_h
                 norm[h] = (mass_h + 1.0) ** exponent
                 total += w
                 if nb_h.n > cap:
                     nb_h.prune(self.max_neighbours)
             decay *= self.gamma
-        mass_item = float(mass[item]) + total
+        mass_item = mass.item(item) + total
         mass[item] = mass_item
         norm[item] = (mass_item + 1.0) ** exponent
         if nb_item.n > cap:
