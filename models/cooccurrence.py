@@ -32,16 +32,20 @@ class Neighbours:
         """Add ``weight`` to the pair with ``item``."""
         slot = self.slots.get(item)
         if slot is None:
-            slot = self.n
-            if slot == self.keys.shape[0]:
-                self.keys = grown(self.keys, slot + 1)
-                self.values = grown(self.values, slot + 1)
-            self.slots[item] = slot
-            self.keys[slot] = item
-            self.values[slot] = weight
-            self.n = slot + 1
+            self.append(item, weight)
         else:
             self.values[slot] += weight
+
+    def append(self, item: int, weight: float) -> None:
+        """Start the pair with ``item``, known to be absent, at ``weight``."""
+        slot = self.n
+        if slot == self.keys.shape[0]:
+            self.keys = grown(self.keys, slot + 1)
+            self.values = grown(self.values, slot + 1)
+        self.slots[item] = slot
+        self.keys[slot] = item
+        self.values[slot] = weight
+        self.n = slot + 1
 
     def get(self, item: int) -> float:
         """Weight of the pair with ``item`` (0 if absent)."""
@@ -117,56 +121,104 @@ class ItemCooccurrence:
         self._ensure(item)
         if weight <= 0.0:
             return
-        nb_item = self.neighbours[item]
+        neighbours = self.neighbours
+        nb_item = neighbours[item]
+        mass, norm, exponent = self._mass, self._norm, -self.alpha
+        cap = 2 * self.max_neighbours
         decay = 1.0
         total = 0.0
+        # The hot loop of learning (up to 2 x history_size pair updates per event):
+        # existing pairs are updated inline, new ones appended without a second lookup.
         for h, w_h in reversed(history):
             if h != item and w_h > 0.0:
                 w = min(weight, w_h) * decay
-                nb_h = self.neighbours[h]
-                nb_h.add(item, w)
-                nb_item.add(h, w)
-                mass_h = self._mass[h] + w
-                self._mass[h] = mass_h
-                self._norm[h] = (mass_h + 1.0) ** -self.alpha
+                nb_h = neighbours[h]
+                slot = nb_h.slots.get(item)
+                if slot is None:
+                    nb_h.append(item, w)
+                else:
+                    nb_h.values[slot] += w
+                slot = nb_item.slots.get(h)
+                if slot is None:
+                    nb_item.append(h, w)
+                else:
+                    nb_item.values[slot] += w
+                mass_h = mass.item(h) + w
+                mass[h] = mass_h
+                norm[h] = (mass_h + 1.0) ** exponent
                 total += w
-                if nb_h.n > 2 * self.max_neighbours:
+                if nb_h.n > cap:
                     nb_h.prune(self.max_neighbours)
             decay *= self.gamma
-        self._mass[item] += total
-        self._norm[item] = (self._mass[item] + 1.0) ** -self.alpha
-        if nb_item.n > 2 * self.max_neighbours:
+        mass_item = mass.item(item) + total
+        mass[item] = mass_item
+        norm[item] = (mass_item + 1.0) ** exponent
+        if nb_item.n > cap:
             nb_item.prune(self.max_neighbours)
 
-    def scores(self, history: Sequence[tuple[int, float]], n: int) -> np.ndarray:
-        """Scores of items ``0..n-1`` given ``(item, recency weight)`` pairs."""
+    def scores(
+        self, history: Sequence[tuple[int, float]], n: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Scores of items ``0..n-1`` given ``(item, recency weight)`` pairs.
+
+        Written into ``out`` (length ``n``) when given, to spare the caller a copy.
+        """
         keys: list[np.ndarray] = []
         vals: list[np.ndarray] = []
+        factors: list[float] = []
         if n > self._mass.shape[0]:
             self._ensure(n - 1)
         mass = self._mass
+        neighbours = self.neighbours
         for h, r in history:
-            if h >= len(self.neighbours):
+            if h >= len(neighbours):
                 continue
-            nb = self.neighbours[h]
+            nb = neighbours[h]
             if nb.n == 0 or r <= 0.0:
                 continue
             keys.append(nb.keys[: nb.n])
-            vals.append(nb.values[: nb.n] * (r / math.sqrt(mass[h] + 1.0)))
+            vals.append(nb.values[: nb.n])
+            factors.append(r / math.sqrt(mass[h] + 1.0))
+        if out is None:
+            out = np.empty(n)
         if not keys:
-            return np.zeros(n)
-        idx = np.concatenate(keys)
-        out: np.ndarray = np.bincount(idx, weights=np.concatenate(vals), minlength=n)[:n]
-        return np.multiply(out, self._norm[:n], out=out)
+            out.fill(0.0)
+        elif len(keys) == 1:
+            # One source (the "sequence" signal): its keys are distinct, so a
+            # scatter gives what bincount would, without a pass over the catalogue.
+            out.fill(0.0)
+            idx, v = keys[0], vals[0] * factors[0]
+            keep = idx < n
+            idx, v = idx[keep], v[keep]
+            out[idx] = v * self._norm[idx]
+        else:
+            # One multiply for all sources (each source's weights times its factor).
+            weights = np.concatenate(vals) * np.repeat(factors, [k.shape[0] for k in keys])
+            counts = np.bincount(np.concatenate(keys), weights=weights, minlength=n)
+            np.multiply(counts[:n], self._norm[:n], out=out)
+        return out
 
     def strongest_source(
         self, history: Sequence[tuple[int, float]], candidate: int
     ) -> int | None:
         """The history item contributing most to ``candidate``'s score (for reasons)."""
-        best, best_w = None, 0.0
+        return self.strongest_sources(history, [candidate])[candidate]
+
+    def strongest_sources(
+        self, history: Sequence[tuple[int, float]], candidates: Sequence[int]
+    ) -> dict[int, int | None]:
+        """:meth:`strongest_source` of several candidates in one pass over the history."""
+        best: dict[int, int | None] = dict.fromkeys(candidates)
+        best_w = dict.fromkeys(candidates, 0.0)
         for h, r in history:
-            if h < len(self.neighbours):
-                w = self.neighbours[h].get(candidate) * r / math.sqrt(self._mass[h] + 1.0)
-                if w > best_w:
-                    best, best_w = h, w
+            if h >= len(self.neighbours):
+                continue
+            nb = self.neighbours[h]
+            root = math.sqrt(self._mass[h] + 1.0)
+            for c in candidates:
+                slot = nb.slots.get(c)
+                if slot is not None:  # absent pairs weigh 0: never the strongest
+                    w = float(nb.values[slot]) * r / root
+                    if w > best_w[c]:
+                        best[c], best_w[c] = h, w
         return best

@@ -444,13 +444,11 @@ class FeedbackEngine:
         if profile is None:
             profile = UserProfile(user_id, 0.0, 0.0, deque(maxlen=self.config.history_size))
         scored = self.recommender.score(profile, n, exclude_all_seen=False)
+        top = self.recommender.top(scored, k)
+        reasons = self.recommender.reasons(scored, top, profile, self.catalogue)
         return [
-            Recommendation(
-                self.catalogue.ids[i],
-                float(scored.scores[i]),
-                self.recommender.reason(scored, i, profile, self.catalogue),
-            )
-            for i in self.recommender.top(scored, k)
+            Recommendation(self.catalogue.ids[i], float(scored.scores[i]), reason)
+            for i, reason in zip(top, reasons, strict=True)
         ]
 
     def segment_of(self, user_id: str) -> int | None:

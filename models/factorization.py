@@ -224,14 +224,21 @@ class ImplicitFactorization:
             )
             self._n_items = item + 1
 
-    def scores(self, user: str, n: int) -> np.ndarray:
-        """Preference scores of items ``0..n-1`` (zeros for an unknown user)."""
-        out = np.zeros(n)
+    def scores(self, user: str, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Preference scores of items ``0..n-1`` (zeros for an unknown user).
+
+        Written into ``out`` (length ``n``) when given: no temporary per call.
+        """
+        if out is None:
+            out = np.empty(n)
         m = min(n, self._n_items)
         vec = self.user_vec.get(user)
-        out[:m] = self.item_bias[:m]
         if vec is not None:
-            out[:m] += self.item_vec[:m] @ vec
+            np.matmul(self.item_vec[:m], vec, out=out[:m])
+            out[:m] += self.item_bias[:m]
+        else:
+            out[:m] = self.item_bias[:m]
+        out[m:] = 0.0
         return out
 
     def learn(self, user: str, item: int, weight: float, n_items: int) -> None:
@@ -261,17 +268,18 @@ class ImplicitFactorization:
                 continue
             q_other = self.item_vec[other]
             diff = q_item - q_other
-            x = sign * (float(p @ diff) + bias[item] - bias[other])
+            b_item, b_other = float(bias[item]), float(bias[other])
+            x = sign * (float(p @ diff) + b_item - b_other)
             g = lr * sign / (1.0 + math.exp(min(x, 30.0)))  # lr * sign * sigmoid(-x)
-            p_old = p.copy()
+            step = g * p  # g * p before p's own update (no copy of p needed)
             p *= shrink
             p += g * diff
             q_item *= shrink
-            q_item += g * p_old
+            q_item += step
             q_other *= shrink
-            q_other -= g * p_old
-            bias[item] = bias[item] * shrink + g
-            bias[other] = bias[other] * shrink - g
+            q_other -= step
+            bias[item] = b_item * shrink + g
+            bias[other] = b_other * shrink - g
         if weight > 0:
             if len(recent) < 4096:
                 recent.append(item)

@@ -53,10 +53,11 @@ class DecayedPopularity:
             self._scaled *= math.exp(-exponent)
             self.t_ref = t
             exponent = 0.0
-        self._scaled = grown(self._scaled, item + 1)
-        self._counts = grown(self._counts, item + 1)
-        self._scaled[item] = max(0.0, self._scaled[item] + weight * math.exp(exponent))
-        self._counts[item] = max(0.0, self._counts[item] + weight)
+        if item >= self._scaled.shape[0] or item >= self._counts.shape[0]:
+            self._scaled = grown(self._scaled, item + 1)
+            self._counts = grown(self._counts, item + 1)
+        self._scaled[item] = max(0.0, self._scaled.item(item) + weight * math.exp(exponent))
+        self._counts[item] = max(0.0, self._counts.item(item) + weight)
 
     def recent(self, n: int) -> np.ndarray:
         """Decayed popularity of items ``0..n-1`` in weight units at the latest event time."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +55,7 @@ def _unit_z(values: np.ndarray, out: np.ndarray) -> bool:
         return False
     np.subtract(values, mean, out=out)
     out *= 1.0 / (3.0 * std)
-    np.minimum(out, 1.0, out=out)  # two ufuncs: cheaper than np.clip's dispatch
-    np.maximum(out, -1.0, out=out)
+    np.clip(out, -1.0, 1.0, out=out)  # one pass; np.minimum + np.maximum cost 3x more
     return True
 
 
@@ -172,6 +172,7 @@ class BlendedRecommender:
         self._matrix_rows: np.ndarray | None = None  # the trending row copied into it
         self._segment_cache: dict[int, np.ndarray] = {}
         self._since_cache = 0
+        self._softmax: np.ndarray | None = None  # scratch of learn_blend
 
     # -- scoring ---------------------------------------------------------------
     def recency_weighted(self, profile: UserProfile) -> list[tuple[int, float]]:
@@ -212,11 +213,12 @@ class BlendedRecommender:
         present = np.zeros(len(FEATURES), dtype=bool)
         user = profile.user_id
         history = self.recency_weighted(profile)
+        # Each signal is computed straight into its row, then scaled in place.
         if history:
-            present[0] = _unit_max(self.cooccurrence.scores(history, n), m[0])
-            present[1] = _unit_max(self.cooccurrence.scores(history[:1], n), m[1])
+            present[0] = _unit_max(self.cooccurrence.scores(history, n, out=m[0]), m[0])
+            present[1] = _unit_max(self.cooccurrence.scores(history[:1], n, out=m[1]), m[1])
         if user in self.taste.user_vec:
-            present[2] = _unit_z(self.taste.scores(user, n), m[2])
+            present[2] = _unit_z(self.taste.scores(user, n, out=m[2]), m[2])
         popular = self._popularity_rows(n, profile.segment)
         if self._matrix_rows is not popular[0]:  # global rows change only with the cache
             m[3] = popular[0]
@@ -269,30 +271,53 @@ class BlendedRecommender:
         self, scored: Scored, item: int, profile: UserProfile, catalogue: ItemCatalogue
     ) -> str:
         """Short human-readable reason: the signal contributing most to ``item``."""
-        contrib = self.weights * scored.column(item)
-        best = FEATURES[int(contrib.argmax())]
-        if best == "sequence":
-            last = profile.history[-1][0] if profile.history else None
-            if last is not None:
-                return f"often chosen right after {catalogue.ids[last]}"
-        if best == "cooccurrence":
-            source = self.cooccurrence.strongest_source(self.recency_weighted(profile), item)
-            if source is not None:
+        return self.reasons(scored, [item], profile, catalogue)[0]
+
+    def reasons(
+        self,
+        scored: Scored,
+        items: Sequence[int],
+        profile: UserProfile,
+        catalogue: ItemCatalogue,
+    ) -> list[str]:
+        """:meth:`reason` of each of ``items``: one gather of their feature columns, one
+        pass over the user's history for those explained by co-occurrence."""
+        if not items:
+            return []
+        columns = np.where(scored.present[:, None], scored.matrix[:, items], 0.0)
+        best = [FEATURES[int(j)] for j in (self.weights[:, None] * columns).argmax(axis=0)]
+        together = [i for i, b in zip(items, best, strict=True) if b == "cooccurrence"]
+        sources = (
+            self.cooccurrence.strongest_sources(self.recency_weighted(profile), together)
+            if together
+            else {}
+        )
+        last = profile.history[-1][0] if profile.history else None
+        out = []
+        for item, signal in zip(items, best, strict=True):
+            source = sources.get(item)
+            if signal == "sequence" and last is not None:
+                out.append(f"often chosen right after {catalogue.ids[last]}")
+            elif signal == "cooccurrence" and source is not None:
                 verb = profile.seen.get(source, "purchase")
                 text = {
                     "purchase": "bought together with",
                     "review": "liked by people who liked",
                     "click": "viewed together with",
                 }[verb]
-                return f"{text} {catalogue.ids[source]}"
-        return {
-            "cooccurrence": "related to your recent activity",
-            "sequence": "related to your recent activity",
-            "taste": "matches your taste",
-            "trending": "popular right now",
-            "bestseller": "a best seller",
-            "segment": f"popular in your segment ({profile.segment})",
-        }[best]
+                out.append(f"{text} {catalogue.ids[source]}")
+            else:
+                out.append(
+                    {
+                        "cooccurrence": "related to your recent activity",
+                        "sequence": "related to your recent activity",
+                        "taste": "matches your taste",
+                        "trending": "popular right now",
+                        "bestseller": "a best seller",
+                        "segment": f"popular in your segment ({profile.segment})",
+                    }[signal]
+                )
+        return out
 
     # -- learning --------------------------------------------------------------
     def learn_blend(self, scored: Scored, item: int) -> None:
@@ -307,11 +332,21 @@ class BlendedRecommender:
         s = scored.scores
         if s.shape[0] < 2 or not np.isfinite(s[item]):
             return
-        p = np.exp(s - s.max())  # excluded items (-inf) get probability 0
+        p = self._softmax_buffer(s.shape[0])
+        np.subtract(s, s.max(), out=p)
+        np.exp(p, out=p)  # excluded items (-inf) get probability 0
         p /= p.sum()
         expected = np.where(scored.present, scored.matrix @ p, 0.0)  # E_p[f], one BLAS pass
         grad = scored.column(item) - expected
         self.weights += self.blend_lr * (grad - self.blend_l2 * (self.weights - self.prior))
+
+    def _softmax_buffer(self, n: int) -> np.ndarray:
+        """A reused scratch vector of length ``n`` (no allocation per positive event)."""
+        buffer = getattr(self, "_softmax", None)  # absent from older checkpoints
+        if buffer is None or buffer.shape[0] < n:
+            buffer = np.empty(max(n, 2 * (0 if buffer is None else buffer.shape[0])))
+            self._softmax = buffer
+        return buffer[:n]
 
     def learn(
         self,

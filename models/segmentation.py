@@ -31,14 +31,18 @@ def kmeans_fit(
         c = np.stack(centres).astype(float)
         labels = np.full(len(x), -1)
         for _ in range(iters):
-            new = ((x[:, None, :] - c[None]) ** 2).sum(axis=2).argmin(axis=1)
+            # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 is the same for every
+            # centre, so the nearest centre needs only one matrix product (6x
+            # cheaper than the (n, k, d) difference array).
+            new = ((c * c).sum(axis=1) - 2.0 * (x @ c.T)).argmin(axis=1)
             if np.array_equal(new, labels):
                 break
             labels = new
-            for j in range(k):
-                members = labels == j
-                if members.any():
-                    c[j] = x[members].mean(axis=0)
+            members = labels == np.arange(k)[:, None]  # (k, n) one-hot
+            counts = members.sum(axis=1)
+            sums = members.astype(float) @ x  # every centre's sum in one product
+            filled = counts > 0
+            c[filled] = sums[filled] / counts[filled, None]
         inertia = float(((x - c[labels]) ** 2).sum())
         if inertia < best_inertia:
             best_c, best_inertia = c, inertia
@@ -215,8 +219,9 @@ class OnlineSegmentation:
             label = int(self.labels[row])
             return None if label < 0 else label
         current = int(self.labels[row])
-        d = self._distances(vector[None])[0]
-        best = int(d.argmin())
+        diff = (vector - self.centres) / self._scale()[1]  # one user: no (1, k, d) array
+        d = (diff * diff).sum(axis=1).tolist()
+        best = d.index(min(d))
         if current >= 0 and d[best] >= (1.0 - self.margin) ** 2 * d[current]:
             best = current
         self.labels[row] = best

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from river import anomaly
 
-from models.alerts import BehaviourAnomaly, Cooldown, QualityDrift
+from models.alerts import BehaviourAnomaly, Cooldown, QualityDrift, _score_then_learn
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
 
@@ -79,6 +80,23 @@ def test_anomaly_detector_warms_up_before_scoring() -> None:
     scores = [det.score_and_learn([1.0, 2.0]) for _ in range(12)]
     assert scores[:10] == [None] * 10
     assert all(s is not None and 0.0 <= s <= 1.0 for s in scores[10:])
+
+
+def test_fused_walk_matches_rivers_score_then_learn() -> None:
+    # The one-walk score-and-learn must give River's scores and leave River's masses.
+    ours = anomaly.HalfSpaceTrees(n_trees=5, height=6, window_size=40, seed=3)
+    river = anomaly.HalfSpaceTrees(n_trees=5, height=6, window_size=40, seed=3)
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        x = dict(enumerate(np.clip(rng.normal(0.5, 0.2, 5), 0.0, 1.0).tolist()))
+        if i % 97 == 0:
+            x[2] = 0.999  # now and then an outlier
+        expected = float(river.score_one(x)) if i >= 60 else None
+        river.learn_one(x)
+        assert _score_then_learn(ours, x, score=i >= 60) == expected
+    masses = [[(n.l_mass, n.r_mass) for n in nodes] for nodes in ours._tree_nodes]
+    assert masses == [[(n.l_mass, n.r_mass) for n in nodes] for nodes in river._tree_nodes]
+    assert ours.counter == river.counter
 
 
 def test_drift_only_on_worse_quality() -> None:

@@ -142,3 +142,22 @@ def test_rank_of_breaks_ties_by_index() -> None:
     assert BlendedRecommender.rank_of(s, 2) == 1
     assert BlendedRecommender.rank_of(s, 3) is None
     assert BlendedRecommender(seed=0).top(s, 5) == [1, 2, 0]
+
+
+def test_strongest_sources_of_many_candidates_match_one_by_one() -> None:
+    co = ItemCooccurrence()
+    rng = np.random.default_rng(5)
+    history: deque[tuple[int, float]] = deque(maxlen=6)
+    for _ in range(400):
+        item = int(rng.integers(0, 30))
+        co.learn(history, item, float(rng.choice([0.3, 1.0])))
+        history.append((item, 1.0))
+    recent = [(h, 0.9**k) for k, (h, _) in enumerate(reversed(history))]
+    candidates = list(range(30))
+
+    def brute(c: int) -> int | None:  # the definition: largest C[h, c] * r_h / sqrt(m_h + 1)
+        weights = [co.neighbours[h].get(c) * r / np.sqrt(co._mass[h] + 1.0) for h, r in recent]
+        top = max(range(len(recent)), key=lambda k: (weights[k], -k))
+        return recent[top][0] if weights[top] > 0 else None
+
+    assert co.strongest_sources(recent, candidates) == {c: brute(c) for c in candidates}
