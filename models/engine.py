@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -430,9 +431,14 @@ class FeedbackEngine:
 
     # -- queries -----------------------------------------------------------------
     def recommend(
-        self, user_id: str, k: int = 10, now: float | None = None
+        self,
+        user_id: str,
+        k: int = 10,
+        now: float | None = None,
+        avoid: Collection[str] = (),
     ) -> list[Recommendation]:
-        """Top-``k`` items for ``user_id``, excluding items they bought or reviewed.
+        """Top-``k`` items for ``user_id``, excluding items they bought or reviewed
+        and the ``avoid`` items (e.g. those the user keeps passing over).
 
         An unknown user gets the popular items. ``now`` is accepted for
         interface stability; popularity is already decayed to the latest event.
@@ -444,6 +450,8 @@ class FeedbackEngine:
         if profile is None:
             profile = UserProfile(user_id, 0.0, 0.0, deque(maxlen=self.config.history_size))
         scored = self.recommender.score(profile, n, exclude_all_seen=False)
+        # Excluded before the top k is taken, so reasons are built for the k returned only.
+        self._exclude(scored.scores, avoid)
         top = self.recommender.top(scored, k)
         reasons = self.recommender.reasons(scored, top, profile, self.catalogue)
         return [
@@ -497,8 +505,19 @@ class FeedbackEngine:
         summary["churn_risk"] = None if risk is None or math.isnan(risk) else risk
         return summary
 
-    def popular(self, user_id: str, k: int = 10) -> list[Recommendation]:
-        """All-time most popular items ``user_id`` has not bought or reviewed.
+    def _exclude(self, scores: np.ndarray, items: Collection[str]) -> None:
+        """Set the scores of ``items`` (ids; unknown ones ignored) to ``-inf``."""
+        if not items:
+            return
+        get, n = self.catalogue.get, scores.shape[0]
+        idx = [i for i in map(get, items) if i is not None and i < n]
+        if idx:
+            scores[idx] = -np.inf
+
+    def popular(
+        self, user_id: str, k: int = 10, avoid: Collection[str] = ()
+    ) -> list[Recommendation]:
+        """All-time most popular items ``user_id`` has not bought or reviewed (nor ``avoid``).
 
         The non-personalised baseline every personalised ranking must beat: the
         popularity component's own counts, the exclusion rule of
@@ -514,6 +533,7 @@ class FeedbackEngine:
             seen = np.array([i for i, kind in profile.seen.items() if kind != "click"], dtype=int)
             if seen.size:
                 scores[seen[seen < n]] = -np.inf
+        self._exclude(scores, avoid)
         k = min(k, int(np.count_nonzero(np.isfinite(scores))))
         if k <= 0:
             return []

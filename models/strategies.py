@@ -14,10 +14,9 @@
 
 Every strategy takes an ``avoid`` set: the items the user was already shown
 too often without a click, or clicked and did not buy (see
-:meth:`models.attribution.UserExposures.fatigued`); they are left out of the
-top ``k`` (looking as deep as needed for popularity, at most 50 items deeper for
-the blend), the same rule for every strategy, so that
-a list does not keep spending its best slots on what the user has passed over.
+:meth:`models.attribution.UserExposures.fatigued`); they are excluded before the
+top ``k`` is taken, the same rule for every strategy, so that a list does not
+keep spending its best slots on what the user has passed over.
 
 Every strategy is a deterministic function of the engine state, ``avoid`` and a
 ``key`` (the triggering event id): re-processing the same event after a crash
@@ -36,10 +35,6 @@ from models.engine import FeedbackEngine, Recommendation
 from models.experiments import KNOWN_STRATEGIES
 
 __all__ = ["STRATEGIES", "Strategies"]
-
-#: At most this many items past the top ``k`` replace avoided ones (the blend
-#: computes a reason per item returned, so the look-ahead is bounded).
-MAX_LOOKAHEAD = 50
 
 #: Names of the strategies, in a fixed order (the bandit's arms).
 STRATEGIES: tuple[str, ...] = KNOWN_STRATEGIES
@@ -96,20 +91,12 @@ class Strategies:
     ) -> list[Recommendation]:
         """Top-``k`` for ``user_id`` by ``strategy``; ``key`` seeds ``explore``."""
         if strategy == "blend":
-            extra = min(len(avoid), MAX_LOOKAHEAD)
-            return _without(engine.recommend(user_id, k + extra, now=now), avoid, k)
+            return engine.recommend(user_id, k, now=now, avoid=avoid)
         if strategy == "popularity":
-            # Cheap (no per-item reasons to compute): look past every avoided item.
-            return _without(self.popularity(engine, user_id, k + len(avoid)), avoid, k)
+            return engine.popular(user_id, k, avoid=avoid)
         if strategy == "explore":
             return self.explore(engine, user_id, k, now, key, avoid)
         raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
-
-    @staticmethod
-    def popularity(engine: FeedbackEngine, user_id: str, k: int) -> list[Recommendation]:
-        """All-time most popular items the user has not bought or reviewed
-        (:meth:`FeedbackEngine.popular`)."""
-        return engine.popular(user_id, k)
 
     def explore(
         self,
@@ -121,9 +108,7 @@ class Strategies:
         avoid: Collection[str] = (),
     ) -> list[Recommendation]:
         """The blend's top ``explore_pool * k``, re-ranked by a Plackett-Luce draw."""
-        size = k * self.explore_pool
-        extra = min(len(avoid), MAX_LOOKAHEAD)
-        pool = _without(engine.recommend(user_id, size + extra, now=now), avoid, size)
+        pool = engine.recommend(user_id, k * self.explore_pool, now=now, avoid=avoid)
         if not pool:
             return []
         digest = blake2b(f"{self.seed}:{key}".encode(), digest_size=8).digest()
@@ -137,13 +122,6 @@ class Strategies:
             reason = rec.reason if i < k else f"something new: {rec.reason}"
             out.append(Recommendation(rec.item_id, round(float(keys[i]), 6), reason))
         return out
-
-
-def _without(recs: list[Recommendation], avoid: Collection[str], k: int) -> list[Recommendation]:
-    """The first ``k`` of ``recs`` not in ``avoid``."""
-    if not avoid:
-        return recs[:k]
-    return [r for r in recs if r.item_id not in avoid][:k]
 
 
 def exploration_share(explore_pool: int, temperature: float, k: int = 10) -> float:
