@@ -129,6 +129,9 @@ def _fork_snapshot(models: Models, tmp: Path) -> int:
     if pid == 0:  # the child
         code = 1
         try:
+            # Background work: on a busy machine the worker's events go first (a
+            # snapshot that takes a core for seconds showed in the latency tail).
+            os.nice(19)
             _write(tmp, dumps(models))
             code = 0
         except BaseException:  # nothing may escape a forked child
