@@ -16,6 +16,7 @@ from tests.integration.reliability_helpers import (
     PacedProducer,
     account,
     complete,
+    explain_lost,
     locate,
     make_events,
     read_profiles,
@@ -73,6 +74,8 @@ def test_survivor_takes_over_every_partition_with_state(worker_factory) -> None:
           f"all_learned_after_kill_s={takeover:.1f}")
     if acc.lost_ids:
         print(f"[rebalance] lost events at {locate(s, acc.lost_ids[:50])}")
+        for line in explain_lost(s, acc.lost_ids[:10], events):
+            print(f"[rebalance] {line}")
     assert sent == len(events)
     assert (acc.lost, acc.learned_twice, acc.foreign) == (0, 0, 0), acc.line("rebalance")
 
