@@ -199,6 +199,7 @@ def build_app(
     async def process(stream: Any) -> None:
         # Before the first message can be acked (see stream/recovery.py).
         commit_guard.install(app.consumer)
+        recovery.guard_producer_flush(app.producer, settings)
         if trace is not None:
             trace.install(app.consumer)
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
