@@ -40,12 +40,6 @@ def owned_partitions(worker) -> set[tuple[str, str]]:
     return owned
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known open defect (issue 5): a SIGKILL rebalance occasionally loses 1-2 of "
-    "10,000 events on the surviving worker; the Faust code path is not found yet "
-    "(docs/reliability.md). Not strict: most runs lose nothing.",
-)
 def test_survivor_takes_over_every_partition_with_state(worker_factory) -> None:
     a = worker_factory()
     s = a.settings
