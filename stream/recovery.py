@@ -1,7 +1,8 @@
 """Recovery guards the project applies to Faust (faust-streaming 0.15.3, aiokafka 0.14).
 
-Two guards, applied per app instance without touching the installed packages
-(the analysis is in docs/faust-sigterm-offset-race.md):
+Three guards, applied per app instance without touching the installed packages
+(the analysis is in docs/faust-sigterm-offset-race.md and
+docs/faust-rebalance-record-loss.md):
 
 1. **Changelog end offsets** (the cause of the SIGTERM loss of issue 5).
    Faust's table recovery reads each changelog partition up to the end offset
@@ -22,7 +23,12 @@ Two guards, applied per app instance without touching the installed packages
    that batch's outputs. :class:`CommitGuard` makes an input offset
    committable only after the agent has published that event's outputs.
 
-``FEEDBACK_RECOVERY_GUARDS=0`` turns both off, to reproduce the upstream defects.
+3. **Producer flushes that return early** (:func:`guard_producer_flush`, one
+   cause of issue 5's rebalance loss): Faust's ``Producer.flush()`` could
+   return with table writes still queued, so a commit, or a checkpoint, could
+   run ahead of the changelog (docs/faust-rebalance-record-loss.md).
+
+``FEEDBACK_RECOVERY_GUARDS=0`` turns all three off, to reproduce the upstream defects.
 """
 
 from __future__ import annotations
