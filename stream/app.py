@@ -50,7 +50,8 @@ class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 class _Consumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer with two fixes for input records lost on rebalance.
 
-    The cause of issue 5's rebalance loss (docs/reliability.md):
+    The main cause of issue 5's rebalance loss (docs/reliability.md; upstream
+    write-up in docs/faust-rebalance-record-loss.md):
 
     1. Faust's fetch loop passes its *live* set of active partitions to the
        consumer thread, which reads it later in aiokafka's ``fetched_records``.
