@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
 
 from models.engine import FeedbackEngine
-from stream import checkpoint, recovery
+from stream import checkpoint, offset_trace, recovery
 from stream.metrics import Metrics
 from stream.processor import InputMessage, OutputMessage, Processor
 from stream.settings import Settings
@@ -47,8 +48,60 @@ class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
 
 class _Consumer(aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer with two fixes for input records lost on rebalance.
+
+    The main cause of issue 5's rebalance loss (docs/reliability.md; upstream
+    write-up in docs/faust-rebalance-record-loss.md):
+
+    1. Faust's fetch loop passes its *live* set of active partitions to the
+       consumer thread, which reads it later in aiokafka's ``fetched_records``.
+       A rebalance or table recovery pauses partitions meanwhile; when the set
+       is empty by then, aiokafka returns the buffered records of *every*
+       assigned partition (an empty filter means "all"), and Faust's
+       ``getmany`` then discards the records of the paused input partitions.
+       aiokafka's position has moved past them, so they are never delivered
+       unless something seeks back.
+    2. ``perform_seek`` seeks back only to committed offsets: aiokafka's
+       ``seek_to_committed`` skips a partition whose committed offset is
+       missing or 0, so a partition nobody has committed yet keeps whatever
+       position the discarded fetches left it at.
+
+    ``_getmany`` hands the thread a copy of the set, and ``seek_to_committed``
+    seeks input partitions without a committed offset to their beginning (the
+    ``consumer_auto_offset_reset="earliest"`` start), so every ``perform_seek``
+    puts every input partition back at its first unprocessed record.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if offset_trace.enabled():
+            self.callback = offset_trace.trace_callback(self, self.callback)
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        if active_partitions is None:  # client-only apps: every partition, as Faust means
+            return await super()._getmany(None, timeout)
+        requested = set(active_partitions)
+        if not requested:
+            return {}
+        return await super()._getmany(requested, timeout)
+
+    async def seek_to_committed(self) -> Any:
+        committed = await super().seek_to_committed()
+        if self.app.conf.consumer_auto_offset_reset == "earliest":
+            fresh = [
+                tp for tp, offset in committed.items()
+                if not offset  # None or 0: aiokafka did not seek
+                and not self._is_changelog_tp(tp)
+                and self.app.topics.acks_enabled_for(tp.topic)
+            ]
+            if fresh:
+                log.info("no committed offset for %s: reading them from the beginning",
+                         sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh))
+                await self._thread.seek_to_beginning(*fresh)
+        return committed
 
 
 @dataclass
@@ -143,11 +196,15 @@ def build_app(
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
     commit_guard = recovery.CommitGuard(settings.input_topics, bool(settings.recovery_guards))
     recovery.guard_changelog_recovery(app, settings)
+    trace = offset_trace.OffsetTrace(settings.input_topics) if offset_trace.enabled() else None
 
     @app.agent(input_topic)
     async def process(stream: Any) -> None:
         # Before the first message can be acked (see stream/recovery.py).
         commit_guard.install(app.consumer)
+        recovery.guard_producer_flush(app.producer, settings)
+        if trace is not None:
+            trace.install(app.consumer)
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
             batch = [
                 InputMessage(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, e)
@@ -156,6 +213,8 @@ def build_app(
             ]
             await publish(fa, processor.handle(batch))
             commit_guard.done(e.message for e in events)
+            if trace is not None:
+                trace.batch(e.message for e in events)
 
     @app.timer(settings.tick_interval_seconds)
     async def tick() -> None:
@@ -223,8 +282,13 @@ async def update_lag(fa: FeedbackApp) -> None:
     for tp in consumer.assignment():
         if tp.topic not in inputs:
             continue
-        highwater = consumer.highwater(tp)
-        position = await consumer.position(TP(tp.topic, tp.partition))
+        try:
+            highwater = consumer.highwater(tp)
+            position = await consumer.position(TP(tp.topic, tp.partition))
+        except (AssertionError, IllegalStateError):
+            # Revoked by a rebalance since assignment() was read (aiokafka asserts
+            # in highwater()); this crashed a worker in a rebalance test run.
+            continue
         if highwater is None or position is None:
             continue
         labels = (tp.topic, str(tp.partition))

@@ -121,6 +121,13 @@ class Processor:
         self._exposure_logs: dict[str, tuple[Any, UserExposures]] = {}
         # Per-event metric children by event type: labels() costs a lock and a lookup.
         self._per_type_metrics: dict[str, tuple[Any, Any]] = {}
+        # Every event series exists from the start, at 0. A counter series born
+        # at its first increment has no earlier sample, so Prometheus' rate()
+        # and increase() miss whatever a new replica handled before its first
+        # scrape (a scaled-out worker could look idle on the dashboard).
+        for etype in self._types_by_topic.values():
+            for outcome in ("processed", "duplicate", "dead_lettered"):
+                metrics.events.labels(etype, outcome)
 
     # -- the hot path ---------------------------------------------------------
 

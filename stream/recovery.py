@@ -1,7 +1,8 @@
 """Recovery guards the project applies to Faust (faust-streaming 0.15.3, aiokafka 0.14).
 
-Two guards, applied per app instance without touching the installed packages
-(the analysis is in docs/faust-sigterm-offset-race.md):
+Three guards, applied per app instance without touching the installed packages
+(the analysis is in docs/faust-sigterm-offset-race.md and
+docs/faust-rebalance-record-loss.md):
 
 1. **Changelog end offsets** (the cause of the SIGTERM loss of issue 5).
    Faust's table recovery reads each changelog partition up to the end offset
@@ -22,7 +23,12 @@ Two guards, applied per app instance without touching the installed packages
    that batch's outputs. :class:`CommitGuard` makes an input offset
    committable only after the agent has published that event's outputs.
 
-``FEEDBACK_RECOVERY_GUARDS=0`` turns both off, to reproduce the upstream defects.
+3. **Producer flushes that return early** (:func:`guard_producer_flush`, one
+   cause of issue 5's rebalance loss): Faust's ``Producer.flush()`` could
+   return with table writes still queued, so a commit, or a checkpoint, could
+   run ahead of the changelog (docs/faust-rebalance-record-loss.md).
+
+``FEEDBACK_RECOVERY_GUARDS=0`` turns all three off, to reproduce the upstream defects.
 """
 
 from __future__ import annotations
@@ -103,6 +109,46 @@ def guard_changelog_recovery(app: Any, settings: Settings) -> None:
             log.warning("no Fetch high watermark for %s; using ListOffsets", sorted(missing))
 
     recovery._build_highwaters = build_highwaters
+
+
+def guard_producer_flush(producer: Any, settings: Settings) -> None:
+    """Make ``Producer.flush`` wait until Faust's send buffer is really empty.
+
+    Table writes (``table[key] = value``) go through ``Topic.send_soon`` into
+    the producer's ``ProducerBuffer``, which a background task hands to
+    aiokafka. Faust commits input offsets after ``producer.flush()``, and the
+    checkpoints rely on it too, but in faust-streaming 0.15.3
+    ``ProducerBuffer.flush_atmost`` gives up as soon as no message leaves the
+    buffer within 0.1 s (``asyncio.wait_for(..., timeout=0.1)`` -> ``return``)
+    and ``flush`` returns with profile writes still queued. On a loaded
+    machine the commit then covers events whose profile writes are not in the
+    changelog yet; a SIGKILL at that moment loses them for good (the
+    rebalance test lost 7 events of the killed worker this way: input offsets
+    committed, no changelog record ever held the events).
+
+    Idempotent; applied per producer instance.
+    """
+    if not settings.recovery_guards:
+        return
+    buffer = producer.buffer
+    if getattr(buffer.flush, "flush_guard", False):
+        return
+    flush_atmost = buffer.flush_atmost
+
+    async def flush() -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        warned = False
+        # flush_atmost raises if the buffer stops with messages queued, so
+        # this cannot spin on a dead producer.
+        while buffer.size:
+            await flush_atmost(None)
+            if not warned and loop.time() - started > 10:
+                warned = True
+                log.warning("producer flush: %d messages still queued after 10 s", buffer.size)
+
+    flush.flush_guard = True  # type: ignore[attr-defined]
+    buffer.flush = flush
 
 
 class CommitGuard:

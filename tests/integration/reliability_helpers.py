@@ -253,3 +253,56 @@ def wait_metric(worker: Any, name: str, at_least: float, timeout: float, **label
             raise RuntimeError(f"worker exited; log:\n{worker.log()[-3000:]}")
         time.sleep(0.1)
     return value
+
+
+def explain_lost(
+    settings: Settings, lost_ids: Sequence[str], events: list[dict], timeout: float = 20.0
+) -> list[str]:
+    """For each lost event, its user's changelog history around it.
+
+    Tells the two kinds of loss apart: an event that no profile write ever
+    contained (never learned: its input offset was committed over), and one
+    that a profile write contained and a later write of the same user dropped
+    (learned, then overwritten from a stale state).
+    """
+    user_of = {e["event_id"]: e["user_id"] for e in events}
+    users = {user_of[i] for i in lost_ids if i in user_of}
+
+    async def read() -> dict[str, list[tuple[int, int, dict]]]:
+        topic = changelog_topic(settings)
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(settings), enable_auto_commit=False, group_id=None,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        history: dict[str, list[tuple[int, int, dict]]] = {u: [] for u in users}
+        try:
+            consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while loop.time() < deadline:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+                if not batch:
+                    break
+                for msgs in batch.values():
+                    for m in msgs:
+                        key = table_key(m.key)
+                        if key in history and m.value is not None:
+                            history[key].append((m.partition, m.offset, orjson.loads(m.value)))
+        finally:
+            await consumer.stop()
+        return history
+
+    history = asyncio.run(read())
+    lines = []
+    for event_id in lost_ids:
+        user = user_of.get(event_id)
+        records = history.get(user, []) if user else []
+        first_with = next((i for i, (_, _, p) in enumerate(records)
+                           if event_id in p["recent_event_ids"]), None)
+        steps = [f"@{p}:{o} n={len(v['recent_event_ids'])}"
+                 + ("+" if event_id in v["recent_event_ids"] else "") for p, o, v in records]
+        kind = ("never in any profile write" if first_with is None
+                else f"learned in changelog record {first_with}, dropped later")
+        lines.append(f"{event_id} ({user}): {kind}; writes: {' '.join(steps)}")
+    return lines

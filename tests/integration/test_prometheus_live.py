@@ -322,12 +322,6 @@ def test_worker_metrics_pass_promtool_lint(worker: Worker) -> None:
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky on the loaded 2-core machine: in some runs the new worker reports its "
-    "partitions but no processed events within the window; cause not found yet (see the "
-    "closing note of session 1). Not strict: most runs pass.",
-)
 @pytest.mark.timeout(600)
 def test_scaling_out_moves_partitions_as_the_dashboard_shows(
     demo_data: Path, worker_factory: Any, tmp_path: Path
@@ -369,6 +363,7 @@ def test_scaling_out_moves_partitions_as_the_dashboard_shows(
             lambda: len(prom.query(by_instance)["data"]["result"]) == 2 and reported_by({1}),
             timeout=60, interval=1,
         ), "the second worker never got partitions"
+        second_slice_at = time.time()
         sent += produce(first, "--file", str(after))["sent"]
         assert wait_for(lambda: prom.scalar("sum(feedback_events_total)") >= sent, 120, 1), (
             f"{prom.scalar('sum(feedback_events_total)')} of {sent} events handled after the"
@@ -383,5 +378,8 @@ def test_scaling_out_moves_partitions_as_the_dashboard_shows(
         )
         per_worker = prom.query(by_instance)
         assert len(per_worker["data"]["result"]) == 2, "both workers own partitions"
-        busy = "count(sum by (instance) (increase(feedback_events_total[1m])) > 0)"
+        # Over the whole time since the second slice, however long the loaded
+        # machine took to handle it (a fixed [1m] window could end too early).
+        window = int(time.time() - second_slice_at) + 10
+        busy = f"count(sum by (instance) (increase(feedback_events_total[{window}s])) > 0)"
         assert prom.scalar(busy) == 2, "both workers processed events"

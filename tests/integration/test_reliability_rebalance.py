@@ -16,6 +16,7 @@ from tests.integration.reliability_helpers import (
     PacedProducer,
     account,
     complete,
+    explain_lost,
     locate,
     make_events,
     read_profiles,
@@ -39,12 +40,6 @@ def owned_partitions(worker) -> set[tuple[str, str]]:
     return owned
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known open defect (issue 5): a SIGKILL rebalance occasionally loses 1-2 of "
-    "10,000 events on the surviving worker; the Faust code path is not found yet "
-    "(docs/reliability.md). Not strict: most runs lose nothing.",
-)
 def test_survivor_takes_over_every_partition_with_state(worker_factory) -> None:
     a = worker_factory()
     s = a.settings
@@ -73,6 +68,8 @@ def test_survivor_takes_over_every_partition_with_state(worker_factory) -> None:
           f"all_learned_after_kill_s={takeover:.1f}")
     if acc.lost_ids:
         print(f"[rebalance] lost events at {locate(s, acc.lost_ids[:50])}")
+        for line in explain_lost(s, acc.lost_ids[:10], events):
+            print(f"[rebalance] {line}")
     assert sent == len(events)
     assert (acc.lost, acc.learned_twice, acc.foreign) == (0, 0, 0), acc.line("rebalance")
 
