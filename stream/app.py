@@ -29,9 +29,9 @@ from stream.topics import PROFILES_TABLE
 
 log = logging.getLogger(__name__)
 
-# Events handed to the processor at once; `within` bounds the added latency.
+# Events handed to the processor at once; settings.batch_max_wait_seconds
+# bounds the latency a partial batch adds.
 BATCH_SIZE = 500
-BATCH_WITHIN_SECONDS = 0.05
 # Faust hard-codes the consumer's fetch_max_wait_ms=1500. Kafka answers a waiting
 # fetch as soon as data arrives, but the embedded broker (Tansu) waits it out,
 # which added 0.4-0.7 s to the median event-to-recommendation latency. A short
@@ -205,7 +205,9 @@ def build_app(
         recovery.guard_producer_flush(app.producer, settings)
         if trace is not None:
             trace.install(app.consumer)
-        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
+        async for events in stream.take_events(
+            BATCH_SIZE, within=settings.batch_max_wait_seconds
+        ):
             batch = [
                 InputMessage(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, e)
                 for e in events

@@ -77,6 +77,11 @@ class Settings:
     recommend_min_interval_seconds: float = 60.0
     # Event ids remembered per user for de-duplication.
     dedup_window: int = 128
+    # A batch of input events is handed to the processor once it holds 500 or
+    # after this wait. Latency against throughput: recommendations are ranked once
+    # per user per batch, so shorter waits mean more rankings (bench at 0.03:
+    # p99 0.16 s at half load, 19% fewer events/s than at 0.05).
+    batch_max_wait_seconds: float = 0.05
     checkpoint_interval_seconds: float = 30.0
     # How often the worker runs the engine's time-driven checks (churn) and refreshes gauges.
     tick_interval_seconds: float = 5.0
@@ -154,6 +159,8 @@ class Settings:
             (self.checkpoint_interval_seconds > 0,
              "FEEDBACK_CHECKPOINT_INTERVAL_SECONDS must be > 0"),
             (self.tick_interval_seconds > 0, "FEEDBACK_TICK_INTERVAL_SECONDS must be > 0"),
+            (0 < self.batch_max_wait_seconds <= 5,
+             "FEEDBACK_BATCH_MAX_WAIT_SECONDS must be > 0 and <= 5"),
             (self.recovery_guards in (0, 1), "FEEDBACK_RECOVERY_GUARDS must be 0 or 1"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "FEEDBACK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),

@@ -159,3 +159,11 @@ def test_a_restored_bandit_keeps_choosing_from_what_it_learned() -> None:
     assert Processor(Settings.from_env({}), FeedbackEngine(), DictStore(),
                      Metrics(CollectorRegistry()), bandit=restored).bandit is None
     assert make(bandit=True)[0].bandit is not None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "6", "soon"])
+def test_the_batch_wait_is_validated_at_start_up(value: str) -> None:
+    with pytest.raises(SettingsError, match="FEEDBACK_BATCH_MAX_WAIT_SECONDS"):
+        Settings.from_env({"FEEDBACK_BATCH_MAX_WAIT_SECONDS": value})
+    quick = Settings.from_env({"FEEDBACK_BATCH_MAX_WAIT_SECONDS": "0.03"})
+    assert quick.batch_max_wait_seconds == 0.03
