@@ -23,7 +23,7 @@ from models.churn import ChurnModel
 from models.events import Event
 from models.factorization import RatingFactorization
 from models.profiles import DAY, UserProfile
-from models.recommender import BlendedRecommender
+from models.recommender import BlendedRecommender, exclude_seen, top_k
 from models.segmentation import OnlineSegmentation
 from models.sentiment import ItemSentiment, SentimentModel
 
@@ -529,17 +529,10 @@ class FeedbackEngine:
         counts = self.recommender.popularity.all_time(n)
         scores = np.where(counts > 0, counts, -np.inf)
         profile = self.profiles.get(user_id)
-        if profile is not None and profile.seen:
-            seen = np.array([i for i, kind in profile.seen.items() if kind != "click"], dtype=int)
-            if seen.size:
-                scores[seen[seen < n]] = -np.inf
+        if profile is not None:
+            exclude_seen(scores, profile)
         self._exclude(scores, avoid)
-        k = min(k, int(np.count_nonzero(np.isfinite(scores))))
-        if k <= 0:
-            return []
-        part = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
-        order = part[np.lexsort((part, -scores[part]))]
         return [
-            Recommendation(self.catalogue.ids[int(i)], float(scores[i]), "popular with everyone")
-            for i in order
+            Recommendation(self.catalogue.ids[i], float(scores[i]), "popular with everyone")
+            for i in top_k(scores, k)
         ]

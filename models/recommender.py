@@ -59,6 +59,32 @@ def _unit_z(values: np.ndarray, out: np.ndarray) -> bool:
     return True
 
 
+def exclude_seen(scores: np.ndarray, profile: UserProfile, all_seen: bool = False) -> None:
+    """Set the scores of the user's items to ``-inf``: every item interacted with
+    (``all_seen``, the evaluation's definition) or only those bought or reviewed."""
+    if not profile.seen:
+        return
+    if all_seen:
+        seen = np.fromiter(profile.seen.keys(), dtype=np.int64, count=len(profile.seen))
+    else:
+        seen = np.array([i for i, kind in profile.seen.items() if kind != "click"], dtype=np.int64)
+    scores[seen[seen < scores.shape[0]]] = -np.inf
+
+
+def top_k(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` best finite ``scores``, best first, ties by index.
+
+    >>> top_k(np.array([1.0, 3.0, -np.inf, 3.0, 2.0]), 3)
+    [1, 3, 4]
+    """
+    k = min(k, int(np.count_nonzero(np.isfinite(scores))))
+    if k <= 0:
+        return []
+    n = scores.shape[0]
+    part = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+    return [int(i) for i in part[np.lexsort((part, -scores[part]))]]
+
+
 @dataclass(frozen=True, slots=True)
 class Scored:
     """Scores of the whole catalogue for one user, with the feature matrix behind them.
@@ -238,14 +264,7 @@ class BlendedRecommender:
         """
         matrix, present = self.features(profile, n)
         scores = np.where(present, self.weights, 0.0) @ matrix  # one BLAS pass
-        if profile.seen:
-            if exclude_all_seen:
-                seen = np.fromiter(profile.seen.keys(), dtype=np.int64, count=len(profile.seen))
-            else:
-                seen = np.array(
-                    [i for i, kind in profile.seen.items() if kind != "click"], dtype=np.int64
-                )
-            scores[seen[seen < n]] = -np.inf
+        exclude_seen(scores, profile, exclude_all_seen)
         return Scored(scores, matrix, present)
 
     @staticmethod
@@ -260,12 +279,7 @@ class BlendedRecommender:
 
     def top(self, scored: Scored, k: int) -> list[int]:
         """Indices of the ``k`` best-scored finite items, best first."""
-        s = scored.scores
-        k = min(k, int(np.count_nonzero(np.isfinite(s))))
-        if k <= 0:
-            return []
-        part = np.argpartition(-s, k - 1)[:k] if k < s.shape[0] else np.arange(s.shape[0])
-        return [int(i) for i in part[np.lexsort((part, -s[part]))]]
+        return top_k(scored.scores, k)
 
     def reason(
         self, scored: Scored, item: int, profile: UserProfile, catalogue: ItemCatalogue
