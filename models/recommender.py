@@ -356,7 +356,7 @@ class BlendedRecommender:
 
     def _softmax_buffer(self, n: int) -> np.ndarray:
         """A reused scratch vector of length ``n`` (no allocation per positive event)."""
-        buffer = getattr(self, "_softmax", None)  # absent from older checkpoints
+        buffer = self._softmax
         if buffer is None or buffer.shape[0] < n:
             buffer = np.empty(max(n, 2 * (0 if buffer is None else buffer.shape[0])))
             self._softmax = buffer
