@@ -177,15 +177,18 @@ class UserExposures:
     def fatigued(self, min_impressions: int = 3) -> set[str]:
         """Items to stop showing: clicked from a recommendation already (and not
         bought, or they would be excluded anyway), or shown in at least
-        ``min_impressions`` remembered recommendations without a click.
+        ``min_impressions`` remembered recommendations without a click; with
+        ``min_impressions <= 0`` the rule is off and nothing is fatigued.
 
         >>> log = UserExposures()
         >>> for i in range(3):
         ...     log.expose(Exposure(f"r{i}", ("a", "b"), "blend", "blend", float(i)))
         >>> _ = log.attribute(Event("click", "c", "u", "b", 5.0, recommendation_id="r2"))
-        >>> sorted(log.fatigued(3)), sorted(log.fatigued(4))
-        (['a', 'b'], ['b'])
+        >>> sorted(log.fatigued(3)), sorted(log.fatigued(4)), log.fatigued(0)
+        (['a', 'b'], ['b'], set())
         """
+        if min_impressions <= 0:
+            return set()
         shown: dict[str, int] = {}
         clicked: set[str] = set()
         for exposure in self.exposures:

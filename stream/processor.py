@@ -330,10 +330,6 @@ class Processor:
         self._save_exposures(profile, log)
         return hit
 
-    def _fatigued(self, log: UserExposures) -> set[str]:
-        n = self.settings.fatigue_impressions
-        return log.fatigued(n) if n > 0 else set()
-
     def _choose(self, profile: Profile, event: Event) -> tuple[str, str]:
         """``(variant, strategy)`` for this recommendation."""
         if self.bandit is not None:
@@ -351,7 +347,8 @@ class Processor:
         log = self._exposures(profile)
         items = self.strategies.recommend(
             strategy, self.engine, event.user_id, self.settings.top_k,
-            now=event.timestamp, key=event.event_id, avoid=self._fatigued(log),
+            now=event.timestamp, key=event.event_id,
+            avoid=log.fatigued(self.settings.fatigue_impressions),
         )
         if not items:
             # Nothing the user has not already bought yet (a cold catalogue): an

@@ -115,10 +115,7 @@ class AttributionReplay:
         user = trigger.user_id
         strategy = self.experiment.variant_of(user)
         log = self.attributor.users.get(user)
-        avoid = (
-            log.fatigued(self.fatigue_impressions)
-            if log is not None and self.fatigue_impressions > 0 else set()
-        )
+        avoid = log.fatigued(self.fatigue_impressions) if log is not None else set()
         items = self.strategies.recommend(
             strategy, engine, user, self.top_k, now=trigger.timestamp,
             key=trigger.event_id, avoid=avoid,
