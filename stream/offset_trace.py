@@ -98,7 +98,6 @@ class OffsetTrace:
 
         consumer._getmany = traced_getmany
 
-
         real_commit = consumer._commit
 
         async def traced_commit(offsets: Mapping[Any, int]) -> bool:
