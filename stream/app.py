@@ -72,9 +72,13 @@ class _Consumer(aiokafka_driver.Consumer):
     puts every input partition back at its first unprocessed record.
     """
 
+    # Faust builds the consumer itself, so the setting arrives as a class
+    # attribute of the subclass build_app installs.
+    trace_offsets = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if offset_trace.enabled():
+        if self.trace_offsets:
             self.callback = offset_trace.trace_callback(self, self.callback)
 
     def _new_consumer_thread(self) -> _ConsumerThread:
@@ -164,7 +168,9 @@ def build_app(
         datadir=f"{settings.state_dir}/faust",
         web_in_thread=False,
     )
-    app.transport.Consumer = _Consumer  # type: ignore[misc]
+    app.transport.Consumer = type(  # type: ignore[misc]
+        "_Consumer", (_Consumer,), {"trace_offsets": settings.trace_offsets}
+    )
     raw = {"key_type": str, "key_serializer": "raw", "value_serializer": "raw"}
     input_topic = app.topic(
         settings.topic_clicks,
@@ -196,7 +202,7 @@ def build_app(
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
     commit_guard = recovery.CommitGuard(settings.input_topics, bool(settings.recovery_guards))
     recovery.guard_changelog_recovery(app, settings)
-    trace = offset_trace.OffsetTrace(settings.input_topics) if offset_trace.enabled() else None
+    trace = offset_trace.OffsetTrace(settings.input_topics) if settings.trace_offsets else None
 
     @app.agent(input_topic)
     async def process(stream: Any) -> None:

@@ -1,6 +1,6 @@
 """Per-partition offset tracing for rebalance investigations (off by default).
 
-``FEEDBACK_TRACE_OFFSETS=1`` in a worker's environment logs, per input
+``FEEDBACK_TRACE_OFFSETS=1`` (``Settings.trace_offsets``) logs, per input
 partition: the offsets of every batch the agent processed (and any jump
 between batches), the offsets Faust asked to commit and what was committed,
 the gaps Faust's fetch loop declared, and the positions set by
@@ -11,15 +11,10 @@ rebalance loss (docs/reliability.md); cheap enough to leave in.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 log = logging.getLogger("feedback.offsets")
-
-
-def enabled() -> bool:
-    return os.environ.get("FEEDBACK_TRACE_OFFSETS", "0") == "1"
 
 
 class _PositionRecords(logging.Filter):

@@ -88,6 +88,9 @@ class Settings:
     # 1: the fixes of stream/recovery.py for Faust's recovery and commits are on.
     # 0 only reproduces the upstream defects (docs/faust-sigterm-offset-race.md).
     recovery_guards: int = 1
+    # On: log every input partition's processed, committed and fetched offsets
+    # (stream/offset_trace.py), the trace that found issue 5's rebalance loss.
+    trace_offsets: bool = False
 
     # Experiments (docs/feedback-loop.md): variants as ``name[:weight],...`` among
     # blend, popularity, explore; a user's variant is a keyed hash of the user id
