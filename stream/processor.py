@@ -165,6 +165,8 @@ class Processor:
         self._batches += 1
         # One profile write per user per batch: each write is a changelog record.
         dirty: dict[str, tuple[Profile, InputMessage]] = {}
+        # The user of each input partition's last event in the batch (see below).
+        last_user: dict[tuple[str, int], str] = {}
         now = self.clock()
         for msg in batch:
             start = time.perf_counter()
@@ -175,6 +177,7 @@ class Processor:
                 out.append(self._dead_letter(msg, rejection))
                 self.metrics.events.labels(etype, "dead_lettered").inc()
                 continue
+            last_user[(msg.topic, msg.partition)] = event.user_id
             cached = dirty.get(event.user_id)
             if cached is not None:
                 profile = cached[0]
@@ -204,12 +207,20 @@ class Processor:
             processed, seconds = self._per_type(etype)
             processed.inc()
             seconds.observe(time.perf_counter() - start)
-        # Owed recommendations untouched by this batch are published now (the
-        # user's triggers stopped), and any at the max-delay deadline.
+        # Owed recommendations are published now when the user's triggers have
+        # stopped: untouched by this batch, or followed on their partition by
+        # another user's event (a basket's lines are consecutive records); and
+        # any at the max-delay deadline. What stays owed is the last user of a
+        # partition in the batch, whose basket may go on in the next one.
         deadline = now - self.settings.recommend_max_delay_seconds
-        for user_id, (profile, source) in self._publish_due(
-            out, now, lambda e: not self.debounce or e.batch < self._batches or e.since <= deadline
-        ).items():
+
+        def due(e: _Deferred) -> bool:
+            return (
+                not self.debounce or e.batch < self._batches or e.since <= deadline
+                or last_user.get((e.msg.topic, e.msg.partition)) != e.event.user_id
+            )
+
+        for user_id, (profile, source) in self._publish_due(out, now, due).items():
             dirty.setdefault(user_id, (profile, source))
         for user_id, (profile, source) in dirty.items():
             self.profiles.put(user_id, profile, source)
@@ -228,8 +239,9 @@ class Processor:
         one replaces it; a later one publishes the owed one first. The interval
         starts now, so later clicks do not trigger again.
 
-        The owed recommendation is published at the end of the first batch
-        that brings no new trigger of the user, or once
+        The owed recommendation is published at the end of the batch if
+        another user's event follows the trigger on its partition, else at the
+        end of the first batch that brings no new trigger of the user, or once
         ``recommend_debounce_seconds`` passed since the last trigger without a
         batch (:meth:`flush_due`), and at the latest
         ``recommend_max_delay_seconds`` after the first merged trigger; without
