@@ -78,8 +78,9 @@ class Settings:
     # Event ids remembered per user for de-duplication.
     dedup_window: int = 128
     # A batch of input events is handed to the processor once it holds 500 or
-    # after this wait: the latency a partial batch adds.
-    batch_max_wait_seconds: float = 0.05
+    # after this wait: the latency a partial batch adds (0.05 before the debounce
+    # below; docs/performance.md has both).
+    batch_max_wait_seconds: float = 0.02
     # The worker's debounce of recommendations across batches (docs/performance.md):
     # a user's recommendation waits for their triggers to stop, and is published
     # at the end of the first batch without a new trigger of theirs, or this long
