@@ -242,9 +242,14 @@ def build_app(
             await asyncio.sleep(pause)
             if not processor.debounce:
                 continue
-            async with publishing:
-                await publish(fa, processor.flush_due())
-                settle([])
+            try:
+                async with publishing:
+                    await publish(fa, processor.flush_due())
+                    settle([])
+            except Exception as exc:  # as an agent's failure would: the owed stay uncommitted
+                log.exception("publishing owed recommendations failed")
+                await app.crash(exc)
+                return
 
     async def drop_owed(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         # The next owner of these partitions reads the held trigger records
