@@ -197,12 +197,26 @@ def build_app(
     )
     models = checkpoint.load_or_new(settings) if engine is None else checkpoint.Models(engine)
     engine = models.engine
-    processor = Processor(settings, engine, TableStore(profiles), metrics, bandit=models.bandit)
+    processor = Processor(
+        settings, engine, TableStore(profiles), metrics, bandit=models.bandit, debounce=True
+    )
     models.bandit = processor.bandit  # what the checkpoints save is what the processor learns
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
     commit_guard = recovery.CommitGuard(settings.input_topics, bool(settings.recovery_guards))
     recovery.guard_changelog_recovery(app, settings)
     trace = offset_trace.OffsetTrace(settings.input_topics) if settings.trace_offsets else None
+
+    # One step at a time between processing, publishing and telling the commit
+    # guard what was published: the agent's batches, the owed recommendations
+    # published between batches, and the revocations that drop them.
+    publishing = asyncio.Lock()
+
+    def settle(batch: list[InputMessage]) -> None:
+        """After the outputs are acknowledged: what the commit guard may commit."""
+        held, released = processor.settle()
+        commit_guard.hold(held)  # processed, their recommendation still owed
+        commit_guard.done(batch)
+        commit_guard.release(released)  # owed earlier, published now
 
     @app.agent(input_topic)
     async def process(stream: Any) -> None:
@@ -219,10 +233,43 @@ def build_app(
                 for e in events
                 for m in (e.message,)
             ]
-            await publish(fa, processor.handle(batch))
-            commit_guard.done(e.message for e in events)
+            async with publishing:
+                await publish(fa, processor.handle(batch))
+                settle(batch)
             if trace is not None:
                 trace.batch(e.message for e in events)
+
+    @app.task
+    async def publish_owed() -> None:
+        # Debounced recommendations whose users' triggers stopped while no batch
+        # came (stream/processor.py, Processor._defer).
+        pause = max(0.005, settings.recommend_debounce_seconds / 4)
+        while True:
+            await asyncio.sleep(pause)
+            if not processor.debounce:
+                continue
+            try:
+                async with publishing:
+                    await publish(fa, processor.flush_due())
+                    settle([])
+            except Exception as exc:  # as an agent's failure would: the owed stay uncommitted
+                log.exception("publishing owed recommendations failed")
+                await app.crash(exc)
+                return
+
+    async def drop_owed(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        # The next owner of these partitions reads the held trigger records
+        # again and owes their recommendations; publishing them here would race
+        # its profile writes.
+        parts = {(tp.topic, tp.partition) for tp in revoked}
+        async with publishing:
+            dropped = processor.drop_pending(parts)
+            commit_guard.forget(parts)
+        if dropped:
+            log.info("revoked: %d owed recommendations left to the next owner", dropped)
+
+    # mode types the handler of a Signal[Set[TP]] so that no async def matches it.
+    app.on_partitions_revoked.connect(drop_owed)  # type: ignore[arg-type]
 
     @app.timer(settings.tick_interval_seconds)
     async def tick() -> None:

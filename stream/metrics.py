@@ -53,6 +53,12 @@ class Metrics:
             "Recommendation messages published, by strategy.",
             ["strategy"], namespace=ns, registry=registry,
         )
+        self.recommendations_pending = Gauge(
+            "recommendations_pending",
+            "Users owed a recommendation that waits for their triggers to stop (debounce); "
+            "their trigger records are held uncommitted until it is published.",
+            namespace=ns, registry=registry,
+        )
         self.recommendation_latency_seconds = Histogram(
             "event_to_recommendation_seconds",
             "From the triggering event's Kafka timestamp to its recommendation being sent.",

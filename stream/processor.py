@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -37,9 +37,11 @@ STREAM_REJECTION_REASONS = ("key_mismatch",)
 _ID_NAMESPACE = uuid.UUID("6b0c1d2e-8f7a-4c55-9e3b-2a6f0d9c4b17")
 
 Profile = dict[str, Any]
-# A deferred recommendation: (profile, trigger event, its message, the user's
-# previous ``recommended_at``); a tuple, as one is made per triggering event.
-_Pending = tuple[Profile, Event, "InputMessage", float | None]
+# The profile key naming the trigger whose recommendation is owed (deferred, not
+# yet published); absent otherwise. Written to the changelog with the profile, so
+# that a replay after a crash or a rebalance publishes what was owed (see
+# Processor._defer).
+PENDING_TRIGGER = "pending_trigger"
 
 
 class ProfileStore(Protocol):
@@ -50,6 +52,19 @@ class ProfileStore(Protocol):
     def put(self, user_id: str, profile: Profile, source: InputMessage) -> None: ...
 
     def __len__(self) -> int: ...
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """A user's owed recommendation, answering their latest trigger."""
+
+    profile: Profile
+    event: Event  # the trigger the recommendation will name
+    msg: InputMessage  # its input record: held uncommitted until the publication
+    previous: float | None  # the user's recommended_at before the first deferred trigger
+    since: float  # wall clock when the first of the merged triggers was deferred
+    last: float  # wall clock of the latest trigger
+    batch: int  # the batch that brought the latest trigger
 
 
 @dataclass(slots=True)
@@ -97,6 +112,7 @@ class Processor:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         bandit: SegmentedThompson | None = None,
+        debounce: bool = False,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -121,6 +137,17 @@ class Processor:
         self._exposure_logs: dict[str, tuple[Any, UserExposures]] = {}
         # Per-event metric children by event type: labels() costs a lock and a lookup.
         self._per_type_metrics: dict[str, tuple[Any, Any]] = {}
+        # Owed recommendations by user (see _defer). Without ``debounce`` (tests,
+        # offline tools) every batch publishes its own before handle() returns;
+        # the worker keeps them across batches (stream/app.py).
+        self.debounce = debounce and settings.recommend_debounce_seconds > 0
+        self._pending: dict[str, _Deferred] = {}
+        self._batches = 0
+        # Input records whose outputs are owed, for the commit guard (settle()):
+        # deferred since the last settle() and still owed...
+        self._owed_new: dict[tuple[str, int, int], InputMessage] = {}
+        # ...and announced as owed by an earlier settle(), no longer owed now.
+        self._released: list[InputMessage] = []
         # Every event series exists from the start, at 0. A counter series born
         # at its first increment has no earlier sample, so Prometheus' rate()
         # and increase() miss whatever a new replica handled before its first
@@ -135,10 +162,11 @@ class Processor:
         """Process a batch in order; never raises for bad input."""
         out: list[OutputMessage] = []
         self._exposure_logs.clear()
+        self._batches += 1
         # One profile write per user per batch: each write is a changelog record.
         dirty: dict[str, tuple[Profile, InputMessage]] = {}
-        # Recommendations are computed once per user per batch, see _defer.
-        pending: dict[str, _Pending] = {}
+        # The user of each input partition's last event in the batch (see below).
+        last_user: dict[tuple[str, int], str] = {}
         now = self.clock()
         for msg in batch:
             start = time.perf_counter()
@@ -149,6 +177,7 @@ class Processor:
                 out.append(self._dead_letter(msg, rejection))
                 self.metrics.events.labels(etype, "dead_lettered").inc()
                 continue
+            last_user[(msg.topic, msg.partition)] = event.user_id
             cached = dirty.get(event.user_id)
             if cached is not None:
                 profile = cached[0]
@@ -156,6 +185,13 @@ class Processor:
                 profile = self.profiles.get(event.user_id) or new_profile(event.user_id)
             if event.event_id in profile["recent_event_ids"]:
                 self.metrics.events.labels(etype, "duplicate").inc()
+                if (
+                    profile.get(PENDING_TRIGGER) == event.event_id
+                    and event.user_id not in self._pending
+                ):
+                    # Replayed after a crash or a rebalance with its recommendation
+                    # still owed (the commit guard held this offset): owe it again.
+                    self._owe(profile, event, msg, profile["recommended_at"], now, now)
                 continue
             outcome = self.engine.process(event)
             self._observe(outcome)
@@ -165,53 +201,150 @@ class Processor:
                 # Before this event's own recommendation exists: never credited to it.
                 self._attribute(profile, event, etype)
             if should_recommend(profile, event, self.settings.recommend_min_interval_seconds):
-                self._defer(pending, profile, event, msg, now, out)
+                self._defer(profile, event, msg, now, out)
             out.extend(self._alert(a, now) for a in outcome.alerts)
             self.max_event_time = max(self.max_event_time, event.timestamp)
             processed, seconds = self._per_type(etype)
             processed.inc()
             seconds.observe(time.perf_counter() - start)
-        for entry in pending.values():
-            self._publish_pending(entry, now, out)
+        # Owed recommendations are published now when the user's triggers have
+        # stopped: untouched by this batch, or followed on their partition by
+        # another user's event (a basket's lines are consecutive records); and
+        # any at the max-delay deadline. What stays owed is the last user of a
+        # partition in the batch, whose basket may go on in the next one.
+        deadline = now - self.settings.recommend_max_delay_seconds
+
+        def due(e: _Deferred) -> bool:
+            return (
+                not self.debounce or e.batch < self._batches or e.since <= deadline
+                or last_user.get((e.msg.topic, e.msg.partition)) != e.event.user_id
+            )
+
+        for user_id, (profile, source) in self._publish_due(out, now, due).items():
+            dirty.setdefault(user_id, (profile, source))
         for user_id, (profile, source) in dirty.items():
             self.profiles.put(user_id, profile, source)
         return out
 
     def _defer(
-        self,
-        pending: dict[str, _Pending],
-        profile: Profile,
-        event: Event,
-        msg: InputMessage,
-        now: float,
+        self, profile: Profile, event: Event, msg: InputMessage, now: float,
         out: list[OutputMessage],
     ) -> None:
-        """Schedule the user's recommendation for the end of the batch.
+        """Owe the user a recommendation answering ``event``: a debounce.
 
         Ranking is the costliest step of an event, and a basket of 20 invoice
         lines or a review right after a purchase would otherwise publish 20 or 2
         lists within milliseconds, each obsolete at once. A trigger less than
-        ``recommend_min_interval_seconds`` (event time) after the user's pending
-        one replaces it; a later one publishes the pending one first. The
-        interval starts now, so the batch's later clicks do not trigger again.
+        ``recommend_min_interval_seconds`` (event time) after the user's owed
+        one replaces it; a later one publishes the owed one first. The interval
+        starts now, so later clicks do not trigger again.
+
+        The owed recommendation is published at the end of the batch if
+        another user's event follows the trigger on its partition, else at the
+        end of the first batch that brings no new trigger of the user, or once
+        ``recommend_debounce_seconds`` passed since the last trigger without a
+        batch (:meth:`flush_due`), and at the latest
+        ``recommend_max_delay_seconds`` after the first merged trigger; without
+        ``debounce``, at the end of the batch. Until then the trigger's input
+        record stays uncommitted (:meth:`settle`, the commit guard) and the
+        profile names it (``PENDING_TRIGGER``), so a replay owes it again.
         """
-        earlier = pending.pop(event.user_id, None)
+        earlier = self._pending.pop(event.user_id, None)
         interval = self.settings.recommend_min_interval_seconds
-        if earlier is not None and event.timestamp - earlier[1].timestamp >= interval:
-            self._publish_pending(earlier, now, out)
+        if earlier is not None and event.timestamp - earlier.event.timestamp >= interval:
+            self._publish(earlier, now, out)
             earlier = None
-        previous = profile["recommended_at"] if earlier is None else earlier[3]
-        pending[event.user_id] = (profile, event, msg, previous)
+        if earlier is None:
+            self._owe(profile, event, msg, profile["recommended_at"], now, now)
+        else:
+            self._release(earlier.msg)  # the new trigger carries its obligation
+            self._owe(profile, event, msg, earlier.previous, earlier.since, now)
         profile["recommended_at"] = event.timestamp
 
-    def _publish_pending(self, entry: _Pending, now: float, out: list[OutputMessage]) -> None:
-        profile, event, msg, previous = entry
-        rec = self._recommend(profile, event, msg, now)
+    def _owe(
+        self, profile: Profile, event: Event, msg: InputMessage, previous: float | None,
+        since: float, now: float,
+    ) -> None:
+        self._pending[event.user_id] = _Deferred(
+            profile, event, msg, previous, since, now, self._batches
+        )
+        self._owed_new[(msg.topic, msg.partition, msg.offset)] = msg
+        profile[PENDING_TRIGGER] = event.event_id
+
+    def _release(self, msg: InputMessage) -> None:
+        if self._owed_new.pop((msg.topic, msg.partition, msg.offset), None) is None:
+            self._released.append(msg)
+
+    def _publish(self, entry: _Deferred, now: float, out: list[OutputMessage]) -> None:
+        profile = entry.profile
+        profile.pop(PENDING_TRIGGER, None)
+        rec = self._recommend(profile, entry.event, entry.msg, now)
         if rec is None:
             # Nothing published: the next trigger may try again.
-            profile["recommended_at"] = previous
+            profile["recommended_at"] = entry.previous
         else:
             out.append(rec)
+        self._release(entry.msg)
+
+    def _publish_due(
+        self, out: list[OutputMessage], now: float, due: Callable[[_Deferred], bool]
+    ) -> dict[str, tuple[Profile, InputMessage]]:
+        """Publish the owed recommendations ``due`` says; their profiles to write."""
+        written: dict[str, tuple[Profile, InputMessage]] = {}
+        for user_id in [u for u, e in self._pending.items() if due(e)]:
+            entry = self._pending.pop(user_id)
+            self._publish(entry, now, out)
+            written[user_id] = (entry.profile, entry.msg)
+        self.metrics.recommendations_pending.set(len(self._pending))
+        return written
+
+    def flush_due(self) -> list[OutputMessage]:
+        """Time-driven publishing between batches (the worker calls it often):
+        owed recommendations whose user's triggers stopped
+        ``recommend_debounce_seconds`` ago, or at the max-delay deadline."""
+        if not self._pending:
+            return []
+        out: list[OutputMessage] = []
+        now = self.clock()
+        quiet = now - self.settings.recommend_debounce_seconds
+        deadline = now - self.settings.recommend_max_delay_seconds
+        for user_id, (profile, source) in self._publish_due(
+            out, now, lambda e: e.last <= quiet or e.since <= deadline
+        ).items():
+            self.profiles.put(user_id, profile, source)
+        return out
+
+    def flush_all(self) -> list[OutputMessage]:
+        """Publish every owed recommendation now (offline callers, tests)."""
+        out: list[OutputMessage] = []
+        now = self.clock()
+        for user_id, (profile, source) in self._publish_due(out, now, lambda e: True).items():
+            self.profiles.put(user_id, profile, source)
+        return out
+
+    def drop_pending(self, partitions: Container[tuple[str, int]]) -> int:
+        """Forget the owed recommendations of input records on ``partitions``
+        (revoked by a rebalance): unpublished, their records uncommitted, so the
+        partitions' next owner reads them again and owes them (the profile names
+        the trigger). Returns how many were dropped."""
+        dropped = [
+            u for u, e in self._pending.items() if (e.msg.topic, e.msg.partition) in partitions
+        ]
+        for user_id in dropped:
+            msg = self._pending.pop(user_id).msg
+            self._owed_new.pop((msg.topic, msg.partition, msg.offset), None)
+        self.metrics.recommendations_pending.set(len(self._pending))
+        return len(dropped)
+
+    def settle(self) -> tuple[list[InputMessage], list[InputMessage]]:
+        """``(held, released)`` since the last call, for the commit guard: input
+        records whose recommendation is still owed (do not commit them), and
+        records announced as held before whose owed outputs are now among the
+        outputs returned (commit them once those are published)."""
+        held, released = list(self._owed_new.values()), self._released
+        self._owed_new = {}
+        self._released = []
+        return held, released
 
     def tick(self) -> list[OutputMessage]:
         """Time-driven work: churn checks at the latest event time, model gauges."""

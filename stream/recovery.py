@@ -154,23 +154,34 @@ def guard_producer_flush(producer: Any, settings: Settings) -> None:
 class CommitGuard:
     """Only offsets of input events whose outputs were published get committed.
 
-    The agent calls :meth:`done` after publishing a batch. Two wrappers on the
-    consumer enforce it:
+    The agent calls :meth:`done` after publishing a batch, :meth:`hold` for the
+    batch's events whose outputs are still owed (a debounced recommendation,
+    stream/processor.py) and :meth:`release` once those are published. Three
+    wrappers on the consumer enforce it:
 
     * ``ack``: an input message acked by Faust without having been marked done
       is dropped from the pending set (a rebalance or shutdown does not wait
-      for it) but never recorded as committable;
+      for it) but never recorded as committable; a held one is dropped the same
+      way, quietly, and becomes committable at its :meth:`release`;
+    * ``_new_offset``: the offset Faust asks to commit for an input partition is
+      the guard's, the end of the run of processed offsets from the committed
+      one. Faust's own accounting never hears of the messages refused above, and
+      stops committing a partition for good once its acks start past the
+      committed offset (a hole it believes it saw), which a released offset
+      must be able to fill;
     * ``_commit_offsets``: the offset committed for an input partition never
       passes the first offset, counted from the last committed one, that the
-      agent has not processed. Faust's own gap accounting can step over a hole
-      (``Consumer._new_offset`` tests ``min(acked) - committed > 1``, one too
-      many), and a rebalance test lost two events that way or through another
-      unexplained path; this cap does not depend on how the hole arose.
+      agent has not processed, or that is held. Faust's own gap accounting can
+      step over a hole (``Consumer._new_offset`` tests ``min(acked) - committed
+      > 1``, one too many), and a rebalance test lost two events that way or
+      through another unexplained path; this cap does not depend on how the
+      hole arose.
 
     A held offset stays uncommitted, so the next owner of the partition (or
     this worker after a restart) reads it again: at-least-once, and the
-    profile's de-duplication window absorbs the repeat. Faust stops committing
-    that partition until its next rebalance, which the lag gauge shows.
+    profile's de-duplication window absorbs the repeat. An offset never
+    processed holds that partition's commits until it is read again (the next
+    rebalance or restart), which the lag gauge shows.
     """
 
     def __init__(self, input_topics: Iterable[str], enabled: bool = True) -> None:
@@ -179,31 +190,99 @@ class CommitGuard:
         self._done: set[tuple[str, int, int]] = set()
         # Offsets processed and not yet committed, per (topic, partition).
         self._processed: dict[tuple[str, int], set[int]] = {}
+        # Offsets processed whose outputs are owed (held), per (topic, partition).
+        self._owed: dict[tuple[str, int], set[int]] = {}
+        # Held offsets Faust acked already: their release is their last word.
+        self._acked_owed: set[tuple[str, int, int]] = set()
         self._held: set[tuple[str, int, int]] = set()
         self.refused = 0  # acks of unprocessed input events, for the logs and tests
 
     def done(self, messages: Iterable[Any]) -> None:
+        """Mark processed messages whose outputs are published (held ones stay held)."""
         if not self.enabled:
             return
         for m in messages:
-            self._done.add((m.topic, m.partition, m.offset))
-            self._processed.setdefault((m.topic, m.partition), set()).add(m.offset)
+            owed = self._owed.get((m.topic, m.partition))
+            if owed and m.offset in owed:
+                continue
+            self._mark(m.topic, m.partition, m.offset)
 
-    def cap(self, tp: Any, offset: int, committed: int | None) -> int | None:
-        """The offset to commit for ``tp`` instead of ``offset`` (None: none)."""
-        processed = self._processed.setdefault((tp.topic, tp.partition), set())
+    def hold(self, messages: Iterable[Any]) -> None:
+        """Processed messages whose outputs are still owed: not committable yet."""
+        if not self.enabled:
+            return
+        for m in messages:
+            self._owed.setdefault((m.topic, m.partition), set()).add(m.offset)
+
+    def release(self, messages: Iterable[Any]) -> None:
+        """Held messages whose owed outputs are now published."""
+        if not self.enabled:
+            return
+        for m in messages:
+            owed = self._owed.get((m.topic, m.partition))
+            if owed is None or m.offset not in owed:
+                continue  # forgotten (revoked) meanwhile: the next owner redoes it
+            owed.discard(m.offset)
+            self._mark(m.topic, m.partition, m.offset)
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop the held offsets of revoked partitions (their owed outputs were
+        dropped; the partition's next owner reads them again)."""
+        for tp in partitions:
+            for offset in self._owed.pop(tp, ()):
+                self._acked_owed.discard((tp[0], tp[1], offset))
+
+    def _mark(self, topic: str, partition: int, offset: int) -> None:
+        key = (topic, partition, offset)
+        if key in self._acked_owed:
+            self._acked_owed.discard(key)  # Faust will not ack it again
+        else:
+            self._done.add(key)
+        self._processed.setdefault((topic, partition), set()).add(offset)
+
+    def _base(self, tp: Any, committed: int | None) -> int | None:
+        """Where the run of committable offsets starts for ``tp`` (None: nothing to commit)."""
+        key = (tp.topic, tp.partition)
+        processed = self._processed.setdefault(key, set())
+        owed = self._owed.get(key)
         if not processed:
             return None
         # Faust may not know the committed offset (it keeps None for "unknown"
-        # and for 0): count from the first offset processed since then.
-        base = committed if committed else min(processed)
-        if processed and min(processed) < base:  # another owner committed past them
+        # and for 0): count from the first offset processed since then, held
+        # ones included.
+        base = committed if committed else min(min(processed), min(owed) if owed else 1 << 62)
+        if min(processed) < base:  # another owner committed past them
             processed.difference_update([o for o in processed if o < base])
+        if owed and min(owed) < base:
+            owed.difference_update([o for o in owed if o < base])
+        return base
+
+    def committable(self, tp: Any, committed: int | None) -> int | None:
+        """The offset the guard would commit for ``tp`` now (None: none)."""
+        base = self._base(tp, committed)
+        if base is None:
+            return None
+        processed = self._processed[(tp.topic, tp.partition)]
+        end = base
+        while end in processed:
+            end += 1
+        return end if end > (committed or 0) else None
+
+    def cap(self, tp: Any, offset: int, committed: int | None) -> int | None:
+        """The offset to commit for ``tp`` instead of ``offset`` (None: none)."""
+        base = self._base(tp, committed)
+        if base is None:
+            return None
+        processed = self._processed[(tp.topic, tp.partition)]
         end = base
         while end < offset and end in processed:
             end += 1
         processed.difference_update(range(base, end))
-        if end < offset and (tp.topic, tp.partition, end) not in self._held:
+        owed = self._owed.get((tp.topic, tp.partition))
+        if (
+            end < offset and (tp.topic, tp.partition, end) not in self._held
+            and not (owed and end in owed)  # owed outputs: held on purpose
+        ):
             self._held.add((tp.topic, tp.partition, end))
             log.warning(
                 "holding the commit of %s[%d] at %d (Faust wanted %d): offset %d was "
@@ -227,6 +306,10 @@ class CommitGuard:
                     if not message.acked:
                         message.acked = True
                         consumer._unacked_messages.discard(message)
+                        owed = self._owed.get((message.topic, message.partition))
+                        if owed and message.offset in owed:
+                            self._acked_owed.add(key)
+                            return False
                         self.refused += 1
                         log.info(
                             "not committing %s[%d]@%d: acked by Faust, never processed",
@@ -238,6 +321,20 @@ class CommitGuard:
 
         ack.commit_guard = self  # type: ignore[attr-defined]
         consumer.ack = ack
+
+        new_offset = getattr(consumer, "_new_offset", None)
+        if new_offset is not None:
+            def guarded_new_offset(tp: Any) -> int | None:
+                if tp.topic not in self.input_topics:
+                    return new_offset(tp)
+                # Faust's list of acked offsets is not what decides: empty it.
+                acked = consumer._acked.get(tp)
+                if acked:
+                    acked.clear()
+                    consumer._acked_index[tp].clear()
+                return self.committable(tp, consumer._committed_offset.get(tp))
+
+            consumer._new_offset = guarded_new_offset
 
         commit_offsets = consumer._commit_offsets
 

@@ -78,10 +78,17 @@ class Settings:
     # Event ids remembered per user for de-duplication.
     dedup_window: int = 128
     # A batch of input events is handed to the processor once it holds 500 or
-    # after this wait. Latency against throughput: recommendations are ranked once
-    # per user per batch, so shorter waits mean more rankings (bench at 0.03:
-    # p99 0.16 s at half load, 19% fewer events/s than at 0.05).
-    batch_max_wait_seconds: float = 0.05
+    # after this wait: the latency a partial batch adds (0.05 before the debounce
+    # below; docs/performance.md has both).
+    batch_max_wait_seconds: float = 0.02
+    # The worker's debounce of recommendations across batches (docs/performance.md):
+    # a user's recommendation waits for their triggers to stop, and is published
+    # at the end of the first batch without a new trigger of theirs, or this long
+    # after the last one when no batch comes first; 0: at the end of each batch
+    # (then shorter batch waits mean more rankings).
+    recommend_debounce_seconds: float = 0.1
+    # ...and at the latest this long after the first trigger it answers.
+    recommend_max_delay_seconds: float = 0.5
     checkpoint_interval_seconds: float = 30.0
     # How often the worker runs the engine's time-driven checks (churn) and refreshes gauges.
     tick_interval_seconds: float = 5.0
@@ -164,6 +171,11 @@ class Settings:
             (self.tick_interval_seconds > 0, "FEEDBACK_TICK_INTERVAL_SECONDS must be > 0"),
             (0 < self.batch_max_wait_seconds <= 5,
              "FEEDBACK_BATCH_MAX_WAIT_SECONDS must be > 0 and <= 5"),
+            (0 <= self.recommend_debounce_seconds <= 60,
+             "FEEDBACK_RECOMMEND_DEBOUNCE_SECONDS must be >= 0 and <= 60"),
+            (self.recommend_debounce_seconds <= self.recommend_max_delay_seconds <= 300,
+             "FEEDBACK_RECOMMEND_MAX_DELAY_SECONDS must be >= "
+             "FEEDBACK_RECOMMEND_DEBOUNCE_SECONDS and <= 300"),
             (self.recovery_guards in (0, 1), "FEEDBACK_RECOVERY_GUARDS must be 0 or 1"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "FEEDBACK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),

@@ -1,0 +1,174 @@
+"""The commit guard holds the input offsets whose outputs are owed (a debounced
+recommendation) and commits them, and what follows, once they are released.
+
+A fake consumer with Faust's commit bookkeeping (``_acked``, ``_new_offset``,
+``_commit_offsets``); the real consumer is exercised by tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from faust.types import TP
+
+from stream.recovery import CommitGuard
+
+TOPIC = "in.purchases"
+TP0 = TP(TOPIC, 0)
+
+
+@dataclass(eq=False)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    acked: bool = False
+
+
+class Consumer:
+    """Faust's bookkeeping, reduced: acks append to ``_acked``; a commit asks
+    ``_new_offset`` for each partition with acks, as Faust's force_commit does."""
+
+    def __init__(self) -> None:
+        self._acked: defaultdict[Any, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[Any, set[int]] = defaultdict(set)
+        self._unacked_messages: set[Message] = set()
+        self._committed_offset: dict[Any, int | None] = {}
+        self.commits: list[dict[Any, int]] = []
+
+    def ack(self, message: Message) -> bool:
+        message.acked = True
+        self._unacked_messages.discard(message)
+        tp = TP(message.topic, message.partition)
+        self._acked[tp].append(message.offset)
+        self._acked_index[tp].add(message.offset)
+        return True
+
+    def _new_offset(self, tp: Any) -> int | None:  # Faust's: the first run of acked offsets
+        acked = sorted(self._acked[tp])
+        if not acked:
+            return None
+        committed = self._committed_offset.get(tp)
+        if committed and acked[0] - committed > 1:
+            return None  # a hole at the head: Faust waits for it, for good
+        end = acked[0]
+        while end + 1 in acked:
+            end += 1
+        self._acked[tp] = [o for o in acked if o > end]
+        return end + 1
+
+    async def _commit_offsets(self, offsets: dict[Any, int]) -> bool:
+        self.commits.append(dict(offsets))
+        self._committed_offset.update(offsets)
+        return True
+
+    def commit(self) -> None:
+        offsets = {}
+        for tp in list(self._acked):
+            offset = self._new_offset(tp)
+            committed = self._committed_offset.get(tp)
+            if offset is not None and (committed is None or offset > committed):
+                offsets[tp] = offset
+        if offsets:
+            asyncio.run(self._commit_offsets(offsets))
+
+    def committed(self) -> int | None:
+        return self._committed_offset.get(TP0)
+
+
+def batch(first: int, last: int) -> list[Message]:
+    return [Message(TOPIC, 0, o) for o in range(first, last + 1)]
+
+
+def test_a_held_offset_and_what_follows_wait_for_its_release() -> None:
+    consumer, guard = Consumer(), CommitGuard([TOPIC])
+    guard.install(consumer)
+    first = batch(0, 9)
+    consumer._unacked_messages |= set(first)
+    guard.hold([first[4]])  # offset 4's recommendation is owed
+    guard.done(first)
+    for m in first:  # take_events acks the batch when the next one is requested
+        consumer.ack(m)
+    # The held message no longer holds up a rebalance or shutdown (wait_empty),
+    # and is not counted as an unprocessed one.
+    assert consumer._unacked_messages == set() and guard.refused == 0
+    consumer.commit()
+    assert consumer.committed() == 4
+    second = batch(10, 14)
+    guard.done(second)
+    for m in second:
+        consumer.ack(m)
+    consumer.commit()
+    assert consumer.committed() == 4  # still owed
+    guard.release([first[4]])  # published
+    third = batch(15, 15)
+    guard.done(third)
+    consumer.ack(third[0])
+    consumer.commit()
+    # Faust alone would wait for ever (its acks start past the committed offset).
+    assert consumer.committed() == 16
+
+
+def test_a_release_before_fausts_ack_lets_the_ack_through() -> None:
+    consumer, guard = Consumer(), CommitGuard([TOPIC])
+    guard.install(consumer)
+    msgs = batch(0, 2)
+    guard.hold([msgs[1]])
+    guard.done(msgs)
+    guard.release([msgs[1]])  # published between batches, before the ack
+    assert all(consumer.ack(m) for m in msgs)
+    consumer.commit()
+    assert consumer.committed() == 3 and guard.refused == 0
+
+
+def test_a_held_first_offset_of_a_fresh_partition_is_not_stepped_over() -> None:
+    # No committed offset known: the run starts at the first offset processed,
+    # held ones included.
+    consumer, guard = Consumer(), CommitGuard([TOPIC])
+    guard.install(consumer)
+    msgs = batch(0, 3)
+    guard.hold([msgs[0]])
+    guard.done(msgs)
+    for m in msgs:
+        consumer.ack(m)
+    consumer.commit()
+    assert consumer.committed() is None
+    guard.release([msgs[0]])
+    later = batch(4, 4)
+    guard.done(later)
+    consumer.ack(later[0])
+    consumer.commit()
+    assert consumer.committed() == 5
+
+
+def test_forgotten_held_offsets_are_read_again_not_committed() -> None:
+    consumer, guard = Consumer(), CommitGuard([TOPIC])
+    guard.install(consumer)
+    msgs = batch(0, 3)
+    guard.hold([msgs[2]])
+    guard.done(msgs)
+    for m in msgs:
+        consumer.ack(m)
+    guard.forget([(TOPIC, 0)])  # revoked: the owed recommendation was dropped
+    guard.release([msgs[2]])  # a late release of a dropped one changes nothing
+    consumer.commit()
+    assert consumer.committed() == 2
+    # The next read of offset 2 (after the seek) is processed normally.
+    again = batch(2, 3)
+    guard.done(again)
+    for m in again:
+        consumer.ack(m)
+    consumer.commit()
+    assert consumer.committed() == 4
+
+
+def test_other_topics_keep_fausts_own_accounting() -> None:
+    consumer, guard = Consumer(), CommitGuard([TOPIC])
+    guard.install(consumer)
+    changelog = Message("app-profiles-changelog", 0, 0)
+    assert consumer.ack(changelog) is True
+    consumer.commit()
+    assert consumer._committed_offset[TP("app-profiles-changelog", 0)] == 1
