@@ -9,6 +9,7 @@ only ever comes from events.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Collection
@@ -29,12 +30,16 @@ from models.sentiment import ItemSentiment, SentimentModel
 
 __all__ = [
     "ALERT_KINDS",
+    "USER_ALERT_KINDS",
     "Alert",
     "EngineConfig",
     "FeedbackEngine",
     "Outcome",
     "Recommendation",
 ]
+
+#: Alert kinds whose subject is a user id (their cooldowns are per-user state).
+USER_ALERT_KINDS = ("churn_risk", "anomalous_behaviour")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +205,12 @@ class FeedbackEngine:
 
     # -- the per-event path ----------------------------------------------------
     def _profile(self, user_id: str, t: float) -> UserProfile:
-        profile = self.profiles.get(user_id)
+        # Re-inserted on every event: ``profiles`` stays ordered from the least to
+        # the most recently active user, which is the order eviction reads.
+        profile = self.profiles.pop(user_id, None)
         if profile is None:
             profile = UserProfile(user_id, t, t, deque(maxlen=self.config.history_size))
-            self.profiles[user_id] = profile
+        self.profiles[user_id] = profile
         return profile
 
     def _strengths(self, event: Event, sentiment: float | None) -> tuple[float, float]:
@@ -405,10 +412,11 @@ class FeedbackEngine:
         """
         alerts: list[Alert] = []
         c = self.config
-        for user_id, version in self.churn.due(now):
+        for user_id, version, due in self.churn.due(now):
             profile = self.profiles.get(user_id)
-            if profile is None or profile.churn_version != version:
-                continue  # ordered again since: that due date is stale
+            if profile is None or profile.churn_version != version or profile.churn_due != due:
+                continue  # ordered again since (or evicted): that due date is stale
+            profile.churn_due = None  # checked: no longer holds the user back from eviction
             risk = self.churn.risk(profile, now)
             gap = self.churn.expected_gap_days(profile)
             assert profile.last_order_time is not None
@@ -428,6 +436,61 @@ class FeedbackEngine:
         if len(self.cooldown.last) > 10_000:
             self.cooldown.prune(now)
         return alerts
+
+    # -- per-user state bounds ------------------------------------------------------
+    def forget(self, user_id: str) -> bool:
+        """Drop every per-user structure of ``user_id``; False if unknown.
+
+        The profile (history, seen items, counters, churn state), both
+        factorisations' user vectors, the segmentation row and the user's alert
+        cooldowns. Item-side models keep what the user taught them. A later
+        event from the user starts from nothing, as for a new user.
+        """
+        profile = self.profiles.pop(user_id, None)
+        self.recommender.taste.forget(user_id)
+        self.ratings.forget(user_id)
+        self.segmentation.remove(user_id)
+        for kind in USER_ALERT_KINDS:
+            self.cooldown.last.pop((kind, user_id), None)
+        return profile is not None
+
+    def evict_inactive(self, before: float, limit: int) -> list[str]:
+        """Forget users whose last event is older than ``before`` (event time).
+
+        Reads at most ``limit`` users, least recently active first, and stops at
+        the first one still active, so the cost is O(``limit``) whatever the
+        number of users. A user whose churn alert is still pending
+        (``UserProfile.churn_due``) is kept and moved behind the others: the
+        alert of a customer who goes quiet fires before they are forgotten.
+        Returns the ids forgotten.
+        """
+        evicted: list[str] = []
+        held: list[UserProfile] = []
+        for user_id, profile in itertools.islice(self.profiles.items(), max(limit, 0)):
+            if profile.last_seen >= before:
+                break
+            if profile.churn_due is not None:
+                held.append(profile)
+            else:
+                evicted.append(user_id)
+        for user_id in evicted:
+            self.forget(user_id)
+        for profile in held:
+            del self.profiles[profile.user_id]
+            self.profiles[profile.user_id] = profile
+        return evicted
+
+    def evict_least_recent(self, keep: int, limit: int) -> list[str]:
+        """Forget the least recently active users beyond the ``keep`` most recent,
+        at most ``limit`` of them (a hard cap on users; pending churn alerts of
+        those users are lost). Returns the ids forgotten."""
+        excess = min(len(self.profiles) - max(keep, 0), limit)
+        if excess <= 0:
+            return []
+        evicted = list(itertools.islice(self.profiles, excess))
+        for user_id in evicted:
+            self.forget(user_id)
+        return evicted
 
     # -- queries -----------------------------------------------------------------
     def recommend(

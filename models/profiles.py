@@ -61,6 +61,10 @@ class UserProfile:
     sentiment_n: int = 0
     segment: int | None = None
     churn_version: int = 0
+    # Event time at which the churn alert of ``churn_version`` falls due; None
+    # when none is pending (fewer orders, or already checked). An evictable user
+    # has none pending: the alert of a user who goes quiet fires before eviction.
+    churn_due: float | None = None
     vector: np.ndarray | None = None
 
     def remember(self, item: int, kind: str, max_seen: int) -> None:
