@@ -10,6 +10,7 @@ import asyncio
 import logging
 import ssl
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,7 +192,9 @@ def build_app(
     )
     models = checkpoint.load_or_new(settings) if engine is None else checkpoint.Models(engine)
     engine = models.engine
-    processor = Processor(settings, engine, TableStore(profiles), metrics, bandit=models.bandit)
+    processor = Processor(
+        settings, engine, TableStore(profiles, settings), metrics, bandit=models.bandit
+    )
     models.bandit = processor.bandit  # what the checkpoints save is what the processor learns
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
     commit_guard = recovery.CommitGuard(settings.input_topics, bool(settings.recovery_guards))
@@ -221,6 +224,7 @@ def build_app(
     @app.timer(settings.tick_interval_seconds)
     async def tick() -> None:
         await publish(fa, processor.tick())
+        processor.evict()  # bounded work: at most settings.evictions_per_tick users
         await update_lag(fa)
         metrics.users_tracked.set(len(engine.profiles))
         metrics.items_tracked.set(len(engine.catalogue))
@@ -243,18 +247,50 @@ class TableStore:
     event explicitly (the user's latest event in the batch).
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, settings: Settings) -> None:
         self.table = table
+        self.inputs = set(settings.input_topics)
 
     def get(self, user_id: str) -> Any:
         return self.table.get(user_id)
 
     def put(self, user_id: str, profile: Any, source: InputMessage) -> None:
+        # The changelog partition of the profile: where its tombstone must go.
+        profile["partition"] = source.partition
         token = _current_event.set(weakref.ref(source.context))
         try:
             self.table[user_id] = profile
         finally:
             _current_event.reset(token)
+
+    def delete(self, user_ids: Sequence[str]) -> int:
+        """Delete profiles: a tombstone in the changelog partition each was written
+        to, so compaction drops it and a restart or a rebalance does not bring it
+        back. A profile of a partition this worker no longer owns (revoked since it
+        was written) is only dropped from memory: its new owner decides."""
+        store = self.table.data
+        # Partitions of the profiles restored from the changelog (Faust's memory
+        # store records them; profiles written since carry their own).
+        restored = getattr(store, "_key_partition", {})
+        owned = {
+            tp.partition for tp in self.table.app.assignor.assigned_actives()
+            if tp.topic in self.inputs or tp.topic == self.table.changelog_topic_name
+        }
+        deleted = 0
+        for user_id in user_ids:
+            profile = store.get(user_id)
+            if profile is None:
+                continue
+            partition = profile.get("partition", restored.get(user_id))
+            if partition in owned:
+                self.table.send_changelog(partition, user_id, None, value_serializer="raw")
+            del store[user_id]
+            restored.pop(user_id, None)
+            deleted += 1
+        return deleted
+
+    def keys(self) -> Iterable[str]:
+        return self.table.data.keys()
 
     def __len__(self) -> int:
         return len(self.table)

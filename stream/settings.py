@@ -85,6 +85,17 @@ class Settings:
     checkpoint_interval_seconds: float = 30.0
     # How often the worker runs the engine's time-driven checks (churn) and refreshes gauges.
     tick_interval_seconds: float = 5.0
+    # Users inactive for longer than this (event time, behind the newest event)
+    # are forgotten by the models and their profile deleted (a changelog
+    # tombstone); a later event starts a fresh profile. 0 keeps every user. The
+    # default is twice the churn-risk horizon (90 days), and a pending churn
+    # alert holds its user until it has fired.
+    user_retention_seconds: float = 180 * 86_400.0
+    # Hard cap on users in this worker's models (least recently active evicted
+    # first, pending churn alerts included); 0: no cap.
+    max_users: int = 0
+    # Users evicted at most per tick: bounds the tick's pause (about 30 us each).
+    evictions_per_tick: int = 2000
     # 1: the fixes of stream/recovery.py for Faust's recovery and commits are on.
     # 0 only reproduces the upstream defects (docs/faust-sigterm-offset-race.md).
     recovery_guards: int = 1
@@ -162,6 +173,12 @@ class Settings:
             (0 < self.batch_max_wait_seconds <= 5,
              "FEEDBACK_BATCH_MAX_WAIT_SECONDS must be > 0 and <= 5"),
             (self.recovery_guards in (0, 1), "FEEDBACK_RECOVERY_GUARDS must be 0 or 1"),
+            (self.user_retention_seconds == 0
+             or self.user_retention_seconds >= self.attribution_window_seconds,
+             "FEEDBACK_USER_RETENTION_SECONDS must be 0 (off) or at least "
+             "FEEDBACK_ATTRIBUTION_WINDOW_SECONDS (a user's recent exposures must survive)"),
+            (self.max_users >= 0, "FEEDBACK_MAX_USERS must be >= 0 (0: no cap)"),
+            (self.evictions_per_tick >= 1, "FEEDBACK_EVICTIONS_PER_TICK must be >= 1"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "FEEDBACK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
             (self.attribution_window_seconds > 0,
