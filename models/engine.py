@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ from models.catalogue import ItemCatalogue, grown
 from models.churn import ChurnModel
 from models.events import Event
 from models.factorization import RatingFactorization
-from models.profiles import DAY, UserProfile
+from models.profiles import DAY, History, UserProfile
 from models.recommender import BlendedRecommender, exclude_seen, top_k
 from models.segmentation import OnlineSegmentation
 from models.sentiment import ItemSentiment, SentimentModel
@@ -209,7 +208,7 @@ class FeedbackEngine:
         # the most recently active user, which is the order eviction reads.
         profile = self.profiles.pop(user_id, None)
         if profile is None:
-            profile = UserProfile(user_id, t, t, deque(maxlen=self.config.history_size))
+            profile = UserProfile(user_id, t, t, History(self.config.history_size))
         self.profiles[user_id] = profile
         return profile
 
@@ -511,7 +510,7 @@ class FeedbackEngine:
             return []
         profile = self.profiles.get(user_id)
         if profile is None:
-            profile = UserProfile(user_id, 0.0, 0.0, deque(maxlen=self.config.history_size))
+            profile = UserProfile(user_id, 0.0, 0.0, History(self.config.history_size))
         scored = self.recommender.score(profile, n, exclude_all_seen=False)
         # Excluded before the top k is taken, so reasons are built for the k returned only.
         self._exclude(scored.scores, avoid)
