@@ -224,10 +224,14 @@ def build_app(
     @app.timer(settings.tick_interval_seconds)
     async def tick() -> None:
         await publish(fa, processor.tick())
-        processor.evict()  # bounded work: at most settings.evictions_per_tick users
         await update_lag(fa)
         metrics.users_tracked.set(len(engine.profiles))
         metrics.items_tracked.set(len(engine.catalogue))
+
+    @app.timer(settings.eviction_interval_seconds)
+    async def evict() -> None:
+        # Bounded work: at most settings.evictions_per_tick users per call.
+        processor.evict()
 
     # Periodic and final (graceful stop) checkpoints, consistent with the
     # profile changelog: see stream/checkpoint.py.

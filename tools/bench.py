@@ -308,16 +308,31 @@ def encode(events: Sequence[dict[str, Any]], topic_by_type: dict[str, str]) -> l
 
 
 def distinct_users(
-    events: Sequence[dict[str, Any]], users: int, seed: int
+    events: Sequence[dict[str, Any]],
+    users: int,
+    seed: int,
+    at: float | None = None,
+    prefix: str = "",
 ) -> Iterator[dict[str, Any]]:
     """One event per synthetic user: real events (items, types, times) with the
-    user id replaced, shuffled by ``seed``; ``users`` may exceed ``len(events)``."""
+    user id replaced, shuffled by ``seed``; ``users`` may exceed ``len(events)``.
+
+    ``at`` (Unix seconds) replaces every event time, e.g. by the latest one so
+    that no synthetic user is older than the retention horizon; ``prefix`` keeps
+    the ids of two calls apart."""
+    from stream.contract import format_timestamp
+
     rng = random.Random(seed)
     order = list(range(len(events)))
     rng.shuffle(order)
+    stamp = None if at is None else format_timestamp(at)
     for i in range(users):
         e = events[order[i % len(order)]]
-        yield {**e, "user_id": f"bench-u{i:06d}", "event_id": f"{e['event_id']}~u{i}"}
+        user = f"{prefix}u{i}"
+        out = {**e, "user_id": f"bench-{prefix}u{i:06d}", "event_id": f"{e['event_id']}~{user}"}
+        if stamp is not None:
+            out["timestamp"] = stamp
+        yield out
 
 
 # -- Kafka helpers (bench side) ---------------------------------------------------
