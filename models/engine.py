@@ -456,9 +456,13 @@ class FeedbackEngine:
     def evict_inactive(self, before: float, limit: int) -> list[str]:
         """Forget users whose last event is older than ``before`` (event time).
 
-        Reads at most ``limit`` users, least recently active first, and stops at
-        the first one still active, so the cost is O(``limit``) whatever the
-        number of users. A user whose churn alert is still pending
+        Reads the ``limit`` least recently processed users, so the cost is
+        O(``limit``) whatever the number of users. Processing order is event
+        order only roughly (partitions interleave, events arrive late), so a
+        still-active user among them is skipped, not a reason to stop: a user
+        whose events were processed after someone else's newer ones is still
+        found, unless ``limit`` active users sit ahead of them, and then once
+        those expire in turn. A user whose churn alert is still pending
         (``UserProfile.churn_due``) is kept and moved behind the others: the
         alert of a customer who goes quiet fires before they are forgotten.
         Returns the ids forgotten.
@@ -467,7 +471,7 @@ class FeedbackEngine:
         held: list[UserProfile] = []
         for user_id, profile in itertools.islice(self.profiles.items(), max(limit, 0)):
             if profile.last_seen >= before:
-                break
+                continue
             if profile.churn_due is not None:
                 held.append(profile)
             else:

@@ -78,6 +78,15 @@ def test_evict_inactive_takes_least_recent_first_and_is_bounded() -> None:
     assert sorted(engine.profiles) == sorted(f"u{i}" for i in range(10, 20))
 
 
+def test_an_active_user_processed_first_does_not_block_eviction() -> None:
+    # Partitions interleave: a newer event can be processed before an older one.
+    engine = FeedbackEngine(EngineConfig(seed=3))
+    engine.process(purchase("kim", "sku-1", T0 + 2 * DAY, 0))
+    engine.process(purchase("ann", "sku-2", T0, 0))
+    assert engine.evict_inactive(T0 + DAY, limit=10) == ["ann"]
+    assert list(engine.profiles) == ["kim"]
+
+
 def test_activity_moves_a_user_behind_the_others() -> None:
     engine = engine_with(5)
     engine.process(purchase("u0", "sku-3", T0 + 30 * DAY, 5))
