@@ -78,7 +78,8 @@ def test_a_returning_user_gets_a_fresh_profile() -> None:
 def test_cap_evicts_the_least_recently_active() -> None:
     proc, s, reg = make(user_retention_seconds=0, max_users=3)
     proc.handle([purchase(s, f"e{i}", f"u{i}", "sku", T0 + i) for i in range(5)])
-    proc.handle([purchase(s, "again", "u0", "sku", T0 + 10)])  # u0 active again
+    # u0 active again an hour later (the cap orders users by the hour of last activity)
+    proc.handle([purchase(s, "again", "u0", "sku", T0 + 3600)])
     assert proc.evict() == 2
     assert sorted(proc.profiles) == ["u0", "u3", "u4"]
     assert evicted(reg, "cap") == 2

@@ -87,10 +87,34 @@ def test_an_active_user_processed_first_does_not_block_eviction() -> None:
     assert list(engine.profiles) == ["kim"]
 
 
+def test_order_of_processing_does_not_matter_beyond_the_limit() -> None:
+    # Many newer users processed before the expired ones (a lagging partition).
+    engine = FeedbackEngine(EngineConfig(seed=3))
+    for i in range(50):
+        engine.process(purchase(f"new{i}", "sku-1", T0 + 5 * DAY + i, 0))
+    for i in range(5):
+        engine.process(purchase(f"old{i}", "sku-2", T0 + i, 0))
+    assert engine.evict_inactive(T0 + DAY, limit=3) == ["old0", "old1", "old2"]
+    assert engine.evict_inactive(T0 + DAY, limit=3) == ["old3", "old4"]
+    assert engine.evict_inactive(T0 + DAY, limit=3) == []
+    assert len(engine.profiles) == 50
+
+
+def test_eviction_inside_the_bucket_straddling_the_horizon_is_exact() -> None:
+    engine = FeedbackEngine(EngineConfig(seed=3, activity_bucket_s=DAY))
+    for i in range(6):
+        engine.process(purchase(f"u{i}", "sku-1", T0 + i * 3600, 0))  # all in one day
+    assert sorted(engine.evict_inactive(T0 + 2.5 * 3600, limit=10)) == ["u0", "u1", "u2"]
+    assert sorted(engine.profiles) == ["u3", "u4", "u5"]
+    assert engine.evict_inactive(T0 + 2.5 * 3600, limit=10) == []
+
+
 def test_activity_moves_a_user_behind_the_others() -> None:
     engine = engine_with(5)
     engine.process(purchase("u0", "sku-3", T0 + 30 * DAY, 5))
-    assert next(iter(engine.profiles)) == "u1"
+    assert engine.evict_least_recent(keep=4, limit=1) == ["u1"]
+    engine = engine_with(5)
+    engine.process(purchase("u0", "sku-3", T0 + 30 * DAY, 5))
     assert engine.evict_inactive(T0 + 20 * DAY, limit=100) == ["u1", "u2", "u3", "u4"]
     assert list(engine.profiles) == ["u0"]
 
