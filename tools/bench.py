@@ -724,10 +724,20 @@ def memory_bound(
          f"({args.eviction_span:g} retention horizons of {retention / 86_400:,.0f} days)")
     asyncio.run(_produce(settings, encode(arrivals, topic_by_type), timeout=timeout))
     got = wait_counts(workers, done + n, 2 * timeout, on_sample) - done
-    # Let the eviction ticks work off what fell due with the last arrivals.
-    time.sleep(max(2.0, 3 * settings.eviction_interval_seconds))
-    for w in workers:
-        w.sample()
+    # Let the eviction ticks work off what fell due with the last arrivals: until
+    # the evicted count has not moved for 6 s (the users-tracked gauge follows
+    # on the 5 s tick), at most 120 s.
+    def evicted() -> float:
+        return sum(w.totals.get("feedback_users_evicted_total", 0.0) for w in workers)
+
+    deadline = time.monotonic() + 120.0
+    last, since = evicted(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < 6.0:
+        time.sleep(SAMPLE_SECONDS)
+        for w in workers:
+            w.sample()
+        if evicted() != last:
+            last, since = evicted(), time.monotonic()
     on_sample()
     out: dict[str, Any] = {
         "eviction_users": int(min(n, max(0.0, got))),
