@@ -449,8 +449,7 @@ class Processor:
             self.settings.topic_deadletter, msg.key, msg.value or b"", headers
         )
 
-
-    # -- bounded state: the eviction step (run on the tick) ----------------------
+    # -- bounded state: the eviction step (run on its own tick, stream/app.py) -----
 
     def evict(self) -> int:
         """Forget inactive users, in the models and in the profile store alike.
