@@ -151,7 +151,7 @@ def build_app(
         settings.app_id,
         broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings),
-        store="memory://",
+        store=f"{settings.table_store}://",
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

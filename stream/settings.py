@@ -20,6 +20,7 @@ PREFIX = "FEEDBACK_"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+TABLE_STORES = ("memory", "rocksdb")
 
 
 class SettingsError(ValueError):
@@ -94,6 +95,10 @@ class Settings:
     # Hard cap on users in this worker's models (least recently active evicted
     # first, pending churn alerts included); 0: no cap.
     max_users: int = 0
+    # Where Faust keeps the profile table: "memory" (the worker's heap, rebuilt from
+    # the changelog at start) or "rocksdb" (on disk under state_dir, through the
+    # optional rocksdict package: pip install 'feedback-stream[rocksdb]').
+    table_store: str = "memory"
     # The eviction step runs on its own tick, every this many seconds, and
     # forgets at most `evictions_per_tick` users (about 14 us each in process,
     # plus the changelog tombstone): the pause stays in the tens of ms, and
@@ -182,6 +187,8 @@ class Settings:
              "FEEDBACK_USER_RETENTION_SECONDS must be 0 (off) or at least "
              "FEEDBACK_ATTRIBUTION_WINDOW_SECONDS (a user's recent exposures must survive)"),
             (self.max_users >= 0, "FEEDBACK_MAX_USERS must be >= 0 (0: no cap)"),
+            (self.table_store in TABLE_STORES,
+             f"FEEDBACK_TABLE_STORE must be one of {', '.join(TABLE_STORES)}"),
             (self.evictions_per_tick >= 1, "FEEDBACK_EVICTIONS_PER_TICK must be >= 1"),
             (self.eviction_interval_seconds > 0,
              "FEEDBACK_EVICTION_INTERVAL_SECONDS must be > 0"),

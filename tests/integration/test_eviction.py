@@ -27,8 +27,23 @@ def profile(worker: Any, user: str) -> dict[str, Any] | None:
     return orjson.loads(body) if status == 200 else None
 
 
-def test_evicted_profile_is_gone_after_restart_and_returns_fresh(worker_factory) -> None:
-    worker = worker_factory(user_retention_seconds=DAY)
+def _store_available(store: str) -> bool:
+    if store == "memory":
+        return True
+    try:
+        import rocksdict  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_evicted_profile_is_gone_after_restart_and_returns_fresh(
+    worker_factory, store: str
+) -> None:
+    if not _store_available(store):
+        pytest.skip("rocksdict not installed (pip install 'feedback-stream[rocksdb]')")
+    worker = worker_factory(user_retention_seconds=DAY, table_store=store)
     s = worker.settings
     produce_events(s, event_records(s, [
         purchase("a1", "ann", "sku-1", "2024-05-01T10:00:00Z"),
