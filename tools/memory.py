@@ -28,6 +28,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.memory", description=__doc__.split("\n")[0])
     p.add_argument("--events", type=int, default=20_000, help="warm-up demo events")
     p.add_argument("--users", type=int, default=50_000,
@@ -188,9 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="FEEDBACK_EVICTIONS_PER_TICK (default: the setting's)")
     p.add_argument("--trace", action="store_true", help="tracemalloc breakdown of phase 2")
     p.add_argument("--dataset", default="demo")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", type=Path, default=None, help="datasets folder")
     p.add_argument("--seed", type=int, default=7)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     report = run(args)
     sys.stdout.write(orjson.dumps(report).decode() + "\n")
     return 0
