@@ -127,3 +127,22 @@ def test_profile_keeps_recommendations_once_and_view_answers_as_before() -> None
     old = dict(bob, recommendations=items)
     assert profile_view(old, None)["recommendations"] == items
     assert expand_recommendations(compact_recommendations(items)) == items
+
+
+def test_a_quiet_customer_is_alerted_on_before_being_evicted() -> None:
+    proc, s, reg = make(user_retention_seconds=DAY)
+    weekly = [purchase(s, f"l{n}", "loyal", f"sku-{n}", T0 + n * 7 * DAY) for n in range(4)]
+    for m in weekly:
+        proc.handle([m])
+    last_order = T0 + 21 * DAY
+    proc.handle([purchase(s, "x1", "other", "sku-9", last_order + 10 * DAY)])
+    assert proc.evict() == 0  # past the one-day horizon, but its churn alert is still due
+    assert proc.profiles.get("loyal") is not None
+    due = proc.engine.profiles["loyal"].churn_due
+    assert due is not None and due > last_order + 10 * DAY
+    proc.handle([purchase(s, "x2", "other", "sku-9", due + 1)])
+    alerts = [orjson.loads(o.value) for o in proc.tick() if o.topic == s.topic_alerts]
+    assert [(a["kind"], a["subject"]) for a in alerts] == [("churn_risk", "loyal")]
+    assert proc.evict() == 1
+    assert proc.profiles.get("loyal") is None and "loyal" not in proc.engine.profiles
+    assert evicted(reg, "inactive") == 1
