@@ -4,7 +4,9 @@ No broker and no Faust: the worker's :class:`~stream.processor.Processor` with
 an in-memory profile store (:class:`~stream.processor.DictStore`, which holds
 the same profile objects as Faust's memory table store) is fed
 
-1. ``--events`` demo events (warm-up: catalogue, models, the dataset's users);
+1. ``--events`` demo events (warm-up: catalogue, models, the dataset's users),
+   with the eviction step every ``--tick-events``: the users it evicted and the
+   models' hit rate (top-10, before learning) over the replay;
 2. ``--users`` new distinct users, one event each, all at the latest event time
    (nobody expires): RSS per user, and with ``--trace`` where it goes
    (tracemalloc by source line; tracemalloc itself inflates RSS);
@@ -82,14 +84,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         settings, FeedbackEngine(), DictStore(), Metrics(registry), clock=lambda: WALL
     )
     events = load_events(args.dataset, args.data_dir, args.events)
-    for _ in _feed(proc, events):
-        pass
+    # The replay itself runs the eviction step too: what eviction costs the models
+    # (the hit rate of returning users who were forgotten) on real data.
+    warm_evicted = 0
+    next_tick = args.tick_events
+    for done in _feed(proc, events):
+        if done >= next_tick:
+            warm_evicted += proc.evict()
+            next_tick += args.tick_events
     latest = max(parse_timestamp(e["timestamp"]) for e in events)
+
+    def sample(name: str) -> float:
+        return registry.get_sample_value(name) or 0.0
+
+    positives = sample("feedback_model_positive_events_total")
     report: dict[str, Any] = {
         "events": args.events,
         "users_after_warmup": len(proc.engine.profiles),
         "retention_seconds": settings.user_retention_seconds,
         "evictions_per_tick": settings.evictions_per_tick,
+        "warmup_evicted_users": warm_evicted,
+        "warmup_hit_rate": (
+            round(sample("feedback_model_hits_total") / positives, 5) if positives else None
+        ),
     }
 
     # 2. per-user cost, nobody expiring

@@ -26,3 +26,5 @@ def test_memory_tool_reports_per_user_cost_and_the_bound() -> None:
     assert 400 <= held <= 400 + 200
     # Everyone else is gone: the replay's users, the 300 of phase 2, the older arrivals.
     assert r["evicted_users"] == r["users_after_warmup"] + 300 + 1200 - held
+    assert r["warmup_evicted_users"] == 0  # 600 events span less than a day
+    assert r["warmup_hit_rate"] is not None
