@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -595,7 +596,7 @@ class FeedbackEngine:
             return []
         profile = self.profiles.get(user_id)
         if profile is None:
-            profile = UserProfile(user_id, 0.0, 0.0, History(self.config.history_size))
+            profile = UserProfile(user_id, 0.0, 0.0, deque(maxlen=self.config.history_size))
         scored = self.recommender.score(profile, n, exclude_all_seen=False)
         # Excluded before the top k is taken, so reasons are built for the k returned only.
         self._exclude(scored.scores, avoid)
