@@ -54,33 +54,44 @@ class Exposure:
     converted: bool = False
     clicked_items: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        """Compact JSON form (short keys: it lives in every user's profile)."""
-        return {
-            "id": self.recommendation_id,
-            "items": list(self.items),
-            "s": self.strategy,
-            "v": self.variant,
-            "t": self.timestamp,
-            "seg": self.segment,
-            "c": self.clicked,
-            "p": self.converted,
-            "ci": list(self.clicked_items),
-        }
+    def to_json(self) -> list[Any]:
+        """Compact JSON form, positional: it lives in every user's profile (a list
+        of 9 values is half the memory of a dict with 9 keys).
+
+        ``[id, items, strategy, variant, time, segment, clicked, converted,
+        clicked items]``."""
+        return [
+            self.recommendation_id,
+            list(self.items),
+            self.strategy,
+            self.variant,
+            self.timestamp,
+            self.segment,
+            self.clicked,
+            self.converted,
+            list(self.clicked_items),
+        ]
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Exposure:
-        """Inverse of :meth:`to_json`."""
+    def from_json(cls, data: list[Any] | dict[str, Any]) -> Exposure:
+        """Inverse of :meth:`to_json`; the earlier dict form (short keys, as
+        profiles in an older changelog hold it) is read too."""
+        if isinstance(data, dict):
+            data = [
+                data["id"], data["items"], data["s"], data["v"], data["t"], data.get("seg"),
+                data.get("c", False), data.get("p", False), data.get("ci", ()),
+            ]
+        rec_id, items, strategy, variant, t, segment, clicked, converted, clicked_items = data
         return cls(
-            str(data["id"]),
-            tuple(data["items"]),
-            str(data["s"]),
-            str(data["v"]),
-            float(data["t"]),
-            data.get("seg"),
-            bool(data.get("c", False)),
-            bool(data.get("p", False)),
-            list(data.get("ci", ())),
+            str(rec_id),
+            tuple(items),
+            str(strategy),
+            str(variant),
+            float(t),
+            segment,
+            bool(clicked),
+            bool(converted),
+            list(clicked_items),
         )
 
 
@@ -154,14 +165,14 @@ class UserExposures:
         self._prune(exposure.timestamp)
         self.exposures.append(exposure)
 
-    def to_json(self) -> list[dict[str, Any]]:
+    def to_json(self) -> list[list[Any]]:
         """The exposures as JSON (oldest first)."""
         return [e.to_json() for e in self.exposures]
 
     @classmethod
     def from_json(
         cls,
-        data: Iterable[dict[str, Any]] | None,
+        data: Iterable[list[Any] | dict[str, Any]] | None,
         window: float = 1800.0,
         max_exposures: int = 20,
         retention: float = 86_400.0,

@@ -136,16 +136,24 @@ class ChurnModel:
                     self.population_gap_sum += gap
                     self.population_gap_n += 1
         profile.churn_version += 1
+        profile.churn_due = None
         if profile.orders >= self.min_orders and profile.last_order_time is not None:
             due = profile.last_order_time + self.overdue_factor * self.expected_gap_days(
                 profile
             ) * DAY
+            profile.churn_due = due
             heapq.heappush(self.heap, (due, profile.user_id, profile.churn_version))
 
-    def due(self, now: float) -> list[tuple[str, int]]:
-        """Pop every ``(user id, version)`` whose due date is at or before ``now``."""
-        out: list[tuple[str, int]] = []
+    def due(self, now: float) -> list[tuple[str, int, float]]:
+        """Pop every ``(user id, version, due date)`` whose due date is at or before ``now``.
+
+        An entry is current only if the profile still has that version and due
+        date (``UserProfile.churn_due``): a later order supersedes it, and so
+        does a profile started afresh after eviction, whose versions count from
+        0 again but whose due dates are its own.
+        """
+        out: list[tuple[str, int, float]] = []
         while self.heap and self.heap[0][0] <= now:
-            _, user_id, version = heapq.heappop(self.heap)
-            out.append((user_id, version))
+            due, user_id, version = heapq.heappop(self.heap)
+            out.append((user_id, version, due))
         return out

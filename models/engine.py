@@ -9,6 +9,8 @@ only ever comes from events.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections import deque
 from collections.abc import Collection
@@ -22,19 +24,23 @@ from models.catalogue import ItemCatalogue, grown
 from models.churn import ChurnModel
 from models.events import Event
 from models.factorization import RatingFactorization
-from models.profiles import DAY, UserProfile
+from models.profiles import DAY, History, UserProfile
 from models.recommender import BlendedRecommender, exclude_seen, top_k
 from models.segmentation import OnlineSegmentation
 from models.sentiment import ItemSentiment, SentimentModel
 
 __all__ = [
     "ALERT_KINDS",
+    "USER_ALERT_KINDS",
     "Alert",
     "EngineConfig",
     "FeedbackEngine",
     "Outcome",
     "Recommendation",
 ]
+
+#: Alert kinds whose subject is a user id (their cooldowns are per-user state).
+USER_ALERT_KINDS = ("churn_risk", "anomalous_behaviour")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +123,8 @@ class EngineConfig:
     churn_horizon_days: float = 90.0
     churn_overdue_factor: float = 3.0
     churn_min_orders: int = 3
+    # eviction: users are indexed by last activity in buckets of this much event time
+    activity_bucket_s: float = 3600.0
 
 
 class FeedbackEngine:
@@ -193,6 +201,12 @@ class FeedbackEngine:
         self.cooldown = Cooldown(c.alert_cooldown_s, {"model_drift": c.drift_cooldown_s})
         self.item_price = np.zeros(16)
         self.item_price_n = np.zeros(16)
+        # Users by last activity: bucket (last_seen // activity_bucket_s) -> users
+        # (a dict as an insertion-ordered set), the buckets' numbers in a heap,
+        # and the users held back from eviction by a pending churn alert.
+        self.activity: dict[int, dict[str, None]] = {}
+        self.activity_heap: list[int] = []
+        self.held: dict[str, None] = {}
         self.clock: float | None = None
         self.events = 0
         self.hits_seen = 0
@@ -202,9 +216,53 @@ class FeedbackEngine:
     def _profile(self, user_id: str, t: float) -> UserProfile:
         profile = self.profiles.get(user_id)
         if profile is None:
-            profile = UserProfile(user_id, t, t, deque(maxlen=self.config.history_size))
+            profile = UserProfile(user_id, t, t, History(self.config.history_size))
             self.profiles[user_id] = profile
+            self._activity_add(user_id, t)
+        elif t > profile.last_seen:
+            self._activity_move(user_id, profile.last_seen, t)
         return profile
+
+    # -- the activity index (eviction) -------------------------------------------
+    def _bucket(self, t: float) -> int:
+        return int(t // self.config.activity_bucket_s)
+
+    def _activity_add(self, user_id: str, t: float) -> None:
+        b = self._bucket(t)
+        users = self.activity.get(b)
+        if users is None:
+            users = self.activity[b] = {}
+            heapq.heappush(self.activity_heap, b)
+        users[user_id] = None
+
+    def _activity_move(self, user_id: str, old: float, new: float) -> None:
+        # Where the user is now: the bucket of their last activity, or held.
+        if self.held.pop(user_id, 0) is None:
+            self._activity_add(user_id, new)
+            return
+        b = self._bucket(old)
+        if b != self._bucket(new):
+            users = self.activity.get(b)
+            if users is not None:
+                users.pop(user_id, None)
+            self._activity_add(user_id, new)
+
+    def _activity_remove(self, user_id: str, last_seen: float) -> None:
+        if self.held.pop(user_id, 0) is None:
+            return
+        users = self.activity.get(self._bucket(last_seen))
+        if users is not None:
+            users.pop(user_id, None)
+
+    def _oldest_bucket(self) -> tuple[int, dict[str, None]] | None:
+        """The earliest non-empty activity bucket (empty ones are dropped on the way)."""
+        heap = self.activity_heap
+        while heap:
+            users = self.activity.get(heap[0])
+            if users:
+                return heap[0], users
+            self.activity.pop(heapq.heappop(heap), None)
+        return None
 
     def _strengths(self, event: Event, sentiment: float | None) -> tuple[float, float]:
         """``(strength, preference)`` of an event, see ``BlendedRecommender.learn``."""
@@ -405,10 +463,11 @@ class FeedbackEngine:
         """
         alerts: list[Alert] = []
         c = self.config
-        for user_id, version in self.churn.due(now):
+        for user_id, version, due in self.churn.due(now):
             profile = self.profiles.get(user_id)
-            if profile is None or profile.churn_version != version:
-                continue  # ordered again since: that due date is stale
+            if profile is None or profile.churn_version != version or profile.churn_due != due:
+                continue  # ordered again since (or evicted): that due date is stale
+            profile.churn_due = None  # checked: no longer holds the user back from eviction
             risk = self.churn.risk(profile, now)
             gap = self.churn.expected_gap_days(profile)
             assert profile.last_order_time is not None
@@ -428,6 +487,95 @@ class FeedbackEngine:
         if len(self.cooldown.last) > 10_000:
             self.cooldown.prune(now)
         return alerts
+
+    # -- per-user state bounds ------------------------------------------------------
+    def forget(self, user_id: str) -> bool:
+        """Drop every per-user structure of ``user_id``; False if unknown.
+
+        The profile (history, seen items, counters, churn state), both
+        factorisations' user vectors, the segmentation row and the user's alert
+        cooldowns. Item-side models keep what the user taught them. A later
+        event from the user starts from nothing, as for a new user.
+        """
+        profile = self.profiles.pop(user_id, None)
+        if profile is not None:
+            self._activity_remove(user_id, profile.last_seen)
+        self.recommender.taste.forget(user_id)
+        self.ratings.forget(user_id)
+        self.segmentation.remove(user_id)
+        for kind in USER_ALERT_KINDS:
+            self.cooldown.last.pop((kind, user_id), None)
+        return profile is not None
+
+    def evict_inactive(self, before: float, limit: int) -> list[str]:
+        """Forget users whose last event is older than ``before`` (event time).
+
+        Users are indexed by the hour (``activity_bucket_s``) of their last
+        event, so whatever order partitions were processed in, the step reads
+        the oldest first, at most ``limit`` users, and stops at the first bucket
+        that is not older than ``before``: the cost is O(``limit``) whatever the
+        number of users. A user whose churn alert is still pending
+        (``UserProfile.churn_due``) is held back and looked at again on later
+        calls: the alert of a customer who goes quiet fires before they are
+        forgotten. Returns the ids forgotten.
+        """
+        evicted: list[str] = []
+        budget = max(limit, 0)
+        # Held users first: those whose alert has been checked since may go now.
+        for user_id in list(itertools.islice(self.held, budget)):
+            if self.profiles[user_id].churn_due is None:
+                evicted.append(user_id)
+                budget -= 1
+            else:  # still pending: to the back of the queue
+                del self.held[user_id]
+                self.held[user_id] = None
+        for user_id in evicted:
+            self.forget(user_id)
+        width = self.config.activity_bucket_s
+        while budget > 0:
+            oldest = self._oldest_bucket()
+            if oldest is None or oldest[0] * width >= before:
+                break
+            b, users = oldest
+            whole = (b + 1) * width <= before
+            # Reading is cheap next to forgetting: the straddling bucket's newer
+            # users are read (at most ``limit``) without using up the budget.
+            batch = list(itertools.islice(users, budget if whole else max(limit, 0)))
+            for user_id in batch:
+                if budget <= 0:
+                    break
+                profile = self.profiles[user_id]
+                if not whole and profile.last_seen >= before:
+                    continue
+                budget -= 1
+                if profile.churn_due is not None:
+                    del users[user_id]
+                    self.held[user_id] = None
+                else:
+                    evicted.append(user_id)
+                    self.forget(user_id)
+            if not whole:
+                break  # the bucket straddling ``before``: every later one is newer
+        return evicted
+
+    def evict_least_recent(self, keep: int, limit: int) -> list[str]:
+        """Forget the least recently active users beyond the ``keep`` most recent,
+        at most ``limit`` of them (a hard cap on users; pending churn alerts of
+        those users are lost). Returns the ids forgotten."""
+        excess = min(len(self.profiles) - max(keep, 0), limit)
+        evicted: list[str] = []
+        while len(evicted) < excess:
+            if self.held:
+                batch = list(itertools.islice(self.held, excess - len(evicted)))
+            else:
+                oldest = self._oldest_bucket()
+                if oldest is None:
+                    break
+                batch = list(itertools.islice(oldest[1], excess - len(evicted)))
+            for user_id in batch:
+                self.forget(user_id)
+            evicted.extend(batch)
+        return evicted
 
     # -- queries -----------------------------------------------------------------
     def recommend(

@@ -103,6 +103,12 @@ class RatingFactorization:
             return value
         return min(self.high, max(self.low, value))
 
+    def forget(self, user: str) -> None:
+        """Drop ``user``'s bias, count and vector (an evicted user starts afresh)."""
+        self.user_bias.pop(user, None)
+        self.user_count.pop(user, None)
+        self.user_vec.pop(user, None)
+
     def predict(self, user: str, item: int) -> float:
         """Predicted rating (the running mean for an unknown user or item)."""
         value = self.mean + self.user_bias.get(user, 0.0)
@@ -223,6 +229,10 @@ class ImplicitFactorization:
                 0.0, 0.1, (new, self.n_factors)
             )
             self._n_items = item + 1
+
+    def forget(self, user: str) -> None:
+        """Drop ``user``'s vector (an evicted user starts afresh)."""
+        self.user_vec.pop(user, None)
 
     def scores(self, user: str, n: int, out: np.ndarray | None = None) -> np.ndarray:
         """Preference scores of items ``0..n-1`` (zeros for an unknown user).

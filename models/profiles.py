@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections.abc import Iterable, MutableSequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,39 @@ ORDER_GAP_SECONDS = 3600.0
 DAY = 86_400.0
 
 
+class History(list[tuple[int, float]]):
+    """A user's last ``maxlen`` interactions ``(item, strength)``, oldest first.
+
+    A list that drops its oldest entry when an append goes past ``maxlen``: the
+    semantics of ``deque(maxlen=...)`` without its fixed 64-slot block (760
+    bytes even for one entry, the largest per-user object when most users have
+    a few events; this is about 100 bytes at one entry).
+
+    >>> h = History(2)
+    >>> for i in range(3):
+    ...     h.append((i, 1.0))
+    >>> h, h.maxlen
+    ([(1, 1.0), (2, 1.0)], 2)
+    """
+
+    __slots__ = ("maxlen",)
+
+    def __init__(self, maxlen: int, entries: Iterable[tuple[int, float]] = ()) -> None:
+        super().__init__(entries)
+        self.maxlen = maxlen
+        if len(self) > maxlen:
+            del self[: len(self) - maxlen]
+
+    def append(self, entry: tuple[int, float]) -> None:
+        super().append(entry)
+        if len(self) > self.maxlen:
+            del self[0]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle restores list items before slot state: rebuild through __init__.
+        return (History, (self.maxlen, list(self)))
+
+
 @dataclass(slots=True)
 class UserProfile:
     """Everything the engine remembers about one user.
@@ -41,7 +74,7 @@ class UserProfile:
     user_id: str
     first_seen: float
     last_seen: float
-    history: deque[tuple[int, float]]
+    history: MutableSequence[tuple[int, float]]  # a History in the engine
     seen: dict[int, str] = field(default_factory=dict)
     clicks: int = 0
     sessions: int = 0
@@ -61,6 +94,10 @@ class UserProfile:
     sentiment_n: int = 0
     segment: int | None = None
     churn_version: int = 0
+    # Event time at which the churn alert of ``churn_version`` falls due; None
+    # when none is pending (fewer orders, or already checked). An evictable user
+    # has none pending: the alert of a user who goes quiet fires before eviction.
+    churn_due: float | None = None
     vector: np.ndarray | None = None
 
     def remember(self, item: int, kind: str, max_seen: int) -> None:

@@ -133,6 +133,7 @@ class OnlineSegmentation:
         self.total = np.zeros(d)
         self.total_sq = np.zeros(d)
         self.index: dict[str, int] = {}
+        self.users: list[str] = []  # row -> user id (rows move when a user is removed)
         self.vectors = np.zeros((16, d))
         self.labels = np.full(16, -1, dtype=np.int64)
         self.last_seen = np.zeros(16)
@@ -193,6 +194,7 @@ class OnlineSegmentation:
         if row is None:
             row = len(self.index)
             self.index[user_id] = row
+            self.users.append(user_id)
             if row >= self.labels.shape[0]:
                 self.vectors = grown(self.vectors, row + 1)
                 self.last_seen = grown(self.last_seen, row + 1)
@@ -230,6 +232,39 @@ class OnlineSegmentation:
         self.last_seen_sums[best] += last_seen
         self._sync(best)
         return best
+
+    def remove(self, user_id: str) -> bool:
+        """Forget ``user_id`` (an evicted user); False if unknown.
+
+        Their vector leaves the population statistics and their segment's sums,
+        and the last row moves into theirs, so the arrays stay dense and the
+        cost is O(1) whatever the number of users.
+        """
+        row = self.index.pop(user_id, None)
+        if row is None:
+            return False
+        old = self.vectors[row]
+        self.total -= old
+        self.total_sq -= old * old
+        segment = int(self.labels[row])
+        if segment >= 0:
+            self.sums[segment] -= old
+            self.counts[segment] -= 1
+            self.last_seen_sums[segment] -= self.last_seen[row]
+            self._sync(segment)
+        last = len(self.index)  # the row that moves into the freed one
+        if row != last:
+            moved = self.users[last]
+            self.vectors[row] = self.vectors[last]
+            self.labels[row] = self.labels[last]
+            self.last_seen[row] = self.last_seen[last]
+            self.users[row] = moved
+            self.index[moved] = row
+        self.users.pop()
+        self.vectors[last] = 0.0
+        self.labels[last] = -1
+        self.last_seen[last] = 0.0
+        return True
 
     def _recount(self) -> None:
         n = self.n_users
@@ -351,7 +386,7 @@ class OnlineSegmentation:
     def snapshot(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """``(user ids, standardised vectors, segments)`` of all segmented users."""
         n = self.n_users
-        users = list(self.index)
+        users = self.users[:n]
         keep = self.labels[:n] >= 0
         x = self.scaled(self.vectors[:n][keep])
         return [u for u, k in zip(users, keep.tolist(), strict=True) if k], x, self.labels[:n][keep]

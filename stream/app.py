@@ -10,6 +10,7 @@ import asyncio
 import logging
 import ssl
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,7 +155,7 @@ def build_app(
         settings.app_id,
         broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings),
-        store="memory://",
+        store=f"{settings.table_store}://",
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -198,7 +199,8 @@ def build_app(
     models = checkpoint.load_or_new(settings) if engine is None else checkpoint.Models(engine)
     engine = models.engine
     processor = Processor(
-        settings, engine, TableStore(profiles), metrics, bandit=models.bandit, debounce=True
+        settings, engine, TableStore(profiles, settings), metrics, bandit=models.bandit,
+        debounce=True,
     )
     models.bandit = processor.bandit  # what the checkpoints save is what the processor learns
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
@@ -278,6 +280,11 @@ def build_app(
         metrics.users_tracked.set(len(engine.profiles))
         metrics.items_tracked.set(len(engine.catalogue))
 
+    @app.timer(settings.eviction_interval_seconds)
+    async def evict() -> None:
+        # Bounded work: at most settings.evictions_per_tick users per call.
+        processor.evict()
+
     # Periodic and final (graceful stop) checkpoints, consistent with the
     # profile changelog: see stream/checkpoint.py.
     checkpoint.register(app, settings, models, metrics)
@@ -296,18 +303,50 @@ class TableStore:
     event explicitly (the user's latest event in the batch).
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, settings: Settings) -> None:
         self.table = table
+        self.inputs = set(settings.input_topics)
 
     def get(self, user_id: str) -> Any:
         return self.table.get(user_id)
 
     def put(self, user_id: str, profile: Any, source: InputMessage) -> None:
+        # The changelog partition of the profile: where its tombstone must go.
+        profile["partition"] = source.partition
         token = _current_event.set(weakref.ref(source.context))
         try:
             self.table[user_id] = profile
         finally:
             _current_event.reset(token)
+
+    def delete(self, user_ids: Sequence[str]) -> int:
+        """Delete profiles: a tombstone in the changelog partition each was written
+        to, so compaction drops it and a restart or a rebalance does not bring it
+        back. A profile of a partition this worker no longer owns (revoked since it
+        was written) is only dropped from memory: its new owner decides."""
+        store = self.table.data
+        # Partitions of the profiles restored from the changelog (Faust's memory
+        # store records them; profiles written since carry their own).
+        restored = getattr(store, "_key_partition", {})
+        owned = {
+            tp.partition for tp in self.table.app.assignor.assigned_actives()
+            if tp.topic in self.inputs or tp.topic == self.table.changelog_topic_name
+        }
+        deleted = 0
+        for user_id in user_ids:
+            profile = store.get(user_id)
+            if profile is None:
+                continue
+            partition = profile.get("partition", restored.get(user_id))
+            if partition in owned:
+                self.table.send_changelog(partition, user_id, None, value_serializer="raw")
+            del store[user_id]
+            restored.pop(user_id, None)
+            deleted += 1
+        return deleted
+
+    def keys(self) -> Iterable[str]:
+        return self.table.data.keys()
 
     def __len__(self) -> int:
         return len(self.table)

@@ -45,7 +45,9 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 # 2: the pickle holds the bandit beside the engine.
-FORMAT = 2
+# 3: UserProfile.churn_due and OnlineSegmentation.users (eviction of inactive
+#    users); a format-2 engine lacks both, so it is ignored, not half-loaded.
+FORMAT = 3
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 NAMESPACE = "feedback"
+# Labels of feedback_users_evicted_total.
+EVICTION_REASONS = ("inactive", "cap")
 
 # Per-event processing is tens of microseconds; a whole batch can take tens of ms.
 PROCESSING_BUCKETS = (
@@ -109,6 +111,14 @@ class Metrics:
             "users_tracked", "Users with state in this worker's models.",
             namespace=ns, registry=registry,
         )
+        self.users_evicted = Counter(
+            "users_evicted_total",
+            "Users forgotten by this worker (models and profile), by reason: inactive "
+            "past FEEDBACK_USER_RETENTION_SECONDS, or over the FEEDBACK_MAX_USERS cap.",
+            ["reason"], namespace=ns, registry=registry,
+        )
+        for reason in EVICTION_REASONS:
+            self.users_evicted.labels(reason)
         self.items_tracked = Gauge(
             "items_tracked", "Items known to this worker's recommender.",
             namespace=ns, registry=registry,

@@ -20,6 +20,7 @@ PREFIX = "FEEDBACK_"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+TABLE_STORES = ("memory", "rocksdb")
 
 
 class SettingsError(ValueError):
@@ -92,6 +93,25 @@ class Settings:
     checkpoint_interval_seconds: float = 30.0
     # How often the worker runs the engine's time-driven checks (churn) and refreshes gauges.
     tick_interval_seconds: float = 5.0
+    # Users inactive for longer than this (event time, behind the newest event)
+    # are forgotten by the models and their profile deleted (a changelog
+    # tombstone); a later event starts a fresh profile. 0 keeps every user. The
+    # default is twice the churn-risk horizon (90 days), and a pending churn
+    # alert holds its user until it has fired.
+    user_retention_seconds: float = 180 * 86_400.0
+    # Hard cap on users in this worker's models (least recently active evicted
+    # first, pending churn alerts included); 0: no cap.
+    max_users: int = 0
+    # Where Faust keeps the profile table: "memory" (the worker's heap, rebuilt from
+    # the changelog at start) or "rocksdb" (on disk under state_dir, through the
+    # optional rocksdict package: pip install 'feedback-stream[rocksdb]').
+    table_store: str = "memory"
+    # The eviction step runs on its own tick, every this many seconds, and
+    # forgets at most `evictions_per_tick` users (about 14 us each in process,
+    # plus the changelog tombstone): the pause stays in the tens of ms, and
+    # 2,000 users/s keeps up with a worker whose every event is a new user.
+    eviction_interval_seconds: float = 0.5
+    evictions_per_tick: int = 1000
     # 1: the fixes of stream/recovery.py for Faust's recovery and commits are on.
     # 0 only reproduces the upstream defects (docs/faust-sigterm-offset-race.md).
     recovery_guards: int = 1
@@ -177,6 +197,16 @@ class Settings:
              "FEEDBACK_RECOMMEND_MAX_DELAY_SECONDS must be >= "
              "FEEDBACK_RECOMMEND_DEBOUNCE_SECONDS and <= 300"),
             (self.recovery_guards in (0, 1), "FEEDBACK_RECOVERY_GUARDS must be 0 or 1"),
+            (self.user_retention_seconds == 0
+             or self.user_retention_seconds >= self.attribution_window_seconds,
+             "FEEDBACK_USER_RETENTION_SECONDS must be 0 (off) or at least "
+             "FEEDBACK_ATTRIBUTION_WINDOW_SECONDS (a user's recent exposures must survive)"),
+            (self.max_users >= 0, "FEEDBACK_MAX_USERS must be >= 0 (0: no cap)"),
+            (self.table_store in TABLE_STORES,
+             f"FEEDBACK_TABLE_STORE must be one of {', '.join(TABLE_STORES)}"),
+            (self.evictions_per_tick >= 1, "FEEDBACK_EVICTIONS_PER_TICK must be >= 1"),
+            (self.eviction_interval_seconds > 0,
+             "FEEDBACK_EVICTION_INTERVAL_SECONDS must be > 0"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
              "FEEDBACK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
             (self.attribution_window_seconds > 0,

@@ -9,6 +9,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.privacy import pseudonymise
+from stream.processor import expand_recommendations
 
 if TYPE_CHECKING:
     from stream.app import FeedbackApp
@@ -57,6 +58,7 @@ def profile_view(profile: dict[str, Any], features: dict[str, Any] | None) -> di
         "segment": profile["segment"],
         "variant": profile.get("variant"),
         "recommendation_id": profile["recommendation_id"],
-        "recommendations": profile["recommendations"],
+        # Kept as [item, score, reason] triples; answered as before.
+        "recommendations": expand_recommendations(profile["recommendations"]),
         "features": features,
     }

@@ -52,6 +52,7 @@ from typing import Any
 
 import orjson
 
+from stream.contract import format_timestamp, parse_timestamp
 from stream.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,6 +277,19 @@ def format_report(report: dict[str, Any]) -> str:
             f"RSS after {users:,} more distinct users {_fmt_bytes(r.get('rss_users_bytes'))}"
             + (f" (~{per_user:,.0f} bytes per user)" if per_user else "")
         )
+    bound = r.get("eviction_users")
+    if bound:
+        growth = r.get("eviction_rss_growth_bytes_per_user")
+        lines.append(
+            f"memory bound: {bound:,} users over {r.get('eviction_span_seconds', 0) / 86_400:,.0f}"
+            f" days (retention {r.get('eviction_retention_seconds', 0) / 86_400:,.0f} days): "
+            f"RSS {_fmt_bytes(r.get('rss_eviction_start_bytes'))} -> "
+            f"{_fmt_bytes(r.get('rss_eviction_end_bytes'))}, "
+            f"{r.get('users_evicted', 0):,} users evicted, "
+            f"{r.get('users_tracked_after_eviction', 0):,} held"
+            + (f", {growth:,.0f} bytes per user after the first horizon" if growth is not None
+               else "")
+        )
     met = bars(r)
     lines.append(
         "bars: "
@@ -308,16 +322,29 @@ def encode(events: Sequence[dict[str, Any]], topic_by_type: dict[str, str]) -> l
 
 
 def distinct_users(
-    events: Sequence[dict[str, Any]], users: int, seed: int
+    events: Sequence[dict[str, Any]],
+    users: int,
+    seed: int,
+    at: float | None = None,
+    prefix: str = "",
 ) -> Iterator[dict[str, Any]]:
     """One event per synthetic user: real events (items, types, times) with the
-    user id replaced, shuffled by ``seed``; ``users`` may exceed ``len(events)``."""
+    user id replaced, shuffled by ``seed``; ``users`` may exceed ``len(events)``.
+
+    ``at`` (Unix seconds) replaces every event time, e.g. by the latest one so
+    that no synthetic user is older than the retention horizon; ``prefix`` keeps
+    the ids of two calls apart."""
     rng = random.Random(seed)
     order = list(range(len(events)))
     rng.shuffle(order)
+    stamp = None if at is None else format_timestamp(at)
     for i in range(users):
         e = events[order[i % len(order)]]
-        yield {**e, "user_id": f"bench-u{i:06d}", "event_id": f"{e['event_id']}~u{i}"}
+        user = f"{prefix}u{i}"
+        out = {**e, "user_id": f"bench-{prefix}u{i:06d}", "event_id": f"{e['event_id']}~{user}"}
+        if stamp is not None:
+            out["timestamp"] = stamp
+        yield out
 
 
 # -- Kafka helpers (bench side) ---------------------------------------------------
@@ -654,6 +681,86 @@ async def measure_latency(
     return latencies
 
 
+# -- the memory bound ---------------------------------------------------------------
+
+
+def memory_bound(
+    workers: Sequence[WorkerProcess],
+    settings: Settings,
+    events: Sequence[dict[str, Any]],
+    args: argparse.Namespace,
+    latest: float,
+    retention: float,
+    done: float,
+    timeout: float,
+) -> dict[str, Any]:
+    """Phase 5: ``--eviction-users`` new users, one event each, their event times
+    spread evenly over ``--eviction-span`` retention horizons after ``latest``.
+
+    Once the horizon is full, each arriving user should be matched by one
+    evicted, so the workers' RSS should stop growing: RSS and users tracked are
+    sampled at every tenth of the users processed, and the growth per user is
+    taken over the samples after the first horizon (the plateau).
+    """
+    n = args.eviction_users
+    span = args.eviction_span * retention
+    arrivals = list(distinct_users(events, n, args.seed + 1, prefix="e"))
+    for i, e in enumerate(arrivals):
+        e["timestamp"] = format_timestamp(latest + span * (i + 1) / n)
+    topic_by_type = _topic_by_type(settings)
+    start_rss = sum(rss_now(w.proc.pid) or 0 for w in workers)
+    samples: list[list[float]] = []
+
+    def on_sample() -> None:
+        got = sum(w.count() for w in workers) - done
+        if not samples or got >= samples[-1][0] + n / 10 or got >= n:
+            samples.append([
+                max(0.0, got),
+                float(sum(rss_now(w.proc.pid) or 0 for w in workers)),
+                sum(w.totals.get("feedback_users_tracked", 0.0) for w in workers),
+            ])
+
+    _log(f"memory bound: {n:,} new users over {span / 86_400:,.0f} days of event time "
+         f"({args.eviction_span:g} retention horizons of {retention / 86_400:,.0f} days)")
+    asyncio.run(_produce(settings, encode(arrivals, topic_by_type), timeout=timeout))
+    got = wait_counts(workers, done + n, 2 * timeout, on_sample) - done
+    # Let the eviction ticks work off what fell due with the last arrivals: until
+    # the evicted count has not moved for 6 s (the users-tracked gauge follows
+    # on the 5 s tick), at most 120 s.
+    def evicted() -> float:
+        return sum(w.totals.get("feedback_users_evicted_total", 0.0) for w in workers)
+
+    deadline = time.monotonic() + 120.0
+    last, since = evicted(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < 6.0:
+        time.sleep(SAMPLE_SECONDS)
+        for w in workers:
+            w.sample()
+        if evicted() != last:
+            last, since = evicted(), time.monotonic()
+    on_sample()
+    out: dict[str, Any] = {
+        "eviction_users": int(min(n, max(0.0, got))),
+        "eviction_retention_seconds": retention,
+        "eviction_span_seconds": span,
+        "rss_eviction_start_bytes": start_rss,
+        "rss_eviction_end_bytes": int(samples[-1][1]),
+        "peak_rss_after_eviction_bytes": sum(rss_peak(w.proc.pid) or 0 for w in workers),
+        "users_evicted": int(
+            sum(w.totals.get("feedback_users_evicted_total", 0.0) for w in workers)
+        ),
+        "users_tracked_after_eviction": int(samples[-1][2]),
+        # [users of this phase processed, RSS bytes, users tracked by the models]
+        "eviction_rss_samples": [[int(a), int(b), int(c)] for a, b, c in samples],
+    }
+    settled = [x for x in samples if x[0] >= n / args.eviction_span]
+    if len(settled) >= 2 and settled[-1][0] > settled[0][0]:
+        out["eviction_rss_growth_bytes_per_user"] = _round(
+            (settled[-1][1] - settled[0][1]) / (settled[-1][0] - settled[0][0]), 1
+        )
+    return out
+
+
 # -- the run ----------------------------------------------------------------------
 
 
@@ -773,10 +880,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for info, w in zip(report.get("per_worker") or [], workers, strict=False):
                 info["peak_rss_bytes"] = w.peak_rss
 
-        # 4. memory with many distinct users
+        # Every synthetic user below is at or after the latest event time so far.
+        latest = max(parse_timestamp(e["timestamp"]) for e in events[:done])
+        # 4. memory with many distinct users, none older than the retention horizon
         if args.users > 0:
             before = sum(rss_now(w.proc.pid) or 0 for w in workers)
-            extra = list(distinct_users(events[:n], args.users, args.seed))
+            extra = list(distinct_users(events[:n], args.users, args.seed, at=latest))
             _log(f"memory: {args.users:,} new distinct users")
             asyncio.run(_produce(s, encode(extra, topic_by_type), timeout=timeout))
             # New users cost a changelog record each: this phase is the slowest.
@@ -792,6 +901,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             report["peak_rss_after_users_bytes"] = sum(
                 rss_peak(w.proc.pid) or 0 for w in workers
+            )
+            done += report["memory_users"]
+        # 5. the bound: users arriving over several retention horizons of event time
+        retention = float(
+            dict(args.worker_env).get("FEEDBACK_USER_RETENTION_SECONDS", s.user_retention_seconds)
+        )
+        if args.eviction_users > 0 and retention > 0:
+            report.update(
+                memory_bound(workers, s, events[:n], args, latest, retention, done, timeout)
             )
         count = sum(w.totals.get("feedback_model_checkpoint_seconds_count", 0) for w in workers)
         total_s = sum(w.totals.get("feedback_model_checkpoint_seconds_sum", 0) for w in workers)
@@ -941,6 +1059,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offered load as a fraction of the measured maximum")
     p.add_argument("--users", type=int, default=100_000,
                    help="distinct new users for the memory figure (0: skip)")
+    p.add_argument("--eviction-users", type=int, default=100_000,
+                   help="new users spread over --eviction-span retention horizons of event "
+                   "time, for the memory bound (0: skip)")
+    p.add_argument("--eviction-span", type=float, default=3.0,
+                   help="event-time span of the memory-bound phase, in retention horizons")
     p.add_argument(
         "--worker-env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
         help="extra environment for the workers, e.g. "

@@ -133,3 +133,16 @@ def test_invalid_configuration() -> None:
         UserExposures(window=0)
     with pytest.raises(ValueError):
         UserExposures(max_exposures=0)
+
+
+def test_exposures_in_the_earlier_dict_form_still_load() -> None:
+    # Profiles written before the positional form, as an older changelog holds them.
+    old = [{"id": "r1", "items": ["a", "b"], "s": "blend", "v": "blend", "t": 5.0,
+            "seg": 2, "c": True, "p": False, "ci": ["a"]},
+           {"id": "r2", "items": ["c"], "s": "popularity", "v": "popularity", "t": 6.0}]
+    log = UserExposures.from_json(old)
+    assert log.to_json() == [
+        ["r1", ["a", "b"], "blend", "blend", 5.0, 2, True, False, ["a"]],
+        ["r2", ["c"], "popularity", "popularity", 6.0, None, False, False, []],
+    ]
+    assert UserExposures.from_json(log.to_json()).to_json() == log.to_json()

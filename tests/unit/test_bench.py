@@ -154,6 +154,28 @@ def test_format_report_shows_rates_and_ratios() -> None:
     assert "bars: events_per_second met" in text
 
 
+def test_format_report_shows_the_memory_bound() -> None:
+    r = {**report(), "eviction_users": 100_000, "eviction_span_seconds": 540 * 86_400.0,
+         "eviction_retention_seconds": 180 * 86_400.0, "rss_eviction_start_bytes": 700 * 2**20,
+         "rss_eviction_end_bytes": 720 * 2**20, "users_evicted": 90_000,
+         "users_tracked_after_eviction": 33_000, "eviction_rss_growth_bytes_per_user": 12.0}
+    text = format_report(add_ratios(r))
+    assert ("memory bound: 100,000 users over 540 days (retention 180 days): "
+            "RSS 700 MiB -> 720 MiB, 90,000 users evicted, 33,000 held, "
+            "12 bytes per user after the first horizon") in text
+
+
+def test_distinct_users_pinned_in_time_and_prefixed() -> None:
+    events = [
+        {"type": "click", "event_id": f"e{i}", "user_id": "u", "item_id": f"i{i}",
+         "timestamp": "2011-01-01T00:00:00Z"}
+        for i in range(3)
+    ]
+    a = list(distinct_users(events, 4, seed=3, at=1_300_000_000.0, prefix="x"))
+    assert {e["timestamp"] for e in a} == {"2011-03-13T07:06:40Z"}
+    assert {e["user_id"] for e in a}.isdisjoint(e["user_id"] for e in distinct_users(events, 4, 3))
+
+
 def test_format_report_survives_missing_figures() -> None:
     text = format_report(add_ratios({"events": 1000, "workers": 2}))
     assert "n/a" in text and "not measured" in text

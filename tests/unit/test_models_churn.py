@@ -62,5 +62,5 @@ def test_due_dates_pop_in_order() -> None:
     model.observe_order(fast, 5 * DAY)
     model.observe_order(slow, 50 * DAY)
     assert model.due(11 * DAY) == []
-    assert [u for u, _ in model.due(40 * DAY)] == ["fast"]
-    assert [u for u, _ in model.due(10_000 * DAY)] == ["slow"]
+    assert [u for u, *_ in model.due(40 * DAY)] == ["fast"]
+    assert [u for u, *_ in model.due(10_000 * DAY)] == ["slow"]

@@ -1,0 +1,148 @@
+"""The processor's eviction step: models and profile store forget inactive users."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from models.engine import FeedbackEngine
+from stream.contract import format_timestamp
+from stream.metrics import Metrics
+from stream.processor import (
+    DictStore,
+    InputMessage,
+    Processor,
+    compact_recommendations,
+    expand_recommendations,
+)
+from stream.settings import Settings, SettingsError
+from stream.views import profile_view
+
+NOW = 1_800_000_000.0  # the injected wall clock (2027)
+DAY = 86_400.0
+T0 = 1_700_000_000.0
+
+
+def make(**overrides: object) -> tuple[Processor, Settings, CollectorRegistry]:
+    settings = Settings.from_env({}, **overrides)
+    registry = CollectorRegistry()
+    proc = Processor(settings, FeedbackEngine(), DictStore(), Metrics(registry), clock=lambda: NOW)
+    return proc, settings, registry
+
+
+def purchase(settings: Settings, eid: str, user: str, item: str, t: float) -> InputMessage:
+    event = {"type": "purchase", "event_id": eid, "user_id": user, "item_id": item,
+             "timestamp": format_timestamp(t), "quantity": 1, "price": 3.0}
+    return InputMessage(settings.topic_purchases, 0, 0, user.encode(), orjson.dumps(event), NOW)
+
+
+def evicted(registry: CollectorRegistry, reason: str) -> float:
+    return registry.get_sample_value("feedback_users_evicted_total", {"reason": reason}) or 0.0
+
+
+def test_inactive_users_leave_models_and_profiles() -> None:
+    proc, s, reg = make(user_retention_seconds=30 * DAY)
+    proc.handle([purchase(s, f"e{i}", f"u{i}", f"sku-{i % 3}", T0 + i * DAY) for i in range(10)])
+    assert len(proc.profiles) == 10 and len(proc.engine.profiles) == 10
+    assert proc.evict() == 0  # everyone within 30 days of the newest event
+    proc.handle([purchase(s, "late", "u9", "sku-1", T0 + 45 * DAY)])
+    # Newest event at T0 + 45 d: users last active before T0 + 15 d go (u0..u8).
+    assert proc.evict() == 9
+    assert sorted(proc.profiles) == ["u9"] and list(proc.engine.profiles) == ["u9"]
+    assert evicted(reg, "inactive") == 9 and evicted(reg, "cap") == 0
+
+
+def test_eviction_work_per_call_is_bounded() -> None:
+    proc, s, _ = make(user_retention_seconds=DAY, evictions_per_tick=4)
+    proc.handle([purchase(s, f"e{i}", f"u{i}", "sku", T0 + i) for i in range(10)])
+    proc.handle([purchase(s, "now", "zed", "sku", T0 + 10 * DAY)])
+    assert [proc.evict(), proc.evict(), proc.evict(), proc.evict()] == [4, 4, 2, 0]
+    assert sorted(proc.profiles) == ["zed"]
+
+
+def test_a_returning_user_gets_a_fresh_profile() -> None:
+    proc, s, _ = make(user_retention_seconds=DAY)
+    proc.handle([purchase(s, "e1", "ann", "a", T0), purchase(s, "e2", "bob", "b", T0)])
+    proc.handle([purchase(s, "e3", "bob", "a", T0 + 5 * DAY)])
+    assert proc.evict() == 1
+    assert proc.profiles.get("ann") is None
+    proc.handle([purchase(s, "e4", "ann", "b", T0 + 6 * DAY)])
+    ann = proc.profiles.get("ann")
+    assert ann is not None
+    assert ann["events"]["purchase"] == 1 and ann["recent_event_ids"] == ["e4"]
+    assert ann["first_event_time"] == T0 + 6 * DAY
+    assert proc.engine.profiles["ann"].purchase_lines == 1
+
+
+def test_cap_evicts_the_least_recently_active() -> None:
+    proc, s, reg = make(user_retention_seconds=0, max_users=3)
+    proc.handle([purchase(s, f"e{i}", f"u{i}", "sku", T0 + i) for i in range(5)])
+    # u0 active again an hour later (the cap orders users by the hour of last activity)
+    proc.handle([purchase(s, "again", "u0", "sku", T0 + 3600)])
+    assert proc.evict() == 2
+    assert sorted(proc.profiles) == ["u0", "u3", "u4"]
+    assert evicted(reg, "cap") == 2
+
+
+def test_zero_retention_keeps_everyone() -> None:
+    proc, s, _ = make(user_retention_seconds=0)
+    proc.handle([purchase(s, "e1", "ann", "a", T0), purchase(s, "e2", "bob", "b", T0 + 400 * DAY)])
+    assert proc.evict() == 0 and len(proc.profiles) == 2
+
+
+def test_sweep_deletes_stored_profiles_the_models_do_not_know() -> None:
+    # Profiles restored from a taken-over partition's changelog: none in the models.
+    proc, s, reg = make(user_retention_seconds=DAY)
+    for user, last in (("old", T0), ("recent", T0 + 9.5 * DAY)):
+        proc.profiles.put(user, {"user_id": user, "last_event_time": last}, None)  # type: ignore[arg-type]
+    proc.handle([purchase(s, "e1", "ann", "a", T0 + 10 * DAY)])
+    assert proc.evict() == 1
+    assert sorted(proc.profiles) == ["ann", "recent"]
+    assert evicted(reg, "inactive") == 1
+
+
+def test_retention_settings_are_validated() -> None:
+    with pytest.raises(SettingsError, match="FEEDBACK_USER_RETENTION_SECONDS"):
+        Settings.from_env({"FEEDBACK_USER_RETENTION_SECONDS": "60"})
+    with pytest.raises(SettingsError, match="FEEDBACK_MAX_USERS"):
+        Settings.from_env({"FEEDBACK_MAX_USERS": "-1"})
+    with pytest.raises(SettingsError, match="FEEDBACK_EVICTIONS_PER_TICK"):
+        Settings.from_env({"FEEDBACK_EVICTIONS_PER_TICK": "0"})
+    assert Settings.from_env({"FEEDBACK_USER_RETENTION_SECONDS": "0"}).user_retention_seconds == 0
+
+
+def test_profile_keeps_recommendations_once_and_view_answers_as_before() -> None:
+    proc, s, _ = make()
+    proc.handle([purchase(s, "e1", "ann", "a", T0), purchase(s, "e2", "ann", "b", T0 + 1)])
+    out = proc.handle([purchase(s, "e3", "bob", "a", T0 + 2)])
+    payload = orjson.loads(next(o.value for o in out if o.topic == s.topic_recommendations))
+    bob = proc.profiles.get("bob")
+    assert bob is not None
+    assert len(bob["recommendations"]) == 3 * len(payload["items"])  # one flat list
+    view = profile_view(orjson.loads(orjson.dumps(bob)), None)  # as read from the changelog
+    items = [{k: v for k, v in i.items() if k != "rank"} for i in payload["items"]]
+    assert view["recommendations"] == items
+    # A profile written before the compact form still answers the same.
+    old = dict(bob, recommendations=items)
+    assert profile_view(old, None)["recommendations"] == items
+    assert expand_recommendations(compact_recommendations(items)) == items
+
+
+def test_a_quiet_customer_is_alerted_on_before_being_evicted() -> None:
+    proc, s, reg = make(user_retention_seconds=DAY)
+    weekly = [purchase(s, f"l{n}", "loyal", f"sku-{n}", T0 + n * 7 * DAY) for n in range(4)]
+    for m in weekly:
+        proc.handle([m])
+    last_order = T0 + 21 * DAY
+    proc.handle([purchase(s, "x1", "other", "sku-9", last_order + 10 * DAY)])
+    assert proc.evict() == 0  # past the one-day horizon, but its churn alert is still due
+    assert proc.profiles.get("loyal") is not None
+    due = proc.engine.profiles["loyal"].churn_due
+    assert due is not None and due > last_order + 10 * DAY
+    proc.handle([purchase(s, "x2", "other", "sku-9", due + 1)])
+    alerts = [orjson.loads(o.value) for o in proc.tick() if o.topic == s.topic_alerts]
+    assert [(a["kind"], a["subject"]) for a in alerts] == [("churn_risk", "loyal")]
+    assert proc.evict() == 1
+    assert proc.profiles.get("loyal") is None and "loyal" not in proc.engine.profiles
+    assert evicted(reg, "inactive") == 1
