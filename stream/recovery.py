@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 
 from stream.kafka import client_kwargs
 from stream.settings import Settings
@@ -335,6 +336,23 @@ class CommitGuard:
                 return self.committable(tp, consumer._committed_offset.get(tp))
 
             consumer._new_offset = guarded_new_offset
+
+        pending_acks = getattr(consumer, "_filter_tps_with_pending_acks", None)
+        if pending_acks is not None:
+            def with_released(topics: Any = None) -> Iterator[Any]:
+                # Faust commits only partitions it has seen an ack for; one whose
+                # every record so far was held (a quiet partition's last trigger)
+                # reaches Faust's accounting only through its release.
+                seen = list(pending_acks(topics))
+                yield from seen
+                assigned = consumer.assignment()
+                for (topic, partition), offsets in list(self._processed.items()):
+                    tp = TP(topic, partition)
+                    if (offsets and tp not in seen and tp in assigned
+                            and (topics is None or tp in topics or topic in topics)):
+                        yield tp
+
+            consumer._filter_tps_with_pending_acks = with_released
 
         commit_offsets = consumer._commit_offsets
 
