@@ -202,15 +202,7 @@ class OnlineSegmentation:
                 labels[: self.labels.shape[0]] = self.labels
                 self.labels = labels
         else:
-            old = self.vectors[row]
-            self.total -= old
-            self.total_sq -= old * old
-            segment = int(self.labels[row])
-            if segment >= 0:
-                self.sums[segment] -= old
-                self.counts[segment] -= 1
-                self.last_seen_sums[segment] -= self.last_seen[row]
-                self._sync(segment)
+            self._withdraw(row)
         self.vectors[row] = vector
         self.last_seen[row] = last_seen
         self.total += vector
@@ -233,6 +225,18 @@ class OnlineSegmentation:
         self._sync(best)
         return best
 
+    def _withdraw(self, row: int) -> None:
+        """Take row's vector out of the population statistics and its segment's sums."""
+        old = self.vectors[row]
+        self.total -= old
+        self.total_sq -= old * old
+        segment = int(self.labels[row])
+        if segment >= 0:
+            self.sums[segment] -= old
+            self.counts[segment] -= 1
+            self.last_seen_sums[segment] -= self.last_seen[row]
+            self._sync(segment)
+
     def remove(self, user_id: str) -> bool:
         """Forget ``user_id`` (an evicted user); False if unknown.
 
@@ -243,15 +247,7 @@ class OnlineSegmentation:
         row = self.index.pop(user_id, None)
         if row is None:
             return False
-        old = self.vectors[row]
-        self.total -= old
-        self.total_sq -= old * old
-        segment = int(self.labels[row])
-        if segment >= 0:
-            self.sums[segment] -= old
-            self.counts[segment] -= 1
-            self.last_seen_sums[segment] -= self.last_seen[row]
-            self._sync(segment)
+        self._withdraw(row)
         last = len(self.index)  # the row that moves into the freed one
         if row != last:
             moved = self.users[last]
