@@ -312,21 +312,19 @@ class Processor:
         ``recommend_debounce_seconds`` ago, or at the max-delay deadline."""
         if not self._pending:
             return []
-        out: list[OutputMessage] = []
         now = self.clock()
         quiet = now - self.settings.recommend_debounce_seconds
         deadline = now - self.settings.recommend_max_delay_seconds
-        for user_id, (profile, source) in self._publish_due(
-            out, now, lambda e: e.last <= quiet or e.since <= deadline
-        ).items():
-            self.profiles.put(user_id, profile, source)
-        return out
+        return self._flush(now, lambda e: e.last <= quiet or e.since <= deadline)
 
     def flush_all(self) -> list[OutputMessage]:
         """Publish every owed recommendation now (offline callers, tests)."""
+        return self._flush(self.clock(), lambda e: True)
+
+    def _flush(self, now: float, due: Callable[[_Deferred], bool]) -> list[OutputMessage]:
+        """Between batches: publish what ``due`` says and write those profiles."""
         out: list[OutputMessage] = []
-        now = self.clock()
-        for user_id, (profile, source) in self._publish_due(out, now, lambda e: True).items():
+        for user_id, (profile, source) in self._publish_due(out, now, due).items():
             self.profiles.put(user_id, profile, source)
         return out
 
