@@ -597,36 +597,33 @@ class Processor:
         """
         s = self.settings
         budget = s.evictions_per_tick
-        counter = self.metrics.users_evicted
         total = 0
         before = None
         if s.user_retention_seconds > 0 and self.max_event_time:
             before = self.max_event_time - s.user_retention_seconds
-            gone = self.engine.evict_inactive(before, budget)
-            self._forget_profiles(gone)
-            counter.labels("inactive").inc(len(gone))
-            total += len(gone)
+            total += self._evicted(self.engine.evict_inactive(before, budget), "inactive")
         if s.max_users > 0 and total < budget:
-            gone = self.engine.evict_least_recent(s.max_users, budget - total)
-            self._forget_profiles(gone)
-            counter.labels("cap").inc(len(gone))
-            total += len(gone)
+            total += self._evicted(
+                self.engine.evict_least_recent(s.max_users, budget - total), "cap"
+            )
         if before is not None and total < budget:
-            gone = self._sweep_profiles(before, budget - total)
-            counter.labels("inactive").inc(len(gone))
-            total += len(gone)
+            total += self._evicted(self._sweep_profiles(before, budget - total), "inactive")
         return total
 
-    def _forget_profiles(self, user_ids: Sequence[str]) -> None:
+    def _evicted(self, user_ids: Sequence[str], reason: str) -> int:
+        """Delete the profiles of users forgotten for ``reason`` and count them."""
         if user_ids:
             self.profiles.delete(user_ids)
             for user_id in user_ids:
                 self._exposure_logs.pop(user_id, None)
+        self.metrics.users_evicted.labels(reason).inc(len(user_ids))
+        return len(user_ids)
 
     def _sweep_profiles(self, before: float, limit: int) -> list[str]:
-        """Read up to ``limit`` stored profiles round robin; delete those unknown to the
-        models and inactive since before ``before``. A pass over the store takes a
-        snapshot of its keys (8 bytes per user), refreshed once it is read through."""
+        """Read up to ``limit`` stored profiles round robin; return those unknown to
+        the models and inactive since before ``before`` (for :meth:`_evicted`). A
+        pass over the store takes a snapshot of its keys (8 bytes per user),
+        refreshed once it is read through."""
         if not self._sweep:
             self._sweep = list(self.profiles.keys())
             self._sweep.reverse()  # popped from the end: oldest-stored first
@@ -639,7 +636,6 @@ class Processor:
             profile = self.profiles.get(user_id)
             if profile is not None and is_inactive(profile, before):
                 stale.append(user_id)
-        self._forget_profiles(stale)
         return stale
 
 
