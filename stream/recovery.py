@@ -157,7 +157,7 @@ class CommitGuard:
 
     The agent calls :meth:`done` after publishing a batch, :meth:`hold` for the
     batch's events whose outputs are still owed (a debounced recommendation,
-    stream/processor.py) and :meth:`release` once those are published. Three
+    stream/processor.py) and :meth:`release` once those are published. Four
     wrappers on the consumer enforce it:
 
     * ``ack``: an input message acked by Faust without having been marked done
@@ -176,7 +176,10 @@ class CommitGuard:
       step over a hole (``Consumer._new_offset`` tests ``min(acked) - committed
       > 1``, one too many), and a rebalance test lost two events that way or
       through another unexplained path; this cap does not depend on how the
-      hole arose.
+      hole arose;
+    * ``_filter_tps_with_pending_acks``: Faust commits only partitions it saw
+      an ack for, so the partitions with released offsets are added (a quiet
+      partition whose every record so far was held has none).
 
     A held offset stays uncommitted, so the next owner of the partition (or
     this worker after a restart) reads it again: at-least-once, and the
@@ -340,10 +343,7 @@ class CommitGuard:
         pending_acks = getattr(consumer, "_filter_tps_with_pending_acks", None)
         if pending_acks is not None:
             def with_released(topics: Any = None) -> Iterator[Any]:
-                # Faust commits only partitions it has seen an ack for; one whose
-                # every record so far was held (a quiet partition's last trigger)
-                # reaches Faust's accounting only through its release.
-                seen = list(pending_acks(topics))
+                seen = set(pending_acks(topics))
                 yield from seen
                 assigned = consumer.assignment()
                 for (topic, partition), offsets in list(self._processed.items()):
