@@ -207,6 +207,9 @@ class Tally:
     exposures: Counter[str] = field(default_factory=Counter)
     clicked: Counter[str] = field(default_factory=Counter)
     converted: Counter[str] = field(default_factory=Counter)
+    #: Sum over exposures of the exact probability of a click under the behaviour
+    #: model: the CTR the lists deserve, without the noise of the draws.
+    expected_clicks: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
 class Simulation:
@@ -342,6 +345,10 @@ class Simulation:
             self.log.append((strategy, variant, self.events))
             self.by_variant.exposures[variant] += 1
             self.by_strategy.exposures[strategy] += 1
+        if measured:
+            expected = self.click_probability(user, rec.get("items", []))
+            self.by_variant.expected_clicks[variant] += expected
+            self.by_strategy.expected_clicks[strategy] += expected
         rng = random.Random(_seed_int(self.seed, rec["recommendation_id"]))
         t0 = _parse_time(str(rec["event_time"]))
         out: list[dict[str, Any]] = []
@@ -408,6 +415,26 @@ class Simulation:
                     self.by_strategy.converted[strategy] += 1
             break
         return out
+
+    def click_probability(self, user: str, items: Sequence[dict[str, Any]]) -> float:
+        """The exact probability that ``user`` clicks something in ``items`` (see :meth:`react`)."""
+        b = self.behaviour
+        reach, examine, none = 1.0, 1.0, 1.0
+        total = 0.0
+        for entry in items:
+            item = str(entry["item_id"])
+            reach *= examine
+            examine *= b.examine
+            if item in self.bought[user]:
+                continue
+            p = b.click_scale * self.population.preference(
+                user, item, self.position[user], b.intent_horizon
+            )
+            if item in self.clicked[user]:
+                p *= b.reclick_factor
+            total += reach * none * p
+            none *= 1.0 - p
+        return total
 
     def last_quarter_shares(self) -> tuple[dict[str, float], int, int]:
         """Share of each strategy among the last quarter of recommendations reacted to,
@@ -741,6 +768,10 @@ def report(
         }
     truth_ctr, _ = Counts.from_tally(sim.by_strategy if bandit else sim.by_variant).rates()
     out["ctr_by_variant_simulator"] = {k: r.as_dict() for k, r in truth_ctr.items()}
+    truth = sim.by_strategy if bandit else sim.by_variant
+    out["expected_ctr_by_variant"] = {
+        k: round(truth.expected_clicks[k] / n, 4) for k, n in sorted(truth.exposures.items()) if n
+    }
     if "blend" in ctr and "popularity" in ctr:
         a, b = ctr["blend"], ctr["popularity"]
         ratio, lo, hi = rate_ratio(a.successes, a.trials, b.successes, b.trials)

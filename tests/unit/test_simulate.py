@@ -1,0 +1,69 @@
+"""The simulator's user model: pure parts, no broker."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tools import simulate
+
+RATINGS = [
+    (user, f"m{item}", rating)
+    for user, items in {
+        "u1": [(1, 5.0), (2, 4.0), (3, 2.0), (4, 5.0)],
+        "u2": [(1, 4.0), (2, 5.0), (4, 3.0), (5, 4.0)],
+        "u3": [(2, 3.0), (3, 5.0), (5, 5.0), (1, 1.0)],
+    }.items()
+    for item, rating in items
+]
+
+
+def _rec(rec_id: str, items: list[str]) -> dict[str, object]:
+    return {
+        "recommendation_id": rec_id,
+        "trigger_event_id": "t-o1",
+        "user_id": "u1",
+        "strategy": "blend",
+        "variant": "blend",
+        "event_time": "2024-01-01T00:00:00Z",
+        "items": [{"item_id": i} for i in items],
+    }
+
+
+def test_click_probability_is_the_frequency_of_react_clicks() -> None:
+    population = simulate.Population(RATINGS, min_item_ratings=1, factors=2)
+    behaviour = simulate.Behaviour(warmup_cap=1, intent_horizon=30.0)
+    items = ["m4", "m5", "m2", "m3"]
+    expected = simulate.Simulation(population, behaviour, run_id="t").click_probability("u1", [
+        {"item_id": i} for i in items
+    ])
+    trials, clicks = 4000, 0
+    for n in range(trials):
+        sim = simulate.Simulation(population, behaviour, run_id="t")  # no memory of clicks
+        clicks += any(e["type"] == "click" for e in sim.react(_rec(f"r{n}", items)))
+    se = math.sqrt(expected * (1 - expected) / trials)
+    assert 0.1 < expected < 0.9
+    assert clicks / trials == pytest.approx(expected, abs=4 * se)
+
+
+def test_click_probability_skips_bought_items_and_discounts_reclicks() -> None:
+    population = simulate.Population(RATINGS, min_item_ratings=1, factors=2)
+    sim = simulate.Simulation(population, simulate.Behaviour(warmup_cap=1), run_id="t")
+    one = [{"item_id": "m4"}]
+    fresh = sim.click_probability("u1", one)
+    assert fresh == pytest.approx(0.6 * population.preference("u1", "m4"))
+    sim.clicked["u1"].add("m4")
+    assert sim.click_probability("u1", one) == pytest.approx(0.1 * fresh)
+    sim.bought["u1"].add("m4")
+    assert sim.click_probability("u1", one) == 0.0
+
+
+def test_expected_ctr_is_reported_per_variant() -> None:
+    population = simulate.Population(RATINGS, min_item_ratings=1, factors=2)
+    sim = simulate.Simulation(population, simulate.Behaviour(warmup_cap=1), run_id="t")
+    items = ["m4", "m5"]
+    before = sim.click_probability("u1", [{"item_id": i} for i in items])  # react may click
+    sim.react(_rec("r1", items))
+    result = simulate.report(sim, None, bandit=False, seconds=0.0, config={})
+    assert result["expected_ctr_by_variant"] == {"blend": round(before, 4)}
