@@ -29,6 +29,7 @@ __all__ = [
     "Rate",
     "compare",
     "compare_with_control",
+    "parse_strategies",
     "parse_variants",
     "rate_ratio",
     "wilson",
@@ -78,6 +79,24 @@ def parse_variants(text: str) -> dict[str, float]:
     if not out:
         raise ValueError("no variant given")
     return out
+
+
+def parse_strategies(text: str) -> frozenset[str]:
+    """``"blend, explore"`` -> the set of those strategy names; ``""`` is the empty set.
+
+    Raises :class:`ValueError` on an unknown name.
+
+    >>> sorted(parse_strategies("blend, explore"))
+    ['blend', 'explore']
+    >>> parse_strategies("blend,psychic")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown strategy 'psychic' (known: blend, popularity, explore)
+    """
+    names = frozenset(part.strip() for part in text.split(",") if part.strip())
+    for name in sorted(names - set(KNOWN_STRATEGIES)):
+        raise ValueError(f"unknown strategy {name!r} (known: {', '.join(KNOWN_STRATEGIES)})")
+    return names
 
 
 class Experiment:

@@ -22,7 +22,7 @@ from models.attribution import Attribution, Exposure, UserExposures
 from models.bandit import SegmentedThompson, segment_key
 from models.engine import Alert, FeedbackEngine, Outcome, Recommendation
 from models.events import Event
-from models.experiments import Experiment, parse_variants, wilson
+from models.experiments import Experiment, parse_strategies, parse_variants, wilson
 from models.strategies import STRATEGIES, Strategies
 from stream.contract import Rejected, decode_event
 from stream.metrics import Metrics
@@ -133,6 +133,7 @@ class Processor:
             parse_variants(settings.experiment_variants), settings.experiment_salt
         )
         self.strategies = Strategies(seed=settings.bandit_seed)
+        self._fatigue_strategies = parse_strategies(settings.fatigue_strategies)
         # ``bandit`` is a restored one (stream/checkpoint.py); else a new one from the prior.
         if settings.bandit and bandit is None:
             bandit = SegmentedThompson(STRATEGIES, seed=settings.bandit_seed)
@@ -484,10 +485,13 @@ class Processor:
     ) -> OutputMessage | None:
         variant, strategy = self._choose(profile, event)
         log = self._exposures(profile)
+        avoid = (
+            log.fatigued(self.settings.fatigue_impressions)
+            if strategy in self._fatigue_strategies else ()
+        )
         items = self.strategies.recommend(
             strategy, self.engine, event.user_id, self.settings.top_k,
-            now=event.timestamp, key=event.event_id,
-            avoid=log.fatigued(self.settings.fatigue_impressions),
+            now=event.timestamp, key=event.event_id, avoid=avoid,
         )
         if not items:
             # Nothing the user has not already bought yet (a cold catalogue): an

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from models.experiments import parse_variants
+from models.experiments import parse_strategies, parse_variants
 from stream.privacy import MIN_KEY_BYTES
 
 PREFIX = "FEEDBACK_"
@@ -136,6 +136,10 @@ class Settings:
     # Items shown this many times without a click (or clicked and not bought) are
     # left out of the user's next recommendations; 0 turns the rule off.
     fatigue_impressions: int = 3
+    # The strategies that rule applies to: the personalised ones. The popularity
+    # control stays the plain best-seller list a shop shows without this service
+    # (add "popularity" to measure the ranking alone, both sides with the rule).
+    fatigue_strategies: str = "blend,explore"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -219,6 +223,10 @@ class Settings:
             parse_variants(self.experiment_variants)
         except ValueError as exc:
             checks.append((False, f"FEEDBACK_EXPERIMENT_VARIANTS: {exc}"))
+        try:
+            parse_strategies(self.fatigue_strategies)
+        except ValueError as exc:
+            checks.append((False, f"FEEDBACK_FATIGUE_STRATEGIES: {exc}"))
         for path in (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile):
             checks.append((not path or Path(path).is_file(), f"TLS file not found: {path}"))
         for ok, message in checks:

@@ -27,7 +27,7 @@ from typing import Any
 from models.attribution import Attributor, Exposure
 from models.engine import FeedbackEngine
 from models.events import Event
-from models.experiments import Experiment, compare, parse_variants, wilson
+from models.experiments import Experiment, compare, parse_strategies, parse_variants, wilson
 from models.strategies import Strategies
 from stream.processor import should_recommend
 
@@ -59,6 +59,7 @@ class AttributionReplay:
         window: float = 1800.0,
         min_interval: float = 60.0,
         fatigue_impressions: int = 3,
+        fatigue_strategies: str = "blend,explore",
         top_k: int = 10,
         seed: int = 42,
     ) -> None:
@@ -67,6 +68,7 @@ class AttributionReplay:
         self.attributor = Attributor(window=window)
         self.min_interval = min_interval
         self.fatigue_impressions = fatigue_impressions
+        self.fatigue_strategies = parse_strategies(fatigue_strategies)
         self.top_k = top_k
         self.tallies: dict[str, _Tally] = defaultdict(_Tally)
         self.recommended_at: dict[str, float] = {}
@@ -115,7 +117,9 @@ class AttributionReplay:
         user = trigger.user_id
         strategy = self.experiment.variant_of(user)
         log = self.attributor.users.get(user)
-        avoid = log.fatigued(self.fatigue_impressions) if log is not None else set()
+        avoid: set[str] = set()
+        if log is not None and strategy in self.fatigue_strategies:
+            avoid = log.fatigued(self.fatigue_impressions)
         items = self.strategies.recommend(
             strategy, engine, user, self.top_k, now=trigger.timestamp,
             key=trigger.event_id, avoid=avoid,

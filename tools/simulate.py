@@ -858,6 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_VARIANTS})")
     p.add_argument("--fatigue", type=int, default=3,
                    help="FEEDBACK_FATIGUE_IMPRESSIONS of the started worker (default 3; 0: off)")
+    p.add_argument("--fatigue-strategies", default=Settings.fatigue_strategies,
+                   help="FEEDBACK_FATIGUE_STRATEGIES of the started worker (default "
+                        f"{Settings.fatigue_strategies}: not the popularity control)")
     p.add_argument("--users", type=int, help="simulate only the first N MovieLens users")
     p.add_argument("--id-share", type=float, default=0.9,
                    help="share of clicks that carry their recommendation_id (default 0.9)")
@@ -913,12 +916,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "users": len(population.users), "items": len(population.items),
         "id_share": args.id_share, "run_id": run_id, "warmup_cap": args.warmup_cap,
         "intent_horizon": args.intent_horizon, "fatigue_impressions": args.fatigue,
+        "fatigue_strategies": args.fatigue_strategies,
     }
     env_overrides = {
         "FEEDBACK_EXPERIMENT_VARIANTS": args.variants,
         "FEEDBACK_BANDIT": "1" if args.bandit else "0",
         "FEEDBACK_BANDIT_SEED": str(args.seed),
         "FEEDBACK_FATIGUE_IMPRESSIONS": str(args.fatigue),
+        "FEEDBACK_FATIGUE_STRATEGIES": args.fatigue_strategies,
     }
     samples: Samples | None
     if args.in_process:

@@ -167,3 +167,40 @@ def test_the_batch_wait_is_validated_at_start_up(value: str) -> None:
         Settings.from_env({"FEEDBACK_BATCH_MAX_WAIT_SECONDS": value})
     quick = Settings.from_env({"FEEDBACK_BATCH_MAX_WAIT_SECONDS": "0.03"})
     assert quick.batch_max_wait_seconds == 0.03
+
+
+@pytest.mark.parametrize(
+    ("strategies", "control_rotates"),
+    [("blend,explore", False), ("blend,explore,popularity", True)],
+)
+def test_the_fatigue_rule_applies_to_the_listed_strategies_only(
+    strategies: str, control_rotates: bool
+) -> None:
+    # Everyone in one variant at a time: the popularity control, then the blend.
+    def second_list(variant: str) -> tuple[list[str], list[str]]:
+        proc, s, _ = make(
+            experiment_variants=variant, fatigue_impressions=1, fatigue_strategies=strategies
+        )
+        history = [purchase(f"h{u}{i}", f"u{u}", f"i{i}") for u in range(6) for i in range(u, 24)]
+        proc.handle([msg(s, e, n) for n, e in enumerate(history)])
+        lists = []
+        for n in range(2):
+            out = proc.handle([
+                msg(s, purchase(f"z{n}", "zed", f"i{n}", ts=f"2024-01-02T10:0{n}:00Z"), 100 + n),
+                msg(s, purchase(f"o{n}", "u0", "i0", ts=f"2024-01-02T10:0{n}:01Z"), 200 + n),
+            ])
+            recs = [orjson.loads(o.value) for o in out if o.topic == s.topic_recommendations]
+            lists.append([i["item_id"] for r in recs if r["user_id"] == "zed" for i in r["items"]])
+        return lists[0], lists[1]
+
+    first, second = second_list("popularity")
+    assert first and second
+    assert bool(set(first) & set(second)) is not control_rotates
+    first, second = second_list("blend")
+    assert first and second and not set(first) & set(second)  # the blend always rotates
+
+
+def test_unknown_fatigue_strategies_are_refused_at_start_up() -> None:
+    with pytest.raises(SettingsError, match="FEEDBACK_FATIGUE_STRATEGIES: unknown strategy"):
+        Settings.from_env({"FEEDBACK_FATIGUE_STRATEGIES": "blend,psychic"})
+    assert Settings.from_env({"FEEDBACK_FATIGUE_STRATEGIES": ""}).fatigue_strategies == ""

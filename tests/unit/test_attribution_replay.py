@@ -27,8 +27,12 @@ STREAM = [
 ]
 
 
+#: The popularity control with the fatigue rule too (by default it has none).
+ROTATING = "blend,explore,popularity"
+
+
 def test_later_clicks_and_purchases_are_credited_to_the_lists_shown_before_them() -> None:
-    report = replay(STREAM, variants="popularity", window=600)
+    report = replay(STREAM, variants="popularity", window=600, fatigue_strategies=ROTATING)
     pop = report.report()["popularity"]
     assert pop["exposures"] == 2
     assert (pop["ctr"]["successes"], pop["conversion"]["successes"]) == (1, 2)
@@ -36,7 +40,7 @@ def test_later_clicks_and_purchases_are_credited_to_the_lists_shown_before_them(
     # Ten times slower: outside the window nothing is credited, so the unclicked y is
     # not fatigued and a's second click gets a list again.
     late = replay([(k, u, i, t * 10) for k, u, i, t in STREAM], variants="popularity",
-                  window=600).report()["popularity"]
+                  window=600, fatigue_strategies=ROTATING).report()["popularity"]
     assert late["exposures"] == 3
     assert late["ctr"]["successes"] == late["conversion"]["successes"] == 0
 
