@@ -13,7 +13,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -558,24 +558,29 @@ class FeedbackEngine:
                 break  # the bucket straddling ``before``: every later one is newer
         return evicted
 
-    def evict_least_recent(self, keep: int, limit: int) -> list[str]:
+    def evict_least_recent(
+        self, keep: int, limit: int, spare: Collection[str] = ()
+    ) -> list[str]:
         """Forget the least recently active users beyond the ``keep`` most recent,
         at most ``limit`` of them (a hard cap on users; pending churn alerts of
-        those users are lost). Returns the ids forgotten."""
+        those users are lost), never one in ``spare`` (the worker's users whose
+        recommendation is still owed). Returns the ids forgotten."""
         excess = min(len(self.profiles) - max(keep, 0), limit)
         evicted: list[str] = []
-        while len(evicted) < excess:
-            if self.held:
-                batch = list(itertools.islice(self.held, excess - len(evicted)))
-            else:
-                oldest = self._oldest_bucket()
-                if oldest is None:
-                    break
-                batch = list(itertools.islice(oldest[1], excess - len(evicted)))
-            for user_id in batch:
-                self.forget(user_id)
-            evicted.extend(batch)
+        for user_id in self._least_recent():
+            if len(evicted) >= excess:
+                break
+            if user_id not in spare:
+                evicted.append(user_id)
+        for user_id in evicted:
+            self.forget(user_id)
         return evicted
+
+    def _least_recent(self) -> Iterator[str]:
+        """Users from the least recently active on: held ones first, then by bucket."""
+        yield from list(self.held)
+        for b in sorted(self.activity):  # hour buckets: a few thousand over the retention
+            yield from list(self.activity[b])
 
     # -- queries -----------------------------------------------------------------
     def recommend(

@@ -608,7 +608,8 @@ class Processor:
             total += self._evicted(self.engine.evict_inactive(before, budget), "inactive")
         if s.max_users > 0 and total < budget:
             total += self._evicted(
-                self.engine.evict_least_recent(s.max_users, budget - total), "cap"
+                self.engine.evict_least_recent(s.max_users, budget - total, self._pending),
+                "cap",
             )
         if before is not None and total < budget:
             total += self._evicted(self._sweep_profiles(before, budget - total), "inactive")

@@ -196,3 +196,21 @@ def test_without_debounce_every_batch_publishes_its_own() -> None:
 def test_the_debounce_settings_are_validated_at_start_up(env: dict[str, str], name: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env(env)
+
+
+def test_the_user_cap_spares_a_user_whose_recommendation_is_owed() -> None:
+    proc, s, clock = make(user_retention_seconds=0, max_users=2)
+    feed = Feed(s)
+    warm(proc, feed)
+    # Zoe is the least recently active by event time, and her recommendation is owed.
+    proc.handle([feed(purchase("z1", "zoe", "a", ts="2023-12-31T10:00:00Z"))])
+    assert proc.profiles["zoe"][PENDING_TRIGGER] == "z1"
+    proc.evict()
+    assert "zoe" in proc.engine.profiles and "zoe" in proc.profiles
+    clock.now += 1.0
+    out = recs(s, proc.flush_due())
+    assert [r["trigger_event_id"] for r in out] == ["z1"]
+    assert out[0]["items"][0]["reason"] != "popular with everyone"  # ranked as herself
+    proc.handle([feed(purchase("y1", "yan", "b"))])  # three users again
+    proc.evict()  # nothing owed to her now: the cap takes her, the least recent
+    assert "zoe" not in proc.engine.profiles and "zoe" not in proc.profiles

@@ -169,6 +169,18 @@ def test_evict_least_recent_caps_the_users() -> None:
     assert engine.segmentation.n_users == 4
 
 
+def test_the_cap_spares_the_users_it_is_told_to() -> None:
+    # The worker's users whose recommendation is still owed: the next least recent go.
+    engine = engine_with(10)
+    assert engine.evict_least_recent(keep=6, limit=100, spare={"u0", "u2"}) == [
+        "u1", "u3", "u4", "u5",
+    ]
+    assert engine.evict_least_recent(keep=2, limit=100, spare={"u0", "u2", "u9"}) == [
+        "u6", "u7", "u8",
+    ]
+    assert sorted(engine.profiles) == ["u0", "u2", "u9"]  # more than keep: all spared
+
+
 def test_recommendations_still_work_after_evictions() -> None:
     engine = engine_with(30)
     engine.evict_inactive(T0 + 25 * DAY, limit=1000)
