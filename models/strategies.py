@@ -15,8 +15,10 @@
 Every strategy takes an ``avoid`` set: the items the user was already shown
 too often without a click, or clicked and did not buy (see
 :meth:`models.attribution.UserExposures.fatigued`); they are excluded before the
-top ``k`` is taken, the same rule for every strategy, so that a list does not
-keep spending its best slots on what the user has passed over.
+top ``k`` is taken, so that a list does not keep spending its best slots on what
+the user has passed over. The worker passes it to the strategies named by
+``FEEDBACK_FATIGUE_STRATEGIES`` (by default not to the popularity control,
+which stays the plain best-seller list).
 
 Every strategy is a deterministic function of the engine state, ``avoid`` and a
 ``key`` (the triggering event id): re-processing the same event after a crash
