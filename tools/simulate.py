@@ -210,6 +210,10 @@ class Tally:
     #: Sum over exposures of the exact probability of a click under the behaviour
     #: model: the CTR the lists deserve, without the noise of the draws.
     expected_clicks: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: The same for each list's items in the order of the hidden preference.
+    best_order_clicks: defaultdict[str, float] = field(
+        default_factory=lambda: defaultdict(float)
+    )
 
 
 class Simulation:
@@ -346,9 +350,12 @@ class Simulation:
             self.by_variant.exposures[variant] += 1
             self.by_strategy.exposures[strategy] += 1
         if measured:
-            expected = self.click_probability(user, rec.get("items", []))
-            self.by_variant.expected_clicks[variant] += expected
-            self.by_strategy.expected_clicks[strategy] += expected
+            shown = rec.get("items", [])
+            expected = self.click_probability(user, shown)
+            best = self.best_order_click_probability(user, shown)
+            for tally, label in ((self.by_variant, variant), (self.by_strategy, strategy)):
+                tally.expected_clicks[label] += expected
+                tally.best_order_clicks[label] += best
         rng = random.Random(_seed_int(self.seed, rec["recommendation_id"]))
         t0 = _parse_time(str(rec["event_time"]))
         out: list[dict[str, Any]] = []
@@ -418,20 +425,35 @@ class Simulation:
 
     def click_probability(self, user: str, items: Sequence[dict[str, Any]]) -> float:
         """The exact probability that ``user`` clicks something in ``items`` (see :meth:`react`)."""
+        return self._cascade(self._click_chances(user, items))
+
+    def best_order_click_probability(self, user: str, items: Sequence[dict[str, Any]]) -> float:
+        """:meth:`click_probability` of the same items in the order of the user's hidden
+        preference: what the list would earn if the strategy ranked its own picks perfectly."""
+        return self._cascade(sorted(self._click_chances(user, items), reverse=True))
+
+    def _click_chances(self, user: str, items: Sequence[dict[str, Any]]) -> list[float]:
+        """Each item's click probability once examined (0 for an item the user bought)."""
         b = self.behaviour
-        reach, examine, none = 1.0, 1.0, 1.0
-        total = 0.0
+        out = []
         for entry in items:
             item = str(entry["item_id"])
-            reach *= examine
-            examine *= b.examine
             if item in self.bought[user]:
+                out.append(0.0)
                 continue
             p = b.click_scale * self.population.preference(
                 user, item, self.position[user], b.intent_horizon
             )
-            if item in self.clicked[user]:
-                p *= b.reclick_factor
+            out.append(p * b.reclick_factor if item in self.clicked[user] else p)
+        return out
+
+    def _cascade(self, chances: Sequence[float]) -> float:
+        """P(a click) scanning top-down: rank ``r`` is reached with the product of
+        ``examine ** j`` for ``j <= r``, and scanning stops at the first click."""
+        reach, examine, none, total = 1.0, 1.0, 1.0, 0.0
+        for p in chances:
+            reach *= examine
+            examine *= self.behaviour.examine
             total += reach * none * p
             none *= 1.0 - p
         return total
@@ -771,6 +793,10 @@ def report(
     truth = sim.by_strategy if bandit else sim.by_variant
     out["expected_ctr_by_variant"] = {
         k: round(truth.expected_clicks[k] / n, 4) for k, n in sorted(truth.exposures.items()) if n
+    }
+    out["expected_ctr_best_order_by_variant"] = {
+        k: round(truth.best_order_clicks[k] / n, 4)
+        for k, n in sorted(truth.exposures.items()) if n
     }
     if "blend" in ctr and "popularity" in ctr:
         a, b = ctr["blend"], ctr["popularity"]

@@ -67,3 +67,13 @@ def test_expected_ctr_is_reported_per_variant() -> None:
     sim.react(_rec("r1", items))
     result = simulate.report(sim, None, bandit=False, seconds=0.0, config={})
     assert result["expected_ctr_by_variant"] == {"blend": round(before, 4)}
+    assert result["expected_ctr_best_order_by_variant"]["blend"] >= round(before, 4)
+
+
+def test_the_best_order_puts_the_most_wanted_first() -> None:
+    population = simulate.Population(RATINGS, min_item_ratings=1, factors=2)
+    sim = simulate.Simulation(population, simulate.Behaviour(warmup_cap=1), run_id="t")
+    liked, lukewarm = {"item_id": "m4"}, {"item_id": "m3"}  # 5 and 2 stars for u1
+    best = sim.best_order_click_probability("u1", [lukewarm, liked])
+    assert best == pytest.approx(sim.click_probability("u1", [liked, lukewarm]))
+    assert best > sim.click_probability("u1", [lukewarm, liked])
