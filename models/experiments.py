@@ -94,8 +94,10 @@ def parse_strategies(text: str) -> frozenset[str]:
     ValueError: unknown strategy 'psychic' (known: blend, popularity, explore)
     """
     names = frozenset(part.strip() for part in text.split(",") if part.strip())
-    for name in sorted(names - set(KNOWN_STRATEGIES)):
-        raise ValueError(f"unknown strategy {name!r} (known: {', '.join(KNOWN_STRATEGIES)})")
+    unknown = sorted(names - set(KNOWN_STRATEGIES))
+    if unknown:
+        known = ", ".join(KNOWN_STRATEGIES)
+        raise ValueError(f"unknown strategy {unknown[0]!r} (known: {known})")
     return names
 
 

@@ -29,7 +29,8 @@ watches and rates the next movie of their real, time-ordered MovieLens
 history (a ``review`` with the real rating), skipping movies they already
 bought through a recommendation. They *react to the recommendations* the service
 publishes on the recommendations topic: scanning the list top-down, each item
-is examined with probability ``examine ** rank`` (rank from 0), clicked with
+is examined with probability ``examine ** rank`` (rank from 0) once the items
+above it were (so the fourth is reached 38% of the times, the tenth almost never), clicked with
 probability ``click_scale * preference`` (a tenth of that for an item they
 clicked before; never one they bought), scanning stops at the first click, and
 the click carries the ``recommendation_id`` (except for ``1 - id_share`` of
@@ -349,7 +350,6 @@ class Simulation:
             self.log.append((strategy, variant, self.events))
             self.by_variant.exposures[variant] += 1
             self.by_strategy.exposures[strategy] += 1
-        if measured:
             shown = rec.get("items", [])
             expected = self.click_probability(user, shown)
             best = self.best_order_click_probability(user, shown)
