@@ -566,21 +566,23 @@ class FeedbackEngine:
         those users are lost), never one in ``spare`` (the worker's users whose
         recommendation is still owed). Returns the ids forgotten."""
         excess = min(len(self.profiles) - max(keep, 0), limit)
+        if excess <= 0:
+            return []  # the usual case on the eviction tick: no bucket is sorted
         evicted: list[str] = []
         for user_id in self._least_recent():
-            if len(evicted) >= excess:
-                break
             if user_id not in spare:
                 evicted.append(user_id)
-        for user_id in evicted:
+                if len(evicted) == excess:
+                    break
+        for user_id in evicted:  # after the walk: nothing it reads changes under it
             self.forget(user_id)
         return evicted
 
     def _least_recent(self) -> Iterator[str]:
         """Users from the least recently active on: held ones first, then by bucket."""
-        yield from list(self.held)
+        yield from self.held
         for b in sorted(self.activity):  # hour buckets: a few thousand over the retention
-            yield from list(self.activity[b])
+            yield from self.activity[b]
 
     # -- queries -----------------------------------------------------------------
     def recommend(
