@@ -16,9 +16,9 @@ Every strategy takes an ``avoid`` set: the items the user was already shown
 too often without a click, or clicked and did not buy (see
 :meth:`models.attribution.UserExposures.fatigued`); they are excluded before the
 top ``k`` is taken, so that a list does not keep spending its best slots on what
-the user has passed over. The worker passes it to the strategies named by
-``FEEDBACK_FATIGUE_STRATEGIES`` (by default not to the popularity control,
-which stays the plain best-seller list).
+the user has passed over. Only the strategies in ``fatigue_strategies`` take
+it (the worker's ``FEEDBACK_FATIGUE_STRATEGIES``: by default not the popularity
+control, which stays the plain best-seller list); the others ignore it.
 
 Every strategy is a deterministic function of the engine state, ``avoid`` and a
 ``key`` (the triggering event id): re-processing the same event after a crash
@@ -53,6 +53,8 @@ class Strategies:
         Higher explores more: weight of blend rank ``r`` is ``r ** (-1 / temperature)``.
     seed
         Combined with each call's ``key`` to seed that call's sampling.
+    fatigue_strategies
+        The strategies that leave out the ``avoid`` items (default: all).
 
     Examples
     --------
@@ -73,13 +75,18 @@ class Strategies:
     """
 
     def __init__(
-        self, explore_pool: int = 3, explore_temperature: float = 1.0, seed: int = 0
+        self,
+        explore_pool: int = 3,
+        explore_temperature: float = 1.0,
+        seed: int = 0,
+        fatigue_strategies: Collection[str] = STRATEGIES,
     ) -> None:
         if explore_pool < 1 or explore_temperature <= 0:
             raise ValueError("explore_pool must be >= 1 and explore_temperature > 0")
         self.explore_pool = explore_pool
         self.explore_temperature = explore_temperature
         self.seed = seed
+        self.fatigue_strategies = frozenset(fatigue_strategies)
 
     def recommend(
         self,
@@ -92,6 +99,8 @@ class Strategies:
         avoid: Collection[str] = (),
     ) -> list[Recommendation]:
         """Top-``k`` for ``user_id`` by ``strategy``; ``key`` seeds ``explore``."""
+        if strategy not in self.fatigue_strategies:
+            avoid = ()
         if strategy == "blend":
             return engine.recommend(user_id, k, now=now, avoid=avoid)
         if strategy == "popularity":

@@ -132,8 +132,10 @@ class Processor:
         self.experiment = Experiment(
             parse_variants(settings.experiment_variants), settings.experiment_salt
         )
-        self.strategies = Strategies(seed=settings.bandit_seed)
-        self._fatigue_strategies = parse_strategies(settings.fatigue_strategies)
+        self.strategies = Strategies(
+            seed=settings.bandit_seed,
+            fatigue_strategies=parse_strategies(settings.fatigue_strategies),
+        )
         # ``bandit`` is a restored one (stream/checkpoint.py); else a new one from the prior.
         if settings.bandit and bandit is None:
             bandit = SegmentedThompson(STRATEGIES, seed=settings.bandit_seed)
@@ -485,13 +487,10 @@ class Processor:
     ) -> OutputMessage | None:
         variant, strategy = self._choose(profile, event)
         log = self._exposures(profile)
-        avoid = (
-            log.fatigued(self.settings.fatigue_impressions)
-            if strategy in self._fatigue_strategies else ()
-        )
         items = self.strategies.recommend(
             strategy, self.engine, event.user_id, self.settings.top_k,
-            now=event.timestamp, key=event.event_id, avoid=avoid,
+            now=event.timestamp, key=event.event_id,
+            avoid=log.fatigued(self.settings.fatigue_impressions),
         )
         if not items:
             # Nothing the user has not already bought yet (a cold catalogue): an

@@ -64,11 +64,12 @@ class AttributionReplay:
         seed: int = 42,
     ) -> None:
         self.experiment = Experiment(parse_variants(variants), salt)
-        self.strategies = Strategies(seed=seed)
+        self.strategies = Strategies(
+            seed=seed, fatigue_strategies=parse_strategies(fatigue_strategies)
+        )
         self.attributor = Attributor(window=window)
         self.min_interval = min_interval
         self.fatigue_impressions = fatigue_impressions
-        self.fatigue_strategies = parse_strategies(fatigue_strategies)
         self.top_k = top_k
         self.tallies: dict[str, _Tally] = defaultdict(_Tally)
         self.recommended_at: dict[str, float] = {}
@@ -117,9 +118,7 @@ class AttributionReplay:
         user = trigger.user_id
         strategy = self.experiment.variant_of(user)
         log = self.attributor.users.get(user)
-        avoid: set[str] = set()
-        if log is not None and strategy in self.fatigue_strategies:
-            avoid = log.fatigued(self.fatigue_impressions)
+        avoid = log.fatigued(self.fatigue_impressions) if log is not None else set()
         items = self.strategies.recommend(
             strategy, engine, user, self.top_k, now=trigger.timestamp,
             key=trigger.event_id, avoid=avoid,

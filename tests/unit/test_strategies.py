@@ -37,3 +37,14 @@ def test_avoid_is_applied_before_ranking_not_after() -> None:
     top = engine.recommend("me", 12)
     cut = engine.recommend("me", 10, avoid={top[0].item_id, "not-in-catalogue"})
     assert [r.item_id for r in cut] == [r.item_id for r in top[1:11]]
+
+
+def test_only_the_fatigue_strategies_take_the_avoid_set() -> None:
+    engine = engine_with_catalogue()
+    s = Strategies(seed=3, fatigue_strategies={"blend", "explore"})
+    plain = [r.item_id for r in s.recommend("popularity", engine, "me", k=10)]
+    avoid = set(plain)
+    assert [r.item_id for r in s.recommend("popularity", engine, "me", k=10, avoid=avoid)] == plain
+    for strategy in ("blend", "explore"):
+        listed = s.recommend(strategy, engine, "me", k=10, key="e1", avoid=avoid)
+        assert listed and not avoid & {r.item_id for r in listed}
