@@ -788,15 +788,15 @@ def report(
             "clicks_attributed": sum_by(samples, "feedback_attributed_clicks_total", "matched_by"),
             "unmatched": sum_by(samples, "feedback_attribution_unmatched_total", "reason"),
         }
-    truth_ctr, _ = Counts.from_tally(sim.by_strategy if bandit else sim.by_variant).rates()
-    out["ctr_by_variant_simulator"] = {k: r.as_dict() for k, r in truth_ctr.items()}
     truth = sim.by_strategy if bandit else sim.by_variant
+    truth_ctr, _ = Counts.from_tally(truth).rates()
+    out["ctr_by_variant_simulator"] = {k: r.as_dict() for k, r in truth_ctr.items()}
+    shown = {k: n for k, n in sorted(truth.exposures.items()) if n}
     out["expected_ctr_by_variant"] = {
-        k: round(truth.expected_clicks[k] / n, 4) for k, n in sorted(truth.exposures.items()) if n
+        k: round(truth.expected_clicks[k] / n, 4) for k, n in shown.items()
     }
     out["expected_ctr_best_order_by_variant"] = {
-        k: round(truth.best_order_clicks[k] / n, 4)
-        for k, n in sorted(truth.exposures.items()) if n
+        k: round(truth.best_order_clicks[k] / n, 4) for k, n in shown.items()
     }
     if "blend" in ctr and "popularity" in ctr:
         a, b = ctr["blend"], ctr["popularity"]
