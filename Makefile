@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DURATION ?= 0
 RATE ?= 1000
 
-.PHONY: run test lint typecheck unit integration bench clean
+.PHONY: run test lint typecheck unit integration ops bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3.x)"; exit 1; }
@@ -25,12 +25,17 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
+# Everything that needs no broker: models, the stream layer without Kafka, tools, doctests.
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit models
+	$(BIN)/python -m pytest tests/models tests/stream tests/tools models stream tools
 
 integration: $(STAMP)
 	bash ops/install-prometheus.sh
 	$(BIN)/python -m pytest tests/integration
+
+ops: $(STAMP)
+	bash ops/install-prometheus.sh
+	$(BIN)/python -m pytest tests/ops
 
 # Benchmarks are commands, not timed tests: their figures are ratios measured in one run.
 bench: $(STAMP)
@@ -38,6 +43,8 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:

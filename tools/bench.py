@@ -64,7 +64,7 @@ SAMPLE_SECONDS = 0.2
 Record = tuple[str, bytes, bytes]  # topic, key, value
 
 
-# -- pure helpers (tested in tests/unit/test_bench.py) ------------------------
+# -- pure helpers (tested in tests/tools/test_bench.py) ------------------------
 
 
 def percentile(values: Sequence[float], q: float) -> float:

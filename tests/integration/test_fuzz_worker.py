@@ -3,7 +3,7 @@ interleaved with good ones, through the broker.
 
 Zero crashes; every bad event in the dead-letter topic, bytes untouched, with
 the reason the contract gives it; every good event processed. The pure
-decoder has its own property tests (tests/unit/test_contract_fuzz.py); this
+decoder has its own property tests (tests/stream/test_contract_fuzz.py); this
 test checks the whole path around it: consumer, agent batching, key checks,
 dead-letter publishing, metrics.
 
