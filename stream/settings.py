@@ -242,6 +242,14 @@ class Settings:
             self.topic_reviews: "review",
         }
 
+    def topic_of(self, event_type: str) -> str:
+        """The input topic that carries ``event_type`` (``KeyError`` for an unknown type)."""
+        return {etype: topic for topic, etype in self.input_topics.items()}[event_type]
+
+    def event_type_of(self, topic: str) -> str | None:
+        """The event type an input topic carries, ``None`` for any other topic."""
+        return self.input_topics.get(topic)
+
     @property
     def web_url(self) -> str:
         """Where this worker answers locally (tools and tests call it)."""

@@ -314,10 +314,10 @@ def load_events(dataset: str, data_dir: Path | None, count: int) -> list[dict[st
     return events
 
 
-def encode(events: Sequence[dict[str, Any]], topic_by_type: dict[str, str]) -> list[Record]:
+def encode(events: Sequence[dict[str, Any]], topic_of: Callable[[str], str]) -> list[Record]:
     """Route and encode once, before any clock starts."""
     return [
-        (topic_by_type[e["type"]], str(e["user_id"]).encode(), orjson.dumps(e)) for e in events
+        (topic_of(e["type"]), str(e["user_id"]).encode(), orjson.dumps(e)) for e in events
     ]
 
 
@@ -364,10 +364,6 @@ def _settings(bootstrap: str, prefix: str, partitions: int, **extra: Any) -> Set
         topic_deadletter=f"{prefix}deadletter",
         **extra,
     )
-
-
-def _topic_by_type(settings: Settings) -> dict[str, str]:
-    return {v: k for k, v in settings.input_topics.items()}
 
 
 async def _produce(
@@ -707,7 +703,7 @@ def memory_bound(
     arrivals = list(distinct_users(events, n, args.seed + 1, prefix="e"))
     for i, e in enumerate(arrivals):
         e["timestamp"] = format_timestamp(latest + span * (i + 1) / n)
-    topic_by_type = _topic_by_type(settings)
+    topic_of = settings.topic_of
     start_rss = sum(rss_now(w.proc.pid) or 0 for w in workers)
     samples: list[list[float]] = []
 
@@ -722,7 +718,7 @@ def memory_bound(
 
     _log(f"memory bound: {n:,} new users over {span / 86_400:,.0f} days of event time "
          f"({args.eviction_span:g} retention horizons of {retention / 86_400:,.0f} days)")
-    asyncio.run(_produce(settings, encode(arrivals, topic_by_type), timeout=timeout))
+    asyncio.run(_produce(settings, encode(arrivals, topic_of), timeout=timeout))
     got = wait_counts(workers, done + n, 2 * timeout, on_sample) - done
     # Let the eviction ticks work off what fell due with the last arrivals: until
     # the evicted count has not moved for 6 s (the users-tracked gauge follows
@@ -804,7 +800,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         for kind in args.references:
             s = phase(kind)
-            records = encode(events[:n], _topic_by_type(s))
+            records = encode(events[:n], s.topic_of)
             secs = preload(s, records)
             _log(f"{kind}: pre-loaded {n:,} events in {secs:.1f} s; running")
             rate, per_cpu = run_reference(kind, s, n, state, timeout)
@@ -814,8 +810,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # 2. the worker's throughput
         s = phase("worker")
-        topic_by_type = _topic_by_type(s)
-        preload(s, encode(events[:n], topic_by_type))
+        topic_of = s.topic_of
+        preload(s, encode(events[:n], topic_of))
         _log(f"worker: pre-loaded {n:,} events; starting {args.workers} worker(s)")
         env_extra = {"FEEDBACK_LOG_LEVEL": "WARNING", **dict(args.worker_env)}
         if args.worker_env:
@@ -860,7 +856,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _log(f"latency: offering {m:,} new events at {offered:,.0f}/s")
             lat = asyncio.run(
                 measure_latency(
-                    s, encode(batch, topic_by_type), [e["event_id"] for e in batch],
+                    s, encode(batch, topic_of), [e["event_id"] for e in batch],
                     offered, timeout,
                 )
             )
@@ -887,7 +883,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             before = sum(rss_now(w.proc.pid) or 0 for w in workers)
             extra = list(distinct_users(events[:n], args.users, args.seed, at=latest))
             _log(f"memory: {args.users:,} new distinct users")
-            asyncio.run(_produce(s, encode(extra, topic_by_type), timeout=timeout))
+            asyncio.run(_produce(s, encode(extra, topic_of), timeout=timeout))
             # New users cost a changelog record each: this phase is the slowest.
             got = wait_counts(workers, done + len(extra), 2 * timeout)
             after = sum(rss_now(w.proc.pid) or 0 for w in workers)

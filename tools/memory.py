@@ -50,9 +50,10 @@ def rss() -> int:
 
 
 def _messages(settings: Settings, events: Sequence[dict[str, Any]]) -> list[InputMessage]:
-    topic = {v: k for k, v in settings.input_topics.items()}
     return [
-        InputMessage(topic[e["type"]], 0, i, str(e["user_id"]).encode(), orjson.dumps(e), WALL)
+        InputMessage(
+            settings.topic_of(e["type"]), 0, i, str(e["user_id"]).encode(), orjson.dumps(e), WALL
+        )
         for i, e in enumerate(events)
     ]
 

@@ -101,7 +101,6 @@ class Producer:
         self.bad_rate = bad_rate
         self.rng = random.Random(seed)
         self.stats = ProduceStats()
-        self.topic_by_type = {v: k for k, v in settings.input_topics.items()}
         self.stop = asyncio.Event()
 
     async def send_events(self, events: Iterable[dict[str, Any]]) -> ProduceStats:
@@ -114,7 +113,7 @@ class Producer:
             for lineno, line in jsonl_lines(path):
                 try:
                     obj = orjson.loads(line)
-                    topic = self.topic_by_type[obj["type"]]
+                    topic = self.settings.topic_of(obj["type"])
                     key = str(obj["user_id"]).encode()
                 except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                     print(
@@ -131,7 +130,7 @@ class Producer:
         return await self._send(routed())
 
     def _route(self, event: dict[str, Any]) -> tuple[str, bytes | None, bytes]:
-        topic = self.topic_by_type[event["type"]]
+        topic = self.settings.topic_of(event["type"])
         if self.bad_rate and self.rng.random() < self.bad_rate:
             self.stats.bad_injected += 1
             value, key = _corrupt(event, self.rng)

@@ -59,10 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = Settings.from_env({})
     events = load_events("demo", args.data_dir, args.events)
-    topic_of = {v: k for k, v in settings.input_topics.items()}
     msgs = [
         InputMessage(
-            topic_of[e["type"]], zlib.crc32(str(e["user_id"]).encode()) % args.partitions, i,
+            settings.topic_of(e["type"]),
+            zlib.crc32(str(e["user_id"]).encode()) % args.partitions,
+            i,
             str(e["user_id"]).encode(), orjson.dumps(e),
         )
         for i, e in enumerate(events)

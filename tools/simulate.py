@@ -578,7 +578,6 @@ async def drive_broker(
     from stream.kafka import client_kwargs, create_topics, producer
 
     await create_topics(settings)
-    topic_by_type = {v: k for k, v in settings.input_topics.items()}
     prod = producer(settings, linger_ms=5)
     consumer = AIOKafkaConsumer(
         settings.topic_recommendations, **client_kwargs(settings),
@@ -592,7 +591,9 @@ async def drive_broker(
 
     async def send(event: dict[str, Any]) -> None:
         await prod.send(
-            topic_by_type[event["type"]], orjson.dumps(event), key=str(event["user_id"]).encode()
+            settings.topic_of(event["type"]),
+            orjson.dumps(event),
+            key=str(event["user_id"]).encode(),
         )
 
     async def organic() -> None:
@@ -638,7 +639,7 @@ async def drive_broker(
         pending = []
         while (event := sim.next_warmup()) is not None:
             pending.append(await prod.send(
-                topic_by_type[event["type"]], orjson.dumps(event),
+                settings.topic_of(event["type"]), orjson.dumps(event),
                 key=str(event["user_id"]).encode(),
             ))
             if len(pending) >= 1000:
@@ -692,7 +693,6 @@ def drive_in_process(
 
     registry = CollectorRegistry()
     proc = Processor(settings, FeedbackEngine(), DictStore(), Metrics(registry))
-    topic_by_type = {v: k for k, v in settings.input_topics.items()}
     pending: list[tuple[int, dict[str, Any]]] = []
     offset = 0
 
@@ -702,7 +702,7 @@ def drive_in_process(
         for e in events:
             offset += 1
             msgs.append(InputMessage(
-                topic_by_type[e["type"]], 0, offset, str(e["user_id"]).encode(), orjson.dumps(e)
+                settings.topic_of(e["type"]), 0, offset, str(e["user_id"]).encode(), orjson.dumps(e)
             ))
         return [
             orjson.loads(o.value) for o in proc.handle(msgs)

@@ -177,8 +177,10 @@ def produce_events(
 def event_records(
     settings: Settings, events: Iterable[dict[str, Any]]
 ) -> list[tuple[str, bytes | None, bytes]]:
-    by_type = {v: k for k, v in settings.input_topics.items()}
-    return [(by_type[e["type"]], str(e["user_id"]).encode(), orjson.dumps(e)) for e in events]
+    return [
+        (settings.topic_of(e["type"]), str(e["user_id"]).encode(), orjson.dumps(e))
+        for e in events
+    ]
 
 
 def consume(

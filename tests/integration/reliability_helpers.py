@@ -60,8 +60,7 @@ def make_events(n_users: int, per_user: int, seed: int = 7, n_items: int = 300) 
 
 
 def records_for(settings: Settings, events: Iterable[dict]) -> list[tuple[str, bytes, bytes]]:
-    topics = {v: k for k, v in settings.input_topics.items()}
-    return [(topics[e["type"]], e["user_id"].encode(), orjson.dumps(e)) for e in events]
+    return [(settings.topic_of(e["type"]), e["user_id"].encode(), orjson.dumps(e)) for e in events]
 
 
 @dataclass

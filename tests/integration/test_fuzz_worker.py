@@ -181,8 +181,7 @@ def test_fuzzed_stream_against_the_running_worker(worker_factory) -> None:
     worker = worker_factory()
     s = worker.settings
     records, dead, good, duplicates = fuzz_stream(s)
-    topics = {v: k for k, v in s.input_topics.items()}
-    produce_events(s, [(topics[t], k, v) for t, k, v in records])  # type: ignore[misc]
+    produce_events(s, [(s.topic_of(t), k, v) for t, k, v in records])  # type: ignore[misc]
 
     got = consume(s, s.topic_deadletter, until=lambda r: len(r) >= len(dead), timeout=240)
     processed = wait_metric(worker, "feedback_events_total", good, 120, outcome="processed")

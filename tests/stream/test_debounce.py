@@ -50,7 +50,7 @@ class Feed:
         self.offset = 0
 
     def __call__(self, event: dict[str, object]) -> InputMessage:
-        topic = {v: k for k, v in self.settings.input_topics.items()}[str(event["type"])]
+        topic = self.settings.topic_of(str(event["type"]))
         self.offset += 1
         return InputMessage(
             topic, 0, self.offset, str(event["user_id"]).encode(), orjson.dumps(event), NOW

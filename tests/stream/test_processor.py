@@ -22,7 +22,7 @@ def make(**overrides: object) -> tuple[Processor, Settings, CollectorRegistry]:
 
 
 def msg(settings: Settings, event: dict[str, object], offset: int = 0) -> InputMessage:
-    topic = {v: k for k, v in settings.input_topics.items()}[str(event["type"])]
+    topic = settings.topic_of(str(event["type"]))
     return InputMessage(
         topic, 0, offset, str(event["user_id"]).encode(), orjson.dumps(event), NOW - 0.5
     )

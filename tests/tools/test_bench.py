@@ -196,7 +196,7 @@ def test_distinct_users_one_event_each_and_seeded() -> None:
 
 def test_encode_routes_by_type_and_keys_by_user() -> None:
     event = {"type": "purchase", "event_id": "e", "user_id": "ann", "item_id": "x"}
-    [(topic, key, value)] = encode([event], {"purchase": "p-topic"})
+    [(topic, key, value)] = encode([event], {"purchase": "p-topic"}.__getitem__)
     assert topic == "p-topic" and key == b"ann" and value.startswith(b"{")
 
 
