@@ -26,6 +26,7 @@ from stream import checkpoint, offset_trace, recovery
 from stream.metrics import Metrics
 from stream.processor import InputMessage, OutputMessage, Processor
 from stream.settings import Settings
+from stream.stored_profile import StoredProfile
 from stream.topics import PROFILES_TABLE
 
 log = logging.getLogger(__name__)
@@ -209,16 +210,16 @@ def build_app(
     trace = offset_trace.OffsetTrace(settings.input_topics) if settings.trace_offsets else None
 
     # One step at a time between processing, publishing and telling the commit
-    # guard what was published: the agent's batches, the owed recommendations
+    # guard what was published: the agent's batches, the held recommendations
     # published between batches, and the revocations that drop them.
     publishing = asyncio.Lock()
 
     def settle(batch: list[InputMessage]) -> None:
         """After the outputs are acknowledged: what the commit guard may commit."""
-        held, released = processor.settle()
-        commit_guard.hold(held)  # processed, their recommendation still owed
+        hold, release = processor.settle()
+        commit_guard.hold(hold)  # processed, their recommendation still held
         commit_guard.done(batch)
-        commit_guard.release(released)  # owed earlier, published now
+        commit_guard.release(release)  # held earlier, published now
 
     @app.agent(input_topic)
     async def process(stream: Any) -> None:
@@ -242,36 +243,36 @@ def build_app(
                 trace.batch(e.message for e in events)
 
     @app.task
-    async def publish_owed() -> None:
-        # Debounced recommendations whose users' triggers stopped while no batch
-        # came (stream/processor.py, Processor._defer).
+    async def publish_held() -> None:
+        # Held recommendations whose users' triggers stopped while no batch
+        # came (stream/debounce.py).
         pause = max(0.005, settings.recommend_debounce_seconds / 4)
         while True:
             await asyncio.sleep(pause)
-            if not processor.debounce:
+            if not processor.debounce.enabled:
                 continue
             try:
                 async with publishing:
-                    await publish(fa, processor.flush_due())
+                    await publish(fa, processor.publish_due())
                     settle([])
-            except Exception as exc:  # as an agent's failure would: the owed stay uncommitted
-                log.exception("publishing owed recommendations failed")
+            except Exception as exc:  # as an agent's failure would: the held stay uncommitted
+                log.exception("publishing held recommendations failed")
                 await app.crash(exc)
                 return
 
-    async def drop_owed(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    async def drop_held(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         # The next owner of these partitions reads the held trigger records
-        # again and owes their recommendations; publishing them here would race
+        # again and holds their recommendations; publishing them here would race
         # its profile writes.
         parts = {(tp.topic, tp.partition) for tp in revoked}
         async with publishing:
-            dropped = processor.drop_pending(parts)
+            dropped = processor.drop_held(parts)
             commit_guard.forget(parts)
         if dropped:
-            log.info("revoked: %d owed recommendations left to the next owner", dropped)
+            log.info("revoked: %d held recommendations left to the next owner", dropped)
 
     # mode types the handler of a Signal[Set[TP]] so that no async def matches it.
-    app.on_partitions_revoked.connect(drop_owed)  # type: ignore[arg-type]
+    app.on_partitions_revoked.connect(drop_held)  # type: ignore[arg-type]
 
     @app.timer(settings.tick_interval_seconds)
     async def tick() -> None:
@@ -306,13 +307,15 @@ class TableStore:
     def __init__(self, table: Any, settings: Settings) -> None:
         self.table = table
         self.inputs = set(settings.input_topics)
+        # The changelog partition of each profile written here: where its
+        # tombstone must go (kept out of the stored profile itself).
+        self.partitions: dict[str, int] = {}
 
-    def get(self, user_id: str) -> Any:
+    def get(self, user_id: str) -> StoredProfile | None:
         return self.table.get(user_id)
 
-    def put(self, user_id: str, profile: Any, source: InputMessage) -> None:
-        # The changelog partition of the profile: where its tombstone must go.
-        profile["partition"] = source.partition
+    def put(self, user_id: str, profile: StoredProfile, source: InputMessage) -> None:
+        self.partitions[user_id] = source.partition
         token = _current_event.set(weakref.ref(source.context))
         try:
             self.table[user_id] = profile
@@ -326,7 +329,7 @@ class TableStore:
         was written) is only dropped from memory: its new owner decides."""
         store = self.table.data
         # Partitions of the profiles restored from the changelog (Faust's memory
-        # store records them; profiles written since carry their own).
+        # store records them; those written since are in self.partitions).
         restored = getattr(store, "_key_partition", {})
         owned = {
             tp.partition for tp in self.table.app.assignor.assigned_actives()
@@ -334,10 +337,15 @@ class TableStore:
         }
         deleted = 0
         for user_id in user_ids:
+            written = self.partitions.pop(user_id, None)
             profile = store.get(user_id)
             if profile is None:
                 continue
-            partition = profile.get("partition", restored.get(user_id))
+            # A record written by an earlier release may still carry its partition.
+            partition = (
+                written if written is not None
+                else profile.get("partition", restored.get(user_id))
+            )
             if partition in owned:
                 self.table.send_changelog(partition, user_id, None, value_serializer="raw")
             del store[user_id]

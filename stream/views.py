@@ -9,7 +9,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.privacy import pseudonymise
-from stream.processor import expand_recommendations
+from stream.stored_profile import StoredProfile, expand_recommendations
 
 if TYPE_CHECKING:
     from stream.app import FeedbackApp
@@ -22,7 +22,7 @@ def register(fa: FeedbackApp, profiles: Any) -> None:
     key = settings.pseudonymise_key.encode()
 
     @app.page("/users/{user_id}")
-    class UserProfile(View):
+    class UserPage(View):
         """The user's profile; a user owned by another worker is forwarded there."""
 
         @app.table_route(table=profiles, match_info="user_id")  # type: ignore[arg-type]
@@ -34,7 +34,7 @@ def register(fa: FeedbackApp, profiles: Any) -> None:
             return self.json(profile_view(profile, engine.user_summary(stored_id)))
 
     @app.page("/metrics")
-    class Metrics(View):
+    class MetricsPage(View):
         async def get(self, request: Request) -> Response:
             # aiohttp refuses a charset inside content_type=, so set the header whole.
             return self.bytes(
@@ -43,13 +43,14 @@ def register(fa: FeedbackApp, profiles: Any) -> None:
             )
 
     @app.page("/healthz")
-    class Health(View):
+    class HealthPage(View):
         async def get(self, request: Request) -> Response:
             return self.json({"status": "ok", "app_id": settings.app_id})
 
 
-def profile_view(profile: dict[str, Any], features: dict[str, Any] | None) -> dict[str, Any]:
-    """What ``GET /users/{id}`` returns: the stored profile less internal fields."""
+def profile_view(profile: StoredProfile, features: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``GET /users/{id}`` returns: the stored profile less internal fields,
+    with the models' features of the user (``features``)."""
     return {
         "user_id": profile["user_id"],
         "events": profile["events"],
