@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
+from prometheus_client import Counter
+
 from models.engine import FeedbackEngine
-from stream.metrics import Metrics
-from stream.settings import Settings
 from stream.stored_profile import is_inactive
 
 if TYPE_CHECKING:
@@ -21,24 +21,43 @@ __all__ = ["Eviction"]
 class Eviction:
     """Forget inactive users, in the models and in the profile store alike.
 
-    ``held`` holds the users whose recommendation is held (the debounce): the
-    user cap never evicts them, or they would be ranked as unknown users.
-    ``forget`` is told every user forgotten (the processor drops its caches).
+    Parameters
+    ----------
+    engine, profiles
+        The models and the stored profiles, which forget the same users.
+    evicted
+        The counter of users forgotten, labelled by reason (``inactive``, ``cap``).
+    retention
+        Seconds of event time after which an inactive user is forgotten (0: never).
+    max_users
+        Users the models keep at most (0: no cap).
+    per_tick
+        Users forgotten at most per call.
+    held
+        The users whose recommendation is held (the debounce): the user cap
+        never evicts them, or they would be ranked as unknown users.
+    forget
+        Told every user forgotten (the processor drops its caches).
     """
 
     def __init__(
         self,
-        settings: Settings,
         engine: FeedbackEngine,
         profiles: ProfileStore,
-        metrics: Metrics,
-        held: Collection[str],
+        evicted: Counter,
+        *,
+        retention: float,
+        max_users: int,
+        per_tick: int,
+        held: Collection[str] = (),
         forget: Callable[[str], object] = lambda user_id: None,
     ) -> None:
-        self.settings = settings
         self.engine = engine
         self.profiles = profiles
-        self.metrics = metrics
+        self.evicted = evicted
+        self.retention = retention
+        self.max_users = max_users
+        self.per_tick = per_tick
         self.held = held
         self.forget = forget
         # Profile ids the sweep still has to look at (see _sweep_profiles).
@@ -47,26 +66,25 @@ class Eviction:
     def evict(self, max_event_time: float) -> int:
         """Forget inactive users; ``max_event_time`` is the newest event time seen.
 
-        Users whose last event is older than ``user_retention_seconds`` before
+        Users whose last event is older than ``retention`` before
         ``max_event_time`` go first (least recently active first; a pending
         churn alert keeps its user, see ``FeedbackEngine.evict_inactive``), then,
         with ``max_users``, the least recently active beyond the cap. A sweep
         over the profile store then finds profiles the models do not know (taken
         over from another worker with its partitions) that are just as inactive.
-        At most ``evictions_per_tick`` users are forgotten and about as many
+        At most ``per_tick`` users are forgotten and about as many
         profiles read per call, so the pause is bounded whatever the number of
         users. Returns the number of users forgotten.
         """
-        s = self.settings
-        budget = s.evictions_per_tick
+        budget = self.per_tick
         total = 0
         before = None
-        if s.user_retention_seconds > 0 and max_event_time:
-            before = max_event_time - s.user_retention_seconds
+        if self.retention > 0 and max_event_time:
+            before = max_event_time - self.retention
             total += self._evicted(self.engine.evict_inactive(before, budget), "inactive")
-        if s.max_users > 0 and total < budget:
+        if self.max_users > 0 and total < budget:
             total += self._evicted(
-                self.engine.evict_least_recent(s.max_users, budget - total, self.held),
+                self.engine.evict_least_recent(self.max_users, budget - total, self.held),
                 "cap",
             )
         if before is not None and total < budget:
@@ -79,7 +97,7 @@ class Eviction:
             self.profiles.delete(user_ids)
             for user_id in user_ids:
                 self.forget(user_id)
-        self.metrics.users_evicted.labels(reason).inc(len(user_ids))
+        self.evicted.labels(reason).inc(len(user_ids))
         return len(user_ids)
 
     def _sweep_profiles(self, before: float, limit: int) -> list[str]:

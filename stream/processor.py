@@ -148,7 +148,11 @@ class Processor:
         # Parsed exposure logs of this batch's users: (the JSON they came from, log).
         self._exposure_logs: dict[str, tuple[Any, UserExposures]] = {}
         self.eviction = Eviction(
-            settings, engine, profiles, metrics, held=self.debounce.held,
+            engine, profiles, metrics.users_evicted,
+            retention=settings.user_retention_seconds,
+            max_users=settings.max_users,
+            per_tick=settings.evictions_per_tick,
+            held=self.debounce.held,
             forget=lambda user_id: self._exposure_logs.pop(user_id, None),
         )
         # Per-event metric children by event type: labels() costs a lock and a lookup.
