@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from models.events import Event
+from stream.stored_profile import StoredProfile
 
 if TYPE_CHECKING:
     from stream.processor import InputMessage
@@ -40,7 +41,7 @@ def _record_key(record: InputMessage) -> _RecordKey:
 class Held:
     """A user's held recommendation, answering their latest trigger."""
 
-    profile: Any  # the user's StoredProfile, published with the recommendation
+    profile: StoredProfile  # written with the recommendation
     event: Event  # the trigger the recommendation will name
     record: InputMessage  # its input record: uncommitted until the publication
     previous: float | None  # the user's recommended_at before the first merged trigger
@@ -110,7 +111,7 @@ class Debounce:
         self._batches += 1
 
     def trigger(
-        self, user_id: str, profile: Any, event: Event, record: InputMessage,
+        self, user_id: str, profile: StoredProfile, event: Event, record: InputMessage,
         previous: float | None, now: float,
     ) -> Held | None:
         """Hold the user's recommendation for ``event``; ``previous`` is the

@@ -257,7 +257,7 @@ class Processor:
         return earlier
 
     def _publish_one(self, held: Held, now: float, out: list[OutputMessage]) -> None:
-        profile: StoredProfile = held.profile
+        profile = held.profile
         profile.pop(HELD_TRIGGER, None)
         rec = self._recommend(profile, held.event, held.record, now)
         if rec is None:
