@@ -282,7 +282,8 @@ class Processor:
         recommendations due now, and write those profiles."""
         if not self.debounce.held:
             return []
-        return self._publish_between_batches(self.clock(), self.clock())
+        now = self.clock()
+        return self._publish_between_batches(now, now)
 
     def publish_all(self) -> list[OutputMessage]:
         """Publish every held recommendation now (offline callers, tests)."""
