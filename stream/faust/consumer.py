@@ -38,7 +38,8 @@ else:
 
 class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
-        """Faust passes no ``fetch_max_wait_ms``: set :data:`FETCH_MAX_WAIT_MS`."""
+        """faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500``: use
+        :data:`FETCH_MAX_WAIT_MS` (measurements in docs/performance.md)."""
         consumer = super()._create_worker_consumer(transport)
         # Read by aiokafka when the consumer starts and builds its fetcher.
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
@@ -111,6 +112,7 @@ class ConsumerFixes(_ConsumerBase):
         return committed
 
     async def perform_seek(self) -> None:
+        """Trace only: the positions each assignment starts from."""
         await super().perform_seek()
         if self.offset_trace is not None:
             self.offset_trace.positions({
@@ -119,6 +121,7 @@ class ConsumerFixes(_ConsumerBase):
             })
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Trace only: the offsets Faust's fetch loop declares skipped."""
         if self.offset_trace is not None:
             self.offset_trace.gap(tp, offset_from, offset_to, self._committed_offset.get(tp),
                                   self._read_offset.get(tp))
@@ -209,6 +212,7 @@ class ConsumerFixes(_ConsumerBase):
         return ok
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """Trace only: what goes to the broker."""
         ok = bool(await super()._commit(offsets))
         if self.offset_trace is not None:
             self.offset_trace.committed(offsets, ok)
