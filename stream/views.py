@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from models.engine import FeedbackEngine
 from stream.privacy import pseudonymise
+from stream.settings import Settings
 from stream.stored_profile import StoredProfile, expand_recommendations
 
-if TYPE_CHECKING:
-    from stream.app import FeedbackApp
 
-
-def register(fa: FeedbackApp, profiles: Any) -> None:
-    app: faust.App = fa.app
-    settings = fa.settings
-    engine = fa.processor.engine
+def register(
+    app: faust.App,
+    settings: Settings,
+    engine: FeedbackEngine,
+    registry: CollectorRegistry,
+    profiles: Any,
+) -> None:
+    """Add the worker's pages to ``app``: ``profiles`` is the profile table,
+    ``registry`` the metrics to expose."""
     key = settings.pseudonymise_key.encode()
 
     @app.page("/users/{user_id}")
@@ -38,7 +42,7 @@ def register(fa: FeedbackApp, profiles: Any) -> None:
         async def get(self, request: Request) -> Response:
             # aiohttp refuses a charset inside content_type=, so set the header whole.
             return self.bytes(
-                generate_latest(fa.metrics.registry),
+                generate_latest(registry),
                 headers={"Content-Type": CONTENT_TYPE_LATEST},
             )
 
