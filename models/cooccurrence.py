@@ -156,6 +156,35 @@ class ItemCooccurrence:
         if nb_item.n > cap:
             nb_item.prune(self.max_neighbours)
 
+    def pairs(
+        self, history: Sequence[tuple[int, float]], item: int, weight: float
+    ) -> list[tuple[int, float]]:
+        """The ``(h, w)`` pair increments :meth:`learn` makes for the same arguments
+        (each added to both ``C[h, item]`` and ``C[item, h]``), for an outbox."""
+        if weight <= 0.0:
+            return []
+        out = []
+        decay = 1.0
+        for h, w_h in reversed(history):
+            if h != item and w_h > 0.0:
+                out.append((h, min(weight, w_h) * decay))
+            decay *= self.gamma
+        return out
+
+    def assign(self, item: int, neighbours: Sequence[int], weights: Sequence[float],
+               mass: float) -> None:
+        """Overwrite ``item``'s neighbour list (distinct indices) and co-occurrence mass."""
+        self._ensure(max(item, max(neighbours, default=0)))
+        nb = Neighbours()
+        n = len(neighbours)
+        nb.keys = grown(np.asarray(neighbours, dtype=np.int64), max(n, 8))
+        nb.values = grown(np.asarray(weights, dtype=float), max(n, 8))
+        nb.n = n
+        nb.slots = dict(zip(neighbours, range(n), strict=True))
+        self.neighbours[item] = nb
+        self._mass[item] = mass
+        self._norm[item] = (mass + 1.0) ** -self.alpha
+
     def scores(
         self, history: Sequence[tuple[int, float]], n: int, out: np.ndarray | None = None
     ) -> np.ndarray:
