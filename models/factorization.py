@@ -77,8 +77,9 @@ class RatingFactorization:
         self.item_count = np.zeros(16)
         self.item_vec = np.zeros((16, n_factors))
         self._n_items = 0
-        # When a list (an outbox's), every learn appends (item, vector step, bias step).
-        self.trace: list[tuple[int, np.ndarray, float]] | None = None
+        # When a list (an outbox's), every learn appends
+        # (item, vector before, bias before, vector step, bias step).
+        self.trace: list[tuple[int, np.ndarray, float, np.ndarray, float]] | None = None
 
     def set_item(self, item: int, vec: np.ndarray, bias: float, count: float) -> None:
         """Overwrite one item's vector, bias and rating count (a published model)."""
@@ -165,9 +166,10 @@ class RatingFactorization:
         p_old = p.copy()
         p += ll * (err * q - self.l2_latent * p)
         step = self.lr_latent * (err * p_old - self.l2_latent * q)
-        q += step
         if self.trace is not None:
-            self.trace.append((item, step, float(self.item_bias[item]) - bias_before))
+            bias_step = float(self.item_bias[item]) - bias_before
+            self.trace.append((item, q.copy(), bias_before, step, bias_step))
+        q += step
 
 
 class ImplicitFactorization:
@@ -232,9 +234,9 @@ class ImplicitFactorization:
         self._n_items = 0
         self._buffer: list[float] = []
         self._cursor = 0
-        # When a list (an outbox's), every learn appends (item, vector step, bias step)
-        # for each item row it moved.
-        self.trace: list[tuple[int, np.ndarray, float]] | None = None
+        # When a list (an outbox's), every learn appends
+        # (item, vector before, bias before, vector step, bias step) for each row it moved.
+        self.trace: list[tuple[int, np.ndarray, float, np.ndarray, float]] | None = None
 
     def set_item(self, item: int, vec: np.ndarray, bias: float) -> None:
         """Overwrite one item's vector and bias (a published model)."""
@@ -320,7 +322,7 @@ class ImplicitFactorization:
             bias[other] = b_other * shrink - g
         if before is not None and trace is not None:
             for row, (vec, b) in before.items():
-                trace.append((row, self.item_vec[row] - vec, float(bias[row]) - b))
+                trace.append((row, vec, b, self.item_vec[row] - vec, float(bias[row]) - b))
         if weight > 0:
             if len(recent) < 4096:
                 recent.append(item)

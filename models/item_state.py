@@ -140,6 +140,12 @@ class ItemState:
                 0.0, None, op[2], op[3], rate
             )
             self.segments[op[1]] = [value, at]
+        elif kind == "b0":
+            if self.taste is None:
+                self.taste, self.taste_bias = list(op[1]), op[2]
+        elif kind == "r0":
+            if self.rating is None:
+                self.rating, self.rating_bias = list(op[1]), op[2]
         elif kind == "b":
             if self.taste is None:
                 self.taste = initial_vector(item_id, params.n_factors, params.seed)

@@ -48,7 +48,11 @@ what one event taught that item. Ops are short lists:
 ``["p", w, t]``             popularity weight ``w`` (may be < 0) at event time t
 ``["s", segment, w, t]``    the same within one segment's popularity
 ``["b", [dq...], db]``      a BPR (taste) step of the item's vector and bias
+``["b0", [q...], b]``       the vector and bias that step started from, before this
+                            worker's first step of an item it has no published
+                            vector of (the owner keeps the first start it gets)
 ``["r", [dq...], db]``      a rating-MF step of the item's vector and bias
+``["r0", [q...], b]``       the same start for the rating MF
 ``["e", p_positive, t]``    one review's sentiment
 ``["$", price]``            one purchase's price
 ==========================  ====================================================
@@ -138,8 +142,11 @@ class Outbox:
         self.items: Updates = {}
         self.src = ""
         self.offset = -1
-        self.taste: list[tuple[int, np.ndarray, float]] = []
-        self.rating: list[tuple[int, np.ndarray, float]] = []
+        self.taste: list[tuple[int, np.ndarray, float, np.ndarray, float]] = []
+        self.rating: list[tuple[int, np.ndarray, float, np.ndarray, float]] = []
+        # Factor rows whose start the owner has from this worker or has published:
+        # a row's first step is preceded by its local start (the owner keeps the first).
+        self.started: dict[str, set[int]] = {"b": set(), "r": set()}
         self.ids: list[str] = []  # the attached engine's catalogue ids
 
     def at(self, src: str, offset: int) -> None:
@@ -162,7 +169,11 @@ class Outbox:
         """Move the factorisations' traced steps into the current entries."""
         ids = self.ids
         for kind, trace in (("b", self.taste), ("r", self.rating)):
-            for row, step, db in trace:
+            started = self.started[kind]
+            for row, start, start_bias, step, db in trace:
+                if row not in started:
+                    started.add(row)
+                    self._op(ids[row], [kind + "0", start.tolist(), start_bias])
                 self._op(ids[row], [kind, step.tolist(), db])
             trace.clear()
 
@@ -244,6 +255,7 @@ def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mappin
     join the catalogue. Returns the number of models applied."""
     cat = engine.catalogue
     rec = engine.recommender
+    outbox = engine.outbox
     n = 0
     for item_id, model in models:
         n += 1
@@ -261,9 +273,13 @@ def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mappin
         q = model.get("q")
         if q is not None:
             rec.taste.set_item(idx, np.asarray(q), model["qb"])
+            if outbox is not None:
+                outbox.started["b"].add(idx)
         r = model.get("r")
         if r is not None:
             engine.ratings.set_item(idx, np.asarray(r), model["rb"], model["rn"])
+            if outbox is not None:
+                outbox.started["r"].add(idx)
         e = model.get("e")
         if e is not None:
             engine.item_sentiment.state[item_id] = list(e)

@@ -71,7 +71,7 @@ def test_encode_decode_round_trip_and_bad_payloads() -> None:
     updates = outbox.drain()
     assert outbox.drain() == {}
     kinds = {op[0] for entries in updates.values() for e in entries for op in e[2:]}
-    assert kinds == {"c", "p", "s", "b", "r", "e", "$"}
+    assert kinds == {"c", "p", "s", "b", "b0", "r", "r0", "e", "$"}
     assert decode_updates(encode_updates(updates)) == updates
     with pytest.raises(ValueError):
         decode_updates(b'{"x": [["src"]]}')
@@ -110,6 +110,14 @@ def test_owner_matches_the_single_engine_and_is_idempotent() -> None:
             {engine.catalogue.ids[k]: local.get(int(k)) for k in local.keys[: local.n]}
         )
         assert state.price == pytest.approx(engine.item_price[i])
+        if state.taste is not None:  # the first start plus every step: the local vector
+            assert state.taste == pytest.approx(engine.recommender.taste.item_vec[i].tolist())
+            assert state.taste_bias == pytest.approx(engine.recommender.taste.item_bias[i])
+        if state.rating is not None:
+            assert state.rating == pytest.approx(engine.ratings.item_vec[i].tolist())
+            assert state.rating_bias == pytest.approx(engine.ratings.item_bias[i])
+    assert any(s.taste is not None for s in owner.items.values())
+    assert any(s.rating is not None for s in owner.items.values())
 
 
 def test_partial_replay_applies_only_the_new_offsets() -> None:
