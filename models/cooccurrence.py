@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -17,13 +17,16 @@ class Neighbours:
     conversion from a dict.
     """
 
-    __slots__ = ("keys", "n", "slots", "values")
+    __slots__ = ("keys", "n", "published", "slots", "values")
 
     def __init__(self) -> None:
         self.slots: dict[int, int] = {}
         self.keys = np.zeros(8, dtype=np.int64)
         self.values = np.zeros(8)
         self.n = 0
+        # The ids of the last published list assigned, while they are the first
+        # entries in that order (see ItemCooccurrence.assign); None otherwise.
+        self.published: list[str] | None = None
 
     def __len__(self) -> int:
         return self.n
@@ -62,6 +65,7 @@ class Neighbours:
         self.values = self.values[top].copy()
         self.n = keep
         self.slots = {int(k): i for i, k in enumerate(self.keys.tolist())}
+        self.published = None
 
 
 class ItemCooccurrence:
@@ -171,17 +175,51 @@ class ItemCooccurrence:
             decay *= self.gamma
         return out
 
-    def assign(self, item: int, neighbours: Sequence[int], weights: Sequence[float],
-               mass: float) -> None:
-        """Overwrite ``item``'s neighbour list (distinct indices) and co-occurrence mass."""
-        self._ensure(max(item, max(neighbours, default=0)))
-        nb = Neighbours()
-        n = len(neighbours)
-        nb.keys = grown(np.asarray(neighbours, dtype=np.int64), max(n, 8))
-        nb.values = grown(np.asarray(weights, dtype=float), max(n, 8))
-        nb.n = n
-        nb.slots = dict(zip(neighbours, range(n), strict=True))
-        self.neighbours[item] = nb
+    def assign(
+        self,
+        item: int,
+        ids: list[str],
+        weights: list[float],
+        mass: float,
+        index_of: Callable[[str], int],
+    ) -> None:
+        """Overwrite ``item``'s neighbours (distinct ``ids``, mapped by ``index_of``) with
+        ``weights``, and its co-occurrence mass: a published list replacing the local one.
+
+        A publisher that keeps its list in a stable order (new neighbours appended)
+        sends a list whose head is the previous one: then only the weights are
+        copied and the new tail mapped, so the cost follows what changed. Pairs
+        learnt locally since, not yet in the list, keep their local weight.
+        """
+        self._ensure(item)
+        nb = self.neighbours[item]
+        old = nb.published
+        m = len(old) if old is not None else 0
+        if old is None or ids[:m] != old:
+            nb = Neighbours()
+            self.neighbours[item] = nb
+            m = 0
+        elif m:
+            nb.values[:m] = weights[:m]
+        slots = nb.slots
+        for i in range(m, len(ids)):
+            # Entry i goes to position i; a pair learnt locally since may sit
+            # further on: swapped into place, so the list's head stays ``ids``.
+            h = index_of(ids[i])
+            slot = slots.get(h)
+            if slot is None:
+                slot = nb.n
+                nb.append(h, weights[i])
+            if slot != i:
+                keys, values = nb.keys, nb.values
+                other = int(keys[i])
+                keys[i], keys[slot] = h, other
+                values[slot] = values[i]
+                slots[h], slots[other] = i, slot
+            nb.values[i] = weights[i]
+        if m < len(ids):
+            self._ensure(int(nb.keys[: nb.n].max()))
+        nb.published = ids
         self._mass[item] = mass
         self._norm[item] = (mass + 1.0) ** -self.alpha
 

@@ -178,12 +178,10 @@ class ItemState:
         """The compact model every worker's replica takes (see ``apply_item_models``)."""
         model: dict[str, Any] = {"t": now}
         if self.neighbours:
-            top = (
-                heapq.nlargest(params.max_neighbours, self.neighbours.items(), key=lambda kv: kv[1])
-                if len(self.neighbours) > params.max_neighbours
-                else self.neighbours.items()
-            )
-            model["nb"] = [[k for k, _ in top], [v for _, v in top]]
+            # Every neighbour kept (at most 2 x max_neighbours, as a worker keeps), in
+            # the dict's stable order: a replica maps only the ids new since (see
+            # ItemCooccurrence.assign).
+            model["nb"] = [list(self.neighbours), list(self.neighbours.values())]
             model["m"] = self.mass
         if self.recent_at is not None:
             model["p"] = [self.recent, self.recent_at]

@@ -166,3 +166,27 @@ def test_apply_item_models_overwrites_the_replica() -> None:
     top = b.recommend("v")[0]
     assert top.item_id in owner.items["i0"].neighbours
     assert top.reason == "bought together with i0"
+
+
+def test_assign_keeps_the_published_head_through_local_pairs() -> None:
+    """Incremental assignment: local pairs learnt between two publications, then a
+    list whose head is the previous one, give the same weights as a fresh assignment."""
+    from models.catalogue import ItemCatalogue
+    from models.cooccurrence import ItemCooccurrence
+
+    cat = ItemCatalogue()
+    co = ItemCooccurrence()
+    for i in "xabcde":
+        co.learn((), cat.add(i), 1.0)
+    x = cat.index["x"]
+    co.assign(x, ["a", "b"], [1.0, 2.0], 3.0, cat.add)
+    co.learn([(cat.index["d"], 1.0), (cat.index["c"], 1.0)], x, 1.0)  # local pairs c, d
+    co.assign(x, ["a", "b", "c", "e", "d"], [1.5, 2.0, 0.7, 0.4, 0.3], 4.9, cat.add)
+    nb = co.neighbours[x]
+    assert [cat.ids[k] for k in nb.keys[: nb.n]] == ["a", "b", "c", "e", "d"]
+    assert nb.values[: nb.n].tolist() == [1.5, 2.0, 0.7, 0.4, 0.3]
+    assert {cat.ids[k]: s for k, s in nb.slots.items()} == {"a": 0, "b": 1, "c": 2, "e": 3, "d": 4}
+    co.assign(x, ["a", "b", "c", "e", "d", "f"], [1.5, 2.0, 0.7, 0.4, 0.3, 0.1], 5.0, cat.add)
+    assert nb.get(cat.index["f"]) == 0.1 and co.neighbours[x] is nb  # only the tail mapped
+    co.assign(x, ["b", "a"], [1.0, 1.0], 2.0, cat.add)  # reordered (pruned): rebuilt
+    assert co.neighbours[x].n == 2
