@@ -24,9 +24,9 @@ class Neighbours:
         self.keys = np.zeros(8, dtype=np.int64)
         self.values = np.zeros(8)
         self.n = 0
-        # The ids of the last published list assigned, while they are the first
-        # entries in that order (see ItemCooccurrence.assign); None otherwise.
-        self.published: list[str] | None = None
+        # (epoch, length) of the last published list assigned, while its ids are the
+        # first entries in that order (see ItemCooccurrence.assign); None otherwise.
+        self.published: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return self.n
@@ -182,20 +182,22 @@ class ItemCooccurrence:
         weights: list[float],
         mass: float,
         index_of: Callable[[str], int],
+        epoch: int = -1,
     ) -> None:
         """Overwrite ``item``'s neighbours (distinct ``ids``, mapped by ``index_of``) with
         ``weights``, and its co-occurrence mass: a published list replacing the local one.
 
-        A publisher that keeps its list in a stable order (new neighbours appended)
-        sends a list whose head is the previous one: then only the weights are
+        A publisher whose list keeps a stable order (new neighbours appended) within
+        an ``epoch`` (it changes when the list is pruned; -1: unknown) sends a list
+        whose head is the previous one of the same epoch: then only the weights are
         copied and the new tail mapped, so the cost follows what changed. Pairs
         learnt locally since, not yet in the list, keep their local weight.
         """
         self._ensure(item)
         nb = self.neighbours[item]
         old = nb.published
-        m = len(old) if old is not None else 0
-        if old is None or ids[:m] != old:
+        m = old[1] if old is not None else 0
+        if old is None or epoch < 0 or old[0] != epoch or len(ids) < m:
             nb = Neighbours()
             self.neighbours[item] = nb
             m = 0
@@ -219,7 +221,7 @@ class ItemCooccurrence:
             nb.values[i] = weights[i]
         if m < len(ids):
             self._ensure(int(nb.keys[: nb.n].max()))
-        nb.published = ids
+        nb.published = (epoch, len(ids))
         self._mass[item] = mass
         self._norm[item] = (mass + 1.0) ** -self.alpha
 

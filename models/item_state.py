@@ -91,6 +91,7 @@ class ItemState:
 
     applied: dict[str, int] = field(default_factory=dict)
     neighbours: dict[str, float] = field(default_factory=dict)
+    epoch: int = 0  # bumped when the neighbours are pruned (their order changes)
     mass: float = 0.0
     count: float = 0.0
     recent: float = 0.0
@@ -173,6 +174,7 @@ class ItemState:
     def _prune(self, keep: int) -> None:
         top = heapq.nlargest(keep, self.neighbours.items(), key=lambda kv: kv[1])
         self.neighbours = dict(top)
+        self.epoch += 1
 
     def published(self, now: float, params: ItemParams) -> dict[str, Any]:
         """The compact model every worker's replica takes (see ``apply_item_models``)."""
@@ -181,7 +183,7 @@ class ItemState:
             # Every neighbour kept (at most 2 x max_neighbours, as a worker keeps), in
             # the dict's stable order: a replica maps only the ids new since (see
             # ItemCooccurrence.assign).
-            model["nb"] = [list(self.neighbours), list(self.neighbours.values())]
+            model["nb"] = [list(self.neighbours), list(self.neighbours.values()), self.epoch]
             model["m"] = self.mass
         if self.recent_at is not None:
             model["p"] = [self.recent, self.recent_at]
@@ -203,6 +205,7 @@ class ItemState:
         return {
             "applied": self.applied,
             "nb": self.neighbours,
+            "epoch": self.epoch,
             "mass": self.mass,
             "count": self.count,
             "recent": [self.recent, self.recent_at],
@@ -219,6 +222,7 @@ class ItemState:
         return cls(
             applied=dict(d["applied"]),
             neighbours=dict(d["nb"]),
+            epoch=d["epoch"],
             mass=d["mass"],
             count=d["count"],
             recent=d["recent"][0],

@@ -262,7 +262,7 @@ def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mappin
         idx = cat.add(item_id)
         nb = model.get("nb")
         if nb is not None:
-            rec.cooccurrence.assign(idx, nb[0], nb[1], model["m"], cat.add)
+            rec.cooccurrence.assign(idx, nb[0], nb[1], model["m"], cat.add, nb[2])
         pop = model.get("p")
         if pop is not None:
             rec.popularity.assign(idx, pop[0], pop[1], model["n"])

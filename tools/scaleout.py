@@ -23,7 +23,7 @@ learnt per worker from its own users' events only.
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,8 +197,10 @@ class Cluster:
         ]
         tr.model_records += len(records)
         tr.model_bytes += sum(len(value) for _, value in records)
+        # Every worker's reader decodes the same bytes alike: decoded once here.
+        models = [(item_id, orjson.loads(value)) for item_id, value in records]
         for engine in self.engines:
-            engine.apply_item_models(_decoded(records))
+            engine.apply_item_models(models)
         if "blend" in self.share and self.workers > 1:
             states = [engine.blend_state() for engine in self.engines]
             for engine in self.engines:
@@ -227,9 +229,3 @@ class Cluster:
             "item_model_bytes": tr.model_bytes,
             "blend_merges": tr.blend_merges,
         }
-
-
-def _decoded(records: Iterable[tuple[str, bytes]]) -> Iterable[tuple[str, dict[str, Any]]]:
-    """The reader's side: every engine decodes the records it reads."""
-    for item_id, value in records:
-        yield item_id, orjson.loads(value)

@@ -157,7 +157,7 @@ def test_apply_item_models_overwrites_the_replica() -> None:
         assert nb._mass[i] == model["m"]
         got = nb.neighbours[i]
         assert {b.catalogue.ids[k]: got.get(int(k)) for k in got.keys[: got.n]} == dict(
-            zip(*model["nb"], strict=True)
+            zip(model["nb"][0], model["nb"][1], strict=True)
         )
         assert b.recommender.popularity.all_time(len(b.catalogue))[i] == model["n"]
         assert b.recommender.taste.item_vec[i].tolist() == model["q"]
@@ -179,14 +179,14 @@ def test_assign_keeps_the_published_head_through_local_pairs() -> None:
     for i in "xabcde":
         co.learn((), cat.add(i), 1.0)
     x = cat.index["x"]
-    co.assign(x, ["a", "b"], [1.0, 2.0], 3.0, cat.add)
+    co.assign(x, ["a", "b"], [1.0, 2.0], 3.0, cat.add, 0)
     co.learn([(cat.index["d"], 1.0), (cat.index["c"], 1.0)], x, 1.0)  # local pairs c, d
-    co.assign(x, ["a", "b", "c", "e", "d"], [1.5, 2.0, 0.7, 0.4, 0.3], 4.9, cat.add)
+    co.assign(x, ["a", "b", "c", "e", "d"], [1.5, 2.0, 0.7, 0.4, 0.3], 4.9, cat.add, 0)
     nb = co.neighbours[x]
     assert [cat.ids[k] for k in nb.keys[: nb.n]] == ["a", "b", "c", "e", "d"]
     assert nb.values[: nb.n].tolist() == [1.5, 2.0, 0.7, 0.4, 0.3]
     assert {cat.ids[k]: s for k, s in nb.slots.items()} == {"a": 0, "b": 1, "c": 2, "e": 3, "d": 4}
-    co.assign(x, ["a", "b", "c", "e", "d", "f"], [1.5, 2.0, 0.7, 0.4, 0.3, 0.1], 5.0, cat.add)
+    co.assign(x, ["a", "b", "c", "e", "d", "f"], [1.5, 2.0, 0.7, 0.4, 0.3, 0.1], 5.0, cat.add, 0)
     assert nb.get(cat.index["f"]) == 0.1 and co.neighbours[x] is nb  # only the tail mapped
-    co.assign(x, ["b", "a"], [1.0, 1.0], 2.0, cat.add)  # reordered (pruned): rebuilt
+    co.assign(x, ["b", "a"], [1.0, 1.0], 2.0, cat.add, 1)  # pruned (a new epoch): rebuilt
     assert co.neighbours[x].n == 2
