@@ -201,6 +201,13 @@ class Cluster:
         models = [(item_id, orjson.loads(value)) for item_id, value in records]
         for engine in self.engines:
             engine.apply_item_models(models)
+        if "segment" in self.share and self.workers > 1:
+            # One owner of the centres (worker 0, the owner of item partition 0): the
+            # segment ids of the shared per-segment popularity agree on every worker.
+            centres = self.engines[0].segmentation.centres_state()
+            if centres is not None:
+                for engine in self.engines[1:]:
+                    engine.segmentation.adopt(centres)
         if "blend" in self.share and self.workers > 1:
             states = [engine.blend_state() for engine in self.engines]
             for engine in self.engines:
