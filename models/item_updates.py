@@ -34,6 +34,13 @@ before); besides, the item-side increments its own events produce are shared:
 7. Blend weights, every period: publish ``blend_state(engine)`` to
    ``feedback.globals`` (key ``blend:<worker id>``); on reading the latest record
    of every live worker (its own included): ``merge_blend(engine, states)``.
+8. Segment centres have ONE owner, the worker holding ``feedback.item-updates``
+   partition 0: every period it publishes ``engine.segmentation.centres_state()``
+   (``None`` before its warm-up: publish nothing) on ``feedback.globals``, key
+   ``segments``; every other worker calls ``engine.segmentation.adopt(centres)``
+   with the latest record, so segment ids (the keys of the shared per-segment
+   popularity) mean the same segment everywhere. The owner of partition 0 must
+   not adopt its own record (it stays the one that re-fits).
 
 ``feedback-stream evaluate FILE --workers W`` runs exactly these calls in one
 process (:mod:`tools.scaleout`).
