@@ -28,10 +28,10 @@ import math
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -41,6 +41,7 @@ from models.events import Event
 from models.recommender import FEATURES
 from models.sentiment import label_of, lexicon_compound_whole
 from tools.attribution_replay import AttributionReplay
+from tools.scaleout import PARTS, Cluster, parse_share
 
 DAY = 86_400.0
 CHURN_HORIZON_DAYS = 90.0
@@ -247,13 +248,21 @@ def evaluate(
     progress: bool = False,
     series: dict[str, Any] | None = None,
     variants: str | None = "blend,popularity,explore",
+    workers: int | None = None,
+    period: float = 1.0,
+    share: Collection[str] = frozenset(PARTS),
 ) -> dict[str, Any]:
     """Replay ``events`` through a fresh engine and the baselines; the metrics dict.
 
     ``variants`` (``None``: off) are the strategies of the attribution report,
-    which needs clicks or purchases in ``events``.
+    which needs clicks or purchases in ``events``. With ``workers``, the events
+    go through that many user-partitioned engines sharing the ``share`` parts
+    of their item-side knowledge every ``period`` seconds of event time
+    (:class:`tools.scaleout.Cluster`); the result gains a ``scaleout`` entry.
     """
-    engine = FeedbackEngine(config)
+    cluster = Cluster(workers, config, period, share) if workers is not None else None
+    # The cluster routes each call to the user's worker: an engine to the replay.
+    engine = cast(FeedbackEngine, cluster) if cluster is not None else FeedbackEngine(config)
     k = engine.config.top_k
     pop = PopularityBaseline()
     mf = biased_mf()
@@ -376,6 +385,8 @@ def evaluate(
     result["blend_weights"] = dict(
         zip(FEATURES, [round(w, 3) for w in engine.recommender.weights.tolist()], strict=True)
     )
+    if cluster is not None:
+        result["scaleout"] = cluster.report()
     if series is not None:
         series.update(
             hits=hits, pop_hits=pop_hits, err=err, mf_err=mf_err,
@@ -626,7 +637,34 @@ def main(argv: list[str] | None = None) -> int:
         default="blend,popularity,explore",
         help="strategies of the attribution report, name[:weight],... ('' turns it off)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="W",
+        help="replay through W user-partitioned workers sharing item-side knowledge "
+        "(events routed as Kafka's default partitioner does, W partitions)",
+    )
+    parser.add_argument(
+        "--item-model-period",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --workers: event time between two deliveries of the item models",
+    )
+    parser.add_argument(
+        "--share",
+        default="all",
+        help=f"with --workers: what is shared, 'all', 'none' or some of {','.join(PARTS)}",
+    )
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, not {args.workers}")
+    if args.item_model_period <= 0:
+        parser.error(f"--item-model-period must be positive, not {args.item_model_period}")
+    try:
+        share = parse_share(args.share)
+    except ValueError as exc:
+        parser.error(f"--share: {exc}")
 
     if args.bench_items is not None:
         result = bench(args.bench_items, args.bench_events, args.seed)
@@ -653,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
         progress=sys.stderr.isatty() and not args.json,
         series=series,
         variants=args.variants or None,
+        workers=args.workers,
+        period=args.item_model_period,
+        share=share,
     )
     result["rejected_lines"] = rejected
     if args.json:
