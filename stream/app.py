@@ -17,7 +17,8 @@ from faust.types import TP
 from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
 
 from models.engine import FeedbackEngine
-from stream import checkpoint, views
+from models.item_updates import Outbox
+from stream import checkpoint, sharing, views
 from stream.commit_guard import CommitGuard
 from stream.faust import OffsetTrace, TableStore, create_app
 from stream.kafka import ssl_context
@@ -45,6 +46,7 @@ class FeedbackApp:
     output_topics: dict[str, Any]
     # (topic, partition) label sets this worker currently reports lag for.
     lag_labels: set[tuple[str, str]] = field(default_factory=set)
+    sharing: sharing.Sharing | None = None
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -124,6 +126,9 @@ def build_app(
     )
     models.bandit = processor.bandit  # what the checkpoints save is what the processor learns
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
+    if settings.share_items:
+        processor.share_items(Outbox())
+        fa.sharing = sharing.register(app, settings, engine, metrics, app.crash)
 
     # One step at a time between processing, publishing and telling the commit
     # guard what was published: the agent's batches, the held recommendations
@@ -150,7 +155,12 @@ def build_app(
                 for m in (e.message,)
             ]
             async with publishing:
-                await publish(fa, processor.handle(batch))
+                # The batch's item updates and outputs are acknowledged before its
+                # profile writes are made (the profiles are the de-duplication
+                # ledger: an event they record is never processed again), and
+                # before its offsets may be committed (settle).
+                await publish(fa, processor.handle(batch, write=False))
+                processor.write_profiles()
                 settle(batch)
             if trace is not None:
                 trace.batch(e.message for e in events)
@@ -201,7 +211,7 @@ def build_app(
 
     # Periodic and final (graceful stop) checkpoints, consistent with the
     # profile changelog: see stream/checkpoint.py.
-    checkpoint.register(app, settings, models, metrics)
+    checkpoint.register(app, settings, models, metrics, between=publishing)
 
     views.register(app, settings, engine, metrics.registry, profiles)
     return fa
@@ -215,7 +225,10 @@ async def publish(fa: FeedbackApp, messages: list[OutputMessage]) -> None:
     # FutureMessage, callbacks and buffer hop cost more than the send itself
     # (the bench's trivial per-event-send agent shows it).
     send = fa.app.producer.send
-    futures = [await send(m.topic, m.key, m.value, None, None, m.headers or None) for m in messages]
+    futures = [
+        await send(m.topic, m.key, m.value, m.partition, None, m.headers or None)
+        for m in messages
+    ]
     await asyncio.gather(*futures)
 
 

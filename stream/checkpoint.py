@@ -189,23 +189,28 @@ def load_or_new(settings: Settings) -> Models:
 
 
 async def save_consistent(
-    settings: Settings, models: Models, flush: Callable[[], Awaitable[Any]]
+    settings: Settings, models: Models, flush: Callable[[], Awaitable[Any]],
+    between: asyncio.Lock | None = None,
 ) -> Path:
     """Snapshot the models now, make the profile writes they have seen durable, then write.
 
-    The snapshot is taken between two batches (no await before it), in a forked
-    child where the platform has ``fork``, else by pickling in the event loop;
-    the file replaces the previous checkpoint only after the flush.
+    The snapshot is taken between two batches: while holding ``between`` (the
+    lock the agent holds from learning a batch to writing its profiles), in a
+    forked child where the platform has ``fork``, else by pickling in the event
+    loop; the file replaces the previous checkpoint only after the flush.
     """
     loop = asyncio.get_running_loop()
+    lock = between if between is not None else asyncio.Lock()
     if not hasattr(os, "fork"):
-        blob = dumps(models)
+        async with lock:
+            blob = dumps(models)
         await flush()
         return await loop.run_in_executor(None, save, settings, blob)
     path = path_for(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".snap{os.getpid()}-{next(_snapshots)}")
-    pid = _fork_snapshot(models, tmp)
+    async with lock:
+        pid = _fork_snapshot(models, tmp)
     await flush()
     _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -215,8 +220,12 @@ async def save_consistent(
     return path
 
 
-def register(app: Any, settings: Settings, models: Models, metrics: Any) -> None:
-    """Periodic checkpoints, plus a final one on a graceful stop.
+def register(
+    app: Any, settings: Settings, models: Models, metrics: Any,
+    between: asyncio.Lock | None = None,
+) -> None:
+    """Periodic checkpoints, plus a final one on a graceful stop (``between``:
+    see :func:`save_consistent`).
 
     The final one runs on Faust's ``on_before_shutdown``: the consumer has
     stopped and every event it delivered has been processed, and the producer
@@ -225,7 +234,7 @@ def register(app: Any, settings: Settings, models: Models, metrics: Any) -> None
 
     async def checkpoint_now() -> None:
         start = time.perf_counter()
-        await save_consistent(settings, models, app.producer.flush)
+        await save_consistent(settings, models, app.producer.flush, between)
         metrics.checkpoints.inc()
         metrics.checkpoint_seconds.observe(time.perf_counter() - start)
 

@@ -179,6 +179,48 @@ class Metrics:
             "The bandit's posterior mean CTR of each strategy, by customer segment.",
             ["segment", "strategy"], namespace=ns, registry=registry,
         )
+        # Item-side sharing (docs/architecture.md). An entry is what one input
+        # event taught one item.
+        self.item_updates_sent = Counter(
+            "item_update_entries_sent_total",
+            "Item-update entries this worker's events produced and sent to the item owners.",
+            namespace=ns, registry=registry,
+        )
+        self.item_updates_applied = Counter(
+            "item_update_entries_applied_total",
+            "Item-update entries the item owner applied to its item_state table.",
+            namespace=ns, registry=registry,
+        )
+        self.item_updates_duplicate = Counter(
+            "item_update_entries_duplicate_total",
+            "Item-update entries the item owner skipped as already applied (a re-sent or "
+            "re-read batch; per-source offset watermark).",
+            namespace=ns, registry=registry,
+        )
+        self.item_models_published = Counter(
+            "item_models_published_total",
+            "Compact item models this worker published as an item owner.",
+            namespace=ns, registry=registry,
+        )
+        self.item_models_applied = Counter(
+            "item_model_records_applied_total",
+            "Item-model records read and applied to this worker's replica.",
+            namespace=ns, registry=registry,
+        )
+        self.item_model_staleness = Gauge(
+            "item_model_staleness_seconds",
+            "Age of the newest item model applied to this worker's replica when it was "
+            "applied (wall clock: now - its publication time).",
+            namespace=ns, registry=registry,
+        )
+        self.globals_applied = Counter(
+            "global_models_applied_total",
+            "Global small-model records applied: blend (the averaged blend weights) and "
+            "segments (the owner's segment centres).",
+            ["kind"], namespace=ns, registry=registry,
+        )
+        for kind in ("blend", "segments"):
+            self.globals_applied.labels(kind)
         self.checkpoints = Counter(
             "model_checkpoints_total", "Model checkpoints written.",
             namespace=ns, registry=registry,

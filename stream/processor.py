@@ -27,6 +27,7 @@ from models.engine import Alert, FeedbackEngine, Outcome
 from models.events import Event
 from models.experiments import wilson
 from models.feedback_loop import FeedbackLoop, should_recommend
+from models.item_updates import Outbox, attach, encode_updates, partition_of
 from stream.contract import Rejected, decode_event, format_timestamp
 from stream.debounce import Debounce, Held
 from stream.eviction import Eviction
@@ -97,6 +98,7 @@ class OutputMessage:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    partition: int | None = None  # None: the producer's partitioner (by key)
 
 
 class Processor:
@@ -155,6 +157,10 @@ class Processor:
             held=self.debounce.held,
             forget=lambda user_id: self._exposure_logs.pop(user_id, None),
         )
+        # Item-side sharing (docs/architecture.md): the engine's outbox, when set.
+        self.outbox: Outbox | None = None
+        # Profile writes of the last batch, while :meth:`handle` is told not to write.
+        self._unwritten: dict[str, tuple[StoredProfile, InputMessage]] = {}
         # Per-event metric children by event type: labels() costs a lock and a lookup.
         self._per_type_metrics: dict[str, tuple[Any, Any]] = {}
         # Every event series exists from the start, at 0. A counter series born
@@ -171,9 +177,22 @@ class Processor:
 
     # -- the hot path ---------------------------------------------------------
 
-    def handle(self, batch: Sequence[InputMessage]) -> list[OutputMessage]:
-        """Process a batch in order; never raises for bad input."""
+    def share_items(self, outbox: Outbox) -> None:
+        """Record this worker's item-side increments in ``outbox``; every batch then
+        returns them as item-update messages (one per destination partition)."""
+        attach(self.engine, outbox)
+        self.outbox = outbox
+
+    def handle(self, batch: Sequence[InputMessage], write: bool = True) -> list[OutputMessage]:
+        """Process a batch in order; never raises for bad input.
+
+        With ``write=False`` the batch's profile writes wait for
+        :meth:`write_profiles`: the worker publishes the batch's item updates
+        first, so that no profile (the de-duplication ledger) records an event
+        whose item-side increments could still be lost.
+        """
         out: list[OutputMessage] = []
+        outbox = self.outbox
         self._exposure_logs.clear()
         self.debounce.start_batch()
         # One profile write per user per batch: each write is a changelog record.
@@ -210,6 +229,8 @@ class Processor:
                     # still held (the commit guard held this offset): hold it again.
                     self._hold(profile, event, msg, now)
                 continue
+            if outbox is not None:
+                outbox.at(f"{msg.topic}:{msg.partition}", msg.offset)
             outcome = self.engine.process(event)
             self._observe(outcome)
             update_stored_profile(profile, event, outcome, self.settings.dedup_window)
@@ -229,9 +250,36 @@ class Processor:
         due = self.debounce.batch_due(now, last_user)
         for user_id, (profile, source) in self._publish(due, now, out).items():
             dirty.setdefault(user_id, (profile, source))
+        if outbox is not None:
+            out.extend(self._item_updates(outbox))
+        self._unwritten = dirty
+        if write:
+            self.write_profiles()
+        return out
+
+    def write_profiles(self) -> None:
+        """The profile writes of the last :meth:`handle`."""
+        dirty, self._unwritten = self._unwritten, {}
         for user_id, (profile, source) in dirty.items():
             self.profiles.put(user_id, profile, source)
-        return out
+
+    def _item_updates(self, outbox: Outbox) -> list[OutputMessage]:
+        """The batch's item-side increments, one message per destination partition
+        of the item-updates topic (the partition of the item id, as Kafka's default
+        partitioner would choose it)."""
+        updates = outbox.drain()
+        if not updates:
+            return []
+        split: dict[int, dict[str, Any]] = {}
+        partitions = self.settings.partitions
+        for item_id, entries in updates.items():
+            split.setdefault(partition_of(item_id, partitions), {})[item_id] = entries
+        self.metrics.item_updates_sent.inc(sum(len(e) for e in updates.values()))
+        topic = self.settings.topic_item_updates
+        return [
+            OutputMessage(topic, None, encode_updates(part), partition=p)
+            for p, part in split.items()
+        ]
 
     def _trigger(
         self, profile: StoredProfile, event: Event, msg: InputMessage, now: float,

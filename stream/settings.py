@@ -8,6 +8,7 @@ usually, the security settings.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -21,6 +22,8 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 TABLE_STORES = ("memory", "rocksdb")
+# Kafka's legal topic names.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 class SettingsError(ValueError):
@@ -49,6 +52,20 @@ class Settings:
     topic_recommendations: str = "feedback.recommendations"
     topic_alerts: str = "feedback.alerts"
     topic_deadletter: str = "feedback.deadletter"
+    # Internal topics of the item-side sharing (docs/architecture.md): the
+    # workers' item increments keyed by item (partitions = FEEDBACK_PARTITIONS),
+    # the owners' compact item models (compacted), and the small global models
+    # (blend weights, segment centres; one partition, compacted).
+    topic_item_updates: str = "feedback.item-updates"
+    topic_item_model: str = "feedback.item-model"
+    topic_globals: str = "feedback.globals"
+    # The item owners publish the models of the items that changed this often,
+    # and every worker its blend weights: the staleness bound of what other
+    # workers learnt (plus transit, well under a second on a healthy cluster).
+    item_model_period_seconds: float = 1.0
+    # On: share item-side knowledge across workers through the topics above.
+    # Off: every worker learns from its own partitions' events only.
+    share_items: bool = True
 
     # Short group-join timings suit the embedded broker, which takes half the
     # session timeout to complete a join; a real cluster may want the defaults.
@@ -218,7 +235,28 @@ class Settings:
             (self.attribution_max_exposures >= 1,
              "FEEDBACK_ATTRIBUTION_MAX_EXPOSURES must be >= 1"),
             (self.fatigue_impressions >= 0, "FEEDBACK_FATIGUE_IMPRESSIONS must be >= 0"),
+            (0.05 <= self.item_model_period_seconds <= 3600,
+             "FEEDBACK_ITEM_MODEL_PERIOD_SECONDS must be >= 0.05 and <= 3600"),
         ]
+        names = [
+            ("FEEDBACK_TOPIC_CLICKS", self.topic_clicks),
+            ("FEEDBACK_TOPIC_PURCHASES", self.topic_purchases),
+            ("FEEDBACK_TOPIC_REVIEWS", self.topic_reviews),
+            ("FEEDBACK_TOPIC_RECOMMENDATIONS", self.topic_recommendations),
+            ("FEEDBACK_TOPIC_ALERTS", self.topic_alerts),
+            ("FEEDBACK_TOPIC_DEADLETTER", self.topic_deadletter),
+            ("FEEDBACK_TOPIC_ITEM_UPDATES", self.topic_item_updates),
+            ("FEEDBACK_TOPIC_ITEM_MODEL", self.topic_item_model),
+            ("FEEDBACK_TOPIC_GLOBALS", self.topic_globals),
+        ]
+        seen: dict[str, str] = {}
+        for env_name, topic in names:
+            checks.append((bool(_TOPIC_NAME.fullmatch(topic)),
+                           f"{env_name} must be 1-249 of [a-zA-Z0-9._-], "
+                           f"got {topic!r}"))
+            checks.append((topic not in seen,
+                           f"{env_name} names the same topic as {seen.get(topic)}"))
+            seen.setdefault(topic, env_name)
         try:
             parse_variants(self.experiment_variants)
         except ValueError as exc:

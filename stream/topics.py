@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from stream.settings import Settings
 
 PROFILES_TABLE = "profiles"
+# The item owners' table (item id -> models.item_state.ItemState.to_dict()).
+ITEM_STATE_TABLE = "item_state"
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     Inputs and outputs share the partition count so that one user's events,
     state and outputs live on the same partition number. The table changelog
     (``<app_id>-profiles-changelog``) is compacted: only the latest profile of a
-    user matters for recovery.
+    user matters for recovery. With ``share_items``, the item-side sharing's
+    topics too (docs/architecture.md).
     """
     plain = {"cleanup.policy": "delete"}
     compacted = {"cleanup.policy": "compact"}
@@ -46,8 +49,22 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             compacted,
         )
     )
+    if settings.share_items:
+        specs += [
+            # Keyed by item, co-partitioned with its table's changelog.
+            TopicSpec(settings.topic_item_updates, settings.partitions,
+                      settings.replication_factor, plain),
+            TopicSpec(changelog_topic(settings, ITEM_STATE_TABLE), settings.partitions,
+                      settings.replication_factor, compacted),
+            # Every worker reads all of it from the beginning: only the latest
+            # model of each item matters.
+            TopicSpec(settings.topic_item_model, settings.partitions,
+                      settings.replication_factor, compacted),
+            TopicSpec(settings.topic_globals, 1, settings.replication_factor, compacted),
+        ]
     return specs
 
 
-def changelog_topic(settings: Settings) -> str:
-    return f"{settings.app_id}-{PROFILES_TABLE}-changelog"
+def changelog_topic(settings: Settings, table: str = PROFILES_TABLE) -> str:
+    """The changelog topic Faust names for ``table`` of this app."""
+    return f"{settings.app_id}-{table}-changelog"

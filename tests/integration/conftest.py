@@ -55,6 +55,9 @@ def isolated_settings(bootstrap: str, state_dir: Path, **overrides: Any) -> Sett
         "topic_recommendations": f"t{tag}.recommendations",
         "topic_alerts": f"t{tag}.alerts",
         "topic_deadletter": f"t{tag}.deadletter",
+        "topic_item_updates": f"t{tag}.item-updates",
+        "topic_item_model": f"t{tag}.item-model",
+        "topic_globals": f"t{tag}.globals",
         "checkpoint_interval_seconds": 2.0,
         "tick_interval_seconds": 1.0,
     }

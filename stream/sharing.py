@@ -1,0 +1,241 @@
+"""Item-side knowledge learnt from all traffic, shared by every worker (docs/architecture.md).
+
+Three parts, wired into the Faust app by :func:`register`:
+
+* the **item owner**: an agent over ``feedback.item-updates`` (keyed by item,
+  partitioned like the inputs, so Kafka spreads its partitions over the
+  workers of the group) applies every worker's item increments to the
+  changelogged table ``item_state`` (item id -> :class:`ItemState` record),
+  idempotently: per source input partition, each item keeps the highest
+  offset it applied, written in the same changelog record as its counters;
+* every ``item_model_period_seconds`` the owner publishes the compact model of
+  each item that changed to the compacted ``feedback.item-model``; the owner of
+  item-updates partition 0 also publishes the segment centres, and every
+  worker its blend weights, to the compacted ``feedback.globals``;
+* the **replica**: every worker reads all of ``feedback.item-model`` and
+  ``feedback.globals`` from the beginning, then follows them, and overwrites its
+  engine's item-side state with the published models (a plain aiokafka reader:
+  a Faust GlobalTable misses updates, faust-streaming#212, robinhood/faust#541).
+
+The user side (the outbox drained into item-update messages after each batch,
+published before the batch's profile writes and offsets) is in
+:class:`stream.processor.Processor` and :mod:`stream.app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
+
+from models.engine import FeedbackEngine
+from models.item_state import ItemParams, ItemState
+from models.item_updates import decode_updates, partition_of
+from stream.kafka import client_kwargs
+from stream.metrics import Metrics
+from stream.settings import Settings
+from stream.topics import ITEM_STATE_TABLE
+
+log = logging.getLogger(__name__)
+
+SEGMENTS_KEY = b"segments"
+BLEND_PREFIX = "blend:"
+
+
+@dataclass
+class Sharing:
+    """What the item owner and the replica keep between calls."""
+
+    settings: Settings
+    engine: FeedbackEngine
+    metrics: Metrics
+    params: ItemParams
+    worker_id: str
+    # Items applied since the last publication, by this worker as their owner.
+    changed: set[str] = field(default_factory=set)
+    # Item-updates partitions this worker owned at the last publication.
+    owned: set[int] = field(default_factory=set)
+    # The latest blend record of every worker, by key, with its arrival time.
+    blends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    owns_segments: bool = False
+
+    def apply_updates(self, table: Any, payload: bytes) -> tuple[int, int]:
+        """Apply one item-updates message to ``table``; ``(applied, duplicates)``."""
+        applied = skipped = 0
+        for item_id, entries in decode_updates(payload).items():
+            raw = table.get(item_id)
+            state = ItemState.from_dict(raw) if raw is not None else ItemState()
+            fresh = state.apply(entries, self.params, item_id)
+            skipped += len(entries) - fresh
+            if fresh:
+                applied += fresh
+                table[item_id] = state.to_dict()
+                self.changed.add(item_id)
+        self.metrics.item_updates_applied.inc(applied)
+        self.metrics.item_updates_duplicate.inc(skipped)
+        return applied, skipped
+
+    def due_models(self, table: Any, owned: set[int], now: float) -> list[tuple[bytes, bytes]]:
+        """The item-model records to publish now: the changed items of the
+        partitions this worker owns, and every item of a partition it has just
+        taken over (its previous owner may have died before publishing them)."""
+        partitions = self.settings.partitions
+        taken = owned - self.owned
+        if taken:
+            self.changed.update(k for k in list(table) if partition_of(k, partitions) in taken)
+        self.owned = owned
+        ids = sorted(i for i in self.changed if partition_of(i, partitions) in owned)
+        self.changed.clear()
+        out = []
+        for item_id in ids:
+            raw = table.get(item_id)
+            if raw is not None:
+                model = ItemState.from_dict(raw).published(now, self.params)
+                out.append((item_id.encode(), orjson.dumps(model)))
+        return out
+
+    def globals_due(self, now: float) -> list[tuple[bytes, bytes]]:
+        """This worker's blend record, and the segment centres if it owns them."""
+        blend = self.engine.blend_state()
+        blend["at"] = now
+        out = [((BLEND_PREFIX + self.worker_id).encode(), orjson.dumps(blend))]
+        if self.owns_segments:
+            centres = self.engine.segmentation.centres_state()
+            if centres is not None:
+                out.append((SEGMENTS_KEY, orjson.dumps({"centres": centres, "at": now})))
+        return out
+
+    def merge_blends(self, now: float) -> bool:
+        """Average the blend weights over the live workers (records newer than
+        ten periods, 30 s at least), this one's current weights included."""
+        horizon = now - max(30.0, 10 * self.settings.item_model_period_seconds)
+        mine = BLEND_PREFIX + self.worker_id
+        states = [self.engine.blend_state()] + [
+            s for k, s in self.blends.items() if k != mine and s.get("at", 0.0) >= horizon
+        ]
+        if len(states) < 2:
+            return False
+        merged = self.engine.merge_blend(states)
+        if merged:
+            self.metrics.globals_applied.labels("blend").inc()
+        return merged
+
+    def read(self, records: list[Any], now: float) -> int:
+        """Apply records of ``feedback.item-model`` and ``feedback.globals``."""
+        models = []
+        newest = 0.0
+        for r in records:
+            if r.value is None or r.key is None:
+                continue
+            if r.topic == self.settings.topic_globals:
+                self._global(r.key, orjson.loads(r.value))
+                continue
+            model = orjson.loads(r.value)
+            newest = max(newest, float(model.get("t", 0.0)))
+            models.append((r.key.decode(), model))
+        if models:
+            self.engine.apply_item_models(models)
+            self.metrics.item_models_applied.inc(len(models))
+            self.metrics.item_model_staleness.set(max(0.0, now - newest))
+        return len(models)
+
+    def _global(self, key: bytes, value: dict[str, Any]) -> None:
+        if key == SEGMENTS_KEY:
+            if not self.owns_segments:
+                self.engine.segmentation.adopt(value["centres"])
+                self.metrics.globals_applied.labels("segments").inc()
+        elif key.startswith(BLEND_PREFIX.encode()):
+            self.blends[key.decode()] = value
+
+
+def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics: Metrics,
+             crash: Any) -> Sharing:
+    """Add the item owner's agent, table and publisher, and the replica's reader."""
+    sharing = Sharing(settings, engine, metrics, ItemParams.of(engine.config),
+                      worker_id=settings.canonical_url)
+    updates_topic = app.topic(
+        settings.topic_item_updates, partitions=settings.partitions,
+        key_type=bytes, key_serializer="raw", value_serializer="raw",
+    )
+    table = app.Table(
+        ITEM_STATE_TABLE, default=None, partitions=settings.partitions,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+    )
+
+    @app.agent(updates_topic, name="item-owner")
+    async def own_items(stream: Any) -> None:
+        # One message at a time: Faust writes each table change to the changelog
+        # partition of the current event, the message's own (= the item's).
+        async for event in stream.events():
+            try:
+                sharing.apply_updates(table, event.value)
+            except (ValueError, KeyError, TypeError, IndexError):
+                # Written by this service's own workers: a bug, not bad input.
+                log.exception("malformed item-updates message %s[%d]@%d skipped",
+                              event.message.topic, event.message.partition,
+                              event.message.offset)
+
+    @app.timer(settings.item_model_period_seconds, name="publish-item-models")
+    async def publish_models() -> None:
+        if app.rebalancing or app.in_recovery:
+            return  # the table is not whole yet: publish once it is
+        now = time.time()
+        assigned = app.consumer.assignment()
+        owned = {tp.partition for tp in assigned if tp.topic == settings.topic_item_updates}
+        sharing.owns_segments = 0 in owned
+        if sharing.owns_segments and engine.segmentation.follower:
+            engine.segmentation.follower = False  # this worker re-fits the centres now
+        records = [(settings.topic_item_model, k, v)
+                   for k, v in sharing.due_models(table, owned, now)]
+        records += [(settings.topic_globals, k, v) for k, v in sharing.globals_due(now)]
+        send = app.producer.send
+        futures = [await send(t, k, v, None, None, None) for t, k, v in records]
+        await asyncio.gather(*futures)
+        metrics.item_models_published.inc(len(records) - sum(
+            t == settings.topic_globals for t, _, _ in records))
+        sharing.merge_blends(now)
+
+    @app.task
+    async def read_replica() -> None:
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(settings), group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(settings.topic_item_model, p)
+                   for p in range(settings.partitions)]
+            tps.append(TopicPartition(settings.topic_globals, 0))
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+                records = [r for msgs in batch.values() for r in msgs]
+                if records:
+                    sharing.read(records, time.time())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("the item-model reader failed")
+            await crash(exc)
+        finally:
+            await consumer.stop()
+
+    async def forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        parts = {tp.partition for tp in revoked if tp.topic == settings.topic_item_updates}
+        if parts:
+            sharing.changed = {
+                i for i in sharing.changed
+                if partition_of(i, settings.partitions) not in parts
+            }
+            sharing.owned -= parts
+
+    app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]
+    return sharing
