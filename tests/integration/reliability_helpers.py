@@ -237,6 +237,19 @@ def complete(events: list[dict]) -> Callable[[dict[str, dict]], bool]:
     return done
 
 
+def owned_partitions(worker: Any) -> set[tuple[str, str]]:
+    """Input partitions the worker reports a high-water mark for (its assignment)."""
+    _, body = worker.get("/metrics")
+    owned = set()
+    for line in body.decode().splitlines():
+        if line.startswith("feedback_input_highwater_offset{"):
+            labels = dict(
+                kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(",")
+            )
+            owned.add((labels["topic"].strip('"'), labels["partition"].strip('"')))
+    return owned
+
+
 def wait_metric(worker: Any, name: str, at_least: float, timeout: float, **labels: str) -> float:
     """Poll a worker's metric until it reaches ``at_least``; returns the last value."""
     deadline = time.monotonic() + timeout

@@ -19,25 +19,13 @@ from tests.integration.reliability_helpers import (
     explain_lost,
     locate,
     make_events,
+    owned_partitions,
     read_profiles,
     records_for,
     wait_metric,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def owned_partitions(worker) -> set[tuple[str, str]]:
-    """Input partitions the worker reports a high-water mark for (its assignment)."""
-    _, body = worker.get("/metrics")
-    owned = set()
-    for line in body.decode().splitlines():
-        if line.startswith("feedback_input_highwater_offset{"):
-            labels = dict(
-                kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(",")
-            )
-            owned.add((labels["topic"].strip('"'), labels["partition"].strip('"')))
-    return owned
 
 
 def test_survivor_takes_over_every_partition_with_state(worker_factory) -> None:
