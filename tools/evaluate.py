@@ -251,6 +251,7 @@ def evaluate(
     workers: int | None = None,
     period: float = 1.0,
     share: Collection[str] = frozenset(PARTS),
+    every: int | None = None,
 ) -> dict[str, Any]:
     """Replay ``events`` through a fresh engine and the baselines; the metrics dict.
 
@@ -258,9 +259,10 @@ def evaluate(
     which needs clicks or purchases in ``events``. With ``workers``, the events
     go through that many user-partitioned engines sharing the ``share`` parts
     of their item-side knowledge every ``period`` seconds of event time
-    (:class:`tools.scaleout.Cluster`); the result gains a ``scaleout`` entry.
+    (or every ``every`` events; :class:`tools.scaleout.Cluster`); the result
+    gains a ``scaleout`` entry.
     """
-    cluster = Cluster(workers, config, period, share) if workers is not None else None
+    cluster = Cluster(workers, config, period, share, every) if workers is not None else None
     # The cluster routes each call to the user's worker: an engine to the replay.
     engine = cast(FeedbackEngine, cluster) if cluster is not None else FeedbackEngine(config)
     k = engine.config.top_k
@@ -652,6 +654,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with --workers: event time between two deliveries of the item models",
     )
     parser.add_argument(
+        "--item-model-events",
+        type=int,
+        metavar="N",
+        help="with --workers: deliver the item models every N events of the stream "
+        "instead (the staleness of a deployment processing N events per period)",
+    )
+    parser.add_argument(
         "--share",
         default="all",
         help=f"with --workers: what is shared, 'all', 'none' or some of {','.join(PARTS)}",
@@ -661,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--workers must be at least 1, not {args.workers}")
     if args.item_model_period <= 0:
         parser.error(f"--item-model-period must be positive, not {args.item_model_period}")
+    if args.item_model_events is not None and args.item_model_events < 1:
+        parser.error(f"--item-model-events must be at least 1, not {args.item_model_events}")
     try:
         share = parse_share(args.share)
     except ValueError as exc:
@@ -694,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         period=args.item_model_period,
         share=share,
+        every=args.item_model_events,
     )
     result["rejected_lines"] = rejected
     if args.json:
