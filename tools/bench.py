@@ -476,7 +476,7 @@ class RefProcess:
 
 
 def _stop(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    from stream import broker
+    from tools import broker
 
     broker.stop(proc, timeout)
 
@@ -569,7 +569,7 @@ class WorkerProcess:
 def start_workers(
     settings: Settings, n: int, state_dir: Path, timeout: float, env_extra: dict[str, str]
 ) -> list[WorkerProcess]:
-    from stream import broker
+    from tools import broker
     from tools.local import wait_http
 
     workers = []
@@ -778,7 +778,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.bootstrap_servers:
             bootstrap = args.bootstrap_servers
         else:
-            from stream import broker
+            from tools import broker
 
             port = broker.free_port()
             proc = broker.start(port, log_path=state / "broker.log")
