@@ -149,8 +149,6 @@ class FeedbackEngine:
     'bought together with x'
     """
 
-    strategy = "blend"
-
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config if config is not None else EngineConfig()
         c = self.config
@@ -589,14 +587,13 @@ class FeedbackEngine:
         self,
         user_id: str,
         k: int = 10,
-        now: float | None = None,
         avoid: Collection[str] = (),
     ) -> list[Recommendation]:
         """Top-``k`` items for ``user_id``, excluding items they bought or reviewed
         and the ``avoid`` items (e.g. those the user keeps passing over).
 
-        An unknown user gets the popular items. ``now`` is accepted for
-        interface stability; popularity is already decayed to the latest event.
+        An unknown user gets the popular items. No clock is needed: popularity is
+        already decayed to the latest event.
         """
         n = len(self.catalogue)
         if n == 0:
