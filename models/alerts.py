@@ -221,7 +221,6 @@ class QualityDrift:
         self.higher_is_better = higher_is_better
         self.delta = delta
         self.detector = drift.ADWIN(delta=delta)
-        self.mean_before = 0.0
 
     def update(self, value: float) -> tuple[float, float] | None:
         """Learn one value; on a worsening drift returns ``(new mean, old mean)``."""

@@ -198,16 +198,11 @@ class ItemCooccurrence:
             np.multiply(counts[:n], self._norm[:n], out=out)
         return out
 
-    def strongest_source(
-        self, history: Sequence[tuple[int, float]], candidate: int
-    ) -> int | None:
-        """The history item contributing most to ``candidate``'s score (for reasons)."""
-        return self.strongest_sources(history, [candidate])[candidate]
-
     def strongest_sources(
         self, history: Sequence[tuple[int, float]], candidates: Sequence[int]
     ) -> dict[int, int | None]:
-        """:meth:`strongest_source` of several candidates in one pass over the history."""
+        """For each candidate, the history item contributing most to its score (for
+        reasons), ``None`` if none does; one pass over the history."""
         best: dict[int, int | None] = dict.fromkeys(candidates)
         best_w = dict.fromkeys(candidates, 0.0)
         for h, r in history:

@@ -74,7 +74,3 @@ class DecayedPopularity:
         m = min(n, self._counts.shape[0])
         out[:m] = self._counts[:m]
         return out
-
-    def raw_recent(self) -> np.ndarray:
-        """The stored (scaled) decayed weights: proportional to :meth:`recent`, no copy."""
-        return self._scaled

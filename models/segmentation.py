@@ -151,7 +151,6 @@ class OnlineSegmentation:
         self.initialised = False
         self.updates = 0
         self.last_refit = 0
-        self.refits_adopted = 0
         self._scale_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -320,7 +319,6 @@ class OnlineSegmentation:
         self.labels[:n] = ((x_all[:, None, :] - fitted[None]) ** 2).sum(axis=2).argmin(axis=1)
         self._recount()
         self.initialised = True
-        self.refits_adopted += 1
         return True
 
     def refresh(self, n_users: int) -> None:
