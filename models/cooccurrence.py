@@ -91,9 +91,9 @@ class ItemCooccurrence:
     Examples
     --------
     >>> co = ItemCooccurrence()
-    >>> co.learn([], 0, 1.0)
-    >>> co.learn([(0, 1.0)], 1, 1.0)   # 0 then 1
-    >>> co.learn([], 2, 1.0)
+    >>> co.learn_one([], 0, 1.0)
+    >>> co.learn_one([(0, 1.0)], 1, 1.0)   # 0 then 1
+    >>> co.learn_one([], 2, 1.0)
     >>> s = co.scores([(0, 1.0)], 3)
     >>> int(s.argmax()), float(s[2])
     (1, 0.0)
@@ -116,7 +116,7 @@ class ItemCooccurrence:
             norm[: self._norm.shape[0]] = self._norm
             self._norm = norm
 
-    def learn(self, history: Sequence[tuple[int, float]], item: int, weight: float) -> None:
+    def learn_one(self, history: Sequence[tuple[int, float]], item: int, weight: float) -> None:
         """Record ``item`` (strength ``weight`` > 0) after ``history`` (most recent last)."""
         self._ensure(item)
         if weight <= 0.0:

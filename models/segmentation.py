@@ -110,8 +110,8 @@ class OnlineSegmentation:
     >>> def vec(a):  # one coordinate per name in SEGMENT_FEATURES
     ...     return np.r_[a, np.zeros(len(SEGMENT_FEATURES) - 1)]
     >>> for i in range(8):
-    ...     _ = seg.update(f"u{i}", vec(10.0 * (i % 2)), last_seen=0.0)
-    >>> seg.update("u0", vec(0.0), 0.0) != seg.update("u1", vec(10.0), 0.0)
+    ...     _ = seg.learn_one(f"u{i}", vec(10.0 * (i % 2)), last_seen=0.0)
+    >>> seg.learn_one("u0", vec(0.0), 0.0) != seg.learn_one("u1", vec(10.0), 0.0)
     True
     >>> sorted(seg.sizes().values())
     [4, 4]
@@ -196,7 +196,7 @@ class OnlineSegmentation:
         diff = (vectors[:, None, :] - self._raw_centres()[None]) / std
         return (diff * diff).sum(axis=2)
 
-    def update(self, user_id: str, vector: np.ndarray, last_seen: float) -> int | None:
+    def learn_one(self, user_id: str, vector: np.ndarray, last_seen: float) -> int | None:
         """Put ``user_id``'s new ``vector`` in; returns their (possibly new) segment."""
         self.updates += 1
         row = self.index.get(user_id)

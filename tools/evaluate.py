@@ -163,7 +163,7 @@ class PopularityBaseline:
             )
         return ahead < k
 
-    def learn(self, event: Event) -> None:
+    def learn_one(self, event: Event) -> None:
         idx = self.index.get(event.item_id)
         if idx is None:
             idx = len(self.index)
@@ -269,7 +269,7 @@ def evaluate(
         label = label_of(event.rating) if event.type == "review" and event.text else None
         if label is not None and event.text:
             lex_pred.append(lexicon_compound_whole(event.text) >= 0.05)
-        pop.learn(event)
+        pop.learn_one(event)
         if replay is not None:
             replay.before(engine, event)
 
