@@ -1,8 +1,8 @@
 """``feedback-stream evaluate``: replay a contract JSONL file through the engine.
 
 Every event goes through exactly :class:`models.engine.FeedbackEngine` (predict
-first, then learn), and the baselines named in the models issue are computed
-on the same events in the same run:
+first, then learn), and a plain baseline for each model is computed on the
+same events in the same run:
 
 * ``hr_at_10_popularity``: a plain all-time popularity ranking (interaction
   counts; ties broken by first appearance), excluding the user's seen items;

@@ -47,7 +47,10 @@ BARS = {
 
 
 def bars(report: dict[str, Any]) -> dict[str, bool | None]:
-    """Which of issue 6's bars the report meets (None: not measured)."""
+    """Which of the :data:`BARS` (throughput, overhead, latency) the report meets.
+
+    ``None``: not measured.
+    """
     met: dict[str, bool | None] = {}
     for key, (op, limit) in BARS.items():
         value = report.get(key)
