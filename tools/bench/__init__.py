@@ -40,36 +40,6 @@ counters), :mod:`~tools.bench.workload` (the events and their pre-loading),
 (one function per phase), :mod:`~tools.bench.report` and :mod:`~tools.bench.cli`.
 """
 
-from tools.bench.cli import build_parser, main, run
-from tools.bench.report import add_ratios, bars, format_report
-from tools.bench.stats import (
-    Window,
-    combined,
-    per_cpu_second,
-    percentile,
-    ratio,
-    time_at,
-    value_at,
-    window,
-)
-from tools.bench.workload import distinct_users, encode, load_events
+from tools.bench.cli import main
 
-__all__ = [
-    "Window",
-    "add_ratios",
-    "bars",
-    "build_parser",
-    "combined",
-    "distinct_users",
-    "encode",
-    "format_report",
-    "load_events",
-    "main",
-    "per_cpu_second",
-    "percentile",
-    "ratio",
-    "run",
-    "time_at",
-    "value_at",
-    "window",
-]
+__all__ = ["main"]
