@@ -95,9 +95,9 @@ class BehaviourAnomaly:
     >>> det = BehaviourAnomaly(window_size=50, warmup=100, seed=1)
     >>> rng = np.random.default_rng(0)
     >>> for _ in range(300):
-    ...     _ = det.score_and_learn([rng.normal(1.0, 0.1), rng.normal(1.0, 0.1), 0.0])
-    >>> normal = det.score_and_learn([1.0, 1.0, 0.0])
-    >>> odd = det.score_and_learn([8.0, 9.0, 1.0])
+    ...     _ = det.score_learn_one([rng.normal(1.0, 0.1), rng.normal(1.0, 0.1), 0.0])
+    >>> normal = det.score_learn_one([1.0, 1.0, 0.0])
+    >>> odd = det.score_learn_one([8.0, 9.0, 1.0])
     >>> odd > normal
     True
     """
@@ -132,7 +132,7 @@ class BehaviourAnomaly:
         q = self.score_quantile.get()
         return max(self.min_score, q if q is not None else self.min_score)
 
-    def score_and_learn(self, features: list[float]) -> float | None:
+    def score_learn_one(self, features: list[float]) -> float | None:
         """Anomaly score of ``features`` in [0, 1] (``None`` during warm-up), then learn."""
         values = np.asarray(features, dtype=float)
         raw = np.sign(values) * np.log1p(np.abs(values))
@@ -212,7 +212,7 @@ class QualityDrift:
     before it; for errors, when it is higher.
 
     >>> qd = QualityDrift(higher_is_better=True)
-    >>> flags = [qd.update(1.0 if i < 1000 else 0.0) for i in range(2000)]
+    >>> flags = [qd.learn_one(1.0 if i < 1000 else 0.0) for i in range(2000)]
     >>> any(f is not None for f in flags[:1000]), any(f is not None for f in flags[1000:])
     (False, True)
     """
@@ -221,9 +221,8 @@ class QualityDrift:
         self.higher_is_better = higher_is_better
         self.delta = delta
         self.detector = drift.ADWIN(delta=delta)
-        self.mean_before = 0.0
 
-    def update(self, value: float) -> tuple[float, float] | None:
+    def learn_one(self, value: float) -> tuple[float, float] | None:
         """Learn one value; on a worsening drift returns ``(new mean, old mean)``."""
         before = self.detector.estimation
         self.detector.update(value)

@@ -77,7 +77,7 @@ def test_anomalous_purchase_scores_high_and_alerts() -> None:
 
 def test_anomaly_detector_warms_up_before_scoring() -> None:
     det = BehaviourAnomaly(warmup=10, window_size=5, seed=0)
-    scores = [det.score_and_learn([1.0, 2.0]) for _ in range(12)]
+    scores = [det.score_learn_one([1.0, 2.0]) for _ in range(12)]
     assert scores[:10] == [None] * 10
     assert all(s is not None and 0.0 <= s <= 1.0 for s in scores[10:])
 
@@ -101,10 +101,10 @@ def test_fused_walk_matches_rivers_score_then_learn() -> None:
 
 def test_drift_only_on_worse_quality() -> None:
     better = QualityDrift(higher_is_better=True)
-    flags = [better.update(0.0 if i < 1000 else 1.0) for i in range(2000)]
+    flags = [better.learn_one(0.0 if i < 1000 else 1.0) for i in range(2000)]
     assert all(f is None for f in flags)  # hits went up: no alert
     worse = QualityDrift(higher_is_better=False)  # errors went up
-    flags = [worse.update(0.1 if i < 1000 else 2.0) for i in range(2000)]
+    flags = [worse.learn_one(0.1 if i < 1000 else 2.0) for i in range(2000)]
     hits = [f for f in flags if f is not None]
     assert hits and hits[0][0] > hits[0][1]
 
