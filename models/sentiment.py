@@ -9,6 +9,8 @@ from typing import Any
 
 from river import feature_extraction, linear_model, optim
 
+from models.river_internals import set_weight
+
 LEXICON_FEATURE = "__lexicon__"
 
 
@@ -116,7 +118,7 @@ class SentimentModel:
         self.classifier = linear_model.LogisticRegression(
             optimizer=optim.SGD(learning_rate), l2=l2
         )
-        self.classifier._weights[LEXICON_FEATURE] = prior_weight
+        set_weight(self.classifier, LEXICON_FEATURE, prior_weight)
         self.n_positive = 0
         self.n_negative = 0
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 from river import anomaly
 
-from models.alerts import BehaviourAnomaly, Cooldown, QualityDrift, _score_then_learn
+from models.alerts import BehaviourAnomaly, Cooldown, QualityDrift
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
+from models.river_internals import score_then_learn
 
 T0 = 1_700_000_000.0
 DAY = 86_400.0
@@ -93,7 +94,7 @@ def test_fused_walk_matches_rivers_score_then_learn() -> None:
             x[2] = 0.999  # now and then an outlier
         expected = float(river.score_one(x)) if i >= 60 else None
         river.learn_one(x)
-        assert _score_then_learn(ours, x, score=i >= 60) == expected
+        assert score_then_learn(ours, x, score=i >= 60) == expected
     masses = [[(n.l_mass, n.r_mass) for n in nodes] for nodes in ours._tree_nodes]
     assert masses == [[(n.l_mass, n.r_mass) for n in nodes] for nodes in river._tree_nodes]
     assert ours.counter == river.counter
