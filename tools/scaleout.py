@@ -174,9 +174,9 @@ class Cluster:
         return [alert for engine in self.engines for alert in engine.tick(now)]
 
     def recommend(
-        self, user_id: str, k: int = 10, now: float | None = None, avoid: Collection[str] = ()
+        self, user_id: str, k: int = 10, avoid: Collection[str] = ()
     ) -> list[Recommendation]:
-        return self.engine_of(user_id).recommend(user_id, k, now=now, avoid=avoid)
+        return self.engine_of(user_id).recommend(user_id, k, avoid=avoid)
 
     def popular(
         self, user_id: str, k: int = 10, avoid: Collection[str] = ()
