@@ -482,7 +482,7 @@ class Processor:
             self.metrics.bandit_choices.labels(segment_key(segment), strategy).inc()
         log = self._exposures(profile)
         items = self.loop.recommend(
-            self.engine, event.user_id, strategy, log, now=event.timestamp, key=event.event_id
+            self.engine, event.user_id, strategy, log, key=event.event_id
         )
         if not items:
             # Nothing the user has not already bought yet (a cold catalogue): an

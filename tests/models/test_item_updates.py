@@ -177,10 +177,10 @@ def test_assign_keeps_the_published_head_through_local_pairs() -> None:
     cat = ItemCatalogue()
     co = ItemCooccurrence()
     for i in "xabcde":
-        co.learn((), cat.add(i), 1.0)
+        co.learn_one((), cat.add(i), 1.0)
     x = cat.index["x"]
     co.assign(x, ["a", "b"], [1.0, 2.0], 3.0, cat.add, 0)
-    co.learn([(cat.index["d"], 1.0), (cat.index["c"], 1.0)], x, 1.0)  # local pairs c, d
+    co.learn_one([(cat.index["d"], 1.0), (cat.index["c"], 1.0)], x, 1.0)  # local pairs c, d
     co.assign(x, ["a", "b", "c", "e", "d"], [1.5, 2.0, 0.7, 0.4, 0.3], 4.9, cat.add, 0)
     nb = co.neighbours[x]
     assert [cat.ids[k] for k in nb.keys[: nb.n]] == ["a", "b", "c", "e", "d"]

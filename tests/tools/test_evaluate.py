@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -142,10 +143,10 @@ def test_popularity_baseline_excludes_seen_items() -> None:
     from models.events import Event
 
     for i, item in enumerate(["a", "a", "a", "b", "b", "c"]):
-        base.learn(Event("purchase", f"e{i}", f"u{i}", item, 0.0, quantity=1))
+        base.learn_one(Event("purchase", f"e{i}", f"u{i}", item, 0.0, quantity=1))
     assert base.hit("new", "a", 1)
     assert not base.hit("new", "b", 1) and base.hit("new", "b", 2)
-    base.learn(Event("purchase", "x", "me", "a", 0.0, quantity=1))
+    base.learn_one(Event("purchase", "x", "me", "a", 0.0, quantity=1))
     assert base.hit("me", "b", 1)  # "a" is excluded for me
     assert not base.hit("me", "a", 10)  # already seen
     assert not base.hit("me", "never-seen", 10)
@@ -155,3 +156,61 @@ def test_bench_mode(capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate.main(["--bench-items", "300", "--bench-events", "500", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["catalogue_items"] == 300 and result["events_per_second"] > 0
+
+
+def pairs_file(tmp_path: Path) -> Path:
+    """Every customer buys one of 60 pairs, first item then second: the second is a hit
+    only for an engine that knows the pair, i.e. has seen an earlier buyer of it."""
+    rng = np.random.default_rng(3)
+    rows = []
+    t = 1_600_000_000
+    for user in range(600):
+        k = int(rng.integers(60))
+        for step, item in enumerate((f"a{k}", f"b{k}")):
+            t += 60
+            rows.append({
+                "type": "purchase", "event_id": f"e{user}-{step}", "user_id": f"c{user}",
+                "item_id": item, "quantity": 1, "price": 5.0,
+                "timestamp": datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            })  # fmt: skip
+    return write(tmp_path / "pairs.jsonl", rows)
+
+
+def _run(path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    assert evaluate.main([str(path), "--json", "--variants", "", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_workers_report_the_same_keys_and_sharing_restores_the_hit_rate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pairs_file(tmp_path)
+    plain = _run(path, capsys)
+    one = _run(path, capsys, "--workers", "1")
+    shared = _run(path, capsys, "--workers", "4")
+    alone = _run(path, capsys, "--workers", "4", "--share", "none")
+    assert set(one) == set(shared) == set(alone) == set(plain) | {"scaleout"}
+    assert shared["scaleout"]["workers"] == 4
+    assert len(shared["scaleout"]["events_by_worker"]) == 4
+    assert min(shared["scaleout"]["events_by_worker"]) > 0
+    assert shared["scaleout"]["item_update_entries_applied"] > 0
+    assert shared["scaleout"]["item_update_entries_skipped"] == 0
+    # one worker through the owner learns what the plain engine learns
+    assert one["hr_at_10"] == pytest.approx(plain["hr_at_10"], abs=0.01)
+    # four workers: each sees a quarter of the buyers of a pair unless they share
+    assert shared["hr_at_10"] >= plain["hr_at_10"] - 0.02
+    assert alone["hr_at_10"] < shared["hr_at_10"] - 0.1
+
+
+def test_workers_bad_arguments_exit_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = ratings_file(tmp_path)
+    for args in (["--workers", "0"], ["--share", "cooccurrence,nope"],
+                 ["--item-model-period", "0"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main([str(path), "--workers", "2", *args] if args[0] != "--workers"
+                          else [str(path), *args])  # fmt: skip
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("feedback-stream evaluate: error:")
