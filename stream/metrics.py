@@ -35,6 +35,12 @@ class Metrics:
             "build", "Version of feedback-stream and of its learning library.",
             namespace=ns, registry=registry,
         )
+        self.broker_reachable = Gauge(
+            "broker_reachable",
+            "1 when the worker's last check reached a bootstrap server, 0 while it retries "
+            "an unreachable broker (with backoff; /readyz answers 503 meanwhile).",
+            namespace=ns, registry=registry,
+        )
         self.events = Counter(
             "events_total",
             "Input events by type and outcome (processed, duplicate, dead_lettered).",
