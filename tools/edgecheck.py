@@ -345,13 +345,34 @@ def case_consume(check: Check) -> str:
     return f"{len(rows)} messages keyed u1; missing topic: {missing.stderr.strip()}"
 
 
-def _start_worker(bootstrap: str, state: Path, web_port: int) -> subprocess.Popen[bytes]:
-    log = open(state / "worker.log", "ab")  # noqa: SIM115 - the child holds it
-    return subprocess.Popen(
-        [*CLI, "worker"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        env=_env(FEEDBACK_BOOTSTRAP_SERVERS=bootstrap, FEEDBACK_WEB_PORT=str(web_port),
-                 FEEDBACK_STATE_DIR=str(state), FEEDBACK_APP_ID=f"edge-{web_port}"),
-    )
+@dataclass
+class WorkerRun:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: str = ""
+
+
+@contextlib.contextmanager
+def worker_process(bootstrap: str) -> Iterator[WorkerRun]:
+    """``feedback-stream worker`` against ``bootstrap``; killed if still running at the
+    end, its log kept in ``.log``."""
+    web = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        with open(state / "worker.log", "ab") as log:
+            proc = subprocess.Popen(
+                [*CLI, "worker"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                env=_env(FEEDBACK_BOOTSTRAP_SERVERS=bootstrap, FEEDBACK_WEB_PORT=str(web),
+                         FEEDBACK_STATE_DIR=str(state), FEEDBACK_APP_ID=f"edge-{web}"),
+            )
+        run = WorkerRun(proc, f"http://127.0.0.1:{web}")
+        try:
+            yield run
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            run.log = (state / "worker.log").read_text(errors="replace")
 
 
 def _stop_in(proc: subprocess.Popen[bytes], limit: float) -> float:
@@ -366,58 +387,42 @@ def _stop_in(proc: subprocess.Popen[bytes], limit: float) -> float:
 
 
 def case_readyz(check: Check) -> str:
-    port, web = free_port(), free_port()
-    url = f"http://127.0.0.1:{web}"
-    with tempfile.TemporaryDirectory() as tmp, broker_process(port) as broker:
-        worker = _start_worker(f"127.0.0.1:{port}", Path(tmp), web)
-        try:
-            live = wait_for(lambda: http_status(url + "/livez")[0] == 200, 60)
-            check.expect(live is not None, "/livez never answered 200")
-            first = http_status(url + "/readyz")
-            ready = wait_for(lambda: http_status(url + "/readyz")[0] == 200, 60)
-            check.expect(ready is not None, "/readyz never answered 200")
-            check.expect(http_status(url + "/healthz")[0] == 200, "/healthz is not 200")
-            broker.send_signal(signal.SIGTERM)
-            broker.wait(20)
-            gone = wait_for(lambda: http_status(url + "/readyz")[0] == 503, 30)
-            check.expect(gone is not None, "/readyz still 200 30 s after the broker died")
-            after = http_status(url + "/readyz")
-            check.expect(http_status(url + "/livez")[0] == 200, "/livez not 200 without broker")
-            took = _stop_in(worker, 10)
-            check.expect(took <= 10, f"worker took {took:.1f} s to stop after SIGTERM")
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-        log = (Path(tmp) / "worker.log").read_text(errors="replace")
-    check.expect("Traceback" not in log, "a traceback in the worker log")
+    port = free_port()
+    with broker_process(port) as broker, worker_process(f"127.0.0.1:{port}") as worker:
+        url = worker.url
+        live = wait_for(lambda: http_status(url + "/livez")[0] == 200, 60)
+        check.expect(live is not None, "/livez never answered 200")
+        first = http_status(url + "/readyz")
+        ready = wait_for(lambda: http_status(url + "/readyz")[0] == 200, 60)
+        check.expect(ready is not None, "/readyz never answered 200")
+        check.expect(http_status(url + "/healthz")[0] == 200, "/healthz is not 200")
+        broker.send_signal(signal.SIGTERM)
+        broker.wait(20)
+        gone = wait_for(lambda: http_status(url + "/readyz")[0] == 503, 30)
+        check.expect(gone is not None, "/readyz still 200 30 s after the broker died")
+        after = http_status(url + "/readyz")
+        check.expect(http_status(url + "/livez")[0] == 200, "/livez not 200 without broker")
+        took = _stop_in(worker.proc, 10)
+        check.expect(took <= 10, f"worker took {took:.1f} s to stop after SIGTERM")
+    check.expect("Traceback" not in worker.log, "a traceback in the worker log")
     return (f"first {first[0]}, ready after {ready or 0:.1f} s; broker killed -> 503 after "
             f"{gone or 0:.1f} s ({after[1].strip()[:120]}); stopped in {took:.1f} s")
 
 
 def case_worker_no_broker(check: Check) -> str:
-    port, web = free_port(), free_port()
-    url = f"http://127.0.0.1:{web}"
-    with tempfile.TemporaryDirectory() as tmp:
-        worker = _start_worker(f"127.0.0.1:{port}", Path(tmp), web)
-        try:
-            live = wait_for(lambda: http_status(url + "/livez")[0] == 200, 60)
-            check.expect(live is not None, "/livez never answered while the broker is down")
-            time.sleep(12)  # a few retry intervals
-            check.expect(worker.poll() is None, f"worker exited with {worker.returncode}")
-            status, body = http_status(url + "/readyz")
-            check.expect(status == 503, f"/readyz answered {status} without a broker")
-            took = _stop_in(worker, 10)
-            check.expect(took <= 10, f"worker took {took:.1f} s to stop after SIGTERM")
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-        log = (Path(tmp) / "worker.log").read_text(errors="replace")
-    unreachable = [line for line in log.splitlines() if "unreachable" in line]
+    with worker_process(f"127.0.0.1:{free_port()}") as worker:
+        live = wait_for(lambda: http_status(worker.url + "/livez")[0] == 200, 60)
+        check.expect(live is not None, "/livez never answered while the broker is down")
+        time.sleep(12)  # a few retry intervals
+        check.expect(worker.proc.poll() is None, f"worker exited with {worker.proc.returncode}")
+        status, body = http_status(worker.url + "/readyz")
+        check.expect(status == 503, f"/readyz answered {status} without a broker")
+        took = _stop_in(worker.proc, 10)
+        check.expect(took <= 10, f"worker took {took:.1f} s to stop after SIGTERM")
+    unreachable = [line for line in worker.log.splitlines() if "unreachable" in line]
     check.expect(1 <= len(unreachable) <= 6,
                  f"{len(unreachable)} 'unreachable' log lines in ~15 s, expected 1-6")
-    check.expect("Traceback" not in log, "a traceback in the worker log")
+    check.expect("Traceback" not in worker.log, "a traceback in the worker log")
     return (f"kept retrying; /readyz {status} {body.strip()[:100]}; "
             f"{len(unreachable)} log lines; stopped in {took:.1f} s")
 
