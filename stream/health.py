@@ -206,3 +206,71 @@ class RepeatFilter(logging.Filter):
             for old in sorted(self.seen, key=lambda k: self.seen[k][0])[:500]:
                 del self.seen[old]
         return True
+
+
+class StartupError(RuntimeError):
+    """The worker cannot start as configured; the message says why, in one line."""
+
+
+async def serve_probes_until_ready(
+    settings: Settings, health: Health, ready: Callable[[], Any], stop: asyncio.Event
+) -> bool:
+    """Before Faust runs: answer /livez, /healthz, /readyz and /metrics on the
+    worker's port while the broker is probed with backoff; once it answers, await
+    ``ready()`` (creating the topics), which may raise a Kafka error to go on
+    waiting. ``True`` once ``ready()`` returned, ``False`` if ``stop`` was set.
+    """
+    import errno
+
+    from aiohttp import web
+    from aiokafka.errors import KafkaError
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry()
+    health.gauge = Gauge(
+        "feedback_broker_reachable", "1 when the broker answers (the worker is starting).",
+        registry=registry,
+    )
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response(health.liveness_body())
+
+    async def readyz(request: web.Request) -> web.Response:
+        status, body = health.readiness_body()
+        return web.json_response(body, status=status)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    site_app = web.Application()
+    site_app.add_routes([web.get("/livez", live), web.get("/healthz", live),
+                         web.get("/readyz", readyz), web.get("/metrics", metrics)])
+    runner = web.AppRunner(site_app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.web_host, settings.web_port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        what = "is already in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc}"
+        raise StartupError(
+            f"web port {settings.web_host}:{settings.web_port} {what} (FEEDBACK_WEB_PORT)"
+        ) from None
+    try:
+        while not stop.is_set():
+            error = await probe_broker(settings)
+            if error is None:
+                try:
+                    await ready()
+                except KafkaError as exc:  # the broker went away again, or is not ready yet
+                    error = f"{type(exc).__name__}: {exc}"
+                else:
+                    health.record_probe(None)
+                    return True
+            health.record_probe(error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), health.next_retry())
+        return False
+    finally:
+        # Faust binds the same port next.
+        await runner.cleanup()

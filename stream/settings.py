@@ -91,6 +91,9 @@ class Settings:
     # ...and at the latest this long after the first trigger it answers.
     recommend_max_delay_seconds: float = 0.5
     checkpoint_interval_seconds: float = 30.0
+    # SIGTERM/SIGINT: the graceful stop (commits, final checkpoint) gets this long,
+    # then the process exits anyway (orchestrators send SIGKILL after 10-30 s).
+    stop_timeout_seconds: float = 9.0
     # How often the worker runs the engine's time-driven checks (churn) and refreshes gauges.
     tick_interval_seconds: float = 5.0
     # Users inactive for longer than this (event time, behind the newest event)
@@ -194,6 +197,8 @@ class Settings:
             (self.checkpoint_interval_seconds > 0,
              "FEEDBACK_CHECKPOINT_INTERVAL_SECONDS must be > 0"),
             (self.tick_interval_seconds > 0, "FEEDBACK_TICK_INTERVAL_SECONDS must be > 0"),
+            (1 <= self.stop_timeout_seconds <= 300,
+             "FEEDBACK_STOP_TIMEOUT_SECONDS must be >= 1 and <= 300"),
             (0 < self.batch_max_wait_seconds <= 5,
              "FEEDBACK_BATCH_MAX_WAIT_SECONDS must be > 0 and <= 5"),
             (0 <= self.recommend_debounce_seconds <= 60,

@@ -211,6 +211,7 @@ def user_error(exc: BaseException) -> tuple[str | None, int]:
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
     from stream.broker import BrokerError
+    from stream.health import StartupError
     from tools.consume import ConsumeError
     from tools.local import LocalStackError
 
@@ -228,7 +229,9 @@ def user_error(exc: BaseException) -> tuple[str | None, int]:
         )
     if isinstance(exc, KafkaError):
         return f"Kafka error: {exc}", 1
-    if isinstance(exc, BrokerError | CommandError | ConsumeError | LocalStackError):
+    if isinstance(
+        exc, BrokerError | CommandError | ConsumeError | LocalStackError | StartupError
+    ):
         return str(exc), 1
     return None, 1
 

@@ -146,7 +146,8 @@ def local_stack(
                 start_new_session=True, preexec_fn=broker.die_with_parent(),
             )
         try:
-            wait_http(f"{settings.web_url}/healthz", worker)
+            # Ready: partitions assigned and recovered, not only the process up.
+            wait_http(f"{settings.web_url}/readyz", worker)
         except (RuntimeError, TimeoutError) as exc:
             failed = True
             reason = last_log_line(state / "worker.log")
