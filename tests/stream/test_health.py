@@ -101,3 +101,68 @@ def test_repeat_filter_counts_what_it_dropped() -> None:
     assert f.filter(last) and "5 more like this" in last.getMessage()
     info = logging.LogRecord("aiokafka.conn", logging.INFO, "", 0, "m", (), None)
     assert all(f.filter(info) for _ in range(3))  # below WARNING: untouched
+
+
+async def get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    def fetch() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    return await asyncio.get_running_loop().run_in_executor(None, fetch)
+
+
+async def test_probes_answer_while_the_worker_waits_for_its_broker() -> None:
+    web = closed_port()
+    s = Settings.from_env({}, bootstrap_servers=f"127.0.0.1:{closed_port()}", web_port=web)
+    h = health.Health(s)
+    stop = asyncio.Event()
+    calls: list[int] = []
+
+    async def ready() -> None:
+        calls.append(1)
+
+    task = asyncio.create_task(health.serve_probes_until_ready(s, h, ready, stop))
+    await asyncio.sleep(0.5)
+    assert (await get(f"http://127.0.0.1:{web}/livez"))[0] == 200
+    assert (await get(f"http://127.0.0.1:{web}/healthz"))[0] == 200
+    status, body = await get(f"http://127.0.0.1:{web}/readyz")
+    assert status == 503 and "broker unreachable" in body
+    assert "feedback_broker_reachable 0.0" in (await get(f"http://127.0.0.1:{web}/metrics"))[1]
+    stop.set()
+    assert await task is False and calls == []
+    with pytest.raises(OSError):  # the port is free again for Faust
+        await get(f"http://127.0.0.1:{web}/livez")
+
+
+async def test_the_wait_ends_when_the_broker_answers() -> None:
+    server, port = await fake_broker(b"\x00\x00\x00\x10\x00\x00\x00\x01" + b"\x00" * 16)
+    s = Settings.from_env({}, bootstrap_servers=f"127.0.0.1:{port}", web_port=closed_port())
+    calls: list[int] = []
+
+    async def ready() -> None:
+        calls.append(1)
+
+    async with server:
+        assert await health.serve_probes_until_ready(
+            s, health.Health(s), ready, asyncio.Event()) is True
+    assert calls == [1]
+
+
+async def test_a_taken_web_port_is_a_startup_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        s = Settings.from_env({}, web_port=port)
+
+        async def ready() -> None:
+            pass
+
+        with pytest.raises(health.StartupError, match=f"127.0.0.1:{port} is already in use"):
+            await health.serve_probes_until_ready(s, health.Health(s), ready, asyncio.Event())
