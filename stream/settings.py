@@ -93,7 +93,7 @@ class Settings:
     checkpoint_interval_seconds: float = 30.0
     # SIGTERM/SIGINT: the graceful stop (commits, final checkpoint) gets this long,
     # then the process exits anyway (orchestrators send SIGKILL after 10-30 s).
-    stop_timeout_seconds: float = 9.0
+    stop_timeout_seconds: float = 8.0
     # How often the worker runs the engine's time-driven checks (churn) and refreshes gauges.
     tick_interval_seconds: float = 5.0
     # Users inactive for longer than this (event time, behind the newest event)

@@ -97,7 +97,7 @@ def _worker_class() -> Any:
     class Worker(faust.Worker):
         """Faust's worker with a deadline on the graceful stop and quiet repeats."""
 
-        stop_timeout = 9.0
+        stop_timeout = 8.0
         _deadline: threading.Timer | None = None
 
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
