@@ -695,11 +695,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.path is None:
         parser.error("a JSONL path is needed (or --bench-items N)")
-    if not args.path.exists():
-        parser.error(f"no such file: {args.path}")
+    # A wrong file is one line (no usage text): the arguments were fine.
+    if not args.path.is_file():
+        print(f"feedback-stream evaluate: {args.path}: no such file", file=sys.stderr)
+        return 2
     events, rejected = read_events(args.path, args.limit)
     if not events:
-        parser.error(f"no valid event in {args.path} ({rejected} rejected lines)")
+        print(f"feedback-stream evaluate: no valid event in {args.path} "
+              f"({rejected} rejected lines)", file=sys.stderr)
+        return 2
     series: dict[str, Any] | None = {} if args.plot else None
     result = evaluate(
         events,

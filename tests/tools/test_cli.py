@@ -114,3 +114,15 @@ def test_consume_renders_plain_headers_and_json() -> None:
     assert as_json["headers"] == {"deadletter.reason": "missing_field"}
     assert as_json["value"] == "\ufffd not json" and as_json["key"] == "u1"
     assert orjson.loads(consume.render(record(), as_json=True, headers=False))["value"] == {"a": 1}
+
+
+def test_evaluate_of_a_missing_or_empty_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, err = run(capsys, "evaluate", str(tmp_path / "nope.jsonl"))
+    missing = tmp_path / "nope.jsonl"
+    assert code == 2 and err == [f"feedback-stream evaluate: {missing}: no such file"]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("not json\n")
+    code, err = run(capsys, "evaluate", str(empty))
+    assert code == 2 and len(err) == 1 and "no valid event" in err[0]
