@@ -185,20 +185,15 @@ class Metrics:
         )
         self.attributed_revenue = Counter(
             "attributed_revenue_total",
-            "Revenue (quantity x unit price, any currency) of attributed purchase lines.",
-            variant_labels, namespace=ns, registry=registry,
+            "Revenue (quantity x unit price) of attributed purchase lines, in the currency "
+            "of the purchase (currency=unspecified when it names none).",
+            [*variant_labels, "currency"], namespace=ns, registry=registry,
         )
         self.attribution_unmatched = Counter(
             "attribution_unmatched_total",
             "Clicks and purchases credited to no recommendation, by type and reason "
             "(unknown_recommendation_id, not_recommended).",
             ["type", "reason"], namespace=ns, registry=registry,
-        )
-        self.experiment_rate = Gauge(
-            "experiment_rate",
-            "Per-variant CTR and conversion rate of recommendations since this worker "
-            "started, with a 95% Wilson interval (bound: value, lower, upper).",
-            ["variant", "metric", "bound"], namespace=ns, registry=registry,
         )
         self.bandit_choices = Counter(
             "bandit_choices_total",
