@@ -21,18 +21,22 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from models.engine import EngineConfig
 from stream.kafka import client_kwargs, producer
 from stream.settings import Settings
-from stream.topics import changelog_topic
+from stream.topics import ITEM_STATE_TABLE, PROFILES_TABLE, changelog_topic
 
 START = datetime(2024, 5, 1, tzinfo=UTC).timestamp()
 
 
-def make_events(n_users: int, per_user: int, seed: int = 7, n_items: int = 300) -> list[dict]:
+def make_events(
+    n_users: int, per_user: int, seed: int = 7, n_items: int = 300, returns: bool = True
+) -> list[dict]:
     """``n_users * per_user`` valid events, interleaved across users in time order.
 
-    Clicks, purchases (some returns) and reviews on a small catalogue, so the
-    models learn real co-occurrences and publish recommendations.
+    Clicks, purchases (some returns, unless ``returns`` is off) and reviews on a
+    small catalogue, so the models learn real co-occurrences and publish
+    recommendations.
     """
     rng = random.Random(seed)
     events: list[dict] = []
@@ -49,7 +53,7 @@ def make_events(n_users: int, per_user: int, seed: int = 7, n_items: int = 300) 
         if kind == "click":
             e["session_id"] = f"s-{u}-{i // (n_users * 5)}"
         elif kind == "purchase":
-            e["quantity"] = rng.choice((1, 1, 2, 3, -1))
+            e["quantity"] = rng.choice((1, 1, 2, 3, -1) if returns else (1, 1, 2, 3, 1))
             e["price"] = round(rng.uniform(0.5, 80.0), 2)
             e["currency"] = "GBP"
         else:
@@ -141,11 +145,13 @@ def read_profiles(
     settings: Settings,
     until: Callable[[dict[str, dict]], bool],
     timeout: float = 90.0,
+    table: str = PROFILES_TABLE,
 ) -> dict[str, dict]:
-    """The last profile of every user in the changelog, read until ``until`` or timeout."""
+    """The last record of every key in ``table``'s changelog (the profiles by
+    default), read until ``until`` or timeout."""
 
     async def read() -> dict[str, dict]:
-        topic = changelog_topic(settings)
+        topic = changelog_topic(settings, table)
         consumer = AIOKafkaConsumer(
             **client_kwargs(settings), enable_auto_commit=False, group_id=None,
             auto_offset_reset="earliest",
@@ -192,6 +198,64 @@ def account(events: list[dict], profiles: dict[str, dict]) -> Accounting:
         if p:
             twice += sum(p["events"].values()) - len(got)
     return Accounting(len(events), learned, lost, twice, foreign, len(expected), lost_ids)
+
+
+def strength(e: dict, config: EngineConfig | None = None) -> float:
+    """The popularity weight the engine learns from event ``e`` (its
+    ``_strengths`` rule for the event types :func:`make_events` makes)."""
+    c = config or EngineConfig()
+    if e["type"] == "click":
+        return c.click_weight
+    if e["type"] == "purchase":
+        return c.purchase_weight if e["quantity"] > 0 else -c.purchase_weight
+    return c.review_weight * (0.5 + (e["rating"] - 1.0) / 4.0)
+
+
+@dataclass
+class ItemAccounting:
+    """What the item owners' table says about the events sent: per item, the
+    all-time popularity must be the sum of its events' strengths exactly (none
+    lost, none applied twice)."""
+
+    items: int
+    expected_total: float
+    owned_total: float
+    short: dict[str, float]  # item -> expected - owned, where they differ
+
+    def line(self, label: str) -> str:
+        return (f"[{label}] items={self.items} popularity expected={self.expected_total:.1f} "
+                f"owned={self.owned_total:.1f} items_differing={len(self.short)}"
+                + (f" {dict(list(self.short.items())[:10])}" if self.short else ""))
+
+
+def expected_popularity(events: Iterable[dict]) -> dict[str, float]:
+    expected: dict[str, float] = {}
+    for e in events:
+        expected[e["item_id"]] = expected.get(e["item_id"], 0.0) + strength(e)
+    return expected
+
+
+def read_item_states(settings: Settings, events: list[dict], timeout: float = 90.0
+                     ) -> dict[str, dict]:
+    """The owners' item_state records, read until they hold every event's strength."""
+    expected = expected_popularity(events)
+
+    def done(states: dict[str, dict]) -> bool:
+        return all(abs(states.get(i, {}).get("count", 0.0) - w) < 1e-6 * max(1.0, w)
+                   for i, w in expected.items())
+
+    return read_profiles(settings, done, timeout, table=ITEM_STATE_TABLE)
+
+
+def account_items(events: list[dict], states: dict[str, dict]) -> ItemAccounting:
+    expected = expected_popularity(events)
+    short = {}
+    for item, w in expected.items():
+        got = states.get(item, {}).get("count", 0.0)
+        if abs(got - w) > 1e-6 * max(1.0, w):
+            short[item] = round(w - got, 6)
+    return ItemAccounting(len(expected), sum(expected.values()),
+                          sum(s.get("count", 0.0) for s in states.values()), short)
 
 
 def locate(settings: Settings, event_ids: Iterable[str], timeout: float = 20.0) -> list[str]:

@@ -11,7 +11,6 @@ import orjson
 import pytest
 
 from models.item_updates import partition_of
-from stream.broker import free_port
 from tests.integration.conftest import consume, produce_events, wait_for
 from tests.integration.reliability_helpers import (
     START,
@@ -19,6 +18,7 @@ from tests.integration.reliability_helpers import (
     records_for,
     wait_metric,
 )
+from tools.broker import free_port
 
 pytestmark = pytest.mark.integration
 
