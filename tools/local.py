@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -28,13 +28,30 @@ class LocalStackError(RuntimeError):
 
 @dataclass
 class LocalStack:
-    settings: Settings
+    settings: Settings  # the first worker's
     state_dir: Path
     worker: subprocess.Popen[bytes]
+    # Every worker of the consumer group, the first one included, by web port.
+    workers: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def metrics_url(self) -> str:
-        return f"{self.settings.web_url}/metrics"
+        """The first worker's /metrics; with several workers, every worker's,
+        comma-separated (:func:`tools.simulate.metrics.fetch_metrics` sums them)."""
+        host = self.settings.web_url.rsplit(":", 1)[0]
+        ports = list(self.workers) or [self.settings.web_port]
+        return ",".join(f"{host}:{port}/metrics" for port in ports)
+
+
+def partitions_for(workers: int, at_least: int = 4) -> int:
+    """A partition count that gives each of ``workers`` the same share: Faust's
+    co-partitioned assignor fills workers up to ceil(partitions / workers)
+    each, so 4 partitions over 3 workers would leave one idle.
+
+    >>> partitions_for(1), partitions_for(2), partitions_for(3), partitions_for(8)
+    (4, 4, 6, 8)
+    """
+    return workers * -(-at_least // workers)
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -96,8 +113,10 @@ def local_stack(
     web_port: int = 0,
     prefix: str = "feedback-stream-",
     quiet: bool = False,
+    workers: int = 1,
 ) -> Iterator[LocalStack]:
-    """Start the broker and a ready worker on free loopback ports; logs in ``state_dir``.
+    """Start the broker and ``workers`` ready workers (one consumer group) on free
+    loopback ports; logs in ``state_dir``.
 
     Without ``state_dir`` a temporary folder holds the logs and checkpoints; it
     is removed at the end, unless something failed: then the error names it.
@@ -119,6 +138,9 @@ def local_stack(
     failed = False
     broker_proc: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
+    started: dict[int, subprocess.Popen[bytes]] = {}
+    if workers > 1:
+        overrides.setdefault("FEEDBACK_PARTITIONS", str(partitions_for(workers)))
     try:
         settings = Settings.from_env(
             {**os.environ, **overrides},
@@ -129,38 +151,41 @@ def local_stack(
             print(f"starting the embedded broker on {bootstrap}; logs in {state}",
                   file=sys.stderr, flush=True)
         broker_proc = broker.start(broker_port, log_path=state / "broker.log")
-        env = {
-            **os.environ,
-            **overrides,
-            "FEEDBACK_BOOTSTRAP_SERVERS": bootstrap,
-            "FEEDBACK_WEB_PORT": str(web_port),
-            "FEEDBACK_WEB_HOST": "127.0.0.1",
-            "FEEDBACK_STATE_DIR": str(state),
-        }
-        with open(state / "worker.log", "ab") as worker_log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "tools.cli", "worker"],
-                env=env, stdout=worker_log, stderr=subprocess.STDOUT,
-                # Ctrl-C reaches this process only, which stops the worker after
-                # reading its final counts; the worker dies with its parent.
-                start_new_session=True, preexec_fn=broker.die_with_parent(),
-            )
-        try:
-            # Ready: partitions assigned and recovered, not only the process up.
-            wait_http(f"{settings.web_url}/readyz", worker)
-        except (RuntimeError, TimeoutError) as exc:
-            failed = True
-            reason = last_log_line(state / "worker.log")
-            raise LocalStackError(
-                f"{exc}{': ' + reason if reason else ''} (logs in {state})"
-            ) from None
-        yield LocalStack(settings, state, worker)
+        ports = [web_port] + [broker.free_port() for _ in range(workers - 1)]
+        for i, port in enumerate(ports):
+            env = {
+                **os.environ,
+                **overrides,
+                "FEEDBACK_BOOTSTRAP_SERVERS": bootstrap,
+                "FEEDBACK_WEB_PORT": str(port),
+                "FEEDBACK_WEB_HOST": "127.0.0.1",
+                "FEEDBACK_STATE_DIR": str(state),
+            }
+            log_name = "worker.log" if i == 0 else f"worker-{i}.log"
+            with open(state / log_name, "ab") as worker_log:
+                started[port] = subprocess.Popen(
+                    [sys.executable, "-m", "tools.cli", "worker"],
+                    env=env, stdout=worker_log, stderr=subprocess.STDOUT,
+                    start_new_session=True, preexec_fn=broker.die_with_parent(),
+                )
+            worker = started[web_port]
+        for i, (port, proc) in enumerate(started.items()):
+            try:
+                wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+            except (RuntimeError, TimeoutError) as exc:
+                failed = True
+                reason = last_log_line(state / ("worker.log" if i == 0 else f"worker-{i}.log"))
+                raise LocalStackError(
+                    f"{exc}{': ' + reason if reason else ''} (logs in {state})"
+                ) from None
+        assert worker is not None
+        yield LocalStack(settings, state, worker, started)
     except (Exception, KeyboardInterrupt) as exc:
         failed = failed or not isinstance(exc, KeyboardInterrupt)
         raise
     finally:
-        if worker is not None:
-            stop_worker(worker)
+        for proc in started.values():
+            stop_worker(proc)
         if broker_proc is not None:
             broker.stop(broker_proc)
         if temporary and not failed:

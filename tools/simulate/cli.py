@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "this many seconds (default 8)")
     p.add_argument("--state-dir", default="", help="worker state and logs (default: a temp dir)")
     p.add_argument("--run-id", help="prefix of the event ids (default: from seed and time)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="workers in the consumer group, through the embedded broker "
+                        "(partitions: a multiple of it, at least 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -72,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.duration and not args.events:
         print("simulate: give --duration or --events", file=sys.stderr)
+        return 2
+    if args.workers < 1 or (args.workers > 1 and (args.in_process or args.bootstrap_servers)):
+        print("simulate: --workers must be >= 1, and above 1 only with the embedded broker",
+              file=sys.stderr)
         return 2
     started = time.monotonic()
     run_id = args.run_id or f"s{args.seed}-{int(time.time()) % 1_000_000}"
@@ -86,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "users": len(population.users), "items": len(population.items),
         "id_share": args.id_share, "run_id": run_id, "warmup_cap": args.warmup_cap,
         "intent_horizon": args.intent_horizon, "fatigue_impressions": args.fatigue,
-        "fatigue_strategies": args.fatigue_strategies,
+        "fatigue_strategies": args.fatigue_strategies, "workers": args.workers,
     }
     env_overrides = {
         "FEEDBACK_EXPERIMENT_VARIANTS": args.variants,
@@ -132,7 +139,8 @@ def _run_embedded(
     from tools.local import local_stack
 
     with local_stack(
-        args.state_dir, env_overrides, prefix="feedback-simulate-", quiet=args.json
+        args.state_dir, env_overrides, prefix="feedback-simulate-", quiet=args.json,
+        workers=args.workers,
     ) as stack:
         url = stack.metrics_url
         baseline = asyncio.run(drive_broker(

@@ -25,9 +25,14 @@ def parse_metrics(text: str) -> Samples:
 
 
 def fetch_metrics(url: str) -> Samples:
-    """GET ``url`` (a worker's /metrics) and parse it."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return parse_metrics(resp.read().decode())
+    """GET ``url`` (a worker's /metrics) and parse it; several comma-separated
+    URLs (the workers of one group): the sum of their samples."""
+    out: Samples = {}
+    for one in url.split(","):
+        with urllib.request.urlopen(one, timeout=10) as resp:
+            for key, value in parse_metrics(resp.read().decode()).items():
+                out[key] = out.get(key, 0.0) + value
+    return out
 
 
 def sum_by(samples: Samples, name: str, label: str) -> dict[str, float]:
