@@ -43,6 +43,10 @@ class ItemParams:
     sentiment_fast: float = 0.15
     sentiment_slow: float = 0.02
     seed: int = 42
+    # An item is published again once its co-occurrence mass, its all-time
+    # popularity or its factor steps moved by this fraction since it last was
+    # (a new item at once): the bytes and the replicas' work follow what changes.
+    publish_tolerance: float = 0.05
 
     @classmethod
     def of(cls, config: EngineConfig) -> ItemParams:
@@ -105,6 +109,21 @@ class ItemState:
     sentiment: list[float] | None = None  # models.sentiment.ItemSentiment's five numbers
     price: float = 0.0
     price_n: float = 0.0
+    steps: int = 0  # factor steps applied
+    shown: list[float] | None = None  # (mass, count, steps) when last published
+
+    def due(self, params: ItemParams) -> bool:
+        """Whether the item changed enough since it was last published (see
+        :attr:`ItemParams.publish_tolerance`); never published: True."""
+        if self.shown is None:
+            return True
+        mass, count, steps = self.shown
+        tol = params.publish_tolerance
+        return (
+            abs(self.mass - mass) > tol * mass
+            or abs(self.count - count) > tol * count
+            or self.steps - steps > tol * steps
+        )
 
     def apply(self, entries: Iterable[Entry], params: ItemParams, item_id: str = "") -> int:
         """Apply the entries newer than their source's watermark; how many were.
@@ -152,12 +171,14 @@ class ItemState:
                 self.taste = initial_vector(item_id, params.n_factors, params.seed)
             self.taste = [a + b for a, b in zip(self.taste, op[1], strict=True)]
             self.taste_bias += op[2]
+            self.steps += 1
         elif kind == "r":
             if self.rating is None:
                 self.rating = initial_vector(item_id, params.rating_factors, params.seed + 1)
             self.rating = [a + b for a, b in zip(self.rating, op[1], strict=True)]
             self.rating_bias += op[2]
             self.rating_count += 1
+            self.steps += 1
         elif kind == "e":
             from models.sentiment import ItemSentiment
 
@@ -177,7 +198,9 @@ class ItemState:
         self.epoch += 1
 
     def published(self, now: float, params: ItemParams) -> dict[str, Any]:
-        """The compact model every worker's replica takes (see ``apply_item_models``)."""
+        """The compact model every worker's replica takes (see ``apply_item_models``);
+        remembers what it showed, for :meth:`due`."""
+        self.shown = [self.mass, self.count, float(self.steps)]
         model: dict[str, Any] = {"t": now}
         if self.neighbours:
             # Every neighbour kept (at most 2 x max_neighbours, as a worker keeps), in
@@ -214,6 +237,8 @@ class ItemState:
             "rating": [self.rating, self.rating_bias, self.rating_count],
             "sent": self.sentiment,
             "price": [self.price, self.price_n],
+            "steps": self.steps,
+            "shown": self.shown,
         }
 
     @classmethod
@@ -236,6 +261,8 @@ class ItemState:
             sentiment=d["sent"],
             price=d["price"][0],
             price_n=d["price"][1],
+            steps=d.get("steps", 0),
+            shown=d.get("shown"),
         )
 
 
@@ -271,7 +298,9 @@ class ItemOwner:
         return applied, skipped
 
     def publish(self, now: float) -> list[tuple[str, dict[str, Any]]]:
-        """The models of the items changed since the last call, as of event time ``now``."""
-        out = [(i, self.items[i].published(now, self.params)) for i in sorted(self.changed)]
-        self.changed.clear()
-        return out
+        """The models of the changed items that are :meth:`ItemState.due`, as of event
+        time ``now``; the others wait for a later call."""
+        params, items = self.params, self.items
+        due = sorted(i for i in self.changed if items[i].due(params))
+        self.changed.difference_update(due)
+        return [(i, items[i].published(now, params)) for i in due]

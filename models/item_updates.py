@@ -25,8 +25,10 @@ before); besides, the item-side increments its own events produce are shared:
    remember the id as changed. ``params = ItemParams.of(engine_config)``.
    Or hold an :class:`models.item_state.ItemOwner` and mirror its ``items``.
 5. Every ``FEEDBACK_ITEM_MODEL_PERIOD_SECONDS``, the owner publishes each changed
-   item's ``state.published(item_id, now, params)`` (a JSON-able dict) to the
-   compacted ``feedback.item-model``, key = item id, value = ``orjson.dumps``.
+   item for which ``state.due(params)`` holds: ``state.published(now, params)``
+   (a JSON-able dict; it records what it showed, so write the state back to the
+   table) to the compacted ``feedback.item-model``, key = item id, value =
+   ``orjson.dumps``. A changed item not yet due stays on the changed list.
 6. Every worker reads ``feedback.item-model`` (all partitions, from the start)
    and calls ``engine.apply_item_models([(item_id, model_dict), ...])``: it
    OVERWRITES the local item-side state of those items with the published

@@ -190,3 +190,14 @@ def test_assign_keeps_the_published_head_through_local_pairs() -> None:
     assert nb.get(cat.index["f"]) == 0.1 and co.neighbours[x] is nb  # only the tail mapped
     co.assign(x, ["b", "a"], [1.0, 1.0], 2.0, cat.add, 1)  # pruned (a new epoch): rebuilt
     assert co.neighbours[x].n == 2
+
+
+def test_an_item_is_published_again_once_it_moved_enough() -> None:
+    owner = ItemOwner(ItemParams(publish_tolerance=0.05))
+    owner.apply({"x": [["a:0", o, ["p", 1.0, float(o)]] for o in range(40)]})
+    assert [i for i, _ in owner.publish(100.0)] == ["x"]  # new: at once
+    owner.apply({"x": [["a:0", 40, ["p", 1.0, 40.0]]]})  # 40 -> 41: 2.5%
+    assert owner.publish(101.0) == [] and owner.changed == {"x"}
+    owner.apply({"x": [["a:0", o, ["p", 1.0, float(o)]] for o in (41, 42)]})  # 43: 7.5%
+    assert [m["n"] for _, m in owner.publish(102.0)] == [43.0]
+    assert owner.changed == set()
