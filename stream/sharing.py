@@ -58,8 +58,13 @@ class Sharing:
     metrics: Metrics
     params: ItemParams
     worker_id: str
-    # Items applied since the last publication, by this worker as their owner.
+    # Items applied and not yet published, by this worker as their owner.
     changed: set[str] = field(default_factory=set)
+    # What each item's last publication showed (ItemState.shown), for
+    # ItemState.due: kept here, since the timer cannot write the table (Faust
+    # writes a table only within a stream's event); lost with the worker, so a
+    # new owner publishes every item once.
+    shown: dict[str, list[float] | None] = field(default_factory=dict)
     # Item-updates partitions this worker owned at the last publication.
     owned: set[int] = field(default_factory=set)
     # The latest blend record of every worker, by key, with its arrival time.
@@ -89,16 +94,27 @@ class Sharing:
         partitions = self.settings.partitions
         taken = owned - self.owned
         if taken:
-            self.changed.update(k for k in list(table) if partition_of(k, partitions) in taken)
+            for k in list(table):
+                if partition_of(k, partitions) in taken:
+                    self.changed.add(k)
+                    self.shown.pop(k, None)
         self.owned = owned
         ids = sorted(i for i in self.changed if partition_of(i, partitions) in owned)
-        self.changed.clear()
+        self.changed.intersection_update(ids)  # drop those of partitions revoked meanwhile
         out = []
         for item_id in ids:
             raw = table.get(item_id)
-            if raw is not None:
-                model = ItemState.from_dict(raw).published(now, self.params)
-                out.append((item_id.encode(), orjson.dumps(model)))
+            if raw is None:
+                self.changed.discard(item_id)
+                continue
+            state = ItemState.from_dict(raw)
+            state.shown = self.shown.get(item_id)
+            if not state.due(self.params):
+                continue  # moved less than the publication tolerance: stays changed
+            self.changed.discard(item_id)
+            model = state.published(now, self.params)
+            self.shown[item_id] = state.shown
+            out.append((item_id.encode(), orjson.dumps(model)))
         return out
 
     def globals_due(self, now: float) -> list[tuple[bytes, bytes]]:
@@ -235,6 +251,8 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
                 i for i in sharing.changed
                 if partition_of(i, settings.partitions) not in parts
             }
+            for i in [i for i in sharing.shown if partition_of(i, settings.partitions) in parts]:
+                del sharing.shown[i]
             sharing.owned -= parts
 
     app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]

@@ -1,0 +1,85 @@
+"""The item owner's and the replica's bookkeeping (stream/sharing.py), without Faust."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from models.engine import FeedbackEngine
+from models.item_state import ItemParams
+from models.item_updates import encode_updates, partition_of
+from stream.metrics import Metrics
+from stream.settings import Settings
+from stream.sharing import Sharing
+
+
+def sharing(engine: FeedbackEngine | None = None) -> Sharing:
+    engine = engine or FeedbackEngine()
+    return Sharing(Settings.from_env({}), engine, Metrics(CollectorRegistry()),
+                   ItemParams.of(engine.config), worker_id="http://w1:6066")
+
+
+def test_updates_are_applied_once_per_source_offset() -> None:
+    sh = sharing()
+    table: dict = {}
+    payload = encode_updates({"x": [["clicks:0", 5, ["p", 1.0, 100.0]]],
+                              "y": [["clicks:0", 5, ["p", 0.3, 100.0]]]})
+    assert sh.apply_updates(table, payload) == (2, 0)
+    assert sh.apply_updates(table, payload) == (0, 2)  # re-sent after a crash
+    assert table["x"]["count"] == 1.0 and table["y"]["count"] == 0.3
+    assert sh.metrics.item_updates_duplicate._value.get() == 2
+
+
+def test_owner_publishes_changed_items_of_its_partitions_and_all_on_takeover() -> None:
+    sh = sharing()
+    table: dict = {}
+    p = sh.settings.partitions
+    items = [f"i{k}" for k in range(12)]
+    sh.apply_updates(table, encode_updates({i: [["c:0", 1, ["p", 1.0, 0.0]]] for i in items}))
+    mine = {partition_of(items[0], p)}
+    first = dict(sh.due_models(table, mine, now=10.0))
+    assert set(first) == {i.encode() for i in items if partition_of(i, p) in mine}
+    assert orjson.loads(first[items[0].encode()])["n"] == 1.0
+    assert sh.due_models(table, mine, now=11.0) == []  # nothing changed since
+    # A partition taken over: every item of it, changed or not.
+    other = partition_of(next(i for i in items if partition_of(i, p) not in mine), p)
+    taken = dict(sh.due_models(table, mine | {other}, now=12.0))
+    assert set(taken) == {i.encode() for i in items if partition_of(i, p) == other}
+
+
+def test_replica_applies_item_models_and_follows_segments_unless_owner() -> None:
+    engine = FeedbackEngine()
+    sh = sharing(engine)
+    model = {"t": 99.0, "p": [3.0, 50.0], "n": 3.0}
+    s = sh.settings
+    records = [SimpleNamespace(topic=s.topic_item_model, key=b"new-item",
+                               value=orjson.dumps(model))]
+    assert sh.read(records, now=100.0) == 1
+    assert "new-item" in engine.catalogue.ids
+    assert sh.metrics.item_model_staleness._value.get() == 1.0
+    centres = [[float(k)] * len(engine.segmentation.centres[0])
+               for k in range(len(engine.segmentation.centres))]
+    seg = SimpleNamespace(topic=s.topic_globals, key=b"segments",
+                          value=orjson.dumps({"centres": centres, "at": 1.0}))
+    sh.owns_segments = True
+    sh.read([seg], now=2.0)
+    assert not engine.segmentation.follower  # its owner never adopts its own record
+    sh.owns_segments = False
+    sh.read([seg], now=2.0)
+    assert engine.segmentation.follower
+
+
+def test_blend_average_ignores_workers_gone_quiet() -> None:
+    engine = FeedbackEngine()
+    sh = sharing(engine)
+    engine.hits_seen = 1
+    engine.recommender.weights[:] = 0.0
+    n = len(engine.recommender.weights)
+    sh.blends = {
+        "blend:http://w2:6066": {"steps": 1, "weights": [2.0] * n, "at": 1000.0},
+        "blend:http://w3:6066": {"steps": 5, "weights": [9.0] * n, "at": 1.0},  # gone
+    }
+    assert sh.merge_blends(now=1001.0)
+    assert engine.recommender.weights.tolist() == [1.0] * n
