@@ -99,14 +99,36 @@ def ceilings(b: Bench) -> None:
 
 
 def throughput(b: Bench) -> None:
-    """Phase 2: the real workers read the same ``n`` events; sustained rates in the window."""
+    """Phase 2: the real workers read the same ``n`` events; sustained rates in the window.
+
+    With ``--workers`` above 1, one worker alone reads them first (on topics of
+    its own, same partitions): the same-run baseline of each worker's events per
+    CPU-second (``single_worker_events_per_cpu_second``).
+    """
     args, n, report = b.args, b.n, b.report
-    s = b.settings = b.phase_settings("worker")
-    preload(s, encode(b.events[:n], s.topic_of))
-    log(f"worker: pre-loaded {n:,} events; starting {args.workers} worker(s)")
     env_extra = {"FEEDBACK_LOG_LEVEL": "WARNING", **dict(args.worker_env)}
     if args.worker_env:
         report["worker_env"] = dict(args.worker_env)
+    if args.workers > 1:
+        s1 = b.phase_settings("single")
+        preload(s1, encode(b.events[:n], s1.topic_of))
+        log(f"single worker: pre-loaded {n:,} events")
+        single = start_workers(s1, 1, b.state, b.timeout, env_extra)
+        try:
+            wait_counts(single, n, b.timeout)
+        finally:
+            for w in single:
+                stop(w.proc)
+        win1 = window(single[0].events, n)
+        if win1 is not None:
+            report["single_worker_events_per_second"] = rounded(win1.rate(single[0].events), 1)
+            report["single_worker_events_per_cpu_second"] = rounded(per_cpu_second(
+                win1.rate(single[0].events), win1.rate(single[0].cpu)), 1)
+        log(f"single worker: {fmt_rate(report.get('single_worker_events_per_cpu_second'))} "
+            "per CPU-second")
+    s = b.settings = b.phase_settings("worker")
+    preload(s, encode(b.events[:n], s.topic_of))
+    log(f"worker: pre-loaded {n:,} events; starting {args.workers} worker(s)")
     workers = b.workers = start_workers(s, args.workers, b.state, b.timeout, env_extra)
     for w in workers:
         b.stack.callback(stop, w.proc)
@@ -131,6 +153,9 @@ def throughput(b: Bench) -> None:
                 {
                     "events_per_second": rounded(win.rate(w.events), 1),
                     "recommendations_per_second": rounded(win.rate(w.recommendations), 1),
+                    "events_per_cpu_second": rounded(
+                        per_cpu_second(win.rate(w.events), win.rate(w.cpu)), 1
+                    ),
                 }
                 for w in workers
             ]

@@ -97,10 +97,16 @@ def format_report(report: dict[str, Any]) -> str:
     vs_send = r.get("events_vs_faust_per_event_send")
     if vs_send is not None:
         lines.append(f"  vs Faust per-event send      {vs_send:.2f}x")
+    single = r.get("single_worker_events_per_cpu_second")
+    if single is not None:
+        lines.append(f"  one worker alone (same run)  {single:,.0f} events per CPU-second")
     for i, w in enumerate(r.get("per_worker") or []):
+        per_cpu = w.get("events_per_cpu_second")
         lines.append(
             f"  worker {i}: {fmt_rate(w.get('events_per_second'))} in, "
-            f"{fmt_rate(w.get('recommendations_per_second'))} recommendations, "
+            + (f"{per_cpu:,.0f} events per CPU-second" if per_cpu is not None else "")
+            + (f" ({per_cpu / single:.2f}x one worker alone)" if per_cpu and single else "")
+            + f", {fmt_rate(w.get('recommendations_per_second'))} recommendations, "
             f"peak RSS {_fmt_bytes(w.get('peak_rss_bytes'))}"
         )
     if r.get("raw_aiokafka_events_per_cpu_second") or r.get("events_per_cpu_second"):

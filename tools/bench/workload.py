@@ -75,6 +75,9 @@ def bench_settings(bootstrap: str, prefix: str, partitions: int, **extra: Any) -
         topic_recommendations=f"{prefix}recommendations",
         topic_alerts=f"{prefix}alerts",
         topic_deadletter=f"{prefix}deadletter",
+        topic_item_updates=f"{prefix}item-updates",
+        topic_item_model=f"{prefix}item-model",
+        topic_globals=f"{prefix}globals",
         **extra,
     )
 

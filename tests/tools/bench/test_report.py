@@ -103,3 +103,15 @@ def test_per_cpu_second_figures() -> None:
     assert r["faust_per_event_send_events_per_cpu_second_vs_raw"] == 0.1
     assert r["faust_decode_only_events_per_cpu_second_vs_raw"] is None
     assert "worker 2,000/s  (0.05x raw)" in format_report(r)
+
+
+def test_report_sets_each_worker_beside_the_single_worker_of_the_same_run() -> None:
+    from tools.bench.report import format_report
+
+    text = format_report({
+        "events": 100, "workers": 2, "single_worker_events_per_cpu_second": 4000.0,
+        "per_worker": [{"events_per_second": 900.0, "events_per_cpu_second": 4100.0,
+                        "recommendations_per_second": 50.0}],
+    })
+    assert "one worker alone (same run)  4,000 events per CPU-second" in text
+    assert "4,100 events per CPU-second (1.02x one worker alone)" in text
