@@ -226,8 +226,10 @@ def build_app(
 
     @app.timer(settings.eviction_interval_seconds)
     async def evict() -> None:
-        # Bounded work: at most settings.evictions_per_tick users per call.
-        processor.evict()
+        # Bounded work: at most settings.evictions_per_tick users per call. Never
+        # between a batch's learning and its profile writes (the agent's lock).
+        async with publishing:
+            processor.evict()
 
     # Periodic and final (graceful stop) checkpoints, consistent with the
     # profile changelog: see stream/checkpoint.py.
