@@ -481,8 +481,15 @@ class DPPublisher:
 
     def item_summary(self, item_id: str) -> dict[str, Any]:
         """Noisy distinct-user counts of one item (any id: unknown ones count 0 + noise)."""
+        return self.item_summaries([item_id])[0]
+
+    def item_summaries(self, item_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """:meth:`item_summary` of each of ``item_ids``, from one release."""
         counts: dict[str, LaplaceCounts[str]] = self._release("items", self._build_items)
-        return {"item_id": item_id, **{kind: max(c.get(item_id), 0) for kind, c in counts.items()}}
+        return [
+            {"item_id": item, **{kind: max(c.get(item), 0) for kind, c in counts.items()}}
+            for item in item_ids
+        ]
 
     def _build_items(self, users: list[UserContribution]) -> dict[str, LaplaceCounts[str]]:
         limit = self.config.max_items_per_user
