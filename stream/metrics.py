@@ -14,8 +14,6 @@ from stream.dp import RELEASES
 NAMESPACE = "feedback"
 # Labels of feedback_users_evicted_total.
 EVICTION_REASONS = ("inactive", "cap")
-# Labels of feedback_erasures_total: where the request came from.
-ERASURE_SOURCES = ("topic", "http")
 # Labels of feedback_http_denied_total.
 DENIAL_REASONS = ("unauthorized", "rate_limited")
 
@@ -189,12 +187,10 @@ class Metrics:
         # requests the HTTP gate turned away.
         self.erasures = Counter(
             "erasures_total",
-            "Users erased on request (profile, models, exposures, outputs), by where the "
-            "request came from (the erasure topic or DELETE /users).",
-            ["source"], namespace=ns, registry=registry,
+            "Erasure requests carried out by this worker (from the erasure topic, which "
+            "DELETE /users writes to): profile, models, exposures, outputs.",
+            namespace=ns, registry=registry,
         )
-        for source in ERASURE_SOURCES:
-            self.erasures.labels(source)
         self.dp_epsilon_spent = Gauge(
             "dp_epsilon_spent",
             "Privacy budget (epsilon) spent by this worker's differentially private "
