@@ -82,6 +82,8 @@ RELEASES: Final = ("popularity", "items", "pairs", "segments")
 ITEM_KINDS: Final = ("buyers", "reviewers", "viewers")
 
 K = TypeVar("K", bound=Hashable)
+#: Keys one release noises at most (each draw costs ~0.1 ms and 100 bytes).
+MAX_NOISED_KEYS: Final = 200_000
 
 #: Clipping bounds of the segment features (the units of
 #: ``UserProfile.segment_vector``, plus recency in days).
@@ -336,10 +338,14 @@ class LaplaceCounts(Generic[K]):
         self._noisy: dict[K, int] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: K) -> int:
+    def get(self, key: K) -> int | None:
+        """The noisy count of ``key``; ``None`` once ``MAX_NOISED_KEYS`` keys have been
+        noised in this release (an answer that depends on no one's data)."""
         with self._lock:
             value = self._noisy.get(key)
             if value is None:
+                if len(self._noisy) >= MAX_NOISED_KEYS:
+                    return None
                 value = laplace_counts([self.exact.get(key, 0)], self.sensitivity, self.epsilon)[0]
                 self._noisy[key] = value
             return value
@@ -374,15 +380,19 @@ def release_segments(
     d = len(names)
     lo = np.array([bounds[n][0] for n in names])
     width = np.array([bounds[n][1] - bounds[n][0] for n in names])
-    sizes = np.zeros(n_segments, dtype=np.int64)
-    sums = np.zeros((n_segments, d))
+    segments: list[int] = []
+    rows: list[list[float]] = []
     for segment, features in members:
-        if not 0 <= segment < n_segments:
-            continue
-        x = np.array([features.get(n, lo[i]) for i, n in enumerate(names)], dtype=float)
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        sizes[segment] += 1
-        sums[segment] += np.clip((x - lo) / width, 0.0, 1.0)
+        if 0 <= segment < n_segments:
+            segments.append(segment)
+            rows.append([features.get(n, bounds[n][0]) for n in names])
+    x = np.nan_to_num(np.array(rows, dtype=float).reshape(len(rows), d), nan=0.0,
+                      posinf=0.0, neginf=0.0)
+    scaled = np.clip((x - lo) / width, 0.0, 1.0)  # the clipping that bounds a user's L1
+    seg = np.array(segments, dtype=np.int64)
+    sizes = np.bincount(seg, minlength=n_segments)
+    sums = np.zeros((n_segments, d))
+    np.add.at(sums, seg, scaled)
     noisy_sizes = laplace_counts(sizes.tolist(), 1, epsilon / 2)
     noisy_sums = np.array(laplace_floats(sums.ravel().tolist(), float(d), epsilon / 2))
     centres: dict[int, dict[str, float]] = {}
@@ -486,10 +496,12 @@ class DPPublisher:
     def item_summaries(self, item_ids: Iterable[str]) -> list[dict[str, Any]]:
         """:meth:`item_summary` of each of ``item_ids``, from one release."""
         counts: dict[str, LaplaceCounts[str]] = self._release("items", self._build_items)
-        return [
-            {"item_id": item, **{kind: max(c.get(item), 0) for kind, c in counts.items()}}
-            for item in item_ids
-        ]
+        out = []
+        for item in item_ids:
+            noisy = {kind: c.get(item) for kind, c in counts.items()}
+            out.append({"item_id": item, **{k: None if v is None else max(v, 0)
+                                             for k, v in noisy.items()}})
+        return out
 
     def _build_items(self, users: list[UserContribution]) -> dict[str, LaplaceCounts[str]]:
         limit = self.config.max_items_per_user
@@ -510,7 +522,7 @@ class DPPublisher:
         ``None`` below ``config.min_pair_support`` (a reason must not quote it)."""
         pairs: LaplaceCounts[tuple[str, str]] = self._release("pairs", self._build_pairs)
         count = pairs.get(pair_key(a, b))
-        return count if count >= self.config.min_pair_support else None
+        return count if count is not None and count >= self.config.min_pair_support else None
 
     def _build_pairs(self, users: list[UserContribution]) -> LaplaceCounts[tuple[str, str]]:
         limit = self.config.max_pairs_per_user

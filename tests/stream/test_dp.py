@@ -142,7 +142,9 @@ def test_item_counts_on_neighbouring_datasets_differ_within_epsilon() -> None:
 def test_pair_counts_on_neighbouring_datasets_differ_within_epsilon() -> None:
     def release(users: list[UserContribution]) -> Sequence[float]:
         pairs = publisher(users, epsilon=1.0, min_pair_support=1)._build_pairs(users)
-        return [pairs.get(("x", "y"))]
+        count = pairs.get(("x", "y"))
+        assert count is not None
+        return [count]
 
     assert_within_guarantee(release, crowd(40), heavy_user(), epsilon=1.0, runs=2000)
 
@@ -268,3 +270,12 @@ def test_engine_contributions_read_the_current_users_only() -> None:
     assert by_user["b"].viewed == ["x"] and by_user["b"].bought == []
     engine.forget("a")
     assert [c.user_id for c in engine_contributions(engine)] == ["b"]
+
+
+def test_a_release_noises_a_bounded_number_of_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import stream.dp
+
+    monkeypatch.setattr(stream.dp, "MAX_NOISED_KEYS", 3)
+    counts = stream.dp.LaplaceCounts({"a": 5}, sensitivity=1, epsilon=1.0)
+    assert all(counts.get(k) is not None for k in ("a", "b", "c"))
+    assert counts.get("d") is None and counts.get("a") is not None and len(counts) == 3
