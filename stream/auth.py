@@ -147,26 +147,34 @@ class Decision:
 class Gate:
     """Authentication and rate limiting of one worker's HTTP endpoints.
 
-    ``clients``: client name by token digest (:func:`parse_tokens`); empty
-    leaves the protected endpoints open (allowed by the settings on a loopback
-    bind only) but still rate-limited, by peer address. Each authenticated
+    ``clients``: client name by token digest (:func:`parse_tokens`). Without
+    any, the protected endpoints answer 401, unless ``open_without_tokens``
+    (the worker sets it when it binds to loopback only, for development):
+    then they are open, still rate-limited by peer address. Each authenticated
     client has its own bucket; failed attempts spend a bucket of their peer
     address, so guessing tokens is rate-limited too.
     """
 
     def __init__(
-        self, clients: Mapping[bytes, str], rate_per_second: float, burst: int
+        self,
+        clients: Mapping[bytes, str],
+        rate_per_second: float,
+        burst: int,
+        open_without_tokens: bool = False,
     ) -> None:
         if not (rate_per_second > 0 and math.isfinite(rate_per_second)) or burst < 1:
             raise ValueError("the rate limit needs a rate > 0 and a burst >= 1")
         self.clients = dict(clients)
         self.rate = rate_per_second
         self.burst = burst
+        self.open_without_tokens = open_without_tokens
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     @classmethod
-    def from_setting(cls, raw_tokens: str, rate_per_second: float, burst: int) -> Gate:
-        return cls(parse_tokens(raw_tokens), rate_per_second, burst)
+    def from_setting(
+        cls, raw_tokens: str, rate_per_second: float, burst: int, open_without_tokens: bool = False
+    ) -> Gate:
+        return cls(parse_tokens(raw_tokens), rate_per_second, burst, open_without_tokens)
 
     @property
     def enabled(self) -> bool:
@@ -207,7 +215,7 @@ class Gate:
         """The decision for a request to ``path`` (without the query string)."""
         if path in OPEN_PATHS:
             return Decision(200)
-        if not self.enabled:
+        if not self.enabled and self.open_without_tokens:
             return self._limited(f"peer:{peer}", now) or Decision(200, client=None)
         client = self.authenticate(authorization)
         if client is None:

@@ -72,8 +72,14 @@ def test_metrics_and_health_are_open(path: str) -> None:
     assert gate().check(path + "/", [], None, 0.0).status == 401  # exact paths only
 
 
-def test_without_tokens_every_path_is_open_but_rate_limited_by_peer() -> None:
+def test_without_tokens_every_protected_path_is_closed() -> None:
     g = Gate({}, rate_per_second=1.0, burst=2)
+    assert g.check("/users/u1", [f"Bearer {SHOP}"], "10.0.0.1", 0.0).status == 401
+    assert g.check("/metrics", [], "10.0.0.1", 0.0).status == 200
+
+
+def test_without_tokens_on_loopback_every_path_is_open_but_rate_limited_by_peer() -> None:
+    g = Gate({}, rate_per_second=1.0, burst=2, open_without_tokens=True)
     assert [g.check("/users/u1", [], "10.0.0.1", 0.0).status for _ in range(3)] == [200, 200, 429]
     assert g.check("/users/u1", [], "10.0.0.2", 0.0).status == 200
 
