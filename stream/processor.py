@@ -25,8 +25,9 @@ from models.events import Event
 from models.experiments import Experiment, parse_strategies, parse_variants, wilson
 from models.strategies import STRATEGIES, Strategies
 from stream.contract import Rejected, decode_event
+from stream.erasure import ERASED_PARTS
 from stream.metrics import Metrics
-from stream.privacy import pseudonymise, scrub_pii
+from stream.privacy import pseudonymise, pseudonymise_key_bytes, scrub_pii
 from stream.settings import Settings
 
 # Reasons the stream layer adds to those of stream.contract.REJECTION_REASONS.
@@ -92,7 +93,7 @@ class OutputMessage:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
@@ -185,7 +186,7 @@ class Processor:
             try:
                 event = self._decode(msg, now)
             except Rejected as rejection:
-                out.append(self._dead_letter(msg, rejection))
+                out.append(self.dead_letter(msg, rejection))
                 self.metrics.events.labels(etype, "dead_lettered").inc()
                 continue
             last_user[(msg.topic, msg.partition)] = event.user_id
@@ -567,7 +568,7 @@ class Processor:
             self.settings.topic_alerts, alert.subject.encode(), orjson.dumps(payload)
         )
 
-    def _dead_letter(self, msg: InputMessage, rejection: Rejected) -> OutputMessage:
+    def dead_letter(self, msg: InputMessage, rejection: Rejected) -> OutputMessage:
         self.metrics.deadletter.labels(rejection.reason, msg.topic).inc()
         # Kafka Connect's convention: the original bytes untouched, the why in headers.
         headers = [
@@ -579,9 +580,44 @@ class Processor:
         ]
         if msg.timestamp is not None:
             headers.append(("source.timestamp", rfc3339(msg.timestamp).encode()))
-        return OutputMessage(
-            self.settings.topic_deadletter, msg.key, msg.value or b"", headers
-        )
+        key = msg.key
+        if self.settings.deadletter_pseudonymise_keys:
+            key = pseudonymise_key_bytes(key, self._key)
+        return OutputMessage(self.settings.topic_deadletter, key, msg.value or b"", headers)
+
+    # -- erasure on request (docs/privacy.md) ---------------------------------------
+
+    def erase(self, user_id: str) -> tuple[list[OutputMessage], dict[str, int]]:
+        """Erase everything held about ``user_id`` (as the events name it).
+
+        The profile (a changelog tombstone: de-duplication ids, exposures and
+        their attribution flags go with it), the models' per-user state, a
+        recommendation still owed (its trigger record is released for commit:
+        nothing will answer it). Returns the outputs to publish, a tombstone
+        under the user's key on the recommendations topic, and what was erased
+        by part (``stream.erasure.ERASED_PARTS``). Idempotent.
+        """
+        stored = pseudonymise(user_id, self._key) if self._key else user_id
+        erased = dict.fromkeys(ERASED_PARTS, 0)
+        entry = self._pending.pop(stored, None)
+        if entry is not None:
+            self._release(entry.msg)
+            erased["pending"] = 1
+            self.metrics.recommendations_pending.set(len(self._pending))
+        profile = self.profiles.get(stored)
+        if profile is not None:
+            exposures = profile.get("exposures") or []
+            erased["dedupe_ids"] = len(profile.get("recent_event_ids") or [])
+            erased["exposures"] = len(exposures)
+            erased["attribution"] = sum(
+                1 for e in exposures if isinstance(e, list) and len(e) > 7 and (e[6] or e[7])
+            )
+            erased["profile"] = self.profiles.delete([stored])
+        self._exposure_logs.pop(stored, None)
+        erased["engine_state"] = self.engine.erase(stored)
+        erased["recommendations"] = 1
+        tombstone = OutputMessage(self.settings.topic_recommendations, stored.encode(), None)
+        return [tombstone], erased
 
     # -- bounded state: the eviction step (run on its own tick, stream/app.py) -----
 

@@ -55,6 +55,8 @@ def isolated_settings(bootstrap: str, state_dir: Path, **overrides: Any) -> Sett
         "topic_recommendations": f"t{tag}.recommendations",
         "topic_alerts": f"t{tag}.alerts",
         "topic_deadletter": f"t{tag}.deadletter",
+        "topic_erasure": f"t{tag}.erasure",
+        "topic_erasure_done": f"t{tag}.erasure.done",
         "checkpoint_interval_seconds": 2.0,
         "tick_interval_seconds": 1.0,
     }
