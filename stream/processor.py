@@ -25,6 +25,13 @@ from models.events import Event
 from models.experiments import Experiment, parse_strategies, parse_variants, wilson
 from models.strategies import STRATEGIES, Strategies
 from stream.contract import Rejected, decode_event
+from stream.dp import (
+    PAIR_REASONS,
+    BudgetExhausted,
+    DPPublisher,
+    engine_contributions,
+    private_reason,
+)
 from stream.erasure import ERASED_PARTS
 from stream.metrics import Metrics
 from stream.privacy import pseudonymise, pseudonymise_key_bytes, scrub_pii
@@ -129,6 +136,11 @@ class Processor:
         self.max_event_time = 0.0
         self._types_by_topic = settings.input_topics
         self._key = settings.pseudonymise_key.encode()
+        # What is published about items and segments, differentially private.
+        self.publisher = DPPublisher(
+            lambda: engine_contributions(self.engine), settings.dp_config,
+            n_segments=engine.config.n_segments,
+        )
         # The feedback loop: who sees which strategy, and what it earned.
         self.experiment = Experiment(
             parse_variants(settings.experiment_variants), settings.experiment_salt
@@ -362,9 +374,19 @@ class Processor:
         if self.max_event_time:
             now = self.clock()
             out.extend(self._alert(a, now) for a in self.engine.tick(self.max_event_time))
+        # Segment sizes are published (the metrics endpoint is open): DP sizes.
         self.metrics.segment_users.clear()
-        for segment, size in self.engine.segment_sizes().items():
+        try:
+            sizes = self.publisher.segments().sizes
+        except BudgetExhausted:
+            sizes = {}
+        for segment, size in sizes.items():
             self.metrics.segment_users.labels(str(segment)).set(size)
+        assert self.publisher.ledger is not None
+        for release, spent in self.publisher.ledger.by_release().items():
+            self.metrics.dp_epsilon_spent.labels(release).set(spent)
+        for release, count in self.publisher.ledger.releases().items():
+            self.metrics.dp_releases.labels(release).set(count)
         self._experiment_gauges()
         return out
 
@@ -498,6 +520,13 @@ class Processor:
             # empty list helps no consumer, so nothing is published.
             return None
         rec_id = str(uuid.uuid5(_ID_NAMESPACE, f"rec:{event.event_id}:{strategy}"))
+        # A reason quoting an item pair ("bought together with X") only when the
+        # DP count of the pair supports it (docs/privacy.md).
+        items = [
+            dataclasses.replace(r, reason=private_reason(r.item_id, r.reason, self.publisher))
+            if r.reason.startswith(PAIR_REASONS) else r
+            for r in items
+        ]
         as_json = [recommendation_json(r) for r in items]  # once for the profile and payload
         profile["recommendations"] = compact_recommendations(as_json)
         profile["recommendation_id"] = rec_id
