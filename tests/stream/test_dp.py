@@ -256,6 +256,9 @@ def test_pair_reasons_need_dp_support() -> None:
     rare_pair = publisher(crowd(2), epsilon=1.0, min_pair_support=20)
     assert private_reason("y", "bought together with x", rare_pair) == FALLBACK_REASON
     assert private_reason("y", "a best seller", rare_pair) == "a best seller"
+    # A figure computed from exact counts after the item id is not published.
+    assert private_reason("y", "bought together with x (3.1x more often than chance)",
+                          popular_pair) == "bought together with x"
 
 
 def test_engine_contributions_read_the_current_users_only() -> None:
