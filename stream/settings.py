@@ -82,8 +82,8 @@ class Settings:
     api_tokens: str = field(default="", repr=False)
     # Per-client token bucket: this many requests per second on average, in bursts
     # of up to rate_limit_burst; over it, 429.
-    rate_limit_per_second: float = 20.0
-    rate_limit_burst: int = 40
+    rate_limit_per_second: float = 200.0
+    rate_limit_burst: int = 400
 
     # Differential privacy of the published item and segment statistics
     # (stream/dp.py, docs/privacy.md): epsilon per release, the per-user
