@@ -21,8 +21,8 @@ from stream.auth import Gate
 from stream.erasure import ErasureRequest, encode_request
 from stream.metrics import Metrics
 from stream.privacy import pseudonymise
-from stream.processor import expand_recommendations
 from stream.settings import Settings
+from stream.stored_profile import StoredProfile, expand_recommendations
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -105,8 +105,9 @@ def register(
             return self.json({"status": "ok", "app_id": settings.app_id})
 
 
-def profile_view(profile: dict[str, Any], features: dict[str, Any] | None) -> dict[str, Any]:
-    """What ``GET /users/{id}`` returns: the stored profile less internal fields."""
+def profile_view(profile: StoredProfile, features: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``GET /users/{id}`` returns: the stored profile less internal fields,
+    with the models' features of the user (``features``)."""
     return {
         "user_id": profile["user_id"],
         "events": profile["events"],

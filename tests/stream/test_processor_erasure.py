@@ -55,7 +55,7 @@ def test_erase_removes_the_profile_the_models_and_the_owed_recommendation() -> N
     assert stored.encode() not in pickle.dumps(proc.engine)
     _, released = proc.settle()
     assert [m.offset for m in released] == [6]  # the owed trigger may be committed now
-    assert all(o.key != stored.encode() for o in proc.flush_all())  # nothing published later
+    assert all(o.key != stored.encode() for o in proc.publish_all())  # nothing published later
     assert proc.profiles.get(pseudonymise("bob", KEY.encode())) is not None
 
     _, again = proc.erase("ann")
