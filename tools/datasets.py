@@ -361,7 +361,14 @@ def demo_stream(
 # CLI
 
 
-def _events(name: str, data_dir: Path | None, seed: int, skipped: Counter[str]) -> Iterator[Event]:
+def events(
+    name: str,
+    data_dir: Path | None = None,
+    *,
+    seed: int = DEFAULT_SEED,
+    skipped: Counter[str] | None = None,
+) -> Iterator[Event]:
+    """The events of dataset ``name`` (one of :data:`DATASETS`), in replay order."""
     if name == "movielens":
         return movielens_reviews(data_dir, skipped=skipped)
     if name == "online-retail":
@@ -399,11 +406,11 @@ def convert(
 ) -> dict[str, Any]:
     """Write ``name`` as JSONL to ``out``; return the counts."""
     skipped: Counter[str] = Counter()
-    events = itertools.islice(_events(name, data_dir, seed, skipped), limit)
+    selected = itertools.islice(events(name, data_dir, seed=seed, skipped=skipped), limit)
     written = 0
     stream = sys.stdout.buffer if str(out) == "-" else open(out, "wb")  # noqa: SIM115
     try:
-        for event in events:
+        for event in selected:
             stream.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
             written += 1
     finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from stream.dp import DPConfig, DPPublisher, UserContribution, distinct_counts
-from tools.datasets import DATASETS, _events
+from tools.datasets import DATASETS, events
 
 HISTORY = 20  # the engine's default history_size: the sequence pairs are read from
 
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        users = contributions(_events(args.dataset, args.data_dir, 42, Counter()))
+        users = contributions(events(args.dataset, args.data_dir))
     except FileNotFoundError as exc:
         print(f"dp-utility: {exc}", file=sys.stderr)
         return 2
