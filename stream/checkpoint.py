@@ -10,7 +10,8 @@ than loaded into a subtly different class. A corrupt or unreadable file is
 ignored the same way: the worker starts with fresh models instead of crashing.
 
 Consistency with the profile table (the de-duplication ledger): a snapshot is
-taken between two batches (``Processor.handle`` never awaits), and the file is
+taken between two batches (under the agent's lock, held from learning a batch
+to writing its profiles), and the file is
 written only after the producer has flushed, i.e. after every profile write the
 snapshot has seen is in the changelog. So after any crash the restored profiles
 contain every event the restored models learned, the replayed ones are
@@ -223,20 +224,24 @@ async def save_consistent(
 def register(
     app: Any, settings: Settings, models: Models, metrics: Any,
     between: asyncio.Lock | None = None,
-) -> None:
-    """Periodic checkpoints, plus a final one on a graceful stop (``between``:
-    see :func:`save_consistent`).
+) -> Callable[[], Awaitable[None]]:
+    """Periodic checkpoints, plus a final one on a graceful stop; returns the
+    function that writes one now (an erasure calls it). ``between``: see
+    :func:`save_consistent`.
 
     The final one runs on Faust's ``on_before_shutdown``: the consumer has
     stopped and every event it delivered has been processed, and the producer
-    is still open for the flush.
+    is still open for the flush. One checkpoint at a time: a snapshot taken
+    before an erasure must not replace the file written after it.
     """
+    one_at_a_time = asyncio.Lock()
 
     async def checkpoint_now() -> None:
-        start = time.perf_counter()
-        await save_consistent(settings, models, app.producer.flush, between)
-        metrics.checkpoints.inc()
-        metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+        async with one_at_a_time:
+            start = time.perf_counter()
+            await save_consistent(settings, models, app.producer.flush, between)
+            metrics.checkpoints.inc()
+            metrics.checkpoint_seconds.observe(time.perf_counter() - start)
 
     app.timer(settings.checkpoint_interval_seconds, name="checkpoint")(checkpoint_now)
 
@@ -248,3 +253,4 @@ def register(
             log.exception("Final model checkpoint failed; the previous one stays")
 
     app.on_before_shutdown.connect(on_before_shutdown)
+    return checkpoint_now

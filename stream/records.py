@@ -25,6 +25,6 @@ class OutputMessage:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     partition: int | None = None  # None: the producer's partitioner (by key)
