@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from faust.types import TP
 from models.engine import FeedbackEngine
 from models.item_state import ItemParams, ItemState
 from models.item_updates import decode_updates, partition_of
+from stream.faust import write_as
 from stream.kafka import client_kwargs
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -65,27 +67,67 @@ class Sharing:
     # writes a table only within a stream's event); lost with the worker, so a
     # new owner publishes every item once.
     shown: dict[str, list[float] | None] = field(default_factory=dict)
+    # The item states of the owned partitions, decoded once (the table holds
+    # their changelog records, orjson bytes).
+    states: dict[str, ItemState] = field(default_factory=dict)
     # Item-updates partitions this worker owned at the last publication.
     owned: set[int] = field(default_factory=set)
     # The latest blend record of every worker, by key, with its arrival time.
     blends: dict[str, dict[str, Any]] = field(default_factory=dict)
     owns_segments: bool = False
 
-    def apply_updates(self, table: Any, payload: bytes) -> tuple[int, int]:
-        """Apply one item-updates message to ``table``; ``(applied, duplicates)``."""
-        applied = skipped = 0
-        for item_id, entries in decode_updates(payload).items():
+    def state_of(self, table: Any, item_id: str) -> ItemState:
+        """The item's state: this owner's cached object, else the table's record."""
+        state = self.states.get(item_id)
+        if state is None:
             raw = table.get(item_id)
-            state = ItemState.from_dict(raw) if raw is not None else ItemState()
-            fresh = state.apply(entries, self.params, item_id)
-            skipped += len(entries) - fresh
-            if fresh:
-                applied += fresh
-                table[item_id] = state.to_dict()
-                self.changed.add(item_id)
+            state = ItemState.from_dict(orjson.loads(raw)) if raw is not None else ItemState()
+            self.states[item_id] = state
+        return state
+
+    def apply_batch(self, table: Any, messages: Iterable[tuple[bytes, Any]],
+                    write: Callable[[str, bytes, Any], None]) -> tuple[int, int]:
+        """Apply item-updates messages ``(payload, source)``; each changed item is
+        written once, ``write(item_id, record, source of its last message)``.
+        Returns ``(entries applied, entries skipped as duplicates)``."""
+        applied = skipped = 0
+        dirty: dict[str, Any] = {}
+        decoded = []
+        for payload, source in messages:
+            try:
+                decoded.append((decode_updates(payload), source))
+            except ValueError:
+                # Written by this service's own workers: a bug, not bad input.
+                log.error("malformed item-updates message skipped: %r", payload[:200])
+        for updates, source in decoded:
+            for item_id, entries in updates.items():
+                state = self.state_of(table, item_id)
+                fresh = state.apply(entries, self.params, item_id)
+                skipped += len(entries) - fresh
+                if fresh:
+                    applied += fresh
+                    dirty[item_id] = source
+        for item_id, source in dirty.items():
+            write(item_id, orjson.dumps(self.states[item_id].to_dict()), source)
+            self.changed.add(item_id)
         self.metrics.item_updates_applied.inc(applied)
         self.metrics.item_updates_duplicate.inc(skipped)
         return applied, skipped
+
+    def apply_updates(self, table: Any, payload: bytes) -> tuple[int, int]:
+        """:meth:`apply_batch` of one message into a plain mapping."""
+        return self.apply_batch(table, [(payload, None)],
+                                lambda k, v, _: table.__setitem__(k, v))
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop what this owner keeps of revoked item-updates partitions (their
+        next owner's table is the truth from now on)."""
+        p = self.settings.partitions
+        self.changed = {i for i in self.changed if partition_of(i, p) not in partitions}
+        for cache in (self.shown, self.states):
+            for i in [i for i in cache if partition_of(i, p) in partitions]:
+                del cache[i]
+        self.owned -= partitions
 
     def due_models(self, table: Any, owned: set[int], now: float) -> list[tuple[bytes, bytes]]:
         """The item-model records to publish now: the changed items of the
@@ -98,16 +140,16 @@ class Sharing:
                 if partition_of(k, partitions) in taken:
                     self.changed.add(k)
                     self.shown.pop(k, None)
+                    self.states.pop(k, None)
         self.owned = owned
         ids = sorted(i for i in self.changed if partition_of(i, partitions) in owned)
         self.changed.intersection_update(ids)  # drop those of partitions revoked meanwhile
         out = []
         for item_id in ids:
-            raw = table.get(item_id)
-            if raw is None:
+            if item_id not in self.states and table.get(item_id) is None:
                 self.changed.discard(item_id)
                 continue
-            state = ItemState.from_dict(raw)
+            state = self.state_of(table, item_id)
             state.shown = self.shown.get(item_id)
             if not state.due(self.params):
                 continue  # moved less than the publication tolerance: stays changed
@@ -182,21 +224,20 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
     )
     table = app.Table(
         ITEM_STATE_TABLE, default=None, partitions=settings.partitions,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="raw"),
     )
+
+    def write(item_id: str, record: bytes, event: Any) -> None:
+        # To the changelog partition of the item's own message (= the item's).
+        write_as(table, item_id, record, event)
 
     @app.agent(updates_topic, name="item-owner")
     async def own_items(stream: Any) -> None:
-        # One message at a time: Faust writes each table change to the changelog
-        # partition of the current event, the message's own (= the item's).
-        async for event in stream.events():
-            try:
-                sharing.apply_updates(table, event.value)
-            except (ValueError, KeyError, TypeError, IndexError):
-                # Written by this service's own workers: a bug, not bad input.
-                log.exception("malformed item-updates message %s[%d]@%d skipped",
-                              event.message.topic, event.message.partition,
-                              event.message.offset)
+        # In batches: an item touched by several messages is written once. No
+        # await between applying and writing, and Faust flushes the producer
+        # before it commits, so a commit never passes an unwritten increment.
+        async for events in stream.take_events(500, within=settings.batch_max_wait_seconds):
+            sharing.apply_batch(table, [(e.value, e) for e in events], write)
 
     @app.timer(settings.item_model_period_seconds, name="publish-item-models")
     async def publish_models() -> None:
@@ -247,13 +288,7 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
     async def forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         parts = {tp.partition for tp in revoked if tp.topic == settings.topic_item_updates}
         if parts:
-            sharing.changed = {
-                i for i in sharing.changed
-                if partition_of(i, settings.partitions) not in parts
-            }
-            for i in [i for i in sharing.shown if partition_of(i, settings.partitions) in parts]:
-                del sharing.shown[i]
-            sharing.owned -= parts
+            sharing.forget(parts)
 
     app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]
     return sharing

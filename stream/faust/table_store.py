@@ -13,6 +13,18 @@ from stream.settings import Settings
 from stream.stored_profile import StoredProfile
 
 
+def write_as(table: Any, key: str, value: Any, event: Any) -> None:
+    """``table[key] = value`` as if within ``event`` (a Faust event of the
+    table's source topic): Faust sends the change to the changelog partition of
+    the current event, a context variable its stream sets per event and that is
+    unset after ``take_events``."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        table[key] = value
+    finally:
+        _current_event.reset(token)
+
+
 class TableStore:
     """The profile table as a :class:`~stream.processor.ProfileStore`.
 
@@ -34,11 +46,7 @@ class TableStore:
 
     def put(self, user_id: str, profile: StoredProfile, source: InputMessage) -> None:
         self.partitions[user_id] = source.partition
-        token = _current_event.set(weakref.ref(source.context))
-        try:
-            self.table[user_id] = profile
-        finally:
-            _current_event.reset(token)
+        write_as(self.table, user_id, profile, source.context)
 
     def delete(self, user_ids: Sequence[str]) -> int:
         """Delete profiles: a tombstone in the changelog partition each was written
