@@ -68,7 +68,7 @@ class Sharing:
     # new owner publishes every item once.
     shown: dict[str, list[float] | None] = field(default_factory=dict)
     # The item states of the owned partitions, decoded once (the table holds
-    # their changelog records, orjson bytes).
+    # their changelog records).
     states: dict[str, ItemState] = field(default_factory=dict)
     # Item-updates partitions this worker owned at the last publication.
     owned: set[int] = field(default_factory=set)
@@ -81,12 +81,15 @@ class Sharing:
         state = self.states.get(item_id)
         if state is None:
             raw = table.get(item_id)
-            state = ItemState.from_dict(orjson.loads(raw)) if raw is not None else ItemState()
+            if raw is None:
+                state = ItemState()
+            else:
+                state = ItemState.from_dict(raw)
             self.states[item_id] = state
         return state
 
     def apply_batch(self, table: Any, messages: Iterable[tuple[bytes, Any]],
-                    write: Callable[[str, bytes, Any], None]) -> tuple[int, int]:
+                    write: Callable[[str, dict[str, Any], Any], None]) -> tuple[int, int]:
         """Apply item-updates messages ``(payload, source)``; each changed item is
         written once, ``write(item_id, record, source of its last message)``.
         Returns ``(entries applied, entries skipped as duplicates)``."""
@@ -108,7 +111,7 @@ class Sharing:
                     applied += fresh
                     dirty[item_id] = source
         for item_id, source in dirty.items():
-            write(item_id, orjson.dumps(self.states[item_id].to_dict()), source)
+            write(item_id, self.states[item_id].to_dict(), source)
             self.changed.add(item_id)
         self.metrics.item_updates_applied.inc(applied)
         self.metrics.item_updates_duplicate.inc(skipped)
@@ -224,10 +227,10 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
     )
     table = app.Table(
         ITEM_STATE_TABLE, default=None, partitions=settings.partitions,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="raw"),
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
     )
 
-    def write(item_id: str, record: bytes, event: Any) -> None:
+    def write(item_id: str, record: dict[str, Any], event: Any) -> None:
         # To the changelog partition of the item's own message (= the item's).
         write_as(table, item_id, record, event)
 
