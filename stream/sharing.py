@@ -81,10 +81,7 @@ class Sharing:
         state = self.states.get(item_id)
         if state is None:
             raw = table.get(item_id)
-            if raw is None:
-                state = ItemState()
-            else:
-                state = ItemState.from_dict(raw)
+            state = ItemState() if raw is None else ItemState.from_dict(raw)
             self.states[item_id] = state
         return state
 
