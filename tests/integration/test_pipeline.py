@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,18 +15,16 @@ from tests.integration.conftest import (
     produce_events,
     wait_for,
 )
+from tests.shared_data import data_dir
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def retail_events(limit: int) -> list[dict[str, Any]]:
     from tools.datasets import online_retail_purchases
 
-    if not (DATA / "online_retail").exists():
-        pytest.skip(f"shared datasets not found at {DATA}")
-    return list(itertools.islice(online_retail_purchases(DATA), limit))
+    return list(itertools.islice(online_retail_purchases(data_dir("online_retail")), limit))
 
 
 def test_real_purchases_get_sensible_recommendations(worker_factory) -> None:

@@ -43,12 +43,12 @@ import pytest
 import yaml
 
 from tests.integration.conftest import REPO, Worker, settings_env, wait_for
+from tests.shared_data import data_dir
 
 pytestmark = pytest.mark.integration
 
 PROM_DIR = REPO / "ops" / "prometheus"
 DASHBOARD = REPO / "ops" / "grafana" / "dashboards" / "feedback-stream.json"
-DATA = REPO.parent / "shared" / "data"
 RATE_INTERVAL = "1m"
 EVENTS = int(os.environ.get("FEEDBACK_LIVE_TEST_EVENTS", "20000"))
 BAD_RATE = 0.01
@@ -106,9 +106,7 @@ class Prometheus:
 
 @pytest.fixture
 def demo_data() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"shared datasets not found at {DATA}")
-    return DATA
+    return data_dir()
 
 
 @pytest.fixture
@@ -209,7 +207,7 @@ def replay_demo(worker: Worker, limit: int = EVENTS) -> dict[str, Any]:
     """`feedback-stream produce --dataset demo` into the worker's topics (real data)."""
     return produce(
         worker,
-        "--dataset", "demo", "--data-dir", str(DATA),
+        "--dataset", "demo", "--data-dir", str(data_dir()),
         "--limit", str(limit), "--bad-rate", str(BAD_RATE),
     )
 
@@ -222,7 +220,7 @@ def demo_slices(path: Path, sizes: list[int]) -> list[Path]:
     def line(event: Any) -> bytes:  # contract dicts (or Event objects)
         return (orjson.dumps(event) if isinstance(event, dict) else encode_event(event)) + b"\n"
 
-    stream = demo_stream(DATA, limit=sum(sizes))
+    stream = demo_stream(data_dir(), limit=sum(sizes))
     files = []
     for i, size in enumerate(sizes):
         file = path / f"demo-{i}.jsonl"

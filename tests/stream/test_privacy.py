@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from stream.contract import decode_event
 from stream.privacy import pseudonymise, scrub_pii
+from tests.shared_data import data_dir
 
 KEY = b"k" * 32
 
@@ -143,9 +144,8 @@ def test_real_clothing_reviews_are_left_intact() -> None:
     # be taken for an e-mail or a phone number (sizes, weights, measurements...).
     from tools import datasets
 
-    if not (datasets.default_data_dir() / "womens_clothing_reviews").is_dir():
-        pytest.skip("shared datasets not found (set FEEDBACK_DATA_DIR)")
-    texts = [e["text"] for e in datasets.clothing_reviews() if "text" in e]
+    data = data_dir("womens_clothing_reviews")
+    texts = [e["text"] for e in datasets.clothing_reviews(data) if "text" in e]
     assert len(texts) > 20_000
     changed = [t for t in texts if scrub_pii(t) != t]
     assert changed == []
