@@ -106,14 +106,16 @@ def test_bad_input_becomes_a_dead_letter_with_its_reason(
     value: bytes, key: bytes, reason: str
 ) -> None:
     proc, s, reg = make()
-    bad = InputMessage(s.topic_purchases, 2, 41, key, value, NOW)
+    bad = InputMessage(s.topic_purchases, 2, 41, key, value, NOW + 0.25)
     good = msg(s, purchase("g", "carl", "z"))
     out = proc.handle([bad, good])
     dead = [o for o in out if o.topic == s.topic_deadletter]
     assert len(dead) == 1
     headers = dict(dead[0].headers)
     assert headers["deadletter.reason"] == reason.encode()
+    assert headers["source.topic"] == s.topic_purchases.encode()
     assert headers["source.partition"] == b"2" and headers["source.offset"] == b"41"
+    assert headers["source.timestamp"] == b"2027-01-15T08:00:00.250Z"  # NOW + 0.25 s
     assert dead[0].value == value and dead[0].key == key
     assert value_of(reg, reason) == 1
     assert proc.profiles.get("carl") is not None, "the good event after it was processed"
