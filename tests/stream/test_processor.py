@@ -206,3 +206,24 @@ def test_unknown_fatigue_strategies_are_refused_at_start_up() -> None:
     with pytest.raises(SettingsError, match="FEEDBACK_FATIGUE_STRATEGIES: unknown strategy"):
         Settings.from_env({"FEEDBACK_FATIGUE_STRATEGIES": "blend,psychic"})
     assert Settings.from_env({"FEEDBACK_FATIGUE_STRATEGIES": ""}).fatigue_strategies == ""
+
+
+def test_contact_details_reach_neither_the_models_nor_the_checkpoint() -> None:
+    from stream import checkpoint
+
+    proc, s, _ = make()
+    email, phone = "zorblaxq.quimby@plonkshop.example", "+44 20 7946 0958"
+    batch = [
+        msg(s, {"type": "review", "event_id": f"r{i}", "user_id": f"u{i % 5}",
+                "item_id": f"sku-{i % 3}", "timestamp": "2024-01-01T10:00:00Z",
+                "rating": 1 + i % 5, "title": f"wugglefrump, write to {email}",
+                "text": f"Wugglefrump fabric. Call {phone} or mail {email} anytime"}, i)
+        for i in range(60)
+    ]
+    proc.handle(batch)
+    blob = checkpoint.dumps(checkpoint.Models(proc.engine, proc.bandit))
+    state = blob + orjson.dumps(dict(proc.profiles))
+    # The review words reach the sentiment vocabulary, so the check can see a leak.
+    assert b"wugglefrump" in blob
+    for part in (b"zorblaxq", b"quimby", b"plonkshop", b"7946", b"0958"):
+        assert part not in state, f"{part!r} of an e-mail or phone is in the model state"
