@@ -146,3 +146,16 @@ def test_a_quiet_customer_is_alerted_on_before_being_evicted() -> None:
     assert proc.evict() == 1
     assert proc.profiles.get("loyal") is None and "loyal" not in proc.engine.profiles
     assert evicted(reg, "inactive") == 1
+
+
+def test_eviction_frees_exposure_logs_and_alert_cooldowns() -> None:
+    proc, s, _ = make(user_retention_seconds=30 * DAY)
+    users = [f"u{i}" for i in range(10)]
+    batch = [purchase(s, f"e{i}", u, f"sku-{i % 3}", T0 + i * DAY) for i, u in enumerate(users)]
+    proc.handle([*batch, purchase(s, "late", "u9", "sku-1", T0 + 45 * DAY)])
+    for u in users:  # as an alert on each user would have left them
+        assert proc.engine.cooldown.allow("anomalous_behaviour", u, T0 + 45 * DAY)
+    assert set(proc._exposure_logs) == set(users)
+    assert proc.evict() == 9
+    assert set(proc._exposure_logs) == {"u9"}
+    assert {user for _, user in proc.engine.cooldown.last} == {"u9"}
