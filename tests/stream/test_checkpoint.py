@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,7 @@ def test_the_file_is_written_only_after_the_flush(settings: Settings) -> None:
     assert seen_at_flush == [None], "the new checkpoint was on disk before the flush"
     restored = checkpoint.load(checkpoint.path_for(settings))
     assert restored is not None
-    assert restored.engine.user_summary("u0") == engine.user_summary("u0")
+    assert sorted(restored.engine.profiles) == sorted(engine.profiles)
 
 
 def trained_bandit() -> SegmentedThompson:
@@ -112,3 +113,57 @@ def test_the_bandit_posteriors_survive_a_restart(tmp_path: Path) -> None:
     other = SegmentedThompson(["blend", "popularity"])
     checkpoint.save(on, checkpoint.dumps(checkpoint.Models(trained_engine(), other)))
     assert checkpoint.load_or_new(on).bandit is None
+
+
+def test_the_snapshot_does_not_pause_the_event_loop(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pickling runs in a forked child: the loop keeps serving events meanwhile,
+    and the file holds the models as they were when the snapshot was taken."""
+    engine = trained_engine()
+    slow = 2.0  # seconds each pickling takes here: in the loop it would stall it this long
+    real_dumps = checkpoint.dumps
+
+    def slow_dumps(models: checkpoint.Models) -> bytes:
+        time.sleep(slow)
+        return real_dumps(models)
+
+    monkeypatch.setattr(checkpoint, "dumps", slow_dumps)
+
+    async def run() -> tuple[float, int, int]:
+        done = asyncio.Event()
+        gaps: list[float] = []
+        learned = 0
+
+        async def serve() -> None:  # the worker's loop: events keep arriving
+            nonlocal learned
+            last = time.monotonic()
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+                engine.process(Event("click", f"late{learned}", "late-user", "sku-1",
+                                     1_714_600_000.0 + learned))
+                learned += 1
+
+        async def flush() -> None:
+            pass
+
+        server = asyncio.create_task(serve())
+        while learned < 3:
+            await asyncio.sleep(0.01)
+        at_snapshot = learned  # save_consistent forks before its first await
+        await checkpoint.save_consistent(settings, checkpoint.Models(engine), flush)
+        done.set()
+        await server
+        return max(gaps), at_snapshot, learned
+
+    longest_pause, at_snapshot, learned = asyncio.run(run())
+    assert longest_pause < slow / 2, f"the loop stalled {longest_pause:.2f} s during the snapshot"
+    assert learned > at_snapshot, "no event was served while the snapshot was written"
+    restored = checkpoint.load(checkpoint.path_for(settings))
+    assert restored is not None
+    # What the loop learned after the fork is not in the file: a point-in-time snapshot.
+    assert restored.engine.user_summary("late-user")["clicks"] == at_snapshot
+    assert sorted(restored.engine.profiles) == sorted(engine.profiles)
