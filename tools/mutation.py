@@ -161,7 +161,11 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
     names = [] if target.functions == ("*",) else [
         f"{target.module}.{f}__mutmut_*" for f in target.functions
     ]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # The copy lives elsewhere: its ../shared/data is not the datasets folder.
+    from tools.datasets import default_data_dir
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
+           "FEEDBACK_DATA_DIR": str(default_data_dir())}
     env.pop("MUTANT_UNDER_TEST", None)
     cmd = [sys.executable, "-m", "tools.mutation", "--mutmut", "run",
            "--max-children", str(jobs), *names]
