@@ -69,7 +69,18 @@ TARGETS: tuple[Target, ...] = (
         ),
     ),
     Target("stream/privacy.py", ("tests/stream/test_privacy.py",)),
-    # Target("stream/checkpoint.py", ("tests/stream/test_checkpoint.py",)),
+    Target("stream/checkpoint.py", ("tests/stream/test_checkpoint.py",)),
+    Target(
+        "stream/commit_guard.py",
+        ("tests/stream/faust/test_consumer.py", "tests/stream/test_commit_guard.py"),
+    ),
+    Target("stream/faust/recovery.py", ("tests/stream/faust/test_recovery.py",)),
+    # The dead-letter path of the processor.
+    Target(
+        "stream/processor.py",
+        ("tests/stream/test_processor.py",),
+        functions=("xǁProcessorǁ_dead_letter", "x_rfc3339"),
+    ),
 )
 
 # mutmut's exit codes of a mutant's test run (mutmut/__main__.py, status_by_exit_code):
