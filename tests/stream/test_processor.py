@@ -7,6 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from models.engine import FeedbackEngine
+from stream.contract import format_timestamp
 from stream.metrics import Metrics
 from stream.processor import DictStore, InputMessage, Processor
 from stream.settings import Settings, SettingsError
@@ -227,3 +228,38 @@ def test_contact_details_reach_neither_the_models_nor_the_checkpoint() -> None:
     assert b"wugglefrump" in blob
     for part in (b"zorblaxq", b"quimby", b"plonkshop", b"7946", b"0958"):
         assert part not in state, f"{part!r} of an e-mail or phone is in the model state"
+
+
+def test_the_bandit_moves_traffic_to_the_strategy_that_earns_clicks() -> None:
+    """A closed loop: users click only what the popularity strategy recommends.
+    The bandit starts from the prior and ends up sending most traffic there."""
+    proc, s, _ = make(bandit=True)
+    good = "popularity"
+    shares: list[float] = []
+    t = 1_704_103_200.0  # 2024-01-01T10:00:00Z
+    clicks: list[InputMessage] = []
+    offset = 0
+    for rnd in range(12):
+        batch = list(clicks)
+        for u in range(60):
+            t += 1
+            offset += 1
+            batch.append(msg(s, purchase(f"p{rnd}-{u}", f"u{u}", f"sku-{(u + rnd) % 40}",
+                                         ts=format_timestamp(t)), offset))
+        out = proc.handle(batch)
+        recs = [orjson.loads(o.value) for o in out if o.topic == s.topic_recommendations]
+        assert len(recs) > 30
+        shares.append(sum(r["strategy"] == good for r in recs) / len(recs))
+        clicks = []
+        for r in recs:
+            if r["strategy"] == good:
+                t += 1
+                offset += 1
+                clicks.append(msg(s, {
+                    "type": "click", "event_id": f"c-{r['recommendation_id']}",
+                    "user_id": r["user_id"], "item_id": r["items"][0]["item_id"],
+                    "timestamp": format_timestamp(t),
+                    "recommendation_id": r["recommendation_id"]}, offset))
+    # Exploration first (about a third each), then most traffic on the earning arm.
+    assert shares[0] < 0.6, shares
+    assert sum(shares[-3:]) / 3 > 0.8, shares
