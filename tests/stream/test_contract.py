@@ -453,7 +453,7 @@ def test_non_finite_numbers_from_a_mapping(obj: dict[str, Any], detail: str) -> 
 def test_a_mapping_that_is_not_a_dict_names_its_type() -> None:
     with pytest.raises(Rejected) as info:
         event_from_dict({1, 2})  # type: ignore[arg-type]
-    assert info.value.detail == "the message must be a JSON object, got set"
+    assert info.value.args == ("not_an_object", "the message must be a JSON object, got set")
 
 
 def test_quantity_limit_is_inclusive() -> None:
@@ -498,3 +498,37 @@ def test_format_timestamp_rounds_up_to_the_next_second() -> None:
     assert format_timestamp(T0 + 0.9999996) == "2010-12-01T08:26:01Z"
     assert format_timestamp(T0 + 0.0000004) == "2010-12-01T08:26:00Z"
     assert format_timestamp(T0 + 0.0000006) == "2010-12-01T08:26:00.000001Z"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("r" * 40, "'" + "r" * 40 + "'"),  # up to 40 characters quoted whole
+        ("r" * 41, "'" + "r" * 40 + "'..."),
+        ("\x00" * 19 + "ab", "'" + "\\x00" * 19 + "ab'"),  # 80 characters once escaped
+        ("\x00" * 20, ("'" + "\\x00" * 20)[:80] + "..."),  # 82: cut to 80
+    ],
+)
+def test_offending_strings_are_quoted_to_a_bound(value: str, shown: str) -> None:
+    detail = rejected(raw(CLICK, type=value)).detail
+    assert detail == f'field "type" must be one of click, purchase, review, got {shown}'
+
+
+def test_size_limit_is_inclusive() -> None:
+    payload = raw(CLICK)
+    assert decode_event(payload, max_bytes=len(payload)).event_id == "c1"
+    assert rejected(payload, max_bytes=len(payload) - 1).reason == "oversized"
+
+
+def test_formatting_does_not_depend_on_the_local_time_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert format_timestamp(T0) == "2010-12-01T08:26:00Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
