@@ -7,6 +7,7 @@ import asyncio
 import pickle
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,3 +168,78 @@ def test_the_snapshot_does_not_pause_the_event_loop(
     # What the loop learned after the fork is not in the file: a point-in-time snapshot.
     assert restored.engine.user_summary("late-user")["clicks"] == at_snapshot
     assert sorted(restored.engine.profiles) == sorted(engine.profiles)
+
+
+class FakeApp:
+    """What ``checkpoint.register`` uses of a Faust app: a timer, the shutdown
+    signal and the producer's flush."""
+
+    def __init__(self, fail_flush: bool = False) -> None:
+        self.timers: list[tuple[float, str, Any]] = []
+        self.shutdown: list[Any] = []
+        self.flushes = 0
+        self.fail_flush = fail_flush
+        self.producer = self
+        self.on_before_shutdown = self
+
+    def timer(self, interval: float, name: str) -> Any:
+        def add(fun: Any) -> Any:
+            self.timers.append((interval, name, fun))
+            return fun
+        return add
+
+    def connect(self, handler: Any) -> None:
+        self.shutdown.append(handler)
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        if self.fail_flush:
+            raise RuntimeError("broker gone")
+
+
+def test_register_checkpoints_on_a_timer_and_at_shutdown(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stream.metrics import Metrics
+
+    s = Settings.from_env({}, state_dir=str(tmp_path), checkpoint_interval_seconds=7.5)
+    registry = CollectorRegistry()
+    app, engine = FakeApp(), trained_engine()
+    checkpoint.register(app, s, checkpoint.Models(engine), Metrics(registry))
+    ((interval, name, tick),) = app.timers
+    assert (interval, name) == (7.5, "checkpoint") and len(app.shutdown) == 1
+    assert not checkpoint.path_for(s).exists()
+
+    asyncio.run(tick())
+    assert app.flushes == 1
+    assert checkpoint.load(checkpoint.path_for(s)) is not None
+    assert registry.get_sample_value("feedback_model_checkpoints_total") == 1
+    assert registry.get_sample_value("feedback_model_checkpoint_seconds_count") == 1
+
+    engine.process(Event("click", "last", "u-last", "sku-1", 1_714_600_000.0))
+    asyncio.run(app.shutdown[0](app))  # the final checkpoint holds the last event
+    restored = checkpoint.load(checkpoint.path_for(s))
+    assert restored is not None and restored.engine.user_summary("u-last") is not None
+    assert registry.get_sample_value("feedback_model_checkpoints_total") == 2
+
+
+def test_a_failed_final_checkpoint_keeps_the_previous_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stream.metrics import Metrics
+
+    s = Settings.from_env({}, state_dir=str(tmp_path))
+    checkpoint.save(s, checkpoint.dumps(checkpoint.Models(trained_engine())))
+    before = checkpoint.path_for(s).read_bytes()
+    app = FakeApp(fail_flush=True)
+    registry = CollectorRegistry()
+    checkpoint.register(app, s, checkpoint.Models(FeedbackEngine()), Metrics(registry))
+    asyncio.run(app.shutdown[0](app))  # logged, not raised: the shutdown goes on
+    assert "Final model checkpoint failed" in caplog.text
+    assert checkpoint.path_for(s).read_bytes() == before
+    # Nor does the snapshot child leave its file behind (it writes within ms).
+    time.sleep(1.0)
+    assert not list(checkpoint.path_for(s).parent.glob("*.snap*"))
+    assert registry.get_sample_value("feedback_model_checkpoints_total") == 0
