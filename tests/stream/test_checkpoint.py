@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -243,3 +244,74 @@ def test_a_failed_final_checkpoint_keeps_the_previous_one(
     time.sleep(1.0)
     assert not list(checkpoint.path_for(s).parent.glob("*.snap*"))
     assert registry.get_sample_value("feedback_model_checkpoints_total") == 0
+
+
+def test_the_file_lives_under_the_state_directory(tmp_path: Path) -> None:
+    s = Settings.from_env({}, state_dir=str(tmp_path / "a" / "b"), app_id="app", web_port=7002)
+    assert checkpoint.path_for(s) == tmp_path / "a" / "b" / "checkpoints" / "app-7002.pkl"
+    # Folders that do not exist yet are created, by both ways of writing.
+    assert checkpoint.save(s, checkpoint.dumps(checkpoint.Models(FeedbackEngine()))).is_file()
+    other = Settings.from_env({}, state_dir=str(tmp_path / "c" / "d"))
+
+    async def flush() -> None:
+        pass
+
+    assert asyncio.run(checkpoint.save_consistent(
+        other, checkpoint.Models(FeedbackEngine()), flush)).is_file()
+
+
+def test_the_blob_records_its_protocol_versions_and_time() -> None:
+    before = time.time()
+    blob = checkpoint.dumps(checkpoint.Models(trained_engine()))
+    assert blob[:2] == b"\x80\x05"  # pickle protocol 5: out-of-band buffers for numpy
+    data = pickle.loads(blob)
+    assert data["versions"] == checkpoint.versions()
+    assert data["versions"]["format"] == str(checkpoint.FORMAT)
+    assert before <= data["saved_at"] <= time.time()
+
+
+def test_without_fork_the_snapshot_is_pickled_in_the_loop(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr("os.fork")
+    engine = trained_engine()
+    checkpoint.save(settings, checkpoint.dumps(checkpoint.Models(FeedbackEngine())))  # older
+    seen_at_flush: list[object] = []
+
+    async def flush() -> None:
+        old = checkpoint.load(checkpoint.path_for(settings))
+        seen_at_flush.append(old.engine.user_summary("u0") if old else "missing")
+
+    path = asyncio.run(checkpoint.save_consistent(settings, checkpoint.Models(engine), flush))
+    assert path == checkpoint.path_for(settings)
+    assert seen_at_flush == [None], "the new checkpoint was on disk before the flush"
+    restored = checkpoint.load(path)
+    assert restored is not None
+    assert restored.engine.user_summary("u0") == engine.user_summary("u0")
+
+
+def test_what_is_ignored_and_restored_is_logged(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="stream.checkpoint")
+    path = checkpoint.path_for(settings)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x80\x05garbage")
+    assert checkpoint.load(path) is None
+    assert f"Ignoring unreadable checkpoint {path}: UnpicklingError" in caplog.text
+    caplog.clear()
+
+    data = pickle.loads(checkpoint.dumps(checkpoint.Models(trained_engine())))
+    data["versions"]["river"] = "0.0.1"
+    path.write_bytes(pickle.dumps(data))
+    assert checkpoint.load(path) is None
+    assert f"Ignoring checkpoint {path} written by {data['versions']} " \
+           f"(running {checkpoint.versions()})" in caplog.text
+    caplog.clear()
+
+    checkpoint.save(settings, checkpoint.dumps(checkpoint.Models(trained_engine())))
+    assert checkpoint.load_or_new(settings).engine.user_summary("u0") is not None
+    assert re.search(rf"Checkpoint {re.escape(str(path))} is 0\.\d s old", caplog.text)
+    assert f"Restored the models from {path}" in caplog.text
