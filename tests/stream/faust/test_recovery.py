@@ -68,3 +68,94 @@ def test_flush_returns_only_once_the_buffer_is_empty(buffer_class: type, left: i
     buffer.queued = 3
     asyncio.run(buffer.flush())
     assert buffer.size == left
+
+
+class ListOffsetsOnly(Recovery):
+    """Faust's _build_highwaters as Tansu makes it answer: the ListOffsets ends."""
+
+    listed: dict[Any, int] = {}
+
+    async def _build_highwaters(
+        self, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        destination.update({tp: self.listed[tp] - 1 for tp in tps})
+
+
+def recovery_over(listed: dict[Any, int], settings: Settings) -> Any:
+    cls = type("Recovery", (ChangelogRecovery, ListOffsetsOnly), {"listed": listed})
+    cls.settings = settings
+    return cls.__new__(cls)
+
+
+def test_recovery_reads_to_the_end_a_fetch_reports(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from faust.types import TP
+
+    from stream.faust import recovery
+
+    settings = Settings.from_env({})
+    short, empty, exact = TP("cl", 0), TP("cl", 1), TP("cl", 2)
+    asked: list[dict[Any, int]] = []
+
+    async def fetch(s: Settings, hints: dict[Any, int]) -> dict[Any, int]:
+        assert s is settings
+        asked.append(dict(hints))
+        return {short: 14, empty: 0, exact: 5}
+
+    monkeypatch.setattr(recovery, "fetch_highwaters", fetch)
+    rec = recovery_over({short: 10, empty: 0, exact: 5}, settings)
+    destination: dict[Any, int] = {}
+    asyncio.run(rec._build_highwaters(None, [short, empty, exact], destination, "Active"))
+    assert asked == [{short: 10, empty: 0, exact: 5}]  # ends, from Faust's "last offset"
+    assert destination == {short: 13, empty: -1, exact: 4}
+    assert "Active changelog cl[0]: ListOffsets says end 10, Fetch says 14; reading to 14" \
+        in caplog.text
+    assert "cl[1]" not in caplog.text and "cl[2]" not in caplog.text
+
+
+def test_recovery_keeps_list_offsets_when_a_fetch_fails_or_misses(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from faust.types import TP
+
+    from stream.faust import recovery
+
+    tp0, tp1 = TP("cl", 0), TP("cl", 1)
+    rec = recovery_over({tp0: 10, tp1: 3}, Settings.from_env({}))
+
+    async def fails(s: Settings, hints: dict[Any, int]) -> dict[Any, int]:
+        raise ConnectionError("broker gone")
+
+    monkeypatch.setattr(recovery, "fetch_highwaters", fails)
+    destination: dict[Any, int] = {}
+    asyncio.run(rec._build_highwaters(None, [tp0, tp1], destination, "Active"))
+    assert destination == {tp0: 9, tp1: 2}
+    assert "could not fetch changelog high watermarks; using ListOffsets" in caplog.text
+
+    async def partial(s: Settings, hints: dict[Any, int]) -> dict[Any, int]:
+        return {tp0: 12}
+
+    monkeypatch.setattr(recovery, "fetch_highwaters", partial)
+    caplog.clear()
+    destination = {}
+    asyncio.run(rec._build_highwaters(None, [tp0, tp1], destination, "Standby"))
+    assert destination == {tp0: 11, tp1: 2}
+    assert f"no Fetch high watermark for {[tp1]}; using ListOffsets" in caplog.text
+
+    called: list[object] = []
+
+    async def never(s: Settings, hints: dict[Any, int]) -> dict[Any, int]:
+        called.append(hints)
+        return {}
+
+    monkeypatch.setattr(recovery, "fetch_highwaters", never)
+    asyncio.run(rec._build_highwaters(None, [], {}, "Active"))
+    assert called == []  # nothing to recover: no fetch
+
+
+def test_the_producer_buffer_is_wired_like_fausts(tmp_path: Any) -> None:
+    app, _, _ = app_for(True, tmp_path)
+    buffer = app.producer.buffer
+    assert buffer.app is app
+    assert buffer.beacon.parent is app.producer.beacon
