@@ -4,7 +4,7 @@ without a broker; tests/integration/test_reliability_*.py run them for real."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from faust.tables.recovery import Recovery
@@ -73,7 +73,7 @@ def test_flush_returns_only_once_the_buffer_is_empty(buffer_class: type, left: i
 class ListOffsetsOnly(Recovery):
     """Faust's _build_highwaters as Tansu makes it answer: the ListOffsets ends."""
 
-    listed: dict[Any, int] = {}
+    listed: ClassVar[dict[Any, int]] = {}
 
     async def _build_highwaters(
         self, consumer: Any, tps: Any, destination: Any, title: str
