@@ -117,6 +117,7 @@ def test_bad_input_becomes_a_dead_letter_with_its_reason(
     assert headers["source.topic"] == s.topic_purchases.encode()
     assert headers["source.partition"] == b"2" and headers["source.offset"] == b"41"
     assert headers["source.timestamp"] == b"2027-01-15T08:00:00.250Z"  # NOW + 0.25 s
+    assert headers["deadletter.detail"], "the dead letter says why"
     assert dead[0].value == value and dead[0].key == key
     assert value_of(reg, reason) == 1
     assert proc.profiles.get("carl") is not None, "the good event after it was processed"
@@ -263,3 +264,13 @@ def test_the_bandit_moves_traffic_to_the_strategy_that_earns_clicks() -> None:
     # Exploration first (about a third each), then most traffic on the earning arm.
     assert shares[0] < 0.6, shares
     assert sum(shares[-3:]) / 3 > 0.8, shares
+
+
+def test_a_tombstone_is_dead_lettered_with_an_empty_value() -> None:
+    proc, s, _ = make()
+    out = proc.handle([InputMessage(s.topic_clicks, 1, 5, b"ann", None, None)])
+    (dead,) = [o for o in out if o.topic == s.topic_deadletter]
+    headers = dict(dead.headers)
+    assert dead.value == b"" and dead.key == b"ann"
+    assert headers["deadletter.detail"] == b"the message has no value (null / tombstone)"
+    assert "source.timestamp" not in headers  # the record had none
