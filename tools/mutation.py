@@ -85,8 +85,15 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "stream/processor.py",
         ("tests/stream/test_processor.py",),
-        functions=("xǁProcessorǁ_dead_letter", "x_rfc3339"),
+        functions=("xǁProcessorǁ_dead_letter", "x__rfc3339"),
     ),
+    # The stored profile: the de-duplication window and the profile's own fields.
+    Target(
+        "stream/stored_profile.py",
+        ("tests/stream/test_stored_profile.py", "tests/stream/test_processor.py"),
+    ),
+    Target("stream/debounce.py", ("tests/stream/test_debounce.py",)),
+    Target("stream/eviction.py", ("tests/stream/test_eviction.py",)),
 )
 
 # mutmut's exit codes of a mutant's test run (mutmut/__main__.py, status_by_exit_code):
