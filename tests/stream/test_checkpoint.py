@@ -4,6 +4,7 @@ ordering that keeps them consistent with the profile changelog."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import re
 import time
@@ -198,7 +199,9 @@ class FakeApp:
             raise RuntimeError("broker gone")
 
 
-def test_register_checkpoints_on_a_timer_and_at_shutdown(tmp_path: Path) -> None:
+def test_register_checkpoints_on_a_timer_and_at_shutdown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from prometheus_client import CollectorRegistry
 
     from stream.metrics import Metrics
@@ -213,12 +216,17 @@ def test_register_checkpoints_on_a_timer_and_at_shutdown(tmp_path: Path) -> None
 
     asyncio.run(tick())
     assert app.flushes == 1
+    assert registry.get_sample_value("feedback_model_checkpoint_seconds_sum") < 60
     assert checkpoint.load(checkpoint.path_for(s)) is not None
     assert registry.get_sample_value("feedback_model_checkpoints_total") == 1
     assert registry.get_sample_value("feedback_model_checkpoint_seconds_count") == 1
 
     engine.process(Event("click", "last", "u-last", "sku-1", 1_714_600_000.0))
+    caplog.set_level(logging.INFO, logger="stream.checkpoint")
     asyncio.run(app.shutdown[0](app))  # the final checkpoint holds the last event
+    assert f"Final model checkpoint written to {checkpoint.path_for(s)}" in [
+        r.getMessage() for r in caplog.records
+    ]
     restored = checkpoint.load(checkpoint.path_for(s))
     assert restored is not None and restored.engine.user_summary("u-last") is not None
     assert registry.get_sample_value("feedback_model_checkpoints_total") == 2
@@ -238,7 +246,9 @@ def test_a_failed_final_checkpoint_keeps_the_previous_one(
     registry = CollectorRegistry()
     checkpoint.register(app, s, checkpoint.Models(FeedbackEngine()), Metrics(registry))
     asyncio.run(app.shutdown[0](app))  # logged, not raised: the shutdown goes on
-    assert "Final model checkpoint failed" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        "Final model checkpoint failed; the previous one stays"
+    ]
     assert checkpoint.path_for(s).read_bytes() == before
     # Nor does the snapshot child leave its file behind (it writes within ms).
     time.sleep(1.0)
@@ -300,18 +310,47 @@ def test_what_is_ignored_and_restored_is_logged(
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x80\x05garbage")
     assert checkpoint.load(path) is None
-    assert f"Ignoring unreadable checkpoint {path}: UnpicklingError" in caplog.text
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"Ignoring unreadable checkpoint {path}: UnpicklingError")
     caplog.clear()
 
     data = pickle.loads(checkpoint.dumps(checkpoint.Models(trained_engine())))
     data["versions"]["river"] = "0.0.1"
     path.write_bytes(pickle.dumps(data))
     assert checkpoint.load(path) is None
-    assert f"Ignoring checkpoint {path} written by {data['versions']} " \
-           f"(running {checkpoint.versions()})" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Ignoring checkpoint {path} written by {data['versions']} "
+        f"(running {checkpoint.versions()})"
+    ]
+    caplog.clear()
+
+    data = pickle.loads(checkpoint.dumps(checkpoint.Models(trained_engine())))
+    data["bandit"] = {"not": "a bandit"}
+    path.write_bytes(pickle.dumps(data))
+    restored = checkpoint.load(path)
+    assert restored is not None and restored.bandit is None
     caplog.clear()
 
     checkpoint.save(settings, checkpoint.dumps(checkpoint.Models(trained_engine())))
     assert checkpoint.load_or_new(settings).engine.user_summary("u0") is not None
-    assert re.search(rf"Checkpoint {re.escape(str(path))} is 0\.\d s old", caplog.text)
-    assert f"Restored the models from {path}" in caplog.text
+    age, restored_from = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(rf"Checkpoint {re.escape(str(path))} is 0\.\d s old", age)
+    assert restored_from == f"Restored the models from {path}"
+
+
+def test_a_failed_snapshot_child_is_an_error_and_leaves_no_file(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(models: checkpoint.Models) -> bytes:
+        raise MemoryError  # in the child, before it opens its file
+
+    monkeypatch.setattr(checkpoint, "dumps", broken)
+
+    async def flush() -> None:
+        pass
+
+    with pytest.raises(checkpoint.CheckpointError, match="exited with status 256"):
+        asyncio.run(checkpoint.save_consistent(
+            settings, checkpoint.Models(trained_engine()), flush))
+    assert not checkpoint.path_for(settings).exists()
+    assert not list(checkpoint.path_for(settings).parent.glob("*.snap*"))
