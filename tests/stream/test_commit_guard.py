@@ -110,7 +110,9 @@ def test_refusals_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> No
     for offset in (7, 8, 9):
         guard.refuse(TOPIC, 0, offset)
     assert guard.refused == 3
-    assert "not committing in.clicks[0]@8: acked by Faust, never processed" in caplog.text
+    assert [r.getMessage() for r in caplog.records][1] == (
+        "not committing in.clicks[0]@8: acked by Faust, never processed"
+    )
 
 
 def test_cap_warns_once_per_hole_and_never_for_a_held_offset(
@@ -133,11 +135,20 @@ def test_cap_warns_once_per_hole_and_never_for_a_held_offset(
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
-def test_cap_never_passes_the_offset_faust_asked_for() -> None:
+def test_cap_never_passes_the_offset_faust_asked_for(caplog: pytest.LogCaptureFixture) -> None:
     guard = CommitGuard([TOPIC])
     guard.done(run(0, 9))
     assert guard.cap(TP0, 5, None) == 5
     assert guard.committable(TP0, 5) == 10  # 5..9 are still to commit
+    assert caplog.records == []  # no hole: nothing to warn about
+
+
+def test_a_held_offset_at_the_committed_one_stays_held(caplog: pytest.LogCaptureFixture) -> None:
+    guard = CommitGuard([TOPIC])
+    guard.hold(run(5, 5))
+    guard.done(run(5, 8))
+    assert guard.cap(TP0, 9, 5) is None
+    assert caplog.records == []  # held on purpose
 
 
 def test_a_partition_that_starts_past_zero_commits_from_its_first_offset() -> None:
