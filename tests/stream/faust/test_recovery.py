@@ -4,6 +4,7 @@ without a broker; tests/integration/test_reliability_*.py run them for real."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, ClassVar
 
 import pytest
@@ -172,3 +173,19 @@ def test_the_producer_buffer_is_wired_like_fausts(tmp_path: Any) -> None:
     buffer = app.producer.buffer
     assert buffer.app is app
     assert buffer.beacon.parent is app.producer.beacon
+
+
+def test_a_long_flush_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    buffer = type("Buffer", (GivesUp, FlushingProducerBuffer), {})()
+    buffer.queued = 4
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        ticks = iter(range(0, 1000, 6))  # each look at the clock: 6 s later
+        loop.time = lambda: float(next(ticks))  # type: ignore[method-assign]
+        await buffer.flush()
+
+    asyncio.run(run())
+    assert buffer.size == 0
+    (message,) = [r.getMessage() for r in caplog.records]  # once, not at every round
+    assert re.fullmatch(r"producer flush: [1-3] messages still queued after 10 s", message)
