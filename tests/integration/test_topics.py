@@ -25,10 +25,12 @@ def described(settings: Settings) -> dict[str, int]:
         admin = AIOKafkaAdminClient(**client_kwargs(settings))
         await admin.start()
         try:
-            names = [spec.name for spec in topic_specs(settings)]
             existing = set(await admin.list_topics())
+            names = [spec.name for spec in topic_specs(settings) if spec.name in existing]
+            if not names:  # describe_topics([]) describes every topic
+                return {}
             out = {}
-            for topic in await admin.describe_topics([n for n in names if n in existing]):
+            for topic in await admin.describe_topics(names):
                 out[topic["topic"]] = len(topic["partitions"])
             return out
         finally:
