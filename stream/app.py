@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +20,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metri
 from models.engine import FeedbackEngine
 from stream import checkpoint, views
 from stream.commit_guard import CommitGuard
+from stream.contract import Rejected
+from stream.erasure import decode_request, encode_receipt
 from stream.faust import OffsetTrace, TableStore, create_app
+from stream.health import Health, watch_broker
 from stream.kafka import ssl_context
 from stream.metrics import Metrics
-from stream.processor import InputMessage, OutputMessage, Processor
+from stream.processor import Processor
+from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.topics import PROFILES_TABLE
 
@@ -45,6 +50,8 @@ class FeedbackApp:
     output_topics: dict[str, Any]
     # (topic, partition) label sets this worker currently reports lag for.
     lag_labels: set[tuple[str, str]] = field(default_factory=set)
+    # What /livez and /readyz answer; the broker's reachability.
+    health: Health | None = None
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -91,6 +98,7 @@ def build_app(
         producer_acks=-1,
         datadir=f"{settings.state_dir}/faust",
         web_in_thread=False,
+        web_application_options={"middlewares": [views.gate_middleware(settings, metrics)]},
     )
     raw = {"key_type": str, "key_serializer": "raw", "value_serializer": "raw"}
     input_topic = app.topic(
@@ -108,8 +116,16 @@ def build_app(
             settings.topic_recommendations,
             settings.topic_alerts,
             settings.topic_deadletter,
+            settings.topic_erasure,
+            settings.topic_erasure_done,
         )
     }
+    # Erasure requests: the same partitions as the inputs (co-partitioned by Faust's
+    # assignor), so the worker that owns a user's events gets their request.
+    erasure_topic = app.topic(
+        settings.topic_erasure, key_type=bytes, key_serializer="raw", value_serializer="raw",
+        allow_empty=True,
+    )
     profiles = app.Table(
         PROFILES_TABLE,
         default=None,
@@ -123,7 +139,17 @@ def build_app(
         debounce=True,
     )
     models.bandit = processor.bandit  # what the checkpoints save is what the processor learns
-    fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
+    health = Health(settings, gauge=metrics.broker_reachable)
+    health.set_group(
+        # Faust counts a rebalance from the first join, and ends it once the
+        # assigned partitions' tables are recovered.
+        joined=lambda: app.rebalancing_count > 0 and not app.rebalancing,
+        recovered=lambda: (
+            app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+            and not app.in_recovery
+        ),
+    )
+    fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs, health=health)
 
     # One step at a time between processing, publishing and telling the commit
     # guard what was published: the agent's batches, the held recommendations
@@ -194,6 +220,12 @@ def build_app(
         metrics.users_tracked.set(len(engine.profiles))
         metrics.items_tracked.set(len(engine.catalogue))
 
+    @app.task
+    async def broker_watch() -> None:
+        # Readiness follows the broker within one probe interval (2 s while it
+        # answers), whatever Faust's own clients are doing.
+        await watch_broker(health)
+
     @app.timer(settings.eviction_interval_seconds)
     async def evict() -> None:
         # Bounded work: at most settings.evictions_per_tick users per call.
@@ -201,9 +233,37 @@ def build_app(
 
     # Periodic and final (graceful stop) checkpoints, consistent with the
     # profile changelog: see stream/checkpoint.py.
-    checkpoint.register(app, settings, models, metrics)
+    checkpoint_now = checkpoint.register(app, settings, models, metrics)
 
-    views.register(app, settings, engine, metrics.registry, profiles)
+    @app.agent(erasure_topic)
+    async def erase(stream: Any) -> None:
+        async for event in stream.events():
+            await erase_one(event.message)
+
+    async def erase_one(m: Any) -> None:
+        """Carry out one erasure request (docs/privacy.md): forget the user, publish
+        the tombstones, write a checkpoint without them, then the receipt."""
+        try:
+            request = decode_request(m.value, m.key)
+        except Rejected as rejection:
+            bad = InputMessage(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+            async with publishing:
+                await publish(fa, [processor.dead_letter(bad, rejection)])
+            return
+        async with publishing:
+            outputs, erased = processor.erase(request.user_id)
+            await publish(fa, outputs)
+            settle([])
+        # Before the receipt, and before the request's offset is committed: a
+        # crash until then replays the request; a restart from an older
+        # checkpoint cannot bring the user back once this one is written.
+        await checkpoint_now()
+        receipt = encode_receipt(request, erased, time.time())
+        await publish(fa, [OutputMessage(settings.topic_erasure_done, m.key, receipt)])
+        metrics.erasures.inc()
+        log.info("erasure request %s carried out", request.request_id)
+
+    views.register(app, settings, engine, metrics.registry, profiles, health)
     return fa
 
 
@@ -228,7 +288,10 @@ async def update_lag(fa: FeedbackApp) -> None:
     consumer = fa.app.consumer
     inputs = set(fa.settings.input_topics)
     current: set[tuple[str, str]] = set()
-    for tp in consumer.assignment():
+    # Without a broker the high-water marks are the last ones fetched: no lag is
+    # better than a stale one (a frozen 0 looks healthy); the broker alert speaks.
+    reachable = fa.health is None or fa.health.broker_ok
+    for tp in consumer.assignment() if reachable else ():
         if tp.topic not in inputs:
             continue
         try:

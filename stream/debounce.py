@@ -26,7 +26,7 @@ from models.events import Event
 from stream.stored_profile import StoredProfile
 
 if TYPE_CHECKING:
-    from stream.processor import InputMessage
+    from stream.records import InputMessage
 
 __all__ = ["Debounce", "Held"]
 
@@ -67,7 +67,7 @@ class Debounce:
 
     Examples
     --------
-    >>> from stream.processor import InputMessage
+    >>> from stream.records import InputMessage
     >>> d = Debounce(min_interval=60.0, quiet=0.1, max_delay=1.0)
     >>> rec = InputMessage("purchases", 0, 7, b"u", b"")
     >>> d.start_batch()
@@ -180,6 +180,15 @@ class Debounce:
         for user_id in dropped:
             self._new_holds.pop(_record_key(self.held.pop(user_id).record), None)
         return len(dropped)
+
+    def forget(self, user_id: str) -> bool:
+        """Drop the user's held recommendation without publishing it (an erasure):
+        its trigger record is released, since nothing will ever answer it."""
+        held = self.held.pop(user_id, None)
+        if held is None:
+            return False
+        self._release(held.record)
+        return True
 
     def settle(self) -> tuple[list[InputMessage], list[InputMessage]]:
         """``(hold, release)`` since the last call, for the commit guard: input

@@ -15,9 +15,8 @@ import dataclasses
 import math
 import time
 import uuid
-from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Container, Sequence
+from typing import Any
 
 import orjson
 
@@ -25,16 +24,25 @@ from models.attribution import Exposure, UserExposures
 from models.bandit import SegmentedThompson, segment_key
 from models.engine import Alert, FeedbackEngine, Outcome
 from models.events import Event
-from models.experiments import wilson
 from models.feedback_loop import FeedbackLoop, should_recommend
 from stream.contract import Rejected, decode_event, format_timestamp
 from stream.debounce import Debounce, Held
+from stream.dp import (
+    PAIR_REASONS,
+    BudgetExhausted,
+    DPPublisher,
+    engine_contributions,
+    private_reason,
+)
+from stream.erasure import ERASED_PARTS
 from stream.eviction import Eviction
 from stream.metrics import Metrics
-from stream.privacy import pseudonymise, scrub_pii
+from stream.privacy import pseudonymise, pseudonymise_key_bytes, scrub_pii
+from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.stored_profile import (
     HELD_TRIGGER,
+    ProfileStore,
     StoredProfile,
     compact_recommendations,
     from_changelog,
@@ -55,48 +63,8 @@ def _rfc3339(ts: float) -> str:
     return format_timestamp(ts, timespec="milliseconds")
 
 
-class ProfileStore(Protocol):
-    """Per-user stored profiles: a Faust table in the worker, :class:`DictStore` in tests.
-
-    ``put`` stores the profile as given: where it came from (``source``, the
-    user's latest input record in the batch, whose partition the changelog
-    record goes to) is the store's to remember, never written into the profile.
-    """
-
-    def get(self, user_id: str) -> StoredProfile | None: ...
-
-    def put(self, user_id: str, profile: StoredProfile, source: InputMessage) -> None: ...
-
-    def delete(self, user_ids: Sequence[str]) -> int:
-        """Forget these users' profiles (durably); returns how many existed."""
-        ...
-
-    def keys(self) -> Iterable[str]: ...
-
-    def __len__(self) -> int: ...
-
-
-@dataclass(slots=True)
-class InputMessage:
-    """One Kafka record as the agent received it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float | None = None  # Kafka record time, Unix seconds
-    context: Any = None  # the transport's own event object (Faust's), passed back to the store
-
-
-@dataclass(slots=True)
-class OutputMessage:
-    """One record for the agent to publish."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+# The currency label of attributed revenue from purchases that name none.
+NO_CURRENCY = "unspecified"
 
 
 class Processor:
@@ -127,6 +95,11 @@ class Processor:
         self.max_event_time = 0.0
         self._types_by_topic = settings.input_topics
         self._key = settings.pseudonymise_key.encode()
+        # What is published about items and segments, differentially private.
+        self.publisher = DPPublisher(
+            lambda: engine_contributions(self.engine), settings.dp_config,
+            n_segments=engine.config.n_segments,
+        )
         # ``bandit`` is a restored one (stream/checkpoint.py); else a new one from the prior.
         if settings.bandit and bandit is None:
             bandit = FeedbackLoop.new_bandit(settings.bandit_seed)
@@ -187,7 +160,7 @@ class Processor:
             try:
                 event = self._decode(msg, now)
             except Rejected as rejection:
-                out.append(self._dead_letter(msg, rejection))
+                out.append(self.dead_letter(msg, rejection))
                 self.metrics.events.labels(etype, "dead_lettered").inc()
                 continue
             last_user[(msg.topic, msg.partition)] = event.user_id
@@ -320,10 +293,20 @@ class Processor:
         if self.max_event_time:
             now = self.clock()
             out.extend(self._alert(a, now) for a in self.engine.tick(self.max_event_time))
+        # Segment sizes are published (the metrics endpoint is open): DP sizes.
         self.metrics.segment_users.clear()
-        for segment, size in self.engine.segment_sizes().items():
+        try:
+            sizes = self.publisher.segments().sizes
+        except BudgetExhausted:
+            sizes = {}
+        for segment, size in sizes.items():
             self.metrics.segment_users.labels(str(segment)).set(size)
-        self._experiment_gauges()
+        assert self.publisher.ledger is not None
+        for release, spent in self.publisher.ledger.by_release().items():
+            self.metrics.dp_epsilon_spent.labels(release).set(spent)
+        for release, count in self.publisher.ledger.releases().items():
+            self.metrics.dp_releases.labels(release).set(count)
+        self._bandit_gauges()
         return out
 
     # -- steps ----------------------------------------------------------------
@@ -420,7 +403,9 @@ class Processor:
         else:
             m.attributed_purchases.labels(*labels).inc()
             if hit.revenue > 0:
-                m.attributed_revenue.labels(*labels).inc(hit.revenue)
+                # Per currency: amounts in different currencies are never added up.
+                currency = event.currency or NO_CURRENCY
+                m.attributed_revenue.labels(*labels, currency).inc(hit.revenue)
             if hit.first:
                 m.recommendations_converted.labels(*labels).inc()
         self._save_exposures(profile, log)
@@ -441,6 +426,13 @@ class Processor:
             # empty list helps no consumer, so nothing is published.
             return None
         rec_id = str(uuid.uuid5(_ID_NAMESPACE, f"rec:{event.event_id}:{strategy}"))
+        # A reason quoting an item pair ("bought together with X") only when the
+        # DP count of the pair supports it (docs/privacy.md).
+        items = [
+            dataclasses.replace(r, reason=private_reason(r.item_id, r.reason, self.publisher))
+            if r.reason.startswith(PAIR_REASONS) else r
+            for r in items
+        ]
         as_json = [recommendation_json(r) for r in items]  # once for the profile and payload
         profile["recommendations"] = compact_recommendations(as_json)
         profile["recommendation_id"] = rec_id
@@ -475,15 +467,10 @@ class Processor:
             self.settings.topic_recommendations, event.user_id.encode(), orjson.dumps(payload)
         )
 
-    def _experiment_gauges(self) -> None:
+    def _bandit_gauges(self) -> None:
+        # Experiment rates and their intervals are not exported: Prometheus
+        # computes them from the counters of every worker (ops/prometheus/rules.yml).
         m = self.metrics
-        for variant, tally in self.loop.tallies.items():
-            for metric, successes in (("ctr", tally.clicked), ("conversion", tally.converted)):
-                rate = wilson(min(successes, tally.exposures), tally.exposures)
-                for bound, value in (
-                    ("value", rate.value), ("lower", rate.lower), ("upper", rate.upper)
-                ):
-                    m.experiment_rate.labels(variant, metric, bound).set(value)
         if self.loop.bandit is not None:
             for segment, arms in self.loop.bandit.snapshot().items():
                 for strategy, stats in arms.items():
@@ -508,7 +495,7 @@ class Processor:
             self.settings.topic_alerts, alert.subject.encode(), orjson.dumps(payload)
         )
 
-    def _dead_letter(self, msg: InputMessage, rejection: Rejected) -> OutputMessage:
+    def dead_letter(self, msg: InputMessage, rejection: Rejected) -> OutputMessage:
         self.metrics.deadletter.labels(rejection.reason, msg.topic).inc()
         # Kafka Connect's convention: the original bytes untouched, the why in headers.
         headers = [
@@ -520,9 +507,42 @@ class Processor:
         ]
         if msg.timestamp is not None:
             headers.append(("source.timestamp", _rfc3339(msg.timestamp).encode()))
-        return OutputMessage(
-            self.settings.topic_deadletter, msg.key, msg.value or b"", headers
-        )
+        key = msg.key
+        if self.settings.deadletter_pseudonymise_keys:
+            key = pseudonymise_key_bytes(key, self._key)
+        return OutputMessage(self.settings.topic_deadletter, key, msg.value or b"", headers)
+
+    # -- erasure on request (docs/privacy.md) ---------------------------------------
+
+    def erase(self, user_id: str) -> tuple[list[OutputMessage], dict[str, int]]:
+        """Erase everything held about ``user_id`` (as the events name it).
+
+        The profile (a changelog tombstone: de-duplication ids, exposures and
+        their attribution flags go with it), the models' per-user state, a
+        recommendation still owed (its trigger record is released for commit:
+        nothing will answer it). Returns the outputs to publish, a tombstone
+        under the user's key on the recommendations topic, and what was erased
+        by part (``stream.erasure.ERASED_PARTS``). Idempotent.
+        """
+        stored = pseudonymise(user_id, self._key) if self._key else user_id
+        erased = dict.fromkeys(ERASED_PARTS, 0)
+        if self.debounce.forget(stored):
+            erased["pending"] = 1
+            self.metrics.recommendations_held.set(len(self.debounce))
+        profile = self.profiles.get(stored)
+        if profile is not None:
+            exposures = profile.get("exposures") or []
+            erased["dedupe_ids"] = len(profile.get("recent_event_ids") or [])
+            erased["exposures"] = len(exposures)
+            erased["attribution"] = sum(
+                1 for e in exposures if isinstance(e, list) and len(e) > 7 and (e[6] or e[7])
+            )
+            erased["profile"] = self.profiles.delete([stored])
+        self._exposure_logs.pop(stored, None)
+        erased["engine_state"] = self.engine.erase(stored)
+        erased["recommendations"] = 1
+        tombstone = OutputMessage(self.settings.topic_recommendations, stored.encode(), None)
+        return [tombstone], erased
 
 
 class DictStore(dict[str, StoredProfile]):
