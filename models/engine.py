@@ -28,6 +28,7 @@ from models.profiles import DAY, History, UserProfile
 from models.recommender import BlendedRecommender, exclude_seen, top_k
 from models.segmentation import OnlineSegmentation
 from models.sentiment import ItemSentiment, SentimentModel
+from models.session import SESSION_FEATURES, SESSION_REASONS, SessionRecommender, with_session
 
 __all__ = [
     "ALERT_KINDS",
@@ -125,6 +126,16 @@ class EngineConfig:
     churn_min_orders: int = 3
     # eviction: users are indexed by last activity in buckets of this much event time
     activity_bucket_s: float = 3600.0
+    # sessions (models.session): a click without session_id after this gap starts one
+    session_gap_s: float = 1800.0
+    # weights of the session rows (current item, repeats, rules, neighbours) and of
+    # the blend, scaled to [0, 1], when the user has a live session
+    session_weights: tuple[float, float, float, float] = (4.0, 0.5, 1.0, 1.0)
+    session_blend_weight: float = 0.2
+    session_rule_window: int = 10
+    session_sample: int = 500
+    session_neighbours: int = 100
+    max_sessions: int = 200_000
 
 
 class FeedbackEngine:
@@ -173,6 +184,13 @@ class FeedbackEngine:
             blend_lr=c.blend_lr,
             blend_l2=c.blend_l2,
             seed=c.seed,
+        )
+        self.sessions = SessionRecommender(
+            gap_s=c.session_gap_s,
+            rule_window=c.session_rule_window,
+            sample=c.session_sample,
+            neighbours=c.session_neighbours,
+            max_sessions=c.max_sessions,
         )
         self.ratings = RatingFactorization(n_factors=c.rating_factors, seed=c.seed + 1)
         self.segmentation = OnlineSegmentation(
@@ -317,6 +335,8 @@ class FeedbackEngine:
         self.recommender.learn(profile, item, strength, preference, t, n_items)
         if scored is not None:
             self.recommender.learn_blend(scored, item)
+        if strength > 0 and event.type != "review":  # browsing and buying make sessions
+            self.sessions.learn(event.user_id, item, t, event.session_id)
         if event.rating is not None and event.type == "review":
             self.ratings.learn(event.user_id, item, event.rating)
         if words is not None:
@@ -501,6 +521,7 @@ class FeedbackEngine:
         if profile is not None:
             self._activity_remove(user_id, profile.last_seen)
         self.recommender.taste.forget(user_id)
+        self.sessions.forget(user_id)
         self.ratings.forget(user_id)
         self.segmentation.remove(user_id)
         for kind in USER_ALERT_KINDS:
@@ -591,12 +612,16 @@ class FeedbackEngine:
         k: int = 10,
         now: float | None = None,
         avoid: Collection[str] = (),
+        session_id: str | None = None,
+        item_id: str | None = None,
     ) -> list[Recommendation]:
         """Top-``k`` items for ``user_id``, excluding items they bought or reviewed
         and the ``avoid`` items (e.g. those the user keeps passing over).
 
-        An unknown user gets the popular items. ``now`` is accepted for
-        interface stability; popularity is already decayed to the latest event.
+        An unknown user gets the popular items. Inside a live session (see
+        :meth:`models.session.SessionRecommender.context`: ``session_id`` picks
+        it, ``item_id`` is the item being viewed, ``now`` defaults to the
+        latest event time) the session signals lead, the blend breaks ties.
         """
         n = len(self.catalogue)
         if n == 0:
@@ -607,12 +632,50 @@ class FeedbackEngine:
         scored = self.recommender.score(profile, n, exclude_all_seen=False)
         # Excluded before the top k is taken, so reasons are built for the k returned only.
         self._exclude(scored.scores, avoid)
+        viewed = self.catalogue.get(item_id) if item_id is not None else None
+        context = self.sessions.context(
+            user_id, self.clock if now is None else now, session_id, viewed
+        )
+        if context:
+            return self._recommend_in_session(scored, profile, context, k)
         top = self.recommender.top(scored, k)
         reasons = self.recommender.reasons(scored, top, profile, self.catalogue)
         return [
             Recommendation(self.catalogue.ids[i], float(scored.scores[i]), reason)
             for i, reason in zip(top, reasons, strict=True)
         ]
+
+    def _recommend_in_session(
+        self, scored: Any, profile: UserProfile, context: list[int], k: int
+    ) -> list[Recommendation]:
+        c = self.config
+        n = scored.scores.shape[0]
+        live = self.sessions.current.get(profile.user_id)
+        own = live.number if live is not None and live.items and live.items[-1] in context else None
+        signals = self.sessions.signals(context, n, own)
+        scores, strongest = with_session(
+            scored.scores, signals, np.asarray(c.session_weights), c.session_blend_weight
+        )
+        top = top_k(scores, k)
+        from_blend = [i for i in top if strongest[i] == len(SESSION_FEATURES)]
+        blend_reasons = dict(
+            zip(
+                from_blend,
+                self.recommender.reasons(scored, from_blend, profile, self.catalogue),
+                strict=True,
+            )
+        )
+        out = []
+        for i in top:
+            reason = blend_reasons.get(i)
+            if reason is None:
+                signal = SESSION_FEATURES[int(strongest[i])]
+                source = signals.rule_sources.get(i)
+                reason = SESSION_REASONS[signal].format(
+                    item=self.catalogue.ids[source] if source is not None else "it"
+                )
+            out.append(Recommendation(self.catalogue.ids[i], float(scores[i]), reason))
+        return out
 
     def segment_of(self, user_id: str) -> int | None:
         """The user's current segment, ``None`` if unknown or before warm-up."""
