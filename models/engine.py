@@ -336,7 +336,11 @@ class FeedbackEngine:
         if scored is not None:
             self.recommender.learn_blend(scored, item)
         if strength > 0 and event.type != "review":  # browsing and buying make sessions
-            self.sessions.learn(event.user_id, item, t, event.session_id)
+            self.sessions.learn(
+                event.user_id, item, t, event.session_id, browsing=event.type == "click"
+            )
+        else:
+            self.sessions.pause(event.user_id)
         if event.rating is not None and event.type == "review":
             self.ratings.learn(event.user_id, item, event.rating)
         if words is not None:

@@ -43,6 +43,7 @@ class Session:
     number: int  # the session's entry in the store
     last: float
     items: list[int] = field(default_factory=list)
+    browsing: bool = True  # the user's latest event is a click of this session
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +135,13 @@ class SessionRecommender:
                 del self.store[next(iter(self.store))]
         return s
 
-    def learn(self, user: str, item: int, t: float, session_id: str | None) -> None:
-        """Learn that ``user`` viewed (or bought) ``item`` at ``t`` in ``session_id``."""
+    def learn(
+        self, user: str, item: int, t: float, session_id: str | None, browsing: bool = True
+    ) -> None:
+        """Learn that ``user`` viewed (``browsing``) or bought ``item`` at ``t``."""
         s = self._session(user, t, session_id)
         s.last = max(s.last, t)
+        s.browsing = browsing
         rules = self.rules
         while len(rules) <= item:
             rules.append(Neighbours())
@@ -162,6 +166,12 @@ class SessionRecommender:
                 recent = self.item_sessions[item] = deque(maxlen=self.sample)
             recent.append(s.number)
 
+    def pause(self, user: str) -> None:
+        """The user did something else than browsing (a review, a return): not browsing now."""
+        s = self.current.get(user)
+        if s is not None:
+            s.browsing = False
+
     def forget(self, user: str) -> None:
         """Drop ``user``'s current session (what it taught the rules and store stays)."""
         self.current.pop(user, None)
@@ -176,9 +186,11 @@ class SessionRecommender:
     ) -> list[int]:
         """The items of ``user``'s live session, oldest first, plus ``item`` if being viewed.
 
-        The session is live if ``session_id`` (when given) is its id, and, for
-        sessions cut by the gap, its last event is less than ``gap_s`` before
-        ``now``. Empty when nothing is known.
+        With ``session_id``, the session is live if it has that id. Without,
+        it is live while the user is browsing (their latest event is one of
+        its clicks: after a purchase or a review their taste, not the page they
+        were on, leads) and, for sessions cut by the gap, its last event is
+        less than ``gap_s`` before ``now``. Empty when nothing is known.
         """
         s = self.current.get(user)
         items: list[int] = []
@@ -186,7 +198,8 @@ class SessionRecommender:
             if session_id is not None:
                 live = s.key == session_id
             else:
-                live = s.key is not None or now is None or now - s.last < self.gap_s
+                fresh = s.key is not None or now is None or now - s.last < self.gap_s
+                live = s.browsing and fresh
             if live:
                 items = list(s.items)
         if item is not None and (not items or items[-1] != item):

@@ -135,6 +135,18 @@ def test_engine_session_context_from_the_request_and_its_expiry() -> None:
     assert engine.recommend("late", k=1, now=t + 20_000)[0].reason != "the item you are viewing"
 
 
+def test_after_a_purchase_or_review_the_session_leads_only_on_request() -> None:
+    engine = FeedbackEngine(EngineConfig(seed=3))
+    t = clicks(engine, "u", ["a", "b"], T0, "s")
+    assert engine.recommend("u", k=1)[0].reason == "the item you are viewing"
+    engine.process(Event("review", "r", "u", "z", t, rating=5.0))
+    assert all(r.reason != "the item you are viewing" for r in engine.recommend("u", k=3))
+    asked = engine.recommend("u", k=1, session_id="s")
+    assert asked[0].item_id == "b" and asked[0].reason == "the item you are viewing"
+    clicks(engine, "u", ["c"], t + 1, "s")  # browsing again
+    assert engine.recommend("u", k=1)[0].item_id == "c"
+
+
 def test_forget_drops_the_session() -> None:
     engine = FeedbackEngine(EngineConfig(seed=3))
     clicks(engine, "u", ["a", "b"], T0, "s")
