@@ -736,6 +736,26 @@ class FeedbackEngine:
         if idx:
             scores[idx] = -np.inf
 
+    def similar(self, item_id: str, k: int = 10) -> list[Recommendation] | None:
+        """The items most often viewed or bought together with ``item_id``, best first.
+
+        The co-occurrence signal of the blend from that one item (cosine-like:
+        pair weight over both items' masses); ``None`` for an unknown item, an
+        empty list for an item nothing co-occurred with yet.
+        """
+        idx = self.catalogue.get(item_id)
+        if idx is None:
+            return None
+        n = len(self.catalogue)
+        scores = self.recommender.cooccurrence.scores([(idx, 1.0)], n)
+        scores[idx] = 0.0
+        scores[scores <= 0.0] = -np.inf
+        reason = f"viewed or bought together with {item_id}"
+        return [
+            Recommendation(self.catalogue.ids[i], float(scores[i]), reason)
+            for i in top_k(scores, k)
+        ]
+
     def popular(
         self, user_id: str, k: int = 10, avoid: Collection[str] = ()
     ) -> list[Recommendation]:

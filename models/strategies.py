@@ -97,16 +97,24 @@ class Strategies:
         now: float | None = None,
         key: str = "",
         avoid: Collection[str] = (),
+        session_id: str | None = None,
+        item_id: str | None = None,
     ) -> list[Recommendation]:
-        """Top-``k`` for ``user_id`` by ``strategy``; ``key`` seeds ``explore``."""
+        """Top-``k`` for ``user_id`` by ``strategy``; ``key`` seeds ``explore``.
+
+        ``session_id`` and ``item_id`` (a request's session and the item being
+        viewed) reach the engine's session context; the popularity control ignores them.
+        """
         if strategy not in self.fatigue_strategies:
             avoid = ()
         if strategy == "blend":
-            return engine.recommend(user_id, k, now=now, avoid=avoid)
+            return engine.recommend(
+                user_id, k, now=now, avoid=avoid, session_id=session_id, item_id=item_id
+            )
         if strategy == "popularity":
             return engine.popular(user_id, k, avoid=avoid)
         if strategy == "explore":
-            return self.explore(engine, user_id, k, now, key, avoid)
+            return self.explore(engine, user_id, k, now, key, avoid, session_id, item_id)
         raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
 
     def explore(
@@ -117,9 +125,14 @@ class Strategies:
         now: float | None = None,
         key: str = "",
         avoid: Collection[str] = (),
+        session_id: str | None = None,
+        item_id: str | None = None,
     ) -> list[Recommendation]:
         """The blend's top ``explore_pool * k``, re-ranked by a Plackett-Luce draw."""
-        pool = engine.recommend(user_id, k * self.explore_pool, now=now, avoid=avoid)
+        pool = engine.recommend(
+            user_id, k * self.explore_pool, now=now, avoid=avoid,
+            session_id=session_id, item_id=item_id,
+        )
         if not pool:
             return []
         digest = blake2b(f"{self.seed}:{key}".encode(), digest_size=8).digest()
