@@ -23,6 +23,7 @@ from stream.faust import OffsetTrace, TableStore, create_app
 from stream.kafka import ssl_context
 from stream.metrics import Metrics
 from stream.processor import InputMessage, OutputMessage, Processor
+from stream.pull import Pulls
 from stream.settings import Settings
 from stream.topics import PROFILES_TABLE
 
@@ -203,7 +204,7 @@ def build_app(
     # profile changelog: see stream/checkpoint.py.
     checkpoint.register(app, settings, models, metrics)
 
-    views.register(app, settings, engine, metrics.registry, profiles)
+    views.register(app, settings, engine, metrics.registry, profiles, Pulls(processor))
     return fa
 
 

@@ -27,6 +27,7 @@ from models.strategies import STRATEGIES, Strategies
 from stream.contract import Rejected, decode_event
 from stream.metrics import Metrics
 from stream.privacy import pseudonymise, scrub_pii
+from stream.pull import PulledExposures
 from stream.settings import Settings
 
 # Reasons the stream layer adds to those of stream.contract.REJECTION_REASONS.
@@ -142,6 +143,8 @@ class Processor:
         self.bandit = bandit if settings.bandit else None
         # (exposures, clicked, converted) per variant since start, for the rate gauges.
         self.variant_counts: dict[str, list[int]] = {}
+        # Pulled lists (stream/pull.py) waiting for their user's next event.
+        self.pulled = PulledExposures(max_exposures=settings.attribution_max_exposures)
         # Parsed exposure logs of this batch's users: (the JSON they came from, log).
         self._exposure_logs: dict[str, tuple[Any, UserExposures]] = {}
         # Per-event metric children by event type: labels() costs a lock and a lookup.
@@ -445,12 +448,15 @@ class Processor:
         if event.type == "purchase" and event.quantity <= 0:
             return None  # returns are not attributed
         log = self._exposures(profile)
+        pulled = self.pulled.merge(event.user_id, log)  # lists pulled since its last event
         hit = log.attribute(event)
         if hit is None:
             reason = (
                 "unknown_recommendation_id" if event.recommendation_id else "not_recommended"
             )
             m.attribution_unmatched.labels(etype, reason).inc()
+            if pulled:
+                self._save_exposures(profile, log)
             return None
         exp = hit.exposure
         labels = (exp.variant, exp.strategy)
@@ -474,13 +480,27 @@ class Processor:
 
     def _choose(self, profile: Profile, event: Event) -> tuple[str, str]:
         """``(variant, strategy)`` for this recommendation."""
+        return self.choose_for(event.user_id, profile.get("segment"), event.event_id)
+
+    def choose_for(self, user_id: str, segment: int | None, key: str) -> tuple[str, str]:
+        """``(variant, strategy)`` of a recommendation for ``user_id``; ``key`` seeds the bandit."""
         if self.bandit is not None:
-            segment = profile.get("segment")
-            strategy = self.bandit.choose(segment, key=event.event_id)
+            strategy = self.bandit.choose(segment, key=key)
             self.metrics.bandit_choices.labels(segment_key(segment), strategy).inc()
             return "bandit", strategy
-        variant = self.experiment.variant_of(event.user_id)
+        variant = self.experiment.variant_of(user_id)
         return variant, variant
+
+    def exposures_of(self, profile: Profile) -> UserExposures:
+        """The user's stored exposure log (read-only use: fatigue of a pulled list)."""
+        return self._exposures(profile)
+
+    def count_exposure(self, exposure: Exposure) -> None:
+        """Count a recommendation shown (published or pulled) in the metrics and the bandit."""
+        self.metrics.exposures.labels(exposure.variant, exposure.strategy).inc()
+        self.variant_counts.setdefault(exposure.variant, [0, 0, 0])[0] += 1
+        if self.bandit is not None:
+            self.bandit.expose(exposure.segment, exposure.strategy)
 
     def _recommend(
         self, profile: Profile, event: Event, msg: InputMessage, now: float
@@ -503,17 +523,12 @@ class Processor:
         profile["recommended_at"] = event.timestamp
         profile["variant"] = variant
         segment = profile.get("segment")
-        log.expose(
-            Exposure(
-                rec_id, tuple(r.item_id for r in items), strategy, variant, event.timestamp,
-                segment,
-            )
+        exposure = Exposure(
+            rec_id, tuple(r.item_id for r in items), strategy, variant, event.timestamp, segment
         )
+        log.expose(exposure)
         self._save_exposures(profile, log)
-        self.metrics.exposures.labels(variant, strategy).inc()
-        self.variant_counts.setdefault(variant, [0, 0, 0])[0] += 1
-        if self.bandit is not None:
-            self.bandit.expose(segment, strategy)
+        self.count_exposure(exposure)
         payload = {
             "recommendation_id": rec_id,
             "user_id": event.user_id,
@@ -620,6 +635,7 @@ class Processor:
             self.profiles.delete(user_ids)
             for user_id in user_ids:
                 self._exposure_logs.pop(user_id, None)
+                self.pulled.forget(user_id)
         self.metrics.users_evicted.labels(reason).inc(len(user_ids))
         return len(user_ids)
 
