@@ -10,6 +10,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from models.engine import FeedbackEngine
+from stream.faust.routing import user_route
 from stream.privacy import pseudonymise
 from stream.processor import expand_recommendations
 from stream.pull import BadRequest, Pulls, parse_id, parse_k
@@ -34,7 +35,7 @@ def register(
     class UserPage(View):
         """The user's profile; a user owned by another worker is forwarded there."""
 
-        @app.table_route(table=profiles, match_info="user_id")  # type: ignore[arg-type]
+        @user_route(app, profiles)
         async def get(self, request: Request, user_id: str) -> Response:
             stored_id = pseudonymise(user_id, key) if key else user_id
             profile = profiles.get(stored_id)
@@ -72,7 +73,7 @@ def register_pulls(app: faust.App, settings: Settings, profiles: Any, pulls: Pul
     class RecommendationsPage(View):
         """The user's recommendation now; an unknown user gets the popular items."""
 
-        @app.table_route(table=profiles, match_info="user_id")  # type: ignore[arg-type]
+        @user_route(app, profiles)
         async def get(self, request: Request, user_id: str) -> Response:
             started = time.perf_counter()
             query = request.query
