@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from models.attribution import Exposure, UserExposures
-from stream.contract import MAX_ID_CHARS
+from stream.contract import MAX_ID_CHARS, format_timestamp
 
 if TYPE_CHECKING:
     from stream.processor import Processor
@@ -40,31 +40,33 @@ class BadRequest(ValueError):
 class PulledExposures:
     """Pulled lists not yet in their user's stored log, at most ``max_users`` users.
 
-    Each user keeps at most ``max_exposures``; the user whose first pending
-    pull is oldest is dropped first when full.
+    Each user's pending log keeps at most ``max_exposures``; the user whose
+    first pending pull is oldest is dropped first when full.
     """
 
-    def __init__(self, max_users: int = 100_000, max_exposures: int = 20) -> None:
-        self.max_users = max_users
+    def __init__(
+        self, window: float = 1800.0, max_exposures: int = 20, max_users: int = 100_000
+    ) -> None:
+        self.window = window
         self.max_exposures = max_exposures
-        self.pending: dict[str, list[Exposure]] = {}
+        self.max_users = max_users
+        self.pending: dict[str, UserExposures] = {}
 
-    def add(self, user_id: str, exposure: Exposure) -> None:
-        waiting = self.pending.get(user_id)
-        if waiting is None:
-            waiting = self.pending[user_id] = []
+    def log_of(self, user_id: str) -> UserExposures:
+        """``user_id``'s pending log (created empty)."""
+        log = self.pending.get(user_id)
+        if log is None:
+            log = self.pending[user_id] = UserExposures(self.window, self.max_exposures)
             if len(self.pending) > self.max_users:
                 del self.pending[next(iter(self.pending))]
-        waiting.append(exposure)
-        if len(waiting) > self.max_exposures:
-            del waiting[0]
+        return log
 
     def merge(self, user_id: str, log: UserExposures) -> bool:
         """Move ``user_id``'s pending exposures into ``log``; True if there were any."""
         waiting = self.pending.pop(user_id, None)
-        if not waiting:
+        if waiting is None or not waiting.exposures:
             return False
-        for exposure in waiting:
+        for exposure in waiting.exposures:
             log.expose(exposure)
         return True
 
@@ -128,20 +130,18 @@ class Pulls:
         event_time = p.max_event_time or now
         rec_id = str(uuid.uuid5(_PULL_NAMESPACE, f"pull:{stored}:{now!r}:{self.requests}"))
         profile = p.profiles.get(stored)
-        segment = profile.get("segment") if profile is not None else None
-        variant, strategy = p.choose_for(stored, segment, rec_id)
+        segment = profile["segment"] if profile is not None else None
+        variant, strategy = p.choose(stored, segment, rec_id)
         log = p.exposures_of(profile) if profile is not None else None
-        items = p.strategies.recommend(
-            strategy, p.engine, stored, k, now=event_time, key=rec_id,
-            avoid=log.fatigued(p.settings.fatigue_impressions) if log is not None else (),
+        items = p.loop.recommend(
+            p.engine, stored, strategy, log, now=event_time, key=rec_id, k=k,
             session_id=session_id, item_id=item_id,
         )
         if items:
             exposure = Exposure(
                 rec_id, tuple(r.item_id for r in items), strategy, variant, event_time, segment
             )
-            p.pulled.add(stored, exposure)
-            p.count_exposure(exposure)
+            p.expose_pulled(stored, exposure)
         return {
             "recommendation_id": rec_id,
             "user_id": user_id,
@@ -163,6 +163,4 @@ class Pulls:
 
 
 def _rfc3339(stamp: float) -> str:
-    from stream.processor import rfc3339
-
-    return rfc3339(stamp)
+    return format_timestamp(stamp, timespec="milliseconds")

@@ -12,9 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from models.engine import FeedbackEngine
 from stream.faust.routing import user_route
 from stream.privacy import pseudonymise
-from stream.processor import expand_recommendations
 from stream.pull import BadRequest, Pulls, parse_id, parse_k
 from stream.settings import Settings
+from stream.stored_profile import StoredProfile, expand_recommendations
 
 
 def register(
@@ -106,8 +106,9 @@ def register_pulls(app: faust.App, settings: Settings, profiles: Any, pulls: Pul
             return answer(self, "similar", started, body)
 
 
-def profile_view(profile: dict[str, Any], features: dict[str, Any] | None) -> dict[str, Any]:
-    """What ``GET /users/{id}`` returns: the stored profile less internal fields."""
+def profile_view(profile: StoredProfile, features: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``GET /users/{id}`` returns: the stored profile less internal fields,
+    with the models' features of the user (``features``)."""
     return {
         "user_id": profile["user_id"],
         "events": profile["events"],

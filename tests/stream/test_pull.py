@@ -117,7 +117,7 @@ def test_evicting_a_user_drops_their_pending_pulls() -> None:
     browsing(proc, s)
     pulls.recommend("v1", 2)
     assert "v1" in proc.pulled.pending
-    proc._evicted(["v1"], "inactive")
+    proc.eviction._evicted(["v1"], "inactive")
     assert "v1" not in proc.pulled.pending
 
 
