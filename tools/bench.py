@@ -54,6 +54,7 @@ import orjson
 
 from stream.contract import format_timestamp, parse_timestamp
 from stream.settings import Settings
+from tools.pull_bench import measure_pulls, pull_targets
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCES = ("raw", "faust-decode", "faust-send")
@@ -187,6 +188,7 @@ BARS = {
     "events_per_second": (">=", 10_000.0),
     "events_vs_faust_per_event_send": (">=", 2.5),
     "latency_p99_seconds": ("<=", 0.25),
+    "pull_latency_p99_seconds": ("<=", 0.05),
 }
 
 
@@ -263,6 +265,13 @@ def format_report(report: dict[str, Any]) -> str:
                 f"p{p} {float(x or 0) * 1000:.0f} ms"
                 for p, x in zip((50, 95, 99), lat, strict=True)
             )
+        )
+    if r.get("pull_samples"):
+        lines.append(
+            f"pull API at {r['pull_requests_per_second']:g} requests/s during that load "
+            f"({r['pull_samples']:,} answers, {r.get('pull_failures', 0)} failed): "
+            f"p50 {float(r['pull_latency_p50_seconds']) * 1000:.0f} ms, "
+            f"p99 {float(r['pull_latency_p99_seconds']) * 1000:.0f} ms"
         )
     if r.get("checkpoint_mean_seconds"):
         lines.append(
@@ -853,13 +862,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             offered = max_rate * args.load_fraction
             m = min(n, int(offered * args.latency_seconds))
             batch = events[n : n + m]
-            _log(f"latency: offering {m:,} new events at {offered:,.0f}/s")
-            lat = asyncio.run(
-                measure_latency(
-                    s, encode(batch, topic_of), [e["event_id"] for e in batch],
-                    offered, timeout,
+            _log(f"latency: offering {m:,} new events at {offered:,.0f}/s"
+                 f" and {args.pull_rate:g} pulls/s")
+
+            async def both() -> tuple[list[float], dict[str, Any]]:
+                # The pull API is timed while the worker takes the same load.
+                return await asyncio.gather(
+                    measure_latency(
+                        s, encode(batch, topic_of), [e["event_id"] for e in batch],
+                        offered, timeout,
+                    ),
+                    measure_pulls(
+                        workers[0].settings.web_url, pull_targets(events[:n]),
+                        args.pull_rate, m / offered,
+                    ),
                 )
-            )
+
+            lat, pulls = asyncio.run(both())
+            report["pull_requests_per_second"] = args.pull_rate
+            report["pull_samples"] = len(pulls["latencies"])
+            report["pull_failures"] = pulls["failures"]
+            for p in (50, 99):
+                report[f"pull_latency_p{p}_seconds"] = _round(
+                    percentile(pulls["latencies"], p), 4
+                )
             wait_counts(workers, n + m, 10.0)
             report["latency_offered_events_per_second"] = _round(offered, 1)
             report["latency_samples"] = len(lat)
@@ -1053,6 +1079,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the fixed load is offered (0: skip)")
     p.add_argument("--load-fraction", type=float, default=0.5,
                    help="offered load as a fraction of the measured maximum")
+    p.add_argument("--pull-rate", type=float, default=20.0,
+                   help="GET /recommendations requests per second during the fixed load "
+                   "(0: skip)")
     p.add_argument("--users", type=int, default=100_000,
                    help="distinct new users for the memory figure (0: skip)")
     p.add_argument("--eviction-users", type=int, default=100_000,
