@@ -135,7 +135,7 @@ class EngineConfig:
     session_rule_window: int = 10
     session_sample: int = 500
     session_neighbours: int = 100
-    max_sessions: int = 200_000
+    max_sessions: int = 50_000
 
 
 class FeedbackEngine:

@@ -24,7 +24,6 @@ names the signal behind each item.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,7 +102,7 @@ class SessionRecommender:
         repeat_decay: float = 0.5,
         sample: int = 500,
         neighbours: int = 100,
-        max_sessions: int = 200_000,
+        max_sessions: int = 50_000,
     ) -> None:
         self.gap_s = gap_s
         self.max_items = max_items
@@ -118,7 +117,10 @@ class SessionRecommender:
         self.current: dict[str, Session] = {}
         self.rules: list[Neighbours] = []
         self.store: dict[int, list[int]] = {}  # session number -> its distinct items
-        self.item_sessions: dict[int, deque[int]] = {}
+        # item -> numbers of its recent sessions, oldest first: a list cut back to
+        # ``sample`` when twice as long (a deque's 64-slot block costs 600 bytes
+        # even for one item seen once)
+        self.item_sessions: dict[int, list[int]] = {}
         self.sessions_started = 0
 
     # -- learning ----------------------------------------------------------------
@@ -163,8 +165,11 @@ class SessionRecommender:
             stored.append(item)
             recent = self.item_sessions.get(item)
             if recent is None:
-                recent = self.item_sessions[item] = deque(maxlen=self.sample)
-            recent.append(s.number)
+                self.item_sessions[item] = [s.number]
+            else:
+                recent.append(s.number)
+                if len(recent) > 2 * self.sample:
+                    del recent[: -self.sample]
 
     def pause(self, user: str) -> None:
         """The user did something else than browsing (a review, a return): not browsing now."""
@@ -251,7 +256,7 @@ class SessionRecommender:
         for pos, item in enumerate(context):
             weights[item] = (pos + 1) / length  # linear decay, the viewed item 1
         for item, wi in weights.items():
-            for number in self.item_sessions.get(item, ()):
+            for number in self.item_sessions.get(item, ())[-self.sample :]:
                 if number != own:
                     similarity[number] = similarity.get(number, 0.0) + wi
         if similarity:

@@ -84,10 +84,11 @@ def test_neighbour_sessions_vote_for_their_items_and_not_the_own_session() -> No
 
 
 def test_memory_is_bounded() -> None:
-    s = SessionRecommender(max_items=3, max_sessions=2, max_rules=2)
+    s = SessionRecommender(max_items=3, max_sessions=2, max_rules=2, sample=2)
     for u in range(5):
         feed(s, f"u{u}", list(range(10)))
     assert len(s.store) == 2
+    assert max(len(sessions) for sessions in s.item_sessions.values()) <= 4
     assert all(len(items) <= 3 for items in s.store.values())
     assert all(len(state.items) <= 3 for state in s.current.values())
     assert all(len(nb) <= 4 for nb in s.rules)
