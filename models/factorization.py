@@ -55,8 +55,8 @@ class RatingFactorization:
     --------
     >>> mf = RatingFactorization(seed=1)
     >>> for _ in range(50):
-    ...     mf.learn("ann", 0, 5.0); mf.learn("bob", 0, 4.0); mf.learn("bob", 1, 1.0)
-    >>> mf.predict("ann", 0) > 4.8, mf.predict("ann", 1) < 3.0
+    ...     mf.learn_one("ann", 0, 5.0); mf.learn_one("bob", 0, 4.0); mf.learn_one("bob", 1, 1.0)
+    >>> mf.predict_one("ann", 0) > 4.8, mf.predict_one("ann", 1) < 3.0
     (True, True)
     """
 
@@ -147,7 +147,7 @@ class RatingFactorization:
                 latent = float(vec @ self.item_vec[item])
         return np.array([1.0, bu, bi, latent, bu * su, bi * si, su, si])
 
-    def predict(self, user: str, item: int) -> float:
+    def predict_one(self, user: str, item: int) -> float:
         """Predicted rating (the running mean before the first rating)."""
         if self.n == 0:
             return self.mean
@@ -180,7 +180,7 @@ class RatingFactorization:
         self.weights += gain * (rating - self.mean - float(self.weights @ x))
         self.inverse -= np.outer(gain, px)
 
-    def learn(self, user: str, item: int, rating: float) -> None:
+    def learn_one(self, user: str, item: int, rating: float) -> None:
         """A calibration step, then one SGD step on ``(user, item, rating)``."""
         if self.n:
             self._calibrate(user, item, rating)
@@ -245,8 +245,8 @@ class ImplicitFactorization:
     --------
     >>> bpr = ImplicitFactorization(seed=0)
     >>> for step in range(300):
-    ...     bpr.learn("ann", step % 2, 1.0, n_items=6)        # ann likes 0 and 1
-    ...     bpr.learn("bob", 2 + step % 2, 1.0, n_items=6)    # bob likes 2 and 3
+    ...     bpr.learn_one("ann", step % 2, 1.0, n_items=6)        # ann likes 0 and 1
+    ...     bpr.learn_one("bob", 2 + step % 2, 1.0, n_items=6)    # bob likes 2 and 3
     >>> s = bpr.scores("ann", 6)
     >>> bool(min(s[0], s[1]) > max(s[2], s[3]))
     True
@@ -308,7 +308,7 @@ class ImplicitFactorization:
         out[m:] = 0.0
         return out
 
-    def learn(self, user: str, item: int, weight: float, n_items: int) -> None:
+    def learn_one(self, user: str, item: int, weight: float, n_items: int) -> None:
         """BPR steps for ``item`` (positive if ``weight`` > 0, else negative)."""
         self._item(max(item, n_items - 1))
         p = self.user_vec.get(user)

@@ -28,7 +28,7 @@ Examples
 >>> loop = FeedbackLoop(variants="popularity")
 >>> log = UserExposures(window=600)
 >>> variant, strategy = loop.choose("a", segment=None, key="e3")
->>> items = loop.recommend(engine, "a", strategy, log, now=110.0, key="e3")
+>>> items = loop.recommend(engine, "a", strategy, log, key="e3")
 >>> [r.item_id for r in items]
 ['y']
 >>> loop.expose(log, Exposure("r1", ("y",), strategy, variant, 110.0))
@@ -164,7 +164,7 @@ class FeedbackLoop:
 
     def recommend(
         self, engine: FeedbackEngine, user_id: str, strategy: str, log: UserExposures | None,
-        now: float, key: str, k: int | None = None, session_id: str | None = None,
+        key: str, k: int | None = None, session_id: str | None = None,
         item_id: str | None = None,
     ) -> list[Recommendation]:
         """``strategy``'s top-k for the user, less what ``log`` says they are fatigued of.
@@ -174,7 +174,7 @@ class FeedbackLoop:
         """
         avoid = log.fatigued(self.fatigue_impressions) if log is not None else set()
         return self.strategies.recommend(
-            strategy, engine, user_id, self.top_k if k is None else k, now=now, key=key,
+            strategy, engine, user_id, self.top_k if k is None else k, key=key,
             avoid=avoid, session_id=session_id, item_id=item_id,
         )
 

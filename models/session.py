@@ -83,7 +83,7 @@ class SessionRecommender:
     >>> s = SessionRecommender()
     >>> for user, items in [("a", [0, 1, 2]), ("b", [0, 1, 2]), ("c", [0])]:
     ...     for t, item in enumerate(items):
-    ...         s.learn(user, item, float(t), None)
+    ...         s.learn_one(user, item, float(t), None)
     >>> signals = s.signals(s.context("c", 3.0), 3, own=s.current["c"].number)
     >>> signals.matrix.round(2).tolist()
     [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.5], [1.0, 1.0, 1.0]]
@@ -137,7 +137,7 @@ class SessionRecommender:
                 del self.store[next(iter(self.store))]
         return s
 
-    def learn(
+    def learn_one(
         self, user: str, item: int, t: float, session_id: str | None, browsing: bool = True
     ) -> None:
         """Learn that ``user`` viewed (``browsing``) or bought ``item`` at ``t``."""

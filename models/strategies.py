@@ -94,7 +94,6 @@ class Strategies:
         engine: FeedbackEngine,
         user_id: str,
         k: int = 10,
-        now: float | None = None,
         key: str = "",
         avoid: Collection[str] = (),
         session_id: str | None = None,
@@ -109,12 +108,12 @@ class Strategies:
             avoid = ()
         if strategy == "blend":
             return engine.recommend(
-                user_id, k, now=now, avoid=avoid, session_id=session_id, item_id=item_id
+                user_id, k, avoid=avoid, session_id=session_id, item_id=item_id
             )
         if strategy == "popularity":
             return engine.popular(user_id, k, avoid=avoid)
         if strategy == "explore":
-            return self.explore(engine, user_id, k, now, key, avoid, session_id, item_id)
+            return self.explore(engine, user_id, k, key, avoid, session_id, item_id)
         raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
 
     def explore(
@@ -122,7 +121,6 @@ class Strategies:
         engine: FeedbackEngine,
         user_id: str,
         k: int,
-        now: float | None = None,
         key: str = "",
         avoid: Collection[str] = (),
         session_id: str | None = None,
@@ -130,8 +128,7 @@ class Strategies:
     ) -> list[Recommendation]:
         """The blend's top ``explore_pool * k``, re-ranked by a Plackett-Luce draw."""
         pool = engine.recommend(
-            user_id, k * self.explore_pool, now=now, avoid=avoid,
-            session_id=session_id, item_id=item_id,
+            user_id, k * self.explore_pool, avoid=avoid, session_id=session_id, item_id=item_id
         )
         if not pool:
             return []

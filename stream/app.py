@@ -22,8 +22,9 @@ from stream.commit_guard import CommitGuard
 from stream.faust import OffsetTrace, TableStore, create_app
 from stream.kafka import ssl_context
 from stream.metrics import Metrics
-from stream.processor import InputMessage, OutputMessage, Processor
+from stream.processor import Processor
 from stream.pull import Pulls
+from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.topics import PROFILES_TABLE
 

@@ -15,9 +15,8 @@ import dataclasses
 import math
 import time
 import uuid
-from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Container, Sequence
+from typing import Any
 
 import orjson
 
@@ -33,9 +32,11 @@ from stream.eviction import Eviction
 from stream.metrics import Metrics
 from stream.privacy import pseudonymise, scrub_pii
 from stream.pull import PulledExposures
+from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.stored_profile import (
     HELD_TRIGGER,
+    ProfileStore,
     StoredProfile,
     compact_recommendations,
     from_changelog,
@@ -54,50 +55,6 @@ _ID_NAMESPACE = uuid.UUID("6b0c1d2e-8f7a-4c55-9e3b-2a6f0d9c4b17")
 
 def _rfc3339(ts: float) -> str:
     return format_timestamp(ts, timespec="milliseconds")
-
-
-class ProfileStore(Protocol):
-    """Per-user stored profiles: a Faust table in the worker, :class:`DictStore` in tests.
-
-    ``put`` stores the profile as given: where it came from (``source``, the
-    user's latest input record in the batch, whose partition the changelog
-    record goes to) is the store's to remember, never written into the profile.
-    """
-
-    def get(self, user_id: str) -> StoredProfile | None: ...
-
-    def put(self, user_id: str, profile: StoredProfile, source: InputMessage) -> None: ...
-
-    def delete(self, user_ids: Sequence[str]) -> int:
-        """Forget these users' profiles (durably); returns how many existed."""
-        ...
-
-    def keys(self) -> Iterable[str]: ...
-
-    def __len__(self) -> int: ...
-
-
-@dataclass(slots=True)
-class InputMessage:
-    """One Kafka record as the agent received it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float | None = None  # Kafka record time, Unix seconds
-    context: Any = None  # the transport's own event object (Faust's), passed back to the store
-
-
-@dataclass(slots=True)
-class OutputMessage:
-    """One record for the agent to publish."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 class Processor:
@@ -461,7 +418,7 @@ class Processor:
         variant, strategy = self.choose(event.user_id, segment, event.event_id)
         log = self._exposures(profile)
         items = self.loop.recommend(
-            self.engine, event.user_id, strategy, log, now=event.timestamp, key=event.event_id
+            self.engine, event.user_id, strategy, log, key=event.event_id
         )
         if not items:
             # Nothing the user has not already bought yet (a cold catalogue): an

@@ -134,7 +134,7 @@ class Pulls:
         variant, strategy = p.choose(stored, segment, rec_id)
         log = p.exposures_of(profile) if profile is not None else None
         items = p.loop.recommend(
-            p.engine, stored, strategy, log, now=event_time, key=rec_id, k=k,
+            p.engine, stored, strategy, log, key=rec_id, k=k,
             session_id=session_id, item_id=item_id,
         )
         if items:

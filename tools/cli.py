@@ -35,7 +35,7 @@ def _kafka_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from stream import broker
+    from tools import broker
 
     proc = broker.start(args.port, args.host)
     print(f"embedded Kafka-compatible broker (Tansu) on {args.host}:{args.port}", flush=True)

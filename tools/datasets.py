@@ -365,9 +365,16 @@ def demo_stream(
 # CLI
 
 
-def _events(
-    name: str, data_dir: Path | None, seed: int, skipped: Counter[str], split: str = "all"
+def events(
+    name: str,
+    data_dir: Path | None = None,
+    *,
+    seed: int = DEFAULT_SEED,
+    skipped: Counter[str] | None = None,
+    split: str = "all",
 ) -> Iterator[Event]:
+    """The events of dataset ``name`` (one of :data:`DATASETS`), in replay order;
+    ``split`` picks the YOOCHOOSE part (``all``, ``train_tr``, ``train_valid``)."""
     if name == "yoochoose":
         paths = {part: _path(data_dir, rel) for part, rel in clickstreams.YOOCHOOSE_FILES.items()}
         return clickstreams.yoochoose_clicks(paths, split, skipped=skipped)
@@ -423,11 +430,13 @@ def convert(
 ) -> dict[str, Any]:
     """Write ``name`` as JSONL to ``out``; return the counts."""
     skipped: Counter[str] = Counter()
-    events = itertools.islice(_events(name, data_dir, seed, skipped, split), limit)
+    selected = itertools.islice(
+        events(name, data_dir, seed=seed, skipped=skipped, split=split), limit
+    )
     written = 0
     stream = sys.stdout.buffer if str(out) == "-" else open(out, "wb")  # noqa: SIM115
     try:
-        for event in events:
+        for event in selected:
             stream.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
             written += 1
     finally:

@@ -1,16 +1,17 @@
 """``feedback-stream evaluate``: replay a contract JSONL file through the engine.
 
 Every event goes through exactly :class:`models.engine.FeedbackEngine` (predict
-first, then learn), and the baselines named in the models issue are computed
-on the same events in the same run:
+first, then learn), and a plain baseline for each model is computed on the
+same events in the same run:
 
 * ``hr_at_10_popularity``: a plain all-time popularity ranking (interaction
   counts; ties broken by first appearance), excluding the user's seen items;
 * ``rmse_biased_mf`` / ``mae_biased_mf``: River's ``reco.BiasedMF`` with the
   settings of River's MovieLens tutorial, clipped to the rating range seen;
 * ``sentiment_macro_f1_lexicon``: VADER alone (compound >= 0.05 is positive);
-* ``segmentation_silhouette_offline_kmeans``: numpy k-means++ / Lloyd with the
-  same k on the same final (standardised) per-user features;
+* ``segmentation_silhouette_offline_kmeans``: k-means++ / Lloyd (the segmentation
+  model's fit, run offline to convergence) with the same k on the same final
+  (standardised) per-user features;
 * ``churn_auc_recency``: days since the last order alone.
 
 With clicks or purchases in the file, ``attribution`` reports what each
@@ -35,10 +36,12 @@ from typing import IO, Any
 
 import numpy as np
 import orjson
+from sklearn import metrics as sklearn_metrics
 
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
 from models.recommender import FEATURES
+from models.segmentation import kmeans_fit, nearest_centre
 from models.sentiment import label_of, lexicon_compound_whole
 from tools.attribution_replay import AttributionReplay
 from tools.next_click import BASELINES as NEXT_CLICK_BASELINES
@@ -77,106 +80,62 @@ def read_events(path: Path, limit: int | None = None) -> tuple[list[Event], int]
 
 # -- metrics -------------------------------------------------------------------
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties averaged); ``None`` if one class.
+    """Area under the ROC curve (ties averaged); ``None`` if one class.
 
     >>> roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
     0.75
     """
-    labels = labels.astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks of ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    labels = np.asarray(labels).astype(bool)
+    if labels.all() or not labels.any():
+        return None  # undefined with one class; scikit-learn would raise
+    return float(sklearn_metrics.roc_auc_score(labels, scores))
 
 
 def macro_f1(pred: Sequence[bool], truth: Sequence[bool]) -> float | None:
     """Mean of the F1 scores of the positive and the negative class.
+
+    A class that is never predicted scores 0, even when it is also absent.
 
     >>> macro_f1([True, True, False, False], [True, False, False, False])
     0.7333333333333334
     """
     if not truth:
         return None
-    p = np.asarray(pred, dtype=bool)
-    t = np.asarray(truth, dtype=bool)
-    scores = []
-    for cls in (True, False):
-        tp = int(((p == cls) & (t == cls)).sum())
-        fp = int(((p == cls) & (t != cls)).sum())
-        fn = int(((p != cls) & (t == cls)).sum())
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return float(np.mean(scores))
+    return float(
+        sklearn_metrics.f1_score(
+            np.asarray(truth, dtype=bool), np.asarray(pred, dtype=bool),
+            labels=[True, False], average="macro", zero_division=0.0,
+        )
+    )
 
 
 def silhouette(x: np.ndarray, labels: np.ndarray) -> float | None:
-    """Mean silhouette coefficient (Euclidean); ``None`` with fewer than 2 clusters.
+    """Mean silhouette coefficient (Euclidean) of every row; ``None`` with fewer than 2 clusters.
+
+    The caller samples the rows, so the figure does not depend on scikit-learn's sampler.
 
     >>> x = np.array([[0.0], [0.1], [5.0], [5.1]])
     >>> round(silhouette(x, np.array([0, 0, 1, 1])), 3)
     0.98
     """
-    uniq = np.unique(labels)
-    if len(uniq) < 2 or len(x) < 3:
+    n_labels = len(np.unique(labels))
+    if n_labels < 2 or len(x) < 3:
         return None
-    sq = (x * x).sum(axis=1)
-    values = np.zeros(len(x))
-    for start in range(0, len(x), 1024):
-        block = x[start : start + 1024]
-        d2 = sq[start : start + 1024, None] + sq[None, :] - 2.0 * block @ x.T
-        d = np.sqrt(np.maximum(d2, 0.0))
-        per_cluster = np.stack([d[:, labels == c].sum(axis=1) for c in uniq], axis=1)
-        sizes = np.array([(labels == c).sum() for c in uniq], dtype=float)
-        own = np.searchsorted(uniq, labels[start : start + 1024])
-        rows = np.arange(len(block))
-        own_size = sizes[own]
-        a = per_cluster[rows, own] / np.maximum(own_size - 1, 1)
-        mean_other = per_cluster / sizes
-        mean_other[rows, own] = np.inf
-        b = mean_other.min(axis=1)
-        s = (b - a) / np.maximum(np.maximum(a, b), 1e-12)
-        s[own_size <= 1] = 0.0
-        values[start : start + 1024] = s
-    return float(values.mean())
+    if n_labels == len(x):
+        return 0.0  # every point alone: the coefficient of a singleton is 0 by definition
+    return float(sklearn_metrics.silhouette_score(x, labels, metric="euclidean"))
 
 
 def kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 5, iters: int = 100) -> np.ndarray:
-    """Offline k-means (k-means++ seeding, Lloyd iterations); labels of the best restart.
+    """Offline k-means: the labels of :func:`models.segmentation.kmeans_fit`'s best restart.
 
     >>> x = np.array([[0.0], [0.2], [9.0], [9.2]])
     >>> labels = kmeans(x, 2, seed=0)
     >>> bool(labels[0] == labels[1] != labels[2] == labels[3])
     True
     """
-    rng = np.random.default_rng(seed)
-    best_labels, best_inertia = np.zeros(len(x), dtype=np.int64), math.inf
-    for _ in range(restarts):
-        centres = [x[int(rng.integers(len(x)))]]
-        for _ in range(1, k):
-            d = np.min([((x - c) ** 2).sum(axis=1) for c in centres], axis=0)
-            total = d.sum()
-            centres.append(x[int(rng.choice(len(x), p=d / total))] if total > 0 else x[0])
-        c = np.stack(centres)
-        labels = np.zeros(len(x), dtype=np.int64)
-        for _ in range(iters):
-            d2 = ((x[:, None, :] - c[None]) ** 2).sum(axis=2)
-            new = d2.argmin(axis=1)
-            if np.array_equal(new, labels) and _ > 0:
-                break
-            labels = new
-            for j in range(k):
-                if (labels == j).any():
-                    c[j] = x[labels == j].mean(axis=0)
-        inertia = float(((x - c[labels]) ** 2).sum())
-        if inertia < best_inertia:
-            best_labels, best_inertia = labels, inertia
-    return best_labels
+    centres, _ = kmeans_fit(x, k, np.random.default_rng(seed), restarts=restarts, iters=iters)
+    return nearest_centre(x, centres)
 
 
 # -- baselines -----------------------------------------------------------------
@@ -207,7 +166,7 @@ class PopularityBaseline:
             )
         return ahead < k
 
-    def learn(self, event: Event) -> None:
+    def learn_one(self, event: Event) -> None:
         idx = self.index.get(event.item_id)
         if idx is None:
             idx = len(self.index)
@@ -326,7 +285,7 @@ def evaluate(
         label = label_of(event.rating) if event.type == "review" and event.text else None
         if label is not None and event.text:
             lex_pred.append(lexicon_compound_whole(event.text) >= 0.05)
-        pop.learn(event)
+        pop.learn_one(event)
         if replay is not None:
             replay.before(engine, event)
         if next_click is not None:

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream import broker
 from stream.settings import Settings
+from tools import broker
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import random
 import sys
 import time
@@ -19,8 +20,8 @@ from typing import Any
 import orjson
 
 from stream.settings import Settings
-
-DATASETS = ("demo", "online-retail", "movielens", "clothing", "cdnow")
+from tools import datasets
+from tools.datasets import DATASETS
 
 
 @dataclass
@@ -40,21 +41,7 @@ class ProduceStats:
 
 
 def dataset_events(name: str, data_dir: Path | None, limit: int | None) -> Iterator[dict[str, Any]]:
-    import tools.datasets as datasets
-
-    root = data_dir or datasets.default_data_dir()
-    generators = {
-        "demo": lambda: datasets.demo_stream(root, limit=limit),
-        "online-retail": lambda: datasets.online_retail_purchases(root),
-        "movielens": lambda: datasets.movielens_reviews(root),
-        "clothing": lambda: datasets.clothing_reviews(root),
-        "cdnow": lambda: datasets.cdnow_purchases(root),
-    }
-    events: Iterator[dict[str, Any]] = generators[name]()
-    for i, event in enumerate(events):
-        if limit is not None and i >= limit:
-            return
-        yield event
+    return itertools.islice(datasets.events(name, data_dir), limit)
 
 
 def jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:

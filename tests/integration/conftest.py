@@ -23,9 +23,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from stream import broker as embedded
 from stream.kafka import client_kwargs, create_topics, producer
 from stream.settings import Settings
+from tools import broker as embedded
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -43,7 +43,7 @@ def run_simulation(
         )
     )
     assert baseline is not None
-    final = simulate._wait_drained(url, sim.produced, timeout=60)
+    final = simulate.wait_drained(url, sim.produced, timeout=60)
     return sim, simulate.subtract(final, baseline)
 
 

@@ -57,7 +57,7 @@ def test_purchases_update_profiles_and_publish_recommendations() -> None:
     assert profile is not None and profile["events"]["purchase"] == 2
     assert value(reg, "feedback_events_total", type="purchase", outcome="processed") == 3
     assert value(reg, "feedback_recommendations_emitted_total",
-                 strategy=proc.engine.strategy) == 1
+                 strategy="blend") == 1
 
 
 def test_duplicate_event_ids_are_learned_once() -> None:

@@ -44,7 +44,7 @@ def test_yoochoose_all_is_both_parts_in_time_order_with_session_as_user(
     yoochoose_dir: Path,
 ) -> None:
     skipped: Counter[str] = Counter()
-    events = list(datasets._events("yoochoose", yoochoose_dir, 0, skipped))
+    events = list(datasets.events("yoochoose", yoochoose_dir, skipped=skipped))
     assert [e["event_id"] for e in events] == [
         "yc-train_tr-2", "yc-train_tr-1", "yc-train_tr-3",
         "yc-train_valid-1", "yc-train_valid-2",
@@ -60,9 +60,9 @@ def test_yoochoose_all_is_both_parts_in_time_order_with_session_as_user(
 
 
 def test_yoochoose_split_selects_one_part(yoochoose_dir: Path) -> None:
-    valid = list(datasets._events("yoochoose", yoochoose_dir, 0, Counter(), "train_valid"))
+    valid = list(datasets.events("yoochoose", yoochoose_dir, split="train_valid"))
     assert [e["item_id"] for e in valid] == ["yc-102", "yc-102"]
-    train = list(datasets._events("yoochoose", yoochoose_dir, 0, Counter(), "train_tr"))
+    train = list(datasets.events("yoochoose", yoochoose_dir, split="train_tr"))
     assert {e["user_id"] for e in train} == {"yc-s7", "yc-s3"}
 
 

@@ -142,10 +142,10 @@ def test_popularity_baseline_excludes_seen_items() -> None:
     from models.events import Event
 
     for i, item in enumerate(["a", "a", "a", "b", "b", "c"]):
-        base.learn(Event("purchase", f"e{i}", f"u{i}", item, 0.0, quantity=1))
+        base.learn_one(Event("purchase", f"e{i}", f"u{i}", item, 0.0, quantity=1))
     assert base.hit("new", "a", 1)
     assert not base.hit("new", "b", 1) and base.hit("new", "b", 2)
-    base.learn(Event("purchase", "x", "me", "a", 0.0, quantity=1))
+    base.learn_one(Event("purchase", "x", "me", "a", 0.0, quantity=1))
     assert base.hit("me", "b", 1)  # "a" is excluded for me
     assert not base.hit("me", "a", 10)  # already seen
     assert not base.hit("me", "never-seen", 10)

@@ -4,11 +4,9 @@ real Apache Kafka (see docker-compose.yml)."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +74,3 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@contextlib.contextmanager
-def running(port: int | None = None, host: str = "127.0.0.1") -> Iterator[str]:
-    """Start a broker for the duration of the block; yields ``host:port``."""
-    port = port or free_port(host)
-    proc = start(port, host)
-    try:
-        yield f"{host}:{port}"
-    finally:
-        stop(proc)
