@@ -28,7 +28,13 @@ from models.profiles import DAY, History, UserProfile
 from models.recommender import BlendedRecommender, exclude_seen, top_k
 from models.segmentation import OnlineSegmentation
 from models.sentiment import ItemSentiment, SentimentModel
-from models.session import SESSION_FEATURES, SESSION_REASONS, SessionRecommender, with_session
+from models.session import (
+    SESSION_FEATURES,
+    SESSION_REASONS,
+    SessionRecommender,
+    strongest,
+    with_session,
+)
 
 __all__ = [
     "ALERT_KINDS",
@@ -655,11 +661,11 @@ class FeedbackEngine:
         live = self.sessions.current.get(profile.user_id)
         own = live.number if live is not None and live.items and live.items[-1] in context else None
         signals = self.sessions.signals(context, n, own)
-        scores, strongest = with_session(
-            scored.scores, signals, np.asarray(c.session_weights), c.session_blend_weight
-        )
+        weights = np.asarray(c.session_weights)
+        scores, unit = with_session(scored.scores, signals, weights, c.session_blend_weight)
         top = top_k(scores, k)
-        from_blend = [i for i in top if strongest[i] == len(SESSION_FEATURES)]
+        why = {i: strongest(signals, weights, unit, i) for i in top}
+        from_blend = [i for i in top if why[i] == len(SESSION_FEATURES)]
         blend_reasons = dict(
             zip(
                 from_blend,
@@ -671,8 +677,8 @@ class FeedbackEngine:
         for i in top:
             reason = blend_reasons.get(i)
             if reason is None:
-                signal = SESSION_FEATURES[int(strongest[i])]
-                source = signals.rule_sources.get(i)
+                signal = SESSION_FEATURES[why[i]]
+                source = self.sessions.rule_source(signals, i) if signal == "rules" else None
                 reason = SESSION_REASONS[signal].format(
                     item=self.catalogue.ids[source] if source is not None else "it"
                 )

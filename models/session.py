@@ -51,7 +51,7 @@ class SessionSignals:
 
     matrix: np.ndarray  # (len(SESSION_FEATURES), n), each row in [0, 1]
     context: list[int]  # the session's items, oldest first (the viewed item last)
-    rule_sources: dict[int, int]  # candidate -> the context item whose rule adds most
+    rule_sources: list[tuple[int, float]]  # (context item, factor of its rules' weights)
 
 
 class SessionRecommender:
@@ -72,9 +72,10 @@ class SessionRecommender:
         ``d``-th last weighted ``rules_decay ** d``.
     repeat_decay
         The session item ``d`` steps back scores ``repeat_decay ** d`` as a repeat.
-    sample, neighbours
-        V-SKNN: the most recent ``sample`` sessions of each session item are
-        candidates; the ``neighbours`` most similar vote for their items.
+    sample, neighbours, knn_history
+        V-SKNN: the most recent ``sample`` sessions of each of the session's
+        last ``knn_history`` items are candidates; the ``neighbours`` most
+        similar vote for their items.
     max_sessions
         Past sessions kept in the store (oldest dropped first).
 
@@ -87,8 +88,8 @@ class SessionRecommender:
     >>> signals = s.signals(s.context("c", 3.0), 3, own=s.current["c"].number)
     >>> signals.matrix.round(2).tolist()
     [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.5], [1.0, 1.0, 1.0]]
-    >>> s.explain(signals, 1, "rules")
-    ('rules', 0)
+    >>> s.rule_source(signals, 1)
+    0
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class SessionRecommender:
         repeat_decay: float = 0.5,
         sample: int = 500,
         neighbours: int = 100,
+        knn_history: int = 10,
         max_sessions: int = 50_000,
     ) -> None:
         self.gap_s = gap_s
@@ -113,6 +115,7 @@ class SessionRecommender:
         self.repeat_decay = repeat_decay
         self.sample = sample
         self.neighbours = neighbours
+        self.knn_history = knn_history
         self.max_sessions = max_sessions
         self.current: dict[str, Session] = {}
         self.rules: list[Neighbours] = []
@@ -214,7 +217,7 @@ class SessionRecommender:
     def signals(self, context: list[int], n: int, own: int | None = None) -> SessionSignals:
         """The session rows of items ``0..n-1`` for ``context`` (``own``: its store entry)."""
         m = np.zeros((len(SESSION_FEATURES), n))
-        sources: dict[int, int] = {}
+        sources: list[tuple[int, float]] = []
         if not context:
             return SessionSignals(m, context, sources)
         last = context[-1]
@@ -231,7 +234,6 @@ class SessionRecommender:
             m[1] /= top
         # Sequential rules from the last few items, each source's rules scaled to max 1.
         rules = self.rules
-        best: dict[int, float] = {}
         w = 1.0
         seen_sources: set[int] = set()
         for item in reversed(context[-self.rules_history :]):
@@ -240,33 +242,41 @@ class SessionRecommender:
                 nb = rules[item]
                 keys, values = nb.keys[: nb.n], nb.values[: nb.n]
                 keep = keys < n
-                contribution = values[keep] * (w / float(values.max()))
-                np.add.at(m[2], keys[keep], contribution)
-                for key, value in zip(keys[keep].tolist(), contribution.tolist(), strict=True):
-                    if value > best.get(key, 0.0):
-                        best[key], sources[key] = value, item
+                factor = w / float(values.max())
+                np.add.at(m[2], keys[keep], values[keep] * factor)
+                sources.append((item, factor))
             w *= self.rules_decay
         top = float(m[2].max())
         if top > 0:
             m[2] /= top
         # V-SKNN: similarity = the recency-weighted session items a past session shares.
-        similarity: dict[int, float] = {}
-        length = len(context)
+        recent = context[-self.knn_history :]
         weights: dict[int, float] = {}
-        for pos, item in enumerate(context):
-            weights[item] = (pos + 1) / length  # linear decay, the viewed item 1
+        for pos, item in enumerate(recent):
+            weights[item] = (pos + 1) / len(recent)  # linear decay, the viewed item 1
+        numbers: list[np.ndarray] = []
+        shares: list[np.ndarray] = []
         for item, wi in weights.items():
-            for number in self.item_sessions.get(item, ())[-self.sample :]:
-                if number != own:
-                    similarity[number] = similarity.get(number, 0.0) + wi
-        if similarity:
-            nearest = sorted(similarity.items(), key=lambda kv: -kv[1])[: self.neighbours]
+            sessions = self.item_sessions.get(item)
+            if sessions:
+                tail = np.asarray(sessions[-self.sample :], dtype=np.int64)
+                numbers.append(tail)
+                shares.append(np.full(tail.shape[0], wi))
+        if numbers:
+            # One pass in numpy: each candidate session's similarity, then the nearest.
+            unique, where = np.unique(np.concatenate(numbers), return_inverse=True)
+            similarity = np.bincount(where, weights=np.concatenate(shares))
+            if own is not None:
+                similarity[unique == own] = 0.0
+            k = min(self.neighbours, unique.shape[0])
+            nearest = np.argpartition(-similarity, k - 1)[:k]
             idx: list[int] = []
             votes: list[float] = []
             store = self.store
-            for number, sim in nearest:
-                items = store.get(number)
-                if items:
+            for j in nearest.tolist():
+                sim = float(similarity[j])
+                items = store.get(int(unique[j]))
+                if items and sim > 0.0:
                     idx.extend(items)
                     votes.extend([sim] * len(items))
             if idx:
@@ -278,10 +288,14 @@ class SessionRecommender:
                     m[3] /= top
         return SessionSignals(m, context, sources)
 
-    @staticmethod
-    def explain(signals: SessionSignals, item: int, signal: str) -> tuple[str, int | None]:
-        """``(signal, source item)`` behind ``item``: the rule's source for ``rules``."""
-        return signal, signals.rule_sources.get(item) if signal == "rules" else None
+    def rule_source(self, signals: SessionSignals, item: int) -> int | None:
+        """The context item whose rule adds most to ``item`` (for its reason)."""
+        best, best_w = None, 0.0
+        for source, factor in signals.rule_sources:
+            w = self.rules[source].get(item) * factor
+            if w > best_w:
+                best, best_w = source, w
+        return best
 
 
 def with_session(
@@ -289,28 +303,32 @@ def with_session(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Session-aware scores: the session rows' weighted sum plus the blend scaled to [0, 1].
 
-    Returns ``(scores, strongest)``: ``strongest[i]`` is the index in
-    :data:`SESSION_FEATURES` of the largest contribution to item ``i``, or
-    ``len(SESSION_FEATURES)`` when the blend's is larger (its own reason applies).
-    Items the blend excluded (``-inf``) stay excluded.
+    Returns ``(scores, unit)``, ``unit`` the blend's weighted share of each
+    score (see :func:`strongest`). Items the blend excluded (``-inf``) stay excluded.
 
-    >>> sig = SessionSignals(np.array([[0, 1.0], [0, 0], [1.0, 0], [0, 0]]), [1], {})
-    >>> scores, why = with_session(np.array([2.0, 1.0]), sig, np.array([4, .5, 1, 1]), 0.2)
-    >>> scores.round(2).tolist(), why.tolist()
+    >>> sig = SessionSignals(np.array([[0, 1.0], [0, 0], [1.0, 0], [0, 0]]), [1], [])
+    >>> w = np.array([4, .5, 1, 1])
+    >>> scores, unit = with_session(np.array([2.0, 1.0]), sig, w, 0.2)
+    >>> scores.round(2).tolist(), [strongest(sig, w, unit, i) for i in (0, 1)]
     ([1.2, 4.0], [2, 0])
     """
     finite = np.isfinite(blend)
-    contributions = weights[:, None] * signals.matrix
     unit = np.zeros_like(blend)
     if finite.any():
         low, high = float(blend[finite].min()), float(blend[finite].max())
         if high > low:
             unit[finite] = (blend[finite] - low) / (high - low)
     unit *= blend_weight
-    scores = contributions.sum(axis=0) + unit
+    scores = weights @ signals.matrix + unit  # one BLAS pass
     scores[~finite] = -np.inf
-    strongest = np.vstack([contributions, unit]).argmax(axis=0)
-    return scores, strongest
+    return scores, unit
+
+
+def strongest(signals: SessionSignals, weights: np.ndarray, unit: np.ndarray, item: int) -> int:
+    """Index in :data:`SESSION_FEATURES` of the largest contribution to ``item``'s
+    score, ``len(SESSION_FEATURES)`` when the blend's (``unit``) is larger."""
+    contributions = [*(weights * signals.matrix[:, item]).tolist(), float(unit[item])]
+    return max(range(len(contributions)), key=contributions.__getitem__)
 
 
 #: Why a session signal recommends an item; ``{item}`` is the rule's source.
