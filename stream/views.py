@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from models.engine import FeedbackEngine
 from stream.faust.routing import user_route
+from stream.health import Health
 from stream.privacy import pseudonymise
 from stream.pull import BadRequest, Pulls, parse_id, parse_k
 from stream.settings import Settings
@@ -23,10 +24,12 @@ def register(
     engine: FeedbackEngine,
     registry: CollectorRegistry,
     profiles: Any,
+    health: Health,
     pulls: Pulls | None = None,
 ) -> None:
     """Add the worker's pages to ``app``: ``profiles`` is the profile table,
-    ``registry`` the metrics to expose, ``pulls`` answers the pull API."""
+    ``registry`` the metrics to expose, ``health`` what the probes answer,
+    ``pulls`` the pull API."""
     key = settings.pseudonymise_key.encode()
     if pulls is not None:
         register_pulls(app, settings, profiles, pulls)
@@ -52,10 +55,24 @@ def register(
                 headers={"Content-Type": CONTENT_TYPE_LATEST},
             )
 
-    @app.page("/healthz")
-    class HealthPage(View):
+    @app.page("/livez")
+    class LivePage(View):
+        """200 while the process runs and its event loop answers."""
+
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "app_id": settings.app_id})
+            return self.json(health.liveness_body())
+
+    @app.page("/healthz")
+    class HealthPage(LivePage):
+        """The same as /livez, for the probes configured before /livez existed."""
+
+    @app.page("/readyz")
+    class ReadyPage(View):
+        """200 when the worker does its job, else 503 with the reasons."""
+
+        async def get(self, request: Request) -> Response:
+            status, body = health.readiness_body()
+            return self.json(body, status=status)
 
 
 def register_pulls(app: faust.App, settings: Settings, profiles: Any, pulls: Pulls) -> None:
