@@ -212,7 +212,13 @@ async def save_consistent(
     tmp = path.with_suffix(f".snap{os.getpid()}-{next(_snapshots)}")
     async with lock:
         pid = _fork_snapshot(models, tmp)
-    await flush()
+    try:
+        await flush()
+    except BaseException:
+        # A failed flush (broker gone) must not leave the child unreaped or its file.
+        await loop.run_in_executor(None, os.waitpid, pid, 0)
+        tmp.unlink(missing_ok=True)
+        raise
     _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         tmp.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import numpy as np
 import orjson
@@ -43,6 +43,9 @@ from models.recommender import FEATURES
 from models.segmentation import kmeans_fit, nearest_centre
 from models.sentiment import label_of, lexicon_compound_whole
 from tools.attribution_replay import AttributionReplay
+from tools.next_click import BASELINES as NEXT_CLICK_BASELINES
+from tools.next_click import K as NEXT_K
+from tools.next_click import NextClick
 from tools.scaleout import PARTS, Cluster, parse_share
 
 DAY = 86_400.0
@@ -210,6 +213,8 @@ def evaluate(
     period: float = 1.0,
     share: Collection[str] = frozenset(PARTS),
     every: int | None = None,
+    warmup_until: float | None = None,
+    predictions: IO[bytes] | None = None,
 ) -> dict[str, Any]:
     """Replay ``events`` through a fresh engine and the baselines; the metrics dict.
 
@@ -218,7 +223,10 @@ def evaluate(
     go through that many user-partitioned engines sharing the ``share`` parts
     of their item-side knowledge every ``period`` seconds of event time
     (or every ``every`` events; :class:`tools.scaleout.Cluster`); the result
-    gains a ``scaleout`` entry.
+    gains a ``scaleout`` entry. With clicks in ``events``,
+    the next-click figures (:mod:`tools.next_click`) score only lists made at
+    or after ``warmup_until``, and each scored engine list is written to
+    ``predictions`` as a JSON line.
     """
     cluster = Cluster(workers, config, period, share, every) if workers is not None else None
     # The cluster routes each call to the user's worker: an engine to the replay.
@@ -246,6 +254,14 @@ def evaluate(
     replay = (
         AttributionReplay(variants, seed=engine.config.seed)
         if variants and any(e.type != "review" for e in events) else None
+    )
+    next_click = (
+        NextClick(
+            lambda e: [r.item_id for r in engine.recommend(e.user_id, NEXT_K)],
+            warmup_until,
+            predictions,
+        )
+        if any(e.type == "click" for e in events) else None
     )
     t_end = max((e.timestamp for e in events), default=0.0)
     cutoff = t_end - CHURN_HORIZON_DAYS * DAY
@@ -287,6 +303,8 @@ def evaluate(
         pop.learn_one(event)
         if replay is not None:
             replay.before(engine, event)
+        if next_click is not None:
+            next_click.before(event)
 
         t0, c0 = time.perf_counter(), time.process_time()
         out = engine.process(event)
@@ -295,6 +313,8 @@ def evaluate(
         engine_cpu += time.process_time() - c0
         if replay is not None:
             replay.after(engine, event)
+        if next_click is not None:
+            next_click.after(event)
 
         if out.segment is not None:
             before = last_segment.get(event.user_id)
@@ -347,6 +367,7 @@ def evaluate(
         segment_flip_backs / segment_switches if segment_switches else None
     )
     result.update(_churn_metrics(churn_snapshot, bought_after))
+    result.update(next_click.report() if next_click is not None else {"next_click_predictions": 0})
     result["attribution"] = replay.report() if replay is not None else None
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
@@ -606,6 +627,14 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"{'metric':<28} {'engine':>10} {'baseline':>10}  baseline is")
     for name, key, base, what in rows:
         print(f"{name:<28} {_fmt(result.get(key)):>10} {_fmt(result.get(base)):>10}  {what}")
+    if result.get("next_click_predictions"):
+        n_lists = result["next_click_predictions"]
+        print(f"next click ({n_lists:,} predictions, session-rec protocol):")
+        print(f"  {'ranker':<18} {'HR@20':>8} {'MRR@20':>8}")
+        for name in ("engine", *NEXT_CLICK_BASELINES):
+            suffix = "" if name == "engine" else f"_{name}"
+            print(f"  {name:<18} {_fmt(result[f'next_click_hr_at_20{suffix}']):>8} "
+                  f"{_fmt(result[f'next_click_mrr_at_20{suffix}']):>8}")
     print(f"{'alerts':<28} {result['alerts_by_kind']}")
     attribution = result.get("attribution") or {}
     strategies = {k: v for k, v in attribution.items() if k != "blend_vs_popularity"}
@@ -678,7 +707,31 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help=f"with --workers: what is shared, 'all', 'none' or some of {','.join(PARTS)}",
     )
+    parser.add_argument(
+        "--warmup-until",
+        metavar="ISO_TIME",
+        help="learn from every event, but score only next-click lists made at or after this "
+        "RFC 3339 time (e.g. where a validation part starts)",
+    )
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="FILE",
+        help="write each scored next-click list of the engine as a JSON line "
+        '{"event_id", "user_id", "session_id", "items"}',
+    )
     args = parser.parse_args(argv)
+    warmup_until = None
+    if args.warmup_until is not None:
+        from stream.contract import Rejected, parse_timestamp
+
+        try:
+            warmup_until = parse_timestamp(args.warmup_until)
+        except Rejected:
+            parser.error(
+                f"--warmup-until must be an RFC 3339 time with a zone, e.g. "
+                f"2014-04-06T00:19:07Z; got {args.warmup_until!r}"
+            )
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be at least 1, not {args.workers}")
     if args.item_model_period <= 0:
@@ -713,17 +766,27 @@ def main(argv: list[str] | None = None) -> int:
               f"({rejected} rejected lines)", file=sys.stderr)
         return 2
     series: dict[str, Any] | None = {} if args.plot else None
-    result = evaluate(
-        events,
-        EngineConfig(seed=args.seed),
-        progress=sys.stderr.isatty() and not args.json,
-        series=series,
-        variants=args.variants or None,
-        workers=args.workers,
-        period=args.item_model_period,
-        share=share,
-        every=args.item_model_events,
-    )
+    try:
+        predictions = args.predictions.open("wb") if args.predictions else None
+    except OSError as exc:
+        parser.error(f"cannot write --predictions {args.predictions}: {exc.strerror}")
+    try:
+        result = evaluate(
+            events,
+            EngineConfig(seed=args.seed),
+            progress=sys.stderr.isatty() and not args.json,
+            series=series,
+            variants=args.variants or None,
+            warmup_until=warmup_until,
+            predictions=predictions,
+            workers=args.workers,
+            period=args.item_model_period,
+            share=share,
+            every=args.item_model_events,
+        )
+    finally:
+        if predictions is not None:
+            predictions.close()
     result["rejected_lines"] = rejected
     if args.json:
         print(orjson.dumps(result).decode())
