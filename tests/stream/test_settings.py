@@ -22,3 +22,18 @@ def test_recovery_guards_refuses_anything_else() -> None:
 
 def test_recovery_guards_are_on_by_default() -> None:
     assert Settings.from_env({}).recovery_guards is True
+
+
+def test_item_sharing_settings_are_validated() -> None:
+    import pytest
+
+    from stream.settings import Settings, SettingsError
+
+    period = Settings.from_env({"FEEDBACK_ITEM_MODEL_PERIOD_SECONDS": "2.5"})
+    assert period.item_model_period_seconds == 2.5
+    with pytest.raises(SettingsError, match="FEEDBACK_ITEM_MODEL_PERIOD_SECONDS"):
+        Settings.from_env({"FEEDBACK_ITEM_MODEL_PERIOD_SECONDS": "0"})
+    with pytest.raises(SettingsError, match="FEEDBACK_TOPIC_ITEM_MODEL names the same topic"):
+        Settings.from_env({"FEEDBACK_TOPIC_ITEM_MODEL": "feedback.item-updates"})
+    with pytest.raises(SettingsError, match="FEEDBACK_TOPIC_GLOBALS must be 1-249"):
+        Settings.from_env({"FEEDBACK_TOPIC_GLOBALS": "bad topic"})
