@@ -89,4 +89,5 @@ def test_item_knowledge_from_worker_a_shapes_worker_b(worker_factory) -> None:
     assert got, "B published no recommendation for its user"
     rec = got[0]
     assert b.metric("feedback_events_total", outcome="processed") == 1
-    assert rec["items"][0]["item_id"] == "pair-y", rec
+    # Ranked after the user's own item at most (the session strategy may show it).
+    assert "pair-y" in [r["item_id"] for r in rec["items"] if r["item_id"] != "pair-x"][:1], rec
