@@ -22,6 +22,7 @@ import numpy as np
 from models.alerts import ALERT_KINDS, Alert, BehaviourAnomaly, Cooldown, QualityDrift
 from models.catalogue import ItemCatalogue, grown
 from models.churn import ChurnModel
+from models.clv import CustomerValue, Prediction
 from models.events import Event
 from models.factorization import RatingFactorization
 from models.profiles import DAY, History, UserProfile
@@ -123,6 +124,11 @@ class EngineConfig:
     churn_horizon_days: float = 90.0
     churn_overdue_factor: float = 3.0
     churn_min_orders: int = 3
+    # customer value (models.clv): MBG/NBD + Gamma-Gamma refitted from the stream
+    clv_horizon_days: float = 90.0
+    clv_refit_fraction: float = 0.1
+    clv_refit_days: float = 7.0
+    clv_max_fit_customers: int = 50_000
     # eviction: users are indexed by last activity in buckets of this much event time
     activity_bucket_s: float = 3600.0
 
@@ -197,6 +203,13 @@ class FeedbackEngine:
             horizon_days=c.churn_horizon_days,
             overdue_factor=c.churn_overdue_factor,
             min_orders=c.churn_min_orders,
+        )
+        self.customer_value = CustomerValue(
+            horizon_days=c.clv_horizon_days,
+            refit_fraction=c.clv_refit_fraction,
+            refit_days=c.clv_refit_days,
+            max_fit_customers=c.clv_max_fit_customers,
+            seed=c.seed,
         )
         self.cooldown = Cooldown(c.alert_cooldown_s, {"model_drift": c.drift_cooldown_s})
         self.item_price = np.zeros(16)
@@ -324,6 +337,8 @@ class FeedbackEngine:
         previous_order = profile.last_order_time
         if profile.observe(event, out.sentiment):
             self.churn.observe_order(profile, previous_order)
+        if event.type == "purchase" and event.quantity > 0:
+            self.customer_value.learn_one(event.user_id, t, event.revenue)
         profile.remember(item, event.type, c.max_seen_items)
         # A click moves only log(clicks) in the segmentation vector: re-segment on
         # the 1st, 2nd, 4th, 8th, ... click (and for unsegmented users); purchases
@@ -484,6 +499,7 @@ class FeedbackEngine:
                 now,
             )
         self.segmentation.refresh(c.refresh_users_per_tick)
+        self.customer_value.maybe_refit(now)
         if len(self.cooldown.last) > 10_000:
             self.cooldown.prune(now)
         return alerts
@@ -503,6 +519,7 @@ class FeedbackEngine:
         self.recommender.taste.forget(user_id)
         self.ratings.forget(user_id)
         self.segmentation.remove(user_id)
+        self.customer_value.forget(user_id)
         for kind in USER_ALERT_KINDS:
             self.cooldown.last.pop((kind, user_id), None)
         return profile is not None
@@ -634,6 +651,15 @@ class FeedbackEngine:
             return None
         return self.churn.risk(profile, t)
 
+    def customer_value_of(
+        self, user_id: str, now: float | None = None, horizon_days: float | None = None
+    ) -> Prediction | None:
+        """Expected purchase-days, spend and P(alive) over the horizon; ``None`` if none yet."""
+        t = now if now is not None else self.clock
+        if t is None:
+            return None
+        return self.customer_value.predict_one(user_id, t, horizon_days)
+
     def item_summary(self, item_id: str) -> dict[str, Any] | None:
         """Per-item figures: popularity and sentiment over time."""
         idx = self.catalogue.get(item_id)
@@ -658,6 +684,8 @@ class FeedbackEngine:
         summary["segment"] = self.segment_of(user_id)
         risk = self.churn.risk(profile, now)
         summary["churn_risk"] = None if risk is None or math.isnan(risk) else risk
+        value = self.customer_value.predict_one(user_id, now)
+        summary["customer_value"] = value.as_dict() if value is not None else None
         return summary
 
     def _exclude(self, scores: np.ndarray, items: Collection[str]) -> None:

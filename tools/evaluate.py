@@ -41,6 +41,7 @@ from models.events import Event
 from models.recommender import FEATURES
 from models.sentiment import label_of, lexicon_compound_whole
 from tools.attribution_replay import AttributionReplay
+from tools.clv_holdout import HoldoutReplay
 
 DAY = 86_400.0
 CHURN_HORIZON_DAYS = 90.0
@@ -247,11 +248,14 @@ def evaluate(
     progress: bool = False,
     series: dict[str, Any] | None = None,
     variants: str | None = "blend,popularity,explore",
+    holdout_from: float | None = None,
 ) -> dict[str, Any]:
     """Replay ``events`` through a fresh engine and the baselines; the metrics dict.
 
     ``variants`` (``None``: off) are the strategies of the attribution report,
-    which needs clicks or purchases in ``events``.
+    which needs clicks or purchases in ``events``. ``holdout_from`` (event time)
+    adds the customer-value holdout of :mod:`tools.clv_holdout`; its churn
+    figures replace the 90-day ones.
     """
     engine = FeedbackEngine(config)
     k = engine.config.top_k
@@ -274,6 +278,7 @@ def evaluate(
         if variants and any(e.type != "review" for e in events) else None
     )
     t_end = max((e.timestamp for e in events), default=0.0)
+    holdout = HoldoutReplay(holdout_from, t_end) if holdout_from is not None else None
     cutoff = t_end - CHURN_HORIZON_DAYS * DAY
     churn_snapshot: dict[str, tuple[float, float]] | None = None
     bought_after: set[str] = set()
@@ -313,6 +318,8 @@ def evaluate(
         pop.learn(event)
         if replay is not None:
             replay.before(engine, event)
+        if holdout is not None:
+            holdout.before(engine, event)
 
         t0, c0 = time.perf_counter(), time.process_time()
         out = engine.process(event)
@@ -369,6 +376,8 @@ def evaluate(
         segment_flip_backs / segment_switches if segment_switches else None
     )
     result.update(_churn_metrics(churn_snapshot, bought_after))
+    if holdout is not None:
+        result.update(holdout.report(engine))
     result["attribution"] = replay.report() if replay is not None else None
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
@@ -600,6 +609,17 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"{'events per CPU second':<28} {_fmt(result['events_per_cpu_second'])}")
 
 
+def _parse_date(text: str) -> float | None:
+    """Event time of ``YYYY-MM-DD`` (00:00 UTC) or an RFC 3339 timestamp; ``None`` if neither."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``feedback-stream evaluate``."""
     parser = argparse.ArgumentParser(
@@ -626,7 +646,18 @@ def main(argv: list[str] | None = None) -> int:
         default="blend,popularity,explore",
         help="strategies of the attribution report, name[:weight],... ('' turns it off)",
     )
+    parser.add_argument(
+        "--holdout-from",
+        metavar="DATE",
+        help="freeze customer value at DATE (YYYY-MM-DD, UTC, or RFC 3339) and compare it "
+        "with what each customer did from DATE to the end of the file",
+    )
     args = parser.parse_args(argv)
+    holdout_from = None
+    if args.holdout_from is not None:
+        holdout_from = _parse_date(args.holdout_from)
+        if holdout_from is None:
+            parser.error(f"--holdout-from: not a date: {args.holdout_from!r} (use YYYY-MM-DD)")
 
     if args.bench_items is not None:
         result = bench(args.bench_items, args.bench_events, args.seed)
@@ -653,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=sys.stderr.isatty() and not args.json,
         series=series,
         variants=args.variants or None,
+        holdout_from=holdout_from,
     )
     result["rejected_lines"] = rejected
     if args.json:
