@@ -25,6 +25,7 @@ from models.churn import ChurnModel
 from models.clv import CustomerValue, Prediction
 from models.events import Event
 from models.factorization import RatingFactorization
+from models.information import BehaviourShift
 from models.profiles import DAY, History, UserProfile
 from models.recommender import BlendedRecommender, exclude_seen, top_k
 from models.segmentation import OnlineSegmentation
@@ -129,6 +130,13 @@ class EngineConfig:
     clv_refit_fraction: float = 0.1
     clv_refit_days: float = 7.0
     clv_max_fit_customers: int = 50_000
+    # behaviour shift (models.information): windows in events, cooldown in event time
+    shift_block: int = 500
+    shift_current_blocks: int = 4
+    shift_reference_blocks: int = 8
+    shift_z: float = 6.0
+    shift_min_divergence: float = 0.02
+    shift_cooldown_s: float = DAY
     # eviction: users are indexed by last activity in buckets of this much event time
     activity_bucket_s: float = 3600.0
 
@@ -211,7 +219,17 @@ class FeedbackEngine:
             max_fit_customers=c.clv_max_fit_customers,
             seed=c.seed,
         )
-        self.cooldown = Cooldown(c.alert_cooldown_s, {"model_drift": c.drift_cooldown_s})
+        self.shift = BehaviourShift(
+            block=c.shift_block,
+            current_blocks=c.shift_current_blocks,
+            reference_blocks=c.shift_reference_blocks,
+            z=c.shift_z,
+            min_divergence=c.shift_min_divergence,
+        )
+        self.cooldown = Cooldown(
+            c.alert_cooldown_s,
+            {"model_drift": c.drift_cooldown_s, "behaviour_shift": c.shift_cooldown_s},
+        )
         self.item_price = np.zeros(16)
         self.item_price_n = np.zeros(16)
         # Users by last activity: bucket (last_seen // activity_bucket_s) -> users
@@ -369,7 +387,28 @@ class FeedbackEngine:
                 t,
             )
         self._check_drift(out, t)
+        shift = self.shift.learn_one(event)
+        if shift is not None:
+            self._shift_alert(shift, out.alerts, t)
         return out
+
+    def _shift_alert(self, shift: dict[str, float], alerts: list[Alert], t: float) -> None:
+        names = [k for k in BehaviourShift.DISTRIBUTIONS if k in shift]
+        worst = max(names, key=lambda k: shift[k])
+        detail = ", ".join(f"{k.replace('_', ' ')} {shift[k]:.3f}" for k in names)
+        window = self.shift.block * self.shift.current_blocks
+        reference = self.shift.block * self.shift.reference_blocks
+        self._alert(
+            alerts,
+            "behaviour_shift",
+            "critical" if shift[worst] >= 4 * self.shift.min_divergence else "warning",
+            "stream",
+            f"The last {window:,} events differ from the {reference:,} before them"
+            f", most in {worst.replace('_', ' ')} (Jensen-Shannon bits: {detail}).",
+            shift["score"],
+            self.shift.z,
+            t,
+        )
 
     def _anomaly_score(self, event: Event, profile: UserProfile, item: int) -> float | None:
         self.item_price = grown(self.item_price, item + 1)
