@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from models.attribution import Attributor, Exposure
-from models.engine import FeedbackEngine
+from models.engine import FeedbackEngine, Recommendation
 from models.events import Event
 from models.experiments import Experiment, compare, parse_strategies, parse_variants, wilson
 from models.strategies import Strategies
@@ -62,6 +63,7 @@ class AttributionReplay:
         fatigue_strategies: str = "blend,explore",
         top_k: int = 10,
         seed: int = 42,
+        on_list: Callable[[str, list[Recommendation], FeedbackEngine], None] | None = None,
     ) -> None:
         self.experiment = Experiment(parse_variants(variants), salt)
         self.strategies = Strategies(
@@ -77,6 +79,7 @@ class AttributionReplay:
         # ranked once the replay's clock moves past that instant.
         self.pending: dict[str, tuple[Event, float | None]] = {}
         self.clock = float("-inf")
+        self.on_list = on_list  # sees every published list (the information measures)
 
     def before(self, engine: FeedbackEngine, event: Event) -> None:
         """Publish the lists of the previous instant before ``event`` can react to them."""
@@ -131,6 +134,8 @@ class AttributionReplay:
                      trigger.timestamp),
         )
         self.tallies[strategy].exposures += 1
+        if self.on_list is not None:
+            self.on_list(strategy, items, engine)
         return True
 
     def report(self) -> dict[str, Any]:

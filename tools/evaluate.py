@@ -42,6 +42,7 @@ from models.recommender import FEATURES
 from models.sentiment import label_of, lexicon_compound_whole
 from tools.attribution_replay import AttributionReplay
 from tools.clv_holdout import HoldoutReplay
+from tools.information_replay import InformationReplay
 
 DAY = 86_400.0
 CHURN_HORIZON_DAYS = 90.0
@@ -273,8 +274,9 @@ def evaluate(
     alert_times: list[tuple[float, str]] = []
     has_purchases = any(e.type == "purchase" for e in events)
     # Outside the timed model path: its rankings are what the worker publishes.
+    information = InformationReplay()
     replay = (
-        AttributionReplay(variants, seed=engine.config.seed)
+        AttributionReplay(variants, seed=engine.config.seed, on_list=information.on_list)
         if variants and any(e.type != "review" for e in events) else None
     )
     t_end = max((e.timestamp for e in events), default=0.0)
@@ -379,6 +381,7 @@ def evaluate(
     if holdout is not None:
         result.update(holdout.report(engine))
     result["attribution"] = replay.report() if replay is not None else None
+    result["information"] = information.report(engine) if replay is not None else None
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
     result["events_per_cpu_second"] = len(events) / engine_cpu if engine_cpu > 0 else None
