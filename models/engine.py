@@ -88,6 +88,7 @@ class EngineConfig:
     max_neighbours: int = 200
     pair_decay: float = 0.9
     mass_alpha: float = 0.5
+    cooccurrence_pmi: bool = False  # positive PMI instead of the cosine-like normalisation
     trending_half_life_s: float = DAY
     segment_half_life_s: float = 7 * DAY
     n_factors: int = 16
@@ -176,6 +177,7 @@ class FeedbackEngine:
             max_neighbours=c.max_neighbours,
             pair_decay=c.pair_decay,
             mass_alpha=c.mass_alpha,
+            cooccurrence_pmi=c.cooccurrence_pmi,
             trending_half_life=c.trending_half_life_s,
             segment_half_life=c.segment_half_life_s,
             n_segments=c.n_segments,

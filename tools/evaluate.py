@@ -655,6 +655,11 @@ def main(argv: list[str] | None = None) -> int:
         help="freeze customer value at DATE (YYYY-MM-DD, UTC, or RFC 3339) and compare it "
         "with what each customer did from DATE to the end of the file",
     )
+    parser.add_argument(
+        "--pmi",
+        action="store_true",
+        help="score co-occurrence by positive PMI instead of the cosine-like normalisation",
+    )
     args = parser.parse_args(argv)
     holdout_from = None
     if args.holdout_from is not None:
@@ -683,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     series: dict[str, Any] | None = {} if args.plot else None
     result = evaluate(
         events,
-        EngineConfig(seed=args.seed),
+        EngineConfig(seed=args.seed, cooccurrence_pmi=args.pmi),
         progress=sys.stderr.isatty() and not args.json,
         series=series,
         variants=args.variants or None,
