@@ -24,6 +24,8 @@ Baselines in the same run:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import warnings
 from collections import defaultdict
@@ -186,7 +188,8 @@ def _fit_lifetimes(
     """Fit with the smallest penalizer that converges (lifetimes' own advice)."""
     for penalizer in (0.0, 0.001, 0.01, 0.1):
         try:
-            with warnings.catch_warnings():
+            # lifetimes prints the optimiser's report when a fit fails: keep stdout JSON
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 bg = bg_cls(penalizer_coef=penalizer).fit(x, t_x, T)
                 keep = (x > 0) & (repeat_mean > 0)
