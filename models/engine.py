@@ -126,6 +126,8 @@ class EngineConfig:
     churn_horizon_days: float = 90.0
     churn_overdue_factor: float = 3.0
     churn_min_orders: int = 3
+    # churn_risk alerts when the customer-value model's P(alive) falls below this
+    churn_alive_threshold: float = 0.5
     # customer value (models.clv): MBG/NBD + Gamma-Gamma refitted from the stream
     clv_horizon_days: float = 90.0
     clv_refit_fraction: float = 0.1
@@ -355,10 +357,11 @@ class FeedbackEngine:
         if words is not None:
             self.sentiment.learn(words, event.rating)
         previous_order = profile.last_order_time
-        if profile.observe(event, out.sentiment):
-            self.churn.observe_order(profile, previous_order)
+        new_order = profile.observe(event, out.sentiment)
         if event.type == "purchase" and event.quantity > 0:
             self.customer_value.learn_one(event.user_id, t, event.revenue)
+        if new_order:
+            self.churn.observe_order(profile, previous_order, self._churn_due(event.user_id))
         profile.remember(item, event.type, c.max_seen_items)
         # A click moves only log(clicks) in the segmentation vector: re-segment on
         # the 1st, 2nd, 4th, 8th, ... click (and for unsegmented users); purchases
@@ -524,26 +527,48 @@ class FeedbackEngine:
             if profile is None or profile.churn_version != version or profile.churn_due != due:
                 continue  # ordered again since (or evicted): that due date is stale
             profile.churn_due = None  # checked: no longer holds the user back from eviction
-            risk = self.churn.risk(profile, now)
-            gap = self.churn.expected_gap_days(profile)
-            assert profile.last_order_time is not None
-            overdue = (now - profile.last_order_time) / DAY / gap
-            self._alert(
-                alerts,
-                "churn_risk",
-                "critical" if risk is not None and risk >= 0.9 else "warning",
-                user_id,
-                f"Customer {user_id} usually orders every {gap:.0f} days and has not for "
-                f"{overdue * gap:.0f} days.",
-                overdue,
-                c.churn_overdue_factor,
-                now,
-            )
+            self._check_churn(user_id, profile, now, alerts)
         self.segmentation.refresh(c.refresh_users_per_tick)
         self.customer_value.maybe_refit(now)
         if len(self.cooldown.last) > 10_000:
             self.cooldown.prune(now)
         return alerts
+
+    def _churn_due(self, user_id: str) -> float | None:
+        return self.customer_value.alive_due(user_id, self.config.churn_alive_threshold)
+
+    def _check_churn(
+        self, user_id: str, profile: UserProfile, now: float, alerts: list[Alert]
+    ) -> None:
+        """Alert if the customer-value model's P(alive) is below the threshold at ``now``.
+
+        The parameters may have been refitted since the check was scheduled: a
+        customer still above the threshold is checked again at the new due date.
+        """
+        c = self.config
+        value = self.customer_value.predict_one(user_id, now, c.churn_horizon_days)
+        if value is None:
+            return
+        if value.p_alive > c.churn_alive_threshold * (1 + 1e-6):
+            due = self._churn_due(user_id)
+            if due is not None and due > now:
+                self.churn.schedule(profile, due)
+            return
+        assert profile.last_order_time is not None
+        silent = (now - profile.last_order_time) / DAY
+        self._alert(
+            alerts,
+            "churn_risk",
+            "critical" if value.p_purchase <= 0.1 else "warning",
+            user_id,
+            f"Customer {user_id} has probably stopped buying: P(still a customer) "
+            f"{value.p_alive:.2f} after {silent:.0f} days without an order "
+            f"({profile.orders} orders before); expected purchase-days in the next "
+            f"{c.churn_horizon_days:.0f} days {value.expected_purchases:.2f}.",
+            1.0 - value.p_alive,
+            1.0 - c.churn_alive_threshold,
+            now,
+        )
 
     # -- per-user state bounds ------------------------------------------------------
     def forget(self, user_id: str) -> bool:

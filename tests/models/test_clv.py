@@ -191,3 +191,35 @@ def test_engine_keeps_customer_value_per_user() -> None:
     assert engine.user_summary("u2")["customer_value"] is None  # type: ignore[index]
     engine.forget("u1")
     assert engine.customer_value_of("u1") is None
+
+
+def test_churn_alert_comes_from_p_alive() -> None:
+    engine = FeedbackEngine()
+    t = 1_700_000_000.0
+    for week in range(6):
+        engine.process(Event("purchase", f"w{week}", "weekly", "tea", t + week * 7 * DAY,
+                             quantity=1, price=4.0))  # fmt: skip
+    due = engine.profiles["weekly"].churn_due
+    assert due is not None
+    assert due == engine.customer_value.alive_due("weekly", engine.config.churn_alive_threshold)
+    assert engine.tick(due - DAY) == []
+    alerts = engine.tick(due)
+    assert [a.kind for a in alerts] == ["churn_risk"]
+    assert alerts[0].value >= alerts[0].threshold == 0.5
+    assert "P(still a customer) 0.50" in alerts[0].message
+
+
+def test_churn_check_follows_a_refit() -> None:
+    """Parameters refitted before the check (less dropout): checked again later, no alert."""
+    engine = FeedbackEngine()
+    t = 1_700_000_000.0
+    for week in range(6):
+        engine.process(Event("purchase", f"w{week}", "weekly", "tea", t + week * 7 * DAY,
+                             quantity=1, price=4.0))  # fmt: skip
+    due = engine.profiles["weekly"].churn_due
+    assert due is not None
+    engine.customer_value.transactions = TransactionParams(r=0.25, alpha=10.0, a=0.05, b=5.0)
+    assert engine.tick(due) == []
+    later = engine.profiles["weekly"].churn_due
+    assert later is not None and later > due
+    assert [a.kind for a in engine.tick(later)] == ["churn_risk"]
