@@ -371,8 +371,11 @@ class FeedbackEngine:
             or profile.segment is None
             or profile.clicks & (profile.clicks - 1) == 0
         ):
+            value = self.customer_value.predict_one(event.user_id, t)
             profile.segment = self.segmentation.update(
-                event.user_id, profile.segment_vector(), profile.last_seen
+                event.user_id,
+                profile.segment_vector(value.expected_spend if value is not None else 0.0),
+                profile.last_seen,
             )
         out.segment = profile.segment
 
