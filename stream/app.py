@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
-import weakref
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from aiokafka.errors import IllegalStateError
-from faust.streams import _current_event
-from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
 
 from models.engine import FeedbackEngine
-from stream import checkpoint, offset_trace, recovery
+from stream import checkpoint, views
+from stream.commit_guard import CommitGuard
+from stream.faust import OffsetTrace, TableStore, create_app
+from stream.kafka import ssl_context
 from stream.metrics import Metrics
 from stream.processor import InputMessage, OutputMessage, Processor
 from stream.settings import Settings
@@ -33,85 +31,11 @@ log = logging.getLogger(__name__)
 # Events handed to the processor at once; settings.batch_max_wait_seconds
 # bounds the latency a partial batch adds.
 BATCH_SIZE = 500
-# Faust hard-codes the consumer's fetch_max_wait_ms=1500. Kafka answers a waiting
-# fetch as soon as data arrives, but the embedded broker (Tansu) waits it out,
-# which added 0.4-0.7 s to the median event-to-recommendation latency. A short
-# wait only costs idle fetch requests, on any broker.
-FETCH_MAX_WAIT_MS = 100
-
-
-class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # Read by aiokafka when the consumer starts and builds its fetcher.
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        return consumer
-
-
-class _Consumer(aiokafka_driver.Consumer):
-    """Faust's aiokafka consumer with two fixes for input records lost on rebalance.
-
-    The main cause of issue 5's rebalance loss (docs/reliability.md; upstream
-    write-up in docs/faust-rebalance-record-loss.md):
-
-    1. Faust's fetch loop passes its *live* set of active partitions to the
-       consumer thread, which reads it later in aiokafka's ``fetched_records``.
-       A rebalance or table recovery pauses partitions meanwhile; when the set
-       is empty by then, aiokafka returns the buffered records of *every*
-       assigned partition (an empty filter means "all"), and Faust's
-       ``getmany`` then discards the records of the paused input partitions.
-       aiokafka's position has moved past them, so they are never delivered
-       unless something seeks back.
-    2. ``perform_seek`` seeks back only to committed offsets: aiokafka's
-       ``seek_to_committed`` skips a partition whose committed offset is
-       missing or 0, so a partition nobody has committed yet keeps whatever
-       position the discarded fetches left it at.
-
-    ``_getmany`` hands the thread a copy of the set, and ``seek_to_committed``
-    seeks input partitions without a committed offset to their beginning (the
-    ``consumer_auto_offset_reset="earliest"`` start), so every ``perform_seek``
-    puts every input partition back at its first unprocessed record.
-    """
-
-    # Faust builds the consumer itself, so the setting arrives as a class
-    # attribute of the subclass build_app installs.
-    trace_offsets = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.trace_offsets:
-            self.callback = offset_trace.trace_callback(self, self.callback)
-
-    def _new_consumer_thread(self) -> _ConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
-        if active_partitions is None:  # client-only apps: every partition, as Faust means
-            return await super()._getmany(None, timeout)
-        requested = set(active_partitions)
-        if not requested:
-            return {}
-        return await super()._getmany(requested, timeout)
-
-    async def seek_to_committed(self) -> Any:
-        committed = await super().seek_to_committed()
-        if self.app.conf.consumer_auto_offset_reset == "earliest":
-            fresh = [
-                tp for tp, offset in committed.items()
-                if not offset  # None or 0: aiokafka did not seek
-                and not self._is_changelog_tp(tp)
-                and self.app.topics.acks_enabled_for(tp.topic)
-            ]
-            if fresh:
-                log.info("no committed offset for %s: reading them from the beginning",
-                         sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh))
-                await self._thread.seek_to_beginning(*fresh)
-        return committed
 
 
 @dataclass
 class FeedbackApp:
-    """The Faust app and the objects the HTTP views and tests reach into."""
+    """The Faust app and the objects the tools and tests reach into."""
 
     app: faust.App
     settings: Settings
@@ -125,13 +49,8 @@ class FeedbackApp:
 
 def broker_credentials(settings: Settings) -> Any:
     """Faust credentials for the configured security protocol (None for PLAINTEXT)."""
-    proto = settings.security_protocol
-    context: ssl.SSLContext | None = None
-    if proto in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
-        if settings.ssl_certfile:
-            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
-    if proto.startswith("SASL"):
+    context = ssl_context(settings)
+    if settings.security_protocol.startswith("SASL"):
         return faust.SASLCredentials(
             username=settings.sasl_username,
             password=settings.sasl_password,
@@ -151,8 +70,12 @@ def build_app(
     # The *_created series only double the scrape size; Grafana never uses them.
     disable_created_metrics()
     metrics = Metrics(registry)
-    app = faust.App(
-        settings.app_id,
+    commit_guard = CommitGuard(settings.input_topics, settings.recovery_guards)
+    trace = OffsetTrace(settings.input_topics) if settings.trace_offsets else None
+    app = create_app(
+        settings,
+        commit_guard,
+        trace,
         broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings),
         store=f"{settings.table_store}://",
@@ -168,9 +91,6 @@ def build_app(
         producer_acks=-1,
         datadir=f"{settings.state_dir}/faust",
         web_in_thread=False,
-    )
-    app.transport.Consumer = type(  # type: ignore[misc]
-        "_Consumer", (_Consumer,), {"trace_offsets": settings.trace_offsets}
     )
     raw = {"key_type": str, "key_serializer": "raw", "value_serializer": "raw"}
     input_topic = app.topic(
@@ -204,9 +124,6 @@ def build_app(
     )
     models.bandit = processor.bandit  # what the checkpoints save is what the processor learns
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
-    commit_guard = recovery.CommitGuard(settings.input_topics, bool(settings.recovery_guards))
-    recovery.guard_changelog_recovery(app, settings)
-    trace = offset_trace.OffsetTrace(settings.input_topics) if settings.trace_offsets else None
 
     # One step at a time between processing, publishing and telling the commit
     # guard what was published: the agent's batches, the owed recommendations
@@ -222,11 +139,8 @@ def build_app(
 
     @app.agent(input_topic)
     async def process(stream: Any) -> None:
-        # Before the first message can be acked (see stream/recovery.py).
-        commit_guard.install(app.consumer)
-        recovery.guard_producer_flush(app.producer, settings)
         if trace is not None:
-            trace.install(app.consumer)
+            trace.watch_fetch_positions()  # the worker has configured logging by now
         async for events in stream.take_events(
             BATCH_SIZE, within=settings.batch_max_wait_seconds
         ):
@@ -289,67 +203,8 @@ def build_app(
     # profile changelog: see stream/checkpoint.py.
     checkpoint.register(app, settings, models, metrics)
 
-    from stream import views
-
-    views.register(fa, profiles)
+    views.register(app, settings, engine, metrics.registry, profiles)
     return fa
-
-
-class TableStore:
-    """The profile table as a :class:`~stream.processor.ProfileStore`.
-
-    Faust writes a table change to the changelog partition of the *current*
-    event; after ``take_events`` there is none, so each write names its source
-    event explicitly (the user's latest event in the batch).
-    """
-
-    def __init__(self, table: Any, settings: Settings) -> None:
-        self.table = table
-        self.inputs = set(settings.input_topics)
-
-    def get(self, user_id: str) -> Any:
-        return self.table.get(user_id)
-
-    def put(self, user_id: str, profile: Any, source: InputMessage) -> None:
-        # The changelog partition of the profile: where its tombstone must go.
-        profile["partition"] = source.partition
-        token = _current_event.set(weakref.ref(source.context))
-        try:
-            self.table[user_id] = profile
-        finally:
-            _current_event.reset(token)
-
-    def delete(self, user_ids: Sequence[str]) -> int:
-        """Delete profiles: a tombstone in the changelog partition each was written
-        to, so compaction drops it and a restart or a rebalance does not bring it
-        back. A profile of a partition this worker no longer owns (revoked since it
-        was written) is only dropped from memory: its new owner decides."""
-        store = self.table.data
-        # Partitions of the profiles restored from the changelog (Faust's memory
-        # store records them; profiles written since carry their own).
-        restored = getattr(store, "_key_partition", {})
-        owned = {
-            tp.partition for tp in self.table.app.assignor.assigned_actives()
-            if tp.topic in self.inputs or tp.topic == self.table.changelog_topic_name
-        }
-        deleted = 0
-        for user_id in user_ids:
-            profile = store.get(user_id)
-            if profile is None:
-                continue
-            partition = profile.get("partition", restored.get(user_id))
-            if partition in owned:
-                self.table.send_changelog(partition, user_id, None, value_serializer="raw")
-            del store[user_id]
-            restored.pop(user_id, None)
-            deleted += 1
-        return deleted
-
-    def keys(self) -> Iterable[str]:
-        return self.table.data.keys()
-
-    def __len__(self) -> int:
-        return len(self.table)
 
 
 async def publish(fa: FeedbackApp, messages: list[OutputMessage]) -> None:
@@ -358,7 +213,7 @@ async def publish(fa: FeedbackApp, messages: list[OutputMessage]) -> None:
         return
     # Straight to the producer: the bytes are final, and Topic.send's per-record
     # FutureMessage, callbacks and buffer hop cost more than the send itself
-    # (the trivial per-event-send agent of tools/bench.py shows it).
+    # (the bench's trivial per-event-send agent shows it).
     send = fa.app.producer.send
     futures = [await send(m.topic, m.key, m.value, None, None, m.headers or None) for m in messages]
     await asyncio.gather(*futures)
@@ -380,8 +235,8 @@ async def update_lag(fa: FeedbackApp) -> None:
             highwater = consumer.highwater(tp)
             position = await consumer.position(TP(tp.topic, tp.partition))
         except (AssertionError, IllegalStateError):
-            # Revoked by a rebalance since assignment() was read (aiokafka asserts
-            # in highwater()); this crashed a worker in a rebalance test run.
+            # Revoked by a rebalance since assignment() was read: aiokafka asserts
+            # in highwater(), which must not crash the timer.
             continue
         if highwater is None or position is None:
             continue

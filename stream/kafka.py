@@ -15,15 +15,25 @@ from stream.settings import Settings
 from stream.topics import topic_specs
 
 
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the configured security protocol (None without TLS);
+    the tools' clients and the Faust worker both use it."""
+    if settings.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    if settings.ssl_certfile:
+        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+    return context
+
+
 def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """aiokafka client arguments: the brokers and the security settings."""
     kwargs: dict[str, Any] = {
         "bootstrap_servers": [s.strip() for s in settings.bootstrap_servers.split(",")],
         "security_protocol": settings.security_protocol,
     }
-    if settings.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
-        if settings.ssl_certfile:
-            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+    context = ssl_context(settings)
+    if context is not None:
         kwargs["ssl_context"] = context
     if settings.security_protocol.startswith("SASL"):
         kwargs.update(

@@ -112,11 +112,12 @@ class Settings:
     # 2,000 users/s keeps up with a worker whose every event is a new user.
     eviction_interval_seconds: float = 0.5
     evictions_per_tick: int = 1000
-    # 1: the fixes of stream/recovery.py for Faust's recovery and commits are on.
-    # 0 only reproduces the upstream defects (docs/faust-sigterm-offset-race.md).
-    recovery_guards: int = 1
+    # On: the guards of stream/faust/ against Faust's short changelog recovery,
+    # early producer flush and commits of unpublished events. Off only
+    # reproduces the upstream defects (docs/faust-sigterm-offset-race.md).
+    recovery_guards: bool = True
     # On: log every input partition's processed, committed and fetched offsets
-    # (stream/offset_trace.py), the trace that found issue 5's rebalance loss.
+    # (stream/faust/offset_trace.py), to investigate records lost or repeated.
     trace_offsets: bool = False
 
     # Experiments (docs/feedback-loop.md): variants as ``name[:weight],...`` among
@@ -200,7 +201,6 @@ class Settings:
             (self.recommend_debounce_seconds <= self.recommend_max_delay_seconds <= 300,
              "FEEDBACK_RECOMMEND_MAX_DELAY_SECONDS must be >= "
              "FEEDBACK_RECOMMEND_DEBOUNCE_SECONDS and <= 300"),
-            (self.recovery_guards in (0, 1), "FEEDBACK_RECOVERY_GUARDS must be 0 or 1"),
             (self.user_retention_seconds == 0
              or self.user_retention_seconds >= self.attribution_window_seconds,
              "FEEDBACK_USER_RETENTION_SECONDS must be 0 (off) or at least "

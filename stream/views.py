@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from models.engine import FeedbackEngine
 from stream.privacy import pseudonymise
 from stream.processor import expand_recommendations
-
-if TYPE_CHECKING:
-    from stream.app import FeedbackApp
+from stream.settings import Settings
 
 
-def register(fa: FeedbackApp, profiles: Any) -> None:
-    app: faust.App = fa.app
-    settings = fa.settings
-    engine = fa.processor.engine
+def register(
+    app: faust.App,
+    settings: Settings,
+    engine: FeedbackEngine,
+    registry: CollectorRegistry,
+    profiles: Any,
+) -> None:
+    """Add the worker's pages to ``app``: ``profiles`` is the profile table,
+    ``registry`` the metrics to expose."""
     key = settings.pseudonymise_key.encode()
 
     @app.page("/users/{user_id}")
-    class UserProfile(View):
+    class UserPage(View):
         """The user's profile; a user owned by another worker is forwarded there."""
 
         @app.table_route(table=profiles, match_info="user_id")  # type: ignore[arg-type]
@@ -34,16 +38,16 @@ def register(fa: FeedbackApp, profiles: Any) -> None:
             return self.json(profile_view(profile, engine.user_summary(stored_id)))
 
     @app.page("/metrics")
-    class Metrics(View):
+    class MetricsPage(View):
         async def get(self, request: Request) -> Response:
             # aiohttp refuses a charset inside content_type=, so set the header whole.
             return self.bytes(
-                generate_latest(fa.metrics.registry),
+                generate_latest(registry),
                 headers={"Content-Type": CONTENT_TYPE_LATEST},
             )
 
     @app.page("/healthz")
-    class Health(View):
+    class HealthPage(View):
         async def get(self, request: Request) -> Response:
             return self.json({"status": "ok", "app_id": settings.app_id})
 

@@ -9,7 +9,7 @@ events sent, learned, lost, learned twice, duplicated outputs, the model
 learning steps lost at each stop, and the time from each stop to the first
 recommendation of the restarted worker.
 
-``FEEDBACK_TEST_RECOVERY_GUARDS=0`` reruns it without ``stream/recovery.py``'s
+``FEEDBACK_TEST_RECOVERY_GUARDS=0`` reruns it without ``stream/faust/``'s
 guards, to measure the upstream defect (docs/faust-sigterm-offset-race.md): it
 then fails.
 """
@@ -82,7 +82,7 @@ def stop_mid_stream(worker_factory: Any, current: Worker, sig: signal.Signals, a
 
 
 def test_sigterm_then_sigkill_mid_stream_loses_nothing(worker_factory) -> None:
-    guards = int(os.environ.get("FEEDBACK_TEST_RECOVERY_GUARDS", "1"))
+    guards = os.environ.get("FEEDBACK_TEST_RECOVERY_GUARDS", "1") != "0"
     first = worker_factory(recovery_guards=guards)
     s = first.settings
     events = make_events(N_USERS, PER_USER)

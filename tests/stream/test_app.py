@@ -19,4 +19,4 @@ def test_the_offset_trace_is_a_validated_setting_the_consumer_receives(
     )
     fa = build_app(settings, engine=FeedbackEngine(), registry=CollectorRegistry())
     assert settings.trace_offsets is expected
-    assert fa.app.transport.Consumer.trace_offsets is expected
+    assert (fa.app.transport.Consumer.offset_trace is not None) is expected

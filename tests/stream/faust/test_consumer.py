@@ -1,8 +1,11 @@
-"""The commit guard holds the input offsets whose outputs are owed (a debounced
-recommendation) and commits them, and what follows, once they are released.
+"""The consumer's overrides (stream.faust.consumer.ConsumerFixes) put the commit
+guard in charge of the input offsets Faust commits: only processed, published
+ones; held ones (a debounced recommendation owed) and what follows once they
+are released.
 
-A fake consumer with Faust's commit bookkeeping (``_acked``, ``_new_offset``,
-``_commit_offsets``); the real consumer is exercised by tests/integration.
+Fake consumers with Faust's commit bookkeeping (``_acked``, ``_new_offset``,
+``_commit_offsets``) under the overrides; the real consumer is exercised by
+tests/integration.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from faust.types import TP
 
-from stream.recovery import CommitGuard
+from stream.commit_guard import CommitGuard
+from stream.faust.consumer import ConsumerFixes
 
 TOPIC = "in.purchases"
 TP0 = TP(TOPIC, 0)
@@ -85,13 +89,22 @@ class Consumer:
         return self._committed_offset.get(TP0)
 
 
+F = TypeVar("F")
+
+
+def guarded(fake: type[F], guard: CommitGuard) -> F:
+    """An instance of ``fake`` under the overrides, consulting ``guard``."""
+    cls = type(f"Guarded{fake.__name__}", (ConsumerFixes, fake), {"commit_guard": guard})
+    return cls()  # type: ignore[no-any-return]
+
+
 def batch(first: int, last: int) -> list[Message]:
     return [Message(TOPIC, 0, o) for o in range(first, last + 1)]
 
 
 def test_a_held_offset_and_what_follows_wait_for_its_release() -> None:
-    consumer, guard = Consumer(), CommitGuard([TOPIC])
-    guard.install(consumer)
+    guard = CommitGuard([TOPIC])
+    consumer = guarded(Consumer, guard)
     first = batch(0, 9)
     consumer._unacked_messages |= set(first)
     guard.hold([first[4]])  # offset 4's recommendation is owed
@@ -119,8 +132,8 @@ def test_a_held_offset_and_what_follows_wait_for_its_release() -> None:
 
 
 def test_a_release_before_fausts_ack_lets_the_ack_through() -> None:
-    consumer, guard = Consumer(), CommitGuard([TOPIC])
-    guard.install(consumer)
+    guard = CommitGuard([TOPIC])
+    consumer = guarded(Consumer, guard)
     msgs = batch(0, 2)
     guard.hold([msgs[1]])
     guard.done(msgs)
@@ -133,8 +146,8 @@ def test_a_release_before_fausts_ack_lets_the_ack_through() -> None:
 def test_a_held_first_offset_of_a_fresh_partition_is_not_stepped_over() -> None:
     # No committed offset known: the run starts at the first offset processed,
     # held ones included.
-    consumer, guard = Consumer(), CommitGuard([TOPIC])
-    guard.install(consumer)
+    guard = CommitGuard([TOPIC])
+    consumer = guarded(Consumer, guard)
     msgs = batch(0, 3)
     guard.hold([msgs[0]])
     guard.done(msgs)
@@ -151,8 +164,8 @@ def test_a_held_first_offset_of_a_fresh_partition_is_not_stepped_over() -> None:
 
 
 def test_forgotten_held_offsets_are_read_again_not_committed() -> None:
-    consumer, guard = Consumer(), CommitGuard([TOPIC])
-    guard.install(consumer)
+    guard = CommitGuard([TOPIC])
+    consumer = guarded(Consumer, guard)
     msgs = batch(0, 3)
     guard.hold([msgs[2]])
     guard.done(msgs)
@@ -172,8 +185,8 @@ def test_forgotten_held_offsets_are_read_again_not_committed() -> None:
 
 
 def test_other_topics_keep_fausts_own_accounting() -> None:
-    consumer, guard = Consumer(), CommitGuard([TOPIC])
-    guard.install(consumer)
+    guard = CommitGuard([TOPIC])
+    consumer = guarded(Consumer, guard)
     changelog = Message("app-profiles-changelog", 0, 0)
     assert consumer.ack(changelog) is True
     consumer.commit()
@@ -183,8 +196,8 @@ def test_other_topics_keep_fausts_own_accounting() -> None:
 def test_a_partition_whose_only_records_were_held_commits_on_release() -> None:
     # A quiet partition: its one record is the trigger of an owed recommendation,
     # so Faust's ack of it is refused and Faust never sees the partition acked.
-    consumer, guard = Consumer(), CommitGuard([TOPIC])
-    guard.install(consumer)
+    guard = CommitGuard([TOPIC])
+    consumer = guarded(Consumer, guard)
     (only,) = batch(0, 0)
     guard.hold([only])
     guard.done([only])
@@ -194,3 +207,82 @@ def test_a_partition_whose_only_records_were_held_commits_on_release() -> None:
     guard.release([only])  # published between batches; no later record comes
     consumer.commit()
     assert consumer.committed() == 1
+
+
+class FakeMessage:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.acked = False
+
+
+class FakeConsumer:
+    """The members of Faust's Consumer that the guard touches."""
+
+    def __init__(self) -> None:
+        self.committable: list[tuple[str, int, int]] = []
+        self._unacked_messages: set[FakeMessage] = set()
+        self._committed_offset: dict[TP, int] = {}
+        self.commits: list[dict[TP, int]] = []
+
+    async def _commit_offsets(self, offsets: dict[TP, int]) -> bool:
+        self.commits.append(dict(offsets))
+        self._committed_offset.update(offsets)
+        return True
+
+    def ack(self, message: FakeMessage) -> bool:
+        message.acked = True
+        self._unacked_messages.discard(message)
+        self.committable.append((message.topic, message.partition, message.offset))
+        return True
+
+
+def test_commit_guard_commits_only_processed_input_offsets() -> None:
+    guard = CommitGuard(["in.clicks"])
+    consumer = guarded(FakeConsumer, guard)
+    processed, skipped, changelog = (
+        FakeMessage("in.clicks", 0, 7), FakeMessage("in.clicks", 0, 8),
+        FakeMessage("app-profiles-changelog", 0, 3),
+    )
+    consumer._unacked_messages |= {processed, skipped}
+    guard.done([processed])
+    # Faust acks all three: after processing, as "skipped" after flow control
+    # stopped, and a changelog record (not ours to judge).
+    assert consumer.ack(processed) is True
+    assert consumer.ack(skipped) is False
+    assert consumer.ack(changelog) is True
+    assert consumer.committable == [("in.clicks", 0, 7), ("app-profiles-changelog", 0, 3)]
+    # The refused one no longer holds up a rebalance or shutdown (wait_empty)...
+    assert consumer._unacked_messages == set() and skipped.acked
+    assert guard.refused == 1
+    # ...and a later delivery of the same offset, once processed, commits.
+    again = FakeMessage("in.clicks", 0, 8)
+    guard.done([again])
+    assert consumer.ack(again) is True
+    assert consumer.committable[-1] == ("in.clicks", 0, 8)
+
+
+def test_commit_guard_off_leaves_faust_alone() -> None:
+    consumer = guarded(FakeConsumer, CommitGuard(["in.clicks"], enabled=False))
+    unprocessed = FakeMessage("in.clicks", 0, 8)
+    # Faust's own answers: the ack counts, the commit goes as Faust asked.
+    assert consumer.ack(unprocessed) is True
+    assert consumer.committable == [("in.clicks", 0, 8)]
+    tp = TP("in.clicks", 0)
+    assert asyncio.run(consumer._commit_offsets({tp: 10})) is True
+    assert consumer.commits == [{tp: 10}]
+
+
+def test_commit_guard_never_commits_past_an_unprocessed_offset() -> None:
+    """Whatever Faust's own gap accounting concluded (it can step over a hole),
+    the committed offset stops at the first offset the agent did not process."""
+    guard = CommitGuard(["in.clicks"])
+    consumer = guarded(FakeConsumer, guard)
+    tp, other = TP("in.clicks", 0), TP("app-profiles-changelog", 0)
+    guard.done([FakeMessage("in.clicks", 0, o) for o in (0, 1, 2, 3, 4, 6, 7, 8, 9)])
+    assert asyncio.run(consumer._commit_offsets({tp: 10, other: 50})) is True
+    assert consumer.commits[-1] == {tp: 5, other: 50}  # offset 5 was never processed
+    # Held there until offset 5 is processed (read again after a seek)...
+    assert asyncio.run(consumer._commit_offsets({tp: 12})) is False
+    guard.done([FakeMessage("in.clicks", 0, 5), FakeMessage("in.clicks", 0, 10)])
+    asyncio.run(consumer._commit_offsets({tp: 11}))
+    assert consumer.commits[-1] == {tp: 11}

@@ -1,0 +1,233 @@
+"""The project's Faust consumer: fixes for faust-streaming 0.15.3 / aiokafka 0.14.
+
+Every fix is an override of a method of Faust's aiokafka ``Consumer`` (or of
+its consumer thread), named after it and calling the original through
+``super()``. When faust-streaming is upgraded, this module is where to check
+that each corrected behaviour is still there (each docstring says which one).
+
+:class:`ConsumerFixes` carries the overrides as a mixin over Faust's
+``Consumer``, so the tests can put it over a fake with Faust's bookkeeping;
+:class:`Consumer` is the class Faust builds (``app.transport.Consumer``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP
+
+from stream.commit_guard import CommitGuard
+from stream.faust.offset_trace import OffsetTrace
+
+log = logging.getLogger(__name__)
+
+# Faust hard-codes the consumer's fetch_max_wait_ms=1500. Kafka answers a waiting
+# fetch as soon as data arrives, but the embedded broker (Tansu) waits it out,
+# which adds about half a second to the median event-to-recommendation latency.
+# A short wait only costs idle fetch requests, on any broker.
+FETCH_MAX_WAIT_MS = 100
+
+if TYPE_CHECKING:
+    _ConsumerBase = aiokafka_driver.Consumer
+else:
+    _ConsumerBase = object
+
+
+class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        """faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500``: use
+        :data:`FETCH_MAX_WAIT_MS` (measurements in docs/performance.md)."""
+        consumer = super()._create_worker_consumer(transport)
+        # Read by aiokafka when the consumer starts and builds its fetcher.
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
+class ConsumerFixes(_ConsumerBase):
+    """The overrides, over any class with Faust's ``Consumer`` bookkeeping.
+
+    Two fix input records lost on a rebalance (docs/faust-rebalance-record-loss.md):
+    :meth:`_getmany` and :meth:`seek_to_committed`, always on. Four let the
+    :class:`~stream.commit_guard.CommitGuard` decide what is committed for the
+    input topics (docs/faust-sigterm-offset-race.md): :meth:`ack`,
+    :meth:`_new_offset`, :meth:`_filter_tps_with_pending_acks` and
+    :meth:`_commit_offsets`. With an :class:`OffsetTrace`, the commit, fetch,
+    gap and seek methods also log what they did.
+
+    Faust builds the consumer itself, so the guard and the trace are class
+    attributes of the subclass :func:`stream.faust.create_app` installs.
+    """
+
+    commit_guard: ClassVar[CommitGuard | None] = None
+    offset_trace: ClassVar[OffsetTrace | None] = None
+
+    # -- Records of paused partitions fetched and thrown away ------------------
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        """Hand the consumer thread a copy of the active partitions.
+
+        faust-streaming 0.15.3 passes its *live* set, which aiokafka reads later
+        in ``fetched_records``. A rebalance or table recovery pauses partitions
+        meanwhile; when the set is empty by then, aiokafka returns the buffered
+        records of *every* assigned partition (an empty filter means "all"),
+        Faust's ``getmany`` discards those of the paused input partitions, and
+        aiokafka's position has moved past them
+        (docs/faust-rebalance-record-loss.md, defect 1).
+        """
+        asked = frozenset(active_partitions) if active_partitions is not None else None
+        if active_partitions is None:  # client-only apps: every partition, as Faust means
+            records = await super()._getmany(None, timeout)
+        else:
+            requested = set(active_partitions)
+            records = await super()._getmany(requested, timeout) if requested else {}
+        if self.offset_trace is not None:
+            self.offset_trace.fetched(records, asked, active_partitions)
+        return records
+
+    async def seek_to_committed(self) -> Any:
+        """Seek input partitions nobody has committed yet to their beginning.
+
+        aiokafka's ``seek_to_committed`` skips a partition whose committed
+        offset is missing or 0, so ``perform_seek`` leaves such a partition at
+        whatever position discarded fetches moved it to
+        (docs/faust-rebalance-record-loss.md, defect 1). With
+        ``consumer_auto_offset_reset="earliest"``, the beginning is where a
+        fresh partition starts anyway.
+        """
+        committed = await super().seek_to_committed()
+        if self.app.conf.consumer_auto_offset_reset == "earliest":
+            fresh = [
+                tp for tp, offset in committed.items()
+                if not offset  # None or 0: aiokafka did not seek
+                and not self._is_changelog_tp(tp)
+                and self.app.topics.acks_enabled_for(tp.topic)
+            ]
+            if fresh:
+                log.info("no committed offset for %s: reading them from the beginning",
+                         sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh))
+                await self._thread.seek_to_beginning(*fresh)
+        return committed
+
+    async def perform_seek(self) -> None:
+        """Trace only: the positions each assignment starts from."""
+        await super().perform_seek()
+        if self.offset_trace is not None:
+            self.offset_trace.positions({
+                tp: (self._committed_offset.get(tp), self._read_offset.get(tp))
+                for tp in self.assignment()
+            })
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Trace only: the offsets Faust's fetch loop declares skipped."""
+        if self.offset_trace is not None:
+            self.offset_trace.gap(tp, offset_from, offset_to, self._committed_offset.get(tp),
+                                  self._read_offset.get(tp))
+        await super()._add_gap(tp, offset_from, offset_to)
+
+    # -- Commits of input events no agent processed or published --------------
+
+    def ack(self, message: Any) -> bool:
+        """Let an input message's ack count only once the agent published its outputs.
+
+        faust-streaming 0.15.3 acks input messages that never reached the
+        agent's code: one read from the stream's queue after flow control was
+        suspended (shutdown, rebalance) is acked as "skipped", and
+        ``Stream.take_events`` acks its whole batch in a ``finally`` when the
+        generator is closed at shutdown, even while the agent is still
+        publishing that batch's outputs (docs/faust-sigterm-offset-race.md).
+        A refused message is still taken off the pending set, so a rebalance
+        or shutdown does not wait for it.
+        """
+        guard = self.commit_guard
+        if (
+            guard is not None and guard.guards(message.topic)
+            and not guard.take_done(message.topic, message.partition, message.offset)
+        ):
+            if not message.acked:
+                message.acked = True
+                self._unacked_messages.discard(message)
+                guard.refuse(message.topic, message.partition, message.offset)
+            return False
+        return bool(super().ack(message))
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """For an input partition, the guard's committable offset.
+
+        Faust's own accounting never hears of the acks refused above, and in
+        faust-streaming 0.15.3 stops committing a partition for good once its
+        acks start past the committed offset (a hole it believes it saw),
+        which a released offset must be able to fill.
+        """
+        guard = self.commit_guard
+        if guard is None or not guard.guards(tp.topic):
+            return super()._new_offset(tp)
+        # Faust's list of acked offsets is not what decides: empty it.
+        acked = self._acked.get(tp)
+        if acked:
+            acked.clear()
+            self._acked_index[tp].clear()
+        return guard.committable(tp, self._committed_offset.get(tp))
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        """Also the partitions with offsets the guard released.
+
+        Faust commits only the partitions it saw an ack for; a quiet partition
+        whose every record so far was held has none.
+        """
+        seen = set(super()._filter_tps_with_pending_acks(topics))
+        yield from seen
+        if self.commit_guard is None or not self.commit_guard.enabled:
+            return
+        assigned = self.assignment()
+        for topic, partition in self.commit_guard.pending():
+            tp = TP(topic, partition)
+            if (tp not in seen and tp in assigned
+                    and (topics is None or tp in topics or topic in topics)):
+                yield tp
+
+    async def _commit_offsets(self, offsets: Mapping[TP, int], *args: Any, **kw: Any) -> bool:
+        """Commit no input partition past its first unprocessed or held offset.
+
+        Faust's own gap accounting can step over a hole: faust-streaming
+        0.15.3's ``Consumer._new_offset`` tests ``min(acked) - committed > 1``,
+        one too many (docs/faust-sigterm-offset-race.md). The cap does not
+        depend on how the hole arose. The trace records what Faust wanted.
+        """
+        guard, trace = self.commit_guard, self.offset_trace
+        known = {tp: self._committed_offset.get(tp) for tp in offsets} if trace else {}
+        capped: dict[TP, int] = {}
+        for tp, offset in offsets.items():
+            if guard is None or not guard.guards(tp.topic):
+                capped[tp] = offset
+                continue
+            safe = guard.cap(tp, offset, self._committed_offset.get(tp))
+            if safe is not None:
+                capped[tp] = safe
+        ok = bool(await super()._commit_offsets(capped, *args, **kw)) if capped else False
+        if trace is not None:
+            trace.commit(offsets, known, ok)
+        return ok
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """Trace only: what goes to the broker."""
+        ok = bool(await super()._commit(offsets))
+        if self.offset_trace is not None:
+            self.offset_trace.committed(offsets, ok)
+        return ok
+
+
+class Consumer(ConsumerFixes, aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer with :class:`ConsumerFixes`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.offset_trace is not None:
+            # Before the fetch loop binds the callback (Conductor.on_message).
+            read_offset = self._read_offset
+            self.callback = self.offset_trace.callback(self.callback, read_offset.get)
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
