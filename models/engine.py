@@ -25,7 +25,7 @@ from models.churn import ChurnModel
 from models.clv import CustomerValue, Prediction
 from models.events import Event
 from models.factorization import RatingFactorization
-from models.information import BehaviourShift
+from models.information import BehaviourShift, ListInformation
 from models.profiles import DAY, History, UserProfile
 from models.recommender import BlendedRecommender, exclude_seen, top_k
 from models.segmentation import OnlineSegmentation
@@ -230,12 +230,15 @@ class FeedbackEngine:
             z=c.shift_z,
             min_divergence=c.shift_min_divergence,
         )
+        # What the worker's published lists showed (fed by the stream layer).
+        self.information = ListInformation()
         self.cooldown = Cooldown(
             c.alert_cooldown_s,
             {"model_drift": c.drift_cooldown_s, "behaviour_shift": c.shift_cooldown_s},
         )
         self.item_price = np.zeros(16)
         self.item_price_n = np.zeros(16)
+        self.item_ratings = np.zeros((16, 2))  # per item: rated reviews, sum of stars
         # Users by last activity: bucket (last_seen // activity_bucket_s) -> users
         # (a dict as an insertion-ordered set), the buckets' numbers in a heap,
         # and the users held back from eviction by a pending churn alert.
@@ -354,6 +357,8 @@ class FeedbackEngine:
             self.recommender.learn_blend(scored, item)
         if event.rating is not None and event.type == "review":
             self.ratings.learn(event.user_id, item, event.rating)
+            self.item_ratings = grown(self.item_ratings, item + 1)
+            self.item_ratings[item] += (1.0, event.rating)
         if words is not None:
             self.sentiment.learn(words, event.rating)
         previous_order = profile.last_order_time

@@ -34,6 +34,7 @@ from models.events import EVENT_TYPES, Event
 __all__ = [
     "BehaviourShift",
     "ExposureTally",
+    "ListInformation",
     "entropy_bits",
     "event_category",
     "gini",
@@ -169,6 +170,38 @@ class ExposureTally:
             out["exposure_gini"][strategy] = gini(counts)
             out["exposure_entropy"][strategy] = entropy_bits(counts)
         return out
+
+
+class ListInformation:
+    """An :class:`ExposureTally` fed with published lists as they go out.
+
+    :meth:`on_list` takes the recommendations and the engine that made them:
+    item ids are mapped to catalogue indices and the catalogue's all-time
+    popularity ranks are recomputed every ``refresh_events`` engine events (a
+    sort of the catalogue; ranks move slowly). The worker and the evaluation
+    replay each keep one.
+    """
+
+    def __init__(self, refresh_events: int = 500) -> None:
+        self.tally = ExposureTally()
+        self.refresh_events = refresh_events
+        self.ranked_at = -refresh_events
+        self.ranks = np.zeros(0, dtype=np.int64)
+
+    def on_list(self, strategy: str, items: Sequence[Any], engine: Any) -> None:
+        """Count one published list of ``Recommendation`` (anything with ``item_id``)."""
+        if engine.events - self.ranked_at >= self.refresh_events:
+            counts = engine.recommender.popularity.all_time(len(engine.catalogue))
+            self.ranks = np.empty(len(counts), dtype=np.int64)
+            self.ranks[np.argsort(-counts, kind="stable")] = np.arange(len(counts))
+            self.ranked_at = engine.events
+        get = engine.catalogue.get
+        idx = [i for i in (get(r.item_id) for r in items) if i is not None]
+        self.tally.learn_list(strategy, idx, self.ranks)
+
+    def report(self, n_items: int) -> dict[str, dict[str, float]]:
+        """Per strategy: ``list_entropy`` (bits), ``catalogue_coverage``, ``exposure_gini``, ..."""
+        return self.tally.report(n_items)
 
 
 def _bucket(item_id: str, buckets: int) -> int:

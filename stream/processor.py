@@ -511,6 +511,7 @@ class Processor:
         )
         self._save_exposures(profile, log)
         self.metrics.exposures.labels(variant, strategy).inc()
+        self.engine.information.on_list(strategy, items, self.engine)
         self.variant_counts.setdefault(variant, [0, 0, 0])[0] += 1
         if self.bandit is not None:
             self.bandit.expose(segment, strategy)

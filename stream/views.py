@@ -9,6 +9,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from models.engine import FeedbackEngine
+from models.portraits import item_report, segment_report
 from stream.privacy import pseudonymise
 from stream.processor import expand_recommendations
 from stream.settings import Settings
@@ -36,6 +37,23 @@ def register(
             if profile is None:
                 return self.json({"error": f"unknown user {user_id!r}"}, status=404)
             return self.json(profile_view(profile, engine.user_summary(stored_id)))
+
+    @app.page("/segments")
+    class SegmentsPage(View):
+        """Customer portraits of this worker's segments (models.portraits)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json({"segments": segment_report(engine)})
+
+    @app.page("/items/{item_id}")
+    class ItemPage(View):
+        """Reviews, rating, sentiment, popularity and bought-together of one item."""
+
+        async def get(self, request: Request, item_id: str) -> Response:
+            report = item_report(engine, item_id)
+            if report is None:
+                return self.json({"error": f"unknown item {item_id!r}"}, status=404)
+            return self.json(report)
 
     @app.page("/metrics")
     class MetricsPage(View):

@@ -38,11 +38,11 @@ import orjson
 
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
+from models.information import ListInformation
 from models.recommender import FEATURES
 from models.sentiment import label_of, lexicon_compound_whole
 from tools.attribution_replay import AttributionReplay
 from tools.clv_holdout import HoldoutReplay
-from tools.information_replay import InformationReplay
 
 DAY = 86_400.0
 CHURN_HORIZON_DAYS = 90.0
@@ -274,7 +274,7 @@ def evaluate(
     alert_times: list[tuple[float, str]] = []
     has_purchases = any(e.type == "purchase" for e in events)
     # Outside the timed model path: its rankings are what the worker publishes.
-    information = InformationReplay()
+    information = ListInformation()
     replay = (
         AttributionReplay(variants, seed=engine.config.seed, on_list=information.on_list)
         if variants and any(e.type != "review" for e in events) else None
@@ -381,7 +381,9 @@ def evaluate(
     if holdout is not None:
         result.update(holdout.report(engine))
     result["attribution"] = replay.report() if replay is not None else None
-    result["information"] = information.report(engine) if replay is not None else None
+    result["information"] = (
+        information.report(len(engine.catalogue)) if replay is not None else None
+    )
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
     result["events_per_cpu_second"] = len(events) / engine_cpu if engine_cpu > 0 else None
