@@ -32,6 +32,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 
 from models.clv import DAY
 from models.engine import FeedbackEngine
@@ -40,6 +41,20 @@ from models.events import Event
 
 def _mae(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - truth)))
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U, ties averaged); ``None`` with one class.
+
+    >>> roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    0.75
+    """
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def _brier(prob: np.ndarray, outcome: np.ndarray) -> float:
@@ -102,8 +117,6 @@ class HoldoutReplay:
         naive_rate = np.where(f["T"] > 0, f["x"] / np.maximum(f["T"], 1e-9), 0.0)
         naive_n = naive_rate * self.horizon_days
         naive_s = naive_n * f["mean"]
-        from tools.evaluate import roc_auc
-
         out: dict[str, Any] = {
             "clv_customers": len(users),
             "clv_horizon_days": self.horizon_days,
