@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -133,23 +132,25 @@ class ExposureTally:
 
     def __init__(self, strata: int = 10) -> None:
         self.strata = strata
-        self.exposures: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-        self.entropy_sum: dict[str, float] = defaultdict(float)
-        self.lists: dict[str, int] = defaultdict(int)
+        # plain dicts: the engine holds one and pickles (no lambdas)
+        self.exposures: dict[str, dict[int, int]] = {}
+        self.entropy_sum: dict[str, float] = {}
+        self.lists: dict[str, int] = {}
 
     def learn_list(self, strategy: str, items: Sequence[int], ranks: np.ndarray) -> None:
         """Count one published list (catalogue indices) given the items' popularity ranks."""
-        shown = self.exposures[strategy]
+        shown = self.exposures.setdefault(strategy, {})
         for i in items:
-            shown[i] += 1
+            shown[i] = shown.get(i, 0) + 1
         n = max(len(ranks), 1)
         strata = [
             min(int(ranks[i]) * self.strata // n, self.strata - 1) if i < len(ranks)
             else self.strata - 1  # an item newer than the ranks: the tail
             for i in items
         ]  # fmt: skip
-        self.entropy_sum[strategy] += entropy_bits(np.bincount(strata, minlength=self.strata))
-        self.lists[strategy] += 1
+        entropy_here = entropy_bits(np.bincount(strata, minlength=self.strata))
+        self.entropy_sum[strategy] = self.entropy_sum.get(strategy, 0.0) + entropy_here
+        self.lists[strategy] = self.lists.get(strategy, 0) + 1
 
     def report(self, n_items: int) -> dict[str, dict[str, float]]:
         """``list_entropy``, ``catalogue_coverage``, ``exposure_gini``, ``exposure_entropy``."""
