@@ -284,26 +284,29 @@ class Attributor:
         self.max_users = max_users
         self.users: OrderedDict[str, UserExposures] = OrderedDict()
 
-    def _user(self, user_id: str, create: bool) -> UserExposures | None:
+    def find(self, user_id: str) -> UserExposures | None:
+        """The user's exposure log, now the most recently active; ``None`` if unknown."""
         log = self.users.get(user_id)
+        if log is not None:
+            self.users.move_to_end(user_id)
+        return log
+
+    def log(self, user_id: str) -> UserExposures:
+        """The user's exposure log, made if new, now the most recently active."""
+        log = self.find(user_id)
         if log is None:
-            if not create:
-                return None
-            log = UserExposures(self.window, self.max_exposures, self.retention)
-            self.users[user_id] = log
+            log = self.users[user_id] = UserExposures(
+                self.window, self.max_exposures, self.retention
+            )
             while len(self.users) > self.max_users:
                 self.users.popitem(last=False)
-        else:
-            self.users.move_to_end(user_id)
         return log
 
     def expose(self, user_id: str, exposure: Exposure) -> None:
         """Remember a recommendation shown to ``user_id``."""
-        log = self._user(user_id, create=True)
-        assert log is not None
-        log.expose(exposure)
+        self.log(user_id).expose(exposure)
 
     def attribute(self, event: Event) -> Attribution | None:
         """See :meth:`UserExposures.attribute`."""
-        log = self._user(event.user_id, create=False)
+        log = self.find(event.user_id)
         return None if log is None else log.attribute(event)

@@ -126,16 +126,16 @@ def build_app(
     fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
 
     # One step at a time between processing, publishing and telling the commit
-    # guard what was published: the agent's batches, the owed recommendations
+    # guard what was published: the agent's batches, the held recommendations
     # published between batches, and the revocations that drop them.
     publishing = asyncio.Lock()
 
     def settle(batch: list[InputMessage]) -> None:
         """After the outputs are acknowledged: what the commit guard may commit."""
-        held, released = processor.settle()
-        commit_guard.hold(held)  # processed, their recommendation still owed
+        hold, release = processor.settle()
+        commit_guard.hold(hold)  # processed, their recommendation still held
         commit_guard.done(batch)
-        commit_guard.release(released)  # owed earlier, published now
+        commit_guard.release(release)  # held earlier, published now
 
     @app.agent(input_topic)
     async def process(stream: Any) -> None:
@@ -156,36 +156,36 @@ def build_app(
                 trace.batch(e.message for e in events)
 
     @app.task
-    async def publish_owed() -> None:
-        # Debounced recommendations whose users' triggers stopped while no batch
-        # came (stream/processor.py, Processor._defer).
+    async def publish_held() -> None:
+        # Held recommendations whose users' triggers stopped while no batch
+        # came (stream/debounce.py).
         pause = max(0.005, settings.recommend_debounce_seconds / 4)
         while True:
             await asyncio.sleep(pause)
-            if not processor.debounce:
+            if not processor.debounce.enabled:
                 continue
             try:
                 async with publishing:
-                    await publish(fa, processor.flush_due())
+                    await publish(fa, processor.publish_due())
                     settle([])
-            except Exception as exc:  # as an agent's failure would: the owed stay uncommitted
-                log.exception("publishing owed recommendations failed")
+            except Exception as exc:  # as an agent's failure would: the held stay uncommitted
+                log.exception("publishing held recommendations failed")
                 await app.crash(exc)
                 return
 
-    async def drop_owed(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    async def drop_held(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         # The next owner of these partitions reads the held trigger records
-        # again and owes their recommendations; publishing them here would race
+        # again and holds their recommendations; publishing them here would race
         # its profile writes.
         parts = {(tp.topic, tp.partition) for tp in revoked}
         async with publishing:
-            dropped = processor.drop_pending(parts)
+            dropped = processor.drop_held(parts)
             commit_guard.forget(parts)
         if dropped:
-            log.info("revoked: %d owed recommendations left to the next owner", dropped)
+            log.info("revoked: %d held recommendations left to the next owner", dropped)
 
     # mode types the handler of a Signal[Set[TP]] so that no async def matches it.
-    app.on_partitions_revoked.connect(drop_owed)  # type: ignore[arg-type]
+    app.on_partitions_revoked.connect(drop_held)  # type: ignore[arg-type]
 
     @app.timer(settings.tick_interval_seconds)
     async def tick() -> None:

@@ -49,7 +49,7 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -305,19 +305,29 @@ def _slow_timestamp(m: re.Match[str], value: str) -> float:
     return ((days * 86_400 + h * 3600 + mi * 60 + s - offset) * 1_000_000 + micros) / 1_000_000
 
 
-def format_timestamp(stamp: float) -> str:
+def format_timestamp(
+    stamp: float, timespec: Literal["auto", "milliseconds"] = "auto"
+) -> str:
     """Unix seconds -> RFC 3339 UTC with 'Z'; the inverse of :func:`parse_timestamp`.
+
+    ``"auto"`` gives the microseconds when there are any (exact round trips);
+    ``"milliseconds"`` always three digits, truncated, the fixed width of the
+    worker's output records.
 
     >>> format_timestamp(1323435000.25)
     '2011-12-09T12:50:00.250000Z'
     >>> format_timestamp(1323435000.0)
     '2011-12-09T12:50:00Z'
+    >>> format_timestamp(1323435000.2509, timespec="milliseconds")
+    '2011-12-09T12:50:00.250Z'
     """
     whole = math.floor(stamp)
     micros = round((stamp - whole) * 1_000_000)  # exact difference, then nearest µs
     if micros == 1_000_000:
         whole, micros = whole + 1, 0
     text = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if timespec == "milliseconds":
+        return f"{text}.{micros // 1000:03d}Z"
     return f"{text}.{micros:06d}Z" if micros else f"{text}Z"
 
 

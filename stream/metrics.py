@@ -55,10 +55,10 @@ class Metrics:
             "Recommendation messages published, by strategy.",
             ["strategy"], namespace=ns, registry=registry,
         )
-        self.recommendations_pending = Gauge(
-            "recommendations_pending",
-            "Users owed a recommendation that waits for their triggers to stop (debounce); "
-            "their trigger records are held uncommitted until it is published.",
+        self.recommendations_held = Gauge(
+            "recommendations_held",
+            "Users whose recommendation is held until their triggers stop (debounce); "
+            "their trigger records stay uncommitted until it is published.",
             namespace=ns, registry=registry,
         )
         self.recommendation_latency_seconds = Histogram(

@@ -11,8 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from models.engine import FeedbackEngine
 from models.portraits import item_report, segment_report
 from stream.privacy import pseudonymise
-from stream.processor import expand_recommendations
 from stream.settings import Settings
+from stream.stored_profile import StoredProfile, expand_recommendations
 
 
 def register(
@@ -70,8 +70,9 @@ def register(
             return self.json({"status": "ok", "app_id": settings.app_id})
 
 
-def profile_view(profile: dict[str, Any], features: dict[str, Any] | None) -> dict[str, Any]:
-    """What ``GET /users/{id}`` returns: the stored profile less internal fields."""
+def profile_view(profile: StoredProfile, features: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``GET /users/{id}`` returns: the stored profile less internal fields,
+    with the models' features of the user (``features``)."""
     return {
         "user_id": profile["user_id"],
         "events": profile["events"],

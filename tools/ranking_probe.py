@@ -35,7 +35,7 @@ def count(settings: Settings, msgs: Sequence[InputMessage], batch: int, debounce
     n = 0
     for i in range(0, len(msgs), batch):
         n += sum(o.topic == topic for o in proc.handle(msgs[i : i + batch]))
-    return n + sum(o.topic == topic for o in proc.flush_all())
+    return n + sum(o.topic == topic for o in proc.publish_all())
 
 
 def chunked(msgs: Sequence[InputMessage], k: int) -> list[InputMessage]:

@@ -470,9 +470,9 @@ class Simulation:
 
 
 def _rfc3339(ts: float) -> str:
-    from stream.processor import rfc3339
+    from stream.contract import format_timestamp
 
-    return rfc3339(ts)
+    return format_timestamp(ts, timespec="milliseconds")
 
 
 def _parse_time(text: str) -> float:

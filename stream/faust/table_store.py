@@ -10,6 +10,7 @@ from faust.streams import _current_event
 
 from stream.processor import InputMessage
 from stream.settings import Settings
+from stream.stored_profile import StoredProfile
 
 
 class TableStore:
@@ -24,13 +25,15 @@ class TableStore:
     def __init__(self, table: Any, settings: Settings) -> None:
         self.table = table
         self.inputs = set(settings.input_topics)
+        # The changelog partition of each profile written here: where its
+        # tombstone must go (kept out of the stored profile itself).
+        self.partitions: dict[str, int] = {}
 
-    def get(self, user_id: str) -> Any:
+    def get(self, user_id: str) -> StoredProfile | None:
         return self.table.get(user_id)
 
-    def put(self, user_id: str, profile: Any, source: InputMessage) -> None:
-        # The changelog partition of the profile: where its tombstone must go.
-        profile["partition"] = source.partition
+    def put(self, user_id: str, profile: StoredProfile, source: InputMessage) -> None:
+        self.partitions[user_id] = source.partition
         token = _current_event.set(weakref.ref(source.context))
         try:
             self.table[user_id] = profile
@@ -44,7 +47,7 @@ class TableStore:
         was written) is only dropped from memory: its new owner decides."""
         store = self.table.data
         # Partitions of the profiles restored from the changelog (Faust's memory
-        # store records them; profiles written since carry their own).
+        # store records them; those written since are in self.partitions).
         restored = getattr(store, "_key_partition", {})
         owned = {
             tp.partition for tp in self.table.app.assignor.assigned_actives()
@@ -52,10 +55,15 @@ class TableStore:
         }
         deleted = 0
         for user_id in user_ids:
+            written = self.partitions.pop(user_id, None)
             profile = store.get(user_id)
             if profile is None:
                 continue
-            partition = profile.get("partition", restored.get(user_id))
+            # A record written by an earlier release may still carry its partition.
+            partition = (
+                written if written is not None
+                else profile.get("partition", restored.get(user_id))
+            )
             if partition in owned:
                 self.table.send_changelog(partition, user_id, None, value_serializer="raw")
             del store[user_id]

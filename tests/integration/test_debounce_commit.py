@@ -72,7 +72,7 @@ def test_owed_recommendations_hold_their_commit_and_survive_a_crash(worker_facto
     assert wait_for(lambda: committed(s, s.topic_purchases) == 7, timeout=60)
     checkpoints = first.metric("feedback_model_checkpoints_total")
     wait_metric(first, "feedback_model_checkpoints_total", checkpoints + 1, 30)
-    assert first.metric("feedback_recommendations_pending") == 1
+    assert first.metric("feedback_recommendations_held") == 1
     assert committed(s, s.topic_purchases) == 7
     first.stop(signal.SIGKILL)
     before = {

@@ -1,4 +1,6 @@
-"""The worker's debounce of recommendations across batches (Processor(debounce=True)).
+"""The worker's debounce of recommendations across batches: the step itself
+(:class:`stream.debounce.Debounce`) and the processor that runs it
+(``Processor(debounce=True)``).
 
 The wall clock is injected: every "later" below is a clock the test moves.
 """
@@ -10,9 +12,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from models.engine import FeedbackEngine
+from models.events import Event
+from stream.debounce import Debounce
 from stream.metrics import Metrics
-from stream.processor import PENDING_TRIGGER, DictStore, InputMessage, Processor
+from stream.processor import DictStore, InputMessage, Processor
 from stream.settings import Settings, SettingsError
+from stream.stored_profile import HELD_TRIGGER
 
 NOW = 1_800_000_000.0
 
@@ -65,7 +70,7 @@ def warm(proc: Processor, feed: Feed) -> None:
     """A catalogue to recommend from: other users bought a, b and c."""
     proc.handle([feed(purchase(f"w{i}", f"w{i}", item))
                  for i, item in enumerate("abcabc")])
-    proc.flush_all()
+    proc.publish_all()
     proc.settle()
 
 
@@ -84,19 +89,19 @@ def test_a_basket_split_over_batches_is_ranked_once_after_its_last_line() -> Non
     assert [(r["user_id"], r["trigger_event_id"]) for r in out] == [("xia", "x1")]
     held, released = proc.settle()
     assert offsets(held) == [first[1].offset] and released == []
-    assert proc.profiles["zoe"][PENDING_TRIGGER] == "z1"
+    assert proc.profiles["zoe"][HELD_TRIGGER] == "z1"
     clock.now += 0.01
     second = [feed(purchase("z2", "zoe", "b"))]  # the same invoice (event time)
     assert recs(s, proc.handle(second)) == []
     held, released = proc.settle()
-    # z1's obligation passed to z2.
+    # z1's hold passed to z2.
     assert offsets(held) == offsets(second) and offsets(released) == [first[1].offset]
     clock.now += 0.01
     third = [feed(purchase("y1", "yan", "c"))]
     out = recs(s, proc.handle(third))
     # A batch without a trigger of hers: published, naming the basket's last line.
     assert [(r["user_id"], r["trigger_event_id"]) for r in out] == [("zoe", "z2")]
-    assert PENDING_TRIGGER not in proc.profiles["zoe"]
+    assert HELD_TRIGGER not in proc.profiles["zoe"]
     held, released = proc.settle()
     assert offsets(released) == offsets(second) and offsets(held) == offsets(third)
 
@@ -107,22 +112,22 @@ def test_between_batches_the_quiet_period_and_the_deadline_publish() -> None:
     warm(proc, feed)
     proc.handle([feed(purchase("z1", "zoe", "a"))])
     clock.now += 0.05
-    assert proc.flush_due() == []  # her triggers may not have stopped yet
+    assert proc.publish_due() == []  # her triggers may not have stopped yet
     clock.now += 0.06
-    assert [r["trigger_event_id"] for r in recs(s, proc.flush_due())] == ["z1"]
-    assert PENDING_TRIGGER not in proc.profiles["zoe"]
+    assert [r["trigger_event_id"] for r in recs(s, proc.publish_due())] == ["z1"]
+    assert HELD_TRIGGER not in proc.profiles["zoe"]
     # A user whose triggers never stop for long is answered at the deadline,
     # naming the latest trigger.
     for i in range(4):
         proc.handle([feed(purchase(f"q{i}", "quinn", "a"))])
         clock.now += 0.09
-        out = recs(s, proc.flush_due())
+        out = recs(s, proc.publish_due())
         if out:
             break
     assert i == 3 and [r["trigger_event_id"] for r in out] == ["q3"]
 
 
-def test_a_later_invoice_publishes_the_owed_one_first() -> None:
+def test_a_later_invoice_publishes_the_held_one_first() -> None:
     proc, s, _ = make()
     feed = Feed(s)
     warm(proc, feed)
@@ -131,12 +136,12 @@ def test_a_later_invoice_publishes_the_owed_one_first() -> None:
         feed(purchase("z2", "zoe", "b", ts="2024-01-02T10:00:00Z")),
     ])
     assert [r["trigger_event_id"] for r in recs(s, out)] == ["z1"]
-    assert [r["trigger_event_id"] for r in recs(s, proc.flush_all())] == ["z2"]
+    assert [r["trigger_event_id"] for r in recs(s, proc.publish_all())] == ["z2"]
 
 
-def test_an_owed_recommendation_survives_a_crash_through_the_profile() -> None:
-    """The profile written to the changelog names the owed trigger; the worker
-    that reads the held record again (replay) owes it again, though the event is
+def test_a_held_recommendation_survives_a_crash_through_the_profile() -> None:
+    """The profile written to the changelog names the held trigger; the worker
+    that reads the held record again (replay) holds it again, though the event is
     a duplicate, and publishes it."""
     proc, s, _ = make()
     feed = Feed(s)
@@ -145,30 +150,30 @@ def test_an_owed_recommendation_survives_a_crash_through_the_profile() -> None:
     proc.handle([trigger])
     held, _ = proc.settle()
     assert offsets(held) == [trigger.offset]
-    # Crash: the owed recommendation is lost with the process; the profiles
+    # Crash: the held recommendation is lost with the process; the profiles
     # (changelog) and the models survive, the held offset was not committed.
     store = DictStore({u: orjson.loads(orjson.dumps(p)) for u, p in proc.profiles.items()})
     successor, _, _ = make(store=store, engine=proc.engine)
     assert recs(s, successor.handle([trigger])) == []
     assert offsets(successor.settle()[0]) == [trigger.offset]
-    out = recs(s, successor.flush_all())
+    out = recs(s, successor.publish_all())
     assert [(r["user_id"], r["trigger_event_id"]) for r in out] == [("zoe", "z1")]
     assert successor.profiles["zoe"]["events"]["purchase"] == 1  # learned once
     # Replayed once more after publication: a plain duplicate now.
-    assert successor.handle([trigger]) == [] and successor.flush_all() == []
+    assert successor.handle([trigger]) == [] and successor.publish_all() == []
 
 
-def test_revoked_partitions_drop_their_owed_recommendations_unreleased() -> None:
+def test_revoked_partitions_drop_their_held_recommendations_unreleased() -> None:
     proc, s, _ = make()
     feed = Feed(s)
     warm(proc, feed)
     trigger = feed(purchase("z1", "zoe", "a"))
     proc.handle([trigger])
-    assert proc.drop_pending({(trigger.topic, 5)}) == 0
-    assert proc.drop_pending({(trigger.topic, trigger.partition)}) == 1
+    assert proc.drop_held({(trigger.topic, 5)}) == 0
+    assert proc.drop_held({(trigger.topic, trigger.partition)}) == 1
     assert proc.settle() == ([], [])  # neither held nor released: never committed here
-    assert proc.flush_all() == []
-    assert proc.profiles["zoe"][PENDING_TRIGGER] == "z1"  # for the next owner
+    assert proc.publish_all() == []
+    assert proc.profiles["zoe"][HELD_TRIGGER] == "z1"  # for the next owner
 
 
 def test_without_debounce_every_batch_publishes_its_own() -> None:
@@ -180,9 +185,10 @@ def test_without_debounce_every_batch_publishes_its_own() -> None:
     out = proc.handle([feed(purchase("z1", "zoe", "a"))])
     assert [r["trigger_event_id"] for r in recs(settings, out)] == ["z1"]
     assert proc.settle() == ([], [])
-    assert PENDING_TRIGGER not in proc.profiles["zoe"]
+    assert HELD_TRIGGER not in proc.profiles["zoe"]
     # 0 turns the worker's debounce off too.
-    assert not make(recommend_debounce_seconds=0)[0].debounce
+    assert make()[0].debounce.enabled
+    assert not make(recommend_debounce_seconds=0)[0].debounce.enabled
 
 
 @pytest.mark.parametrize(
@@ -198,19 +204,77 @@ def test_the_debounce_settings_are_validated_at_start_up(env: dict[str, str], na
         Settings.from_env(env)
 
 
-def test_the_user_cap_spares_a_user_whose_recommendation_is_owed() -> None:
+def test_the_user_cap_spares_a_user_whose_recommendation_is_held() -> None:
     proc, s, clock = make(user_retention_seconds=0, max_users=2)
     feed = Feed(s)
     warm(proc, feed)
-    # Zoe is the least recently active by event time, and her recommendation is owed.
+    # Zoe is the least recently active by event time, and her recommendation is held.
     proc.handle([feed(purchase("z1", "zoe", "a", ts="2023-12-31T10:00:00Z"))])
-    assert proc.profiles["zoe"][PENDING_TRIGGER] == "z1"
+    assert proc.profiles["zoe"][HELD_TRIGGER] == "z1"
     proc.evict()
     assert "zoe" in proc.engine.profiles and "zoe" in proc.profiles
     clock.now += 1.0
-    out = recs(s, proc.flush_due())
+    out = recs(s, proc.publish_due())
     assert [r["trigger_event_id"] for r in out] == ["z1"]
     assert out[0]["items"][0]["reason"] != "popular with everyone"  # ranked as herself
     proc.handle([feed(purchase("y1", "yan", "b"))])  # three users again
-    proc.evict()  # nothing owed to her now: the cap takes her, the least recent
+    proc.evict()  # nothing held for her now: the cap takes her, the least recent
     assert "zoe" not in proc.engine.profiles and "zoe" not in proc.profiles
+
+
+# -- the step alone: state + event -> what to publish, the clock passed in --------
+
+
+def record(offset: int, partition: int = 0) -> InputMessage:
+    return InputMessage("purchases", partition, offset, b"u", b"")
+
+
+def trigger_event(event_id: str, user: str, t: float) -> Event:
+    return Event("purchase", event_id, user, "i", t, quantity=1)
+
+
+def test_the_step_merges_close_triggers_and_returns_a_distant_earlier_one() -> None:
+    d = Debounce(min_interval=60.0, quiet=0.1, max_delay=1.0)
+    d.start_batch()
+    assert d.trigger("u", {}, trigger_event("e1", "u", 100.0), record(1), 90.0, now=5.0) is None
+    assert d.trigger("u", {}, trigger_event("e2", "u", 130.0), record(2), 100.0, now=5.5) is None
+    held = d.held["u"]
+    # e2 replaced e1 and kept its previous time and first hold time.
+    assert (held.event.event_id, held.previous, held.since, held.last) == ("e2", 90.0, 5.0, 5.5)
+    hold, release = d.settle()
+    assert [r.offset for r in hold] == [2] and release == []  # 1 held and released at once
+    earlier = d.trigger("u", {}, trigger_event("e3", "u", 200.0), record(3), 130.0, now=6.0)
+    assert earlier is held and "u" not in d  # due now: the caller publishes, then triggers again
+    assert d.trigger("u", {}, trigger_event("e3", "u", 200.0), record(3), 130.0, now=6.0) is None
+    hold, release = d.settle()
+    assert [r.offset for r in hold] == [3] and [r.offset for r in release] == [2]
+
+
+def test_the_step_is_due_at_batch_end_between_batches_and_at_the_deadline() -> None:
+    d = Debounce(min_interval=60.0, quiet=0.1, max_delay=1.0)
+    d.start_batch()
+    d.trigger("a", {}, trigger_event("a1", "a", 100.0), record(1, partition=0), None, now=5.0)
+    d.trigger("b", {}, trigger_event("b1", "b", 100.0), record(2, partition=1), None, now=5.0)
+    # a is not the last user of partition 0; b is partition 1's last: held on.
+    due = d.batch_due(5.0, {("purchases", 0): "x", ("purchases", 1): "b"})
+    assert [h.event.event_id for h in due] == ["a1"] and list(d.held) == ["b"]
+    assert d.due(5.05) == []  # b's triggers may not have stopped yet
+    d.start_batch()
+    d.trigger("b", {}, trigger_event("b2", "b", 101.0), record(3, partition=1), None, now=5.9)
+    assert d.due(5.95) == []
+    assert [h.event.event_id for h in d.due(6.0)] == ["b2"]  # since 5.0: the 1 s deadline
+    # Disabled, everything held is due at the end of its batch.
+    off = Debounce(min_interval=60.0, quiet=0.1, max_delay=1.0, enabled=False)
+    off.start_batch()
+    off.trigger("b", {}, trigger_event("b1", "b", 100.0), record(4), None, now=5.0)
+    assert len(off.batch_due(5.0, {("purchases", 0): "b"})) == 1
+
+
+def test_dropping_a_partition_forgets_its_holds_unreleased() -> None:
+    d = Debounce(min_interval=60.0, quiet=0.1, max_delay=1.0)
+    d.start_batch()
+    d.trigger("a", {}, trigger_event("a1", "a", 100.0), record(1, partition=0), None, now=5.0)
+    d.trigger("b", {}, trigger_event("b1", "b", 100.0), record(2, partition=1), None, now=5.0)
+    assert d.drop({("purchases", 1)}) == 1 and list(d.held) == ["a"]
+    hold, release = d.settle()
+    assert [r.offset for r in hold] == [1] and release == []

@@ -9,14 +9,9 @@ from prometheus_client import CollectorRegistry
 from models.engine import FeedbackEngine
 from stream.contract import format_timestamp
 from stream.metrics import Metrics
-from stream.processor import (
-    DictStore,
-    InputMessage,
-    Processor,
-    compact_recommendations,
-    expand_recommendations,
-)
+from stream.processor import DictStore, InputMessage, Processor
 from stream.settings import Settings, SettingsError
+from stream.stored_profile import compact_recommendations, expand_recommendations
 from stream.views import profile_view
 
 NOW = 1_800_000_000.0  # the injected wall clock (2027)
@@ -123,7 +118,7 @@ def test_profile_keeps_recommendations_once_and_view_answers_as_before() -> None
     view = profile_view(orjson.loads(orjson.dumps(bob)), None)  # as read from the changelog
     items = [{k: v for k, v in i.items() if k != "rank"} for i in payload["items"]]
     assert view["recommendations"] == items
-    # A profile written before the compact form still answers the same.
+    # A profile stored in the list-of-dicts form still answers the same.
     old = dict(bob, recommendations=items)
     assert profile_view(old, None)["recommendations"] == items
     assert expand_recommendations(compact_recommendations(items)) == items
