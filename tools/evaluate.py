@@ -42,7 +42,7 @@ from models.information import ListInformation
 from models.recommender import FEATURES
 from models.sentiment import label_of, lexicon_compound_whole
 from tools.attribution_replay import AttributionReplay
-from tools.clv_holdout import HoldoutReplay
+from tools.clv_holdout import HoldoutReplay, customer_value_only
 
 DAY = 86_400.0
 CHURN_HORIZON_DAYS = 90.0
@@ -658,6 +658,12 @@ def main(argv: list[str] | None = None) -> int:
         "with what each customer did from DATE to the end of the file",
     )
     parser.add_argument(
+        "--clv-only",
+        action="store_true",
+        help="with --holdout-from: only the customer-value model (it learns from nothing "
+        "else), in seconds instead of the whole replay",
+    )
+    parser.add_argument(
         "--pmi",
         action="store_true",
         help="score co-occurrence by positive PMI instead of the cosine-like normalisation",
@@ -687,6 +693,12 @@ def main(argv: list[str] | None = None) -> int:
     events, rejected = read_events(args.path, args.limit)
     if not events:
         parser.error(f"no valid event in {args.path} ({rejected} rejected lines)")
+    if args.clv_only:
+        if holdout_from is None:
+            parser.error("--clv-only needs --holdout-from DATE")
+        clv = customer_value_only(events, holdout_from, EngineConfig(seed=args.seed))
+        print(orjson.dumps({**clv, "rejected_lines": rejected}).decode())
+        return 0
     series: dict[str, Any] | None = {} if args.plot else None
     result = evaluate(
         events,
