@@ -123,7 +123,7 @@ class ChurnModel:
         p_silent = math.exp((r + x) * math.log((alpha + age) / (alpha + age + self.horizon_days)))
         return 1.0 - p_alive * (1.0 - p_silent)
 
-    def observe_order(
+    def learn_one(
         self,
         profile: UserProfile,
         previous_order_time: float | None,
