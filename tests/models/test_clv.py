@@ -193,7 +193,8 @@ def test_engine_keeps_customer_value_per_user() -> None:
     assert engine.customer_value_of("u1") is None
 
 
-def test_churn_alert_comes_from_p_alive() -> None:
+def weekly_customer() -> tuple[FeedbackEngine, float]:
+    """An engine whose one customer bought weekly for six weeks, and their churn check's date."""
     engine = FeedbackEngine()
     t = 1_700_000_000.0
     for week in range(6):
@@ -201,6 +202,11 @@ def test_churn_alert_comes_from_p_alive() -> None:
                              quantity=1, price=4.0))  # fmt: skip
     due = engine.profiles["weekly"].churn_due
     assert due is not None
+    return engine, due
+
+
+def test_churn_alert_comes_from_p_alive() -> None:
+    engine, due = weekly_customer()
     assert due == engine.customer_value.alive_due("weekly", engine.config.churn_alive_threshold)
     assert engine.tick(due - DAY) == []
     alerts = engine.tick(due)
@@ -211,13 +217,7 @@ def test_churn_alert_comes_from_p_alive() -> None:
 
 def test_churn_check_follows_a_refit() -> None:
     """Parameters refitted before the check (less dropout): checked again later, no alert."""
-    engine = FeedbackEngine()
-    t = 1_700_000_000.0
-    for week in range(6):
-        engine.process(Event("purchase", f"w{week}", "weekly", "tea", t + week * 7 * DAY,
-                             quantity=1, price=4.0))  # fmt: skip
-    due = engine.profiles["weekly"].churn_due
-    assert due is not None
+    engine, due = weekly_customer()
     engine.customer_value.transactions = TransactionParams(r=0.25, alpha=10.0, a=0.05, b=5.0)
     assert engine.tick(due) == []
     later = engine.profiles["weekly"].churn_due
