@@ -220,6 +220,9 @@ def build_app(
         await update_lag(fa)
         metrics.users_tracked.set(len(engine.profiles))
         metrics.items_tracked.set(len(engine.catalogue))
+        metrics.set_information(
+            engine.information.report(len(engine.catalogue)), engine.shift.last
+        )
 
     @app.task
     async def broker_watch() -> None:

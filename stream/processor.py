@@ -474,6 +474,7 @@ class Processor:
         )
         self._save_exposures(profile, log)
         self.metrics.exposures.labels(variant, strategy).inc()
+        self.engine.information.on_list(strategy, items, self.engine)
         payload = {
             "recommendation_id": rec_id,
             "user_id": event.user_id,
