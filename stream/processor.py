@@ -24,7 +24,6 @@ from models.attribution import Exposure, UserExposures
 from models.bandit import SegmentedThompson, segment_key
 from models.engine import Alert, FeedbackEngine, Outcome
 from models.events import Event
-from models.experiments import wilson
 from models.feedback_loop import FeedbackLoop, should_recommend
 from stream.contract import Rejected, decode_event, format_timestamp
 from stream.debounce import Debounce, Held
@@ -62,6 +61,10 @@ _ID_NAMESPACE = uuid.UUID("6b0c1d2e-8f7a-4c55-9e3b-2a6f0d9c4b17")
 
 def _rfc3339(ts: float) -> str:
     return format_timestamp(ts, timespec="milliseconds")
+
+
+# The currency label of attributed revenue from purchases that name none.
+NO_CURRENCY = "unspecified"
 
 
 class Processor:
@@ -303,7 +306,7 @@ class Processor:
             self.metrics.dp_epsilon_spent.labels(release).set(spent)
         for release, count in self.publisher.ledger.releases().items():
             self.metrics.dp_releases.labels(release).set(count)
-        self._experiment_gauges()
+        self._bandit_gauges()
         return out
 
     # -- steps ----------------------------------------------------------------
@@ -400,7 +403,9 @@ class Processor:
         else:
             m.attributed_purchases.labels(*labels).inc()
             if hit.revenue > 0:
-                m.attributed_revenue.labels(*labels).inc(hit.revenue)
+                # Per currency: amounts in different currencies are never added up.
+                currency = event.currency or NO_CURRENCY
+                m.attributed_revenue.labels(*labels, currency).inc(hit.revenue)
             if hit.first:
                 m.recommendations_converted.labels(*labels).inc()
         self._save_exposures(profile, log)
@@ -462,15 +467,10 @@ class Processor:
             self.settings.topic_recommendations, event.user_id.encode(), orjson.dumps(payload)
         )
 
-    def _experiment_gauges(self) -> None:
+    def _bandit_gauges(self) -> None:
+        # Experiment rates and their intervals are not exported: Prometheus
+        # computes them from the counters of every worker (ops/prometheus/rules.yml).
         m = self.metrics
-        for variant, tally in self.loop.tallies.items():
-            for metric, successes in (("ctr", tally.clicked), ("conversion", tally.converted)):
-                rate = wilson(min(successes, tally.exposures), tally.exposures)
-                for bound, value in (
-                    ("value", rate.value), ("lower", rate.lower), ("upper", rate.upper)
-                ):
-                    m.experiment_rate.labels(variant, metric, bound).set(value)
         if self.loop.bandit is not None:
             for segment, arms in self.loop.bandit.snapshot().items():
                 for strategy, stats in arms.items():

@@ -30,7 +30,6 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +225,11 @@ def evaluate(
     sent_truth: list[bool] = []
     alerts: Counter[str] = Counter()
     alert_times: list[tuple[float, str]] = []
+    # For the plots: how many events had been replayed at each entry of the lists above.
+    hit_at: list[int] = []
+    err_at: list[int] = []
+    sent_at: list[int] = []
+    alert_at: list[tuple[int, str]] = []
     has_purchases = any(e.type == "purchase" for e in events)
     # Outside the timed model path: its rankings are what the worker publishes.
     replay = (
@@ -293,14 +297,18 @@ def evaluate(
             last_segment[event.user_id] = out.segment
         if out.hit is not None:
             hits.append(out.hit)
+            hit_at.append(n + 1)
         if out.rating_error is not None:
             err.append(out.rating_error)
+            err_at.append(n + 1)
         if label is not None and out.sentiment is not None:
             sent_pred.append(out.sentiment >= 0.5)
             sent_truth.append(label)
+            sent_at.append(n + 1)
         for alert in [*out.alerts, *ticked]:
             alerts[alert.kind] += 1
             alert_times.append((alert.timestamp, alert.kind))
+            alert_at.append((n + 1, alert.kind))
         if progress and n % step == 0:
             _progress(n + 1, len(events), started)
     if progress:
@@ -340,6 +348,8 @@ def evaluate(
             hits=hits, pop_hits=pop_hits, err=err, mf_err=mf_err,
             sent_pred=sent_pred, sent_truth=sent_truth, lex_pred=lex_pred,
             alert_times=alert_times, segment_profiles=engine.segment_profiles(),
+            hit_at=hit_at, err_at=err_at, sent_at=sent_at, alert_at=alert_at,
+            events=len(events),
         )  # fmt: skip
     return result
 
@@ -376,66 +386,110 @@ def _churn_metrics(
 
 
 # -- plots ---------------------------------------------------------------------
-def _rolling(values: Sequence[float], window: int) -> np.ndarray:
+def plot_window(n: int, preferred: int) -> int:
+    """The rolling window for a series of ``n`` values: ``preferred``, or a fifth of
+    the series when that is shorter; a series under 50 values gets its cumulative mean.
+
+    >>> [plot_window(n, 2000) for n in (50_000, 3000, 400, 13)]
+    [2000, 600, 80, 13]
+    """
+    return max(1, min(preferred, max(n // 5, min(n, 50))))
+
+
+def rolling(
+    values: Sequence[float], at: Sequence[int], window: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the last ``window`` values at every point (fewer at the start, so the
+    curve begins with the first value), and the event count ``at`` each point.
+
+    >>> x, y = rolling([1, 0, 1, 1], [2, 5, 6, 9], 2)
+    >>> x.tolist(), y.tolist()
+    ([2, 5, 6, 9], [1.0, 0.5, 0.5, 1.0])
+    """
     v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return v
-    w = min(window, len(v))
     c = np.cumsum(np.insert(v, 0, 0.0))
-    return (c[w:] - c[:-w]) / w
+    end = np.arange(1, len(v) + 1)
+    begin = np.maximum(end - max(window, 1), 0)
+    return np.asarray(at, dtype=int), (c[end] - c[begin]) / (end - begin)
+
+
+def _window_label(w: int, n: int, unit: str) -> str:
+    return "cumulative mean" if w >= n else f"mean of the last {w:,} {unit}"
 
 
 def write_plots(series: dict[str, Any], directory: Path) -> list[Path]:
-    """PNG plots of the metrics over the stream; returns the files written."""
+    """PNG plots of the metrics over the stream; returns the files written.
+
+    The x axis of every plot is the number of events replayed; each rolling
+    window adapts to the length of its series (:func:`plot_window`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    thousands = FuncFormatter(lambda x, _: f"{x:,.0f}")
+    xlabel = "events replayed"
 
-    def save(fig: Any, name: str) -> None:
+    def save(fig: Any, ax: Any, name: str) -> None:
+        ax.xaxis.set_major_formatter(thousands)
+        ax.set_xlim(0, series["events"])
+        ax.grid(alpha=0.3)
+        ax.legend()
         path = directory / name
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
 
+    def curves(ax: Any, named: dict[str, Sequence[float]], at: Sequence[int],
+               preferred: int) -> int:
+        w = plot_window(len(at), preferred)
+        for label, values in named.items():
+            x, y = rolling(values, at, w)
+            # Markers where there are few points: each one is a measurement.
+            ax.plot(x, y, label=label, marker="o" if len(x) < 30 else None, markersize=3)
+        return w
+
     if series["hits"]:
         fig, ax = plt.subplots(figsize=(8, 4))
-        ax.plot(_rolling(series["hits"], 2000), label="blend")
-        ax.plot(_rolling(series["pop_hits"], 2000), label="all-time popularity")
-        ax.set(xlabel="positive events", ylabel="HR@10 (rolling 2,000)", title="Hit rate")
-        ax.legend()
-        save(fig, "hit_rate.png")
+        w = curves(ax, {"blend": series["hits"], "all-time popularity": series["pop_hits"]},
+                   series["hit_at"], 2000)
+        ax.set(xlabel=xlabel, ylabel=f"HR@10, {_window_label(w, len(series['hits']), 'positives')}",
+               title=f"Hit rate ({len(series['hits']):,} positive events)")
+        save(fig, ax, "hit_rate.png")
     if series["err"]:
         fig, ax = plt.subplots(figsize=(8, 4))
-        ax.plot(_rolling(np.abs(series["err"]), 2000), label="engine")
-        ax.plot(_rolling(np.abs(series["mf_err"]), 2000), label="River BiasedMF")
-        ax.set(xlabel="rated reviews", ylabel="MAE (rolling 2,000)", title="Rating error")
-        ax.legend()
-        save(fig, "rating_error.png")
+        w = curves(ax, {"engine": np.abs(series["err"]),
+                        "River BiasedMF": np.abs(series["mf_err"])}, series["err_at"], 2000)
+        ax.set(xlabel=xlabel, ylabel=f"MAE, {_window_label(w, len(series['err']), 'ratings')}",
+               title=f"Rating error ({len(series['err']):,} rated reviews)")
+        save(fig, ax, "rating_error.png")
     if series["sent_truth"]:
         truth = np.asarray(series["sent_truth"])
         fig, ax = plt.subplots(figsize=(8, 4))
-        ax.plot(_rolling(np.asarray(series["sent_pred"]) == truth, 1000), label="engine")
-        ax.plot(_rolling(np.asarray(series["lex_pred"]) == truth, 1000), label="VADER alone")
-        ax.set(xlabel="labelled reviews", ylabel="accuracy (rolling 1,000)", title="Sentiment")
-        ax.legend()
-        save(fig, "sentiment.png")
-    if series["alert_times"]:
+        w = curves(ax, {"engine": np.asarray(series["sent_pred"]) == truth,
+                        "VADER alone": np.asarray(series["lex_pred"]) == truth},
+                   series["sent_at"], 1000)
+        ax.set(xlabel=xlabel, ylabel=f"accuracy, {_window_label(w, len(truth), 'reviews')}",
+               title=f"Sentiment ({len(truth):,} labelled reviews)")
+        save(fig, ax, "sentiment.png")
+    if series["alert_at"]:
         fig, ax = plt.subplots(figsize=(8, 4))
-        by_kind: dict[str, list[float]] = defaultdict(list)
-        for t, kind in sorted(series["alert_times"]):
-            by_kind[kind].append(t)
-        for kind, times in by_kind.items():
-            when = np.array([datetime.fromtimestamp(t, UTC) for t in times])
-            ax.step(when, np.arange(1, len(times) + 1), where="post", label=kind)
-        ax.set(xlabel="event time (UTC)", ylabel="alerts (cumulative)", title="Alerts")
-        fig.autofmt_xdate()
-        ax.legend()
-        save(fig, "alerts.png")
+        by_kind: dict[str, list[int]] = defaultdict(list)
+        for at, kind in series["alert_at"]:
+            by_kind[kind].append(at)
+        for kind, ats in sorted(by_kind.items()):
+            # From 0 at the start of the replay to the total at its end.
+            x = [0, *ats, series["events"]]
+            y = [0, *range(1, len(ats) + 1), len(ats)]
+            ax.step(x, y, where="post", label=f"{kind} ({len(ats):,})")
+        ax.set(xlabel=xlabel, ylabel="alerts (cumulative)",
+               title=f"Alerts ({len(series['alert_at']):,})")
+        save(fig, ax, "alerts.png")
     return written
 
 
@@ -600,11 +654,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.path is None:
         parser.error("a JSONL path is needed (or --bench-items N)")
-    if not args.path.exists():
-        parser.error(f"no such file: {args.path}")
+    # A wrong file is one line (no usage text): the arguments were fine.
+    if not args.path.is_file():
+        print(f"feedback-stream evaluate: {args.path}: no such file", file=sys.stderr)
+        return 2
     events, rejected = read_events(args.path, args.limit)
     if not events:
-        parser.error(f"no valid event in {args.path} ({rejected} rejected lines)")
+        print(f"feedback-stream evaluate: no valid event in {args.path} "
+              f"({rejected} rejected lines)", file=sys.stderr)
+        return 2
     series: dict[str, Any] | None = {} if args.plot else None
     result = evaluate(
         events,

@@ -130,11 +130,12 @@ class Producer:
         from stream.kafka import producer
 
         prod = producer(self.settings, linger_ms=5, max_batch_size=256 * 1024)
-        await prod.start()
         start = time.monotonic()
         last_report = start
         pending: list[asyncio.Future[Any]] = []
         try:
+            # Inside the try: a broker that cannot be reached still closes the client.
+            await prod.start()
             for record in records:
                 if self.stop.is_set():
                     break
@@ -192,6 +193,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    # Checked before connecting: a wrong path is one line, not a broken replay.
+    if args.file is not None:
+        if not args.file.exists():
+            raise FileNotFoundError(f"--file {args.file}: no such file")
+        if not args.file.is_file():
+            raise FileNotFoundError(f"--file {args.file}: not a file")
+    else:
+        from tools.datasets import check_available
+
+        check_available(args.dataset, args.data_dir)
     producer = Producer(settings, rate=args.rate, progress=not args.quiet, bad_rate=args.bad_rate)
     if args.file:
         stats = asyncio.run(producer.send_jsonl(args.file))

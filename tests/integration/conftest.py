@@ -98,7 +98,7 @@ class Worker:
                     f"worker exited ({self.process.returncode}); log:\n{self.log()[-4000:]}"
                 )
             try:
-                if self.get("/healthz", timeout=1)[0] == 200:
+                if self.get("/readyz", timeout=1)[0] == 200:
                     return
             except OSError:
                 pass

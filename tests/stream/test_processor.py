@@ -204,3 +204,17 @@ def test_unknown_fatigue_strategies_are_refused_at_start_up() -> None:
     with pytest.raises(SettingsError, match="FEEDBACK_FATIGUE_STRATEGIES: unknown strategy"):
         Settings.from_env({"FEEDBACK_FATIGUE_STRATEGIES": "blend,psychic"})
     assert Settings.from_env({"FEEDBACK_FATIGUE_STRATEGIES": ""}).fatigue_strategies == ""
+
+
+def test_attributed_revenue_is_counted_in_the_purchase_currency() -> None:
+    proc, s, reg = make()
+    proc.handle([msg(s, purchase("e1", "ann", "a")), msg(s, purchase("e2", "ann", "b")),
+                 msg(s, purchase("e3", "bob", "a"))])
+    # Bob was recommended "b": he buys two, in pounds.
+    bought = {**purchase("e4", "bob", "b", "2024-01-01T10:05:00Z"), "quantity": 2,
+              "currency": "GBP"}
+    proc.handle([msg(s, bought, 3)])
+    labels = {"variant": "blend", "strategy": "blend"}
+    assert value(reg, "feedback_attributed_revenue_total", **labels, currency="GBP") == 6.0
+    assert value(reg, "feedback_attributed_revenue_total", **labels,
+                 currency="unspecified") == 0.0
