@@ -565,7 +565,7 @@ def private_reason(item_id: str, reason: str, publisher: DPPublisher) -> str:
     item id (`` (3.2x more often than chance)``) comes from exact counts and
     is dropped.
 
-    >>> pub = DPPublisher(lambda: [], DPConfig(min_pair_support=1))
+    >>> pub = DPPublisher(lambda: [], DPConfig(min_pair_support=1_000_000))
     >>> private_reason("y", "bought together with x (4.0x)", pub)
     'related to your recent activity'
     """
