@@ -536,6 +536,24 @@ class FeedbackEngine:
             self.cooldown.last.pop((kind, user_id), None)
         return profile is not None
 
+    def erase(self, user_id: str) -> int:
+        """Erase ``user_id`` on request: :meth:`forget` plus the entries eviction
+        leaves to lapse (the churn heap's due dates), so that no structure of
+        the engine, hence no checkpoint, holds the id. Returns the number of
+        records removed (0: the engine held nothing of the user).
+
+        Item-side models (co-occurrence, popularity, item factors, sentiment)
+        keep the user's past contribution, with no id: docs/privacy.md says why.
+
+        >>> engine = FeedbackEngine()
+        >>> _ = engine.process(Event("purchase", "e1", "u1", "x", 1e9, quantity=1))
+        >>> engine.erase("u1"), engine.erase("u1"), "u1" in engine.profiles
+        (1, 0, False)
+        """
+        removed = int(self.forget(user_id))
+        removed += self.churn.forget(user_id)
+        return removed
+
     def evict_inactive(self, before: float, limit: int) -> list[str]:
         """Forget users whose last event is older than ``before`` (event time).
 

@@ -206,7 +206,13 @@ async def save_consistent(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".snap{os.getpid()}-{next(_snapshots)}")
     pid = _fork_snapshot(models, tmp)
-    await flush()
+    try:
+        await flush()
+    except BaseException:
+        # A failed flush (broker gone) must not leave the child unreaped or its file.
+        await loop.run_in_executor(None, os.waitpid, pid, 0)
+        tmp.unlink(missing_ok=True)
+        raise
     _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         tmp.unlink(missing_ok=True)
@@ -215,19 +221,25 @@ async def save_consistent(
     return path
 
 
-def register(app: Any, settings: Settings, models: Models, metrics: Any) -> None:
-    """Periodic checkpoints, plus a final one on a graceful stop.
+def register(
+    app: Any, settings: Settings, models: Models, metrics: Any
+) -> Callable[[], Awaitable[None]]:
+    """Periodic checkpoints, plus a final one on a graceful stop; returns the
+    function that writes one now (an erasure calls it).
 
     The final one runs on Faust's ``on_before_shutdown``: the consumer has
     stopped and every event it delivered has been processed, and the producer
-    is still open for the flush.
+    is still open for the flush. One checkpoint at a time: a snapshot taken
+    before an erasure must not replace the file written after it.
     """
+    one_at_a_time = asyncio.Lock()
 
     async def checkpoint_now() -> None:
-        start = time.perf_counter()
-        await save_consistent(settings, models, app.producer.flush)
-        metrics.checkpoints.inc()
-        metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+        async with one_at_a_time:
+            start = time.perf_counter()
+            await save_consistent(settings, models, app.producer.flush)
+            metrics.checkpoints.inc()
+            metrics.checkpoint_seconds.observe(time.perf_counter() - start)
 
     app.timer(settings.checkpoint_interval_seconds, name="checkpoint")(checkpoint_now)
 
@@ -239,3 +251,4 @@ def register(app: Any, settings: Settings, models: Models, metrics: Any) -> None
             log.exception("Final model checkpoint failed; the previous one stays")
 
     app.on_before_shutdown.connect(on_before_shutdown)
+    return checkpoint_now

@@ -1,21 +1,63 @@
-"""HTTP endpoints of the worker: profiles, Prometheus metrics and health."""
+"""HTTP endpoints of the worker: profiles, erasure, Prometheus metrics and health.
+
+Every request first passes the access gate (stream/auth.py) in an aiohttp
+middleware, so that no page, and no path without a page, answers without it.
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+from aiohttp import web
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from models.engine import FeedbackEngine
+from stream.auth import Gate
+from stream.erasure import ErasureRequest, encode_request
 from stream.faust.routing import user_route
 from stream.health import Health
+from stream.metrics import Metrics
 from stream.privacy import pseudonymise
 from stream.pull import BadRequest, Pulls, parse_id, parse_k
 from stream.settings import Settings
 from stream.stored_profile import StoredProfile, expand_recommendations
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def gate_middleware(settings: Settings, metrics: Metrics) -> Any:
+    """The aiohttp middleware that authenticates and rate-limits every request.
+
+    Without tokens the protected endpoints are open only on a loopback bind.
+    """
+    gate = Gate.from_setting(
+        settings.api_tokens, settings.rate_limit_per_second, settings.rate_limit_burst,
+        open_without_tokens=settings.web_is_loopback,
+    )
+    denied = {
+        401: metrics.http_denied.labels("unauthorized"),
+        429: metrics.http_denied.labels("rate_limited"),
+    }
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        decision = gate.check(
+            request.path, request.headers.getall("Authorization", []), request.remote,
+            time.monotonic(),
+        )
+        if not decision.allowed:
+            denied[decision.status].inc()
+            return web.Response(
+                status=decision.status, body=decision.body, headers=dict(decision.headers)
+            )
+        return await handler(request)
+
+    return check
 
 
 def register(
@@ -45,6 +87,16 @@ def register(
             if profile is None:
                 return self.json({"error": f"unknown user {user_id!r}"}, status=404)
             return self.json(profile_view(profile, engine.user_summary(stored_id)))
+
+        async def delete(self, request: Request, user_id: str) -> Response:
+            """Erase the user: a request on the erasure topic, keyed by the user, which
+            the worker owning them carries out; 202 with the id its receipt will carry."""
+            erasure = ErasureRequest(user_id, time.time(), f"http-{uuid.uuid4().hex}")
+            await app.producer.send_and_wait(
+                settings.topic_erasure, user_id.encode("utf-8", "surrogatepass"),
+                encode_request(erasure), None, None, None,
+            )
+            return self.json({"request_id": erasure.request_id, "status": "accepted"}, status=202)
 
     @app.page("/metrics")
     class MetricsPage(View):
