@@ -567,6 +567,9 @@ class Processor:
             )
             erased["profile"] = self.profiles.delete([stored])
         self._exposure_logs.pop(stored, None)
+        pulled = self.pulled.pending.pop(stored, None)  # pulled lists not yet stored
+        if pulled is not None:
+            erased["exposures"] += len(pulled.exposures)
         erased["engine_state"] = self.engine.erase(stored)
         erased["recommendations"] = 1
         tombstone = OutputMessage(self.settings.topic_recommendations, stored.encode(), None)
