@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DURATION ?= 0
 RATE ?= 1000
 
-.PHONY: run test lint typecheck unit integration ops bench clean
+.PHONY: run test lint typecheck unit integration ops bench mutation clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3.x)"; exit 1; }
@@ -40,6 +40,11 @@ ops: $(STAMP)
 # Benchmarks are commands, not timed tests: their figures are ratios measured in one run.
 bench: $(STAMP)
 	$(BIN)/feedback-stream bench
+
+# Mutation testing of the modules behind the README's promises (tools/mutation.py);
+# MODULES="stream.contract ..." runs some. Its last line is the JSON summary.
+mutation: $(STAMP)
+	$(BIN)/python -m tools.mutation $(MODULES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -27,6 +27,7 @@ from stream.health import Health, watch_broker
 from stream.kafka import ssl_context
 from stream.metrics import Metrics
 from stream.processor import Processor
+from stream.pull import Pulls
 from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.topics import PROFILES_TABLE
@@ -266,7 +267,7 @@ def build_app(
         metrics.erasures.inc()
         log.info("erasure request %s carried out", request.request_id)
 
-    views.register(app, settings, engine, metrics.registry, profiles, health)
+    views.register(app, settings, engine, metrics.registry, profiles, health, Pulls(processor))
     return fa
 
 

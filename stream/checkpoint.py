@@ -206,7 +206,13 @@ async def save_consistent(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".snap{os.getpid()}-{next(_snapshots)}")
     pid = _fork_snapshot(models, tmp)
-    await flush()
+    try:
+        await flush()
+    except BaseException:
+        # A failed flush (broker gone) must not leave the child unreaped or its file.
+        await loop.run_in_executor(None, os.waitpid, pid, 0)
+        tmp.unlink(missing_ok=True)
+        raise
     _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         tmp.unlink(missing_ok=True)

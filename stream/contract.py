@@ -106,7 +106,8 @@ _CURRENCY = re.compile(r"[A-Z]{3}\Z", re.ASCII)
 # RFC 3339 date-time (section 5.6): 'T'/'t' separator, mandatory 'Z'/'z' or offset.
 _TIMESTAMP = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.([0-9]{1,9}))?(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))\Z",
+    # Offsets as the JSON schema has them: fromisoformat would take "+00:60" as +01:00.
+    r"(?:\.([0-9]{1,9}))?(?:[Zz]|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))\Z",
     re.ASCII,
 )
 _UNIX_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
@@ -290,11 +291,8 @@ def _slow_timestamp(m: re.Match[str], value: str) -> float:
     except ValueError:
         days = None  # reported below with the other calendar errors
     offset = 0
-    if sign is not None:
-        oh, om = int(off_h), int(off_m)
-        if oh > 23 or om > 59:
-            days = None
-        offset = (oh * 3600 + om * 60) * (1 if sign == "+" else -1)
+    if sign is not None:  # the pattern admits offsets up to 23:59 only
+        offset = (int(off_h) * 3600 + int(off_m) * 60) * (1 if sign == "+" else -1)
     if days is None or h > 23 or mi > 59 or s > 60:
         raise Rejected(
             "invalid_value", f'field "timestamp" is not a valid date-time, got {_show(value)}'

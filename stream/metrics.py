@@ -264,6 +264,18 @@ class Metrics:
         for release in RELEASES:
             self.dp_epsilon_spent.labels(release)
             self.dp_releases.labels(release)
+        # Recommendations on request (stream/pull.py): endpoint is "recommendations"
+        # or "similar", code the HTTP status answered by this worker.
+        self.pull_requests = Counter(
+            "pull_requests_total",
+            "Pull requests answered by this worker, by endpoint and HTTP status code.",
+            ["endpoint", "code"], namespace=ns, registry=registry,
+        )
+        self.pull_seconds = Histogram(
+            "pull_seconds",
+            "Time to answer one pull request in this worker (ranking and exposure).",
+            ["endpoint"], namespace=ns, registry=registry, buckets=PROCESSING_BUCKETS,
+        )
         self.checkpoints = Counter(
             "model_checkpoints_total", "Model checkpoints written.",
             namespace=ns, registry=registry,

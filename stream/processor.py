@@ -38,6 +38,7 @@ from stream.erasure import ERASED_PARTS
 from stream.eviction import Eviction
 from stream.metrics import Metrics
 from stream.privacy import pseudonymise, pseudonymise_key_bytes, scrub_pii
+from stream.pull import PulledExposures
 from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.stored_profile import (
@@ -120,13 +121,18 @@ class Processor:
         )
         # Parsed exposure logs of this batch's users: (the JSON they came from, log).
         self._exposure_logs: dict[str, tuple[Any, UserExposures]] = {}
+        # Pulled lists (stream/pull.py) waiting for their user's next event.
+        self.pulled = PulledExposures(
+            window=settings.attribution_window_seconds,
+            max_exposures=settings.attribution_max_exposures,
+        )
         self.eviction = Eviction(
             engine, profiles, metrics.users_evicted,
             retention=settings.user_retention_seconds,
             max_users=settings.max_users,
             per_tick=settings.evictions_per_tick,
             held=self.debounce.held,
-            forget=lambda user_id: self._exposure_logs.pop(user_id, None),
+            forget=self._forget_user,
         )
         # Per-event metric children by event type: labels() costs a lock and a lookup.
         self._per_type_metrics: dict[str, tuple[Any, Any]] = {}
@@ -141,6 +147,10 @@ class Processor:
     @property
     def bandit(self) -> SegmentedThompson | None:
         return self.loop.bandit
+
+    def _forget_user(self, user_id: str) -> None:
+        self._exposure_logs.pop(user_id, None)
+        self.pulled.forget(user_id)
 
     # -- the hot path ---------------------------------------------------------
 
@@ -387,12 +397,15 @@ class Processor:
         if event.type == "purchase" and event.quantity <= 0:
             return  # returns are not attributed
         log = self._exposures(profile)
+        pulled = self.pulled.merge(event.user_id, log)  # lists pulled since its last event
         hit = self.loop.attribute(log, event)
         if hit is None:
             reason = (
                 "unknown_recommendation_id" if event.recommendation_id else "not_recommended"
             )
             m.attribution_unmatched.labels(etype, reason).inc()
+            if pulled:
+                self._save_exposures(profile, log)
             return
         exp = hit.exposure
         labels = (exp.variant, exp.strategy)
@@ -410,13 +423,27 @@ class Processor:
                 m.recommendations_converted.labels(*labels).inc()
         self._save_exposures(profile, log)
 
+    def choose(self, user_id: str, segment: int | None, key: str) -> tuple[str, str]:
+        """``(variant, strategy)`` of a recommendation for ``user_id`` (the bandit's counted)."""
+        variant, strategy = self.loop.choose(user_id, segment, key)
+        if self.loop.bandit is not None:
+            self.metrics.bandit_choices.labels(segment_key(segment), strategy).inc()
+        return variant, strategy
+
+    def exposures_of(self, profile: StoredProfile) -> UserExposures:
+        """The user's stored exposure log (read-only use: the fatigue of a pulled list)."""
+        return self._exposures(profile)
+
+    def expose_pulled(self, user_id: str, exposure: Exposure) -> None:
+        """Count a pulled list as shown; it joins the user's log at their next event."""
+        self.loop.expose(self.pulled.log_of(user_id), exposure)
+        self.metrics.exposures.labels(exposure.variant, exposure.strategy).inc()
+
     def _recommend(
         self, profile: StoredProfile, event: Event, msg: InputMessage, now: float
     ) -> OutputMessage | None:
         segment = profile["segment"]
-        variant, strategy = self.loop.choose(event.user_id, segment, event.event_id)
-        if self.loop.bandit is not None:
-            self.metrics.bandit_choices.labels(segment_key(segment), strategy).inc()
+        variant, strategy = self.choose(event.user_id, segment, event.event_id)
         log = self._exposures(profile)
         items = self.loop.recommend(
             self.engine, event.user_id, strategy, log, key=event.event_id

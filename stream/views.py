@@ -20,9 +20,11 @@ from models.engine import FeedbackEngine
 from models.portraits import item_report, segment_report
 from stream.auth import Gate
 from stream.erasure import ErasureRequest, encode_request
+from stream.faust.routing import user_route
 from stream.health import Health
 from stream.metrics import Metrics
 from stream.privacy import pseudonymise
+from stream.pull import BadRequest, Pulls, parse_id, parse_k
 from stream.settings import Settings
 from stream.stored_profile import StoredProfile, expand_recommendations
 
@@ -66,16 +68,20 @@ def register(
     registry: CollectorRegistry,
     profiles: Any,
     health: Health,
+    pulls: Pulls | None = None,
 ) -> None:
     """Add the worker's pages to ``app``: ``profiles`` is the profile table,
-    ``registry`` the metrics to expose, ``health`` what the probes answer."""
+    ``registry`` the metrics to expose, ``health`` what the probes answer,
+    ``pulls`` the pull API."""
     key = settings.pseudonymise_key.encode()
+    if pulls is not None:
+        register_pulls(app, settings, profiles, pulls)
 
     @app.page("/users/{user_id}")
     class UserPage(View):
         """The user's profile; a user owned by another worker is forwarded there."""
 
-        @app.table_route(table=profiles, match_info="user_id")  # type: ignore[arg-type]
+        @user_route(app, profiles)
         async def get(self, request: Request, user_id: str) -> Response:
             stored_id = pseudonymise(user_id, key) if key else user_id
             profile = profiles.get(stored_id)
@@ -137,6 +143,54 @@ def register(
         async def get(self, request: Request) -> Response:
             status, body = health.readiness_body()
             return self.json(body, status=status)
+
+
+def register_pulls(app: faust.App, settings: Settings, profiles: Any, pulls: Pulls) -> None:
+    """``GET /recommendations/{user_id}`` (routed to the user's worker, as
+    ``/users``) and ``GET /items/{item_id}/similar`` (answered where asked)."""
+    key = settings.pseudonymise_key.encode()
+    metrics = pulls.processor.metrics
+
+    def answer(view: View, endpoint: str, started: float, body: Any, status: int = 200) -> Any:
+        metrics.pull_requests.labels(endpoint, str(status)).inc()
+        metrics.pull_seconds.labels(endpoint).observe(time.perf_counter() - started)
+        return view.json(body, status=status)
+
+    @app.page("/recommendations/{user_id}")
+    class RecommendationsPage(View):
+        """The user's recommendation now; an unknown user gets the popular items."""
+
+        @user_route(app, profiles)
+        async def get(self, request: Request, user_id: str) -> Response:
+            started = time.perf_counter()
+            query = request.query
+            try:
+                parse_id("user_id", user_id)
+                k = parse_k(query.get("k"), settings.top_k)
+                item = parse_id("item", query.get("item"))
+                session = parse_id("session", query.get("session"))
+            except BadRequest as exc:
+                return answer(self, "recommendations", started, {"error": str(exc)}, 400)
+            stored = pseudonymise(user_id, key) if key else user_id
+            body = pulls.recommend(user_id, k, item, session, stored_id=stored)
+            return answer(self, "recommendations", started, body)
+
+    @app.page("/items/{item_id}/similar")
+    class SimilarPage(View):
+        """Items viewed or bought together with one item (this worker's models)."""
+
+        async def get(self, request: Request, item_id: str) -> Response:
+            started = time.perf_counter()
+            try:
+                parse_id("item_id", item_id)
+                k = parse_k(request.query.get("k"), settings.top_k)
+            except BadRequest as exc:
+                return answer(self, "similar", started, {"error": str(exc)}, 400)
+            body = pulls.similar(item_id, k)
+            if body is None:
+                error = {"error": f"unknown item {item_id!r}"}
+                return answer(self, "similar", started, error, 404)
+            return answer(self, "similar", started, body)
 
 
 def profile_view(profile: StoredProfile, features: dict[str, Any] | None) -> dict[str, Any]:

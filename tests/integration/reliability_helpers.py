@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.kafka import client_kwargs, producer
 from stream.settings import Settings
@@ -169,6 +169,63 @@ def read_profiles(
         return profiles
 
     return asyncio.run(read())
+
+
+def plant_last_batch(settings: Settings, n: int, prefix: str = "planted-") -> dict[str, dict]:
+    """End every changelog partition with one record batch of several new profiles.
+
+    Tansu answers ``ListOffsets(latest)`` with the base offset of the last batch
+    + 1, so a changelog that ends with a multi-record batch is exactly the case
+    where Faust's own recovery stops short (``stream/recovery.py``, guard 1).
+    Each planted user gets a copy of a real profile from the changelog; returns
+    them by user id.
+    """
+
+    async def plant() -> dict[str, dict]:
+        topic = changelog_topic(settings)
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(settings), enable_auto_commit=False, group_id=None,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
+            sample = None
+            while sample is None:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=1)
+                sample = next((m for ms in batch.values() for m in ms if m.value), None)
+        finally:
+            await consumer.stop()
+        json_keys = sample.key.startswith(b'"')
+        # One burst per partition, sent together: each partition's burst is one batch.
+        users: dict[int, list[str]] = {p: [] for p in range(settings.partitions)}
+        i = 0
+        while min(len(u) for u in users.values()) < n:
+            user = f"{prefix}{i:04d}"
+            users[murmur2_partition(user.encode(), settings.partitions)].append(user)
+            i += 1
+        prod = AIOKafkaProducer(**client_kwargs(settings), linger_ms=500)
+        await prod.start()
+        try:
+            futures = []
+            for p, names in users.items():
+                for user in names[:n]:
+                    key = orjson.dumps(user) if json_keys else user.encode()
+                    futures.append(await prod.send(topic, sample.value, key=key, partition=p))
+            await asyncio.gather(*futures)
+        finally:
+            await prod.stop()
+        profile = orjson.loads(sample.value)
+        return {user: profile for names in users.values() for user in names[:n]}
+
+    return asyncio.run(plant())
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (and so Faust's table) gives ``key``."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def table_key(raw: bytes) -> str:

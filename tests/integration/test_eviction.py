@@ -27,22 +27,21 @@ def profile(worker: Any, user: str) -> dict[str, Any] | None:
     return orjson.loads(body) if status == 200 else None
 
 
-def _store_available(store: str) -> bool:
-    if store == "memory":
-        return True
-    try:
-        import rocksdict  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _require_store(store: str) -> None:
+    if store == "rocksdb":
+        try:
+            import rocksdict  # noqa: F401
+        except ImportError:
+            pytest.fail(
+                "rocksdict not installed: pip install 'feedback-stream[rocksdb]'", pytrace=False
+            )
 
 
 @pytest.mark.parametrize("store", ["memory", "rocksdb"])
 def test_evicted_profile_is_gone_after_restart_and_returns_fresh(
     worker_factory, store: str
 ) -> None:
-    if not _store_available(store):
-        pytest.skip("rocksdict not installed (pip install 'feedback-stream[rocksdb]')")
+    _require_store(store)
     worker = worker_factory(user_retention_seconds=DAY, table_store=store)
     s = worker.settings
     produce_events(s, event_records(s, [

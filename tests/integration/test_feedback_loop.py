@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.integration.conftest import consume, wait_for
+from tests.shared_data import data_dir
 from tools import simulate
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 VARIANTS = ("blend", "popularity", "explore")
 
 
 @pytest.fixture(scope="module")
 def population() -> simulate.Population:
-    if not (DATA / "movielens_latest_small").exists():
-        pytest.skip(f"shared datasets not found at {DATA}")
-    return simulate.Population.from_movielens(DATA, max_users=90)
+    return simulate.Population.from_movielens(data_dir("movielens_latest_small"), max_users=90)
 
 
 def run_simulation(

@@ -181,7 +181,12 @@ def test_fuzzed_stream_against_the_running_worker(worker_factory) -> None:
     worker = worker_factory()
     s = worker.settings
     records, dead, good, duplicates = fuzz_stream(s)
-    produce_events(s, [(s.topic_of(t), k, v) for t, k, v in records])  # type: ignore[misc]
+    sent_records = [(s.topic_of(t), k, v) for t, k, v in records]
+    sent: list[Any] = []
+    produce_events(s, sent_records, sent=sent)  # type: ignore[arg-type]
+    # (topic, partition, offset) -> the (key, value) written there.
+    at = {(m.topic, m.partition, m.offset): (k, v or b"")
+          for (_, k, v), m in zip(sent_records, sent, strict=True)}
 
     got = consume(s, s.topic_deadletter, until=lambda r: len(r) >= len(dead), timeout=240)
     processed = wait_metric(worker, "feedback_events_total", good, 120, outcome="processed")
@@ -199,7 +204,8 @@ def test_fuzzed_stream_against_the_running_worker(worker_factory) -> None:
     for m in got:
         h = dict(m.headers)
         assert h["deadletter.detail"] and h["source.topic"].decode() in s.input_topics
-        assert int(h["source.offset"]) >= 0 and int(h["source.partition"]) >= 0
+        source = (h["source.topic"].decode(), int(h["source.partition"]), int(h["source.offset"]))
+        assert at[source] == (m.key, m.value or b""), f"{source} is not where it came from"
     assert processed == good
     assert worker.metric("feedback_events_total", outcome="duplicate") == duplicates
     assert worker.metric("feedback_deadletter_total") == len(dead)

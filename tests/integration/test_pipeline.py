@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -16,18 +16,16 @@ from tests.integration.conftest import (
     produce_events,
     wait_for,
 )
+from tests.shared_data import data_dir
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def retail_events(limit: int) -> list[dict[str, Any]]:
     from tools.datasets import online_retail_purchases
 
-    if not (DATA / "online_retail").exists():
-        pytest.skip(f"shared datasets not found at {DATA}")
-    return list(itertools.islice(online_retail_purchases(DATA), limit))
+    return list(itertools.islice(online_retail_purchases(data_dir("online_retail")), limit))
 
 
 def test_real_purchases_get_sensible_recommendations(worker_factory) -> None:
@@ -136,7 +134,15 @@ def test_bad_input_is_dead_lettered_and_good_input_flows(worker_factory) -> None
         g = {**good, "event_id": f"good-{i}", "user_id": f"u{i}"}
         records.append((s.topic_purchases, f"u{i}".encode(), orjson.dumps(g)))
         records.append((topic, key, value))
-    produce_events(s, records)
+    # Each record its own Kafka timestamp (with milliseconds), to find it in the headers.
+    stamps = [1_714_557_600_000 + 60_000 * i + 7 * i for i in range(len(records))]
+    sent: list[Any] = []
+    produce_events(s, records, timestamps_ms=stamps, sent=sent)
+    # Where each bad record landed: the dead letter must point back to exactly there.
+    where = {
+        (key, value): (meta.topic, meta.partition, meta.offset, stamp)
+        for (_, key, value), meta, stamp in zip(records, sent, stamps, strict=True)
+    }
 
     dead = consume(s, s.topic_deadletter, until=lambda r: len(r) >= len(bad), timeout=60)
     assert len(dead) == len(bad)
@@ -145,9 +151,12 @@ def test_bad_input_is_dead_lettered_and_good_input_flows(worker_factory) -> None
     for m in dead:
         headers = dict(m.headers)
         assert headers["deadletter.detail"], "every dead letter says why"
-        assert headers["source.topic"].decode() in s.input_topics
-        assert int(headers["source.offset"]) >= 0
-        assert int(headers["source.partition"]) >= 0
+        topic, partition, offset, stamp = where[m.key, m.value]
+        assert headers["source.topic"].decode() == topic
+        assert int(headers["source.partition"]) == partition
+        assert int(headers["source.offset"]) == offset
+        expected = datetime.fromtimestamp(stamp / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        assert headers["source.timestamp"].decode() == expected[:-3] + "Z"
     assert wait_for(
         lambda: worker.metric("feedback_events_total", outcome="processed") == len(bad), 30
     )

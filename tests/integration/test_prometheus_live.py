@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -44,12 +45,12 @@ import pytest
 import yaml
 
 from tests.integration.conftest import REPO, Worker, settings_env, wait_for
+from tests.shared_data import data_dir
 
 pytestmark = pytest.mark.integration
 
 PROM_DIR = REPO / "ops" / "prometheus"
 DASHBOARD = REPO / "ops" / "grafana" / "dashboards" / "feedback-stream.json"
-DATA = REPO.parent / "shared" / "data"
 RATE_INTERVAL = "1m"
 EVENTS = int(os.environ.get("FEEDBACK_LIVE_TEST_EVENTS", "20000"))
 BAD_RATE = 0.01
@@ -107,9 +108,7 @@ class Prometheus:
 
 @pytest.fixture
 def demo_data() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"shared datasets not found at {DATA}")
-    return DATA
+    return data_dir()
 
 
 @pytest.fixture
@@ -124,8 +123,13 @@ def worker_target(worker: Worker) -> str:
 
 
 @contextlib.contextmanager
-def run_prometheus(workers: list[Worker], tmp_path: Path) -> Iterator[Prometheus]:
-    """Prometheus on a free loopback port, scraping ``workers`` every second."""
+def run_prometheus(
+    workers: list[Worker], tmp_path: Path, rule_for: str | None = None
+) -> Iterator[Prometheus]:
+    """Prometheus on a free loopback port, scraping ``workers`` every second.
+
+    ``rule_for`` replaces every alert's ``for:`` (the rules are otherwise as
+    written), so that a test can see one fire within its time."""
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not on PATH: run ops/install-prometheus.sh"
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -133,6 +137,14 @@ def run_prometheus(workers: list[Worker], tmp_path: Path) -> Iterator[Prometheus
     config = yaml.safe_load((PROM_DIR / "prometheus.local.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(PROM_DIR / f) for f in config["rule_files"]]
+    if rule_for is not None:
+        rules = yaml.safe_load((PROM_DIR / "rules.yml").read_text())
+        for group in rules["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    rule["for"] = rule_for
+        (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+        config["rule_files"] = [str(tmp_path / "rules.yml")]
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "feedback-worker"]
     job["static_configs"] = [{"targets": [worker_target(w) for w in workers]}]
     config_path = tmp_path / "prometheus.yml"
@@ -182,13 +194,19 @@ def prometheus(worker: Worker, tmp_path: Path) -> Iterator[Prometheus]:
 
 
 def dashboard_targets() -> list[tuple[str, str, str]]:
-    """(panel title, refId, expr with Grafana's interval variable substituted)."""
+    """(panel title, refId, expr with Grafana's interval variable substituted).
+
+    ``or vector(0)`` (a panel draws 0 rather than "no data") is left out: with it
+    a query returns data whatever the worker exports.
+    """
     out = []
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
         for p in [panel, *panel.get("panels", [])]:
             for t in p.get("targets", []):
                 expr = (t["expr"].replace("$__rate_interval", RATE_INTERVAL)
                         .replace("$job", "feedback-worker").replace("$instance", ".*"))
+                expr = re.sub(r"\s+or\s+vector\(0\)", "", expr)
+                assert "vector(" not in expr, f"{p['title']}: {expr}"
                 out.append((p["title"], t["refId"], expr))
     return out
 
@@ -211,7 +229,7 @@ def replay_demo(worker: Worker, limit: int = EVENTS) -> dict[str, Any]:
     """`feedback-stream produce --dataset demo` into the worker's topics (real data)."""
     return produce(
         worker,
-        "--dataset", "demo", "--data-dir", str(DATA),
+        "--dataset", "demo", "--data-dir", str(data_dir()),
         "--limit", str(limit), "--bad-rate", str(BAD_RATE),
     )
 
@@ -224,7 +242,7 @@ def demo_slices(path: Path, sizes: list[int]) -> list[Path]:
     def line(event: Any) -> bytes:  # contract dicts (or Event objects)
         return (orjson.dumps(event) if isinstance(event, dict) else encode_event(event)) + b"\n"
 
-    stream = demo_stream(DATA, limit=sum(sizes))
+    stream = demo_stream(data_dir(), limit=sum(sizes))
     files = []
     for i, size in enumerate(sizes):
         file = path / f"demo-{i}.jsonl"
@@ -324,6 +342,31 @@ def test_worker_metrics_pass_promtool_lint(worker: Worker) -> None:
         [tool, "check", "metrics"], input=body, capture_output=True, timeout=30
     )
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+@pytest.mark.timeout(600)
+def test_a_dead_letter_flood_on_the_worker_fires_its_alert(
+    demo_data: Path, worker: Worker, tmp_path: Path
+) -> None:
+    """A third of the input is bad: the worker's own counters, scraped by the live
+    Prometheus with the rules as written (but ``for: 10s``), fire the alert."""
+    with run_prometheus([worker], tmp_path / "prometheus", rule_for="10s") as prom:
+        assert wait_for(lambda: prom.scalar('up{job="feedback-worker"}') == 1, 30)
+
+        def firing() -> dict[str, Any]:
+            alerts = prom.api("/api/v1/alerts")["data"]["alerts"]
+            return {a["labels"]["alertname"]: a for a in alerts if a["state"] == "firing"}
+
+        stats = produce(worker, "--dataset", "demo", "--data-dir", str(demo_data),
+                        "--limit", "3000", "--bad-rate", "0.3")
+        assert stats["bad_injected"] > 500, stats
+        assert wait_for(lambda: "FeedbackDeadLetterRateHigh" in firing(), 180, interval=2), (
+            prom.api("/api/v1/alerts")
+        )
+        alert = firing()["FeedbackDeadLetterRateHigh"]
+        assert alert["labels"]["severity"] == "warning"
+        assert 0.05 < float(alert["value"]) < 1
+        assert worker.metric("feedback_deadletter_total") > 500
 
 
 @pytest.mark.timeout(600)

@@ -128,7 +128,10 @@ def test_churn_alert_for_overdue_regular_customer_only() -> None:
     assert engine.tick(last + 41 * DAY) == []  # popped once: no repeat
     risk_weekly = engine.churn_risk("weekly", last + 40 * DAY)
     risk_monthly = engine.churn_risk("monthly", last + 40 * DAY)
+    # Six weeks late against a week's rhythm, on time against a month's.
     assert risk_weekly is not None and risk_monthly is not None
+    assert risk_weekly > risk_monthly
+    assert risk_monthly < alerts[0].threshold <= alerts[0].value
 
 
 def test_an_order_cancels_the_pending_churn_alert() -> None:

@@ -4,8 +4,11 @@ under the consumer's overrides."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+
+import pytest
 
 from stream.commit_guard import CommitGuard, Offset
 
@@ -99,3 +102,97 @@ def test_only_input_topics_and_only_when_enabled() -> None:
     assert not off.guards(TOPIC)
     off.done(run(0, 3))
     assert off.committable(TP0, None) is None
+
+
+def test_refusals_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="stream.commit_guard")
+    guard = CommitGuard([TOPIC])
+    for offset in (7, 8, 9):
+        guard.refuse(TOPIC, 0, offset)
+    assert guard.refused == 3
+    assert [r.getMessage() for r in caplog.records][1] == (
+        "not committing in.clicks[0]@8: acked by Faust, never processed"
+    )
+
+
+def test_cap_warns_once_per_hole_and_never_for_a_held_offset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard = CommitGuard([TOPIC])
+    guard.done(run(0, 4) + run(6, 9))
+    assert guard.cap(TP0, 10, None) == 5
+    assert guard.cap(TP0, 12, 5) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "holding the commit of in.clicks[0] at 5 (Faust wanted 10): offset 5 was never "
+        "processed; it will be read again"
+    ]
+    caplog.clear()
+    held = CommitGuard([TOPIC])
+    held.hold(run(3, 3))
+    held.done(run(0, 6))
+    assert held.cap(TP0, 7, None) == 3  # held on purpose: no warning
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_cap_never_passes_the_offset_faust_asked_for(caplog: pytest.LogCaptureFixture) -> None:
+    guard = CommitGuard([TOPIC])
+    guard.done(run(0, 9))
+    assert guard.cap(TP0, 5, None) == 5
+    assert guard.committable(TP0, 5) == 10  # 5..9 are still to commit
+    assert caplog.records == []  # no hole: nothing to warn about
+
+
+def test_a_held_offset_at_the_committed_one_stays_held(caplog: pytest.LogCaptureFixture) -> None:
+    guard = CommitGuard([TOPIC])
+    guard.hold(run(5, 5))
+    guard.done(run(5, 8))
+    assert guard.cap(TP0, 9, 5) is None
+    assert caplog.records == []  # held on purpose
+
+
+def test_a_partition_that_starts_past_zero_commits_from_its_first_offset() -> None:
+    # Faust knows no committed offset (retention deleted the first records).
+    guard = CommitGuard([TOPIC])
+    guard.done(run(10, 12))
+    assert guard.committable(TP0, None) == 13
+
+
+def test_offsets_another_owner_committed_are_dropped() -> None:
+    guard = CommitGuard([TOPIC])
+    guard.hold([Offset(TOPIC, 0, 3), Offset(TOPIC, 0, 7)])
+    guard.done([Offset(TOPIC, 0, o) for o in (3, 5, 6)] + [Offset(TOPIC, 0, 1)])
+    assert guard.committable(TP0, 5) == 7  # 1 is below the committed 5
+    assert guard._processed[TP0] == {5, 6} and guard._owed[TP0] == {7}
+
+
+def test_release_goes_on_past_a_forgotten_message() -> None:
+    guard = CommitGuard([TOPIC])
+    guard.hold(run(2, 2))
+    guard.done(run(0, 3))
+    guard.release([Offset(TOPIC, 0, 9), Offset(TOPIC, 0, 2)])  # 9 was never held
+    assert guard._owed[TP0] == set()
+    assert guard.committable(TP0, None) == 4
+
+
+def test_forgetting_a_partition_resets_what_faust_acked_of_it() -> None:
+    guard = CommitGuard([TOPIC])
+    guard.forget([("other", 3)])  # nothing held there: nothing to do
+    guard.hold(run(2, 2))
+    guard.done(run(0, 3))
+    assert guard.take_done(TOPIC, 0, 2) is False
+    guard.refuse(TOPIC, 0, 2)  # Faust acked the held one
+    guard.forget([TP0])  # revoked; later read again and processed normally
+    guard.done(run(2, 2))
+    assert guard.take_done(TOPIC, 0, 2) is True
+
+
+def test_a_released_offset_read_again_is_acked_normally() -> None:
+    guard = CommitGuard([TOPIC])
+    guard.hold(run(2, 2))
+    guard.done(run(0, 3))
+    guard.refuse(TOPIC, 0, 2)
+    guard.release(run(2, 2))  # Faust's earlier ack was its last word for this one
+    assert guard.take_done(TOPIC, 0, 2) is False
+    guard.done(run(2, 2))  # read again after a seek
+    assert guard.take_done(TOPIC, 0, 2) is True

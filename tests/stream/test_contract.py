@@ -374,3 +374,161 @@ def test_module_doctests() -> None:
 
     result = doctest.testmod(stream.contract, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 8 and result.failed == 0
+
+
+# --- the detail sentence of each rejection, exactly (the dead letter's header) ----------
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "detail"),
+    [
+        (raw(CLICK, type=...), "missing_field", 'field "type" is required'),
+        (raw(CLICK, type=1), "wrong_type", 'field "type" must be a string, got an integer'),
+        (raw(CLICK, type="refund"), "unknown_type",
+         "field \"type\" must be one of click, purchase, review, got 'refund'"),
+        (raw(CLICK, user_id=5), "wrong_type", 'field "user_id" must be a string, got an integer'),
+        (raw(CLICK, user_id="a\x01b"), "invalid_value",
+         "field \"user_id\" must not contain control characters, got 'a\\x01b'"),
+        (raw(CLICK, timestamp=5), "wrong_type",
+         'field "timestamp" must be an RFC 3339 string, got an integer'),
+        (raw(CLICK, timestamp="2100-01-01T00:00:00Z"), "out_of_range",
+         "field \"timestamp\" must be in [1990-01-01, 2100-01-01) UTC, got '2100-01-01T00:00:00Z'"),
+        (raw(CLICK, timestamp="2010-12-01t08:60:00z"), "invalid_value",
+         "field \"timestamp\" is not a valid date-time, got '2010-12-01t08:60:00z'"),
+        (raw(PURCHASE, quantity=...), "missing_field", 'field "quantity" is required'),
+        (raw(PURCHASE, quantity=0), "out_of_range", 'field "quantity" must not be 0'),
+        (raw(PURCHASE, quantity=100_001), "out_of_range",
+         'field "quantity" must be between -100000 and 100000, got 100001'),
+        (raw(PURCHASE, price=...), "missing_field", 'field "price" is required'),
+        (raw(PURCHASE, price="1"), "wrong_type", 'field "price" must be a number, got a string'),
+        (raw(PURCHASE, currency=7), "wrong_type",
+         'field "currency" must be a string, got an integer'),
+        (raw(PURCHASE, currency="pounds"), "invalid_value",
+         "field \"currency\" must be a 3-letter ISO 4217 code like \"GBP\", got 'pounds'"),
+        (raw(REVIEW, text=""), "invalid_value", 'field "text" must not be empty'),
+        (raw(REVIEW, text=3), "wrong_type", 'field "text" must be a string, got an integer'),
+        (raw(REVIEW, text=..., rating=..., title=...), "missing_field",
+         'a review needs "rating" or "text" (or both)'),
+        (None, "undecodable", "the message has no value (null / tombstone)"),
+        (b"[1]", "not_an_object", "the message must be a JSON object, got an array"),
+        (b"1.5", "not_an_object", "the message must be a JSON object, got a number"),
+        (b"[" * 2000 + b"]" * 2000, "too_deep", "JSON nesting is deeper than 1024 levels"),
+    ],
+)
+def test_rejection_details_are_exact(payload: bytes | None, reason: str, detail: str) -> None:
+    error = rejected(payload)
+    assert (error.reason, error.detail) == (reason, detail)
+    assert error.args == (reason, detail)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "prefix"),
+    [
+        # The rest of these sentences is orjson's own message.
+        (b"NaN", "non_finite_number", "NaN and Infinity are not valid JSON numbers: "),
+        (b'{"price":-Infinity}', "non_finite_number",
+         "NaN and Infinity are not valid JSON numbers: "),
+        (b'{"price": x}', "undecodable", "the message is not valid JSON: unexpected character"),
+        (b'{"a": "\xff"}', "undecodable", "the message is not valid UTF-8: str is not valid UTF-8"),
+    ],
+)
+def test_json_error_details_name_the_problem(payload: bytes, reason: str, prefix: str) -> None:
+    error = rejected(payload)
+    assert error.reason == reason and error.detail.startswith(prefix)
+
+
+@pytest.mark.parametrize(
+    ("obj", "detail"),
+    [
+        ({**PURCHASE, "price": float("nan")}, 'field "price" must be finite, got nan'),
+        ({**PURCHASE, "quantity": float("inf")}, 'field "quantity" must be finite, got inf'),
+    ],
+)
+def test_non_finite_numbers_from_a_mapping(obj: dict[str, Any], detail: str) -> None:
+    with pytest.raises(Rejected) as info:
+        event_from_dict(obj)
+    assert (info.value.reason, info.value.detail) == ("non_finite_number", detail)
+
+
+def test_a_mapping_that_is_not_a_dict_names_its_type() -> None:
+    with pytest.raises(Rejected) as info:
+        event_from_dict({1, 2})  # type: ignore[arg-type]
+    assert info.value.args == ("not_an_object", "the message must be a JSON object, got set")
+
+
+def test_quantity_limit_is_inclusive() -> None:
+    assert decode_event(raw(PURCHASE, quantity=100_000)).quantity == 100_000
+    assert decode_event(raw(PURCHASE, quantity=-100_000)).quantity == -100_000
+
+
+def test_click_keeps_its_recommendation_id() -> None:
+    event = decode_event(raw(CLICK, recommendation_id="rec-7"))
+    assert event.recommendation_id == "rec-7"
+    assert event_to_dict(event)["recommendation_id"] == "rec-7"
+    assert decode_event(raw(CLICK, session_id=...)).session_id is None
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [  # a leap second or 'z' takes the manual parser: offsets and limits there
+        ("2010-12-01T09:25:60+01:00", T0),
+        ("2010-12-01T03:25:60-05:00", T0),
+        ("2010-12-01T08:25:60-00:30", T0 + 1800),
+        ("2010-12-02T08:24:60+23:59", T0),
+        ("2010-12-01T08:25:60+00:59", T0 - 59 * 60),
+        ("2010-12-01t08:26:00.1234567z", T0 + 0.123456),
+        ("2010-12-01t08:26:00z", T0),
+    ],
+)
+def test_slow_timestamp_offsets(stamp: str, expected: float) -> None:
+    assert parse_timestamp(stamp) == pytest.approx(expected, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["2010-12-01T08:26:00+24:00", "2010-12-01T08:26:00+00:60", "2010-12-01T08:25:60+00:60",
+     "2010-12-01t24:00:00z", "2010-12-01t08:60:00z", "2010-12-01t08:26:61z",
+     "2010-02-30t08:26:00z"],
+)
+def test_slow_timestamp_limits(stamp: str) -> None:
+    assert rejected(raw(CLICK, timestamp=stamp)).reason == "invalid_value"
+
+
+def test_format_timestamp_rounds_up_to_the_next_second() -> None:
+    assert format_timestamp(T0 + 0.9999996) == "2010-12-01T08:26:01Z"
+    assert format_timestamp(T0 + 0.0000004) == "2010-12-01T08:26:00Z"
+    assert format_timestamp(T0 + 0.0000006) == "2010-12-01T08:26:00.000001Z"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("r" * 40, "'" + "r" * 40 + "'"),  # up to 40 characters quoted whole
+        ("r" * 41, "'" + "r" * 40 + "'..."),
+        ("\x00" * 19 + "ab", "'" + "\\x00" * 19 + "ab'"),  # 80 characters once escaped
+        ("\x00" * 20, ("'" + "\\x00" * 20)[:80] + "..."),  # 82: cut to 80
+    ],
+)
+def test_offending_strings_are_quoted_to_a_bound(value: str, shown: str) -> None:
+    detail = rejected(raw(CLICK, type=value)).detail
+    assert detail == f'field "type" must be one of click, purchase, review, got {shown}'
+
+
+def test_size_limit_is_inclusive() -> None:
+    payload = raw(CLICK)
+    assert decode_event(payload, max_bytes=len(payload)).event_id == "c1"
+    assert rejected(payload, max_bytes=len(payload) - 1).reason == "oversized"
+
+
+def test_formatting_does_not_depend_on_the_local_time_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert format_timestamp(T0) == "2010-12-01T08:26:00Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()

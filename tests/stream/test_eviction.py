@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
@@ -141,3 +143,71 @@ def test_a_quiet_customer_is_alerted_on_before_being_evicted() -> None:
     assert proc.evict() == 1
     assert proc.profiles.get("loyal") is None and "loyal" not in proc.engine.profiles
     assert evicted(reg, "inactive") == 1
+
+
+def test_eviction_frees_exposure_logs_and_alert_cooldowns() -> None:
+    proc, s, _ = make(user_retention_seconds=30 * DAY)
+    users = [f"u{i}" for i in range(10)]
+    batch = [purchase(s, f"e{i}", u, f"sku-{i % 3}", T0 + i * DAY) for i, u in enumerate(users)]
+    proc.handle([*batch, purchase(s, "late", "u9", "sku-1", T0 + 45 * DAY)])
+    for u in users:  # as an alert on each user would have left them
+        assert proc.engine.cooldown.allow("anomalous_behaviour", u, T0 + 45 * DAY)
+    assert set(proc._exposure_logs) == set(users)
+    assert proc.evict() == 9
+    assert set(proc._exposure_logs) == {"u9"}
+    assert {user for _, user in proc.engine.cooldown.last} == {"u9"}
+
+
+# -- the Eviction step alone (stream.eviction), on a real engine and a dict store ------
+
+
+def eviction_over(users: dict[str, float], **options: Any) -> tuple[Any, DictStore, Any]:
+    """An Eviction over an engine that saw one purchase per user at the given time."""
+    from models.events import Event
+    from stream.eviction import Eviction
+
+    engine, store, registry = FeedbackEngine(), DictStore(), CollectorRegistry()
+    for i, (user, t) in enumerate(users.items()):
+        engine.process(Event("purchase", f"e{i}", user, "sku", t, quantity=1, price=1.0))
+        store[user] = {"user_id": user, "last_event_time": t}  # type: ignore[assignment]
+    counter = Metrics(registry).users_evicted
+    options = {"retention": 0.0, "max_users": 0, "per_tick": 100, **options}
+    return Eviction(engine, store, counter, **options), store, registry
+
+
+def test_inactive_users_and_the_cap_share_one_budget() -> None:
+    users = {"old1": T0, "old2": T0, **{f"a{i}": T0 + (40 + i) * DAY for i in range(4)}}
+    ev, store, reg = eviction_over(users, retention=30 * DAY, max_users=2, per_tick=3)
+    assert ev.evict(T0 + 45 * DAY) == 3  # two inactive, then one for the cap
+    assert (evicted(reg, "inactive"), evicted(reg, "cap")) == (2, 1)
+    assert sorted(store) == ["a1", "a2", "a3"] and sorted(ev.engine.profiles) == sorted(store)
+    assert ev.evict(T0 + 45 * DAY) == 1 and sorted(store) == ["a2", "a3"]
+
+
+def test_small_settings_still_count() -> None:
+    ev, store, _ = eviction_over({"u1": 0.0 + T0, "u2": T0 + 1, "u3": T0 + 2}, max_users=1)
+    assert ev.evict(T0 + 2) == 2 and list(store) == ["u3"]  # a cap of one user
+    ev, store, _ = eviction_over({"u1": T0, "u2": T0 + 10}, retention=1.0)
+    assert ev.evict(T0 + 10) == 1 and list(store) == ["u2"]  # a retention of one second
+
+
+def test_without_retention_no_profile_is_swept() -> None:
+    ev, store, _ = eviction_over({"u1": T0})
+    store["taken-over"] = {"user_id": "taken-over", "last_event_time": T0}  # type: ignore[assignment]
+    assert ev.evict(T0 + 100 * DAY) == 0
+    assert sorted(store) == ["taken-over", "u1"]
+
+
+def test_the_sweep_steps_over_users_the_models_know() -> None:
+    ev, store, reg = eviction_over({"known": T0 + 10 * DAY}, retention=DAY)
+    store["stale"] = {"user_id": "stale", "last_event_time": T0}  # type: ignore[assignment]
+    assert ev.evict(T0 + 10 * DAY) == 1
+    assert list(store) == ["known"] and evicted(reg, "inactive") == 1
+
+
+def test_the_cap_spares_users_whose_recommendation_is_held() -> None:
+    ev, store, _ = eviction_over(
+        {"held": T0, "a": T0 + 1, "b": T0 + 2}, max_users=1, held={"held"}
+    )
+    assert ev.evict(T0 + 2) == 2
+    assert list(store) == ["held"] and list(ev.engine.profiles) == ["held"]

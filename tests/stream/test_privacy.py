@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from stream.contract import decode_event
 from stream.privacy import pseudonymise, scrub_pii
+from tests.shared_data import data_dir
 
 KEY = b"k" * 32
 
@@ -143,9 +144,8 @@ def test_real_clothing_reviews_are_left_intact() -> None:
     # be taken for an e-mail or a phone number (sizes, weights, measurements...).
     from tools import datasets
 
-    if not (datasets.default_data_dir() / "womens_clothing_reviews").is_dir():
-        pytest.skip("shared datasets not found (set FEEDBACK_DATA_DIR)")
-    texts = [e["text"] for e in datasets.clothing_reviews() if "text" in e]
+    data = data_dir("womens_clothing_reviews")
+    texts = [e["text"] for e in datasets.clothing_reviews(data) if "text" in e]
     assert len(texts) > 20_000
     changed = [t for t in texts if scrub_pii(t) != t]
     assert changed == []
@@ -158,3 +158,33 @@ def test_module_doctests() -> None:
 
     result = doctest.testmod(stream.privacy)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_key_length_limits_are_exact() -> None:
+    from hashlib import blake2b
+
+    def expected(key: bytes) -> str:
+        return "p_" + blake2b(b"u1", digest_size=16, key=key, person=b"fs-user-id").hexdigest()
+
+    assert pseudonymise("u1", b"k" * 16) == expected(b"k" * 16)  # the shortest key allowed
+    with pytest.raises(ValueError, match="got 15"):
+        pseudonymise("u1", b"k" * 15)
+    assert pseudonymise("u1", b"k" * 64) == expected(b"k" * 64)  # BLAKE2b's longest: as is
+    # Longer keys are hashed down, and the whole key still matters.
+    assert pseudonymise("u1", b"k" * 65) == expected(blake2b(b"k" * 65).digest())
+    assert pseudonymise("u1", b"a" + b"k" * 99) != pseudonymise("u1", b"b" + b"k" * 99)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ring 012 345 678", "ring [phone]"),  # 9 digits: the fewest a phone has
+        ("ring 12 345 678", "ring 12 345 678"),  # 8: kept
+        ("ring +123 456 789 012 345", "ring [phone]"),  # 15: the most E.164 allows
+        ("ring +1234 567 890 123 456", "ring +1234 567 890 123 456"),  # 16: kept
+        ("ring 123 456 789", "ring [phone]"),  # 3-digit groups are not a list of sizes
+        ("ring +1 12 34 56 78 90", "ring [phone]"),  # '+' makes short groups a phone
+    ],
+)
+def test_phone_digit_limits(text: str, expected: str) -> None:
+    assert scrub_pii(text) == expected

@@ -2,14 +2,19 @@
 the tools (``stream.kafka.client_kwargs``) and the Faust worker
 (``stream.app.broker_credentials``, as Faust's aiokafka driver translates it).
 
-No SASL broker is needed: the assertions are on the arguments the clients get.
+No SASL broker is needed: the assertions are on the arguments the clients get,
+and a TLS handshake against a local listener that requires a client certificate
+shows the certificate is really presented (Tansu serves neither TLS nor SASL,
+docs/testing.md).
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
+import threading
 from pathlib import Path
 
 import faust
@@ -150,3 +155,89 @@ def test_secrets_are_not_in_the_settings_repr() -> None:
     )
     assert "hunter2-xyz" not in repr(s)
     assert "k" * 32 not in repr(s)
+
+
+# -- a real TLS handshake: a local listener that requires a client certificate --------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for localhost and a client certificate it signed."""
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is part of the base image (Debian's openssl package)"
+    d = tmp_path_factory.mktemp("pki")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=d)
+
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    run("req", "-x509", *key, "-days", "2", "-subj", "/CN=feedback-test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for name, cn, ext in (
+        ("server", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ("client", "feedback-stream-client", "extendedKeyUsage=clientAuth"),
+    ):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run("req", *key, "-subj", f"/CN={cn}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return d
+
+
+def handshake(pki: Path, client: ssl.SSLContext) -> str | None:
+    """Connect ``client`` to a listener that requires a certificate signed by the
+    test CA; the common name of the client certificate it saw, or None if refused."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki / "server.pem", pki / "server.key")
+    server.load_verify_locations(pki / "ca.pem")
+    server.verify_mode = ssl.CERT_REQUIRED
+    seen: list[str | None] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            try:
+                with server.wrap_socket(conn, server_side=True) as tls:
+                    subject = dict(x[0] for x in tls.getpeercert()["subject"])
+                    seen.append(subject["commonName"])
+                    tls.sendall(b"ok")
+            except (ssl.SSLError, OSError):
+                seen.append(None)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    client.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.recv(2)
+        except (ssl.SSLError, OSError):
+            pass
+        thread.join(10)
+    return seen[0] if seen else None
+
+
+def pki_settings(pki: Path, protocol: str = "SSL", with_certificate: bool = True) -> Settings:
+    files = {"ssl_cafile": str(pki / "ca.pem")}
+    if with_certificate:
+        files |= {"ssl_certfile": str(pki / "client.pem"), "ssl_keyfile": str(pki / "client.key")}
+    sasl = {"sasl_username": "svc", "sasl_password": "pw"} if protocol.startswith("SASL") else {}
+    return Settings.from_env(env(security_protocol=protocol, **files, **sasl))
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_tls_handshake_presents_the_client_certificate(pki: Path, protocol: str) -> None:
+    s = pki_settings(pki, protocol)
+    # The tools' aiokafka clients and the Faust worker build their contexts apart.
+    tools_context = client_kwargs(s)["ssl_context"]
+    worker_context = credentials_to_aiokafka_auth(broker_credentials(s))["ssl_context"]
+    assert handshake(pki, tools_context) == "feedback-stream-client"
+    assert handshake(pki, worker_context) == "feedback-stream-client"
+
+
+def test_the_listener_refuses_a_client_without_certificate(pki: Path) -> None:
+    # The control: the listener really requires one, so the test above can fail.
+    s = pki_settings(pki, with_certificate=False)
+    assert handshake(pki, client_kwargs(s)["ssl_context"]) is None

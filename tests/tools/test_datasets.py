@@ -12,13 +12,23 @@ import orjson
 import pytest
 
 from stream.contract import decode_event, parse_timestamp
+from tests.shared_data import data_dir
 from tools import datasets
 
 DATA = datasets.default_data_dir()
-pytestmark = pytest.mark.skipif(
-    not (DATA / "online_retail").is_dir(),
-    reason=f"shared datasets not found at {DATA} (set FEEDBACK_DATA_DIR)",
-)
+
+
+# The two tests of the missing-folder error itself need no datasets.
+NEEDS_NO_DATA = {
+    "test_missing_data_dir_is_a_clear_error",
+    "test_data_dir_comes_from_the_environment",
+}
+
+
+@pytest.fixture(autouse=True)
+def _datasets_present(request: pytest.FixtureRequest) -> None:
+    if request.node.name not in NEEDS_NO_DATA:
+        data_dir("online_retail", "movielens_latest_small", "womens_clothing_reviews", "cdnow")
 
 
 def take(events: Iterable[dict[str, Any]], n: int) -> list[dict[str, Any]]:

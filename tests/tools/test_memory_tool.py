@@ -1,22 +1,16 @@
-"""tools.memory on a small slice of the demo replay (skipped without the datasets)."""
+"""tools.memory on a small slice of the demo replay."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
+from tests.shared_data import data_dir
 from tools import memory
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def test_memory_tool_reports_per_user_cost_and_the_bound() -> None:
-    if not (DATA / "online_retail").exists():
-        pytest.skip(f"shared datasets not found at {DATA}")
+    data = data_dir("online_retail")
     args = memory.build_parser().parse_args([
         "--events", "600", "--users", "300", "--eviction-users", "1200",
-        "--retention-seconds", "86400", "--tick-events", "200", "--data-dir", str(DATA),
+        "--retention-seconds", "86400", "--tick-events", "200", "--data-dir", str(data),
     ])
     r = memory.run(args)
     assert r["users"] == 300 and r["memory_bytes_per_user"] is not None

@@ -3,9 +3,11 @@ guard in charge of the input offsets Faust commits: only processed, published
 ones; held ones (a debounced recommendation owed) and what follows once they
 are released.
 
-Fake consumers with Faust's commit bookkeeping (``_acked``, ``_new_offset``,
-``_commit_offsets``) under the overrides; the real consumer is exercised by
-tests/integration.
+The overrides run over Faust's own commit bookkeeping (faust-streaming's
+``ack``, ``_new_offset``, ``_should_commit``, ``_filter_tps_with_pending_acks``
+and ``_filter_committable_offsets``, unchanged; only the broker round trip is
+recorded instead), and over a reduced copy of it that states what the guard
+relies on; the whole consumer is exercised by tests/integration.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
+import pytest
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
+from intervaltree import IntervalTree
 
 from stream.commit_guard import CommitGuard
 from stream.faust.consumer import ConsumerFixes
@@ -30,6 +36,10 @@ class Message:
     partition: int
     offset: int
     acked: bool = False
+
+    @property
+    def tp(self) -> TP:
+        return TP(self.topic, self.partition)
 
 
 class Consumer:
@@ -89,6 +99,49 @@ class Consumer:
         return self._committed_offset.get(TP0)
 
 
+class FaustBookkeeping:
+    """faust-streaming's own commit bookkeeping, its methods unchanged, over the
+    state they read; commits are recorded instead of sent to the broker."""
+
+    ack = FaustConsumer.ack
+    _new_offset = FaustConsumer._new_offset
+    _should_commit = FaustConsumer._should_commit
+    _filter_tps_with_pending_acks = FaustConsumer._filter_tps_with_pending_acks
+    _filter_committable_offsets = FaustConsumer._filter_committable_offsets
+
+    def __init__(self) -> None:
+        self._acked: defaultdict[Any, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[Any, set[int]] = defaultdict(set)
+        self._gap: defaultdict[Any, IntervalTree] = defaultdict(IntervalTree)
+        self._committed_offset: defaultdict[Any, int | None] = defaultdict(lambda: None)
+        self._unacked_messages: set[Message] = set()
+        self._n_acked = 0
+        self._waiting_for_ack = None
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+        self.commits: list[dict[Any, int]] = []
+
+    async def _commit_offsets(self, offsets: dict[Any, int], *args: Any, **kw: Any) -> bool:
+        self.commits.append(dict(offsets))
+        self._committed_offset.update(offsets)
+        return True
+
+    def assignment(self) -> set[Any]:
+        return {TP0}
+
+    def commit(self) -> None:  # Faust's _commit_tps, less the attached sends
+        offsets = self._filter_committable_offsets(list(self._filter_tps_with_pending_acks()))
+        if offsets:
+            asyncio.run(self._commit_offsets(offsets))
+
+    def committed(self) -> int | None:
+        return self._committed_offset.get(TP0)
+
+
+@pytest.fixture(params=[FaustBookkeeping, Consumer], ids=["faust", "reduced"])
+def bookkeeping(request: pytest.FixtureRequest) -> type[Any]:
+    return request.param  # type: ignore[no-any-return]
+
+
 F = TypeVar("F")
 
 
@@ -102,9 +155,9 @@ def batch(first: int, last: int) -> list[Message]:
     return [Message(TOPIC, 0, o) for o in range(first, last + 1)]
 
 
-def test_a_held_offset_and_what_follows_wait_for_its_release() -> None:
+def test_a_held_offset_and_what_follows_wait_for_its_release(bookkeeping: type[Any]) -> None:
     guard = CommitGuard([TOPIC])
-    consumer = guarded(Consumer, guard)
+    consumer = guarded(bookkeeping, guard)
     first = batch(0, 9)
     consumer._unacked_messages |= set(first)
     guard.hold([first[4]])  # offset 4's recommendation is owed
@@ -131,9 +184,9 @@ def test_a_held_offset_and_what_follows_wait_for_its_release() -> None:
     assert consumer.committed() == 16
 
 
-def test_a_release_before_fausts_ack_lets_the_ack_through() -> None:
+def test_a_release_before_fausts_ack_lets_the_ack_through(bookkeeping: type[Any]) -> None:
     guard = CommitGuard([TOPIC])
-    consumer = guarded(Consumer, guard)
+    consumer = guarded(bookkeeping, guard)
     msgs = batch(0, 2)
     guard.hold([msgs[1]])
     guard.done(msgs)
@@ -143,11 +196,13 @@ def test_a_release_before_fausts_ack_lets_the_ack_through() -> None:
     assert consumer.committed() == 3 and guard.refused == 0
 
 
-def test_a_held_first_offset_of_a_fresh_partition_is_not_stepped_over() -> None:
+def test_a_held_first_offset_of_a_fresh_partition_is_not_stepped_over(
+    bookkeeping: type[Any],
+) -> None:
     # No committed offset known: the run starts at the first offset processed,
     # held ones included.
     guard = CommitGuard([TOPIC])
-    consumer = guarded(Consumer, guard)
+    consumer = guarded(bookkeeping, guard)
     msgs = batch(0, 3)
     guard.hold([msgs[0]])
     guard.done(msgs)
@@ -163,9 +218,9 @@ def test_a_held_first_offset_of_a_fresh_partition_is_not_stepped_over() -> None:
     assert consumer.committed() == 5
 
 
-def test_forgotten_held_offsets_are_read_again_not_committed() -> None:
+def test_forgotten_held_offsets_are_read_again_not_committed(bookkeeping: type[Any]) -> None:
     guard = CommitGuard([TOPIC])
-    consumer = guarded(Consumer, guard)
+    consumer = guarded(bookkeeping, guard)
     msgs = batch(0, 3)
     guard.hold([msgs[2]])
     guard.done(msgs)
@@ -184,20 +239,22 @@ def test_forgotten_held_offsets_are_read_again_not_committed() -> None:
     assert consumer.committed() == 4
 
 
-def test_other_topics_keep_fausts_own_accounting() -> None:
+def test_other_topics_keep_fausts_own_accounting(bookkeeping: type[Any]) -> None:
     guard = CommitGuard([TOPIC])
-    consumer = guarded(Consumer, guard)
+    consumer = guarded(bookkeeping, guard)
     changelog = Message("app-profiles-changelog", 0, 0)
     assert consumer.ack(changelog) is True
     consumer.commit()
     assert consumer._committed_offset[TP("app-profiles-changelog", 0)] == 1
 
 
-def test_a_partition_whose_only_records_were_held_commits_on_release() -> None:
+def test_a_partition_whose_only_records_were_held_commits_on_release(
+    bookkeeping: type[Any],
+) -> None:
     # A quiet partition: its one record is the trigger of an owed recommendation,
     # so Faust's ack of it is refused and Faust never sees the partition acked.
     guard = CommitGuard([TOPIC])
-    consumer = guarded(Consumer, guard)
+    consumer = guarded(bookkeeping, guard)
     (only,) = batch(0, 0)
     guard.hold([only])
     guard.done([only])

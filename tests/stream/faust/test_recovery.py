@@ -4,7 +4,8 @@ without a broker; tests/integration/test_reliability_*.py run them for real."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import re
+from typing import Any, ClassVar
 
 import pytest
 from faust.tables.recovery import Recovery
@@ -68,3 +69,123 @@ def test_flush_returns_only_once_the_buffer_is_empty(buffer_class: type, left: i
     buffer.queued = 3
     asyncio.run(buffer.flush())
     assert buffer.size == left
+
+
+class ListOffsetsOnly(Recovery):
+    """Faust's _build_highwaters as Tansu makes it answer: the ListOffsets ends."""
+
+    listed: ClassVar[dict[Any, int]] = {}
+    calls: ClassVar[list[tuple[Any, ...]]] = []
+
+    async def _build_highwaters(
+        self, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        self.calls.append((consumer, list(tps), title))
+        # Faust leaves out a partition it got no answer for.
+        destination.update({tp: self.listed[tp] - 1 for tp in tps if tp in self.listed})
+
+
+def recovery_over(listed: dict[Any, int], settings: Settings) -> Any:
+    cls = type("Recovery", (ChangelogRecovery, ListOffsetsOnly), {"listed": listed, "calls": []})
+    cls.settings = settings
+    return cls.__new__(cls)
+
+
+def test_recovery_reads_to_the_end_a_fetch_reports(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from faust.types import TP
+
+    from stream.faust import recovery
+
+    settings = Settings.from_env({})
+    short, empty, exact = TP("cl", 0), TP("cl", 1), TP("cl", 2)
+    asked: list[dict[Any, int]] = []
+
+    async def fetch(s: Settings, hints: dict[Any, int]) -> dict[Any, int]:
+        assert s is settings
+        asked.append(dict(hints))
+        return {short: 14, empty: 0, exact: 5}
+
+    monkeypatch.setattr(recovery, "fetch_highwaters", fetch)
+    unanswered = TP("cl", 3)
+    rec = recovery_over({short: 10, empty: 0, exact: 5}, settings)
+    destination: dict[Any, int] = {}
+    consumer = object()
+    asyncio.run(rec._build_highwaters(
+        consumer, [short, empty, exact, unanswered], destination, "Active"))
+    assert rec.calls == [(consumer, [short, empty, exact, unanswered], "Active")]
+    # Ends, from Faust's "last offset"; no answer from Faust counts as an empty log.
+    assert asked == [{short: 10, empty: 0, exact: 5, unanswered: 0}]
+    assert destination == {short: 13, empty: -1, exact: 4}
+    assert [r.getMessage() for r in caplog.records] == [
+        "Active changelog cl[0]: ListOffsets says end 10, Fetch says 14; reading to 14",
+        f"no Fetch high watermark for {[unanswered]}; using ListOffsets",
+    ]
+
+
+def test_recovery_keeps_list_offsets_when_a_fetch_fails_or_misses(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from faust.types import TP
+
+    from stream.faust import recovery
+
+    tp0, tp1 = TP("cl", 0), TP("cl", 1)
+    rec = recovery_over({tp0: 10, tp1: 3}, Settings.from_env({}))
+
+    async def fails(s: Settings, hints: dict[Any, int]) -> dict[Any, int]:
+        raise ConnectionError("broker gone")
+
+    monkeypatch.setattr(recovery, "fetch_highwaters", fails)
+    destination: dict[Any, int] = {}
+    asyncio.run(rec._build_highwaters(None, [tp0, tp1], destination, "Active"))
+    assert destination == {tp0: 9, tp1: 2}
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not fetch changelog high watermarks; using ListOffsets"
+    ]
+
+    async def partial(s: Settings, hints: dict[Any, int]) -> dict[Any, int]:
+        return {tp0: 12}
+
+    monkeypatch.setattr(recovery, "fetch_highwaters", partial)
+    caplog.clear()
+    destination = {}
+    asyncio.run(rec._build_highwaters(None, [tp0, tp1], destination, "Standby"))
+    assert destination == {tp0: 11, tp1: 2}
+    assert [r.getMessage() for r in caplog.records][-1] == (
+        f"no Fetch high watermark for {[tp1]}; using ListOffsets"
+    )
+
+    called: list[object] = []
+
+    async def never(s: Settings, hints: dict[Any, int]) -> dict[Any, int]:
+        called.append(hints)
+        return {}
+
+    monkeypatch.setattr(recovery, "fetch_highwaters", never)
+    asyncio.run(rec._build_highwaters(None, [], {}, "Active"))
+    assert called == []  # nothing to recover: no fetch
+
+
+def test_the_producer_buffer_is_wired_like_fausts(tmp_path: Any) -> None:
+    app, _, _ = app_for(True, tmp_path)
+    buffer = app.producer.buffer
+    assert buffer.app is app
+    assert buffer.beacon.parent is app.producer.beacon
+
+
+def test_a_long_flush_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    buffer = type("Buffer", (GivesUp, FlushingProducerBuffer), {})()
+    buffer.queued = 4
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        ticks = iter(range(0, 1000, 6))  # each look at the clock: 6 s later
+        loop.time = lambda: float(next(ticks))  # type: ignore[method-assign]
+        await buffer.flush()
+
+    asyncio.run(run())
+    assert buffer.size == 0
+    (message,) = [r.getMessage() for r in caplog.records]  # once, not at every round
+    assert re.fullmatch(r"producer flush: [1-3] messages still queued after 10 s", message)

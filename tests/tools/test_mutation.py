@@ -1,0 +1,90 @@
+"""tools.mutation: the table of modules and the JSON line of ``make mutation``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tools import mutation
+from tools.mutation import TARGETS, Target
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_module_and_test_of_the_table_exists() -> None:
+    # Fails when a module moves without its row of the table following it.
+    assert TARGETS
+    for target in TARGETS:
+        assert (REPO / target.path).is_file(), target.path
+        for test in (*target.tests, *target.deselect):
+            assert (REPO / test.split("::")[0]).is_file(), test
+    modules = [t.module for t in TARGETS]
+    assert len(modules) == len(set(modules))
+
+
+def test_exit_codes_are_classified_like_mutmut_does() -> None:
+    assert [mutation.classify(c) for c in (1, 3, 0, 33, 5, None, 36, -24, -9, 2)] == [
+        "killed", "killed", "survived", "survived", "survived", "survived",
+        "timeout", "timeout", "timeout", "survived",
+    ]
+
+
+def test_only_the_listed_functions_count() -> None:
+    target = Target("stream/processor.py", ("t.py",), functions=("xǁProcessorǁ_dead_letter",))
+    codes = {
+        "stream.processor.xǁProcessorǁ_dead_letter__mutmut_1": 1,
+        "stream.processor.xǁProcessorǁ_dead_letter__mutmut_12": 0,
+        "stream.processor.xǁProcessorǁhandle__mutmut_1": 0,
+        "stream.processor.x_rfc3339__mutmut_2": 1,
+    }
+    assert mutation.module_results(codes, target) == {
+        "stream.processor.xǁProcessorǁ_dead_letter__mutmut_1": "killed",
+        "stream.processor.xǁProcessorǁ_dead_letter__mutmut_12": "survived",
+    }
+    everything = Target("stream/processor.py", ("t.py",))
+    assert len(mutation.module_results(codes, everything)) == 4
+
+
+def test_summary_adds_up_per_module_and_overall() -> None:
+    results = {
+        "stream.contract": {"a": "killed", "b": "killed", "c": "survived", "d": "timeout"},
+        "stream.privacy": {"e": "killed", "f": "survived"},
+    }
+    assert mutation.summary(results) == {
+        "mutants": 6, "killed": 3, "survived": 2, "timeout": 1,
+        "by_module": {
+            "stream.contract": {"mutants": 4, "killed": 2},
+            "stream.privacy": {"mutants": 2, "killed": 1},
+        },
+    }
+
+
+def test_the_last_line_printed_is_the_json_summary(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = {"stream.contract": {"m1": "killed", "m2": "survived"},
+            "stream.privacy": {"m3": "timeout"}}
+    monkeypatch.setattr(mutation, "run_target", lambda target, jobs: runs[target.module])
+    assert mutation.main(["stream.contract", "stream.privacy"]) == 0
+    out = capsys.readouterr()
+    line = json.loads(out.out.strip().splitlines()[-1])
+    assert list(line) == ["mutants", "killed", "survived", "timeout", "by_module"]
+    assert (line["mutants"], line["killed"], line["survived"], line["timeout"]) == (3, 1, 1, 1)
+    assert line["by_module"]["stream.privacy"] == {"mutants": 1, "killed": 0}
+    assert "stream.contract: 1/2 killed" in out.err
+
+
+def test_unknown_module_is_a_one_line_error() -> None:
+    with pytest.raises(SystemExit, match=r"unknown module stream\.nothing"):
+        mutation.main(["stream.nothing"])
+
+
+def test_each_run_gets_the_module_and_its_tests_only() -> None:
+    target = Target("stream/privacy.py", ("tests/stream/test_privacy.py",),
+                    deselect=("tests/stream/test_privacy.py::test_slow",))
+    config = mutation._mutmut_config(target)
+    assert 'only_mutate = ["stream/privacy.py"]' in config
+    assert 'pytest_add_cli_args_test_selection = ["tests/stream/test_privacy.py"]' in config
+    assert '"--deselect", "tests/stream/test_privacy.py::test_slow"' in config

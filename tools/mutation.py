@@ -1,0 +1,294 @@
+"""Mutation testing of the modules behind the README's promises (``make mutation``).
+
+mutmut 3 breaks one thing at a time in a module (``<`` for ``<=``, a constant, a
+dropped call...) and runs the tests that reach the broken function: a mutant no
+test notices is a behaviour no test guards. Each module of :data:`TARGETS` runs
+in its own copy of the sources (``var/mutation/<module>``) against only the test
+files listed for it, so that the whole table fits in half an hour on two cores.
+
+The last line printed is one JSON object::
+
+    {"mutants", "killed", "survived", "timeout", "by_module": {module: {"mutants", "killed"}}}
+
+``python -m tools.mutation stream.contract`` runs one module (one at a time is
+what a shared machine can afford while a test is being written);
+``--list`` prints the table. The surviving mutants of the last run of each module
+are in ``var/mutation/<module>/survivors.txt`` (``mutmut show NAME`` in that
+folder prints the diff of one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "var" / "mutation"
+PACKAGES = ("stream", "models", "tools")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module to mutate and the tests that concern it.
+
+    ``functions`` narrows the mutants to some functions of a large module
+    (fnmatch patterns on mutmut's function keys: ``x_name`` for a function,
+    ``xǁClassǁmethod`` for a method).
+    """
+
+    path: str
+    tests: tuple[str, ...]
+    functions: tuple[str, ...] = ("*",)
+    deselect: tuple[str, ...] = ()  # slow tests of those files that guard something else
+
+    @property
+    def module(self) -> str:
+        return self.path.removesuffix(".py").replace("/", ".")
+
+
+# The one table to update when a module moves. Test entries are pytest paths or node ids.
+TARGETS: tuple[Target, ...] = (
+    Target(
+        "stream/contract.py",
+        ("tests/stream/test_contract.py", "tests/stream/test_schemas.py"),
+        deselect=(  # hypothesis sweeps (tests/stream/test_contract_fuzz.py) and a subprocess
+            "tests/stream/test_schemas.py::test_schema_and_validator_agree_on_random_events",
+            "tests/stream/test_contract.py::test_stream_package_import_does_not_load_faust",
+        ),
+    ),
+    Target("stream/privacy.py", ("tests/stream/test_privacy.py",)),
+    Target("stream/checkpoint.py", ("tests/stream/test_checkpoint.py",)),
+    Target(
+        "stream/commit_guard.py",
+        ("tests/stream/faust/test_consumer.py", "tests/stream/test_commit_guard.py"),
+    ),
+    Target(
+        "stream/faust/recovery.py",
+        ("tests/stream/faust/test_recovery.py",
+         # fetch_highwaters needs a broker: this one test starts the embedded one.
+         "tests/integration/test_reliability_recovery.py"
+         "::test_fetch_highwater_is_exact_where_list_offsets_is_not"),
+    ),
+    # The dead-letter path of the processor.
+    Target(
+        "stream/processor.py",
+        ("tests/stream/test_processor.py",),
+        functions=("xǁProcessorǁ_dead_letter", "x__rfc3339"),
+    ),
+    # The stored profile: the de-duplication window and the profile's own fields.
+    Target(
+        "stream/stored_profile.py",
+        ("tests/stream/test_stored_profile.py", "tests/stream/test_processor.py"),
+    ),
+    Target("stream/debounce.py", ("tests/stream/test_debounce.py",)),
+    Target("stream/eviction.py", ("tests/stream/test_eviction.py",)),
+)
+
+# mutmut's exit codes of a mutant's test run (mutmut/__main__.py, status_by_exit_code):
+# a failing or crashing test run kills; SIGXCPU, or SIGKILL past the CPU limit, is a timeout.
+KILLED = frozenset({1, 3, 37, -11})
+TIMEOUT = frozenset({24, -24, 36, 152, 255, -9})
+
+
+def classify(exit_code: int | None) -> str:
+    """``killed``, ``timeout`` or ``survived`` (no test reached it, or it was not run)."""
+    if exit_code in KILLED:
+        return "killed"
+    if exit_code in TIMEOUT:
+        return "timeout"
+    return "survived"
+
+
+def function_key(mutant: str, module: str) -> str:
+    """``stream.contract.x__id__mutmut_3`` -> ``x__id``."""
+    return re.sub(r"__mutmut_\d+$", "", mutant.removeprefix(module + "."))
+
+
+def module_results(
+    exit_codes: Mapping[str, int | None], target: Target
+) -> dict[str, str]:
+    """Mutant name -> killed/timeout/survived, for the mutants of ``target``'s functions."""
+    return {
+        name: classify(code)
+        for name, code in sorted(exit_codes.items())
+        if any(fnmatch.fnmatchcase(function_key(name, target.module), f) for f in target.functions)
+    }
+
+
+def summary(results: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """The JSON line of ``make mutation`` from each module's mutant -> outcome."""
+    out: dict[str, Any] = {"mutants": 0, "killed": 0, "survived": 0, "timeout": 0}
+    by_module = {}
+    for module, outcomes in results.items():
+        counts = {k: sum(1 for o in outcomes.values() if o == k) for k in
+                  ("killed", "survived", "timeout")}
+        out["mutants"] += len(outcomes)
+        for k, v in counts.items():
+            out[k] += v
+        by_module[module] = {"mutants": len(outcomes), "killed": counts["killed"]}
+    out["by_module"] = by_module
+    return out
+
+
+def _mutmut_config(target: Target) -> str:
+    deselect = [a for d in target.deselect for a in ("--deselect", d)]
+
+    def toml_list(items: Iterable[str]) -> str:
+        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+    return (
+        "\n[tool.mutmut]\n"
+        f"source_paths = {toml_list(PACKAGES)}\n"
+        f"only_mutate = {toml_list([target.path])}\n"
+        f"pytest_add_cli_args_test_selection = {toml_list(target.tests)}\n"
+        # The doctests of the copied packages are not the module's tests.
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-o", "addopts=", '
+        f'"--strict-markers"{"".join(f", {json.dumps(a)}" for a in deselect)}]\n'
+        "use_git_change_detection = false\n"
+    )
+
+
+def prepare(target: Target) -> Path:
+    """A fresh copy of the sources and tests with ``target``'s mutmut settings."""
+    work = WORK / target.module
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    for name in (*PACKAGES, "tests"):
+        shutil.copytree(REPO / name, work / name, ignore=ignore)
+    (work / "pyproject.toml").write_text(
+        (REPO / "pyproject.toml").read_text() + _mutmut_config(target)
+    )
+    return work
+
+
+def run_target(target: Target, jobs: int) -> dict[str, str]:
+    """Run mutmut on one module; its mutants' outcomes."""
+    if not (REPO / target.path).is_file():
+        raise SystemExit(f"mutation: {target.path} not found: update TARGETS in tools/mutation.py")
+    missing = [t for t in target.tests if not (REPO / t.split("::")[0]).exists()]
+    if missing:
+        raise SystemExit(f"mutation: test {missing[0]} of {target.module} not found")
+    work = prepare(target)
+    names = [] if target.functions == ("*",) else [
+        f"{target.module}.{f}__mutmut_*" for f in target.functions
+    ]
+    # The copy lives elsewhere: its ../shared/data is not the datasets folder.
+    from tools.datasets import default_data_dir
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
+           "FEEDBACK_DATA_DIR": str(default_data_dir())}
+    env.pop("MUTANT_UNDER_TEST", None)
+    cmd = [sys.executable, "-m", "tools.mutation", "--mutmut", "run",
+           "--max-children", str(jobs), *names]
+    with open(work / "mutmut.log", "wb") as out:
+        # Its own process group: an interrupted run takes its forked mutants with it.
+        proc = subprocess.Popen(
+            cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            proc.wait()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            raise
+    meta = work / "mutants" / (target.path + ".meta")
+    if proc.returncode != 0 or not meta.is_file():
+        tail = (work / "mutmut.log").read_text(errors="replace")[-2000:]
+        raise SystemExit(
+            f"mutation: mutmut failed on {target.module} (see {work}/mutmut.log)\n{tail}"
+        )
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    results = module_results(codes, target)
+    survivors = [n for n, o in results.items() if o == "survived"]
+    (work / "survivors.txt").write_text("".join(f"{n}\n" for n in survivors))
+    return results
+
+
+def select(names: Sequence[str]) -> list[Target]:
+    if not names:
+        return list(TARGETS)
+    by_name = {t.module: t for t in TARGETS} | {t.path: t for t in TARGETS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        known = ", ".join(t.module for t in TARGETS)
+        raise SystemExit(f"mutation: unknown module {unknown[0]} (known: {known})")
+    return [by_name[n] for n in names]
+
+
+def mutmut_cli(argv: Sequence[str]) -> int:
+    """mutmut's own command line, with the attribute it expects of pytest items.
+
+    mutmut 3.7 is the newest release that accepts faust-streaming's ``click<8.4``; it
+    reads ``item._nodeid``, which pytest 9 no longer sets (3.8 reads ``nodeid``).
+    """
+    import _pytest.nodes
+    from mutmut.__main__ import cli
+
+    if not hasattr(_pytest.nodes.Node, "_nodeid"):
+        _pytest.nodes.Node._nodeid = property(lambda node: node.nodeid)  # type: ignore[attr-defined]
+    cli.main(list(argv), prog_name="mutmut")
+    return 0
+
+
+def show_survivors(target: Target) -> None:
+    """Print the diff of each surviving mutant of ``target``'s last run."""
+    work = WORK / target.module
+    names = (work / "survivors.txt").read_text().split()
+    os.chdir(work)  # mutmut reads its settings from the folder it is imported in
+    from mutmut.__main__ import get_diff_for_mutant
+
+    for name in names:
+        print(f"# {name}")
+        print(get_diff_for_mutant(name, path=target.path))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--mutmut"]:
+        return mutmut_cli(argv[1:])
+    if argv[:1] == ["--survivors"]:
+        for target in select(argv[1:]):
+            show_survivors(target)
+        return 0
+    p = argparse.ArgumentParser(prog="python -m tools.mutation", description=__doc__.split("\n")[0])
+    p.add_argument("modules", nargs="*", help="modules of the table (default: all)")
+    p.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")),
+                   help="mutants tested at once (env MUTATION_JOBS, default 2)")
+    p.add_argument("--list", action="store_true", help="print the table and exit")
+    args = p.parse_args(argv)
+    targets = select(args.modules)
+    if args.list:
+        for t in targets:
+            print(f"{t.module:28} {' '.join(t.tests)}")
+        return 0
+    results = {}
+    for target in targets:
+        start = time.monotonic()
+        outcomes = run_target(target, args.jobs)
+        results[target.module] = outcomes
+        line = summary({target.module: outcomes})
+        print(
+            f"{target.module}: {line['killed']}/{line['mutants']} killed, "
+            f"{line['survived']} survived, {line['timeout']} timeout "
+            f"({time.monotonic() - start:.0f} s)",
+            file=sys.stderr, flush=True,
+        )
+    print(json.dumps(summary(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
