@@ -180,7 +180,7 @@ class FeedbackEngine:
     >>> [r.item_id for r in engine.recommend("b")]
     ['y']
     >>> engine.recommend("b")[0].reason
-    'bought together with x'
+    'bought together with x (2.0x chance)'
     """
 
     def __init__(self, config: EngineConfig | None = None) -> None:
