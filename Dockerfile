@@ -37,8 +37,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 USER feedback
 EXPOSE 6066
-# /healthz answers 200 once the worker runs. slim has no curl: use Python itself.
+# /readyz answers 200 once the worker is ready (broker reachable, partitions
+# assigned, table recovered), 503 otherwise. slim has no curl: use Python itself.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('FEEDBACK_WEB_PORT', '6066'), timeout=3)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('FEEDBACK_WEB_PORT', '6066'), timeout=3)"]
 ENTRYPOINT ["feedback-stream"]
 CMD ["worker"]

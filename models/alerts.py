@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from river import anomaly, drift, stats
 
+from models.river_internals import score_then_learn
+
 ALERT_KINDS: tuple[str, ...] = (
     "negative_review_spike",
     "anomalous_behaviour",
@@ -95,9 +97,9 @@ class BehaviourAnomaly:
     >>> det = BehaviourAnomaly(window_size=50, warmup=100, seed=1)
     >>> rng = np.random.default_rng(0)
     >>> for _ in range(300):
-    ...     _ = det.score_and_learn([rng.normal(1.0, 0.1), rng.normal(1.0, 0.1), 0.0])
-    >>> normal = det.score_and_learn([1.0, 1.0, 0.0])
-    >>> odd = det.score_and_learn([8.0, 9.0, 1.0])
+    ...     _ = det.score_learn_one([rng.normal(1.0, 0.1), rng.normal(1.0, 0.1), 0.0])
+    >>> normal = det.score_learn_one([1.0, 1.0, 0.0])
+    >>> odd = det.score_learn_one([8.0, 9.0, 1.0])
     >>> odd > normal
     True
     """
@@ -132,7 +134,7 @@ class BehaviourAnomaly:
         q = self.score_quantile.get()
         return max(self.min_score, q if q is not None else self.min_score)
 
-    def score_and_learn(self, features: list[float]) -> float | None:
+    def score_learn_one(self, features: list[float]) -> float | None:
         """Anomaly score of ``features`` in [0, 1] (``None`` during warm-up), then learn."""
         values = np.asarray(features, dtype=float)
         raw = np.sign(values) * np.log1p(np.abs(values))
@@ -140,68 +142,13 @@ class BehaviourAnomaly:
             self.low, self.high = raw.copy(), raw.copy()
         span = np.maximum(self.high - self.low, 1e-9)
         x = dict(enumerate(np.clip((raw - self.low) / span, 0.0, 1.0).tolist()))
-        score = _score_then_learn(self.trees, x, self.n >= self.warmup)
+        score = score_then_learn(self.trees, x, self.n >= self.warmup)
         self.low = np.minimum(self.low, raw)
         self.high = np.maximum(self.high, raw)
         self.n += 1
         if score is not None:
             self.score_quantile.update(score)
         return score
-
-
-def _score_then_learn(
-    trees: anomaly.HalfSpaceTrees, x: dict[int, float], score: bool
-) -> float | None:
-    """``trees.score_one(x)`` (if ``score``) then ``trees.learn_one(x)``, in one walk per tree.
-
-    With every feature present both of River's walks follow the same
-    root-to-leaf path (the split tests read only ``x``), so one walk adds up
-    the score from the reference masses (``r_mass``, which learning does not
-    touch) and counts ``x`` in the latest masses (``l_mass``): the same figures
-    at half the cost. Pinned against River's own calls in the unit tests.
-    """
-    if not trees.trees or len(x) != len(trees.limits):
-        # First call (River builds the trees) or a different feature set: River's own path.
-        value = float(trees.score_one(x)) if score else None
-        trees.learn_one(x)
-        return value
-    height = trees.height
-    size_limit = 0.1 * trees.window_size
-    scoring = score and not trees._first_window
-    total = 0.0
-    for root in trees.trees:
-        node = root
-        depth_pow = 1
-        tree_score = 0.0
-        walking = scoring
-        for _ in range(height):
-            if walking:
-                r = node.r_mass
-                tree_score += r * depth_pow
-                if r < size_limit:
-                    walking = False  # River's score stops here; learning goes on down
-                else:
-                    depth_pow <<= 1
-            node.l_mass += 1
-            c = node.children
-            node = c[0] if x[node.feature] < node.threshold else c[1]
-        if walking:
-            tree_score += node.r_mass * depth_pow
-        node.l_mass += 1
-        total += tree_score
-    trees.counter += 1
-    if trees.counter == trees.window_size:  # River's window pivot
-        for nodes in trees._tree_nodes:
-            for node in nodes:
-                node.r_mass = node.l_mass
-                node.l_mass = 0
-        trees._first_window = False
-        trees.counter = 0
-    if not score:
-        return None
-    if not scoring:
-        return 0.0  # River scores 0 during its first window
-    return float(1 - total / trees._max_score)
 
 
 class QualityDrift:
@@ -212,7 +159,7 @@ class QualityDrift:
     before it; for errors, when it is higher.
 
     >>> qd = QualityDrift(higher_is_better=True)
-    >>> flags = [qd.update(1.0 if i < 1000 else 0.0) for i in range(2000)]
+    >>> flags = [qd.learn_one(1.0 if i < 1000 else 0.0) for i in range(2000)]
     >>> any(f is not None for f in flags[:1000]), any(f is not None for f in flags[1000:])
     (False, True)
     """
@@ -221,9 +168,8 @@ class QualityDrift:
         self.higher_is_better = higher_is_better
         self.delta = delta
         self.detector = drift.ADWIN(delta=delta)
-        self.mean_before = 0.0
 
-    def update(self, value: float) -> tuple[float, float] | None:
+    def learn_one(self, value: float) -> tuple[float, float] | None:
         """Learn one value; on a worsening drift returns ``(new mean, old mean)``."""
         before = self.detector.estimation
         self.detector.update(value)

@@ -122,7 +122,7 @@ class ChurnModel:
         p_silent = math.exp((r + x) * math.log((alpha + age) / (alpha + age + self.horizon_days)))
         return 1.0 - p_alive * (1.0 - p_silent)
 
-    def observe_order(self, profile: UserProfile, previous_order_time: float | None) -> None:
+    def learn_one(self, profile: UserProfile, previous_order_time: float | None) -> None:
         """Learn from a new order of ``profile`` and schedule when it falls overdue."""
         if previous_order_time is None:
             if profile.first_order_time is not None:

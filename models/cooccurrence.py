@@ -91,9 +91,9 @@ class ItemCooccurrence:
     Examples
     --------
     >>> co = ItemCooccurrence()
-    >>> co.learn([], 0, 1.0)
-    >>> co.learn([(0, 1.0)], 1, 1.0)   # 0 then 1
-    >>> co.learn([], 2, 1.0)
+    >>> co.learn_one([], 0, 1.0)
+    >>> co.learn_one([(0, 1.0)], 1, 1.0)   # 0 then 1
+    >>> co.learn_one([], 2, 1.0)
     >>> s = co.scores([(0, 1.0)], 3)
     >>> int(s.argmax()), float(s[2])
     (1, 0.0)
@@ -116,7 +116,7 @@ class ItemCooccurrence:
             norm[: self._norm.shape[0]] = self._norm
             self._norm = norm
 
-    def learn(self, history: Sequence[tuple[int, float]], item: int, weight: float) -> None:
+    def learn_one(self, history: Sequence[tuple[int, float]], item: int, weight: float) -> None:
         """Record ``item`` (strength ``weight`` > 0) after ``history`` (most recent last)."""
         self._ensure(item)
         if weight <= 0.0:
@@ -198,16 +198,11 @@ class ItemCooccurrence:
             np.multiply(counts[:n], self._norm[:n], out=out)
         return out
 
-    def strongest_source(
-        self, history: Sequence[tuple[int, float]], candidate: int
-    ) -> int | None:
-        """The history item contributing most to ``candidate``'s score (for reasons)."""
-        return self.strongest_sources(history, [candidate])[candidate]
-
     def strongest_sources(
         self, history: Sequence[tuple[int, float]], candidates: Sequence[int]
     ) -> dict[int, int | None]:
-        """:meth:`strongest_source` of several candidates in one pass over the history."""
+        """For each candidate, the history item contributing most to its score (for
+        reasons), ``None`` if none does; one pass over the history."""
         best: dict[int, int | None] = dict.fromkeys(candidates)
         best_w = dict.fromkeys(candidates, 0.0)
         for h, r in history:

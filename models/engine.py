@@ -149,8 +149,6 @@ class FeedbackEngine:
     'bought together with x'
     """
 
-    strategy = "blend"
-
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config if config is not None else EngineConfig()
         c = self.config
@@ -302,29 +300,29 @@ class FeedbackEngine:
                 rank = self.recommender.rank_of(scored, item)
                 out.hit = rank is not None and rank < c.top_k
         if event.type == "review" and event.rating is not None:
-            out.rating_error = self.ratings.predict(event.user_id, item) - event.rating
+            out.rating_error = self.ratings.predict_one(event.user_id, item) - event.rating
         words = None
         if event.type == "review" and event.text:
             # The title ("Disappointed", "Love it!") is part of what the reviewer said.
             text = f"{event.title}. {event.text}" if event.title else event.text
             words = self.sentiment.features(text)  # computed once: predict, then learn
-            out.sentiment = self.sentiment.predict_proba(words)
+            out.sentiment = self.sentiment.predict_proba_one(words)
         if event.type == "purchase":
             out.anomaly_score = self._anomaly_score(event, profile, item)
 
         # ---- learn ----
         strength, preference = self._strengths(event, out.sentiment)
-        self.recommender.learn(profile, item, strength, preference, t, n_items)
+        self.recommender.learn_one(profile, item, strength, preference, t, n_items)
         if scored is not None:
             self.recommender.learn_blend(scored, item)
         if event.rating is not None and event.type == "review":
-            self.ratings.learn(event.user_id, item, event.rating)
+            self.ratings.learn_one(event.user_id, item, event.rating)
         if words is not None:
-            self.sentiment.learn(words, event.rating)
+            self.sentiment.learn_one(words, event.rating)
         previous_order = profile.last_order_time
-        if profile.observe(event, out.sentiment):
-            self.churn.observe_order(profile, previous_order)
-        profile.remember(item, event.type, c.max_seen_items)
+        if profile.learn_one(event, out.sentiment):
+            self.churn.learn_one(profile, previous_order)
+        profile.mark_seen(item, event.type, c.max_seen_items)
         # A click moves only log(clicks) in the segmentation vector: re-segment on
         # the 1st, 2nd, 4th, 8th, ... click (and for unsegmented users); purchases
         # and reviews always re-segment.
@@ -333,7 +331,7 @@ class FeedbackEngine:
             or profile.segment is None
             or profile.clicks & (profile.clicks - 1) == 0
         ):
-            profile.segment = self.segmentation.update(
+            profile.segment = self.segmentation.learn_one(
                 event.user_id, profile.segment_vector(), profile.last_seen
             )
         out.segment = profile.segment
@@ -368,7 +366,7 @@ class FeedbackEngine:
             event.price / mean_price - 1.0 if mean_price > 0 else 0.0,
             (event.timestamp - profile.last_seen) / 3600.0 if profile.purchase_lines else 0.0,
         ]
-        score = self.anomaly.score_and_learn(features)
+        score = self.anomaly.score_learn_one(features)
         self.item_price_n[item] = n + 1
         self.item_price[item] = mean_price + (event.price - mean_price) / (n + 1)
         return score
@@ -397,7 +395,7 @@ class FeedbackEngine:
         ``spike_min_rate``, after at least ``spike_min_reviews`` reviews.
         """
         c = self.config
-        recent, baseline, count = self.item_sentiment.update(
+        recent, baseline, count = self.item_sentiment.learn_one(
             event.item_id, p_positive, event.timestamp
         )
         if count < c.spike_min_reviews:
@@ -427,7 +425,7 @@ class FeedbackEngine:
         c = self.config
         if out.hit is not None:
             self.hits_seen += 1
-            change = self.hit_drift.update(float(out.hit))
+            change = self.hit_drift.learn_one(float(out.hit))
             if change is not None and self.hits_seen >= c.drift_min_events:
                 self._alert(
                     out.alerts,
@@ -441,7 +439,7 @@ class FeedbackEngine:
                 )
         if out.rating_error is not None:
             self.ratings_seen += 1
-            change = self.rating_drift.update(abs(out.rating_error))
+            change = self.rating_drift.learn_one(abs(out.rating_error))
             if change is not None and self.ratings_seen >= c.drift_min_events:
                 self._alert(
                     out.alerts,
@@ -589,14 +587,13 @@ class FeedbackEngine:
         self,
         user_id: str,
         k: int = 10,
-        now: float | None = None,
         avoid: Collection[str] = (),
     ) -> list[Recommendation]:
         """Top-``k`` items for ``user_id``, excluding items they bought or reviewed
         and the ``avoid`` items (e.g. those the user keeps passing over).
 
-        An unknown user gets the popular items. ``now`` is accepted for
-        interface stability; popularity is already decayed to the latest event.
+        An unknown user gets the popular items. No clock is needed: popularity is
+        already decayed to the latest event.
         """
         n = len(self.catalogue)
         if n == 0:

@@ -41,8 +41,8 @@ class RatingFactorization:
     --------
     >>> mf = RatingFactorization(seed=1)
     >>> for _ in range(50):
-    ...     mf.learn("ann", 0, 5.0); mf.learn("bob", 0, 4.0); mf.learn("bob", 1, 1.0)
-    >>> round(mf.predict("ann", 0), 1), mf.predict("ann", 1) < 3.0
+    ...     mf.learn_one("ann", 0, 5.0); mf.learn_one("bob", 0, 4.0); mf.learn_one("bob", 1, 1.0)
+    >>> round(mf.predict_one("ann", 0), 1), mf.predict_one("ann", 1) < 3.0
     (4.9, True)
     """
 
@@ -109,7 +109,7 @@ class RatingFactorization:
         self.user_count.pop(user, None)
         self.user_vec.pop(user, None)
 
-    def predict(self, user: str, item: int) -> float:
+    def predict_one(self, user: str, item: int) -> float:
         """Predicted rating (the running mean for an unknown user or item)."""
         value = self.mean + self.user_bias.get(user, 0.0)
         if item < self._n_items:
@@ -129,7 +129,7 @@ class RatingFactorization:
             out[:m] += self.item_vec[:m] @ vec
         return out
 
-    def learn(self, user: str, item: int, rating: float) -> None:
+    def learn_one(self, user: str, item: int, rating: float) -> None:
         """One SGD step on ``(user, item, rating)``."""
         self._item(item)
         p = self._user(user)
@@ -188,8 +188,8 @@ class ImplicitFactorization:
     --------
     >>> bpr = ImplicitFactorization(seed=0)
     >>> for step in range(300):
-    ...     bpr.learn("ann", step % 2, 1.0, n_items=6)        # ann likes 0 and 1
-    ...     bpr.learn("bob", 2 + step % 2, 1.0, n_items=6)    # bob likes 2 and 3
+    ...     bpr.learn_one("ann", step % 2, 1.0, n_items=6)        # ann likes 0 and 1
+    ...     bpr.learn_one("bob", 2 + step % 2, 1.0, n_items=6)    # bob likes 2 and 3
     >>> s = bpr.scores("ann", 6)
     >>> bool(min(s[0], s[1]) > max(s[2], s[3]))
     True
@@ -251,7 +251,7 @@ class ImplicitFactorization:
         out[m:] = 0.0
         return out
 
-    def learn(self, user: str, item: int, weight: float, n_items: int) -> None:
+    def learn_one(self, user: str, item: int, weight: float, n_items: int) -> None:
         """BPR steps for ``item`` (positive if ``weight`` > 0, else negative)."""
         self._item(max(item, n_items - 1))
         p = self.user_vec.get(user)

@@ -28,7 +28,7 @@ Examples
 >>> loop = FeedbackLoop(variants="popularity")
 >>> log = UserExposures(window=600)
 >>> variant, strategy = loop.choose("a", segment=None, key="e3")
->>> items = loop.recommend(engine, "a", strategy, log, now=110.0, key="e3")
+>>> items = loop.recommend(engine, "a", strategy, log, key="e3")
 >>> [r.item_id for r in items]
 ['y']
 >>> loop.expose(log, Exposure("r1", ("y",), strategy, variant, 110.0))
@@ -164,12 +164,12 @@ class FeedbackLoop:
 
     def recommend(
         self, engine: FeedbackEngine, user_id: str, strategy: str, log: UserExposures | None,
-        now: float, key: str,
+        key: str,
     ) -> list[Recommendation]:
         """``strategy``'s top-k for the user, less what ``log`` says they are fatigued of."""
         avoid = log.fatigued(self.fatigue_impressions) if log is not None else set()
         return self.strategies.recommend(
-            strategy, engine, user_id, self.top_k, now=now, key=key, avoid=avoid
+            strategy, engine, user_id, self.top_k, key=key, avoid=avoid
         )
 
     def expose(self, log: UserExposures, exposure: Exposure) -> None:

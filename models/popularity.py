@@ -26,8 +26,8 @@ class DecayedPopularity:
     Examples
     --------
     >>> pop = DecayedPopularity(half_life=10.0)
-    >>> pop.learn(0, 1.0, t=0.0)
-    >>> pop.learn(1, 1.0, t=10.0)
+    >>> pop.learn_one(0, 1.0, t=0.0)
+    >>> pop.learn_one(1, 1.0, t=10.0)
     >>> pop.recent(2).round(3).tolist()
     [0.5, 1.0]
     >>> pop.all_time(2).tolist()
@@ -42,7 +42,7 @@ class DecayedPopularity:
         self.t_ref: float | None = None
         self.t_last: float | None = None
 
-    def learn(self, item: int, weight: float, t: float) -> None:
+    def learn_one(self, item: int, weight: float, t: float) -> None:
         """Add ``weight`` to ``item`` at event time ``t`` (weights may be negative)."""
         if self.t_ref is None:
             self.t_ref = t
@@ -74,7 +74,3 @@ class DecayedPopularity:
         m = min(n, self._counts.shape[0])
         out[:m] = self._counts[:m]
         return out
-
-    def raw_recent(self) -> np.ndarray:
-        """The stored (scaled) decayed weights: proportional to :meth:`recent`, no copy."""
-        return self._scaled

@@ -100,7 +100,7 @@ class UserProfile:
     churn_due: float | None = None
     vector: np.ndarray | None = None
 
-    def remember(self, item: int, kind: str, max_seen: int) -> None:
+    def mark_seen(self, item: int, kind: str, max_seen: int) -> None:
         """Mark ``item`` as seen through ``kind``, evicting the oldest beyond ``max_seen``.
 
         A purchase or review overrides a click (recommendations exclude only
@@ -114,7 +114,7 @@ class UserProfile:
         elif old == "click":
             self.seen[item] = kind
 
-    def observe(self, event: Event, sentiment: float | None) -> bool:
+    def learn_one(self, event: Event, sentiment: float | None) -> bool:
         """Update the counters with ``event``; returns True when it starts a new order."""
         t = event.timestamp
         self.last_seen = max(self.last_seen, t)

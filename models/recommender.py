@@ -362,7 +362,7 @@ class BlendedRecommender:
             self._softmax = buffer
         return buffer[:n]
 
-    def learn(
+    def learn_one(
         self,
         profile: UserProfile,
         item: int,
@@ -380,14 +380,14 @@ class BlendedRecommender:
         """
         self._since_cache += 1
         if strength > 0:
-            self.cooccurrence.learn(profile.history, item, strength)
+            self.cooccurrence.learn_one(profile.history, item, strength)
         else:
-            self.cooccurrence.learn((), item, 0.0)  # register the item only
-        self.popularity.learn(item, strength, t)
+            self.cooccurrence.learn_one((), item, 0.0)  # register the item only
+        self.popularity.learn_one(item, strength, t)
         seg = profile.segment
         if seg is not None and seg < self.n_segments:
-            self.segment_popularity[seg].learn(item, strength, t)
+            self.segment_popularity[seg].learn_one(item, strength, t)
         if preference != 0.0:
-            self.taste.learn(profile.user_id, item, preference, n_items)
+            self.taste.learn_one(profile.user_id, item, preference, n_items)
         if strength > 0:
             profile.history.append((item, strength))

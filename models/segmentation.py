@@ -10,6 +10,19 @@ from models.catalogue import grown
 from models.profiles import DAY, SEGMENT_FEATURES
 
 
+def nearest_centre(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The index of each row's nearest centre (squared Euclidean).
+
+    |x - c|^2 = |x|^2 - 2 x.c + |c|^2, and |x|^2 is the same for every centre,
+    so one matrix product finds the nearest: several times cheaper than the
+    (n, k, d) difference array.
+
+    >>> nearest_centre(np.array([[0.0], [4.0]]), np.array([[1.0], [5.0]])).tolist()
+    [0, 1]
+    """
+    return np.asarray(((centres * centres).sum(axis=1) - 2.0 * (x @ centres.T)).argmin(axis=1))
+
+
 def kmeans_fit(
     x: np.ndarray, k: int, rng: np.random.Generator, restarts: int = 3, iters: int = 30
 ) -> tuple[np.ndarray, float]:
@@ -31,10 +44,7 @@ def kmeans_fit(
         c = np.stack(centres).astype(float)
         labels = np.full(len(x), -1)
         for _ in range(iters):
-            # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 is the same for every
-            # centre, so the nearest centre needs only one matrix product (6x
-            # cheaper than the (n, k, d) difference array).
-            new = ((c * c).sum(axis=1) - 2.0 * (x @ c.T)).argmin(axis=1)
+            new = nearest_centre(x, c)
             if np.array_equal(new, labels):
                 break
             labels = new
@@ -100,8 +110,8 @@ class OnlineSegmentation:
     >>> def vec(a):  # one coordinate per name in SEGMENT_FEATURES
     ...     return np.r_[a, np.zeros(len(SEGMENT_FEATURES) - 1)]
     >>> for i in range(8):
-    ...     _ = seg.update(f"u{i}", vec(10.0 * (i % 2)), last_seen=0.0)
-    >>> seg.update("u0", vec(0.0), 0.0) != seg.update("u1", vec(10.0), 0.0)
+    ...     _ = seg.learn_one(f"u{i}", vec(10.0 * (i % 2)), last_seen=0.0)
+    >>> seg.learn_one("u0", vec(0.0), 0.0) != seg.learn_one("u1", vec(10.0), 0.0)
     True
     >>> sorted(seg.sizes().values())
     [4, 4]
@@ -141,7 +151,6 @@ class OnlineSegmentation:
         self.initialised = False
         self.updates = 0
         self.last_refit = 0
-        self.refits_adopted = 0
         self._scale_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -187,7 +196,7 @@ class OnlineSegmentation:
         diff = (vectors[:, None, :] - self._raw_centres()[None]) / std
         return (diff * diff).sum(axis=2)
 
-    def update(self, user_id: str, vector: np.ndarray, last_seen: float) -> int | None:
+    def learn_one(self, user_id: str, vector: np.ndarray, last_seen: float) -> int | None:
         """Put ``user_id``'s new ``vector`` in; returns their (possibly new) segment."""
         self.updates += 1
         row = self.index.get(user_id)
@@ -310,7 +319,6 @@ class OnlineSegmentation:
         self.labels[:n] = ((x_all[:, None, :] - fitted[None]) ** 2).sum(axis=2).argmin(axis=1)
         self._recount()
         self.initialised = True
-        self.refits_adopted += 1
         return True
 
     def refresh(self, n_users: int) -> None:

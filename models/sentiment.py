@@ -9,6 +9,8 @@ from typing import Any
 
 from river import feature_extraction, linear_model, optim
 
+from models.river_internals import set_weight
+
 LEXICON_FEATURE = "__lexicon__"
 
 
@@ -90,12 +92,12 @@ class SentimentModel:
     Examples
     --------
     >>> model = SentimentModel()
-    >>> model.predict_proba("I love it") > 0.5
+    >>> model.predict_proba_one("I love it") > 0.5
     True
     >>> for _ in range(20):
-    ...     model.learn("runs small, sadly returned", 1)
-    ...     model.learn("runs small but love it", 5)
-    >>> model.predict_proba("runs small, returned") < 0.5
+    ...     model.learn_one("runs small, sadly returned", 1)
+    ...     model.learn_one("runs small but love it", 5)
+    >>> model.predict_proba_one("runs small, returned") < 0.5
     True
     """
 
@@ -116,7 +118,7 @@ class SentimentModel:
         self.classifier = linear_model.LogisticRegression(
             optimizer=optim.SGD(learning_rate), l2=l2
         )
-        self.classifier._weights[LEXICON_FEATURE] = prior_weight
+        set_weight(self.classifier, LEXICON_FEATURE, prior_weight)
         self.n_positive = 0
         self.n_negative = 0
 
@@ -128,12 +130,12 @@ class SentimentModel:
         features[LEXICON_FEATURE] = lexicon_compound(text) if compound is None else compound
         return features
 
-    def predict_proba(self, text: str | dict[str, float]) -> float:
+    def predict_proba_one(self, text: str | dict[str, float]) -> float:
         """P(positive) of a text (or of its :meth:`features`, to reuse them for learning)."""
         x = self.features(text) if isinstance(text, str) else text
         return float(self.classifier.predict_proba_one(x)[True])
 
-    def learn(self, text: str | dict[str, float], rating: float | None) -> None:
+    def learn_one(self, text: str | dict[str, float], rating: float | None) -> None:
         """Learn from a rated review (text or features); unrated or 3-star ones are ignored."""
         label = label_of(rating)
         if label is None:
@@ -165,7 +167,7 @@ class ItemSentiment:
     --------
     >>> track = ItemSentiment(fast=0.5, slow=0.1)
     >>> for p in [0.9, 0.8, 0.1, 0.05]:
-    ...     _ = track.update("dress", p, t=0.0)
+    ...     _ = track.learn_one("dress", p, t=0.0)
     >>> s = track.summary("dress")
     >>> s["reviews"], s["recent_negative_rate"] > s["baseline_negative_rate"]
     (4, True)
@@ -176,7 +178,7 @@ class ItemSentiment:
         self.slow = slow
         self.state: dict[str, list[float]] = {}
 
-    def update(self, item_id: str, p_positive: float, t: float) -> tuple[float, float, int]:
+    def learn_one(self, item_id: str, p_positive: float, t: float) -> tuple[float, float, int]:
         """Learn one review; returns ``(recent, baseline_before, count)`` negative rates."""
         negative = 1.0 if p_positive < 0.5 else 0.0
         st = self.state.get(item_id)

@@ -94,7 +94,6 @@ class Strategies:
         engine: FeedbackEngine,
         user_id: str,
         k: int = 10,
-        now: float | None = None,
         key: str = "",
         avoid: Collection[str] = (),
     ) -> list[Recommendation]:
@@ -102,11 +101,11 @@ class Strategies:
         if strategy not in self.fatigue_strategies:
             avoid = ()
         if strategy == "blend":
-            return engine.recommend(user_id, k, now=now, avoid=avoid)
+            return engine.recommend(user_id, k, avoid=avoid)
         if strategy == "popularity":
             return engine.popular(user_id, k, avoid=avoid)
         if strategy == "explore":
-            return self.explore(engine, user_id, k, now, key, avoid)
+            return self.explore(engine, user_id, k, key, avoid)
         raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
 
     def explore(
@@ -114,12 +113,11 @@ class Strategies:
         engine: FeedbackEngine,
         user_id: str,
         k: int,
-        now: float | None = None,
         key: str = "",
         avoid: Collection[str] = (),
     ) -> list[Recommendation]:
         """The blend's top ``explore_pool * k``, re-ranked by a Plackett-Luce draw."""
-        pool = engine.recommend(user_id, k * self.explore_pool, now=now, avoid=avoid)
+        pool = engine.recommend(user_id, k * self.explore_pool, avoid=avoid)
         if not pool:
             return []
         digest = blake2b(f"{self.seed}:{key}".encode(), digest_size=8).digest()

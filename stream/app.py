@@ -20,9 +20,11 @@ from models.engine import FeedbackEngine
 from stream import checkpoint, views
 from stream.commit_guard import CommitGuard
 from stream.faust import OffsetTrace, TableStore, create_app
+from stream.health import Health, watch_broker
 from stream.kafka import ssl_context
 from stream.metrics import Metrics
-from stream.processor import InputMessage, OutputMessage, Processor
+from stream.processor import Processor
+from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.topics import PROFILES_TABLE
 
@@ -45,6 +47,8 @@ class FeedbackApp:
     output_topics: dict[str, Any]
     # (topic, partition) label sets this worker currently reports lag for.
     lag_labels: set[tuple[str, str]] = field(default_factory=set)
+    # What /livez and /readyz answer; the broker's reachability.
+    health: Health | None = None
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -123,7 +127,17 @@ def build_app(
         debounce=True,
     )
     models.bandit = processor.bandit  # what the checkpoints save is what the processor learns
-    fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs)
+    health = Health(settings, gauge=metrics.broker_reachable)
+    health.set_group(
+        # Faust counts a rebalance from the first join, and ends it once the
+        # assigned partitions' tables are recovered.
+        joined=lambda: app.rebalancing_count > 0 and not app.rebalancing,
+        recovered=lambda: (
+            app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+            and not app.in_recovery
+        ),
+    )
+    fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs, health=health)
 
     # One step at a time between processing, publishing and telling the commit
     # guard what was published: the agent's batches, the held recommendations
@@ -194,6 +208,12 @@ def build_app(
         metrics.users_tracked.set(len(engine.profiles))
         metrics.items_tracked.set(len(engine.catalogue))
 
+    @app.task
+    async def broker_watch() -> None:
+        # Readiness follows the broker within one probe interval (2 s while it
+        # answers), whatever Faust's own clients are doing.
+        await watch_broker(health)
+
     @app.timer(settings.eviction_interval_seconds)
     async def evict() -> None:
         # Bounded work: at most settings.evictions_per_tick users per call.
@@ -203,7 +223,7 @@ def build_app(
     # profile changelog: see stream/checkpoint.py.
     checkpoint.register(app, settings, models, metrics)
 
-    views.register(app, settings, engine, metrics.registry, profiles)
+    views.register(app, settings, engine, metrics.registry, profiles, health)
     return fa
 
 
@@ -228,7 +248,10 @@ async def update_lag(fa: FeedbackApp) -> None:
     consumer = fa.app.consumer
     inputs = set(fa.settings.input_topics)
     current: set[tuple[str, str]] = set()
-    for tp in consumer.assignment():
+    # Without a broker the high-water marks are the last ones fetched: no lag is
+    # better than a stale one (a frozen 0 looks healthy); the broker alert speaks.
+    reachable = fa.health is None or fa.health.broker_ok
+    for tp in consumer.assignment() if reachable else ():
         if tp.topic not in inputs:
             continue
         try:

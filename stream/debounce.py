@@ -26,7 +26,7 @@ from models.events import Event
 from stream.stored_profile import StoredProfile
 
 if TYPE_CHECKING:
-    from stream.processor import InputMessage
+    from stream.records import InputMessage
 
 __all__ = ["Debounce", "Held"]
 
@@ -67,7 +67,7 @@ class Debounce:
 
     Examples
     --------
-    >>> from stream.processor import InputMessage
+    >>> from stream.records import InputMessage
     >>> d = Debounce(min_interval=60.0, quiet=0.1, max_delay=1.0)
     >>> rec = InputMessage("purchases", 0, 7, b"u", b"")
     >>> d.start_batch()

@@ -13,7 +13,7 @@ from models.engine import FeedbackEngine
 from stream.stored_profile import is_inactive
 
 if TYPE_CHECKING:
-    from stream.processor import ProfileStore
+    from stream.stored_profile import ProfileStore
 
 __all__ = ["Eviction"]
 

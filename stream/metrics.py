@@ -7,6 +7,8 @@ are small and fixed: never a user id or an item id as a label.
 
 from __future__ import annotations
 
+import platform
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 NAMESPACE = "feedback"
@@ -25,6 +27,28 @@ RATING_ERROR_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
+def build_labels() -> dict[str, str]:
+    """The labels of ``feedback_build_info``: what runs, for dashboards and bug reports.
+
+    >>> sorted(build_labels())
+    ['faust', 'python', 'river', 'version']
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "version": of("feedback-stream"),
+        "python": platform.python_version(),
+        "faust": of("faust-streaming"),
+        "river": of("river"),
+    }
+
+
 class Metrics:
     """The worker's metrics, registered in ``registry`` (tests pass a fresh one)."""
 
@@ -32,7 +56,14 @@ class Metrics:
         self.registry = registry
         ns = NAMESPACE
         self.build_info = Info(
-            "build", "Version of feedback-stream and of its learning library.",
+            "build", "Versions of feedback-stream, Python, Faust and River in this process.",
+            namespace=ns, registry=registry,
+        )
+        self.build_info.info(build_labels())
+        self.broker_reachable = Gauge(
+            "broker_reachable",
+            "1 when the worker's last check reached a bootstrap server, 0 while it retries "
+            "an unreachable broker (with backoff; /readyz answers 503 meanwhile).",
             namespace=ns, registry=registry,
         )
         self.events = Counter(
@@ -154,20 +185,15 @@ class Metrics:
         )
         self.attributed_revenue = Counter(
             "attributed_revenue_total",
-            "Revenue (quantity x unit price, any currency) of attributed purchase lines.",
-            variant_labels, namespace=ns, registry=registry,
+            "Revenue (quantity x unit price) of attributed purchase lines, in the currency "
+            "of the purchase (currency=unspecified when it names none).",
+            [*variant_labels, "currency"], namespace=ns, registry=registry,
         )
         self.attribution_unmatched = Counter(
             "attribution_unmatched_total",
             "Clicks and purchases credited to no recommendation, by type and reason "
             "(unknown_recommendation_id, not_recommended).",
             ["type", "reason"], namespace=ns, registry=registry,
-        )
-        self.experiment_rate = Gauge(
-            "experiment_rate",
-            "Per-variant CTR and conversion rate of recommendations since this worker "
-            "started, with a 95% Wilson interval (bound: value, lower, upper).",
-            ["variant", "metric", "bound"], namespace=ns, registry=registry,
         )
         self.bandit_choices = Counter(
             "bandit_choices_total",

@@ -15,9 +15,8 @@ import dataclasses
 import math
 import time
 import uuid
-from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Container, Sequence
+from typing import Any
 
 import orjson
 
@@ -25,16 +24,17 @@ from models.attribution import Exposure, UserExposures
 from models.bandit import SegmentedThompson, segment_key
 from models.engine import Alert, FeedbackEngine, Outcome
 from models.events import Event
-from models.experiments import wilson
 from models.feedback_loop import FeedbackLoop, should_recommend
 from stream.contract import Rejected, decode_event, format_timestamp
 from stream.debounce import Debounce, Held
 from stream.eviction import Eviction
 from stream.metrics import Metrics
 from stream.privacy import pseudonymise, scrub_pii
+from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.stored_profile import (
     HELD_TRIGGER,
+    ProfileStore,
     StoredProfile,
     compact_recommendations,
     from_changelog,
@@ -55,48 +55,8 @@ def _rfc3339(ts: float) -> str:
     return format_timestamp(ts, timespec="milliseconds")
 
 
-class ProfileStore(Protocol):
-    """Per-user stored profiles: a Faust table in the worker, :class:`DictStore` in tests.
-
-    ``put`` stores the profile as given: where it came from (``source``, the
-    user's latest input record in the batch, whose partition the changelog
-    record goes to) is the store's to remember, never written into the profile.
-    """
-
-    def get(self, user_id: str) -> StoredProfile | None: ...
-
-    def put(self, user_id: str, profile: StoredProfile, source: InputMessage) -> None: ...
-
-    def delete(self, user_ids: Sequence[str]) -> int:
-        """Forget these users' profiles (durably); returns how many existed."""
-        ...
-
-    def keys(self) -> Iterable[str]: ...
-
-    def __len__(self) -> int: ...
-
-
-@dataclass(slots=True)
-class InputMessage:
-    """One Kafka record as the agent received it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float | None = None  # Kafka record time, Unix seconds
-    context: Any = None  # the transport's own event object (Faust's), passed back to the store
-
-
-@dataclass(slots=True)
-class OutputMessage:
-    """One record for the agent to publish."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+# The currency label of attributed revenue from purchases that name none.
+NO_CURRENCY = "unspecified"
 
 
 class Processor:
@@ -323,7 +283,7 @@ class Processor:
         self.metrics.segment_users.clear()
         for segment, size in self.engine.segment_sizes().items():
             self.metrics.segment_users.labels(str(segment)).set(size)
-        self._experiment_gauges()
+        self._bandit_gauges()
         return out
 
     # -- steps ----------------------------------------------------------------
@@ -420,7 +380,9 @@ class Processor:
         else:
             m.attributed_purchases.labels(*labels).inc()
             if hit.revenue > 0:
-                m.attributed_revenue.labels(*labels).inc(hit.revenue)
+                # Per currency: amounts in different currencies are never added up.
+                currency = event.currency or NO_CURRENCY
+                m.attributed_revenue.labels(*labels, currency).inc(hit.revenue)
             if hit.first:
                 m.recommendations_converted.labels(*labels).inc()
         self._save_exposures(profile, log)
@@ -434,7 +396,7 @@ class Processor:
             self.metrics.bandit_choices.labels(segment_key(segment), strategy).inc()
         log = self._exposures(profile)
         items = self.loop.recommend(
-            self.engine, event.user_id, strategy, log, now=event.timestamp, key=event.event_id
+            self.engine, event.user_id, strategy, log, key=event.event_id
         )
         if not items:
             # Nothing the user has not already bought yet (a cold catalogue): an
@@ -475,15 +437,10 @@ class Processor:
             self.settings.topic_recommendations, event.user_id.encode(), orjson.dumps(payload)
         )
 
-    def _experiment_gauges(self) -> None:
+    def _bandit_gauges(self) -> None:
+        # Experiment rates and their intervals are not exported: Prometheus
+        # computes them from the counters of every worker (ops/prometheus/rules.yml).
         m = self.metrics
-        for variant, tally in self.loop.tallies.items():
-            for metric, successes in (("ctr", tally.clicked), ("conversion", tally.converted)):
-                rate = wilson(min(successes, tally.exposures), tally.exposures)
-                for bound, value in (
-                    ("value", rate.value), ("lower", rate.lower), ("upper", rate.upper)
-                ):
-                    m.experiment_rate.labels(variant, metric, bound).set(value)
         if self.loop.bandit is not None:
             for segment, arms in self.loop.bandit.snapshot().items():
                 for strategy, stats in arms.items():

@@ -91,6 +91,9 @@ class Settings:
     # ...and at the latest this long after the first trigger it answers.
     recommend_max_delay_seconds: float = 0.5
     checkpoint_interval_seconds: float = 30.0
+    # SIGTERM/SIGINT: the graceful stop (commits, final checkpoint) gets this long,
+    # then the process exits anyway (orchestrators send SIGKILL after 10-30 s).
+    stop_timeout_seconds: float = 8.0
     # How often the worker runs the engine's time-driven checks (churn) and refreshes gauges.
     tick_interval_seconds: float = 5.0
     # Users inactive for longer than this (event time, behind the newest event)
@@ -194,6 +197,8 @@ class Settings:
             (self.checkpoint_interval_seconds > 0,
              "FEEDBACK_CHECKPOINT_INTERVAL_SECONDS must be > 0"),
             (self.tick_interval_seconds > 0, "FEEDBACK_TICK_INTERVAL_SECONDS must be > 0"),
+            (1 <= self.stop_timeout_seconds <= 300,
+             "FEEDBACK_STOP_TIMEOUT_SECONDS must be >= 1 and <= 300"),
             (0 < self.batch_max_wait_seconds <= 5,
              "FEEDBACK_BATCH_MAX_WAIT_SECONDS must be > 0 and <= 5"),
             (0 <= self.recommend_debounce_seconds <= 60,
@@ -227,6 +232,8 @@ class Settings:
             parse_strategies(self.fatigue_strategies)
         except ValueError as exc:
             checks.append((False, f"FEEDBACK_FATIGUE_STRATEGIES: {exc}"))
+        problem = bootstrap_problem(self.bootstrap_servers)
+        checks.append((problem is None, f"FEEDBACK_BOOTSTRAP_SERVERS: {problem}"))
         for path in (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile):
             checks.append((not path or Path(path).is_file(), f"TLS file not found: {path}"))
         for ok, message in checks:
@@ -301,3 +308,55 @@ def _parse(name: str, raw: str, kind: object) -> object:
         except ValueError:
             raise SettingsError(f"{name} must be a number, got {raw!r}") from None
     return raw
+
+
+def bootstrap_problem(servers: str) -> str | None:
+    """What is wrong with a ``host:port[,host:port]`` list, ``None`` when nothing is.
+
+    >>> bootstrap_problem("kafka-1:9092,[::1]:9093") is None
+    True
+    >>> bootstrap_problem("kafka:notaport")
+    "port of 'kafka:notaport' is not a number in 1..65535"
+    """
+    for server in servers.split(","):
+        server = server.strip()
+        host, sep, port = server.rpartition(":")
+        if not sep or not host:
+            return f"{server!r} is not host:port"
+        if host.startswith("[") != host.endswith("]"):
+            return f"host of {server!r} is not a valid address"
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return f"port of {server!r} is not a number in 1..65535"
+        if any(c.isspace() or c in "/?#@" for c in host):
+            return f"host of {server!r} is not a valid host name"
+    return None
+
+
+# FEEDBACK_* variables that are not worker settings: read by the tools and the
+# compose file (data folders, image tag, topic-creation job) or by the tests.
+OTHER_VARIABLES = frozenset({
+    "FEEDBACK_DATA_DIR", "FEEDBACK_DATA_HOST_DIR", "FEEDBACK_IMAGE_TAG",
+    "FEEDBACK_CHANGELOG_TOPIC", "FEEDBACK_DEADLETTER_RETENTION_MS",
+    "FEEDBACK_FUZZ_SEED", "FEEDBACK_LIVE_TEST_EVENTS",
+})
+OTHER_PREFIXES = ("FEEDBACK_TEST_",)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per ``FEEDBACK_*`` variable that nothing reads (a typo, usually).
+
+    >>> unknown_variables({"FEEDBACK_PARTITON": "8", "FEEDBACK_PARTITIONS": "8"})
+    ['FEEDBACK_PARTITON is not a setting and is ignored (did you mean FEEDBACK_PARTITIONS?)']
+    """
+    import difflib
+
+    env = os.environ if environ is None else environ
+    known = {PREFIX + f.name.upper() for f in fields(Settings)} | OTHER_VARIABLES
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(PREFIX) or name in known or name.startswith(OTHER_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings

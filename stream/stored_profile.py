@@ -14,11 +14,12 @@ features of a user) nor with what ``GET /users/{id}`` answers
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, NotRequired, TypedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, NotRequired, Protocol, TypedDict
 
 from models.engine import Outcome, Recommendation
 from models.events import Event
+from stream.records import InputMessage
 
 __all__ = [
     "HELD_TRIGGER",
@@ -133,3 +134,24 @@ def is_inactive(profile: Mapping[str, Any], before: float) -> bool:
     """True if the profile's last event is older than ``before`` (event time)."""
     last = profile.get("last_event_time")
     return last is None or last < before
+
+
+class ProfileStore(Protocol):
+    """Per-user stored profiles: a Faust table in the worker, :class:`DictStore` in tests.
+
+    ``put`` stores the profile as given: where it came from (``source``, the
+    user's latest input record in the batch, whose partition the changelog
+    record goes to) is the store's to remember, never written into the profile.
+    """
+
+    def get(self, user_id: str) -> StoredProfile | None: ...
+
+    def put(self, user_id: str, profile: StoredProfile, source: InputMessage) -> None: ...
+
+    def delete(self, user_ids: Sequence[str]) -> int:
+        """Forget these users' profiles (durably); returns how many existed."""
+        ...
+
+    def keys(self) -> Iterable[str]: ...
+
+    def __len__(self) -> int: ...

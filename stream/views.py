@@ -9,6 +9,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from models.engine import FeedbackEngine
+from stream.health import Health
 from stream.privacy import pseudonymise
 from stream.settings import Settings
 from stream.stored_profile import StoredProfile, expand_recommendations
@@ -20,9 +21,10 @@ def register(
     engine: FeedbackEngine,
     registry: CollectorRegistry,
     profiles: Any,
+    health: Health,
 ) -> None:
     """Add the worker's pages to ``app``: ``profiles`` is the profile table,
-    ``registry`` the metrics to expose."""
+    ``registry`` the metrics to expose, ``health`` what the probes answer."""
     key = settings.pseudonymise_key.encode()
 
     @app.page("/users/{user_id}")
@@ -46,10 +48,24 @@ def register(
                 headers={"Content-Type": CONTENT_TYPE_LATEST},
             )
 
-    @app.page("/healthz")
-    class HealthPage(View):
+    @app.page("/livez")
+    class LivePage(View):
+        """200 while the process runs and its event loop answers."""
+
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "app_id": settings.app_id})
+            return self.json(health.liveness_body())
+
+    @app.page("/healthz")
+    class HealthPage(LivePage):
+        """The same as /livez, for the probes configured before /livez existed."""
+
+    @app.page("/readyz")
+    class ReadyPage(View):
+        """200 when the worker does its job, else 503 with the reasons."""
+
+        async def get(self, request: Request) -> Response:
+            status, body = health.readiness_body()
+            return self.json(body, status=status)
 
 
 def profile_view(profile: StoredProfile, features: dict[str, Any] | None) -> dict[str, Any]:

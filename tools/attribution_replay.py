@@ -100,7 +100,7 @@ class AttributionReplay:
         user = trigger.user_id
         variant, strategy = self.loop.choose(user, None, trigger.event_id)
         items = self.loop.recommend(
-            engine, user, strategy, self.attributor.users.get(user), now=trigger.timestamp,
+            engine, user, strategy, self.attributor.users.get(user),
             key=trigger.event_id,
         )
         if not items:

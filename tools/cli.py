@@ -13,10 +13,30 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from stream.settings import Settings, SettingsError
+from stream.settings import Settings, SettingsError, unknown_variables
+
+
+class CommandError(RuntimeError):
+    """A command cannot do what was asked; ``main`` prints the message as one line."""
+
+
+# The address the last command was configured with, for the unreachable-broker line.
+_bootstrap: list[str] = []
+
+
+def _quiet_kafka_logs() -> None:
+    # The short-lived commands report a broker problem once, as one line; aiokafka
+    # would log every failed connection attempt before that.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    settings = _read_settings(args)
+    _bootstrap[:] = [settings.bootstrap_servers]
+    return settings
+
+
+def _read_settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
         bootstrap_servers=getattr(args, "bootstrap_servers", None),
         partitions=getattr(args, "partitions", None),
@@ -35,21 +55,30 @@ def _kafka_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from stream import broker
+    from tools import broker
+    from tools.local import terminate_as_interrupt
 
-    proc = broker.start(args.port, args.host)
-    print(f"embedded Kafka-compatible broker (Tansu) on {args.host}:{args.port}", flush=True)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        broker.stop(proc)
-        return 0
+    with terminate_as_interrupt():
+        proc = broker.start(args.port, args.host)
+        print(
+            f"embedded Kafka-compatible broker (Tansu) on {args.host}:{args.port}, "
+            f"pid {proc.pid}; Ctrl-C or SIGTERM stops it",
+            flush=True,
+        )
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            broker.stop(proc)
+            print(f"broker on {args.host}:{args.port} stopped", file=sys.stderr, flush=True)
+            return 0
+    raise CommandError(f"the broker on {args.host}:{args.port} exited with code {code}")
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
     from stream.kafka import create_topics
 
     settings = _settings(args)
+    _quiet_kafka_logs()
     created = asyncio.run(create_topics(settings))
     for name in created:
         print(f"created {name} ({settings.partitions} partitions)")
@@ -67,7 +96,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     from tools import produce
 
-    return produce.run(args, _settings(args))
+    settings = _settings(args)
+    _quiet_kafka_logs()
+    return produce.run(args, settings)
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from tools import consume
+
+    settings = _settings(args)
+    _quiet_kafka_logs()
+    return consume.run(args, settings)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -109,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser(
+        "consume", help="print the messages of any topic, with their headers (kcat-like)"
+    )
+    _kafka_options(p)
+    from tools.consume import add_arguments as add_consume_arguments
+
+    add_consume_arguments(p)
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser(
         "run", help="the whole thing on real data: broker, topics, worker and a replay"
     )
     from tools.demo import add_arguments as add_demo_arguments
@@ -136,15 +184,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if argv and argv[0] in DELEGATED:
-        module, prefix, _ = DELEGATED[argv[0]]
-        return int(importlib.import_module(module).main([*prefix, *argv[1:]]))
-    args = build_parser().parse_args(argv)
+    for warning in unknown_variables():
+        print(f"feedback-stream: warning: {warning}", file=sys.stderr)
     try:
+        if argv and argv[0] in DELEGATED:
+            module, prefix, _ = DELEGATED[argv[0]]
+            return int(importlib.import_module(module).main([*prefix, *argv[1:]]))
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
-    except SettingsError as exc:
-        print(f"feedback-stream: invalid setting: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        message, code = user_error(exc)
+        if message is None:
+            raise
+        print(f"feedback-stream: {message}", file=sys.stderr)
+        return code
+
+
+def user_error(exc: BaseException) -> tuple[str | None, int]:
+    """The one line and exit code for an error a user can fix; ``None`` for a bug.
+
+    2 for what was asked (a setting, a path, a dataset), 1 for what was found
+    (no broker, a broker or worker that died).
+    """
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    from stream.health import StartupError
+    from tools.broker import BrokerError
+    from tools.consume import ConsumeError
+    from tools.local import LocalStackError
+
+    if isinstance(exc, SettingsError):
+        return f"invalid setting: {exc}", 2
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}", 2
+    if isinstance(exc, FileNotFoundError | NotADirectoryError | PermissionError):
+        return str(exc), 2
+    if isinstance(exc, KafkaConnectionError):
+        where = _bootstrap[0] if _bootstrap else "the configured address"
+        return (
+            f"cannot reach the Kafka broker at {where} (is it running? set "
+            "--bootstrap-servers or FEEDBACK_BOOTSTRAP_SERVERS)", 1
+        )
+    if isinstance(exc, KafkaError):
+        return f"Kafka error: {exc}", 1
+    if isinstance(
+        exc, BrokerError | CommandError | ConsumeError | LocalStackError | StartupError
+    ):
+        return str(exc), 1
+    return None, 1
 
 
 if __name__ == "__main__":

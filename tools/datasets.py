@@ -86,13 +86,56 @@ def _path(data_dir: Path | str | None, relative: Path) -> Path:
     return path
 
 
+class DatasetError(FileNotFoundError):
+    """A dataset is unknown, or its folder or files are missing; the message says which."""
+
+
+# The files each dataset reads, relative to the datasets folder.
+DATASET_FILES: dict[str, tuple[Path, ...]] = {
+    "movielens": (MOVIELENS_CSV,),
+    "online-retail": (ONLINE_RETAIL_CSV,),
+    "clothing": (CLOTHING_CSV,),
+    "cdnow": (CDNOW_TXT,),
+    "demo": (ONLINE_RETAIL_CSV, CLOTHING_CSV),
+}
+
+
+def check_available(name: str, data_dir: Path | str | None = None) -> Path:
+    """The datasets folder, once ``name`` is known and its files are there.
+
+    Called before a replay starts anything, so that a wrong ``--data-dir`` is
+    one line instead of a failure half-way through a generator.
+
+    >>> check_available("imdb")
+    Traceback (most recent call last):
+    ...
+    tools.datasets.DatasetError: unknown dataset 'imdb' (one of movielens, online-retail, \
+clothing, cdnow, demo)
+    """
+    if name not in DATASET_FILES:
+        raise DatasetError(f"unknown dataset {name!r} (one of {', '.join(DATASET_FILES)})")
+    root = Path(data_dir if data_dir is not None else default_data_dir())
+    if not root.is_dir():
+        raise DatasetError(
+            f"datasets folder {root} not found: pass --data-dir or set FEEDBACK_DATA_DIR"
+        )
+    for relative in DATASET_FILES[name]:
+        if not (root / relative).is_file():
+            raise DatasetError(f"dataset {name!r} needs {root / relative}, which is missing")
+    return root
+
+
 def _rows(path: Path) -> Iterator[list[str]]:
     """CSV rows after the header, streamed (gzip or plain)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        yield from reader
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            next(reader, None)
+            yield from reader
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+        # A truncated download or a wrong file under the right name: one line.
+        raise DatasetError(f"dataset file {path} cannot be read: {exc}") from None
 
 
 def _hash_int(*parts: object, seed: int) -> int:
@@ -361,7 +404,14 @@ def demo_stream(
 # CLI
 
 
-def _events(name: str, data_dir: Path | None, seed: int, skipped: Counter[str]) -> Iterator[Event]:
+def events(
+    name: str,
+    data_dir: Path | None = None,
+    *,
+    seed: int = DEFAULT_SEED,
+    skipped: Counter[str] | None = None,
+) -> Iterator[Event]:
+    """The events of dataset ``name`` (one of :data:`DATASETS`), in replay order."""
     if name == "movielens":
         return movielens_reviews(data_dir, skipped=skipped)
     if name == "online-retail":
@@ -399,11 +449,11 @@ def convert(
 ) -> dict[str, Any]:
     """Write ``name`` as JSONL to ``out``; return the counts."""
     skipped: Counter[str] = Counter()
-    events = itertools.islice(_events(name, data_dir, seed, skipped), limit)
+    selected = itertools.islice(events(name, data_dir, seed=seed, skipped=skipped), limit)
     written = 0
     stream = sys.stdout.buffer if str(out) == "-" else open(out, "wb")  # noqa: SIM115
     try:
-        for event in events:
+        for event in selected:
             stream.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
             written += 1
     finally:

@@ -1,16 +1,17 @@
 """``feedback-stream evaluate``: replay a contract JSONL file through the engine.
 
 Every event goes through exactly :class:`models.engine.FeedbackEngine` (predict
-first, then learn), and the baselines named in the models issue are computed
-on the same events in the same run:
+first, then learn), and a plain baseline for each model is computed on the
+same events in the same run:
 
 * ``hr_at_10_popularity``: a plain all-time popularity ranking (interaction
   counts; ties broken by first appearance), excluding the user's seen items;
 * ``rmse_biased_mf`` / ``mae_biased_mf``: River's ``reco.BiasedMF`` with the
   settings of River's MovieLens tutorial, clipped to the rating range seen;
 * ``sentiment_macro_f1_lexicon``: VADER alone (compound >= 0.05 is positive);
-* ``segmentation_silhouette_offline_kmeans``: numpy k-means++ / Lloyd with the
-  same k on the same final (standardised) per-user features;
+* ``segmentation_silhouette_offline_kmeans``: k-means++ / Lloyd (the segmentation
+  model's fit, run offline to convergence) with the same k on the same final
+  (standardised) per-user features;
 * ``churn_auc_recency``: days since the last order alone.
 
 With clicks or purchases in the file, ``attribution`` reports what each
@@ -29,16 +30,17 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+from sklearn import metrics as sklearn_metrics
 
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
 from models.recommender import FEATURES
+from models.segmentation import kmeans_fit, nearest_centre
 from models.sentiment import label_of, lexicon_compound_whole
 from tools.attribution_replay import AttributionReplay
 
@@ -74,106 +76,62 @@ def read_events(path: Path, limit: int | None = None) -> tuple[list[Event], int]
 
 # -- metrics -------------------------------------------------------------------
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties averaged); ``None`` if one class.
+    """Area under the ROC curve (ties averaged); ``None`` if one class.
 
     >>> roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
     0.75
     """
-    labels = labels.astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks of ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    labels = np.asarray(labels).astype(bool)
+    if labels.all() or not labels.any():
+        return None  # undefined with one class; scikit-learn would raise
+    return float(sklearn_metrics.roc_auc_score(labels, scores))
 
 
 def macro_f1(pred: Sequence[bool], truth: Sequence[bool]) -> float | None:
     """Mean of the F1 scores of the positive and the negative class.
+
+    A class that is never predicted scores 0, even when it is also absent.
 
     >>> macro_f1([True, True, False, False], [True, False, False, False])
     0.7333333333333334
     """
     if not truth:
         return None
-    p = np.asarray(pred, dtype=bool)
-    t = np.asarray(truth, dtype=bool)
-    scores = []
-    for cls in (True, False):
-        tp = int(((p == cls) & (t == cls)).sum())
-        fp = int(((p == cls) & (t != cls)).sum())
-        fn = int(((p != cls) & (t == cls)).sum())
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return float(np.mean(scores))
+    return float(
+        sklearn_metrics.f1_score(
+            np.asarray(truth, dtype=bool), np.asarray(pred, dtype=bool),
+            labels=[True, False], average="macro", zero_division=0.0,
+        )
+    )
 
 
 def silhouette(x: np.ndarray, labels: np.ndarray) -> float | None:
-    """Mean silhouette coefficient (Euclidean); ``None`` with fewer than 2 clusters.
+    """Mean silhouette coefficient (Euclidean) of every row; ``None`` with fewer than 2 clusters.
+
+    The caller samples the rows, so the figure does not depend on scikit-learn's sampler.
 
     >>> x = np.array([[0.0], [0.1], [5.0], [5.1]])
     >>> round(silhouette(x, np.array([0, 0, 1, 1])), 3)
     0.98
     """
-    uniq = np.unique(labels)
-    if len(uniq) < 2 or len(x) < 3:
+    n_labels = len(np.unique(labels))
+    if n_labels < 2 or len(x) < 3:
         return None
-    sq = (x * x).sum(axis=1)
-    values = np.zeros(len(x))
-    for start in range(0, len(x), 1024):
-        block = x[start : start + 1024]
-        d2 = sq[start : start + 1024, None] + sq[None, :] - 2.0 * block @ x.T
-        d = np.sqrt(np.maximum(d2, 0.0))
-        per_cluster = np.stack([d[:, labels == c].sum(axis=1) for c in uniq], axis=1)
-        sizes = np.array([(labels == c).sum() for c in uniq], dtype=float)
-        own = np.searchsorted(uniq, labels[start : start + 1024])
-        rows = np.arange(len(block))
-        own_size = sizes[own]
-        a = per_cluster[rows, own] / np.maximum(own_size - 1, 1)
-        mean_other = per_cluster / sizes
-        mean_other[rows, own] = np.inf
-        b = mean_other.min(axis=1)
-        s = (b - a) / np.maximum(np.maximum(a, b), 1e-12)
-        s[own_size <= 1] = 0.0
-        values[start : start + 1024] = s
-    return float(values.mean())
+    if n_labels == len(x):
+        return 0.0  # every point alone: the coefficient of a singleton is 0 by definition
+    return float(sklearn_metrics.silhouette_score(x, labels, metric="euclidean"))
 
 
 def kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 5, iters: int = 100) -> np.ndarray:
-    """Offline k-means (k-means++ seeding, Lloyd iterations); labels of the best restart.
+    """Offline k-means: the labels of :func:`models.segmentation.kmeans_fit`'s best restart.
 
     >>> x = np.array([[0.0], [0.2], [9.0], [9.2]])
     >>> labels = kmeans(x, 2, seed=0)
     >>> bool(labels[0] == labels[1] != labels[2] == labels[3])
     True
     """
-    rng = np.random.default_rng(seed)
-    best_labels, best_inertia = np.zeros(len(x), dtype=np.int64), math.inf
-    for _ in range(restarts):
-        centres = [x[int(rng.integers(len(x)))]]
-        for _ in range(1, k):
-            d = np.min([((x - c) ** 2).sum(axis=1) for c in centres], axis=0)
-            total = d.sum()
-            centres.append(x[int(rng.choice(len(x), p=d / total))] if total > 0 else x[0])
-        c = np.stack(centres)
-        labels = np.zeros(len(x), dtype=np.int64)
-        for _ in range(iters):
-            d2 = ((x[:, None, :] - c[None]) ** 2).sum(axis=2)
-            new = d2.argmin(axis=1)
-            if np.array_equal(new, labels) and _ > 0:
-                break
-            labels = new
-            for j in range(k):
-                if (labels == j).any():
-                    c[j] = x[labels == j].mean(axis=0)
-        inertia = float(((x - c[labels]) ** 2).sum())
-        if inertia < best_inertia:
-            best_labels, best_inertia = labels, inertia
-    return best_labels
+    centres, _ = kmeans_fit(x, k, np.random.default_rng(seed), restarts=restarts, iters=iters)
+    return nearest_centre(x, centres)
 
 
 # -- baselines -----------------------------------------------------------------
@@ -204,7 +162,7 @@ class PopularityBaseline:
             )
         return ahead < k
 
-    def learn(self, event: Event) -> None:
+    def learn_one(self, event: Event) -> None:
         idx = self.index.get(event.item_id)
         if idx is None:
             idx = len(self.index)
@@ -267,6 +225,11 @@ def evaluate(
     sent_truth: list[bool] = []
     alerts: Counter[str] = Counter()
     alert_times: list[tuple[float, str]] = []
+    # For the plots: how many events had been replayed at each entry of the lists above.
+    hit_at: list[int] = []
+    err_at: list[int] = []
+    sent_at: list[int] = []
+    alert_at: list[tuple[int, str]] = []
     has_purchases = any(e.type == "purchase" for e in events)
     # Outside the timed model path: its rankings are what the worker publishes.
     replay = (
@@ -310,7 +273,7 @@ def evaluate(
         label = label_of(event.rating) if event.type == "review" and event.text else None
         if label is not None and event.text:
             lex_pred.append(lexicon_compound_whole(event.text) >= 0.05)
-        pop.learn(event)
+        pop.learn_one(event)
         if replay is not None:
             replay.before(engine, event)
 
@@ -334,14 +297,18 @@ def evaluate(
             last_segment[event.user_id] = out.segment
         if out.hit is not None:
             hits.append(out.hit)
+            hit_at.append(n + 1)
         if out.rating_error is not None:
             err.append(out.rating_error)
+            err_at.append(n + 1)
         if label is not None and out.sentiment is not None:
             sent_pred.append(out.sentiment >= 0.5)
             sent_truth.append(label)
+            sent_at.append(n + 1)
         for alert in [*out.alerts, *ticked]:
             alerts[alert.kind] += 1
             alert_times.append((alert.timestamp, alert.kind))
+            alert_at.append((n + 1, alert.kind))
         if progress and n % step == 0:
             _progress(n + 1, len(events), started)
     if progress:
@@ -381,6 +348,8 @@ def evaluate(
             hits=hits, pop_hits=pop_hits, err=err, mf_err=mf_err,
             sent_pred=sent_pred, sent_truth=sent_truth, lex_pred=lex_pred,
             alert_times=alert_times, segment_profiles=engine.segment_profiles(),
+            hit_at=hit_at, err_at=err_at, sent_at=sent_at, alert_at=alert_at,
+            events=len(events),
         )  # fmt: skip
     return result
 
@@ -417,66 +386,110 @@ def _churn_metrics(
 
 
 # -- plots ---------------------------------------------------------------------
-def _rolling(values: Sequence[float], window: int) -> np.ndarray:
+def plot_window(n: int, preferred: int) -> int:
+    """The rolling window for a series of ``n`` values: ``preferred``, or a fifth of
+    the series when that is shorter; a series under 50 values gets its cumulative mean.
+
+    >>> [plot_window(n, 2000) for n in (50_000, 3000, 400, 13)]
+    [2000, 600, 80, 13]
+    """
+    return max(1, min(preferred, max(n // 5, min(n, 50))))
+
+
+def rolling(
+    values: Sequence[float], at: Sequence[int], window: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the last ``window`` values at every point (fewer at the start, so the
+    curve begins with the first value), and the event count ``at`` each point.
+
+    >>> x, y = rolling([1, 0, 1, 1], [2, 5, 6, 9], 2)
+    >>> x.tolist(), y.tolist()
+    ([2, 5, 6, 9], [1.0, 0.5, 0.5, 1.0])
+    """
     v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return v
-    w = min(window, len(v))
     c = np.cumsum(np.insert(v, 0, 0.0))
-    return (c[w:] - c[:-w]) / w
+    end = np.arange(1, len(v) + 1)
+    begin = np.maximum(end - max(window, 1), 0)
+    return np.asarray(at, dtype=int), (c[end] - c[begin]) / (end - begin)
+
+
+def _window_label(w: int, n: int, unit: str) -> str:
+    return "cumulative mean" if w >= n else f"mean of the last {w:,} {unit}"
 
 
 def write_plots(series: dict[str, Any], directory: Path) -> list[Path]:
-    """PNG plots of the metrics over the stream; returns the files written."""
+    """PNG plots of the metrics over the stream; returns the files written.
+
+    The x axis of every plot is the number of events replayed; each rolling
+    window adapts to the length of its series (:func:`plot_window`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    thousands = FuncFormatter(lambda x, _: f"{x:,.0f}")
+    xlabel = "events replayed"
 
-    def save(fig: Any, name: str) -> None:
+    def save(fig: Any, ax: Any, name: str) -> None:
+        ax.xaxis.set_major_formatter(thousands)
+        ax.set_xlim(0, series["events"])
+        ax.grid(alpha=0.3)
+        ax.legend()
         path = directory / name
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
 
+    def curves(ax: Any, named: dict[str, Sequence[float]], at: Sequence[int],
+               preferred: int) -> int:
+        w = plot_window(len(at), preferred)
+        for label, values in named.items():
+            x, y = rolling(values, at, w)
+            # Markers where there are few points: each one is a measurement.
+            ax.plot(x, y, label=label, marker="o" if len(x) < 30 else None, markersize=3)
+        return w
+
     if series["hits"]:
         fig, ax = plt.subplots(figsize=(8, 4))
-        ax.plot(_rolling(series["hits"], 2000), label="blend")
-        ax.plot(_rolling(series["pop_hits"], 2000), label="all-time popularity")
-        ax.set(xlabel="positive events", ylabel="HR@10 (rolling 2,000)", title="Hit rate")
-        ax.legend()
-        save(fig, "hit_rate.png")
+        w = curves(ax, {"blend": series["hits"], "all-time popularity": series["pop_hits"]},
+                   series["hit_at"], 2000)
+        ax.set(xlabel=xlabel, ylabel=f"HR@10, {_window_label(w, len(series['hits']), 'positives')}",
+               title=f"Hit rate ({len(series['hits']):,} positive events)")
+        save(fig, ax, "hit_rate.png")
     if series["err"]:
         fig, ax = plt.subplots(figsize=(8, 4))
-        ax.plot(_rolling(np.abs(series["err"]), 2000), label="engine")
-        ax.plot(_rolling(np.abs(series["mf_err"]), 2000), label="River BiasedMF")
-        ax.set(xlabel="rated reviews", ylabel="MAE (rolling 2,000)", title="Rating error")
-        ax.legend()
-        save(fig, "rating_error.png")
+        w = curves(ax, {"engine": np.abs(series["err"]),
+                        "River BiasedMF": np.abs(series["mf_err"])}, series["err_at"], 2000)
+        ax.set(xlabel=xlabel, ylabel=f"MAE, {_window_label(w, len(series['err']), 'ratings')}",
+               title=f"Rating error ({len(series['err']):,} rated reviews)")
+        save(fig, ax, "rating_error.png")
     if series["sent_truth"]:
         truth = np.asarray(series["sent_truth"])
         fig, ax = plt.subplots(figsize=(8, 4))
-        ax.plot(_rolling(np.asarray(series["sent_pred"]) == truth, 1000), label="engine")
-        ax.plot(_rolling(np.asarray(series["lex_pred"]) == truth, 1000), label="VADER alone")
-        ax.set(xlabel="labelled reviews", ylabel="accuracy (rolling 1,000)", title="Sentiment")
-        ax.legend()
-        save(fig, "sentiment.png")
-    if series["alert_times"]:
+        w = curves(ax, {"engine": np.asarray(series["sent_pred"]) == truth,
+                        "VADER alone": np.asarray(series["lex_pred"]) == truth},
+                   series["sent_at"], 1000)
+        ax.set(xlabel=xlabel, ylabel=f"accuracy, {_window_label(w, len(truth), 'reviews')}",
+               title=f"Sentiment ({len(truth):,} labelled reviews)")
+        save(fig, ax, "sentiment.png")
+    if series["alert_at"]:
         fig, ax = plt.subplots(figsize=(8, 4))
-        by_kind: dict[str, list[float]] = defaultdict(list)
-        for t, kind in sorted(series["alert_times"]):
-            by_kind[kind].append(t)
-        for kind, times in by_kind.items():
-            when = np.array([datetime.fromtimestamp(t, UTC) for t in times])
-            ax.step(when, np.arange(1, len(times) + 1), where="post", label=kind)
-        ax.set(xlabel="event time (UTC)", ylabel="alerts (cumulative)", title="Alerts")
-        fig.autofmt_xdate()
-        ax.legend()
-        save(fig, "alerts.png")
+        by_kind: dict[str, list[int]] = defaultdict(list)
+        for at, kind in series["alert_at"]:
+            by_kind[kind].append(at)
+        for kind, ats in sorted(by_kind.items()):
+            # From 0 at the start of the replay to the total at its end.
+            x = [0, *ats, series["events"]]
+            y = [0, *range(1, len(ats) + 1), len(ats)]
+            ax.step(x, y, where="post", label=f"{kind} ({len(ats):,})")
+        ax.set(xlabel=xlabel, ylabel="alerts (cumulative)",
+               title=f"Alerts ({len(series['alert_at']):,})")
+        save(fig, ax, "alerts.png")
     return written
 
 
@@ -641,11 +654,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.path is None:
         parser.error("a JSONL path is needed (or --bench-items N)")
-    if not args.path.exists():
-        parser.error(f"no such file: {args.path}")
+    # A wrong file is one line (no usage text): the arguments were fine.
+    if not args.path.is_file():
+        print(f"feedback-stream evaluate: {args.path}: no such file", file=sys.stderr)
+        return 2
     events, rejected = read_events(args.path, args.limit)
     if not events:
-        parser.error(f"no valid event in {args.path} ({rejected} rejected lines)")
+        print(f"feedback-stream evaluate: no valid event in {args.path} "
+              f"({rejected} rejected lines)", file=sys.stderr)
+        return 2
     series: dict[str, Any] | None = {} if args.plot else None
     result = evaluate(
         events,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,9 +16,14 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
-from stream import broker
 from stream.settings import Settings
+from tools import broker
+
+
+class LocalStackError(RuntimeError):
+    """The local broker or worker could not start or died; the message says why."""
 
 
 @dataclass
@@ -31,7 +38,7 @@ class LocalStack:
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    """Wait until ``url`` answers, failing fast if the process behind it exits."""
+    """Wait until ``url`` answers 2xx, failing fast if the process behind it exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -48,6 +55,38 @@ def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     broker.stop(proc, timeout)
 
 
+def last_log_line(path: Path) -> str:
+    """The last line of a log that looks like an error (else the last line)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return ""
+    lines = [line.strip() for line in lines if line.strip()]
+    for line in reversed(lines):
+        if " ERROR " in line or " CRITICAL " in line or "Error" in line:
+            return line
+    return lines[-1] if lines else ""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, for the duration of the block.
+
+    So ``kill PID`` runs the same clean-up as Ctrl-C (children stopped, summary
+    printed) instead of the default SIGTERM action, which ends the process at
+    once and leaves its children running.
+    """
+
+    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def local_stack(
     state_dir: str | None = None,
@@ -58,23 +97,38 @@ def local_stack(
     prefix: str = "feedback-stream-",
     quiet: bool = False,
 ) -> Iterator[LocalStack]:
-    """Start the broker and a ready worker on free loopback ports; logs in ``state_dir``."""
+    """Start the broker and a ready worker on free loopback ports; logs in ``state_dir``.
+
+    Without ``state_dir`` a temporary folder holds the logs and checkpoints; it
+    is removed at the end, unless something failed: then the error names it.
+    A taken port, a broker that does not come up or a worker that exits during
+    start-up raise :class:`LocalStackError` (or ``BrokerError``) with one line.
+    """
     overrides = dict(env_overrides or {})
+    # Ports asked for are checked before anything starts or any folder is made.
+    if broker_port:
+        broker.check_port_free("127.0.0.1", broker_port, "broker port")
+    if web_port:
+        broker.check_port_free("127.0.0.1", web_port, "web port")
     broker_port = broker_port or broker.free_port()
     web_port = web_port or broker.free_port()
+    temporary = not state_dir
     state = Path(state_dir or tempfile.mkdtemp(prefix=prefix))
     state.mkdir(parents=True, exist_ok=True)
     bootstrap = f"127.0.0.1:{broker_port}"
-    settings = Settings.from_env(
-        {**os.environ, **overrides},
-        bootstrap_servers=bootstrap, web_port=web_port, web_host="127.0.0.1",
-        state_dir=str(state),
-    )
-    if not quiet:
-        print(f"starting the embedded broker on {bootstrap}; logs in {state}", file=sys.stderr)
-    broker_proc = broker.start(broker_port, log_path=state / "broker.log")
+    failed = False
+    broker_proc: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     try:
+        settings = Settings.from_env(
+            {**os.environ, **overrides},
+            bootstrap_servers=bootstrap, web_port=web_port, web_host="127.0.0.1",
+            state_dir=str(state),
+        )
+        if not quiet:
+            print(f"starting the embedded broker on {bootstrap}; logs in {state}",
+                  file=sys.stderr, flush=True)
+        broker_proc = broker.start(broker_port, log_path=state / "broker.log")
         env = {
             **os.environ,
             **overrides,
@@ -87,11 +141,28 @@ def local_stack(
             worker = subprocess.Popen(
                 [sys.executable, "-m", "tools.cli", "worker"],
                 env=env, stdout=worker_log, stderr=subprocess.STDOUT,
+                # Ctrl-C reaches this process only, which stops the worker after
+                # reading its final counts; the worker dies with its parent.
+                start_new_session=True, preexec_fn=broker.die_with_parent(),
             )
-        wait_http(f"{settings.web_url}/healthz", worker)
+        try:
+            # Ready: partitions assigned and recovered, not only the process up.
+            wait_http(f"{settings.web_url}/readyz", worker)
+        except (RuntimeError, TimeoutError) as exc:
+            failed = True
+            reason = last_log_line(state / "worker.log")
+            raise LocalStackError(
+                f"{exc}{': ' + reason if reason else ''} (logs in {state})"
+            ) from None
         yield LocalStack(settings, state, worker)
+    except (Exception, KeyboardInterrupt) as exc:
+        failed = failed or not isinstance(exc, KeyboardInterrupt)
+        raise
     finally:
         if worker is not None:
             stop_worker(worker)
-        with contextlib.suppress(Exception):
+        if broker_proc is not None:
             broker.stop(broker_proc)
+        if temporary and not failed:
+            shutil.rmtree(state, ignore_errors=True)
+

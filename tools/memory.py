@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from models.engine import FeedbackEngine
     from stream.metrics import Metrics
-    from tools.bench import distinct_users, load_events
+    from tools.bench.workload import distinct_users, load_events
 
     overrides: dict[str, Any] = {}
     if args.retention_seconds is not None:

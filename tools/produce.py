@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import random
 import sys
 import time
@@ -19,8 +20,8 @@ from typing import Any
 import orjson
 
 from stream.settings import Settings
-
-DATASETS = ("demo", "online-retail", "movielens", "clothing", "cdnow")
+from tools import datasets
+from tools.datasets import DATASETS
 
 
 @dataclass
@@ -40,21 +41,7 @@ class ProduceStats:
 
 
 def dataset_events(name: str, data_dir: Path | None, limit: int | None) -> Iterator[dict[str, Any]]:
-    import tools.datasets as datasets
-
-    root = data_dir or datasets.default_data_dir()
-    generators = {
-        "demo": lambda: datasets.demo_stream(root, limit=limit),
-        "online-retail": lambda: datasets.online_retail_purchases(root),
-        "movielens": lambda: datasets.movielens_reviews(root),
-        "clothing": lambda: datasets.clothing_reviews(root),
-        "cdnow": lambda: datasets.cdnow_purchases(root),
-    }
-    events: Iterator[dict[str, Any]] = generators[name]()
-    for i, event in enumerate(events):
-        if limit is not None and i >= limit:
-            return
-        yield event
+    return itertools.islice(datasets.events(name, data_dir), limit)
 
 
 def jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -143,11 +130,12 @@ class Producer:
         from stream.kafka import producer
 
         prod = producer(self.settings, linger_ms=5, max_batch_size=256 * 1024)
-        await prod.start()
         start = time.monotonic()
         last_report = start
         pending: list[asyncio.Future[Any]] = []
         try:
+            # Inside the try: a broker that cannot be reached still closes the client.
+            await prod.start()
             for record in records:
                 if self.stop.is_set():
                     break
@@ -205,6 +193,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    # Checked before connecting: a wrong path is one line, not a broken replay.
+    if args.file is not None:
+        if not args.file.exists():
+            raise FileNotFoundError(f"--file {args.file}: no such file")
+        if not args.file.is_file():
+            raise FileNotFoundError(f"--file {args.file}: not a file")
+    else:
+        from tools.datasets import check_available
+
+        check_available(args.dataset, args.data_dir)
     producer = Producer(settings, rate=args.rate, progress=not args.quiet, bad_rate=args.bad_rate)
     if args.file:
         stats = asyncio.run(producer.send_jsonl(args.file))

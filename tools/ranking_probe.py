@@ -24,7 +24,7 @@ from models.engine import FeedbackEngine
 from stream.metrics import Metrics
 from stream.processor import DictStore, InputMessage, Processor
 from stream.settings import Settings
-from tools.bench import load_events
+from tools.bench.workload import load_events
 
 
 def count(settings: Settings, msgs: Sequence[InputMessage], batch: int, debounce: bool) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from faust.streams import _current_event
 
-from stream.processor import InputMessage
+from stream.records import InputMessage
 from stream.settings import Settings
 from stream.stored_profile import StoredProfile
 

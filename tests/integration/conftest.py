@@ -23,9 +23,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from stream import broker as embedded
 from stream.kafka import client_kwargs, create_topics, producer
 from stream.settings import Settings
+from tools import broker as embedded
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ class Worker:
                     f"worker exited ({self.process.returncode}); log:\n{self.log()[-4000:]}"
                 )
             try:
-                if self.get("/healthz", timeout=1)[0] == 200:
+                if self.get("/readyz", timeout=1)[0] == 200:
                     return
             except OSError:
                 pass

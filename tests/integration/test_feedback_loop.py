@@ -40,7 +40,7 @@ def run_simulation(
         )
     )
     assert baseline is not None
-    final = simulate._wait_drained(url, sim.produced, timeout=60)
+    final = simulate.wait_drained(url, sim.produced, timeout=60)
     return sim, simulate.subtract(final, baseline)
 
 
@@ -89,9 +89,10 @@ def test_clicks_and_purchases_are_attributed_per_variant(worker_factory, populat
     truth_converted = sum(sim.by_variant.converted.values())
     assert truth_converted - max(2, 0.05 * truth_converted) <= converted <= sim.all_purchases
     assert sum(by_variant.revenue.values()) > 0
-    # The per-variant rate gauges are published on the next tick.
-    assert wait_for(lambda: worker.metric(
-        "feedback_experiment_rate", variant="blend", metric="ctr", bound="value") > 0, 10)
+    # Revenue is labelled by the purchases' currency (the simulator pays in EUR).
+    revenue = worker.metric("feedback_attributed_revenue_total")
+    assert revenue > 0
+    assert worker.metric("feedback_attributed_revenue_total", currency="EUR") == revenue
 
 
 def test_bandit_chooses_strategies_and_learns_from_clicks(worker_factory, population) -> None:

@@ -12,6 +12,7 @@ produce`` with some malformed on purpose) and then asks Prometheus' HTTP API:
   run (``/api/v1/query_range``, as Grafana draws it): a panel that never shows
   anything is a defect.
 
+``$job`` becomes the test's job, ``$instance`` ``.*`` (all), and
 ``$__rate_interval`` becomes ``1m``: what Grafana computes for the compose stack
 (scrape interval 15 s: max(4 x 15 s, step + 15 s) over the default 1 h range).
 With a 1 s scrape interval, a ``[1m]`` window holds enough samples within seconds.
@@ -202,7 +203,8 @@ def dashboard_targets() -> list[tuple[str, str, str]]:
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
         for p in [panel, *panel.get("panels", [])]:
             for t in p.get("targets", []):
-                expr = t["expr"].replace("$__rate_interval", RATE_INTERVAL)
+                expr = (t["expr"].replace("$__rate_interval", RATE_INTERVAL)
+                        .replace("$job", "feedback-worker").replace("$instance", ".*"))
                 expr = re.sub(r"\s+or\s+vector\(0\)", "", expr)
                 assert "vector(" not in expr, f"{p['title']}: {expr}"
                 out.append((p["title"], t["refId"], expr))
@@ -293,7 +295,9 @@ def test_prometheus_scrapes_worker_and_every_query_returns_data(
         for title, ref, expr in targets:
             result = prom.query_range(expr, start, time.time())
             assert result["status"] == "success", f"{title} [{ref}]: {result}"
-            if finite_values(result) == 0:
+            # The firing-alerts table is empty on a healthy run by design; its query
+            # must still evaluate (checked above).
+            if finite_values(result) == 0 and not expr.startswith("ALERTS{"):
                 empty.append(f"{title} [{ref}]: {expr}")
         return not empty
 

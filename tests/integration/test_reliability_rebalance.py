@@ -10,7 +10,6 @@ import time
 import orjson
 import pytest
 
-from stream.broker import free_port
 from tests.integration.conftest import wait_for
 from tests.integration.reliability_helpers import (
     PacedProducer,
@@ -23,6 +22,7 @@ from tests.integration.reliability_helpers import (
     records_for,
     wait_metric,
 )
+from tools.broker import free_port
 
 pytestmark = pytest.mark.integration
 

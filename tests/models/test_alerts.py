@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 from river import anomaly
 
-from models.alerts import BehaviourAnomaly, Cooldown, QualityDrift, _score_then_learn
+from models.alerts import BehaviourAnomaly, Cooldown, QualityDrift
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
+from models.river_internals import score_then_learn
 
 T0 = 1_700_000_000.0
 DAY = 86_400.0
@@ -77,7 +78,7 @@ def test_anomalous_purchase_scores_high_and_alerts() -> None:
 
 def test_anomaly_detector_warms_up_before_scoring() -> None:
     det = BehaviourAnomaly(warmup=10, window_size=5, seed=0)
-    scores = [det.score_and_learn([1.0, 2.0]) for _ in range(12)]
+    scores = [det.score_learn_one([1.0, 2.0]) for _ in range(12)]
     assert scores[:10] == [None] * 10
     assert all(s is not None and 0.0 <= s <= 1.0 for s in scores[10:])
 
@@ -93,7 +94,7 @@ def test_fused_walk_matches_rivers_score_then_learn() -> None:
             x[2] = 0.999  # now and then an outlier
         expected = float(river.score_one(x)) if i >= 60 else None
         river.learn_one(x)
-        assert _score_then_learn(ours, x, score=i >= 60) == expected
+        assert score_then_learn(ours, x, score=i >= 60) == expected
     masses = [[(n.l_mass, n.r_mass) for n in nodes] for nodes in ours._tree_nodes]
     assert masses == [[(n.l_mass, n.r_mass) for n in nodes] for nodes in river._tree_nodes]
     assert ours.counter == river.counter
@@ -101,10 +102,10 @@ def test_fused_walk_matches_rivers_score_then_learn() -> None:
 
 def test_drift_only_on_worse_quality() -> None:
     better = QualityDrift(higher_is_better=True)
-    flags = [better.update(0.0 if i < 1000 else 1.0) for i in range(2000)]
+    flags = [better.learn_one(0.0 if i < 1000 else 1.0) for i in range(2000)]
     assert all(f is None for f in flags)  # hits went up: no alert
     worse = QualityDrift(higher_is_better=False)  # errors went up
-    flags = [worse.update(0.1 if i < 1000 else 2.0) for i in range(2000)]
+    flags = [worse.learn_one(0.1 if i < 1000 else 2.0) for i in range(2000)]
     hits = [f for f in flags if f is not None]
     assert hits and hits[0][0] > hits[0][1]
 

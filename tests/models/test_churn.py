@@ -49,9 +49,9 @@ def test_population_rate_follows_the_customers() -> None:
     model = ChurnModel()
     assert model.population_rate(0.0) == 1 / 30  # prior before any repeat order
     a = customer(1, 0.0, 0.0, "a")
-    model.observe_order(a, None)
+    model.learn_one(a, None)
     a.orders, a.last_order_time = 2, 10 * DAY
-    model.observe_order(a, 0.0)
+    model.learn_one(a, 0.0)
     assert abs(model.population_rate(20 * DAY) - 1 / 20) < 1e-12
 
 
@@ -59,8 +59,8 @@ def test_due_dates_pop_in_order() -> None:
     model = ChurnModel(min_orders=2, overdue_factor=2.0)
     fast = customer(3, 0.0, 10 * DAY, "fast")
     slow = customer(3, 0.0, 100 * DAY, "slow")
-    model.observe_order(fast, 5 * DAY)
-    model.observe_order(slow, 50 * DAY)
+    model.learn_one(fast, 5 * DAY)
+    model.learn_one(slow, 50 * DAY)
     assert model.due(11 * DAY) == []
     assert [u for u, *_ in model.due(40 * DAY)] == ["fast"]
     assert [u for u, *_ in model.due(10_000 * DAY)] == ["slow"]

@@ -25,9 +25,9 @@ def test_rating_model_beats_the_global_mean_prequentially() -> None:
     err, base = [], []
     mean = 0.0
     for n, (user, item, r) in enumerate(_stream(7), start=1):
-        err.append(mf.predict(user, item) - r)
+        err.append(mf.predict_one(user, item) - r)
         base.append(mean - r)
-        mf.learn(user, item, r)
+        mf.learn_one(user, item, r)
         mean += (r - mean) / n
     rmse = float(np.sqrt(np.mean(np.square(err[500:]))))
     rmse_mean = float(np.sqrt(np.mean(np.square(base[500:]))))
@@ -37,34 +37,34 @@ def test_rating_model_beats_the_global_mean_prequentially() -> None:
 def test_rating_predictions_are_clipped_to_the_seen_range() -> None:
     mf = RatingFactorization(seed=0)
     for _ in range(200):
-        mf.learn("a", 0, 5.0)
-        mf.learn("b", 1, 2.0)
-    assert 2.0 <= mf.predict("a", 0) <= 5.0
-    assert mf.predict("a", 0) > 4.5
-    assert mf.predict("b", 1) < 2.5
+        mf.learn_one("a", 0, 5.0)
+        mf.learn_one("b", 1, 2.0)
+    assert 2.0 <= mf.predict_one("a", 0) <= 5.0
+    assert mf.predict_one("a", 0) > 4.5
+    assert mf.predict_one("b", 1) < 2.5
     # unknown user and item: the running mean
-    assert abs(mf.predict("nobody", 99) - mf.mean) < 1e-9
+    assert abs(mf.predict_one("nobody", 99) - mf.mean) < 1e-9
 
 
 def test_predict_all_matches_predict_before_clipping() -> None:
     mf = RatingFactorization(seed=2)
     for user, item, r in _stream(3, 500):
-        mf.learn(user, item, r)
+        mf.learn_one(user, item, r)
     all_items = mf.predict_all("u1", 40)
     for i in (0, 5, 39):
-        assert abs(np.clip(all_items[i], mf.low, mf.high) - mf.predict("u1", i)) < 1e-9
+        assert abs(np.clip(all_items[i], mf.low, mf.high) - mf.predict_one("u1", i)) < 1e-9
 
 
 def test_bpr_separates_tastes_and_learns_negatives() -> None:
     bpr = ImplicitFactorization(seed=1)
     for step in range(400):
-        bpr.learn("ann", step % 3, 1.0, n_items=12)  # ann: items 0-2
-        bpr.learn("bob", 6 + step % 3, 1.0, n_items=12)  # bob: items 6-8
+        bpr.learn_one("ann", step % 3, 1.0, n_items=12)  # ann: items 0-2
+        bpr.learn_one("bob", 6 + step % 3, 1.0, n_items=12)  # bob: items 6-8
     s = bpr.scores("ann", 12)
     assert min(s[:3]) > max(s[6:9])
     before = bpr.scores("ann", 12)[0]
     for _ in range(50):
-        bpr.learn("ann", 0, -1.0, n_items=12)  # ann returns item 0 again and again
+        bpr.learn_one("ann", 0, -1.0, n_items=12)  # ann returns item 0 again and again
     assert bpr.scores("ann", 12)[0] < before
 
 
@@ -72,5 +72,5 @@ def test_factorisations_are_deterministic_given_a_seed() -> None:
     a, b = ImplicitFactorization(seed=5), ImplicitFactorization(seed=5)
     for m in (a, b):
         for step in range(50):
-            m.learn("u", step % 7, 1.0, n_items=10)
+            m.learn_one("u", step % 7, 1.0, n_items=10)
     np.testing.assert_array_equal(a.scores("u", 10), b.scores("u", 10))

@@ -37,7 +37,7 @@ def test_fatigued_items_are_left_out_for_the_fatigue_strategies_only() -> None:
     plain = FeedbackLoop(fatigue_strategies="blend")
 
     def items(loop: FeedbackLoop, log: UserExposures | None) -> set[str]:
-        return {r.item_id for r in loop.recommend(engine, "a", "popularity", log, 300.0, "k")}
+        return {r.item_id for r in loop.recommend(engine, "a", "popularity", log, "k")}
 
     assert "y" not in items(fatigued, log)
     assert "y" in items(plain, log)

@@ -72,26 +72,26 @@ def test_hit_is_measured_before_learning() -> None:
 
 def test_return_lowers_popularity() -> None:
     pop = DecayedPopularity(half_life=100.0)
-    pop.learn(0, 1.0, 0.0)
-    pop.learn(1, 1.0, 0.0)
-    pop.learn(1, -1.0, 1.0)
+    pop.learn_one(0, 1.0, 0.0)
+    pop.learn_one(1, 1.0, 0.0)
+    pop.learn_one(1, -1.0, 1.0)
     assert pop.all_time(2).tolist() == [1.0, 0.0]
     assert pop.recent(2)[1] < pop.recent(2)[0]
 
 
 def test_popularity_decays_with_half_life() -> None:
     pop = DecayedPopularity(half_life=60.0)
-    pop.learn(0, 4.0, 0.0)
-    pop.learn(1, 1.0, 120.0)
+    pop.learn_one(0, 4.0, 0.0)
+    pop.learn_one(1, 1.0, 120.0)
     np.testing.assert_allclose(pop.recent(2), [1.0, 1.0])
-    pop.learn(1, 0.0, 10_000_000.0)  # far future: rescaling must not overflow
+    pop.learn_one(1, 0.0, 10_000_000.0)  # far future: rescaling must not overflow
     assert np.isfinite(pop.recent(2)).all()
 
 
 def test_neighbour_lists_are_bounded() -> None:
     co = ItemCooccurrence(max_neighbours=5)
     for item in range(1, 200):
-        co.learn([(0, 1.0)], item, 1.0 + item / 1000)
+        co.learn_one([(0, 1.0)], item, 1.0 + item / 1000)
     assert len(co.neighbours[0]) <= 10
     kept = co.neighbours[0]
     # the heaviest pairs survive pruning
@@ -122,7 +122,7 @@ def test_blend_learns_to_trust_the_signal_that_works() -> None:
         for item in (first, first + 1):
             scored = rec.score(prof, n_items)
             rec.learn_blend(scored, item)
-            rec.learn(prof, item, 1.0, 1.0, float(step), n_items)
+            rec.learn_one(prof, item, 1.0, 1.0, float(step), n_items)
             prof.seen.clear()
     gain = rec.weights - before
     # the partner always follows immediately: co-occurrence with the last item wins
@@ -150,7 +150,7 @@ def test_strongest_sources_of_many_candidates_match_one_by_one() -> None:
     history: deque[tuple[int, float]] = deque(maxlen=6)
     for _ in range(400):
         item = int(rng.integers(0, 30))
-        co.learn(history, item, float(rng.choice([0.3, 1.0])))
+        co.learn_one(history, item, float(rng.choice([0.3, 1.0])))
         history.append((item, 1.0))
     recent = [(h, 0.9**k) for k, (h, _) in enumerate(reversed(history))]
     candidates = list(range(30))

@@ -24,7 +24,7 @@ def blobs(seed: int, n: int) -> list[np.ndarray]:
 def test_finds_well_separated_groups() -> None:
     seg = OnlineSegmentation(k=3, warmup=30, seed=0)
     vectors = blobs(0, 600)
-    labels = [seg.update(f"u{i}", v, 0.0) for i, v in enumerate(vectors)]
+    labels = [seg.learn_one(f"u{i}", v, 0.0) for i, v in enumerate(vectors)]
     # every true group maps to one segment
     for g in range(3):
         assert len({labels[i] for i in range(60 + g, 600, 3)}) == 1
@@ -33,7 +33,7 @@ def test_finds_well_separated_groups() -> None:
 
 def test_none_before_warmup() -> None:
     seg = OnlineSegmentation(k=3, warmup=10, seed=0)
-    assert seg.update("a", np.zeros(D), 0.0) is None
+    assert seg.learn_one("a", np.zeros(D), 0.0) is None
     assert seg.segment_of("a") is None and seg.segment_of("zz") is None
 
 
@@ -42,16 +42,16 @@ def test_hysteresis_keeps_a_border_user_in_place() -> None:
     for i in range(40):
         v = np.zeros(D)
         v[0] = 0.0 if i % 2 else 10.0
-        seg.update(f"u{i}", v, 0.0)
+        seg.learn_one(f"u{i}", v, 0.0)
     left = np.zeros(D)
     left[0] = 4.8
-    s0 = seg.update("border", left, 0.0)
+    s0 = seg.learn_one("border", left, 0.0)
     nudged = left.copy()
     nudged[0] = 5.2  # slightly closer to the other side: not enough to move
-    assert seg.update("border", nudged, 0.0) == s0
+    assert seg.learn_one("border", nudged, 0.0) == s0
     far = left.copy()
     far[0] = 9.5 if s0 == seg.segment_of("u1") else 0.5
-    assert seg.update("border", far, 0.0) != s0
+    assert seg.learn_one("border", far, 0.0) != s0
 
 
 def test_profiles_are_in_real_units() -> None:
@@ -60,7 +60,7 @@ def test_profiles_are_in_real_units() -> None:
         v = np.zeros(D)
         v[0] = np.log1p(10.0 if i % 2 else 1.0)  # log_orders
         v[SEGMENT_FEATURES.index("rating_mean")] = 4.5 if i % 2 else 2.0
-        seg.update(f"u{i}", v, last_seen=86_400.0 * i)
+        seg.learn_one(f"u{i}", v, last_seen=86_400.0 * i)
     profiles = seg.profiles(now=86_400.0 * 30)
     orders = sorted(round(p["orders"], 3) for p in profiles.values())
     assert orders == [1.0, 10.0]
@@ -87,7 +87,7 @@ def test_refit_escapes_a_bad_start() -> None:
     def run(refit_every: int) -> list[set[int | None]]:
         seg = OnlineSegmentation(k=3, warmup=30, refit_every=refit_every, seed=0)
         for i, v in enumerate(stream):
-            seg.update(f"u{i}", v, 0.0)
+            seg.learn_one(f"u{i}", v, 0.0)
             if i % 50 == 49:
                 seg.refresh(100)
         return [{seg.segment_of(f"u{i}") for i in range(g * 200, g * 200 + 200)} for g in range(3)]
@@ -102,7 +102,7 @@ def test_refit_escapes_a_bad_start() -> None:
 def test_snapshot_matches_segments() -> None:
     seg = OnlineSegmentation(k=3, warmup=30, seed=0)
     for i, v in enumerate(blobs(2, 90)):
-        seg.update(f"u{i}", v, 0.0)
+        seg.learn_one(f"u{i}", v, 0.0)
     users, x, labels = seg.snapshot()
     assert len(users) == 90 and x.shape == (90, D)
     assert [seg.segment_of(u) for u in users] == labels.tolist()

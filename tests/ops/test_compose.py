@@ -200,7 +200,7 @@ def test_healthchecks(services: dict) -> None:
         for key in ("interval", "timeout", "retries", "start_period"):
             assert key in hc, f"{name}: healthcheck without {key}"
         assert svc.get("restart") == "unless-stopped", name
-    assert "/healthz" in " ".join(services["worker"]["healthcheck"]["test"])
+    assert "/readyz" in " ".join(services["worker"]["healthcheck"]["test"])
     assert "/-/ready" in " ".join(services["prometheus"]["healthcheck"]["test"])
     assert "/api/health" in " ".join(services["grafana"]["healthcheck"]["test"])
 
@@ -388,7 +388,7 @@ def test_dockerfile_installs_the_package_and_runs_as_non_root(dockerfile: list) 
     last_from = max(i for i, x in enumerate(instrs) if x == "FROM")
     assert instrs.index("USER", last_from) < instrs.index("ENTRYPOINT")
     (health,) = [a for i, a in dockerfile if i == "HEALTHCHECK"]
-    assert "/healthz" in health and "--start-period" in health
+    assert "/readyz" in health and "--start-period" in health
     assert dict(dockerfile)["ENTRYPOINT"] == '["feedback-stream"]'
     expose = [a for i, a in dockerfile if i == "EXPOSE"]
     assert expose == [str(Settings().web_port)]

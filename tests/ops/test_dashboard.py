@@ -27,8 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "ops" / "grafana" / "dashboards" / "feedback-stream.json"
 RULES = REPO / "ops" / "prometheus" / "rules.yml"
 DATASOURCES = REPO / "ops" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
-# Grafana's built-in interval variables, and what the offline checks put in their place.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+# Grafana's built-in interval variables and the dashboard's own (job, instance), and
+# what the offline checks put in their place.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h",
+    "$job": "feedback-worker", "$instance": ".*",
+}
+DASHBOARD_VARIABLES = ["datasource", "job", "instance"]
 PROMQL_WORDS = {
     "and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
     "group_right", "offset", "bool", "inf", "nan",
@@ -92,7 +97,9 @@ def exported_names() -> set[str]:
         "info": ["_info"],
         "untyped": [""],
     }
-    names = {"up"}  # written by Prometheus for every target
+    names = {"up", "ALERTS"}  # written by Prometheus: per target, per alert
+    names |= {r["record"] for g in yaml.safe_load(RULES.read_text())["groups"]
+              for r in g["rules"] if "record" in r}
     for family in registry.collect():
         names.update(family.name + s for s in suffixes[family.type])
         names.update(s.name for s in family.samples)
@@ -111,11 +118,15 @@ def test_dashboard_is_well_formed() -> None:
     d = dashboard()
     assert d["uid"] == "feedback-stream" and d["title"]
     assert d["schemaVersion"] >= 36
-    assert d["templating"]["list"] == [], "no template variables: the panels must work as is"
+    variables = {v["name"]: v for v in d["templating"]["list"]}
+    assert list(variables) == DASHBOARD_VARIABLES
+    assert variables["datasource"]["query"] == "prometheus"
     every = [*d["panels"], *(q for p in d["panels"] for q in p.get("panels", []))]
     ids = [p["id"] for p in every]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
-    uid = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
+    provisioned = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
+    assert variables["datasource"]["current"]["value"] == provisioned
+    uid = "${datasource}"  # every panel follows the datasource variable
     occupied: set[tuple[int, int]] = set()
     for p in d["panels"]:
         g = p["gridPos"]
@@ -190,3 +201,62 @@ def test_dashboard_covers_what_operators_need() -> None:
     assert has("feedback_model_rating_absolute_error_sum", "_count")
     assert has("feedback_review_sentiment_positive_probability")
     assert has("feedback_segment_users", "by (segment)")
+
+
+def test_every_worker_series_follows_the_job_and_instance_variables() -> None:
+    for where, expr in dashboard_exprs():
+        for m in re.finditer(r"(?<![\w:])(feedback_\w+|process_\w+|up)\b(\{[^}]*\})?", expr):
+            assert m.group(2) and 'job=~"$job"' in m.group(2), f"{where}: {m.group(0)}"
+            assert 'instance=~"$instance"' in m.group(2), f"{where}: {m.group(0)}"
+
+
+def unit_of(panel: dict[str, Any], series: str) -> tuple[str, str]:
+    """(unit, axis placement) of a series, after the panel's overrides."""
+    unit = panel["fieldConfig"]["defaults"].get("unit", "")
+    axis = panel["fieldConfig"]["defaults"].get("custom", {}).get("axisPlacement", "auto")
+    for o in panel["fieldConfig"].get("overrides", []):
+        if re.search(o["matcher"]["options"], series):
+            for prop in o["properties"]:
+                if prop["id"] == "unit":
+                    unit = prop["value"]
+                if prop["id"] == "custom.axisPlacement":
+                    axis = prop["value"]
+    return unit, axis
+
+
+def test_units() -> None:
+    by_title = {p["title"]: p for p in panels()}
+    assert unit_of(by_title["Alerts emitted per minute"], "x")[0] == "opm"
+    assert unit_of(by_title["Worker CPU (share of one core)"], "x")[0] == "percentunit"
+    revenue = by_title["Attributed revenue per hour, by currency"]
+    assert "by (currency" in revenue["targets"][0]["expr"]
+    assert unit_of(revenue, "GBP blend")[0] == "currencyGBP"
+    assert unit_of(revenue, "EUR blend")[0] == "currencyEUR"
+    assert revenue["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "none"
+    for p in panels():
+        if p["type"] in ("timeseries", "stat"):
+            assert p["fieldConfig"]["defaults"].get("unit") not in (None, ""), p["title"]
+        assert not ("* 60" in " ".join(t["expr"] for t in p.get("targets", []))
+                    and unit_of(p, "")[0] != "opm"), f"{p['title']}: per minute needs opm"
+
+
+def test_one_unit_per_axis() -> None:
+    """Series of different units in one panel are on different axes (legend names
+    stand in for the series names the overrides match)."""
+    for p in panels():
+        if p["type"] != "timeseries":
+            continue
+        axes: dict[str, set[str]] = {}
+        for t in p["targets"]:
+            legend = re.sub(r"\{\{\w+\}\}", "x", t.get("legendFormat", ""))
+            unit, axis = unit_of(p, legend)
+            if unit.startswith("currency"):
+                continue  # one axis per currency by construction: never summed
+            axes.setdefault(axis, set()).add(unit)
+        for axis, units in axes.items():
+            assert len(units) == 1, f"{p['title']}: units {units} on the {axis} axis"
+
+
+def test_firing_alerts_panel() -> None:
+    exprs = [e for _, e in dashboard_exprs()]
+    assert 'ALERTS{alertstate=~"firing|pending"}' in exprs

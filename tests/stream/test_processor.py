@@ -58,7 +58,7 @@ def test_purchases_update_profiles_and_publish_recommendations() -> None:
     assert profile is not None and profile["events"]["purchase"] == 2
     assert value(reg, "feedback_events_total", type="purchase", outcome="processed") == 3
     assert value(reg, "feedback_recommendations_emitted_total",
-                 strategy=proc.engine.strategy) == 1
+                 strategy="blend") == 1
 
 
 def test_duplicate_event_ids_are_learned_once() -> None:
@@ -274,3 +274,17 @@ def test_a_tombstone_is_dead_lettered_with_an_empty_value() -> None:
     assert dead.value == b"" and dead.key == b"ann"
     assert headers["deadletter.detail"] == b"the message has no value (null / tombstone)"
     assert "source.timestamp" not in headers  # the record had none
+
+
+def test_attributed_revenue_is_counted_in_the_purchase_currency() -> None:
+    proc, s, reg = make()
+    proc.handle([msg(s, purchase("e1", "ann", "a")), msg(s, purchase("e2", "ann", "b")),
+                 msg(s, purchase("e3", "bob", "a"))])
+    # Bob was recommended "b": he buys two, in pounds.
+    bought = {**purchase("e4", "bob", "b", "2024-01-01T10:05:00Z"), "quantity": 2,
+              "currency": "GBP"}
+    proc.handle([msg(s, bought, 3)])
+    labels = {"variant": "blend", "strategy": "blend"}
+    assert value(reg, "feedback_attributed_revenue_total", **labels, currency="GBP") == 6.0
+    assert value(reg, "feedback_attributed_revenue_total", **labels,
+                 currency="unspecified") == 0.0

@@ -145,10 +145,10 @@ def test_popularity_baseline_excludes_seen_items() -> None:
     from models.events import Event
 
     for i, item in enumerate(["a", "a", "a", "b", "b", "c"]):
-        base.learn(Event("purchase", f"e{i}", f"u{i}", item, 0.0, quantity=1))
+        base.learn_one(Event("purchase", f"e{i}", f"u{i}", item, 0.0, quantity=1))
     assert base.hit("new", "a", 1)
     assert not base.hit("new", "b", 1) and base.hit("new", "b", 2)
-    base.learn(Event("purchase", "x", "me", "a", 0.0, quantity=1))
+    base.learn_one(Event("purchase", "x", "me", "a", 0.0, quantity=1))
     assert base.hit("me", "b", 1)  # "a" is excluded for me
     assert not base.hit("me", "a", 10)  # already seen
     assert not base.hit("me", "never-seen", 10)
@@ -159,3 +159,41 @@ def test_bench_mode(capsys: pytest.CaptureFixture[str]) -> None:
     result = json.loads(capsys.readouterr().out)
     assert result["catalogue_items"] == 300 and result["events"] == 500
     assert result["events_per_second"] == pytest.approx(500 / result["seconds"])
+
+
+def test_plots_of_short_series_draw_a_curve_over_the_event_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """13 ratings, 40 positives: every point is drawn, at the event count it was measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    captured: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig: plt.Figure, path: Path, **kwargs: object) -> None:
+        ax = fig.axes[0]
+        captured[Path(path).name] = [(line.get_xdata(), line.get_ydata()) for line in ax.lines]
+        assert ax.get_xlabel() == "events replayed"
+        assert ax.get_xlim()[1] == 500
+        real_savefig(fig, path, **kwargs)
+
+    series = {
+        "events": 500,
+        "hits": [i % 4 == 0 for i in range(40)], "pop_hits": [False] * 40,
+        "hit_at": list(range(10, 410, 10)),
+        "err": [0.5] * 13, "mf_err": [1.0] * 13, "err_at": list(range(30, 420, 30)),
+        "sent_truth": [], "sent_pred": [], "lex_pred": [], "sent_at": [],
+        "alert_at": [(100, "churn_risk"), (300, "churn_risk")],
+    }
+    monkeypatch.setattr(plt.Figure, "savefig", capture)
+    written = evaluate.write_plots(series, tmp_path)
+    assert sorted(p.name for p in written) == ["alerts.png", "hit_rate.png", "rating_error.png"]
+    (hx, hy), _ = captured["hit_rate.png"]
+    assert list(hx) == series["hit_at"] and len(hy) == 40 and hy[0] == 1.0
+    (ex, ey), (_, mfy) = captured["rating_error.png"]
+    assert list(ex) == series["err_at"] and list(ey) == [0.5] * 13 and list(mfy) == [1.0] * 13
+    ((ax_, ay),) = captured["alerts.png"]
+    assert list(ax_) == [0, 100, 300, 500] and list(ay) == [0, 1, 2, 2]

@@ -1,0 +1,74 @@
+"""Rates and percentiles from sampled counters, checked on made-up samples.
+
+Nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tools.bench.stats import Window, combined, percentile, ratio, time_at, value_at, window
+
+
+@pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 100])
+def test_percentile_matches_numpy_linear(q: float) -> None:
+    values = [0.5, 0.01, 0.2, 0.07, 0.3, 0.3, 0.11, 0.9, 0.04]
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_percentile_edges() -> None:
+    assert math.isnan(percentile([], 50))
+    assert percentile([3.0], 99) == 3.0
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_time_at_interpolates_between_samples() -> None:
+    samples = [(0.0, 0.0), (1.0, 100.0), (2.0, 300.0)]
+    assert time_at(samples, 50) == pytest.approx(0.5)
+    assert time_at(samples, 200) == pytest.approx(1.5)
+    assert time_at(samples, 300) == 2.0
+    assert time_at(samples, 301) is None
+    # A counter already past the target at its first sample: that sample's time.
+    assert time_at([(5.0, 10.0)], 1) == 5.0
+
+
+def test_value_at_interpolates_and_clamps() -> None:
+    samples = [(1.0, 10.0), (3.0, 30.0)]
+    assert value_at(samples, 2.0) == pytest.approx(20.0)
+    assert value_at(samples, 0.0) == 10.0
+    assert value_at(samples, 9.0) == 30.0
+    assert value_at([], 1.0) == 0.0
+
+
+def test_window_excludes_start_up_and_tail() -> None:
+    # Idle for 10 s (start-up), then 1,000 events/s, then a slow tail.
+    samples = [(0.0, 0.0), (10.0, 0.0)]
+    samples += [(10.0 + i, 1000.0 * i) for i in range(1, 10)]
+    samples += [(30.0, 10_000.0)]
+    w = window(samples, 10_000)
+    assert w is not None
+    assert w.start == pytest.approx(11.0) and w.end == pytest.approx(19.0)
+    assert w.rate(samples) == pytest.approx(1000.0)
+
+
+def test_window_is_none_when_the_run_did_not_finish() -> None:
+    assert window([(0.0, 0.0), (1.0, 500.0)], 1000) is None
+    assert math.isnan(Window(2.0, 2.0).rate([(0.0, 0.0)]))
+
+
+def test_combined_adds_workers_round_by_round() -> None:
+    a = [(0.0, 1.0), (1.0, 5.0)]
+    b = [(0.1, 2.0), (1.1, 7.0)]
+    assert combined([a, b]) == [(0.1, 3.0), (1.1, 12.0)]
+
+
+def test_ratio_guards() -> None:
+    assert ratio(5.0, 10.0) == 0.5
+    assert ratio(None, 10.0) is None
+    assert ratio(5.0, None) is None
+    assert ratio(5.0, 0.0) is None
+    assert ratio(math.nan, 1.0) is None

@@ -1,0 +1,113 @@
+"""Rates and percentiles from sampled counters: pure functions, no clock, no I/O."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Sustained rates are measured between these fractions of the events processed.
+WINDOW = (0.1, 0.9)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation (numpy's default).
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 50)
+    2.5
+    """
+    if not values:
+        return math.nan
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be in 0..100, got {q}")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def time_at(samples: Sequence[tuple[float, float]], count: float) -> float | None:
+    """When a monotone counter sampled as ``(time, value)`` first reached ``count``
+    (linear interpolation between samples); None if it never did."""
+    prev: tuple[float, float] | None = None
+    for t, v in samples:
+        if v >= count:
+            if prev is None or v == prev[1]:
+                return t
+            t0, v0 = prev
+            return t0 + (t - t0) * (count - v0) / (v - v0)
+        prev = (t, v)
+    return None
+
+
+def value_at(samples: Sequence[tuple[float, float]], when: float) -> float:
+    """A counter's value at time ``when``, interpolated between samples."""
+    if not samples:
+        return 0.0
+    prev = samples[0]
+    if when <= prev[0]:
+        return prev[1]
+    for t, v in samples[1:]:
+        if t >= when:
+            t0, v0 = prev
+            return v0 + (v - v0) * (when - t0) / (t - t0) if t > t0 else v
+        prev = (t, v)
+    return prev[1]
+
+
+@dataclass(frozen=True)
+class Window:
+    """The measuring window of a run: from ``start`` to ``end`` (monotonic seconds)."""
+
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    def rate(self, samples: Sequence[tuple[float, float]]) -> float:
+        """Average rate of a counter over the window."""
+        if self.seconds <= 0:
+            return math.nan
+        return (value_at(samples, self.end) - value_at(samples, self.start)) / self.seconds
+
+
+def window(
+    samples: Sequence[tuple[float, float]], total: int, lo: float = WINDOW[0], hi: float = WINDOW[1]
+) -> Window | None:
+    """The window between the moments ``lo`` and ``hi`` of ``total`` were counted."""
+    start, end = time_at(samples, lo * total), time_at(samples, hi * total)
+    if start is None or end is None or end <= start:
+        return None
+    return Window(start, end)
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    """``value / reference``, None when either is missing or the reference is not positive."""
+    if value is None or reference is None or not reference > 0 or math.isnan(value):
+        return None
+    return value / reference
+
+
+
+def per_cpu_second(rate: float | None, cores: float | None) -> float | None:
+    """Events per CPU-second from events/s and the cores the process kept busy."""
+    if rate is None or cores is None or math.isnan(cores) or cores <= 0:
+        return None
+    return rate / cores
+
+
+
+def combined(series: Sequence[Sequence[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """Several workers' counters, sampled in the same rounds, added up per round."""
+    return [
+        (max(t for t, _ in row), sum(v for _, v in row))
+        for row in zip(*series, strict=False)
+    ]
+
+
+
+def rounded(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None else round(x, digits)
