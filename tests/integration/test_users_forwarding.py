@@ -8,11 +8,11 @@ import dataclasses
 
 import orjson
 import pytest
-from stream.broker import free_port
 
 from tests.integration.conftest import produce_events, wait_for
 from tests.integration.reliability_helpers import make_events, records_for, wait_metric
 from tests.integration.test_reliability_rebalance import owned_partitions
+from tools.broker import free_port
 
 pytestmark = pytest.mark.integration
 
