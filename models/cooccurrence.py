@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -17,13 +17,16 @@ class Neighbours:
     conversion from a dict.
     """
 
-    __slots__ = ("keys", "n", "slots", "values")
+    __slots__ = ("keys", "n", "published", "slots", "values")
 
     def __init__(self) -> None:
         self.slots: dict[int, int] = {}
         self.keys = np.zeros(8, dtype=np.int64)
         self.values = np.zeros(8)
         self.n = 0
+        # (epoch, length) of the last published list assigned, while its ids are the
+        # first entries in that order (see ItemCooccurrence.assign); None otherwise.
+        self.published: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return self.n
@@ -62,6 +65,7 @@ class Neighbours:
         self.values = self.values[top].copy()
         self.n = keep
         self.slots = {int(k): i for i, k in enumerate(self.keys.tolist())}
+        self.published = None
 
 
 class ItemCooccurrence:
@@ -160,6 +164,71 @@ class ItemCooccurrence:
         norm[item] = (mass_item + 1.0) ** exponent
         if nb_item.n > cap:
             nb_item.prune(self.max_neighbours)
+
+    def pairs(
+        self, history: Sequence[tuple[int, float]], item: int, weight: float
+    ) -> list[tuple[int, float]]:
+        """The ``(h, w)`` pair increments :meth:`learn_one` makes for the same arguments
+        (each added to both ``C[h, item]`` and ``C[item, h]``), for an outbox."""
+        if weight <= 0.0:
+            return []
+        out = []
+        decay = 1.0
+        for h, w_h in reversed(history):
+            if h != item and w_h > 0.0:
+                out.append((h, min(weight, w_h) * decay))
+            decay *= self.gamma
+        return out
+
+    def assign(
+        self,
+        item: int,
+        ids: list[str],
+        weights: list[float],
+        mass: float,
+        index_of: Callable[[str], int],
+        epoch: int = -1,
+    ) -> None:
+        """Overwrite ``item``'s neighbours (distinct ``ids``, mapped by ``index_of``) with
+        ``weights``, and its co-occurrence mass: a published list replacing the local one.
+
+        A publisher whose list keeps a stable order (new neighbours appended) within
+        an ``epoch`` (it changes when the list is pruned; -1: unknown) sends a list
+        whose head is the previous one of the same epoch: then only the weights are
+        copied and the new tail mapped, so the cost follows what changed. Pairs
+        learnt locally since, not yet in the list, keep their local weight.
+        """
+        self._ensure(item)
+        nb = self.neighbours[item]
+        old = nb.published
+        m = old[1] if old is not None else 0
+        if old is None or epoch < 0 or old[0] != epoch or len(ids) < m:
+            nb = Neighbours()
+            self.neighbours[item] = nb
+            m = 0
+        elif m:
+            nb.values[:m] = weights[:m]
+        slots = nb.slots
+        for i in range(m, len(ids)):
+            # Entry i goes to position i; a pair learnt locally since may sit
+            # further on: swapped into place, so the list's head stays ``ids``.
+            h = index_of(ids[i])
+            slot = slots.get(h)
+            if slot is None:
+                slot = nb.n
+                nb.append(h, weights[i])
+            if slot != i:
+                keys, values = nb.keys, nb.values
+                other = int(keys[i])
+                keys[i], keys[slot] = h, other
+                values[slot] = values[i]
+                slots[h], slots[other] = i, slot
+            nb.values[i] = weights[i]
+        if m < len(ids):
+            self._ensure(int(nb.keys[: nb.n].max()))
+        nb.published = (epoch, len(ids))
+        self._mass[item] = mass
+        self._norm[item] = (mass + 1.0) ** -self.alpha
 
     def scores(
         self, history: Sequence[tuple[int, float]], n: int, out: np.ndarray | None = None

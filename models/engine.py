@@ -13,7 +13,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from models.clv import CustomerValue, Prediction
 from models.events import Event
 from models.factorization import RatingFactorization
 from models.information import BehaviourShift, ListInformation
+from models.item_updates import Outbox, apply_item_models, blend_state, merge_blend
 from models.profiles import DAY, History, UserProfile
 from models.recommender import BlendedRecommender, exclude_seen, top_k
 from models.segmentation import OnlineSegmentation
@@ -267,6 +268,9 @@ class FeedbackEngine:
         self.activity: dict[int, dict[str, None]] = {}
         self.activity_heap: list[int] = []
         self.held: dict[str, None] = {}
+        # Set (models.item_updates.attach) on a worker that shares what it learns
+        # about items; None: nothing recorded, nothing paid.
+        self.outbox: Outbox | None = None
         self.clock: float | None = None
         self.events = 0
         self.hits_seen = 0
@@ -374,6 +378,8 @@ class FeedbackEngine:
 
         # ---- learn ----
         strength, preference = self._strengths(event, out.sentiment)
+        if self.outbox is not None:
+            self.outbox.record(self, event, profile, item, strength, out.sentiment)
         self.recommender.learn_one(profile, item, strength, preference, t, n_items)
         if scored is not None:
             self.recommender.learn_blend(scored, item)
@@ -605,6 +611,19 @@ class FeedbackEngine:
             1.0 - c.churn_alive_threshold,
             now,
         )
+
+    # -- item-side knowledge shared between workers (models.item_updates) ------------
+    def apply_item_models(self, models: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
+        """Overwrite the local item-side state of published item models; how many."""
+        return apply_item_models(self, models)
+
+    def blend_state(self) -> dict[str, Any]:
+        """This engine's record for the blend weights' periodic averaging."""
+        return blend_state(self)
+
+    def merge_blend(self, states: Iterable[Mapping[str, Any]]) -> bool:
+        """Set the blend weights to the step-weighted mean of every worker's record."""
+        return merge_blend(self, states)
 
     # -- per-user state bounds ------------------------------------------------------
     def forget(self, user_id: str) -> bool:

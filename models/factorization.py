@@ -97,6 +97,16 @@ class RatingFactorization:
         self.weights = np.array([0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
         self.inverse = np.eye(self.weights.shape[0]) / 100.0
         self._n_items = 0
+        # When a list (an outbox's), every learn appends
+        # (item, vector before, bias before, vector step, bias step).
+        self.trace: list[tuple[int, np.ndarray, float, np.ndarray, float]] | None = None
+
+    def set_item(self, item: int, vec: np.ndarray, bias: float, count: float) -> None:
+        """Overwrite one item's vector, bias and rating count (a published model)."""
+        self._item(item)
+        self.item_vec[item] = vec
+        self.item_bias[item] = bias
+        self.item_count[item] = count
 
     def _item(self, item: int) -> None:
         if item >= self._n_items:
@@ -202,6 +212,7 @@ class RatingFactorization:
         # starts as the shrunk mean of its residuals instead of creeping towards it.
         lb_user = max(self.lr_bias, 1.0 / (count + 1 + self.user_shrinkage))
         lb_item = max(self.lr_bias, 1.0 / (item_count + 1 + self.item_shrinkage))
+        bias_before = float(self.item_bias[item])
         self.user_bias[user] += lb_user * (err - self.l2_bias * self.user_bias[user])
         self.item_bias[item] += lb_item * (err - self.l2_bias * self.item_bias[item])
         grad_p = err * q - self.l2_latent * p
@@ -211,7 +222,11 @@ class RatingFactorization:
         acc_p += grad_p * grad_p
         acc_q += grad_q * grad_q
         p += self.lr_latent * grad_p / np.sqrt(acc_p)
-        q += self.lr_latent * grad_q / np.sqrt(acc_q)
+        step = self.lr_latent * grad_q / np.sqrt(acc_q)
+        if self.trace is not None:
+            bias_step = float(self.item_bias[item]) - bias_before
+            self.trace.append((item, q.copy(), bias_before, step, bias_step))
+        q += step
 
 
 class ImplicitFactorization:
@@ -276,6 +291,15 @@ class ImplicitFactorization:
         self._n_items = 0
         self._buffer: list[float] = []
         self._cursor = 0
+        # When a list (an outbox's), every learn appends
+        # (item, vector before, bias before, vector step, bias step) for each row it moved.
+        self.trace: list[tuple[int, np.ndarray, float, np.ndarray, float]] | None = None
+
+    def set_item(self, item: int, vec: np.ndarray, bias: float) -> None:
+        """Overwrite one item's vector and bias (a published model)."""
+        self._item(item)
+        self.item_vec[item] = vec
+        self.item_bias[item] = bias
 
     def _item(self, item: int) -> None:
         if item >= self._n_items:
@@ -320,6 +344,10 @@ class ImplicitFactorization:
         shrink = 1.0 - lr * self.l2
         q_item = self.item_vec[item]
         bias = self.item_bias
+        trace = self.trace
+        before: dict[int, tuple[np.ndarray, float]] | None = None
+        if trace is not None:
+            before = {item: (q_item.copy(), float(bias[item]))}
         # Few small in-place numpy operations per pair: at 16 factors numpy's
         # per-call overhead, not arithmetic, is the cost.
         recent = self._recent
@@ -334,6 +362,8 @@ class ImplicitFactorization:
             if other == item or other >= self._n_items:
                 continue
             q_other = self.item_vec[other]
+            if before is not None and other not in before:
+                before[other] = (q_other.copy(), float(bias[other]))
             diff = q_item - q_other
             b_item, b_other = float(bias[item]), float(bias[other])
             x = sign * (float(p @ diff) + b_item - b_other)
@@ -347,6 +377,9 @@ class ImplicitFactorization:
             q_other -= step
             bias[item] = b_item * shrink + g
             bias[other] = b_other * shrink - g
+        if before is not None and trace is not None:
+            for row, (vec, b) in before.items():
+                trace.append((row, vec, b, self.item_vec[row] - vec, float(bias[row]) - b))
         if weight > 0:
             if len(recent) < 4096:
                 recent.append(item)

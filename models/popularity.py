@@ -59,6 +59,25 @@ class DecayedPopularity:
         self._scaled[item] = max(0.0, self._scaled.item(item) + weight * math.exp(exponent))
         self._counts[item] = max(0.0, self._counts.item(item) + weight)
 
+    def assign(self, item: int, recent: float, at: float, all_time: float | None = None) -> None:
+        """Overwrite ``item``'s decayed weight (``recent`` as of event time ``at``) and,
+        unless ``None``, its all-time weight: a published value replacing the local one."""
+        if self.t_ref is None:
+            self.t_ref = at
+        if self.t_last is None or at > self.t_last:
+            self.t_last = at
+        exponent = self._rate * (at - self.t_ref)
+        if exponent > 50.0:
+            self._scaled *= math.exp(-exponent)
+            self.t_ref = at
+            exponent = 0.0
+        if item >= self._scaled.shape[0] or item >= self._counts.shape[0]:
+            self._scaled = grown(self._scaled, item + 1)
+            self._counts = grown(self._counts, item + 1)
+        self._scaled[item] = max(0.0, recent * math.exp(exponent))
+        if all_time is not None:
+            self._counts[item] = max(0.0, all_time)
+
     def recent(self, n: int) -> np.ndarray:
         """Decayed popularity of items ``0..n-1`` in weight units at the latest event time."""
         out = np.zeros(n)

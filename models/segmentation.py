@@ -152,6 +152,9 @@ class OnlineSegmentation:
         self.updates = 0
         self.last_refit = 0
         self._scale_cache: tuple[np.ndarray, np.ndarray] | None = None
+        # A follower takes its centres from another worker's segmentation (adopt)
+        # and never moves or re-fits them: segment ids then mean the same everywhere.
+        self.follower = False
 
     @property
     def n_users(self) -> int:
@@ -183,10 +186,12 @@ class OnlineSegmentation:
     def _sync(self, j: int) -> None:
         """Refresh centre ``j`` after a membership change (an emptied one stays put)."""
         n = self.counts[j]
-        if n > 0:
+        if n > 0 and not self.follower:
             self.centres[j] = self.sums[j] / n
 
     def _sync_all(self) -> None:
+        if self.follower:
+            return
         counts = self.counts[:, None]
         self.centres = np.where(counts > 0, self.sums / np.maximum(counts, 1), self.centres)
 
@@ -325,7 +330,11 @@ class OnlineSegmentation:
         """Periodic work: a re-fit attempt when due, then ``n_users`` re-examined."""
         if not self.initialised:
             return
-        if self.updates - self.last_refit >= self.refit_every and self._refit():
+        if (
+            not self.follower
+            and self.updates - self.last_refit >= self.refit_every
+            and self._refit()
+        ):
             return
         n = self.n_users
         if n == 0:
@@ -350,6 +359,28 @@ class OnlineSegmentation:
         np.add.at(self.last_seen_sums, best, seen)
         self.labels[rows] = best
         self._sync_all()
+
+    # -- one segmentation for many workers ------------------------------------------
+    def centres_state(self) -> list[list[float]] | None:
+        """The centres (raw units) for followers to adopt; ``None`` before warm-up."""
+        return self.centres.tolist() if self.initialised else None
+
+    def adopt(self, centres: list[list[float]]) -> None:
+        """Follow centres published by the segmentation's owner (see :attr:`follower`).
+
+        Users move to their nearest adopted centre as their events arrive and as
+        :meth:`refresh` re-examines them round robin; nothing is re-fitted here.
+        The first adoption relabels every user at once.
+        """
+        first = not self.follower
+        self.follower = True
+        self.centres = np.array(centres, dtype=float)
+        if first or not self.initialised:
+            self.initialised = True
+            n = self.n_users
+            if n:
+                self.labels[:n] = self._distances(self.vectors[:n]).argmin(axis=1)
+                self._recount()
 
     # -- reading ---------------------------------------------------------------
     def segment_of(self, user_id: str) -> int | None:

@@ -180,18 +180,27 @@ class ItemSentiment:
 
     def learn_one(self, item_id: str, p_positive: float, t: float) -> tuple[float, float, int]:
         """Learn one review; returns ``(recent, baseline_before, count)`` negative rates."""
-        negative = 1.0 if p_positive < 0.5 else 0.0
         st = self.state.get(item_id)
         if st is None:
-            st = [0.0, negative, negative, t, 0.0]  # count, fast, slow, last time, mean P(pos)
-            self.state[item_id] = st
+            st = self.state[item_id] = self.start(p_positive, t)
         baseline = st[2]
+        self.step(st, p_positive, t)
+        return st[1], baseline, int(st[0])
+
+    @staticmethod
+    def start(p_positive: float, t: float) -> list[float]:
+        """The state before an item's first review: count, fast, slow, last time, mean P(pos)."""
+        negative = 1.0 if p_positive < 0.5 else 0.0
+        return [0.0, negative, negative, t, 0.0]
+
+    def step(self, st: list[float], p_positive: float, t: float) -> None:
+        """Learn one review into one item's state ``st`` (see :meth:`start`)."""
+        negative = 1.0 if p_positive < 0.5 else 0.0
         st[0] += 1
         st[1] += self.fast * (negative - st[1])
         st[2] += self.slow * (negative - st[2])
         st[3] = max(st[3], t)
         st[4] += (p_positive - st[4]) / st[0]
-        return st[1], baseline, int(st[0])
 
     def summary(self, item_id: str) -> dict[str, float] | None:
         """JSON-able sentiment figures of one item, or ``None`` if never reviewed."""

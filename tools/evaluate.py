@@ -29,10 +29,10 @@ import math
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import orjson
@@ -49,6 +49,7 @@ from tools.clv_holdout import HoldoutReplay, customer_value_only
 from tools.next_click import BASELINES as NEXT_CLICK_BASELINES
 from tools.next_click import K as NEXT_K
 from tools.next_click import NextClick
+from tools.scaleout import PARTS, Cluster, parse_share
 
 DAY = 86_400.0
 CHURN_HORIZON_DAYS = 90.0
@@ -211,6 +212,10 @@ def evaluate(
     progress: bool = False,
     series: dict[str, Any] | None = None,
     variants: str | None = "blend,popularity,explore",
+    workers: int | None = None,
+    period: float = 1.0,
+    share: Collection[str] = frozenset(PARTS),
+    every: int | None = None,
     warmup_until: float | None = None,
     predictions: IO[bytes] | None = None,
     holdout_from: float | None = None,
@@ -218,14 +223,20 @@ def evaluate(
     """Replay ``events`` through a fresh engine and the baselines; the metrics dict.
 
     ``variants`` (``None``: off) are the strategies of the attribution report,
-    which needs clicks or purchases in ``events``. With clicks in ``events``,
+    which needs clicks or purchases in ``events``. With ``workers``, the events
+    go through that many user-partitioned engines sharing the ``share`` parts
+    of their item-side knowledge every ``period`` seconds of event time
+    (or every ``every`` events; :class:`tools.scaleout.Cluster`); the result
+    gains a ``scaleout`` entry. With clicks in ``events``,
     the next-click figures (:mod:`tools.next_click`) score only lists made at
     or after ``warmup_until``, and each scored engine list is written to
     ``predictions`` as a JSON line. ``holdout_from`` (event time) adds the
     customer-value holdout of :mod:`tools.clv_holdout`; its churn figures
     replace the 90-day ones.
     """
-    engine = FeedbackEngine(config)
+    cluster = Cluster(workers, config, period, share, every) if workers is not None else None
+    # The cluster routes each call to the user's worker: an engine to the replay.
+    engine = cast(FeedbackEngine, cluster) if cluster is not None else FeedbackEngine(config)
     k = engine.config.top_k
     pop = PopularityBaseline()
     mf = biased_mf()
@@ -379,6 +390,8 @@ def evaluate(
     result["blend_weights"] = dict(
         zip(FEATURES, [round(w, 3) for w in engine.recommender.weights.tolist()], strict=True)
     )
+    if cluster is not None:
+        result["scaleout"] = cluster.report()
     if series is not None:
         series.update(
             hits=hits, pop_hits=pop_hits, err=err, mf_err=mf_err,
@@ -695,6 +708,32 @@ def main(argv: list[str] | None = None) -> int:
         help="strategies of the attribution report, name[:weight],... ('' turns it off)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="W",
+        help="replay through W user-partitioned workers sharing item-side knowledge "
+        "(events routed as Kafka's default partitioner does, W partitions)",
+    )
+    parser.add_argument(
+        "--item-model-period",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --workers: event time between two deliveries of the item models",
+    )
+    parser.add_argument(
+        "--item-model-events",
+        type=int,
+        metavar="N",
+        help="with --workers: deliver the item models every N events of the stream "
+        "instead (the staleness of a deployment processing N events per period)",
+    )
+    parser.add_argument(
+        "--share",
+        default="all",
+        help=f"with --workers: what is shared, 'all', 'none' or some of {','.join(PARTS)}",
+    )
+    parser.add_argument(
         "--warmup-until",
         metavar="ISO_TIME",
         help="learn from every event, but score only next-click lists made at or after this "
@@ -741,6 +780,16 @@ def main(argv: list[str] | None = None) -> int:
         holdout_from = _parse_date(args.holdout_from)
         if holdout_from is None:
             parser.error(f"--holdout-from: not a date: {args.holdout_from!r} (use YYYY-MM-DD)")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, not {args.workers}")
+    if args.item_model_period <= 0:
+        parser.error(f"--item-model-period must be positive, not {args.item_model_period}")
+    if args.item_model_events is not None and args.item_model_events < 1:
+        parser.error(f"--item-model-events must be at least 1, not {args.item_model_events}")
+    try:
+        share = parse_share(args.share)
+    except ValueError as exc:
+        parser.error(f"--share: {exc}")
 
     if args.bench_items is not None:
         result = bench(args.bench_items, args.bench_events, args.seed)
@@ -785,6 +834,10 @@ def main(argv: list[str] | None = None) -> int:
             warmup_until=warmup_until,
             predictions=predictions,
             holdout_from=holdout_from,
+            workers=args.workers,
+            period=args.item_model_period,
+            share=share,
+            every=args.item_model_events,
         )
     finally:
         if predictions is not None:

@@ -106,3 +106,24 @@ def test_snapshot_matches_segments() -> None:
     users, x, labels = seg.snapshot()
     assert len(users) == 90 and x.shape == (90, D)
     assert [seg.segment_of(u) for u in users] == labels.tolist()
+
+
+def test_a_follower_labels_users_as_the_owner_does() -> None:
+    """Two workers' segmentations fitted apart number their segments differently;
+    after the follower adopts the owner's centres, the same vector gets the same id."""
+    owner = OnlineSegmentation(k=3, warmup=30, seed=0)
+    follower = OnlineSegmentation(k=3, warmup=30, seed=7)
+    vectors = blobs(1, 600)
+    for i, v in enumerate(vectors):
+        (owner if i % 2 else follower).learn_one(f"u{i}", v, 0.0)
+    probes = blobs(2, 30)
+    centres = owner.centres_state()
+    assert centres is not None
+    follower.adopt(centres)
+    for i, v in enumerate(probes):
+        assert follower.learn_one(f"p{i}", v, 0.0) == owner.learn_one(f"p{i}", v, 0.0)
+    # adopted users were relabelled at once, and the adopted centres do not move
+    assert sum(follower.sizes().values()) == follower.n_users
+    assert np.array_equal(follower.centres, np.array(centres))
+    follower.refresh(1000)
+    assert np.array_equal(follower.centres, np.array(centres))

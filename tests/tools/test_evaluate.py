@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,61 @@ def test_plots_of_short_series_draw_a_curve_over_the_event_count(
     assert list(ex) == series["err_at"] and list(ey) == [0.5] * 13 and list(mfy) == [1.0] * 13
     ((ax_, ay),) = captured["alerts.png"]
     assert list(ax_) == [0, 100, 300, 500] and list(ay) == [0, 1, 2, 2]
+
+
+def pairs_file(tmp_path: Path) -> Path:
+    """Every customer buys one of 60 pairs, first item then second: the second is a hit
+    only for an engine that knows the pair, i.e. has seen an earlier buyer of it."""
+    rng = np.random.default_rng(3)
+    rows = []
+    t = 1_600_000_000
+    for user in range(600):
+        k = int(rng.integers(60))
+        for step, item in enumerate((f"a{k}", f"b{k}")):
+            t += 60
+            rows.append({
+                "type": "purchase", "event_id": f"e{user}-{step}", "user_id": f"c{user}",
+                "item_id": item, "quantity": 1, "price": 5.0,
+                "timestamp": datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            })  # fmt: skip
+    return write(tmp_path / "pairs.jsonl", rows)
+
+
+def _run(path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    assert evaluate.main([str(path), "--json", "--variants", "", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_workers_report_the_same_keys_and_sharing_restores_the_hit_rate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pairs_file(tmp_path)
+    plain = _run(path, capsys)
+    one = _run(path, capsys, "--workers", "1")
+    shared = _run(path, capsys, "--workers", "4")
+    alone = _run(path, capsys, "--workers", "4", "--share", "none")
+    assert set(one) == set(shared) == set(alone) == set(plain) | {"scaleout"}
+    assert shared["scaleout"]["workers"] == 4
+    assert len(shared["scaleout"]["events_by_worker"]) == 4
+    assert min(shared["scaleout"]["events_by_worker"]) > 0
+    assert shared["scaleout"]["item_update_entries_applied"] > 0
+    assert shared["scaleout"]["item_update_entries_skipped"] == 0
+    # one worker through the owner learns what the plain engine learns
+    assert one["hr_at_10"] == pytest.approx(plain["hr_at_10"], abs=0.01)
+    # four workers: each sees a quarter of the buyers of a pair unless they share
+    assert shared["hr_at_10"] >= plain["hr_at_10"] - 0.02
+    assert alone["hr_at_10"] < shared["hr_at_10"] - 0.1
+
+
+def test_workers_bad_arguments_exit_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = ratings_file(tmp_path)
+    for args in (["--workers", "0"], ["--share", "cooccurrence,nope"],
+                 ["--item-model-period", "0"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main([str(path), "--workers", "2", *args] if args[0] != "--workers"
+                          else [str(path), *args])  # fmt: skip
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("feedback-stream evaluate: error:")

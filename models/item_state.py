@@ -1,0 +1,306 @@
+"""The item owner's half: one item's authoritative statistics, learnt from all traffic.
+
+An :class:`ItemState` is what the owner of an item's partition keeps in its
+changelogged table (``to_dict``/``from_dict``); it applies the entries of
+:mod:`models.item_updates` idempotently and publishes a compact model that
+:func:`models.item_updates.apply_item_models` writes over every worker's replica.
+
+Idempotence: per source topic-partition the state keeps the highest offset it
+has applied (``applied``). An entry of offset ``o`` from ``src`` is applied only
+if ``o > applied[src]``, and the counters and the watermark are written in the
+same changelog record, so a re-sent batch (a crash before the input offsets
+were committed, or the owner re-reading its topic) is skipped item by item,
+exactly, without any atomicity across items.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models.item_updates import Entry, Updates, murmur2
+
+if TYPE_CHECKING:
+    from models.engine import EngineConfig
+
+__all__ = ["ItemOwner", "ItemParams", "ItemState"]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemParams:
+    """The engine settings the owner needs (take them from the workers' config)."""
+
+    max_neighbours: int = 200
+    trending_half_life: float = 86_400.0
+    segment_half_life: float = 7 * 86_400.0
+    n_factors: int = 16
+    rating_factors: int = 10
+    sentiment_fast: float = 0.15
+    sentiment_slow: float = 0.02
+    seed: int = 42
+    # An item is published again once its co-occurrence mass, its all-time
+    # popularity or its factor steps moved by this fraction since it last was
+    # (a new item at once): the bytes and the replicas' work follow what changes.
+    publish_tolerance: float = 0.05
+
+    @classmethod
+    def of(cls, config: EngineConfig) -> ItemParams:
+        """The parameters matching an :class:`models.engine.EngineConfig`."""
+        return cls(
+            max_neighbours=config.max_neighbours,
+            trending_half_life=config.trending_half_life_s,
+            segment_half_life=config.segment_half_life_s,
+            n_factors=config.n_factors,
+            rating_factors=config.rating_factors,
+            seed=config.seed,
+        )
+
+
+def initial_vector(item_id: str, n: int, seed: int) -> list[float]:
+    """A factor vector's start, the same on every owner: N(0, 0.1) seeded by the id."""
+    rng = np.random.default_rng([murmur2(item_id.encode()), seed])
+    return rng.normal(0.0, 0.1, n).tolist()
+
+
+def _decayed(value: float, at: float | None, w: float, t: float, rate: float
+             ) -> tuple[float, float]:
+    """``(value, at)`` after adding ``w`` at time ``t`` to a weight decaying at ``rate``."""
+    if at is None:
+        return max(0.0, w), t
+    if t >= at:
+        return max(0.0, value * math.exp(-rate * (t - at)) + w), t
+    return max(0.0, value + w * math.exp(-rate * (at - t))), at
+
+
+@dataclass(slots=True)
+class ItemState:
+    """One item's statistics learnt from every worker's events.
+
+    Examples
+    --------
+    >>> s = ItemState()
+    >>> entries = [["clicks:0", 7, ["p", 1.0, 100.0], ["c", "y", 0.5]]]
+    >>> s.apply(entries, ItemParams()), s.apply(entries, ItemParams())  # re-sent: skipped
+    (1, 0)
+    >>> s.count, s.neighbours, s.applied
+    (1.0, {'y': 0.5}, {'clicks:0': 7})
+    >>> ItemState.from_dict(s.to_dict()) == s
+    True
+    """
+
+    applied: dict[str, int] = field(default_factory=dict)
+    neighbours: dict[str, float] = field(default_factory=dict)
+    epoch: int = 0  # bumped when the neighbours are pruned (their order changes)
+    mass: float = 0.0
+    count: float = 0.0
+    recent: float = 0.0
+    recent_at: float | None = None
+    segments: dict[int, list[float]] = field(default_factory=dict)  # segment -> [value, at]
+    taste: list[float] | None = None
+    taste_bias: float = 0.0
+    rating: list[float] | None = None
+    rating_bias: float = 0.0
+    rating_count: float = 0.0
+    sentiment: list[float] | None = None  # models.sentiment.ItemSentiment's five numbers
+    price: float = 0.0
+    price_n: float = 0.0
+    steps: int = 0  # factor steps applied
+    shown: list[float] | None = None  # (mass, count, steps) when last published
+
+    def due(self, params: ItemParams) -> bool:
+        """Whether the item changed enough since it was last published (see
+        :attr:`ItemParams.publish_tolerance`); never published: True."""
+        if self.shown is None:
+            return True
+        mass, count, steps = self.shown
+        tol = params.publish_tolerance
+        return (
+            abs(self.mass - mass) > tol * mass
+            or abs(self.count - count) > tol * count
+            or self.steps - steps > tol * steps
+        )
+
+    def apply(self, entries: Iterable[Entry], params: ItemParams, item_id: str = "") -> int:
+        """Apply the entries newer than their source's watermark; how many were.
+
+        ``item_id`` seeds the factor vectors' start (:func:`initial_vector`).
+        """
+        changed = 0
+        applied = self.applied
+        for entry in entries:
+            src, offset = entry[0], entry[1]
+            if offset <= applied.get(src, -1):
+                continue
+            applied[src] = offset
+            changed += 1
+            for op in entry[2:]:
+                self._op(op, params, item_id)
+        return changed
+
+    def _op(self, op: list[Any], params: ItemParams, item_id: str) -> None:
+        kind = op[0]
+        if kind == "c":
+            self.neighbours[op[1]] = self.neighbours.get(op[1], 0.0) + op[2]
+            self.mass += op[2]
+            if len(self.neighbours) > 2 * params.max_neighbours:
+                self._prune(params.max_neighbours)
+        elif kind == "p":
+            self.count = max(0.0, self.count + op[1])
+            rate = math.log(2.0) / params.trending_half_life
+            self.recent, self.recent_at = _decayed(self.recent, self.recent_at, op[1], op[2], rate)
+        elif kind == "s":
+            seg = self.segments.get(op[1])
+            rate = math.log(2.0) / params.segment_half_life
+            value, at = _decayed(seg[0], seg[1], op[2], op[3], rate) if seg else _decayed(
+                0.0, None, op[2], op[3], rate
+            )
+            self.segments[op[1]] = [value, at]
+        elif kind == "b0":
+            if self.taste is None:
+                self.taste, self.taste_bias = list(op[1]), op[2]
+        elif kind == "r0":
+            if self.rating is None:
+                self.rating, self.rating_bias = list(op[1]), op[2]
+        elif kind == "b":
+            if self.taste is None:
+                self.taste = initial_vector(item_id, params.n_factors, params.seed)
+            self.taste = [a + b for a, b in zip(self.taste, op[1], strict=True)]
+            self.taste_bias += op[2]
+            self.steps += 1
+        elif kind == "r":
+            if self.rating is None:
+                self.rating = initial_vector(item_id, params.rating_factors, params.seed + 1)
+            self.rating = [a + b for a, b in zip(self.rating, op[1], strict=True)]
+            self.rating_bias += op[2]
+            self.rating_count += 1
+            self.steps += 1
+        elif kind == "e":
+            from models.sentiment import ItemSentiment
+
+            track = ItemSentiment(params.sentiment_fast, params.sentiment_slow)
+            if self.sentiment is None:
+                self.sentiment = track.start(op[1], op[2])
+            track.step(self.sentiment, op[1], op[2])
+        elif kind == "$":
+            self.price_n += 1
+            self.price += (op[1] - self.price) / self.price_n
+        else:
+            raise ValueError(f"item updates: unknown op {kind!r}")
+
+    def _prune(self, keep: int) -> None:
+        top = heapq.nlargest(keep, self.neighbours.items(), key=lambda kv: kv[1])
+        self.neighbours = dict(top)
+        self.epoch += 1
+
+    def published(self, now: float, params: ItemParams) -> dict[str, Any]:
+        """The compact model every worker's replica takes (see ``apply_item_models``);
+        remembers what it showed, for :meth:`due`."""
+        self.shown = [self.mass, self.count, float(self.steps)]
+        model: dict[str, Any] = {"t": now}
+        if self.neighbours:
+            # Every neighbour kept (at most 2 x max_neighbours, as a worker keeps), in
+            # the dict's stable order: a replica maps only the ids new since (see
+            # ItemCooccurrence.assign).
+            model["nb"] = [list(self.neighbours), list(self.neighbours.values()), self.epoch]
+            model["m"] = self.mass
+        if self.recent_at is not None:
+            model["p"] = [self.recent, self.recent_at]
+            model["n"] = self.count
+        if self.segments:
+            model["s"] = {str(k): v for k, v in self.segments.items()}
+        if self.taste is not None:
+            model["q"], model["qb"] = self.taste, self.taste_bias
+        if self.rating is not None:
+            model["r"], model["rb"], model["rn"] = self.rating, self.rating_bias, self.rating_count
+        if self.sentiment is not None:
+            model["e"] = self.sentiment
+        if self.price_n:
+            model["$"] = [self.price, self.price_n]
+        return model
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able record for the changelogged table."""
+        return {
+            "applied": self.applied,
+            "nb": self.neighbours,
+            "epoch": self.epoch,
+            "mass": self.mass,
+            "count": self.count,
+            "recent": [self.recent, self.recent_at],
+            "seg": {str(k): v for k, v in self.segments.items()},
+            "taste": [self.taste, self.taste_bias],
+            "rating": [self.rating, self.rating_bias, self.rating_count],
+            "sent": self.sentiment,
+            "price": [self.price, self.price_n],
+            "steps": self.steps,
+            "shown": self.shown,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ItemState:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            applied=dict(d["applied"]),
+            neighbours=dict(d["nb"]),
+            epoch=d["epoch"],
+            mass=d["mass"],
+            count=d["count"],
+            recent=d["recent"][0],
+            recent_at=d["recent"][1],
+            segments={int(k): list(v) for k, v in d["seg"].items()},
+            taste=d["taste"][0],
+            taste_bias=d["taste"][1],
+            rating=d["rating"][0],
+            rating_bias=d["rating"][1],
+            rating_count=d["rating"][2],
+            sentiment=d["sent"],
+            price=d["price"][0],
+            price_n=d["price"][1],
+            steps=d.get("steps", 0),
+            shown=d.get("shown"),
+        )
+
+
+class ItemOwner:
+    """The states of the items of one partition, and which changed since the last publish.
+
+    Examples
+    --------
+    >>> owner = ItemOwner(ItemParams())
+    >>> owner.apply({"x": [["clicks:0", 1, ["p", 1.0, 0.0]]]})
+    (1, 0)
+    >>> [(item, model["n"]) for item, model in owner.publish(now=5.0)], owner.publish(6.0)
+    ([('x', 1.0)], [])
+    """
+
+    def __init__(self, params: ItemParams) -> None:
+        self.params = params
+        self.items: dict[str, ItemState] = {}
+        self.changed: set[str] = set()
+
+    def apply(self, updates: Updates) -> tuple[int, int]:
+        """Apply decoded updates; ``(entries applied, entries skipped as duplicates)``."""
+        applied = skipped = 0
+        for item_id, entries in updates.items():
+            state = self.items.get(item_id)
+            if state is None:
+                state = self.items[item_id] = ItemState()
+            fresh = state.apply(entries, self.params, item_id)
+            if fresh:
+                self.changed.add(item_id)
+            applied += fresh
+            skipped += len(entries) - fresh
+        return applied, skipped
+
+    def publish(self, now: float) -> list[tuple[str, dict[str, Any]]]:
+        """The models of the changed items that are :meth:`ItemState.due`, as of event
+        time ``now``; the others wait for a later call."""
+        params, items = self.params, self.items
+        due = sorted(i for i in self.changed if items[i].due(params))
+        self.changed.difference_update(due)
+        return [(i, items[i].published(now, params)) for i in due]

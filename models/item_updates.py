@@ -1,0 +1,340 @@
+"""Learning item-side knowledge from all traffic: the user side's half.
+
+How the stream side uses it
+---------------------------
+Every worker keeps learning everything locally (so one worker behaves as
+before); besides, the item-side increments its own events produce are shared:
+
+1. At start-up, per engine: ``outbox = Outbox(); attach(engine, outbox)``.
+   Without it (``engine.outbox is None``) the engine pays nothing.
+2. Per input event, BEFORE ``engine.process(event)``: ``outbox.at(src, offset)``
+   with ``src = f"{topic}:{partition}"`` and the event's Kafka offset. Every
+   increment learnt from the event is tagged with them (the owner's
+   idempotence rests on that tag: offsets of one ``src`` must rise).
+3. After each batch, BEFORE the profile writes are flushed and the input
+   offsets committed: ``for partition, payload in outbox.messages(P).items()``
+   send ``payload`` (bytes) to ``feedback.item-updates`` at that explicit
+   ``partition`` (P = that topic's partitions; :func:`partition_of` of the item
+   id, Kafka's default partitioner). Nothing is sent when the batch taught
+   nothing item-side.
+4. The item-owner agent (``feedback.item-updates``, table ``item_state`` keyed
+   by item id): for each message, ``for item_id, entries in
+   decode_updates(payload).items()``: ``state = ItemState.from_dict(table[item_id])``
+   (or ``ItemState()`` if absent), ``state.apply(entries, params)`` (False: all
+   duplicates, nothing to write), ``table[item_id] = state.to_dict()`` and
+   remember the id as changed. ``params = ItemParams.of(engine_config)``.
+   Or hold an :class:`models.item_state.ItemOwner` and mirror its ``items``.
+5. Every ``FEEDBACK_ITEM_MODEL_PERIOD_SECONDS``, the owner publishes each changed
+   item for which ``state.due(params)`` holds: ``state.published(now, params)``
+   (a JSON-able dict; it records what it showed, so write the state back to the
+   table) to the compacted ``feedback.item-model``, key = item id, value =
+   ``orjson.dumps``. A changed item not yet due stays on the changed list.
+6. Every worker reads ``feedback.item-model`` (all partitions, from the start)
+   and calls ``engine.apply_item_models([(item_id, model_dict), ...])``: it
+   OVERWRITES the local item-side state of those items with the published
+   values (which already hold this worker's own increments the owner applied).
+7. Blend weights, every period: publish ``blend_state(engine)`` to
+   ``feedback.globals`` (key ``blend:<worker id>``); on reading the latest record
+   of every live worker (its own included): ``merge_blend(engine, states)``.
+8. Segment centres have ONE owner, the worker holding ``feedback.item-updates``
+   partition 0: every period it publishes ``engine.segmentation.centres_state()``
+   (``None`` before its warm-up: publish nothing) on ``feedback.globals``, key
+   ``segments``; every other worker calls ``engine.segmentation.adopt(centres)``
+   with the latest record, so segment ids (the keys of the shared per-segment
+   popularity) mean the same segment everywhere. The owner of partition 0 must
+   not adopt its own record (it stays the one that re-fits).
+
+``feedback-stream evaluate FILE --workers W`` runs exactly these calls in one
+process (:mod:`tools.scaleout`).
+
+The records
+-----------
+An outbox maps item id -> entries; an entry is ``[src, offset, op, op, ...]``:
+what one event taught that item. Ops are short lists:
+
+==========================  ====================================================
+``["c", other_id, w]``      co-occurrence pair weight ``w`` with ``other_id``
+``["p", w, t]``             popularity weight ``w`` (may be < 0) at event time t
+``["s", segment, w, t]``    the same within one segment's popularity
+``["b", [dq...], db]``      a BPR (taste) step of the item's vector and bias
+``["b0", [q...], b]``       the vector and bias that step started from, before this
+                            worker's first step of an item it has no published
+                            vector of (the owner keeps the first start it gets)
+``["r", [dq...], db]``      a rating-MF step of the item's vector and bias
+``["r0", [q...], b]``       the same start for the rating MF
+``["e", p_positive, t]``    one review's sentiment
+``["$", price]``            one purchase's price
+==========================  ====================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+if TYPE_CHECKING:
+    from models.engine import FeedbackEngine
+    from models.events import Event
+    from models.profiles import UserProfile
+
+__all__ = [
+    "Outbox",
+    "apply_item_models",
+    "attach",
+    "blend_state",
+    "decode_updates",
+    "encode_updates",
+    "merge_blend",
+    "murmur2",
+    "partition_of",
+]
+
+Entry = list[Any]  # [src, offset, op, op, ...]
+Updates = dict[str, list[Entry]]
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash of ``data`` (Java client's ``Utils.murmur2``), unsigned 32-bit.
+
+    >>> murmur2(b"21")
+    3321034988
+    """
+    length = len(data)
+    m = 0x5BD1E995
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    end = length & ~3
+    for i in range(0, end, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    extra = length & 3
+    if extra >= 3:
+        h ^= data[end + 2] << 16
+    if extra >= 2:
+        h ^= data[end + 1] << 8
+    if extra >= 1:
+        h ^= data[end]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+@lru_cache(maxsize=1 << 17)
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key``: murmur2 of its
+    UTF-8 bytes, ``& 0x7fffffff``, modulo ``partitions``.
+
+    >>> partition_of("u1", 4), partition_of("u2", 4), partition_of("u2", 1)
+    (0, 2, 0)
+    """
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+class Outbox:
+    """The item-side increments of a worker's events, per item id, until drained.
+
+    Filled by :meth:`record` (the engine calls it once per event, before it
+    learns) and by the factorisations' traces (their item steps), all tagged
+    with the source set by :meth:`at`. Cost: a few list appends per pair and
+    per item touched; nothing at all on an engine without an outbox.
+    """
+
+    def __init__(self) -> None:
+        self.items: Updates = {}
+        self.src = ""
+        self.offset = -1
+        self.taste: list[tuple[int, np.ndarray, float, np.ndarray, float]] = []
+        self.rating: list[tuple[int, np.ndarray, float, np.ndarray, float]] = []
+        # Factor rows whose start the owner has from this worker or has published:
+        # a row's first step is preceded by its local start (the owner keeps the first).
+        self.started: dict[str, set[int]] = {"b": set(), "r": set()}
+        self.ids: list[str] = []  # the attached engine's catalogue ids
+
+    def at(self, src: str, offset: int) -> None:
+        """Tag what the next event teaches with ``(src, offset)``."""
+        self._collect()
+        self.src, self.offset = src, offset
+
+    def _op(self, item_id: str, op: list[Any]) -> None:
+        entries = self.items.get(item_id)
+        if entries is None:
+            self.items[item_id] = [[self.src, self.offset, op]]
+            return
+        last = entries[-1]
+        if last[1] == self.offset and last[0] == self.src:
+            last.append(op)
+        else:
+            entries.append([self.src, self.offset, op])
+
+    def _collect(self) -> None:
+        """Move the factorisations' traced steps into the current entries."""
+        ids = self.ids
+        for kind, trace in (("b", self.taste), ("r", self.rating)):
+            started = self.started[kind]
+            for row, start, start_bias, step, db in trace:
+                if row not in started:
+                    started.add(row)
+                    self._op(ids[row], [kind + "0", start.tolist(), start_bias])
+                self._op(ids[row], [kind, step.tolist(), db])
+            trace.clear()
+
+    def record(
+        self,
+        engine: FeedbackEngine,
+        event: Event,
+        profile: UserProfile,
+        item: int,
+        strength: float,
+        sentiment: float | None,
+    ) -> None:
+        """What ``event`` will teach the item side, computed before the engine learns it."""
+        rec = engine.recommender
+        ids = engine.catalogue.ids
+        item_id = event.item_id
+        t = event.timestamp
+        for h, w in rec.cooccurrence.pairs(profile.history, item, strength):
+            other = ids[h]
+            self._op(item_id, ["c", other, w])
+            self._op(other, ["c", item_id, w])
+        self._op(item_id, ["p", strength, t])
+        seg = profile.segment
+        if seg is not None and seg < rec.n_segments:
+            self._op(item_id, ["s", seg, strength, t])
+        if sentiment is not None:
+            self._op(item_id, ["e", sentiment, t])
+        if event.type == "purchase":
+            self._op(item_id, ["$", event.price])
+
+    def drain(self) -> Updates:
+        """Every entry recorded since the last drain, per item id; the outbox is emptied."""
+        self._collect()
+        items, self.items = self.items, {}
+        return items
+
+    def messages(self, partitions: int) -> dict[int, bytes]:
+        """:meth:`drain`, split by destination partition and encoded: one payload each."""
+        split: dict[int, Updates] = {}
+        for item_id, entries in self.drain().items():
+            split.setdefault(partition_of(item_id, partitions), {})[item_id] = entries
+        return {p: encode_updates(u) for p, u in split.items()}
+
+
+def attach(engine: FeedbackEngine, outbox: Outbox | None) -> None:
+    """Make ``engine`` record its item-side increments into ``outbox`` (``None``: stop)."""
+    engine.outbox = outbox
+    taste, ratings = engine.recommender.taste, engine.ratings
+    if outbox is None:
+        taste.trace = ratings.trace = None
+        return
+    outbox.ids = engine.catalogue.ids
+    taste.trace = outbox.taste
+    ratings.trace = outbox.rating
+
+
+def encode_updates(updates: Mapping[str, list[Entry]]) -> bytes:
+    """One item-updates message: ``{item_id: [entry, ...]}`` as JSON bytes."""
+    return orjson.dumps(updates)
+
+
+def decode_updates(payload: bytes) -> Updates:
+    """The inverse of :func:`encode_updates`; ``ValueError`` on a malformed payload."""
+    updates = orjson.loads(payload)
+    if not isinstance(updates, dict) or not all(
+        isinstance(e, list) and len(e) >= 3 and isinstance(e[0], str) and isinstance(e[1], int)
+        for entries in updates.values()
+        for e in entries
+    ):
+        raise ValueError("item updates: expected {item_id: [[src, offset, op, ...], ...]}")
+    return updates
+
+
+# -- the workers' replicas ------------------------------------------------------
+def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mapping[str, Any]]]
+                      ) -> int:
+    """Overwrite ``engine``'s item-side state of each ``(item_id, model)`` published by
+    :meth:`models.item_state.ItemState.published`; unknown ids (items or neighbours)
+    join the catalogue. Returns the number of models applied."""
+    cat = engine.catalogue
+    rec = engine.recommender
+    outbox = engine.outbox
+    n = 0
+    for item_id, model in models:
+        n += 1
+        idx = cat.add(item_id)
+        nb = model.get("nb")
+        if nb is not None:
+            rec.cooccurrence.assign(idx, nb[0], nb[1], model["m"], cat.add, nb[2])
+        pop = model.get("p")
+        if pop is not None:
+            rec.popularity.assign(idx, pop[0], pop[1], model["n"])
+        for seg, (value, at) in (model.get("s") or {}).items():
+            s = int(seg)
+            if s < rec.n_segments:
+                rec.segment_popularity[s].assign(idx, value, at)
+        q = model.get("q")
+        if q is not None:
+            rec.taste.set_item(idx, np.asarray(q), model["qb"])
+            if outbox is not None:
+                outbox.started["b"].add(idx)
+        r = model.get("r")
+        if r is not None:
+            engine.ratings.set_item(idx, np.asarray(r), model["rb"], model["rn"])
+            if outbox is not None:
+                outbox.started["r"].add(idx)
+        e = model.get("e")
+        if e is not None:
+            engine.item_sentiment.state[item_id] = list(e)
+        price = model.get("$")
+        if price is not None:
+            _set_price(engine, idx, price[0], price[1])
+    return n
+
+
+def _set_price(engine: FeedbackEngine, idx: int, mean: float, count: float) -> None:
+    from models.catalogue import grown
+
+    engine.item_price = grown(engine.item_price, idx + 1)
+    engine.item_price_n = grown(engine.item_price_n, idx + 1)
+    engine.item_price[idx] = mean
+    engine.item_price_n[idx] = count
+
+
+# -- blend weights: periodic averaging ---------------------------------------------
+def blend_state(engine: FeedbackEngine) -> dict[str, Any]:
+    """This worker's blend record for the averaging: ``{"steps", "weights"}``.
+
+    ``steps`` counts the positive events ranked (each one blend step at most).
+    """
+    return {"steps": engine.hits_seen, "weights": engine.recommender.weights.tolist()}
+
+
+def merge_blend(engine: FeedbackEngine, states: Iterable[Mapping[str, Any]]) -> bool:
+    """Set the blend weights to the step-weighted mean of ``states`` (the latest
+    record of every live worker, this one's included); False if none has a step.
+
+    >>> from models.engine import FeedbackEngine
+    >>> e = FeedbackEngine()
+    >>> merge_blend(e, [{"steps": 1, "weights": [0.0] * 6}, {"steps": 3, "weights": [4.0] * 6}])
+    True
+    >>> e.recommender.weights.tolist()
+    [3.0, 3.0, 3.0, 3.0, 3.0, 3.0]
+    """
+    total = 0.0
+    acc = np.zeros_like(engine.recommender.weights)
+    for state in states:
+        steps = float(state["steps"])
+        if steps > 0:
+            acc += steps * np.asarray(state["weights"], dtype=float)
+            total += steps
+    if total <= 0:
+        return False
+    engine.recommender.weights[:] = acc / total
+    return True

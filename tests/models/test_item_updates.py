@@ -1,0 +1,203 @@
+"""The sharing interface: routing, the outbox, its encoding, the owner, the replicas."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as kafka_murmur2
+
+from models.engine import EngineConfig, FeedbackEngine
+from models.events import Event
+from models.item_state import ItemOwner, ItemParams, ItemState
+from models.item_updates import (
+    Outbox,
+    attach,
+    decode_updates,
+    encode_updates,
+    murmur2,
+    partition_of,
+)
+
+T0 = 1_700_000_000.0
+CONFIG = EngineConfig(seed=1, n_segments=2, segment_warmup=3)
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 3, 4, 8, 12])
+def test_partition_of_is_kafkas_default_partitioner(partitions: int) -> None:
+    rng = np.random.default_rng(0)
+    keys = ["", "a", "ab", "abc", "abcd", "85123A", "u1", "émile✓"]
+    keys += [f"user-{int(i)}" for i in rng.integers(0, 10**9, 300)]
+    everyone = list(range(partitions))
+    for key in keys:
+        raw = key.encode()
+        assert murmur2(raw) == kafka_murmur2(raw)
+        assert partition_of(key, partitions) == DefaultPartitioner()(raw, everyone, everyone)
+
+
+def _engine_with_outbox() -> tuple[FeedbackEngine, Outbox]:
+    engine = FeedbackEngine(CONFIG)
+    outbox = Outbox()
+    attach(engine, outbox)
+    return engine, outbox
+
+
+def _feed(engine: FeedbackEngine, outbox: Outbox | None, events: list[Event]) -> None:
+    for offset, event in enumerate(events):
+        if outbox is not None:
+            outbox.at("purchases:0", offset)
+        engine.process(event)
+
+
+EVENTS = [
+    Event("purchase", f"e{i}", f"u{i % 3}", f"i{(i * 7) % 5}", T0 + i, quantity=1, price=2.0 + i)
+    for i in range(30)
+] + [Event("review", "r1", "u1", "i2", T0 + 40, rating=1.0, text="awful, it broke")]
+
+
+def test_outbox_leaves_learning_unchanged() -> None:
+    plain = FeedbackEngine(CONFIG)
+    _feed(plain, None, EVENTS)
+    shared, outbox = _engine_with_outbox()
+    _feed(shared, outbox, EVENTS)
+    assert [r.item_id for r in plain.recommend("u0")] == [r.item_id for r in shared.recommend("u0")]
+    assert np.array_equal(plain.recommender.taste.item_vec, shared.recommender.taste.item_vec)
+
+
+def test_encode_decode_round_trip_and_bad_payloads() -> None:
+    engine, outbox = _engine_with_outbox()
+    _feed(engine, outbox, EVENTS)
+    updates = outbox.drain()
+    assert outbox.drain() == {}
+    kinds = {op[0] for entries in updates.values() for e in entries for op in e[2:]}
+    assert kinds == {"c", "p", "s", "b", "b0", "r", "r0", "e", "$"}
+    assert decode_updates(encode_updates(updates)) == updates
+    with pytest.raises(ValueError):
+        decode_updates(b'{"x": [["src"]]}')
+    with pytest.raises(ValueError):
+        decode_updates(b"[1, 2]")
+
+
+def test_messages_go_to_the_item_partition() -> None:
+    engine, outbox = _engine_with_outbox()
+    _feed(engine, outbox, EVENTS)
+    for partition, payload in outbox.messages(3).items():
+        assert {partition_of(i, 3) for i in decode_updates(payload)} == {partition}
+
+
+def test_owner_matches_the_single_engine_and_is_idempotent() -> None:
+    """One worker through the owner: the published model equals what it learnt locally."""
+    engine, outbox = _engine_with_outbox()
+    _feed(engine, outbox, EVENTS)
+    payload = encode_updates(outbox.drain())
+    owner = ItemOwner(ItemParams.of(engine.config))
+    applied, skipped = owner.apply(decode_updates(payload))
+    assert applied > 0 and skipped == 0
+    # the same batch again (a crash before the commit): nothing applied twice
+    before = {i: s.to_dict() for i, s in owner.items.items()}
+    assert owner.apply(decode_updates(payload)) == (0, applied)
+    assert {i: s.to_dict() for i, s in owner.items.items()} == before
+    idx = engine.catalogue.index
+    pop = engine.recommender.popularity
+    n = len(engine.catalogue)
+    for item_id, state in owner.items.items():
+        i = idx[item_id]
+        assert state.count == pytest.approx(pop.all_time(n)[i])
+        assert state.mass == pytest.approx(engine.recommender.cooccurrence._mass[i])
+        local = engine.recommender.cooccurrence.neighbours[i]
+        assert state.neighbours == pytest.approx(
+            {engine.catalogue.ids[k]: local.get(int(k)) for k in local.keys[: local.n]}
+        )
+        assert state.price == pytest.approx(engine.item_price[i])
+        if state.taste is not None:  # the first start plus every step: the local vector
+            assert state.taste == pytest.approx(engine.recommender.taste.item_vec[i].tolist())
+            assert state.taste_bias == pytest.approx(engine.recommender.taste.item_bias[i])
+        if state.rating is not None:
+            assert state.rating == pytest.approx(engine.ratings.item_vec[i].tolist())
+            assert state.rating_bias == pytest.approx(engine.ratings.item_bias[i])
+    assert any(s.taste is not None for s in owner.items.values())
+    assert any(s.rating is not None for s in owner.items.values())
+
+
+def test_partial_replay_applies_only_the_new_offsets() -> None:
+    s = ItemState()
+    p = ItemParams()
+    s.apply([["a:0", 1, ["p", 1.0, 0.0]], ["a:0", 2, ["p", 1.0, 0.0]]], p, "x")
+    # a re-read from offset 2 (its batch cut differently) plus a new event
+    assert s.apply([["a:0", 2, ["p", 1.0, 0.0]], ["a:0", 3, ["p", 1.0, 0.0]]], p, "x") == 1
+    assert s.apply([["b:0", 0, ["p", 1.0, 0.0]]], p, "x") == 1  # another source's own mark
+    assert s.count == 4.0 and s.applied == {"a:0": 3, "b:0": 0}
+
+
+def test_state_round_trips_through_its_changelog_record() -> None:
+    engine, outbox = _engine_with_outbox()
+    _feed(engine, outbox, EVENTS)
+    owner = ItemOwner(ItemParams.of(engine.config))
+    owner.apply(outbox.drain())
+    for state in owner.items.values():
+        record = orjson.loads(orjson.dumps(state.to_dict()))
+        assert ItemState.from_dict(record) == state
+
+
+def test_apply_item_models_overwrites_the_replica() -> None:
+    """Worker B learns nothing itself and recommends from A's published knowledge."""
+    a, outbox = _engine_with_outbox()
+    _feed(a, outbox, EVENTS)
+    owner = ItemOwner(ItemParams.of(a.config))
+    owner.apply(outbox.drain())
+    b = FeedbackEngine(CONFIG)
+    b.process(Event("purchase", "b0", "v", "i0", T0 + 50, quantity=1, price=1.0))
+    assert b.recommend("v") == []  # B alone knows no other item
+    models = owner.publish(T0 + 60)
+    assert b.apply_item_models(models) == len(models)
+    nb = b.recommender.cooccurrence
+    for item_id, model in models:
+        i = b.catalogue.index[item_id]
+        assert nb._mass[i] == model["m"]
+        got = nb.neighbours[i]
+        assert {b.catalogue.ids[k]: got.get(int(k)) for k in got.keys[: got.n]} == dict(
+            zip(model["nb"][0], model["nb"][1], strict=True)
+        )
+        assert b.recommender.popularity.all_time(len(b.catalogue))[i] == model["n"]
+        assert b.recommender.taste.item_vec[i].tolist() == model["q"]
+    # B's own purchase of i0 is overwritten by the owner's count, which lacks it
+    assert b.item_summary("i0")["popularity_all_time"] == owner.items["i0"].count
+    top = b.recommend("v")[0]
+    assert top.item_id in owner.items["i0"].neighbours
+    assert top.reason.startswith("bought together with i0 (")
+
+
+def test_assign_keeps_the_published_head_through_local_pairs() -> None:
+    """Incremental assignment: local pairs learnt between two publications, then a
+    list whose head is the previous one, give the same weights as a fresh assignment."""
+    from models.catalogue import ItemCatalogue
+    from models.cooccurrence import ItemCooccurrence
+
+    cat = ItemCatalogue()
+    co = ItemCooccurrence()
+    for i in "xabcde":
+        co.learn_one((), cat.add(i), 1.0)
+    x = cat.index["x"]
+    co.assign(x, ["a", "b"], [1.0, 2.0], 3.0, cat.add, 0)
+    co.learn_one([(cat.index["d"], 1.0), (cat.index["c"], 1.0)], x, 1.0)  # local pairs c, d
+    co.assign(x, ["a", "b", "c", "e", "d"], [1.5, 2.0, 0.7, 0.4, 0.3], 4.9, cat.add, 0)
+    nb = co.neighbours[x]
+    assert [cat.ids[k] for k in nb.keys[: nb.n]] == ["a", "b", "c", "e", "d"]
+    assert nb.values[: nb.n].tolist() == [1.5, 2.0, 0.7, 0.4, 0.3]
+    assert {cat.ids[k]: s for k, s in nb.slots.items()} == {"a": 0, "b": 1, "c": 2, "e": 3, "d": 4}
+    co.assign(x, ["a", "b", "c", "e", "d", "f"], [1.5, 2.0, 0.7, 0.4, 0.3, 0.1], 5.0, cat.add, 0)
+    assert nb.get(cat.index["f"]) == 0.1 and co.neighbours[x] is nb  # only the tail mapped
+    co.assign(x, ["b", "a"], [1.0, 1.0], 2.0, cat.add, 1)  # pruned (a new epoch): rebuilt
+    assert co.neighbours[x].n == 2
+
+
+def test_an_item_is_published_again_once_it_moved_enough() -> None:
+    owner = ItemOwner(ItemParams(publish_tolerance=0.05))
+    owner.apply({"x": [["a:0", o, ["p", 1.0, float(o)]] for o in range(40)]})
+    assert [i for i, _ in owner.publish(100.0)] == ["x"]  # new: at once
+    owner.apply({"x": [["a:0", 40, ["p", 1.0, 40.0]]]})  # 40 -> 41: 2.5%
+    assert owner.publish(101.0) == [] and owner.changed == {"x"}
+    owner.apply({"x": [["a:0", o, ["p", 1.0, float(o)]] for o in (41, 42)]})  # 43: 7.5%
+    assert [m["n"] for _, m in owner.publish(102.0)] == [43.0]
+    assert owner.changed == set()
