@@ -144,6 +144,16 @@ class ChurnModel:
             profile.churn_due = due
             heapq.heappush(self.heap, (due, profile.user_id, profile.churn_version))
 
+    def forget(self, user_id: str) -> int:
+        """Drop the user's due dates from the heap (O(heap)): an erased user leaves
+        no id behind, where eviction lets stale entries lapse. Returns how many."""
+        kept = [entry for entry in self.heap if entry[1] != user_id]
+        removed = len(self.heap) - len(kept)
+        if removed:
+            heapq.heapify(kept)
+            self.heap = kept
+        return removed
+
     def due(self, now: float) -> list[tuple[str, int, float]]:
         """Pop every ``(user id, version, due date)`` whose due date is at or before ``now``.
 

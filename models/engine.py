@@ -28,6 +28,13 @@ from models.profiles import DAY, History, UserProfile
 from models.recommender import BlendedRecommender, exclude_seen, top_k
 from models.segmentation import OnlineSegmentation
 from models.sentiment import ItemSentiment, SentimentModel
+from models.session import (
+    SESSION_FEATURES,
+    SESSION_REASONS,
+    SessionRecommender,
+    strongest,
+    with_session,
+)
 
 __all__ = [
     "ALERT_KINDS",
@@ -125,6 +132,16 @@ class EngineConfig:
     churn_min_orders: int = 3
     # eviction: users are indexed by last activity in buckets of this much event time
     activity_bucket_s: float = 3600.0
+    # sessions (models.session): a click without session_id after this gap starts one
+    session_gap_s: float = 1800.0
+    # weights of the session rows (current item, repeats, rules, neighbours) and of
+    # the blend, scaled to [0, 1], when the user has a live session
+    session_weights: tuple[float, float, float, float] = (4.0, 0.5, 1.0, 1.0)
+    session_blend_weight: float = 0.2
+    session_rule_window: int = 10
+    session_sample: int = 500
+    session_neighbours: int = 100
+    max_sessions: int = 50_000
 
 
 class FeedbackEngine:
@@ -171,6 +188,13 @@ class FeedbackEngine:
             blend_lr=c.blend_lr,
             blend_l2=c.blend_l2,
             seed=c.seed,
+        )
+        self.sessions = SessionRecommender(
+            gap_s=c.session_gap_s,
+            rule_window=c.session_rule_window,
+            sample=c.session_sample,
+            neighbours=c.session_neighbours,
+            max_sessions=c.max_sessions,
         )
         self.ratings = RatingFactorization(n_factors=c.rating_factors, seed=c.seed + 1)
         self.segmentation = OnlineSegmentation(
@@ -315,6 +339,12 @@ class FeedbackEngine:
         self.recommender.learn_one(profile, item, strength, preference, t, n_items)
         if scored is not None:
             self.recommender.learn_blend(scored, item)
+        if strength > 0 and event.type != "review":  # browsing and buying make sessions
+            self.sessions.learn_one(
+                event.user_id, item, t, event.session_id, browsing=event.type == "click"
+            )
+        else:
+            self.sessions.pause(event.user_id)
         if event.rating is not None and event.type == "review":
             self.ratings.learn_one(event.user_id, item, event.rating)
         if words is not None:
@@ -499,11 +529,30 @@ class FeedbackEngine:
         if profile is not None:
             self._activity_remove(user_id, profile.last_seen)
         self.recommender.taste.forget(user_id)
+        self.sessions.forget(user_id)
         self.ratings.forget(user_id)
         self.segmentation.remove(user_id)
         for kind in USER_ALERT_KINDS:
             self.cooldown.last.pop((kind, user_id), None)
         return profile is not None
+
+    def erase(self, user_id: str) -> int:
+        """Erase ``user_id`` on request: :meth:`forget` plus the entries eviction
+        leaves to lapse (the churn heap's due dates), so that no structure of
+        the engine, hence no checkpoint, holds the id. Returns the number of
+        records removed (0: the engine held nothing of the user).
+
+        Item-side models (co-occurrence, popularity, item factors, sentiment)
+        keep the user's past contribution, with no id: docs/privacy.md says why.
+
+        >>> engine = FeedbackEngine()
+        >>> _ = engine.process(Event("purchase", "e1", "u1", "x", 1e9, quantity=1))
+        >>> engine.erase("u1"), engine.erase("u1"), "u1" in engine.profiles
+        (1, 0, False)
+        """
+        removed = int(self.forget(user_id))
+        removed += self.churn.forget(user_id)
+        return removed
 
     def evict_inactive(self, before: float, limit: int) -> list[str]:
         """Forget users whose last event is older than ``before`` (event time).
@@ -588,12 +637,17 @@ class FeedbackEngine:
         user_id: str,
         k: int = 10,
         avoid: Collection[str] = (),
+        session_id: str | None = None,
+        item_id: str | None = None,
     ) -> list[Recommendation]:
         """Top-``k`` items for ``user_id``, excluding items they bought or reviewed
         and the ``avoid`` items (e.g. those the user keeps passing over).
 
-        An unknown user gets the popular items. No clock is needed: popularity is
-        already decayed to the latest event.
+        An unknown user gets the popular items. Inside a live session (see
+        :meth:`models.session.SessionRecommender.context`: ``session_id`` picks
+        it, ``item_id`` is the item being viewed; a session cut by the gap is live
+        until the latest event time is ``session_gap_s`` past its last event) the
+        session signals lead, the blend breaks ties.
         """
         n = len(self.catalogue)
         if n == 0:
@@ -604,12 +658,50 @@ class FeedbackEngine:
         scored = self.recommender.score(profile, n, exclude_all_seen=False)
         # Excluded before the top k is taken, so reasons are built for the k returned only.
         self._exclude(scored.scores, avoid)
+        viewed = self.catalogue.get(item_id) if item_id is not None else None
+        context = self.sessions.context(
+            user_id, self.clock, session_id, viewed
+        )
+        if context:
+            return self._recommend_in_session(scored, profile, context, k)
         top = self.recommender.top(scored, k)
         reasons = self.recommender.reasons(scored, top, profile, self.catalogue)
         return [
             Recommendation(self.catalogue.ids[i], float(scored.scores[i]), reason)
             for i, reason in zip(top, reasons, strict=True)
         ]
+
+    def _recommend_in_session(
+        self, scored: Any, profile: UserProfile, context: list[int], k: int
+    ) -> list[Recommendation]:
+        c = self.config
+        n = scored.scores.shape[0]
+        live = self.sessions.current.get(profile.user_id)
+        own = live.number if live is not None and live.items and live.items[-1] in context else None
+        signals = self.sessions.signals(context, n, own)
+        weights = np.asarray(c.session_weights)
+        scores, unit = with_session(scored.scores, signals, weights, c.session_blend_weight)
+        top = top_k(scores, k)
+        why = {i: strongest(signals, weights, unit, i) for i in top}
+        from_blend = [i for i in top if why[i] == len(SESSION_FEATURES)]
+        blend_reasons = dict(
+            zip(
+                from_blend,
+                self.recommender.reasons(scored, from_blend, profile, self.catalogue),
+                strict=True,
+            )
+        )
+        out = []
+        for i in top:
+            reason = blend_reasons.get(i)
+            if reason is None:
+                signal = SESSION_FEATURES[why[i]]
+                source = self.sessions.rule_source(signals, i) if signal == "rules" else None
+                reason = SESSION_REASONS[signal].format(
+                    item=self.catalogue.ids[source] if source is not None else "it"
+                )
+            out.append(Recommendation(self.catalogue.ids[i], float(scores[i]), reason))
+        return out
 
     def segment_of(self, user_id: str) -> int | None:
         """The user's current segment, ``None`` if unknown or before warm-up."""
@@ -665,6 +757,26 @@ class FeedbackEngine:
         idx = [i for i in map(get, items) if i is not None and i < n]
         if idx:
             scores[idx] = -np.inf
+
+    def similar(self, item_id: str, k: int = 10) -> list[Recommendation] | None:
+        """The items most often viewed or bought together with ``item_id``, best first.
+
+        The co-occurrence signal of the blend from that one item (cosine-like:
+        pair weight over both items' masses); ``None`` for an unknown item, an
+        empty list for an item nothing co-occurred with yet.
+        """
+        idx = self.catalogue.get(item_id)
+        if idx is None:
+            return None
+        n = len(self.catalogue)
+        scores = self.recommender.cooccurrence.scores([(idx, 1.0)], n)
+        scores[idx] = 0.0
+        scores[scores <= 0.0] = -np.inf
+        reason = f"viewed or bought together with {item_id}"
+        return [
+            Recommendation(self.catalogue.ids[i], float(scores[i]), reason)
+            for i in top_k(scores, k)
+        ]
 
     def popular(
         self, user_id: str, k: int = 10, avoid: Collection[str] = ()

@@ -164,12 +164,18 @@ class FeedbackLoop:
 
     def recommend(
         self, engine: FeedbackEngine, user_id: str, strategy: str, log: UserExposures | None,
-        key: str,
+        key: str, k: int | None = None, session_id: str | None = None,
+        item_id: str | None = None,
     ) -> list[Recommendation]:
-        """``strategy``'s top-k for the user, less what ``log`` says they are fatigued of."""
+        """``strategy``'s top-k for the user, less what ``log`` says they are fatigued of.
+
+        ``k`` overrides ``top_k``; ``session_id`` and ``item_id`` are a pull
+        request's session and item being viewed (see ``FeedbackEngine.recommend``).
+        """
         avoid = log.fatigued(self.fatigue_impressions) if log is not None else set()
         return self.strategies.recommend(
-            strategy, engine, user_id, self.top_k, key=key, avoid=avoid
+            strategy, engine, user_id, self.top_k if k is None else k, key=key,
+            avoid=avoid, session_id=session_id, item_id=item_id,
         )
 
     def expose(self, log: UserExposures, exposure: Exposure) -> None:

@@ -96,16 +96,24 @@ class Strategies:
         k: int = 10,
         key: str = "",
         avoid: Collection[str] = (),
+        session_id: str | None = None,
+        item_id: str | None = None,
     ) -> list[Recommendation]:
-        """Top-``k`` for ``user_id`` by ``strategy``; ``key`` seeds ``explore``."""
+        """Top-``k`` for ``user_id`` by ``strategy``; ``key`` seeds ``explore``.
+
+        ``session_id`` and ``item_id`` (a request's session and the item being
+        viewed) reach the engine's session context; the popularity control ignores them.
+        """
         if strategy not in self.fatigue_strategies:
             avoid = ()
         if strategy == "blend":
-            return engine.recommend(user_id, k, avoid=avoid)
+            return engine.recommend(
+                user_id, k, avoid=avoid, session_id=session_id, item_id=item_id
+            )
         if strategy == "popularity":
             return engine.popular(user_id, k, avoid=avoid)
         if strategy == "explore":
-            return self.explore(engine, user_id, k, key, avoid)
+            return self.explore(engine, user_id, k, key, avoid, session_id, item_id)
         raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
 
     def explore(
@@ -115,9 +123,13 @@ class Strategies:
         k: int,
         key: str = "",
         avoid: Collection[str] = (),
+        session_id: str | None = None,
+        item_id: str | None = None,
     ) -> list[Recommendation]:
         """The blend's top ``explore_pool * k``, re-ranked by a Plackett-Luce draw."""
-        pool = engine.recommend(user_id, k * self.explore_pool, avoid=avoid)
+        pool = engine.recommend(
+            user_id, k * self.explore_pool, avoid=avoid, session_id=session_id, item_id=item_id
+        )
         if not pool:
             return []
         digest = blake2b(f"{self.seed}:{key}".encode(), digest_size=8).digest()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +20,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metri
 from models.engine import FeedbackEngine
 from stream import checkpoint, views
 from stream.commit_guard import CommitGuard
+from stream.contract import Rejected
+from stream.erasure import decode_request, encode_receipt
 from stream.faust import OffsetTrace, TableStore, create_app
 from stream.health import Health, watch_broker
 from stream.kafka import ssl_context
 from stream.metrics import Metrics
 from stream.processor import Processor
+from stream.pull import Pulls
 from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.topics import PROFILES_TABLE
@@ -95,6 +99,7 @@ def build_app(
         producer_acks=-1,
         datadir=f"{settings.state_dir}/faust",
         web_in_thread=False,
+        web_application_options={"middlewares": [views.gate_middleware(settings, metrics)]},
     )
     raw = {"key_type": str, "key_serializer": "raw", "value_serializer": "raw"}
     input_topic = app.topic(
@@ -112,8 +117,16 @@ def build_app(
             settings.topic_recommendations,
             settings.topic_alerts,
             settings.topic_deadletter,
+            settings.topic_erasure,
+            settings.topic_erasure_done,
         )
     }
+    # Erasure requests: the same partitions as the inputs (co-partitioned by Faust's
+    # assignor), so the worker that owns a user's events gets their request.
+    erasure_topic = app.topic(
+        settings.topic_erasure, key_type=bytes, key_serializer="raw", value_serializer="raw",
+        allow_empty=True,
+    )
     profiles = app.Table(
         PROFILES_TABLE,
         default=None,
@@ -221,9 +234,37 @@ def build_app(
 
     # Periodic and final (graceful stop) checkpoints, consistent with the
     # profile changelog: see stream/checkpoint.py.
-    checkpoint.register(app, settings, models, metrics)
+    checkpoint_now = checkpoint.register(app, settings, models, metrics)
 
-    views.register(app, settings, engine, metrics.registry, profiles, health)
+    @app.agent(erasure_topic)
+    async def erase(stream: Any) -> None:
+        async for event in stream.events():
+            await erase_one(event.message)
+
+    async def erase_one(m: Any) -> None:
+        """Carry out one erasure request (docs/privacy.md): forget the user, publish
+        the tombstones, write a checkpoint without them, then the receipt."""
+        try:
+            request = decode_request(m.value, m.key)
+        except Rejected as rejection:
+            bad = InputMessage(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+            async with publishing:
+                await publish(fa, [processor.dead_letter(bad, rejection)])
+            return
+        async with publishing:
+            outputs, erased = processor.erase(request.user_id)
+            await publish(fa, outputs)
+            settle([])
+        # Before the receipt, and before the request's offset is committed: a
+        # crash until then replays the request; a restart from an older
+        # checkpoint cannot bring the user back once this one is written.
+        await checkpoint_now()
+        receipt = encode_receipt(request, erased, time.time())
+        await publish(fa, [OutputMessage(settings.topic_erasure_done, m.key, receipt)])
+        metrics.erasures.inc()
+        log.info("erasure request %s carried out", request.request_id)
+
+    views.register(app, settings, engine, metrics.registry, profiles, health, Pulls(processor))
     return fa
 
 

@@ -221,19 +221,25 @@ async def save_consistent(
     return path
 
 
-def register(app: Any, settings: Settings, models: Models, metrics: Any) -> None:
-    """Periodic checkpoints, plus a final one on a graceful stop.
+def register(
+    app: Any, settings: Settings, models: Models, metrics: Any
+) -> Callable[[], Awaitable[None]]:
+    """Periodic checkpoints, plus a final one on a graceful stop; returns the
+    function that writes one now (an erasure calls it).
 
     The final one runs on Faust's ``on_before_shutdown``: the consumer has
     stopped and every event it delivered has been processed, and the producer
-    is still open for the flush.
+    is still open for the flush. One checkpoint at a time: a snapshot taken
+    before an erasure must not replace the file written after it.
     """
+    one_at_a_time = asyncio.Lock()
 
     async def checkpoint_now() -> None:
-        start = time.perf_counter()
-        await save_consistent(settings, models, app.producer.flush)
-        metrics.checkpoints.inc()
-        metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+        async with one_at_a_time:
+            start = time.perf_counter()
+            await save_consistent(settings, models, app.producer.flush)
+            metrics.checkpoints.inc()
+            metrics.checkpoint_seconds.observe(time.perf_counter() - start)
 
     app.timer(settings.checkpoint_interval_seconds, name="checkpoint")(checkpoint_now)
 
@@ -245,3 +251,4 @@ def register(app: Any, settings: Settings, models: Models, metrics: Any) -> None
             log.exception("Final model checkpoint failed; the previous one stays")
 
     app.on_before_shutdown.connect(on_before_shutdown)
+    return checkpoint_now

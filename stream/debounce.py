@@ -181,6 +181,15 @@ class Debounce:
             self._new_holds.pop(_record_key(self.held.pop(user_id).record), None)
         return len(dropped)
 
+    def forget(self, user_id: str) -> bool:
+        """Drop the user's held recommendation without publishing it (an erasure):
+        its trigger record is released, since nothing will ever answer it."""
+        held = self.held.pop(user_id, None)
+        if held is None:
+            return False
+        self._release(held.record)
+        return True
+
     def settle(self) -> tuple[list[InputMessage], list[InputMessage]]:
         """``(hold, release)`` since the last call, for the commit guard: input
         records whose recommendation is held (do not commit them), and records

@@ -11,9 +11,13 @@ import platform
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from stream.dp import RELEASES
+
 NAMESPACE = "feedback"
 # Labels of feedback_users_evicted_total.
 EVICTION_REASONS = ("inactive", "cap")
+# Labels of feedback_http_denied_total.
+DENIAL_REASONS = ("unauthorized", "rate_limited")
 
 # Per-event processing is tens of microseconds; a whole batch can take tens of ms.
 PROCESSING_BUCKETS = (
@@ -204,6 +208,48 @@ class Metrics:
             "bandit_posterior_mean_ctr",
             "The bandit's posterior mean CTR of each strategy, by customer segment.",
             ["segment", "strategy"], namespace=ns, registry=registry,
+        )
+        # Privacy (docs/privacy.md): erasures carried out, the DP budget ledger, and
+        # requests the HTTP gate turned away.
+        self.erasures = Counter(
+            "erasures_total",
+            "Erasure requests carried out by this worker (from the erasure topic, which "
+            "DELETE /users writes to): profile, models, exposures, outputs.",
+            namespace=ns, registry=registry,
+        )
+        self.dp_epsilon_spent = Gauge(
+            "dp_epsilon_spent",
+            "Privacy budget (epsilon) spent by this worker's differentially private "
+            "releases since it started, by kind of release (basic composition).",
+            ["release"], namespace=ns, registry=registry,
+        )
+        self.dp_releases = Gauge(
+            "dp_releases",
+            "Differentially private releases computed since this worker started, by kind.",
+            ["release"], namespace=ns, registry=registry,
+        )
+        self.http_denied = Counter(
+            "http_denied_total",
+            "HTTP requests refused by the access gate: no or bad token (401), or over the "
+            "client's rate limit (429).",
+            ["reason"], namespace=ns, registry=registry,
+        )
+        for reason in DENIAL_REASONS:
+            self.http_denied.labels(reason)
+        for release in RELEASES:
+            self.dp_epsilon_spent.labels(release)
+            self.dp_releases.labels(release)
+        # Recommendations on request (stream/pull.py): endpoint is "recommendations"
+        # or "similar", code the HTTP status answered by this worker.
+        self.pull_requests = Counter(
+            "pull_requests_total",
+            "Pull requests answered by this worker, by endpoint and HTTP status code.",
+            ["endpoint", "code"], namespace=ns, registry=registry,
+        )
+        self.pull_seconds = Histogram(
+            "pull_seconds",
+            "Time to answer one pull request in this worker (ranking and exposure).",
+            ["endpoint"], namespace=ns, registry=registry, buckets=PROCESSING_BUCKETS,
         )
         self.checkpoints = Counter(
             "model_checkpoints_total", "Model checkpoints written.",

@@ -19,7 +19,9 @@ import re
 from hashlib import blake2b
 from typing import Final
 
-__all__ = ["MIN_KEY_BYTES", "PSEUDONYM_PREFIX", "pseudonymise", "scrub_pii"]
+__all__ = [
+    "MIN_KEY_BYTES", "PSEUDONYM_PREFIX", "pseudonymise", "pseudonymise_key_bytes", "scrub_pii",
+]
 
 PSEUDONYM_PREFIX: Final = "p_"
 MIN_KEY_BYTES: Final = 16  # 128 bits: anything shorter is guessable offline
@@ -45,6 +47,25 @@ def pseudonymise(user_id: str, key: bytes) -> str:
         digest_size=_DIGEST_BYTES, key=key, person=_PERSON,
     )
     return PSEUDONYM_PREFIX + digest.hexdigest()
+
+
+def pseudonymise_key_bytes(raw: bytes | None, key: bytes) -> bytes | None:
+    """The pseudonym of a Kafka message key, as bytes (``None`` stays ``None``).
+
+    For the dead-letter topic, whose records keep the original bytes: a valid
+    UTF-8 key gets the same pseudonym as the user id it names, so a dead letter
+    can be matched with the pseudonymised profile; any other bytes are hashed
+    as they are (undecodable bytes become lone surrogates, hashed losslessly).
+
+    >>> k = bytes(range(32))
+    >>> pseudonymise_key_bytes(b"or-c17850", k) == pseudonymise("or-c17850", k).encode()
+    True
+    >>> pseudonymise_key_bytes(b"\\xff", k) != pseudonymise_key_bytes(b"\\xfe", k)
+    True
+    """
+    if raw is None:
+        return None
+    return pseudonymise(raw.decode("utf-8", "surrogateescape"), key).encode()
 
 
 # E-mail: local part, '@', dot-separated domain labels, alphabetic TLD. Every

@@ -27,9 +27,18 @@ from models.events import Event
 from models.feedback_loop import FeedbackLoop, should_recommend
 from stream.contract import Rejected, decode_event, format_timestamp
 from stream.debounce import Debounce, Held
+from stream.dp import (
+    PAIR_REASONS,
+    BudgetExhausted,
+    DPPublisher,
+    engine_contributions,
+    private_reason,
+)
+from stream.erasure import ERASED_PARTS
 from stream.eviction import Eviction
 from stream.metrics import Metrics
-from stream.privacy import pseudonymise, scrub_pii
+from stream.privacy import pseudonymise, pseudonymise_key_bytes, scrub_pii
+from stream.pull import PulledExposures
 from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.stored_profile import (
@@ -87,6 +96,11 @@ class Processor:
         self.max_event_time = 0.0
         self._types_by_topic = settings.input_topics
         self._key = settings.pseudonymise_key.encode()
+        # What is published about items and segments, differentially private.
+        self.publisher = DPPublisher(
+            lambda: engine_contributions(self.engine), settings.dp_config,
+            n_segments=engine.config.n_segments,
+        )
         # ``bandit`` is a restored one (stream/checkpoint.py); else a new one from the prior.
         if settings.bandit and bandit is None:
             bandit = FeedbackLoop.new_bandit(settings.bandit_seed)
@@ -107,13 +121,18 @@ class Processor:
         )
         # Parsed exposure logs of this batch's users: (the JSON they came from, log).
         self._exposure_logs: dict[str, tuple[Any, UserExposures]] = {}
+        # Pulled lists (stream/pull.py) waiting for their user's next event.
+        self.pulled = PulledExposures(
+            window=settings.attribution_window_seconds,
+            max_exposures=settings.attribution_max_exposures,
+        )
         self.eviction = Eviction(
             engine, profiles, metrics.users_evicted,
             retention=settings.user_retention_seconds,
             max_users=settings.max_users,
             per_tick=settings.evictions_per_tick,
             held=self.debounce.held,
-            forget=lambda user_id: self._exposure_logs.pop(user_id, None),
+            forget=self._forget_user,
         )
         # Per-event metric children by event type: labels() costs a lock and a lookup.
         self._per_type_metrics: dict[str, tuple[Any, Any]] = {}
@@ -128,6 +147,10 @@ class Processor:
     @property
     def bandit(self) -> SegmentedThompson | None:
         return self.loop.bandit
+
+    def _forget_user(self, user_id: str) -> None:
+        self._exposure_logs.pop(user_id, None)
+        self.pulled.forget(user_id)
 
     # -- the hot path ---------------------------------------------------------
 
@@ -147,7 +170,7 @@ class Processor:
             try:
                 event = self._decode(msg, now)
             except Rejected as rejection:
-                out.append(self._dead_letter(msg, rejection))
+                out.append(self.dead_letter(msg, rejection))
                 self.metrics.events.labels(etype, "dead_lettered").inc()
                 continue
             last_user[(msg.topic, msg.partition)] = event.user_id
@@ -280,9 +303,19 @@ class Processor:
         if self.max_event_time:
             now = self.clock()
             out.extend(self._alert(a, now) for a in self.engine.tick(self.max_event_time))
+        # Segment sizes are published (the metrics endpoint is open): DP sizes.
         self.metrics.segment_users.clear()
-        for segment, size in self.engine.segment_sizes().items():
+        try:
+            sizes = self.publisher.segments().sizes
+        except BudgetExhausted:
+            sizes = {}
+        for segment, size in sizes.items():
             self.metrics.segment_users.labels(str(segment)).set(size)
+        assert self.publisher.ledger is not None
+        for release, spent in self.publisher.ledger.by_release().items():
+            self.metrics.dp_epsilon_spent.labels(release).set(spent)
+        for release, count in self.publisher.ledger.releases().items():
+            self.metrics.dp_releases.labels(release).set(count)
         self._bandit_gauges()
         return out
 
@@ -364,12 +397,15 @@ class Processor:
         if event.type == "purchase" and event.quantity <= 0:
             return  # returns are not attributed
         log = self._exposures(profile)
+        pulled = self.pulled.merge(event.user_id, log)  # lists pulled since its last event
         hit = self.loop.attribute(log, event)
         if hit is None:
             reason = (
                 "unknown_recommendation_id" if event.recommendation_id else "not_recommended"
             )
             m.attribution_unmatched.labels(etype, reason).inc()
+            if pulled:
+                self._save_exposures(profile, log)
             return
         exp = hit.exposure
         labels = (exp.variant, exp.strategy)
@@ -387,13 +423,27 @@ class Processor:
                 m.recommendations_converted.labels(*labels).inc()
         self._save_exposures(profile, log)
 
+    def choose(self, user_id: str, segment: int | None, key: str) -> tuple[str, str]:
+        """``(variant, strategy)`` of a recommendation for ``user_id`` (the bandit's counted)."""
+        variant, strategy = self.loop.choose(user_id, segment, key)
+        if self.loop.bandit is not None:
+            self.metrics.bandit_choices.labels(segment_key(segment), strategy).inc()
+        return variant, strategy
+
+    def exposures_of(self, profile: StoredProfile) -> UserExposures:
+        """The user's stored exposure log (read-only use: the fatigue of a pulled list)."""
+        return self._exposures(profile)
+
+    def expose_pulled(self, user_id: str, exposure: Exposure) -> None:
+        """Count a pulled list as shown; it joins the user's log at their next event."""
+        self.loop.expose(self.pulled.log_of(user_id), exposure)
+        self.metrics.exposures.labels(exposure.variant, exposure.strategy).inc()
+
     def _recommend(
         self, profile: StoredProfile, event: Event, msg: InputMessage, now: float
     ) -> OutputMessage | None:
         segment = profile["segment"]
-        variant, strategy = self.loop.choose(event.user_id, segment, event.event_id)
-        if self.loop.bandit is not None:
-            self.metrics.bandit_choices.labels(segment_key(segment), strategy).inc()
+        variant, strategy = self.choose(event.user_id, segment, event.event_id)
         log = self._exposures(profile)
         items = self.loop.recommend(
             self.engine, event.user_id, strategy, log, key=event.event_id
@@ -403,6 +453,13 @@ class Processor:
             # empty list helps no consumer, so nothing is published.
             return None
         rec_id = str(uuid.uuid5(_ID_NAMESPACE, f"rec:{event.event_id}:{strategy}"))
+        # A reason quoting an item pair ("bought together with X") only when the
+        # DP count of the pair supports it (docs/privacy.md).
+        items = [
+            dataclasses.replace(r, reason=private_reason(r.item_id, r.reason, self.publisher))
+            if r.reason.startswith(PAIR_REASONS) else r
+            for r in items
+        ]
         as_json = [recommendation_json(r) for r in items]  # once for the profile and payload
         profile["recommendations"] = compact_recommendations(as_json)
         profile["recommendation_id"] = rec_id
@@ -465,7 +522,7 @@ class Processor:
             self.settings.topic_alerts, alert.subject.encode(), orjson.dumps(payload)
         )
 
-    def _dead_letter(self, msg: InputMessage, rejection: Rejected) -> OutputMessage:
+    def dead_letter(self, msg: InputMessage, rejection: Rejected) -> OutputMessage:
         self.metrics.deadletter.labels(rejection.reason, msg.topic).inc()
         # Kafka Connect's convention: the original bytes untouched, the why in headers.
         headers = [
@@ -477,9 +534,42 @@ class Processor:
         ]
         if msg.timestamp is not None:
             headers.append(("source.timestamp", _rfc3339(msg.timestamp).encode()))
-        return OutputMessage(
-            self.settings.topic_deadletter, msg.key, msg.value or b"", headers
-        )
+        key = msg.key
+        if self.settings.deadletter_pseudonymise_keys:
+            key = pseudonymise_key_bytes(key, self._key)
+        return OutputMessage(self.settings.topic_deadletter, key, msg.value or b"", headers)
+
+    # -- erasure on request (docs/privacy.md) ---------------------------------------
+
+    def erase(self, user_id: str) -> tuple[list[OutputMessage], dict[str, int]]:
+        """Erase everything held about ``user_id`` (as the events name it).
+
+        The profile (a changelog tombstone: de-duplication ids, exposures and
+        their attribution flags go with it), the models' per-user state, a
+        recommendation still owed (its trigger record is released for commit:
+        nothing will answer it). Returns the outputs to publish, a tombstone
+        under the user's key on the recommendations topic, and what was erased
+        by part (``stream.erasure.ERASED_PARTS``). Idempotent.
+        """
+        stored = pseudonymise(user_id, self._key) if self._key else user_id
+        erased = dict.fromkeys(ERASED_PARTS, 0)
+        if self.debounce.forget(stored):
+            erased["pending"] = 1
+            self.metrics.recommendations_held.set(len(self.debounce))
+        profile = self.profiles.get(stored)
+        if profile is not None:
+            exposures = profile.get("exposures") or []
+            erased["dedupe_ids"] = len(profile.get("recent_event_ids") or [])
+            erased["exposures"] = len(exposures)
+            erased["attribution"] = sum(
+                1 for e in exposures if isinstance(e, list) and len(e) > 7 and (e[6] or e[7])
+            )
+            erased["profile"] = self.profiles.delete([stored])
+        self._exposure_logs.pop(stored, None)
+        erased["engine_state"] = self.engine.erase(stored)
+        erased["recommendations"] = 1
+        tombstone = OutputMessage(self.settings.topic_recommendations, stored.encode(), None)
+        return [tombstone], erased
 
 
 class DictStore(dict[str, StoredProfile]):

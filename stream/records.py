@@ -25,5 +25,5 @@ class OutputMessage:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     headers: list[tuple[str, bytes]] = field(default_factory=list)

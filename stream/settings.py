@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from models.experiments import parse_strategies, parse_variants
+from stream.auth import parse_tokens
+from stream.dp import DPConfig
 from stream.privacy import MIN_KEY_BYTES
 
 PREFIX = "FEEDBACK_"
@@ -49,6 +51,9 @@ class Settings:
     topic_recommendations: str = "feedback.recommendations"
     topic_alerts: str = "feedback.alerts"
     topic_deadletter: str = "feedback.deadletter"
+    # Erasure requests in (key user_id) and their receipts out (docs/privacy.md).
+    topic_erasure: str = "feedback.erasure"
+    topic_erasure_done: str = "feedback.erasure.done"
 
     # Short group-join timings suit the embedded broker, which takes half the
     # session timeout to complete a join; a real cluster may want the defaults.
@@ -66,6 +71,32 @@ class Settings:
 
     # Keyed hash applied to user ids before anything is stored or emitted.
     pseudonymise_key: str = field(default="", repr=False)
+    # On: dead letters keep their original value bytes but their key (the user id)
+    # is replaced by its pseudonym under pseudonymise_key (docs/privacy.md).
+    deadletter_pseudonymise_keys: bool = False
+
+    # Access control of the HTTP endpoints (stream/auth.py): "client=token,..." bearer
+    # tokens; every path but /metrics and the health checks needs one. Without
+    # tokens those endpoints answer 401, or are open when the server binds to
+    # loopback only (development).
+    api_tokens: str = field(default="", repr=False)
+    # Per-client token bucket: this many requests per second on average, in bursts
+    # of up to rate_limit_burst; over it, 429.
+    rate_limit_per_second: float = 200.0
+    rate_limit_burst: int = 400
+
+    # Differential privacy of the published item and segment statistics
+    # (stream/dp.py, docs/privacy.md): epsilon per release, the per-user
+    # contribution bounds, the popularity list's length, how often a release is
+    # recomputed, the support a "bought together" reason needs, and the total
+    # epsilon the releases may spend (0: account only).
+    dp_epsilon: float = 1.0
+    dp_max_items_per_user: int = 20
+    dp_max_pairs_per_user: int = 10
+    dp_top_k: int = 20
+    dp_interval_seconds: float = 300.0
+    dp_min_pair_support: int = 20
+    dp_budget: float = 0.0
 
     max_payload_bytes: int = 65_536
     max_text_chars: int = 10_000
@@ -234,6 +265,24 @@ class Settings:
             checks.append((False, f"FEEDBACK_FATIGUE_STRATEGIES: {exc}"))
         problem = bootstrap_problem(self.bootstrap_servers)
         checks.append((problem is None, f"FEEDBACK_BOOTSTRAP_SERVERS: {problem}"))
+        try:
+            parse_tokens(self.api_tokens)
+        except ValueError as exc:
+            checks.append((False, str(exc)))
+        checks += [
+            (not self.deadletter_pseudonymise_keys or bool(self.pseudonymise_key),
+             "FEEDBACK_DEADLETTER_PSEUDONYMISE_KEYS needs FEEDBACK_PSEUDONYMISE_KEY"),
+            (0 < self.rate_limit_per_second < float("inf"),
+             "FEEDBACK_RATE_LIMIT_PER_SECOND must be > 0"),
+            (self.rate_limit_burst >= 1, "FEEDBACK_RATE_LIMIT_BURST must be >= 1"),
+            (0 < self.dp_epsilon < float("inf"), "FEEDBACK_DP_EPSILON must be > 0"),
+            (self.dp_max_items_per_user >= 1, "FEEDBACK_DP_MAX_ITEMS_PER_USER must be >= 1"),
+            (self.dp_max_pairs_per_user >= 1, "FEEDBACK_DP_MAX_PAIRS_PER_USER must be >= 1"),
+            (self.dp_top_k >= 1, "FEEDBACK_DP_TOP_K must be >= 1"),
+            (self.dp_interval_seconds >= 0, "FEEDBACK_DP_INTERVAL_SECONDS must be >= 0"),
+            (self.dp_min_pair_support >= 1, "FEEDBACK_DP_MIN_PAIR_SUPPORT must be >= 1"),
+            (0 <= self.dp_budget < float("inf"), "FEEDBACK_DP_BUDGET must be >= 0 (0: no limit)"),
+        ]
         for path in (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile):
             checks.append((not path or Path(path).is_file(), f"TLS file not found: {path}"))
         for ok, message in checks:
@@ -256,6 +305,25 @@ class Settings:
     def event_type_of(self, topic: str) -> str | None:
         """The event type an input topic carries, ``None`` for any other topic."""
         return self.input_topics.get(topic)
+
+    @property
+    def web_is_loopback(self) -> bool:
+        """The HTTP server binds to a loopback address only."""
+        return self.web_host in ("127.0.0.1", "::1", "localhost") or self.web_host.startswith(
+            "127."
+        )
+
+    @property
+    def dp_config(self) -> DPConfig:
+        return DPConfig(
+            epsilon=self.dp_epsilon,
+            max_items_per_user=self.dp_max_items_per_user,
+            max_pairs_per_user=self.dp_max_pairs_per_user,
+            top_k=self.dp_top_k,
+            interval_seconds=self.dp_interval_seconds,
+            min_pair_support=self.dp_min_pair_support,
+            budget=self.dp_budget,
+        )
 
     @property
     def web_url(self) -> str:

@@ -34,6 +34,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         settings.topic_recommendations,
         settings.topic_alerts,
         settings.topic_deadletter,
+        # Erasure requests share the partition count, so that a request reaches
+        # the worker that owns the user's partition (docs/privacy.md).
+        settings.topic_erasure,
+        settings.topic_erasure_done,
     ]
     specs = [
         TopicSpec(n, settings.partitions, settings.replication_factor, plain) for n in names

@@ -176,6 +176,7 @@ DELEGATED = {
     "convert": ("tools.datasets", ["convert"], "convert a shared dataset into contract JSONL"),
     "bench": ("tools.bench", [], "measure the worker's throughput, latency and memory"),
     "simulate": ("tools.simulate", [], "simulated users who react to the recommendations"),
+    "dp-utility": ("tools.dp_utility", [], "what differential privacy costs the popularity list"),
 }
 
 

@@ -25,9 +25,12 @@ What is real and what is synthesised:
 * :func:`derived_clicks`: SIMULATED clicks derived from purchases (see there).
 * :func:`demo_stream`: what ``make run`` replays: Online Retail purchases, their
   derived clicks and the clothing reviews, merged in time order.
+* YOOCHOOSE and DIGINETICA: real anonymous click sessions, see
+  :mod:`tools.clickstreams`.
 
-CLI: ``python -m tools.datasets convert {movielens,online-retail,clothing,cdnow,demo}
---out FILE.jsonl [--limit N] [--data-dir DIR] [--seed S]`` (``feedback-stream convert``).
+CLI: ``python -m tools.datasets convert {movielens,online-retail,clothing,cdnow,demo,
+yoochoose,diginetica} --out FILE.jsonl [--limit N] [--data-dir DIR] [--seed S]
+[--split all|train_tr|train_valid]`` (``feedback-stream convert``).
 """
 
 from __future__ import annotations
@@ -50,11 +53,12 @@ from typing import Any
 import orjson
 
 from stream.contract import format_timestamp, parse_timestamp
+from tools import clickstreams
 
 Event = dict[str, Any]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("movielens", "online-retail", "clothing", "cdnow", "demo")
+DATASETS = ("movielens", "online-retail", "clothing", "cdnow", "demo", "yoochoose", "diginetica")
 
 ONLINE_RETAIL_CSV = Path("online_retail/online_retail.csv.gz")
 MOVIELENS_CSV = Path("movielens_latest_small/ratings.csv")
@@ -410,8 +414,17 @@ def events(
     *,
     seed: int = DEFAULT_SEED,
     skipped: Counter[str] | None = None,
+    split: str = "all",
 ) -> Iterator[Event]:
-    """The events of dataset ``name`` (one of :data:`DATASETS`), in replay order."""
+    """The events of dataset ``name`` (one of :data:`DATASETS`), in replay order;
+    ``split`` picks the YOOCHOOSE part (``all``, ``train_tr``, ``train_valid``)."""
+    if name == "yoochoose":
+        paths = {part: _path(data_dir, rel) for part, rel in clickstreams.YOOCHOOSE_FILES.items()}
+        return clickstreams.yoochoose_clicks(paths, split, skipped=skipped)
+    if name == "diginetica":
+        return clickstreams.diginetica_views(
+            _path(data_dir, clickstreams.DIGINETICA_CSV), skipped=skipped
+        )
     if name == "movielens":
         return movielens_reviews(data_dir, skipped=skipped)
     if name == "online-retail":
@@ -441,15 +454,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="datasets folder (default: $FEEDBACK_DATA_DIR, else ../shared/data)",
     )
     convert.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of synthetic fields")
+    convert.add_argument(
+        "--split", choices=clickstreams.YOOCHOOSE_SPLITS, default="all",
+        help="yoochoose only: train_tr, train_valid, or both in time order (all, the default; "
+        "the summary then gives warmup_until, where train_valid starts)",
+    )
     return parser
 
 
 def convert(
-    name: str, out: Path, *, limit: int | None, data_dir: Path | None, seed: int
+    name: str,
+    out: Path,
+    *,
+    limit: int | None,
+    data_dir: Path | None,
+    seed: int,
+    split: str = "all",
 ) -> dict[str, Any]:
     """Write ``name`` as JSONL to ``out``; return the counts."""
     skipped: Counter[str] = Counter()
-    selected = itertools.islice(events(name, data_dir, seed=seed, skipped=skipped), limit)
+    selected = itertools.islice(
+        events(name, data_dir, seed=seed, skipped=skipped, split=split), limit
+    )
     written = 0
     stream = sys.stdout.buffer if str(out) == "-" else open(out, "wb")  # noqa: SIM115
     try:
@@ -461,7 +487,14 @@ def convert(
             stream.close()
         else:
             stream.flush()
-    return {"dataset": name, "written": written, "skipped": dict(sorted(skipped.items()))}
+    counts: dict[str, Any] = {
+        "dataset": name, "written": written, "skipped": dict(sorted(skipped.items()))
+    }
+    if name == "yoochoose" and split == "all":
+        # Train on train_tr, validate on train_valid: evaluate --warmup-until this time.
+        valid = _path(data_dir, clickstreams.YOOCHOOSE_FILES["train_valid"])
+        counts["warmup_until"] = format_timestamp(clickstreams.yoochoose_first_time(valid))
+    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -472,7 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.now(UTC)
     try:
         counts = convert(
-            args.dataset, args.out, limit=args.limit, data_dir=args.data_dir, seed=args.seed
+            args.dataset, args.out, limit=args.limit, data_dir=args.data_dir, seed=args.seed,
+            split=args.split,
         )
     except FileNotFoundError as exc:
         print(f"convert: {exc}", file=sys.stderr)

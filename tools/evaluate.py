@@ -31,7 +31,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -43,6 +43,9 @@ from models.recommender import FEATURES
 from models.segmentation import kmeans_fit, nearest_centre
 from models.sentiment import label_of, lexicon_compound_whole
 from tools.attribution_replay import AttributionReplay
+from tools.next_click import BASELINES as NEXT_CLICK_BASELINES
+from tools.next_click import K as NEXT_K
+from tools.next_click import NextClick
 
 DAY = 86_400.0
 CHURN_HORIZON_DAYS = 90.0
@@ -205,11 +208,16 @@ def evaluate(
     progress: bool = False,
     series: dict[str, Any] | None = None,
     variants: str | None = "blend,popularity,explore",
+    warmup_until: float | None = None,
+    predictions: IO[bytes] | None = None,
 ) -> dict[str, Any]:
     """Replay ``events`` through a fresh engine and the baselines; the metrics dict.
 
     ``variants`` (``None``: off) are the strategies of the attribution report,
-    which needs clicks or purchases in ``events``.
+    which needs clicks or purchases in ``events``. With clicks in ``events``,
+    the next-click figures (:mod:`tools.next_click`) score only lists made at
+    or after ``warmup_until``, and each scored engine list is written to
+    ``predictions`` as a JSON line.
     """
     engine = FeedbackEngine(config)
     k = engine.config.top_k
@@ -235,6 +243,14 @@ def evaluate(
     replay = (
         AttributionReplay(variants, seed=engine.config.seed)
         if variants and any(e.type != "review" for e in events) else None
+    )
+    next_click = (
+        NextClick(
+            lambda e: [r.item_id for r in engine.recommend(e.user_id, NEXT_K)],
+            warmup_until,
+            predictions,
+        )
+        if any(e.type == "click" for e in events) else None
     )
     t_end = max((e.timestamp for e in events), default=0.0)
     cutoff = t_end - CHURN_HORIZON_DAYS * DAY
@@ -276,6 +292,8 @@ def evaluate(
         pop.learn_one(event)
         if replay is not None:
             replay.before(engine, event)
+        if next_click is not None:
+            next_click.before(event)
 
         t0, c0 = time.perf_counter(), time.process_time()
         out = engine.process(event)
@@ -284,6 +302,8 @@ def evaluate(
         engine_cpu += time.process_time() - c0
         if replay is not None:
             replay.after(engine, event)
+        if next_click is not None:
+            next_click.after(event)
 
         if out.segment is not None:
             before = last_segment.get(event.user_id)
@@ -336,6 +356,7 @@ def evaluate(
         segment_flip_backs / segment_switches if segment_switches else None
     )
     result.update(_churn_metrics(churn_snapshot, bought_after))
+    result.update(next_click.report() if next_click is not None else {"next_click_predictions": 0})
     result["attribution"] = replay.report() if replay is not None else None
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
@@ -593,6 +614,14 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"{'metric':<28} {'engine':>10} {'baseline':>10}  baseline is")
     for name, key, base, what in rows:
         print(f"{name:<28} {_fmt(result.get(key)):>10} {_fmt(result.get(base)):>10}  {what}")
+    if result.get("next_click_predictions"):
+        n_lists = result["next_click_predictions"]
+        print(f"next click ({n_lists:,} predictions, session-rec protocol):")
+        print(f"  {'ranker':<18} {'HR@20':>8} {'MRR@20':>8}")
+        for name in ("engine", *NEXT_CLICK_BASELINES):
+            suffix = "" if name == "engine" else f"_{name}"
+            print(f"  {name:<18} {_fmt(result[f'next_click_hr_at_20{suffix}']):>8} "
+                  f"{_fmt(result[f'next_click_mrr_at_20{suffix}']):>8}")
     print(f"{'alerts':<28} {result['alerts_by_kind']}")
     attribution = result.get("attribution") or {}
     strategies = {k: v for k, v in attribution.items() if k != "blend_vs_popularity"}
@@ -639,7 +668,31 @@ def main(argv: list[str] | None = None) -> int:
         default="blend,popularity,explore",
         help="strategies of the attribution report, name[:weight],... ('' turns it off)",
     )
+    parser.add_argument(
+        "--warmup-until",
+        metavar="ISO_TIME",
+        help="learn from every event, but score only next-click lists made at or after this "
+        "RFC 3339 time (e.g. where a validation part starts)",
+    )
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="FILE",
+        help="write each scored next-click list of the engine as a JSON line "
+        '{"event_id", "user_id", "session_id", "items"}',
+    )
     args = parser.parse_args(argv)
+    warmup_until = None
+    if args.warmup_until is not None:
+        from stream.contract import Rejected, parse_timestamp
+
+        try:
+            warmup_until = parse_timestamp(args.warmup_until)
+        except Rejected:
+            parser.error(
+                f"--warmup-until must be an RFC 3339 time with a zone, e.g. "
+                f"2014-04-06T00:19:07Z; got {args.warmup_until!r}"
+            )
 
     if args.bench_items is not None:
         result = bench(args.bench_items, args.bench_events, args.seed)
@@ -664,13 +717,23 @@ def main(argv: list[str] | None = None) -> int:
               f"({rejected} rejected lines)", file=sys.stderr)
         return 2
     series: dict[str, Any] | None = {} if args.plot else None
-    result = evaluate(
-        events,
-        EngineConfig(seed=args.seed),
-        progress=sys.stderr.isatty() and not args.json,
-        series=series,
-        variants=args.variants or None,
-    )
+    try:
+        predictions = args.predictions.open("wb") if args.predictions else None
+    except OSError as exc:
+        parser.error(f"cannot write --predictions {args.predictions}: {exc.strerror}")
+    try:
+        result = evaluate(
+            events,
+            EngineConfig(seed=args.seed),
+            progress=sys.stderr.isatty() and not args.json,
+            series=series,
+            variants=args.variants or None,
+            warmup_until=warmup_until,
+            predictions=predictions,
+        )
+    finally:
+        if predictions is not None:
+            predictions.close()
     result["rejected_lines"] = rejected
     if args.json:
         print(orjson.dumps(result).decode())

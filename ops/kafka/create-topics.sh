@@ -28,6 +28,12 @@ create "${FEEDBACK_TOPIC_ALERTS:-feedback.alerts}"
 # Dead letters are evidence to investigate: keep them longer than the default 7 days.
 create "${FEEDBACK_TOPIC_DEADLETTER:-feedback.deadletter}" \
     --config "retention.ms=${FEEDBACK_DEADLETTER_RETENTION_MS:-1209600000}"
+# Erasure requests (key user_id, same partitions as the inputs: the request reaches
+# the worker that holds the user) and their receipts, the record that each request
+# was carried out: keep receipts as long as that record is needed (docs/privacy.md).
+create "${FEEDBACK_TOPIC_ERASURE:-feedback.erasure}"
+create "${FEEDBACK_TOPIC_ERASURE_DONE:-feedback.erasure.done}" \
+    --config "retention.ms=${FEEDBACK_ERASURE_RECEIPT_RETENTION_MS:-31536000000}"
 # The Faust table changelog: compacted, so the latest profile of each user survives
 # forever and a restarted worker rebuilds its table from it. Same partition count as
 # the input topics (Faust co-partitions the table with its source topics).

@@ -55,8 +55,14 @@ def isolated_settings(bootstrap: str, state_dir: Path, **overrides: Any) -> Sett
         "topic_recommendations": f"t{tag}.recommendations",
         "topic_alerts": f"t{tag}.alerts",
         "topic_deadletter": f"t{tag}.deadletter",
+        "topic_erasure": f"t{tag}.erasure",
+        "topic_erasure_done": f"t{tag}.erasure.done",
         "checkpoint_interval_seconds": 2.0,
         "tick_interval_seconds": 1.0,
+        # The tests read every profile back as fast as they can: no rate limit
+        # unless a test sets one (tests/integration/test_erasure.py does).
+        "rate_limit_per_second": 1e6,
+        "rate_limit_burst": 1_000_000,
     }
     # FEEDBACK_RECOVERY_GUARDS=0 runs every test worker on Faust's own recovery:
     # the tests of stream/faust/ then fail (they build the cases it guards).

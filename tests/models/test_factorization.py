@@ -42,8 +42,28 @@ def test_rating_predictions_are_clipped_to_the_seen_range() -> None:
     assert 2.0 <= mf.predict_one("a", 0) <= 5.0
     assert mf.predict_one("a", 0) > 4.5
     assert mf.predict_one("b", 1) < 2.5
-    # unknown user and item: the running mean
-    assert abs(mf.predict_one("nobody", 99) - mf.mean) < 1e-9
+    # unknown user and item: the running mean plus the calibration's cold-start offset
+    w = mf.weights
+    assert abs(mf.predict_one("nobody", 99) - (mf.mean + w[0] + w[6] + w[7])) < 1e-9
+
+
+def test_calibration_learns_that_new_items_are_rated_lower() -> None:
+    """Each item's first ratings are 2, later ones 4: a new item is predicted below the mean."""
+    mf = RatingFactorization(seed=0)
+    for item in range(300):
+        for n in range(10):
+            mf.learn_one(f"u{n}", item, 2.0 if n < 3 else 4.0)
+    assert mf.predict_one("u1", 10_000) < mf.mean - 0.5
+    plain = mf.mean + mf.user_bias["u1"]  # what the uncalibrated sum would say
+    assert abs(mf.predict_one("u1", 10_000) - 2.0) < abs(plain - 2.0)
+
+
+def test_calibration_starts_as_the_plain_sum() -> None:
+    mf = RatingFactorization(seed=0)
+    mf.learn_one("a", 0, 4.0)  # the first rating: nothing to calibrate on yet
+    assert mf.weights.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    expected = mf.mean + mf.user_bias["a"] + mf.item_bias[0] + mf.user_vec["a"] @ mf.item_vec[0]
+    assert abs(mf.predict_all("a", 1)[0] - expected) < 1e-9
 
 
 def test_predict_all_matches_predict_before_clipping() -> None:

@@ -32,6 +32,7 @@ NON_SETTINGS_ENV = {
     "FEEDBACK_DATA_DIR",  # the producer's datasets folder (tools/datasets.py)
     "FEEDBACK_CHANGELOG_TOPIC",  # ops/kafka/create-topics.sh
     "FEEDBACK_DEADLETTER_RETENTION_MS",  # ops/kafka/create-topics.sh
+    "FEEDBACK_ERASURE_RECEIPT_RETENTION_MS",  # ops/kafka/create-topics.sh
 }
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-((?:[^{}]|\{[^{}]*\})*))?\}")
@@ -294,7 +295,7 @@ def test_topics_service_creates_every_topic(services: dict) -> None:
     for var in (
         "FEEDBACK_TOPIC_CLICKS", "FEEDBACK_TOPIC_PURCHASES", "FEEDBACK_TOPIC_REVIEWS",
         "FEEDBACK_TOPIC_RECOMMENDATIONS", "FEEDBACK_TOPIC_ALERTS", "FEEDBACK_TOPIC_DEADLETTER",
-        "FEEDBACK_CHANGELOG_TOPIC",
+        "FEEDBACK_TOPIC_ERASURE", "FEEDBACK_TOPIC_ERASURE_DONE", "FEEDBACK_CHANGELOG_TOPIC",
     ):
         assert re.search(rf'create "\$\{{{var}[:}}]', text), f"create-topics.sh skips {var}"
         assert var in env, f"topics service does not pass {var}"
@@ -471,3 +472,21 @@ def test_workers_advertise_a_routable_url_in_containers(
     fa = build_app(Settings.from_env(env), registry=CollectorRegistry())
     assert str(fa.app.conf.web_bind) == "0.0.0.0", "listen on every interface"
     assert fa.app.conf.canonical_url.host not in ("0.0.0.0", "::", "127.0.0.1", "localhost")
+
+
+def test_worker_secrets_come_from_an_env_file_whose_sample_holds_none(services: dict) -> None:
+    worker = services["worker"]
+    (env_file,) = worker["env_file"]
+    sample = REPO / env_file
+    assert sample.name.endswith(".sample") and sample.is_file()
+    values = {}
+    for line in sample.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    assert set(values) == {"FEEDBACK_API_TOKENS", "FEEDBACK_PSEUDONYMISE_KEY"}
+    assert all(value == "" for value in values.values()), "the sample must hold no secret"
+    for name in values:
+        assert hasattr(Settings(), name.removeprefix("FEEDBACK_").lower())
+        assert name not in env_of(worker), f"{name} belongs in the env file only"
+    assert "secrets.env" in (REPO / ".gitignore").read_text().split()

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the fixed load is offered (0: skip)")
     p.add_argument("--load-fraction", type=float, default=0.5,
                    help="offered load as a fraction of the measured maximum")
+    p.add_argument("--pull-rate", type=float, default=20.0,
+                   help="GET /recommendations requests per second during the fixed load "
+                   "(0: skip)")
     p.add_argument("--users", type=int, default=100_000,
                    help="distinct new users for the memory figure (0: skip)")
     p.add_argument("--eviction-users", type=int, default=100_000,

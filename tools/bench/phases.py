@@ -41,6 +41,7 @@ from tools.bench.workload import (
     preload,
     produce,
 )
+from tools.pull_bench import measure_pulls, pull_targets
 
 # The report keys of the reference loops' rates.
 REFERENCE_KEYS = {
@@ -149,13 +150,27 @@ def latency(b: Bench) -> None:
     offered = max_rate * args.load_fraction
     m = min(n, int(offered * args.latency_seconds))
     batch = b.events[n : n + m]
-    log(f"latency: offering {m:,} new events at {offered:,.0f}/s")
-    lat = asyncio.run(
-        measure_latency(
-            b.settings, encode(batch, b.settings.topic_of), [e["event_id"] for e in batch],
-            offered, b.timeout,
+    log(f"latency: offering {m:,} new events at {offered:,.0f}/s and {args.pull_rate:g} pulls/s")
+
+    async def both() -> tuple[list[float], dict[str, Any]]:
+        # The pull API is timed while the worker takes the same load.
+        return await asyncio.gather(
+            measure_latency(
+                b.settings, encode(batch, b.settings.topic_of), [e["event_id"] for e in batch],
+                offered, b.timeout,
+            ),
+            measure_pulls(
+                b.workers[0].settings.web_url, pull_targets(b.events[:n]), args.pull_rate,
+                m / offered,
+            ),
         )
-    )
+
+    lat, pulls = asyncio.run(both())
+    report["pull_requests_per_second"] = args.pull_rate
+    report["pull_samples"] = len(pulls["latencies"])
+    report["pull_failures"] = pulls["failures"]
+    for p in (50, 99):
+        report[f"pull_latency_p{p}_seconds"] = rounded(percentile(pulls["latencies"], p), 4)
     wait_counts(b.workers, n + m, 10.0)
     report["latency_offered_events_per_second"] = rounded(offered, 1)
     report["latency_samples"] = len(lat)

@@ -43,6 +43,7 @@ BARS = {
     "events_per_second": (">=", 10_000.0),
     "events_vs_faust_per_event_send": (">=", 2.5),
     "latency_p99_seconds": ("<=", 0.25),
+    "pull_latency_p99_seconds": ("<=", 0.05),
 }
 
 
@@ -122,6 +123,13 @@ def format_report(report: dict[str, Any]) -> str:
                 f"p{p} {float(x or 0) * 1000:.0f} ms"
                 for p, x in zip((50, 95, 99), lat, strict=True)
             )
+        )
+    if r.get("pull_samples"):
+        lines.append(
+            f"pull API at {r['pull_requests_per_second']:g} requests/s during that load "
+            f"({r['pull_samples']:,} answers, {r.get('pull_failures', 0)} failed): "
+            f"p50 {float(r['pull_latency_p50_seconds']) * 1000:.0f} ms, "
+            f"p99 {float(r['pull_latency_p99_seconds']) * 1000:.0f} ms"
         )
     if r.get("checkpoint_mean_seconds"):
         lines.append(

@@ -160,7 +160,7 @@ def drive_in_process(
             ))
         return [
             orjson.loads(o.value) for o in proc.handle(msgs)
-            if o.topic == settings.topic_recommendations
+            if o.topic == settings.topic_recommendations and o.value is not None
         ]
 
     while (warm := sim.next_warmup()) is not None:

@@ -54,13 +54,17 @@ def test_bars() -> None:
         "events_per_second": True,
         "events_vs_faust_per_event_send": True,
         "latency_p99_seconds": True,
+        "pull_latency_p99_seconds": None,  # not measured in this report
     }
-    slow = add_ratios({**report(), "events_per_second": 9_000.0, "latency_p99_seconds": 0.3})
+    slow = add_ratios({**report(), "events_per_second": 9_000.0, "latency_p99_seconds": 0.3,
+                       "pull_latency_p99_seconds": 0.06})  # fmt: skip
     assert bars(slow) == {
         "events_per_second": False,
         "events_vs_faust_per_event_send": False,  # 9,000 / 4,000 = 2.25
         "latency_p99_seconds": False,
+        "pull_latency_p99_seconds": False,
     }
+    assert bars({**r, "pull_latency_p99_seconds": 0.02})["pull_latency_p99_seconds"] is True
     assert bars({})["latency_p99_seconds"] is None
 
 

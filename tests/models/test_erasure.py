@@ -1,0 +1,56 @@
+"""FeedbackEngine.erase: no structure of the engine keeps an erased user's id."""
+
+from __future__ import annotations
+
+import pickle
+
+from models.engine import EngineConfig, FeedbackEngine
+from models.events import Event
+
+T = 1_700_000_000.0
+VICTIM = "victim-0042"
+
+
+def busy_engine() -> FeedbackEngine:
+    engine = FeedbackEngine(EngineConfig(seed=1))
+    for u in range(30):
+        for i in range(5):
+            item = f"i{(u + i) % 12}"
+            engine.process(Event("purchase", f"e{u}-{i}", f"user{u}", item, T + u * 100 + i,
+                                 quantity=1, price=2.0, order_id=f"o{u}"))
+            engine.process(Event("review", f"r{u}-{i}", f"user{u}", item, T + u * 100 + i + 0.5,
+                                 rating=4.0, text="great"))
+    # Eight orders a day apart: a churn due date is scheduled for the victim.
+    for i in range(8):
+        engine.process(Event("purchase", f"v{i}", VICTIM, f"i{i}", T + 5000 + i * 86_400,
+                             quantity=1, price=3.0, order_id=f"vo{i}"))
+        engine.process(Event("click", f"vc{i}", VICTIM, f"i{i + 1}", T + 5001 + i * 86_400))
+    engine.process(Event("review", "vr", VICTIM, "i3", T + 9 * 86_400, rating=5.0, text="ok"))
+    engine.tick(T + 9 * 86_400)
+    return engine
+
+
+def test_erase_leaves_no_trace_of_the_id_in_the_pickled_engine() -> None:
+    engine = busy_engine()
+    assert VICTIM.encode() in pickle.dumps(engine)
+    assert any(entry[1] == VICTIM for entry in engine.churn.heap)
+    assert engine.erase(VICTIM) >= 2  # the profile and at least one due date
+    assert VICTIM.encode() not in pickle.dumps(engine)
+    assert engine.erase(VICTIM) == 0
+
+
+def test_forget_alone_leaves_the_churn_due_date_behind() -> None:
+    # Why erase is more than eviction's forget: the lazy heap keeps the id.
+    engine = busy_engine()
+    engine.forget(VICTIM)
+    assert VICTIM.encode() in pickle.dumps(engine)
+
+
+def test_an_erased_user_who_comes_back_is_a_new_user() -> None:
+    engine = busy_engine()
+    engine.erase(VICTIM)
+    engine.process(Event("click", "later", VICTIM, "i1", T + 20 * 86_400))
+    summary = engine.user_summary(VICTIM)
+    assert summary is not None
+    assert summary["clicks"] == 1 and summary["orders"] == 0
+    assert summary["first_seen"] == T + 20 * 86_400
