@@ -15,6 +15,7 @@ ALERT_KINDS: tuple[str, ...] = (
     "anomalous_behaviour",
     "model_drift",
     "churn_risk",
+    "behaviour_shift",
 )
 
 

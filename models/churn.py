@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from typing import Literal
 
 from models.profiles import DAY, UserProfile
 
@@ -122,8 +123,20 @@ class ChurnModel:
         p_silent = math.exp((r + x) * math.log((alpha + age) / (alpha + age + self.horizon_days)))
         return 1.0 - p_alive * (1.0 - p_silent)
 
-    def learn_one(self, profile: UserProfile, previous_order_time: float | None) -> None:
-        """Learn from a new order of ``profile`` and schedule when it falls overdue."""
+    def learn_one(
+        self,
+        profile: UserProfile,
+        previous_order_time: float | None,
+        due: float | Literal["overdue"] | None = "overdue",
+    ) -> None:
+        """Learn from a new order of ``profile`` and schedule its churn check.
+
+        ``due`` is the event time of the check: by default the moment the
+        customer falls ``overdue_factor`` times their mean gap overdue; the
+        engine passes the moment the customer-value model's P(alive) falls
+        below its threshold (``None``: no check). Only customers with at least
+        ``min_orders`` orders are scheduled.
+        """
         if previous_order_time is None:
             if profile.first_order_time is not None:
                 self.customers += 1
@@ -138,11 +151,19 @@ class ChurnModel:
         profile.churn_version += 1
         profile.churn_due = None
         if profile.orders >= self.min_orders and profile.last_order_time is not None:
-            due = profile.last_order_time + self.overdue_factor * self.expected_gap_days(
-                profile
-            ) * DAY
-            profile.churn_due = due
-            heapq.heappush(self.heap, (due, profile.user_id, profile.churn_version))
+            if due == "overdue":
+                due = profile.last_order_time + self.overdue_factor * self.expected_gap_days(
+                    profile
+                ) * DAY
+            if due is not None:
+                self.schedule(profile, due, new_version=False)
+
+    def schedule(self, profile: UserProfile, due: float, new_version: bool = True) -> None:
+        """Push a churn check of ``profile`` at event time ``due`` (replacing any pending)."""
+        if new_version:
+            profile.churn_version += 1
+        profile.churn_due = due
+        heapq.heappush(self.heap, (due, profile.user_id, profile.churn_version))
 
     def forget(self, user_id: str) -> int:
         """Drop the user's due dates from the heap (O(heap)): an erased user leaves

@@ -103,10 +103,15 @@ class ItemCooccurrence:
     (1, 0.0)
     """
 
-    def __init__(self, max_neighbours: int = 200, gamma: float = 0.9, alpha: float = 0.5) -> None:
+    def __init__(
+        self, max_neighbours: int = 200, gamma: float = 0.9, alpha: float = 0.5, pmi: bool = False
+    ) -> None:
         self.max_neighbours = max_neighbours
         self.gamma = gamma
         self.alpha = alpha
+        # Score by positive PMI instead of the cosine-like normalisation (an option,
+        # measured in docs/models.md; the reasons report PMI either way).
+        self.pmi = pmi
         self.neighbours: list[Neighbours] = []
         self._mass = np.zeros(16)
         self._norm = np.ones(16)  # (mass + 1) ** -alpha, kept in step with _mass
@@ -232,6 +237,8 @@ class ItemCooccurrence:
 
         Written into ``out`` (length ``n``) when given, to spare the caller a copy.
         """
+        if self.pmi:
+            return self._pmi_scores(history, n, out)
         keys: list[np.ndarray] = []
         vals: list[np.ndarray] = []
         factors: list[float] = []
@@ -266,6 +273,49 @@ class ItemCooccurrence:
             counts = np.bincount(np.concatenate(keys), weights=weights, minlength=n)
             np.multiply(counts[:n], self._norm[:n], out=out)
         return out
+
+    def _pmi_scores(
+        self, history: Sequence[tuple[int, float]], n: int, out: np.ndarray | None
+    ) -> np.ndarray:
+        """``sum_h r_h * max(0, PMI(h, j))``: association beyond chance, popularity removed."""
+        if n > self._mass.shape[0]:
+            self._ensure(n - 1)
+        if out is None:
+            out = np.empty(n)
+        out.fill(0.0)
+        mass = self._mass
+        total = float(mass.sum())
+        for h, r in history:
+            if h >= len(self.neighbours) or r <= 0.0:
+                continue
+            nb = self.neighbours[h]
+            if nb.n == 0:
+                continue
+            keys = nb.keys[: nb.n]
+            keep = keys < n
+            keys = keys[keep]
+            lift = nb.values[: nb.n][keep] * total / ((mass[h] + 1.0) * (mass[keys] + 1.0))
+            out[keys] += r * np.maximum(np.log2(np.maximum(lift, 1e-12)), 0.0)
+        return out
+
+    def pmi_of(self, a: int, b: int) -> float | None:
+        """PMI in bits of the pair ``(a, b)``: log2 of how many times more often they
+        co-occur than if independent (pair weights over item masses); ``None`` if never.
+
+        >>> co = ItemCooccurrence()
+        >>> for user in range(3):
+        ...     co.learn_one([], 0, 1.0); co.learn_one([(0, 1.0)], 1, 1.0)
+        ...     co.learn_one([], 2, 1.0); co.learn_one([(2, 1.0)], 3, 1.0)
+        >>> round(co.pmi_of(0, 1), 3), co.pmi_of(0, 2)
+        (2.0, None)
+        """
+        if a >= len(self.neighbours):
+            return None
+        pair = self.neighbours[a].get(b)
+        if pair <= 0.0:
+            return None
+        mass = self._mass
+        return math.log2(pair * float(mass.sum()) / (float(mass[a]) * float(mass[b])))
 
     def strongest_sources(
         self, history: Sequence[tuple[int, float]], candidates: Sequence[int]

@@ -22,8 +22,10 @@ import numpy as np
 from models.alerts import ALERT_KINDS, Alert, BehaviourAnomaly, Cooldown, QualityDrift
 from models.catalogue import ItemCatalogue, grown
 from models.churn import ChurnModel
+from models.clv import CustomerValue, Prediction
 from models.events import Event
 from models.factorization import RatingFactorization
+from models.information import BehaviourShift, ListInformation
 from models.item_updates import Outbox, apply_item_models, blend_state, merge_blend
 from models.profiles import DAY, History, UserProfile
 from models.recommender import BlendedRecommender, exclude_seen, top_k
@@ -94,6 +96,7 @@ class EngineConfig:
     max_neighbours: int = 200
     pair_decay: float = 0.9
     mass_alpha: float = 0.5
+    cooccurrence_pmi: bool = False  # positive PMI instead of the cosine-like normalisation
     trending_half_life_s: float = DAY
     segment_half_life_s: float = 7 * DAY
     n_factors: int = 16
@@ -131,6 +134,20 @@ class EngineConfig:
     churn_horizon_days: float = 90.0
     churn_overdue_factor: float = 3.0
     churn_min_orders: int = 3
+    # churn_risk alerts when the customer-value model's P(alive) falls below this
+    churn_alive_threshold: float = 0.5
+    # customer value (models.clv): MBG/NBD + Gamma-Gamma refitted from the stream
+    clv_horizon_days: float = 90.0
+    clv_refit_fraction: float = 0.1
+    clv_refit_days: float = 7.0
+    clv_max_fit_customers: int = 50_000
+    # behaviour shift (models.information): windows in events, cooldown in event time
+    shift_block: int = 500
+    shift_current_blocks: int = 4
+    shift_reference_blocks: int = 8
+    shift_z: float = 6.0
+    shift_min_divergence: float = 0.02
+    shift_cooldown_s: float = DAY
     # eviction: users are indexed by last activity in buckets of this much event time
     activity_bucket_s: float = 3600.0
     # sessions (models.session): a click without session_id after this gap starts one
@@ -164,7 +181,7 @@ class FeedbackEngine:
     >>> [r.item_id for r in engine.recommend("b")]
     ['y']
     >>> engine.recommend("b")[0].reason
-    'bought together with x'
+    'bought together with x (2.0x chance)'
     """
 
     def __init__(self, config: EngineConfig | None = None) -> None:
@@ -178,6 +195,7 @@ class FeedbackEngine:
             max_neighbours=c.max_neighbours,
             pair_decay=c.pair_decay,
             mass_alpha=c.mass_alpha,
+            cooccurrence_pmi=c.cooccurrence_pmi,
             trending_half_life=c.trending_half_life_s,
             segment_half_life=c.segment_half_life_s,
             n_segments=c.n_segments,
@@ -221,9 +239,29 @@ class FeedbackEngine:
             overdue_factor=c.churn_overdue_factor,
             min_orders=c.churn_min_orders,
         )
-        self.cooldown = Cooldown(c.alert_cooldown_s, {"model_drift": c.drift_cooldown_s})
+        self.customer_value = CustomerValue(
+            horizon_days=c.clv_horizon_days,
+            refit_fraction=c.clv_refit_fraction,
+            refit_days=c.clv_refit_days,
+            max_fit_customers=c.clv_max_fit_customers,
+            seed=c.seed,
+        )
+        self.shift = BehaviourShift(
+            block=c.shift_block,
+            current_blocks=c.shift_current_blocks,
+            reference_blocks=c.shift_reference_blocks,
+            z=c.shift_z,
+            min_divergence=c.shift_min_divergence,
+        )
+        # What the worker's published lists showed (fed by the stream layer).
+        self.information = ListInformation()
+        self.cooldown = Cooldown(
+            c.alert_cooldown_s,
+            {"model_drift": c.drift_cooldown_s, "behaviour_shift": c.shift_cooldown_s},
+        )
         self.item_price = np.zeros(16)
         self.item_price_n = np.zeros(16)
+        self.item_ratings = np.zeros((16, 2))  # per item: rated reviews, sum of stars
         # Users by last activity: bucket (last_seen // activity_bucket_s) -> users
         # (a dict as an insertion-ordered set), the buckets' numbers in a heap,
         # and the users held back from eviction by a pending churn alert.
@@ -353,11 +391,16 @@ class FeedbackEngine:
             self.sessions.pause(event.user_id)
         if event.rating is not None and event.type == "review":
             self.ratings.learn_one(event.user_id, item, event.rating)
+            self.item_ratings = grown(self.item_ratings, item + 1)
+            self.item_ratings[item] += (1.0, event.rating)
         if words is not None:
             self.sentiment.learn_one(words, event.rating)
         previous_order = profile.last_order_time
-        if profile.learn_one(event, out.sentiment):
-            self.churn.learn_one(profile, previous_order)
+        new_order = profile.learn_one(event, out.sentiment)
+        if event.type == "purchase" and event.quantity > 0:
+            self.customer_value.learn_one(event.user_id, t, event.revenue)
+        if new_order:
+            self.churn.learn_one(profile, previous_order, self._churn_due(event.user_id))
         profile.mark_seen(item, event.type, c.max_seen_items)
         # A click moves only log(clicks) in the segmentation vector: re-segment on
         # the 1st, 2nd, 4th, 8th, ... click (and for unsegmented users); purchases
@@ -367,8 +410,11 @@ class FeedbackEngine:
             or profile.segment is None
             or profile.clicks & (profile.clicks - 1) == 0
         ):
+            value = self.customer_value.predict_one(event.user_id, t)
             profile.segment = self.segmentation.learn_one(
-                event.user_id, profile.segment_vector(), profile.last_seen
+                event.user_id,
+                profile.segment_vector(value.expected_spend if value is not None else 0.0),
+                profile.last_seen,
             )
         out.segment = profile.segment
 
@@ -388,7 +434,28 @@ class FeedbackEngine:
                 t,
             )
         self._check_drift(out, t)
+        shift = self.shift.learn_one(event)
+        if shift is not None:
+            self._shift_alert(shift, out.alerts, t)
         return out
+
+    def _shift_alert(self, shift: dict[str, float], alerts: list[Alert], t: float) -> None:
+        names = [k for k in BehaviourShift.DISTRIBUTIONS if k in shift]
+        worst = max(names, key=lambda k: shift[k])
+        detail = ", ".join(f"{k.replace('_', ' ')} {shift[k]:.3f}" for k in names)
+        window = self.shift.block * self.shift.current_blocks
+        reference = self.shift.block * self.shift.reference_blocks
+        self._alert(
+            alerts,
+            "behaviour_shift",
+            "critical" if shift[worst] >= 4 * self.shift.min_divergence else "warning",
+            "stream",
+            f"The last {window:,} events differ from the {reference:,} before them"
+            f", most in {worst.replace('_', ' ')} (Jensen-Shannon bits: {detail}).",
+            shift["score"],
+            self.shift.z,
+            t,
+        )
 
     def _anomaly_score(self, event: Event, profile: UserProfile, item: int) -> float | None:
         self.item_price = grown(self.item_price, item + 1)
@@ -502,25 +569,48 @@ class FeedbackEngine:
             if profile is None or profile.churn_version != version or profile.churn_due != due:
                 continue  # ordered again since (or evicted): that due date is stale
             profile.churn_due = None  # checked: no longer holds the user back from eviction
-            risk = self.churn.risk(profile, now)
-            gap = self.churn.expected_gap_days(profile)
-            assert profile.last_order_time is not None
-            overdue = (now - profile.last_order_time) / DAY / gap
-            self._alert(
-                alerts,
-                "churn_risk",
-                "critical" if risk is not None and risk >= 0.9 else "warning",
-                user_id,
-                f"Customer {user_id} usually orders every {gap:.0f} days and has not for "
-                f"{overdue * gap:.0f} days.",
-                overdue,
-                c.churn_overdue_factor,
-                now,
-            )
+            self._check_churn(user_id, profile, now, alerts)
         self.segmentation.refresh(c.refresh_users_per_tick)
+        self.customer_value.maybe_refit(now)
         if len(self.cooldown.last) > 10_000:
             self.cooldown.prune(now)
         return alerts
+
+    def _churn_due(self, user_id: str) -> float | None:
+        return self.customer_value.alive_due(user_id, self.config.churn_alive_threshold)
+
+    def _check_churn(
+        self, user_id: str, profile: UserProfile, now: float, alerts: list[Alert]
+    ) -> None:
+        """Alert if the customer-value model's P(alive) is below the threshold at ``now``.
+
+        The parameters may have been refitted since the check was scheduled: a
+        customer still above the threshold is checked again at the new due date.
+        """
+        c = self.config
+        value = self.customer_value.predict_one(user_id, now, c.churn_horizon_days)
+        if value is None:
+            return
+        if value.p_alive > c.churn_alive_threshold * (1 + 1e-6):
+            due = self._churn_due(user_id)
+            if due is not None and due > now:
+                self.churn.schedule(profile, due)
+            return
+        assert profile.last_order_time is not None
+        silent = (now - profile.last_order_time) / DAY
+        self._alert(
+            alerts,
+            "churn_risk",
+            "critical" if value.p_purchase <= 0.1 else "warning",
+            user_id,
+            f"Customer {user_id} has probably stopped buying: P(still a customer) "
+            f"{value.p_alive:.2f} after {silent:.0f} days without an order "
+            f"({profile.orders} orders before); expected purchase-days in the next "
+            f"{c.churn_horizon_days:.0f} days {value.expected_purchases:.2f}.",
+            1.0 - value.p_alive,
+            1.0 - c.churn_alive_threshold,
+            now,
+        )
 
     # -- item-side knowledge shared between workers (models.item_updates) ------------
     def apply_item_models(self, models: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
@@ -551,6 +641,7 @@ class FeedbackEngine:
         self.sessions.forget(user_id)
         self.ratings.forget(user_id)
         self.segmentation.remove(user_id)
+        self.customer_value.forget(user_id)
         for kind in USER_ALERT_KINDS:
             self.cooldown.last.pop((kind, user_id), None)
         return profile is not None
@@ -742,6 +833,15 @@ class FeedbackEngine:
             return None
         return self.churn.risk(profile, t)
 
+    def customer_value_of(
+        self, user_id: str, now: float | None = None, horizon_days: float | None = None
+    ) -> Prediction | None:
+        """Expected purchase-days, spend and P(alive) over the horizon; ``None`` if none yet."""
+        t = now if now is not None else self.clock
+        if t is None:
+            return None
+        return self.customer_value.predict_one(user_id, t, horizon_days)
+
     def item_summary(self, item_id: str) -> dict[str, Any] | None:
         """Per-item figures: popularity and sentiment over time."""
         idx = self.catalogue.get(item_id)
@@ -766,6 +866,8 @@ class FeedbackEngine:
         summary["segment"] = self.segment_of(user_id)
         risk = self.churn.risk(profile, now)
         summary["churn_risk"] = None if risk is None or math.isnan(risk) else risk
+        value = self.customer_value.predict_one(user_id, now)
+        summary["customer_value"] = value.as_dict() if value is not None else None
         return summary
 
     def _exclude(self, scores: np.ndarray, items: Collection[str]) -> None:

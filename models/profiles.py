@@ -21,6 +21,7 @@ SEGMENT_FEATURES: tuple[str, ...] = (
     "sentiment_mean",
     "return_rate",
     "log_purchase_gap_days",
+    "log_expected_spend",
 )
 
 #: A new order starts when a purchase has another order id or comes this long after the last.
@@ -162,11 +163,13 @@ class UserProfile:
             return None
         return self.gap_sum / (self.orders - 1) / DAY
 
-    def segment_vector(self) -> np.ndarray:
+    def segment_vector(self, expected_spend: float = 0.0) -> np.ndarray:
         """The segmentation coordinates (log-compressed where heavy-tailed).
 
         Averages a user does not have (no rating yet) sit at neutral values so
-        that they do not pull the user towards an extreme.
+        that they do not pull the user towards an extreme. ``expected_spend`` is
+        the customer-value model's spend over its horizon (0 before a purchase),
+        as of the user's latest event.
         """
         order_value = max(self.revenue, 0.0) / self.orders if self.orders else 0.0
         gap = self.mean_gap_days
@@ -180,6 +183,7 @@ class UserProfile:
                 self.sentiment_sum / self.sentiment_n if self.sentiment_n else 0.5,
                 self.returns / self.purchase_lines if self.purchase_lines else 0.0,
                 math.log1p(gap) if gap is not None else 0.0,
+                math.log1p(max(expected_spend, 0.0)),
             ]
         )
 

@@ -155,6 +155,7 @@ class BlendedRecommender:
         max_neighbours: int = 200,
         pair_decay: float = 0.9,
         mass_alpha: float = 0.5,
+        cooccurrence_pmi: bool = False,
         trending_half_life: float = 86_400.0,
         segment_half_life: float = 7 * 86_400.0,
         n_segments: int = 4,
@@ -185,7 +186,9 @@ class BlendedRecommender:
         self.blend_l2 = blend_l2
         self.cache_events = cache_events
         self.seed = seed
-        self.cooccurrence = ItemCooccurrence(max_neighbours, pair_decay, mass_alpha)
+        self.cooccurrence = ItemCooccurrence(
+            max_neighbours, pair_decay, mass_alpha, pmi=cooccurrence_pmi
+        )
         self.taste = ImplicitFactorization(
             n_factors, bpr_lr, bpr_l2, bpr_negatives, bpr_popular_negatives, seed=seed
         )
@@ -319,7 +322,9 @@ class BlendedRecommender:
                     "review": "liked by people who liked",
                     "click": "viewed together with",
                 }[verb]
-                out.append(f"{text} {catalogue.ids[source]}")
+                lift = self.cooccurrence.pmi_of(source, item)
+                strength = f" ({2.0 ** lift:.1f}x chance)" if lift is not None else ""
+                out.append(f"{text} {catalogue.ids[source]}{strength}")
             else:
                 out.append(
                     {

@@ -415,6 +415,7 @@ class OnlineSegmentation:
                 "sentiment_mean": c["sentiment_mean"],
                 "return_rate": c["return_rate"],
                 "days_between_orders": math.expm1(c["log_purchase_gap_days"]),
+                "expected_spend": math.expm1(c["log_expected_spend"]),
             }
         return out
 

@@ -230,6 +230,9 @@ def build_app(
         await update_lag(fa)
         metrics.users_tracked.set(len(engine.profiles))
         metrics.items_tracked.set(len(engine.catalogue))
+        metrics.set_information(
+            engine.information.report(len(engine.catalogue)), engine.shift.last
+        )
 
     @app.task
     async def broker_watch() -> None:
@@ -267,6 +270,10 @@ def build_app(
             outputs, erased = processor.erase(request.user_id)
             await publish(fa, outputs)
             settle([])
+            # Commit the input records processed so far (what the commit guard
+            # allows): the user's events learned before the request must not be
+            # read again after a crash and bring them back as a "new" user.
+            await app.consumer.commit(set(settings.input_topics))
         # Before the receipt, and before the request's offset is committed: a
         # crash until then replays the request; a restart from an older
         # checkpoint cannot bring the user back once this one is written.

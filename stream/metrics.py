@@ -251,6 +251,31 @@ class Metrics:
         )
         for kind in ("blend", "segments"):
             self.globals_applied.labels(kind)
+        # Information measures (models/information.py): what the published lists show,
+        # and how far the latest events' behaviour is from the events before them.
+        self.list_entropy = Gauge(
+            "recommendation_list_entropy_bits",
+            "Mean Shannon entropy of published lists over ten popularity strata of the "
+            "catalogue (0: best sellers only; 3.32: spread evenly head to tail), by strategy.",
+            ["strategy"], namespace=ns, registry=registry,
+        )
+        self.catalogue_coverage = Gauge(
+            "recommendation_catalogue_coverage_ratio",
+            "Share of the catalogue shown at least once in a published list, by strategy.",
+            ["strategy"], namespace=ns, registry=registry,
+        )
+        self.exposure_gini = Gauge(
+            "recommendation_exposure_gini",
+            "Gini coefficient of exposures over the catalogue (0: every item shown alike; "
+            "1: one item gets them all), by strategy.",
+            ["strategy"], namespace=ns, registry=registry,
+        )
+        self.behaviour_divergence = Gauge(
+            "behaviour_divergence_bits",
+            "Jensen-Shannon divergence of the latest window of events from the window before "
+            "it (behaviour_shift alert), by distribution: event_types, items, categories.",
+            ["distribution"], namespace=ns, registry=registry,
+        )
         # Privacy (docs/privacy.md): erasures carried out, the DP budget ledger, and
         # requests the HTTP gate turned away.
         self.erasures = Counter(
@@ -302,3 +327,16 @@ class Metrics:
             namespace=ns, registry=registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
+
+    def set_information(
+        self, lists: dict[str, dict[str, float]], divergences: dict[str, float]
+    ) -> None:
+        """The information gauges from ``ListInformation.report`` and ``BehaviourShift.last``."""
+        for strategy, value in lists.get("list_entropy", {}).items():
+            self.list_entropy.labels(strategy).set(value)
+        for strategy, value in lists.get("catalogue_coverage", {}).items():
+            self.catalogue_coverage.labels(strategy).set(value)
+        for strategy, value in lists.get("exposure_gini", {}).items():
+            self.exposure_gini.labels(strategy).set(value)
+        for distribution, value in divergences.items():
+            self.behaviour_divergence.labels(distribution).set(value)

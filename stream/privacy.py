@@ -1,4 +1,4 @@
-"""Privacy helpers (issue 5): keyed pseudonyms for user ids, PII scrubbing for review text.
+"""Privacy helpers: keyed pseudonyms for user ids, PII scrubbing for review text.
 
 Pure functions, no I/O: the worker applies them at the edge, before anything
 is stored, logged or emitted, with the key taken from its settings (the

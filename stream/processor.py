@@ -521,6 +521,7 @@ class Processor:
         )
         self._save_exposures(profile, log)
         self.metrics.exposures.labels(variant, strategy).inc()
+        self.engine.information.on_list(strategy, items, self.engine)
         payload = {
             "recommendation_id": rec_id,
             "user_id": event.user_id,
@@ -613,6 +614,9 @@ class Processor:
             )
             erased["profile"] = self.profiles.delete([stored])
         self._exposure_logs.pop(stored, None)
+        pulled = self.pulled.pending.pop(stored, None)  # pulled lists not yet stored
+        if pulled is not None:
+            erased["exposures"] += len(pulled.exposures)
         erased["engine_state"] = self.engine.erase(stored)
         erased["recommendations"] = 1
         tombstone = OutputMessage(self.settings.topic_recommendations, stored.encode(), None)

@@ -17,6 +17,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from models.engine import FeedbackEngine
+from models.portraits import item_report, segment_report
 from stream.auth import Gate
 from stream.erasure import ErasureRequest, encode_request
 from stream.faust.routing import user_route
@@ -97,6 +98,23 @@ def register(
                 encode_request(erasure), None, None, None,
             )
             return self.json({"request_id": erasure.request_id, "status": "accepted"}, status=202)
+
+    @app.page("/segments")
+    class SegmentsPage(View):
+        """Customer portraits of this worker's segments (models.portraits)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json({"segments": segment_report(engine)})
+
+    @app.page("/items/{item_id}")
+    class ItemPage(View):
+        """Reviews, rating, sentiment, popularity and bought-together of one item."""
+
+        async def get(self, request: Request, item_id: str) -> Response:
+            report = item_report(engine, item_id)
+            if report is None:
+                return self.json({"error": f"unknown item {item_id!r}"}, status=404)
+            return self.json(report)
 
     @app.page("/metrics")
     class MetricsPage(View):

@@ -23,10 +23,11 @@ between them in the same run, not a live click-through rate: the simulation
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from models.attribution import Attributor, Exposure
-from models.engine import FeedbackEngine
+from models.engine import FeedbackEngine, Recommendation
 from models.events import Event
 from models.experiments import compare, wilson
 from models.feedback_loop import FeedbackLoop, should_recommend
@@ -52,6 +53,7 @@ class AttributionReplay:
         fatigue_strategies: str = "blend,explore",
         top_k: int = 10,
         seed: int = 42,
+        on_list: Callable[[str, list[Recommendation], FeedbackEngine], None] | None = None,
     ) -> None:
         # Without a bandit every variant's strategy has its name: the loop's
         # tallies per variant are the report's per strategy.
@@ -66,6 +68,7 @@ class AttributionReplay:
         # ranked once the replay's clock moves past that instant.
         self.held: dict[str, tuple[Event, float | None]] = {}
         self.clock = float("-inf")
+        self.on_list = on_list  # sees every published list (the information measures)
 
     def before(self, engine: FeedbackEngine, event: Event) -> None:
         """Publish the lists of the previous instant before ``event`` can react to them."""
@@ -110,6 +113,8 @@ class AttributionReplay:
             Exposure(trigger.event_id, tuple(r.item_id for r in items), strategy, variant,
                      trigger.timestamp),
         )
+        if self.on_list is not None:
+            self.on_list(strategy, items, engine)
         return True
 
     def report(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -39,10 +40,12 @@ from sklearn import metrics as sklearn_metrics
 
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
+from models.information import ListInformation
 from models.recommender import FEATURES
 from models.segmentation import kmeans_fit, nearest_centre
 from models.sentiment import label_of, lexicon_compound_whole
 from tools.attribution_replay import AttributionReplay
+from tools.clv_holdout import HoldoutReplay, customer_value_only
 from tools.next_click import BASELINES as NEXT_CLICK_BASELINES
 from tools.next_click import K as NEXT_K
 from tools.next_click import NextClick
@@ -215,6 +218,7 @@ def evaluate(
     every: int | None = None,
     warmup_until: float | None = None,
     predictions: IO[bytes] | None = None,
+    holdout_from: float | None = None,
 ) -> dict[str, Any]:
     """Replay ``events`` through a fresh engine and the baselines; the metrics dict.
 
@@ -226,7 +230,9 @@ def evaluate(
     gains a ``scaleout`` entry. With clicks in ``events``,
     the next-click figures (:mod:`tools.next_click`) score only lists made at
     or after ``warmup_until``, and each scored engine list is written to
-    ``predictions`` as a JSON line.
+    ``predictions`` as a JSON line. ``holdout_from`` (event time) adds the
+    customer-value holdout of :mod:`tools.clv_holdout`; its churn figures
+    replace the 90-day ones.
     """
     cluster = Cluster(workers, config, period, share, every) if workers is not None else None
     # The cluster routes each call to the user's worker: an engine to the replay.
@@ -251,8 +257,9 @@ def evaluate(
     alert_at: list[tuple[int, str]] = []
     has_purchases = any(e.type == "purchase" for e in events)
     # Outside the timed model path: its rankings are what the worker publishes.
+    information = ListInformation()
     replay = (
-        AttributionReplay(variants, seed=engine.config.seed)
+        AttributionReplay(variants, seed=engine.config.seed, on_list=information.on_list)
         if variants and any(e.type != "review" for e in events) else None
     )
     next_click = (
@@ -264,6 +271,7 @@ def evaluate(
         if any(e.type == "click" for e in events) else None
     )
     t_end = max((e.timestamp for e in events), default=0.0)
+    holdout = HoldoutReplay(holdout_from, t_end) if holdout_from is not None else None
     cutoff = t_end - CHURN_HORIZON_DAYS * DAY
     churn_snapshot: dict[str, tuple[float, float]] | None = None
     bought_after: set[str] = set()
@@ -305,6 +313,8 @@ def evaluate(
             replay.before(engine, event)
         if next_click is not None:
             next_click.before(event)
+        if holdout is not None:
+            holdout.before(engine, event)
 
         t0, c0 = time.perf_counter(), time.process_time()
         out = engine.process(event)
@@ -368,7 +378,12 @@ def evaluate(
     )
     result.update(_churn_metrics(churn_snapshot, bought_after))
     result.update(next_click.report() if next_click is not None else {"next_click_predictions": 0})
+    if holdout is not None:
+        result.update(holdout.report(engine))
     result["attribution"] = replay.report() if replay is not None else None
+    result["information"] = (
+        information.report(len(engine.catalogue)) if replay is not None else None
+    )
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
     result["events_per_cpu_second"] = len(events) / engine_cpu if engine_cpu > 0 else None
@@ -655,6 +670,17 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"{'events per CPU second':<28} {_fmt(result['events_per_cpu_second'])}")
 
 
+def _parse_date(text: str) -> float | None:
+    """Event time of ``YYYY-MM-DD`` (00:00 UTC) or an RFC 3339 timestamp; ``None`` if neither."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``feedback-stream evaluate``."""
     parser = argparse.ArgumentParser(
@@ -720,6 +746,23 @@ def main(argv: list[str] | None = None) -> int:
         help="write each scored next-click list of the engine as a JSON line "
         '{"event_id", "user_id", "session_id", "items"}',
     )
+    parser.add_argument(
+        "--holdout-from",
+        metavar="DATE",
+        help="freeze customer value at DATE (YYYY-MM-DD, UTC, or RFC 3339) and compare it "
+        "with what each customer did from DATE to the end of the file",
+    )
+    parser.add_argument(
+        "--clv-only",
+        action="store_true",
+        help="with --holdout-from: only the customer-value model (it learns from nothing "
+        "else), in seconds instead of the whole replay",
+    )
+    parser.add_argument(
+        "--pmi",
+        action="store_true",
+        help="score co-occurrence by positive PMI instead of the cosine-like normalisation",
+    )
     args = parser.parse_args(argv)
     warmup_until = None
     if args.warmup_until is not None:
@@ -732,6 +775,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"--warmup-until must be an RFC 3339 time with a zone, e.g. "
                 f"2014-04-06T00:19:07Z; got {args.warmup_until!r}"
             )
+    holdout_from = None
+    if args.holdout_from is not None:
+        holdout_from = _parse_date(args.holdout_from)
+        if holdout_from is None:
+            parser.error(f"--holdout-from: not a date: {args.holdout_from!r} (use YYYY-MM-DD)")
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be at least 1, not {args.workers}")
     if args.item_model_period <= 0:
@@ -765,6 +813,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"feedback-stream evaluate: no valid event in {args.path} "
               f"({rejected} rejected lines)", file=sys.stderr)
         return 2
+    if args.clv_only:
+        if holdout_from is None:
+            parser.error("--clv-only needs --holdout-from DATE")
+        clv = customer_value_only(events, holdout_from, EngineConfig(seed=args.seed))
+        print(orjson.dumps({**clv, "rejected_lines": rejected}).decode())
+        return 0
     series: dict[str, Any] | None = {} if args.plot else None
     try:
         predictions = args.predictions.open("wb") if args.predictions else None
@@ -773,12 +827,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate(
             events,
-            EngineConfig(seed=args.seed),
+            EngineConfig(seed=args.seed, cooccurrence_pmi=args.pmi),
             progress=sys.stderr.isatty() and not args.json,
             series=series,
             variants=args.variants or None,
             warmup_until=warmup_until,
             predictions=predictions,
+            holdout_from=holdout_from,
             workers=args.workers,
             period=args.item_model_period,
             share=share,

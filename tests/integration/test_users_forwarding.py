@@ -8,20 +8,15 @@ import dataclasses
 
 import orjson
 import pytest
-from stream.broker import free_port
 
 from tests.integration.conftest import produce_events, wait_for
 from tests.integration.reliability_helpers import make_events, records_for, wait_metric
 from tests.integration.test_reliability_rebalance import owned_partitions
+from tools.broker import free_port
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Faust's table_route hashes the JSON-serialised key ('\"u1\"'), the input "
-    "topics the raw id: about half the users are sent to the worker without them (404)",
-)
 def test_each_worker_answers_for_every_user(worker_factory) -> None:
     a = worker_factory()
     s = a.settings

@@ -33,8 +33,30 @@ def test_cooccurrence_recommends_what_was_bought_together() -> None:
     engine.process(purchase(i, "new", "A"))
     recs = engine.recommend("new", k=2)
     assert recs[0].item_id == "B"
-    assert recs[0].reason in {"bought together with A", "often chosen right after A"}
+    assert recs[0].reason.startswith(("bought together with A (", "often chosen right after A"))
     assert "A" not in [r.item_id for r in recs]  # already bought
+
+
+def test_pmi_measures_association_beyond_popularity() -> None:
+    co = ItemCooccurrence(pmi=True)
+    for item in range(5):
+        co.learn_one([], item, 1.0)
+    for _ in range(20):  # A and B always together; C, a best seller, with everything
+        co.learn_one([], 0, 1.0)
+        co.learn_one([(0, 1.0)], 1, 1.0)
+        for other in (0, 3, 4):
+            co.learn_one([(other, 1.0)], 2, 1.0)
+    assert co.pmi_of(0, 1) > co.pmi_of(0, 2) > 0  # type: ignore[operator]
+    scores = co.scores([(0, 1.0)], 5)
+    assert int(scores.argmax()) == 1
+    engine = FeedbackEngine(EngineConfig(seed=3))
+    for u in range(30):
+        for i, item in enumerate(("A", "B", "D") if u % 2 else ("A", "B")):
+            engine.process(purchase(10 * u + i, f"u{u}", item))
+    engine.process(purchase(1000, "new", "A"))
+    reasons = [r.reason for r in engine.recommend("new", k=3)]
+    assert any(r.startswith("bought together with A (") and r.endswith("x chance)")
+               for r in reasons), reasons  # fmt: skip
 
 
 def test_cold_user_gets_popular_items() -> None:

@@ -201,6 +201,11 @@ def test_dashboard_covers_what_operators_need() -> None:
     assert has("feedback_model_rating_absolute_error_sum", "_count")
     assert has("feedback_review_sentiment_positive_probability")
     assert has("feedback_segment_users", "by (segment)")
+    # the information measures (docs/models.md)
+    assert has("feedback_recommendation_list_entropy_bits", "by (strategy)")
+    assert has("feedback_recommendation_catalogue_coverage_ratio", "by (strategy)")
+    assert has("feedback_recommendation_exposure_gini", "by (strategy)")
+    assert has("feedback_behaviour_divergence_bits", "by (distribution)")
 
 
 def test_every_worker_series_follows_the_job_and_instance_variables() -> None:

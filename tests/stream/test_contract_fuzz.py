@@ -1,4 +1,4 @@
-"""Fuzzing the decoding and validation path (issue 5, bad input).
+"""Fuzzing the decoding and validation path with bad input.
 
 Thousands of malformed, oversized, wrongly typed, wrongly encoded and
 adversarial payloads: decode_event must either return an Event that re-encodes

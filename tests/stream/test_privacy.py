@@ -1,4 +1,4 @@
-"""Keyed pseudonyms and PII scrubbing (issue 5, security)."""
+"""Keyed pseudonyms and PII scrubbing."""
 
 from __future__ import annotations
 

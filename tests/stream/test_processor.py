@@ -210,20 +210,6 @@ def test_unknown_fatigue_strategies_are_refused_at_start_up() -> None:
     assert Settings.from_env({"FEEDBACK_FATIGUE_STRATEGIES": ""}).fatigue_strategies == ""
 
 
-def test_attributed_revenue_is_counted_in_the_purchase_currency() -> None:
-    proc, s, reg = make()
-    proc.handle([msg(s, purchase("e1", "ann", "a")), msg(s, purchase("e2", "ann", "b")),
-                 msg(s, purchase("e3", "bob", "a"))])
-    # Bob was recommended "b": he buys two, in pounds.
-    bought = {**purchase("e4", "bob", "b", "2024-01-01T10:05:00Z"), "quantity": 2,
-              "currency": "GBP"}
-    proc.handle([msg(s, bought, 3)])
-    labels = {"variant": "blend", "strategy": "blend"}
-    assert value(reg, "feedback_attributed_revenue_total", **labels, currency="GBP") == 6.0
-    assert value(reg, "feedback_attributed_revenue_total", **labels,
-                 currency="unspecified") == 0.0
-
-
 def test_contact_details_reach_neither_the_models_nor_the_checkpoint() -> None:
     from stream import checkpoint
 
@@ -288,3 +274,17 @@ def test_a_tombstone_is_dead_lettered_with_an_empty_value() -> None:
     assert dead.value == b"" and dead.key == b"ann"
     assert headers["deadletter.detail"] == b"the message has no value (null / tombstone)"
     assert "source.timestamp" not in headers  # the record had none
+
+
+def test_attributed_revenue_is_counted_in_the_purchase_currency() -> None:
+    proc, s, reg = make()
+    proc.handle([msg(s, purchase("e1", "ann", "a")), msg(s, purchase("e2", "ann", "b")),
+                 msg(s, purchase("e3", "bob", "a"))])
+    # Bob was recommended "b": he buys two, in pounds.
+    bought = {**purchase("e4", "bob", "b", "2024-01-01T10:05:00Z"), "quantity": 2,
+              "currency": "GBP"}
+    proc.handle([msg(s, bought, 3)])
+    labels = {"variant": "blend", "strategy": "blend"}
+    assert value(reg, "feedback_attributed_revenue_total", **labels, currency="GBP") == 6.0
+    assert value(reg, "feedback_attributed_revenue_total", **labels,
+                 currency="unspecified") == 0.0

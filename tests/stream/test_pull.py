@@ -140,3 +140,13 @@ def test_parameters_are_checked() -> None:
     for bad in ("", "x" * 257, "a\nb"):
         with pytest.raises(BadRequest, match="item must be 1 to 256 printable characters"):
             parse_id("item", bad)
+
+
+def test_erasing_a_user_drops_their_pending_pulls() -> None:
+    proc, s, _, pulls = make()
+    browsing(proc, s)
+    pulls.recommend("v1", 2)
+    pulls.recommend("v1", 2)
+    _, erased = proc.erase("v1")
+    assert "v1" not in proc.pulled.pending
+    assert erased["exposures"] >= 2  # the two pulled, besides any stored ones

@@ -183,8 +183,9 @@ def start_workers(
             cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
         )
         workers.append(WorkerProcess(s, proc))
+    # Ready (partitions assigned, table recovered): /healthz answers before Faust starts.
     for w in workers:
-        wait_http(f"{w.settings.web_url}/healthz", w.proc, timeout=timeout)
+        wait_http(f"{w.settings.web_url}/readyz", w.proc, timeout=timeout)
     return workers
 
 
