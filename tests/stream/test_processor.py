@@ -288,3 +288,8 @@ def test_attributed_revenue_is_counted_in_the_purchase_currency() -> None:
     assert value(reg, "feedback_attributed_revenue_total", **labels, currency="GBP") == 6.0
     assert value(reg, "feedback_attributed_revenue_total", **labels,
                  currency="unspecified") == 0.0
+
+
+def test_the_engine_checks_quality_on_the_configured_share() -> None:
+    proc, _, _ = make(quality_sample=0.25)
+    assert proc.engine.quality_sample == 0.25
