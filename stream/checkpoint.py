@@ -28,6 +28,7 @@ Restoring reads a local file only: it never asks the broker for offsets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.metadata
 import itertools
 import logging
@@ -128,7 +129,16 @@ def _fork_snapshot(models: Models, tmp: Path) -> int:
     BGSAVE approach). The child only pickles and writes, then leaves through
     ``os._exit`` so that no handler, buffer or thread of the worker runs in it.
     """
-    pid = os.fork()
+    # Objects moved to the permanent generation are not traversed by the worker's
+    # collections while the child lives: a full collection writes to every tracked
+    # object's header, which would copy the whole heap page by page (copy-on-write
+    # faults in the worker's event loop). New objects are still collected.
+    gc.freeze()
+    try:
+        pid = os.fork()
+    except BaseException:
+        gc.unfreeze()
+        raise
     if pid == 0:  # the child
         code = 1
         try:
@@ -217,9 +227,13 @@ async def save_consistent(
     except BaseException:
         # A failed flush (broker gone) must not leave the child unreaped or its file.
         await loop.run_in_executor(None, os.waitpid, pid, 0)
+        gc.unfreeze()
         tmp.unlink(missing_ok=True)
         raise
-    _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+    try:
+        _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+    finally:
+        gc.unfreeze()
     if os.waitstatus_to_exitcode(status) != 0:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"the checkpoint child exited with status {status}")
