@@ -300,7 +300,8 @@ class ItemCooccurrence:
 
     def pmi_of(self, a: int, b: int) -> float | None:
         """PMI in bits of the pair ``(a, b)``: log2 of how many times more often they
-        co-occur than if independent (pair weights over item masses); ``None`` if never.
+        co-occur than if independent (pair weights over item masses); ``None`` if never,
+        or while either item's mass is unknown.
 
         >>> co = ItemCooccurrence()
         >>> for user in range(3):
@@ -315,7 +316,12 @@ class ItemCooccurrence:
         if pair <= 0.0:
             return None
         mass = self._mass
-        return math.log2(pair * float(mass.sum()) / (float(mass[a]) * float(mass[b])))
+        mass_a, mass_b = float(mass[a]), float(mass[b])
+        if mass_a <= 0.0 or mass_b <= 0.0:
+            # A replica of published item models can hold a's neighbour list
+            # before b's own model (its mass) arrives: no PMI until it does.
+            return None
+        return math.log2(pair * float(mass.sum()) / (mass_a * mass_b))
 
     def strongest_sources(
         self, history: Sequence[tuple[int, float]], candidates: Sequence[int]
