@@ -394,6 +394,9 @@ class ItemOwner:
         self.params = params
         self.items: dict[str, ItemState] = {}
         self.changed: set[str] = set()
+        # Changed since the last publish: the only items whose due() may have
+        # turned true (a state and what it last showed change only here).
+        self._fresh: set[str] = set()
 
     def apply(self, updates: Updates) -> tuple[int, int]:
         """Apply decoded updates; ``(entries applied, entries skipped as duplicates)``."""
@@ -405,6 +408,7 @@ class ItemOwner:
             fresh = state.apply(entries, self.params, item_id)
             if fresh:
                 self.changed.add(item_id)
+                self._fresh.add(item_id)
             applied += fresh
             skipped += len(entries) - fresh
         return applied, skipped
@@ -413,6 +417,7 @@ class ItemOwner:
         """The models of the changed items that are :meth:`ItemState.due`, as of event
         time ``now``; the others wait for a later call."""
         params, items = self.params, self.items
-        due = sorted(i for i in self.changed if items[i].due(params))
+        due = sorted(i for i in self._fresh if items[i].due(params))
+        self._fresh.clear()
         self.changed.difference_update(due)
         return [(i, items[i].published(now, params)) for i in due]
