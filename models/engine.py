@@ -650,7 +650,8 @@ class FeedbackEngine:
         """Erase ``user_id`` on request: :meth:`forget` plus the entries eviction
         leaves to lapse (the churn heap's due dates), so that no structure of
         the engine, hence no checkpoint, holds the id. Returns the number of
-        records removed (0: the engine held nothing of the user).
+        records removed (0: the engine held nothing of the user): the live
+        session, the profile and the churn due dates.
 
         Item-side models (co-occurrence, popularity, item factors, sentiment)
         keep the user's past contribution, with no id: docs/privacy.md says why.
@@ -658,9 +659,10 @@ class FeedbackEngine:
         >>> engine = FeedbackEngine()
         >>> _ = engine.process(Event("purchase", "e1", "u1", "x", 1e9, quantity=1))
         >>> engine.erase("u1"), engine.erase("u1"), "u1" in engine.profiles
-        (1, 0, False)
+        (2, 0, False)
         """
-        removed = int(self.forget(user_id))
+        removed = self.sessions.erase(user_id)  # before forget() drops the session
+        removed += int(self.forget(user_id))
         removed += self.churn.forget(user_id)
         return removed
 

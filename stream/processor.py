@@ -394,9 +394,9 @@ class Processor:
         if self._key:
             changes["user_id"] = pseudonymise(event.user_id, self._key)
         if event.text:
-            changes["text"] = scrub_pii(event.text)
+            changes["text"] = scrub_pii(event.text, (event.user_id,))
         if event.title:
-            changes["title"] = scrub_pii(event.title)
+            changes["title"] = scrub_pii(event.title, (event.user_id,))
         return dataclasses.replace(event, **changes) if changes else event
 
     def _observe(self, outcome: Outcome) -> None:
