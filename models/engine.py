@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import zlib
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -184,6 +185,11 @@ class FeedbackEngine:
     'bought together with x (2.0x chance)'
     """
 
+    #: Share of events whose predictions are checked (hit, rating error and the drift
+    #: detectors on them): 1 in the evaluation; the worker sets its own
+    #: (``FEEDBACK_QUALITY_SAMPLE``). A class default, so older checkpoints load.
+    quality_sample: float = 1.0
+
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config if config is not None else EngineConfig()
         c = self.config
@@ -277,6 +283,15 @@ class FeedbackEngine:
         self.ratings_seen = 0
 
     # -- the per-event path ----------------------------------------------------
+    def _gauged(self, event: Event) -> bool:
+        """Whether ``event`` feeds the quality gauges (hit, rating error, drift): all
+        events at ``quality_sample`` 1, else a seeded hash of the event id picks them
+        (the same events on every run and worker). Learning never depends on it."""
+        rate = self.quality_sample
+        if rate >= 1.0:
+            return True
+        key = zlib.crc32(event.event_id.encode(), self.config.seed & 0xFFFFFFFF)
+        return key < rate * 4_294_967_296.0
     def _profile(self, user_id: str, t: float) -> UserProfile:
         profile = self.profiles.get(user_id)
         if profile is None:
@@ -358,14 +373,18 @@ class FeedbackEngine:
         out = Outcome()
 
         # ---- predict (nothing below has learnt from this event yet) ----
+        gauged = self._gauged(event)
         scored = None
         if event.is_positive:
-            out.hit = False
             if item < n_known:
+                # Scored on every positive event: the blend weights learn from it.
                 scored = self.recommender.score(profile, n_known)
-                rank = self.recommender.rank_of(scored, item)
-                out.hit = rank is not None and rank < c.top_k
-        if event.type == "review" and event.rating is not None:
+                if gauged:
+                    rank = self.recommender.rank_of(scored, item)
+                    out.hit = rank is not None and rank < c.top_k
+            elif gauged:
+                out.hit = False
+        if gauged and event.type == "review" and event.rating is not None:
             out.rating_error = self.ratings.predict_one(event.user_id, item) - event.rating
         words = None
         if event.type == "review" and event.text:

@@ -91,6 +91,7 @@ class Processor:
     ) -> None:
         self.settings = settings
         self.engine = engine
+        engine.quality_sample = settings.quality_sample
         self.profiles = profiles
         self.metrics = metrics
         self.clock = clock
