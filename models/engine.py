@@ -575,11 +575,14 @@ class FeedbackEngine:
                 )
 
     # -- periodic work -----------------------------------------------------------
-    def tick(self, now: float) -> list[Alert]:
+    def tick(self, now: float, refit_customer_value: bool = True) -> list[Alert]:
         """Churn alerts due by event time ``now``; a few segment refreshes.
 
         Cost is proportional to the alerts that fell due plus
-        ``refresh_users_per_tick``, never to the number of users.
+        ``refresh_users_per_tick``, never to the number of users, except for
+        the customer-value refit when one is due: a worker passes
+        ``refit_customer_value=False`` and runs that refit off its event loop
+        (``stream/refit.py``).
         """
         alerts: list[Alert] = []
         c = self.config
@@ -590,7 +593,8 @@ class FeedbackEngine:
             profile.churn_due = None  # checked: no longer holds the user back from eviction
             self._check_churn(user_id, profile, now, alerts)
         self.segmentation.refresh(c.refresh_users_per_tick)
-        self.customer_value.maybe_refit(now)
+        if refit_customer_value:
+            self.customer_value.maybe_refit(now)
         if len(self.cooldown.last) > 10_000:
             self.cooldown.prune(now)
         return alerts

@@ -96,6 +96,9 @@ class Processor:
         self.metrics = metrics
         self.clock = clock
         self.max_event_time = 0.0
+        # The Faust app refits the customer-value model off its event loop
+        # (stream/refit.py) and turns this off; a synchronous caller keeps it.
+        self.refit_customer_value_in_tick = True
         self._types_by_topic = settings.input_topics
         self._key = settings.pseudonymise_key.encode()
         # What is published about items and segments, differentially private.
@@ -350,7 +353,8 @@ class Processor:
         out: list[OutputMessage] = []
         if self.max_event_time:
             now = self.clock()
-            out.extend(self._alert(a, now) for a in self.engine.tick(self.max_event_time))
+            alerts = self.engine.tick(self.max_event_time, self.refit_customer_value_in_tick)
+            out.extend(self._alert(a, now) for a in alerts)
         # Segment sizes are published (the metrics endpoint is open): DP sizes.
         self.metrics.segment_users.clear()
         try:
