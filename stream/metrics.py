@@ -328,6 +328,12 @@ class Metrics:
             namespace=ns, registry=registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
+        self.clv_refit_seconds = Histogram(
+            "clv_refit_seconds",
+            "Time of one customer-value refit, in a worker thread off the event loop.",
+            namespace=ns, registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
 
     def set_information(
         self, lists: dict[str, dict[str, float]], divergences: dict[str, float]
