@@ -1,0 +1,29 @@
+"""tools.handle_profile: the py-spy raw summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tools.handle_profile import main, summarise
+
+
+def test_inclusive_shares_count_a_function_once_per_sample(tmp_path: Path) -> None:
+    raw = tmp_path / "spy.txt"
+    raw.write_text(
+        "run (a.py:1);handle (p.py:5);score (r.py:9) 3\n"
+        "run (a.py:1);handle (p.py:5);handle (p.py:7) 1\n"
+        "run (a.py:1);decode (c.py:2) 4\n"
+    )
+    shares = dict((name, share) for share, name in summarise(raw, 10))
+    assert shares == {"run (a.py)": 1.0, "decode (c.py)": 0.5, "handle (p.py)": 0.5,
+                      "score (r.py)": 0.375}
+
+
+def test_a_missing_raw_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "none.txt"
+    assert main(["--summarise", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == f"handle_profile: no such file: {missing}"

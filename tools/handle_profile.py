@@ -1,0 +1,117 @@
+"""``python -m tools.handle_profile``: the worker's batch logic on demo events, to profile.
+
+No broker and no Faust: the worker's :class:`~stream.processor.Processor` (all
+models, the debounce off, an in-memory profile store) handles ``--events``
+demo events in batches of ``--batch``; the first third warms the models and
+the rest is timed. It prints the timed part's events per CPU-second, and with
+``--cprofile N`` the top N functions by cumulative time. Under py-spy::
+
+    py-spy record -r 100 -f raw -o spy.txt -- python -m tools.handle_profile
+    python -m tools.handle_profile --summarise spy.txt
+
+``--summarise`` prints each function's inclusive share of a py-spy raw file's
+samples (a function counted once per sample however deep it recurses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+_FRAME = re.compile(r"(.*?) \((.*?):\d+\)")
+
+
+def summarise(path: Path, top: int) -> list[tuple[float, str]]:
+    """Inclusive share of the samples per ``function (file)`` in a py-spy raw file."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        names = set()
+        for frame in stack.split(";"):
+            m = _FRAME.match(frame)
+            names.add(f"{m.group(1)} ({m.group(2).split('/')[-1]})" if m else frame)
+        for name in names:
+            inclusive[name] += n
+    return [(c / max(total, 1), name) for name, c in inclusive.most_common(top)]
+
+
+def run(args: argparse.Namespace) -> float:
+    import cProfile
+    import pstats
+
+    import orjson
+    from prometheus_client import CollectorRegistry
+
+    from models.engine import FeedbackEngine
+    from stream.metrics import Metrics
+    from stream.processor import DictStore, InputMessage, Processor
+    from stream.settings import Settings
+    from tools.bench.workload import load_events
+
+    settings = Settings.from_env({})
+    events = load_events("demo", args.data_dir, args.events)
+    msgs = [
+        InputMessage(
+            settings.topic_of(e["type"]),
+            zlib.crc32(str(e["user_id"]).encode()) % args.partitions,
+            i,
+            str(e["user_id"]).encode(),
+            orjson.dumps(e),
+        )
+        for i, e in enumerate(events)
+    ]
+    proc = Processor(settings, FeedbackEngine(), DictStore(), Metrics(CollectorRegistry()))
+    warm = len(msgs) // 3
+    for i in range(0, warm, args.batch):
+        proc.handle(msgs[i : min(i + args.batch, warm)])
+    profiler = cProfile.Profile() if args.cprofile else None
+    start = time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    for i in range(warm, len(msgs), args.batch):
+        proc.handle(msgs[i : i + args.batch])
+    if profiler is not None:
+        profiler.disable()
+    rate = (len(msgs) - warm) / max(time.process_time() - start, 1e-9)
+    print(f"{len(msgs) - warm:,} events timed: {rate:,.0f} events per CPU-second")
+    if profiler is not None:
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(
+            args.cprofile
+        )
+    return rate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=30_000)
+    p.add_argument("--batch", type=int, default=200)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the top N")
+    p.add_argument("--summarise", type=Path, metavar="RAW", help="a py-spy raw file")
+    p.add_argument("--top", type=int, default=40)
+    args = p.parse_args(argv)
+    if args.summarise is not None:
+        if not args.summarise.is_file():
+            print(f"handle_profile: no such file: {args.summarise}", file=sys.stderr)
+            return 2
+        for share, name in summarise(args.summarise, args.top):
+            print(f"{100 * share:5.1f} %  {name}")
+        return 0
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
