@@ -316,12 +316,13 @@ class ItemCooccurrence:
         if pair <= 0.0:
             return None
         mass = self._mass
-        mass_a, mass_b = float(mass[a]), float(mass[b])
-        if mass_a <= 0.0 or mass_b <= 0.0:
-            # A replica of published item models can hold a's neighbour list
-            # before b's own model (its mass) arrives: no PMI until it does.
+        # A replica can hold a's published list before b's own model (and mass)
+        # arrived: no lift to state then.
+        ma = float(mass[a]) if a < len(mass) else 0.0
+        mb = float(mass[b]) if b < len(mass) else 0.0
+        if ma <= 0.0 or mb <= 0.0:
             return None
-        return math.log2(pair * float(mass.sum()) / (mass_a * mass_b))
+        return math.log2(pair * float(mass.sum()) / (ma * mb))
 
     def strongest_sources(
         self, history: Sequence[tuple[int, float]], candidates: Sequence[int]

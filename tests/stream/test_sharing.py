@@ -103,3 +103,40 @@ def test_replica_recommends_a_neighbour_whose_own_model_has_not_come_yet() -> No
     recs = engine.recommend("u1")
     assert [r.item_id for r in recs] == ["b"]
     assert recs[0].reason.startswith("bought together with a"), recs[0].reason
+
+
+def test_a_restarted_owner_rebuilds_its_items_from_the_table_exactly() -> None:
+    """The owner writes neighbour snapshots and changed-only item records; a new
+    owner reading the same table (the changelog, latest record per key) has the
+    same states, and skips every re-sent entry."""
+    sh = sharing()
+    table: dict = {}
+    written: list[str] = []
+
+    def write(key: str, record: dict, _source: object) -> None:
+        written.append(key)
+        table[key] = orjson.loads(orjson.dumps(record))
+
+    payloads = [
+        # x meets a new item every time, y cycles through 40: both lists outgrow
+        # the inline size, and y's changes are a few known neighbours
+        encode_updates({"x": [["clicks:0", k, ["c", f"n{k}", 0.5], ["p", 1.0, 100.0 + k]]],
+                        "y": [["clicks:0", k, ["c", f"n{(k * 7) % 40}", 0.25]]]})
+        for k in range(60)
+    ]
+    for payload in payloads:
+        sh.apply_batch(table, [(payload, None)], write)
+    assert any("\x1f" in key for key in written)  # snapshots were written
+
+    restarted = sharing()
+    for item in ("x", "y"):
+        got, want = restarted.state_of(table, item), sh.states[item]
+        assert got == want and list(got.neighbours) == list(want.neighbours)
+    for payload in payloads:
+        assert restarted.apply_batch(table, [(payload, None)], write) == (0, 2)
+    assert restarted.state_of(table, "x").count == 60.0
+    # a partition taken over publishes its items, never the snapshot keys
+    owned = {partition_of("x", restarted.settings.partitions),
+             partition_of("y", restarted.settings.partitions)}
+    keys = {k for k, _ in restarted.due_models(table, owned, now=200.0)}
+    assert keys == {b"x", b"y"}
