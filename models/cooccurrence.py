@@ -300,7 +300,8 @@ class ItemCooccurrence:
 
     def pmi_of(self, a: int, b: int) -> float | None:
         """PMI in bits of the pair ``(a, b)``: log2 of how many times more often they
-        co-occur than if independent (pair weights over item masses); ``None`` if never.
+        co-occur than if independent (pair weights over item masses); ``None`` if never,
+        or while either item's mass is unknown.
 
         >>> co = ItemCooccurrence()
         >>> for user in range(3):

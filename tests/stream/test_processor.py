@@ -301,3 +301,8 @@ def test_an_author_quoting_their_own_id_does_not_teach_it_to_the_sentiment_model
     weights = repr(list(proc.engine.sentiment.classifier.weights)).lower()
     assert "fabric" in weights  # the review words do reach the model
     assert "kwyjibo" not in weights
+
+
+def test_the_engine_checks_quality_on_the_configured_share() -> None:
+    proc, _, _ = make(quality_sample=0.25)
+    assert proc.engine.quality_sample == 0.25

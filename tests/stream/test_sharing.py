@@ -8,6 +8,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from models.engine import FeedbackEngine
+from models.events import Event
 from models.item_state import ItemParams
 from models.item_updates import encode_updates, partition_of
 from stream.metrics import Metrics
@@ -83,6 +84,25 @@ def test_blend_average_ignores_workers_gone_quiet() -> None:
     }
     assert sh.merge_blends(now=1001.0)
     assert engine.recommender.weights.tolist() == [1.0] * n
+
+
+def test_replica_recommends_a_neighbour_whose_own_model_has_not_come_yet() -> None:
+    # Item a's published neighbour list names b before b's own model (its mass)
+    # reaches this replica: b joins the catalogue with no mass, and the reason
+    # for recommending it ("bought together with a") must not divide by it.
+    engine = FeedbackEngine()
+    engine.process(Event("purchase", "e1", "u1", "a", 1e9, quantity=1))
+    sh = sharing(engine)
+    owner = sharing()
+    table: dict = {}
+    owner.apply_updates(table, encode_updates({"a": [["c:0", 1, ["c", "b", 2.0]]]}))
+    models = dict(owner.due_models(table, set(range(owner.settings.partitions)), now=5.0))
+    records = [SimpleNamespace(topic=sh.settings.topic_item_model, key=b"a",
+                               value=models[b"a"])]
+    assert sh.read(records, now=5.0) == 1
+    recs = engine.recommend("u1")
+    assert [r.item_id for r in recs] == ["b"]
+    assert recs[0].reason.startswith("bought together with a"), recs[0].reason
 
 
 def test_a_restarted_owner_rebuilds_its_items_from_the_table_exactly() -> None:
