@@ -27,7 +27,7 @@ from stream.faust import OffsetTrace, TableStore, create_app
 from stream.health import Health, watch_broker
 from stream.kafka import ssl_context
 from stream.metrics import Metrics
-from stream.processor import Processor
+from stream.processor import Processor, run_async
 from stream.pull import Pulls
 from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
@@ -55,6 +55,20 @@ class FeedbackApp:
     # What /livez and /readyz answer; the broker's reachability.
     health: Health | None = None
     sharing: sharing.Sharing | None = None
+    # What may commit the input offsets (stream/commit_guard.py).
+    commit_guard: CommitGuard | None = None
+    # One step at a time between processing, publishing and telling the commit
+    # guard what was published: the agent's batches, the held recommendations
+    # published between batches, and the revocations that drop them.
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def settle(self, batch: list[InputMessage]) -> None:
+        """After the outputs are acknowledged: what the commit guard may commit."""
+        assert self.commit_guard is not None
+        hold, release = self.processor.settle()
+        self.commit_guard.hold(hold)  # processed, their recommendation still held
+        self.commit_guard.done(batch)
+        self.commit_guard.release(release)  # held earlier, published now
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -152,22 +166,16 @@ def build_app(
             and not app.in_recovery
         ),
     )
-    fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs, health=health)
+    fa = FeedbackApp(
+        app, settings, processor, metrics, input_topic, outputs, health=health,
+        commit_guard=commit_guard,
+    )
     if settings.share_items:
         processor.share_items(Outbox())
         fa.sharing = sharing.register(app, settings, engine, metrics, app.crash)
 
-    # One step at a time between processing, publishing and telling the commit
-    # guard what was published: the agent's batches, the held recommendations
-    # published between batches, and the revocations that drop them.
-    publishing = asyncio.Lock()
-
-    def settle(batch: list[InputMessage]) -> None:
-        """After the outputs are acknowledged: what the commit guard may commit."""
-        hold, release = processor.settle()
-        commit_guard.hold(hold)  # processed, their recommendation still held
-        commit_guard.done(batch)
-        commit_guard.release(release)  # held earlier, published now
+    publishing = fa.publishing
+    settle = fa.settle
 
     @app.agent(input_topic)
     async def process(stream: Any) -> None:
@@ -181,14 +189,7 @@ def build_app(
                 for e in events
                 for m in (e.message,)
             ]
-            async with publishing:
-                # The batch's item updates and outputs are acknowledged before its
-                # profile writes are made (the profiles are the de-duplication
-                # ledger: an event they record is never processed again), and
-                # before its offsets may be committed (settle).
-                await publish(fa, processor.handle(batch, write=False))
-                processor.write_profiles()
-                settle(batch)
+            await process_batch(fa, batch)
             if trace is not None:
                 trace.batch(e.message for e in events)
 
@@ -203,7 +204,7 @@ def build_app(
                 continue
             try:
                 async with publishing:
-                    await publish(fa, processor.publish_due())
+                    await publish(fa, await run_async(processor.publish_due_in_slices()))
                     settle([])
             except Exception as exc:  # as an agent's failure would: the held stay uncommitted
                 log.exception("publishing held recommendations failed")
@@ -285,6 +286,23 @@ def build_app(
 
     views.register(app, settings, engine, metrics.registry, profiles, health, Pulls(processor))
     return fa
+
+
+async def process_batch(fa: FeedbackApp, batch: list[InputMessage]) -> None:
+    """Process, publish and write one batch of input records, then let the commit
+    guard commit their offsets.
+
+    The batch's item updates and outputs are acknowledged before its profile
+    writes are made (the profiles are the de-duplication ledger: an event they
+    record is never processed again), and before its offsets may be committed
+    (settle). The processing and the writes run in slices: the event loop
+    answers HTTP pulls between two events, not after the whole batch.
+    """
+    processor = fa.processor
+    async with fa.publishing:
+        await publish(fa, await run_async(processor.handle_in_slices(batch, write=False)))
+        await run_async(processor.write_profiles_in_slices())
+        fa.settle(batch)
 
 
 async def publish(fa: FeedbackApp, messages: list[OutputMessage]) -> None:
