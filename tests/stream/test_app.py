@@ -120,3 +120,28 @@ async def test_a_pull_is_answered_between_two_events_of_a_batch_not_after_it(
     await asyncio.gather(process_batch(fa, batch), pull())
     assert processed() == n
     assert 0 < seen_by_pull[0] < n  # answered while the batch was still running
+
+
+def test_the_collector_freezes_survivors_and_frees_frozen_cycles_at_a_full_collection() -> None:
+    import gc
+    import weakref
+
+    from stream.app import Collector
+
+    class Node:
+        other: object = None
+
+    def cycle() -> weakref.ref[Node]:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        return weakref.ref(a)
+
+    try:
+        alive = cycle()
+        Collector(full_every=float("inf")).tick()  # frozen: collections skip it
+        gc.collect()
+        assert alive() is not None and gc.get_freeze_count() > 0
+        Collector(full_every=0.0).tick()  # the periodic full collection
+        assert alive() is None
+    finally:
+        gc.unfreeze()
