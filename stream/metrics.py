@@ -119,12 +119,13 @@ class Metrics:
         # Online model quality, measured before learning from each event.
         self.model_positives = Counter(
             "model_positive_events_total",
-            "Positive events (purchase with quantity > 0 or rating >= 4) scored for hit rate.",
+            "Positive events (purchase with quantity > 0 or rating >= 4) checked for hit rate "
+            "(the FEEDBACK_QUALITY_SAMPLE share of them).",
             namespace=ns, registry=registry,
         )
         self.model_hits = Counter(
             "model_hits_total",
-            "Positive events whose item was in the user's top-10 before learning.",
+            "Checked positive events whose item was in the user's top-10 before learning.",
             namespace=ns, registry=registry,
         )
         self.rating_error = Histogram(
