@@ -470,14 +470,15 @@ def run_fit(job: FitJob) -> Fit:
     >>> cv.apply_fit(fit); cv.fits, cv.new_since_fit
     (1, 0)
     """
-    if job.litt is not None and job.modified and job.regularities != (1,):
+    if job.litt is not None and job.modified and len(job.regularities) > 1:
         transactions = select_regularity(
             job.x, job.t_x, job.T, job.litt, job.regularities, start=job.transactions
         )
     else:
         transactions = fit_transactions(
-            job.x, job.t_x, job.T, start=job.transactions, modified=job.modified
-        )
+            job.x, job.t_x, job.T, start=job.transactions, modified=job.modified,
+            k=job.regularities[0],
+        )  # fmt: skip
     spend = fit_spend(job.days, job.mean, start=job.spend)
     return Fit(job.now, transactions, spend, job.new)
 
@@ -519,9 +520,13 @@ class CustomerValue:
     modified
         MBG/NBD (True) or the original BG/NBD.
     regularity
-        Fit the regularity ``k`` of the MBG/CNBD-k too (MBG/NBD only): each
+        Fit the regularity ``k`` of the MBG/CNBD-k too (MBG/NBD only): a
         refit tries the current ``k`` and its neighbours and keeps the most
-        likely, so regular buyers' own rates are shrunk less.
+        likely, so regular buyers' own rates are shrunk less. The first refit
+        tries every ``k`` up to ``MAX_REGULARITY`` (a fit each); later ones the
+        neighbours of ``k`` whenever the customers have doubled since they
+        last did, and ``k`` alone otherwise: it describes the population and
+        moves slowly.
 
     Examples
     --------
@@ -553,6 +558,7 @@ class CustomerValue:
         self.refit_days = refit_days
         self.max_fit_customers = max_fit_customers
         self.regularity = regularity and modified
+        self.regularity_checked_at = 0  # customers when the neighbours of k were last tried
         self.transactions = TransactionParams(modified=modified)
         self.spend = SpendParams()
         self.fitted_at: float | None = None
@@ -671,13 +677,17 @@ class CustomerValue:
         x, t_x, T, days, mean = self.stats(now, rows)  # fresh arrays, not views
         warm = self.fits > 0
         k = self.transactions.k
+        check = self.regularity and (self.fits == 0 or n >= 2 * self.regularity_checked_at)
+        if check:
+            self.regularity_checked_at = n
         return FitJob(
             now, x, t_x, T, days, mean,
             self.transactions if warm else None, self.spend if warm else None,
             self.transactions.modified, self.new_since_fit,
             self.litt[slice(0, n) if rows is None else rows].copy() if self.regularity else None,
-            tuple(range(max(k - 1, 1), min(k + 1, MAX_REGULARITY) + 1))
-            if self.regularity else (1,),
+            (tuple(range(1, MAX_REGULARITY + 1)) if self.fits == 0
+             else tuple(range(max(k - 1, 1), min(k + 1, MAX_REGULARITY) + 1))) if check
+            else (k,),
         )  # fmt: skip
 
     def apply_fit(self, fit: Fit) -> None:
