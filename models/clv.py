@@ -522,11 +522,12 @@ class CustomerValue:
     regularity
         Fit the regularity ``k`` of the MBG/CNBD-k too (MBG/NBD only): a
         refit tries the current ``k`` and its neighbours and keeps the most
-        likely, so regular buyers' own rates are shrunk less. The first refit
-        tries every ``k`` up to ``MAX_REGULARITY`` (a fit each); later ones the
-        neighbours of ``k`` whenever the customers have doubled since they
-        last did, and ``k`` alone otherwise: it describes the population and
-        moves slowly.
+        likely, so regular buyers' own rates are shrunk less. Gaps are what
+        tell ``k``: until ``regularity_min_repeats`` repeat purchase-days are
+        known ``k`` stays 1; the first refit after that tries every ``k`` up
+        to ``MAX_REGULARITY`` (a fit each), later ones the neighbours of ``k``
+        whenever the customers have doubled since they last did, and ``k``
+        alone otherwise: it describes the population and moves slowly.
 
     Examples
     --------
@@ -551,6 +552,7 @@ class CustomerValue:
         max_fit_customers: int = 50_000,
         seed: int = 42,
         regularity: bool = True,
+        regularity_min_repeats: int = 1000,
     ) -> None:
         self.horizon_days = horizon_days
         self.refit_fraction = refit_fraction
@@ -558,7 +560,8 @@ class CustomerValue:
         self.refit_days = refit_days
         self.max_fit_customers = max_fit_customers
         self.regularity = regularity and modified
-        self.regularity_checked_at = 0  # customers when the neighbours of k were last tried
+        self.regularity_min_repeats = regularity_min_repeats
+        self.regularity_checked_at = 0  # customers when k's candidates were last tried
         self.transactions = TransactionParams(modified=modified)
         self.spend = SpendParams()
         self.fitted_at: float | None = None
@@ -677,7 +680,11 @@ class CustomerValue:
         x, t_x, T, days, mean = self.stats(now, rows)  # fresh arrays, not views
         warm = self.fits > 0
         k = self.transactions.k
-        check = self.regularity and (self.fits == 0 or n >= 2 * self.regularity_checked_at)
+        first = self.regularity_checked_at == 0
+        check = self.regularity and (
+            self.purchase_days - n >= self.regularity_min_repeats
+            if first else n >= 2 * self.regularity_checked_at
+        )  # fmt: skip
         if check:
             self.regularity_checked_at = n
         return FitJob(
@@ -685,7 +692,7 @@ class CustomerValue:
             self.transactions if warm else None, self.spend if warm else None,
             self.transactions.modified, self.new_since_fit,
             self.litt[slice(0, n) if rows is None else rows].copy() if self.regularity else None,
-            (tuple(range(1, MAX_REGULARITY + 1)) if self.fits == 0
+            (tuple(range(1, MAX_REGULARITY + 1)) if first
              else tuple(range(max(k - 1, 1), min(k + 1, MAX_REGULARITY) + 1))) if check
             else (k,),
         )  # fmt: skip
