@@ -551,7 +551,7 @@ class CustomerValue:
         refit_days: float = 7.0,
         max_fit_customers: int = 50_000,
         seed: int = 42,
-        regularity: bool = True,
+        regularity: bool = False,
         regularity_min_repeats: int = 1000,
     ) -> None:
         self.horizon_days = horizon_days

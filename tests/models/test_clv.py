@@ -267,7 +267,7 @@ def test_regularity_is_fitted_and_shrinks_regular_buyers_less() -> None:
 
 
 def test_alive_due_under_regular_gaps() -> None:
-    cv = CustomerValue()
+    cv = CustomerValue(regularity=True)
     cv.transactions = TransactionParams(r=2.0, alpha=40.0, a=0.5, b=3.0, k=3)
     for day in (0, 20, 41, 60):
         cv.learn_one("c", day * DAY, 10.0)
