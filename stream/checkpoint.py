@@ -132,13 +132,10 @@ def _fork_snapshot(models: Models, tmp: Path) -> int:
     # Objects moved to the permanent generation are not traversed by the worker's
     # collections while the child lives: a full collection writes to every tracked
     # object's header, which would copy the whole heap page by page (copy-on-write
-    # faults in the worker's event loop). New objects are still collected.
+    # faults in the worker's event loop). New objects are still collected; the
+    # worker's hourly full collection (stream.app.Collector) thaws them all.
     gc.freeze()
-    try:
-        pid = os.fork()
-    except BaseException:
-        gc.unfreeze()
-        raise
+    pid = os.fork()
     if pid == 0:  # the child
         code = 1
         try:
@@ -227,13 +224,9 @@ async def save_consistent(
     except BaseException:
         # A failed flush (broker gone) must not leave the child unreaped or its file.
         await loop.run_in_executor(None, os.waitpid, pid, 0)
-        gc.unfreeze()
         tmp.unlink(missing_ok=True)
         raise
-    try:
-        _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
-    finally:
-        gc.unfreeze()
+    _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"the checkpoint child exited with status {status}")
