@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import zlib
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -184,6 +185,11 @@ class FeedbackEngine:
     'bought together with x (2.0x chance)'
     """
 
+    #: Share of events whose predictions are checked (hit, rating error and the drift
+    #: detectors on them): 1 in the evaluation; the worker sets its own
+    #: (``FEEDBACK_QUALITY_SAMPLE``). A class default, so older checkpoints load.
+    quality_sample: float = 1.0
+
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config if config is not None else EngineConfig()
         c = self.config
@@ -277,6 +283,15 @@ class FeedbackEngine:
         self.ratings_seen = 0
 
     # -- the per-event path ----------------------------------------------------
+    def _gauged(self, event: Event) -> bool:
+        """Whether ``event`` feeds the quality gauges (hit, rating error, drift): all
+        events at ``quality_sample`` 1, else a seeded hash of the event id picks them
+        (the same events on every run and worker). Learning never depends on it."""
+        rate = self.quality_sample
+        if rate >= 1.0:
+            return True
+        key = zlib.crc32(event.event_id.encode(), self.config.seed & 0xFFFFFFFF)
+        return key < rate * 4_294_967_296.0
     def _profile(self, user_id: str, t: float) -> UserProfile:
         profile = self.profiles.get(user_id)
         if profile is None:
@@ -358,14 +373,18 @@ class FeedbackEngine:
         out = Outcome()
 
         # ---- predict (nothing below has learnt from this event yet) ----
+        gauged = self._gauged(event)
         scored = None
         if event.is_positive:
-            out.hit = False
             if item < n_known:
+                # Scored on every positive event: the blend weights learn from it.
                 scored = self.recommender.score(profile, n_known)
-                rank = self.recommender.rank_of(scored, item)
-                out.hit = rank is not None and rank < c.top_k
-        if event.type == "review" and event.rating is not None:
+                if gauged:
+                    rank = self.recommender.rank_of(scored, item)
+                    out.hit = rank is not None and rank < c.top_k
+            elif gauged:
+                out.hit = False
+        if gauged and event.type == "review" and event.rating is not None:
             out.rating_error = self.ratings.predict_one(event.user_id, item) - event.rating
         words = None
         if event.type == "review" and event.text:
@@ -556,11 +575,14 @@ class FeedbackEngine:
                 )
 
     # -- periodic work -----------------------------------------------------------
-    def tick(self, now: float) -> list[Alert]:
+    def tick(self, now: float, refit_customer_value: bool = True) -> list[Alert]:
         """Churn alerts due by event time ``now``; a few segment refreshes.
 
         Cost is proportional to the alerts that fell due plus
-        ``refresh_users_per_tick``, never to the number of users.
+        ``refresh_users_per_tick``, never to the number of users, except for
+        the customer-value refit when one is due: a worker passes
+        ``refit_customer_value=False`` and runs that refit off its event loop
+        (``stream/refit.py``).
         """
         alerts: list[Alert] = []
         c = self.config
@@ -571,7 +593,8 @@ class FeedbackEngine:
             profile.churn_due = None  # checked: no longer holds the user back from eviction
             self._check_churn(user_id, profile, now, alerts)
         self.segmentation.refresh(c.refresh_users_per_tick)
-        self.customer_value.maybe_refit(now)
+        if refit_customer_value:
+            self.customer_value.maybe_refit(now)
         if len(self.cooldown.last) > 10_000:
             self.cooldown.prune(now)
         return alerts
@@ -650,7 +673,8 @@ class FeedbackEngine:
         """Erase ``user_id`` on request: :meth:`forget` plus the entries eviction
         leaves to lapse (the churn heap's due dates), so that no structure of
         the engine, hence no checkpoint, holds the id. Returns the number of
-        records removed (0: the engine held nothing of the user).
+        records removed (0: the engine held nothing of the user): the live
+        session, the profile and the churn due dates.
 
         Item-side models (co-occurrence, popularity, item factors, sentiment)
         keep the user's past contribution, with no id: docs/privacy.md says why.
@@ -658,9 +682,10 @@ class FeedbackEngine:
         >>> engine = FeedbackEngine()
         >>> _ = engine.process(Event("purchase", "e1", "u1", "x", 1e9, quantity=1))
         >>> engine.erase("u1"), engine.erase("u1"), "u1" in engine.profiles
-        (1, 0, False)
+        (2, 0, False)
         """
-        removed = int(self.forget(user_id))
+        removed = self.sessions.erase(user_id)  # before forget() drops the session
+        removed += int(self.forget(user_id))
         removed += self.churn.forget(user_id)
         return removed
 

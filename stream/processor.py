@@ -91,10 +91,14 @@ class Processor:
     ) -> None:
         self.settings = settings
         self.engine = engine
+        engine.quality_sample = settings.quality_sample
         self.profiles = profiles
         self.metrics = metrics
         self.clock = clock
         self.max_event_time = 0.0
+        # The Faust app refits the customer-value model off its event loop
+        # (stream/refit.py) and turns this off; a synchronous caller keeps it.
+        self.refit_customer_value_in_tick = True
         self._types_by_topic = settings.input_topics
         self._key = settings.pseudonymise_key.encode()
         # What is published about items and segments, differentially private.
@@ -351,7 +355,8 @@ class Processor:
         out: list[OutputMessage] = []
         if self.max_event_time:
             now = self.clock()
-            out.extend(self._alert(a, now) for a in self.engine.tick(self.max_event_time))
+            alerts = self.engine.tick(self.max_event_time, self.refit_customer_value_in_tick)
+            out.extend(self._alert(a, now) for a in alerts)
         # Segment sizes are published (the metrics endpoint is open): DP sizes.
         self.metrics.segment_users.clear()
         try:
@@ -396,9 +401,9 @@ class Processor:
         if self._key:
             changes["user_id"] = pseudonymise(event.user_id, self._key)
         if event.text:
-            changes["text"] = scrub_pii(event.text)
+            changes["text"] = scrub_pii(event.text, (event.user_id,))
         if event.title:
-            changes["title"] = scrub_pii(event.title)
+            changes["title"] = scrub_pii(event.title, (event.user_id,))
         return dataclasses.replace(event, **changes) if changes else event
 
     def _observe(self, outcome: Outcome) -> None:

@@ -143,6 +143,11 @@ class Settings:
     # ...and at the latest this long after the first trigger it answers.
     recommend_max_delay_seconds: float = 0.5
     checkpoint_interval_seconds: float = 30.0
+    # Share of events whose predictions feed the online quality gauges (hit rate,
+    # rating error, drift alerts), picked by a seeded hash of the event id. Every
+    # event is still learnt from (and positive events scored for the blend's
+    # step); `feedback-stream evaluate` checks every event.
+    quality_sample: float = 0.1
     # SIGTERM/SIGINT: the graceful stop (commits, final checkpoint) gets this long,
     # then the process exits anyway (orchestrators send SIGKILL after 10-30 s).
     stop_timeout_seconds: float = 8.0
@@ -248,6 +253,8 @@ class Settings:
             (self.dedup_window >= 1, "FEEDBACK_DEDUP_WINDOW must be >= 1"),
             (self.checkpoint_interval_seconds > 0,
              "FEEDBACK_CHECKPOINT_INTERVAL_SECONDS must be > 0"),
+            (0 < self.quality_sample <= 1,
+             f"FEEDBACK_QUALITY_SAMPLE must be > 0 and <= 1, got {self.quality_sample!r}"),
             (self.tick_interval_seconds > 0, "FEEDBACK_TICK_INTERVAL_SECONDS must be > 0"),
             (1 <= self.stop_timeout_seconds <= 300,
              "FEEDBACK_STOP_TIMEOUT_SECONDS must be >= 1 and <= 300"),

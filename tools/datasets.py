@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from hashlib import blake2b
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -90,8 +90,28 @@ def _path(data_dir: Path | str | None, relative: Path) -> Path:
     return path
 
 
+_N = TypeVar("_N", int, float)
+
+
 class DatasetError(FileNotFoundError):
-    """A dataset is unknown, or its folder or files are missing; the message says which."""
+    """A dataset is unknown, its folder or files are missing, or a row holds a value that
+    is not of its column's type; the message says which (and where)."""
+
+
+def _parse(convert: type[_N], text: str, path: Path, row: int, column: str) -> _N:
+    """``convert(text)``, or a :class:`DatasetError` naming the file, row and column.
+
+    >>> _parse(int, "abc", Path("retail.csv"), 7, "Quantity")
+    Traceback (most recent call last):
+    ...
+    tools.datasets.DatasetError: retail.csv row 7: Quantity 'abc' is not a valid int
+    """
+    try:
+        return convert(text)
+    except ValueError:
+        raise DatasetError(
+            f"{path} row {row}: {column} {text!r} is not a valid {convert.__name__}"
+        ) from None
 
 
 # The files each dataset reads, relative to the datasets folder.
@@ -168,7 +188,8 @@ def online_retail_purchases(
     Skipped, counted in ``skipped``: ``no_customer``, ``non_product``,
     ``negative_price``, ``zero_quantity``.
     """
-    for row_no, row in enumerate(_rows(_path(data_dir, ONLINE_RETAIL_CSV)), start=1):
+    path = _path(data_dir, ONLINE_RETAIL_CSV)
+    for row_no, row in enumerate(_rows(path), start=1):
         invoice, code, _description, quantity, when, price, customer = row[:7]
         if not customer:
             _skip(skipped, "no_customer")
@@ -177,7 +198,8 @@ def online_retail_purchases(
         if code in NON_PRODUCT_CODES:
             _skip(skipped, "non_product")
             continue
-        unit_price, qty = float(price), int(quantity)
+        unit_price = _parse(float, price, path, row_no, "UnitPrice")
+        qty = _parse(int, quantity, path, row_no, "Quantity")
         if unit_price < 0:
             _skip(skipped, "negative_price")
             continue
@@ -187,7 +209,7 @@ def online_retail_purchases(
         yield {
             "type": "purchase",
             "event_id": f"or-{invoice}-{row_no}",
-            "user_id": f"or-c{int(float(customer))}",
+            "user_id": f"or-c{int(_parse(float, customer, path, row_no, 'CustomerID'))}",
             "item_id": code,
             "timestamp": when.replace(" ", "T") + "Z",  # "2010-12-01 08:26:00", taken as UTC
             "quantity": qty,
@@ -211,12 +233,18 @@ def movielens_reviews(
     The 100,836 rows (2.4 MB) are loaded to be sorted by time.
     """
     rows: list[tuple[int, int, int, float]] = []
-    for user_text, movie_text, rating, stamp_text in _rows(_path(data_dir, MOVIELENS_CSV)):
-        value = float(rating)
+    path = _path(data_dir, MOVIELENS_CSV)
+    for row_no, (user_text, movie_text, rating, stamp_text) in enumerate(_rows(path), start=1):
+        value = _parse(float, rating, path, row_no, "rating")
         if not 0.5 <= value <= 5:
             _skip(skipped, "rating_out_of_range")
             continue
-        rows.append((int(stamp_text), int(user_text), int(movie_text), max(value, 1.0)))
+        rows.append((
+            _parse(int, stamp_text, path, row_no, "timestamp"),
+            _parse(int, user_text, path, row_no, "userId"),
+            _parse(int, movie_text, path, row_no, "movieId"),
+            max(value, 1.0),
+        ))
     rows.sort()
     for stamp, user, movie, value in rows:
         yield {
@@ -299,12 +327,14 @@ def cdnow_purchases(
                 _skip(skipped, "malformed_line")
                 continue
             customer_text, day_text, cds_text, dollars_text = fields
-            if int(cds_text) == 0:
+            cds = _parse(int, cds_text, path, line_no, "number_of_cds")
+            if cds == 0:
                 _skip(skipped, "zero_cds")
                 continue
-            rows.append(
-                (day_text, int(customer_text), line_no, int(cds_text), float(dollars_text))
-            )
+            rows.append((
+                day_text, _parse(int, customer_text, path, line_no, "customer_id"), line_no,
+                cds, _parse(float, dollars_text, path, line_no, "dollar_value"),
+            ))
     rows.sort()
     for day, customer, line_no, cds, dollars in rows:
         yield {

@@ -52,10 +52,16 @@ class Target:
     tests: tuple[str, ...]
     functions: tuple[str, ...] = ("*",)
     deselect: tuple[str, ...] = ()  # slow tests of those files that guard something else
+    part: str = ""  # names a second row of the same module: ``stream.processor:erase``
 
     @property
     def module(self) -> str:
         return self.path.removesuffix(".py").replace("/", ".")
+
+    @property
+    def name(self) -> str:
+        """The row's name on the command line, in the JSON line and under var/mutation."""
+        return f"{self.module}:{self.part}" if self.part else self.module
 
 
 # The one table to update when a module moves. Test entries are pytest paths or node ids.
@@ -94,6 +100,50 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target("stream/debounce.py", ("tests/stream/test_debounce.py",)),
     Target("stream/eviction.py", ("tests/stream/test_eviction.py",)),
+    # Erasure on request: the request/receipt contract, the worker's erase, the engine's.
+    Target(
+        "stream/erasure.py",
+        ("tests/stream/test_erasure.py",),
+        deselect=(  # a hypothesis sweep; the parametrised cases cover each rejection
+            "tests/stream/test_erasure.py"
+            "::test_fuzz_requests_decode_or_are_rejected_and_agree_with_the_schema",
+        ),
+    ),
+    Target(
+        "stream/processor.py",
+        ("tests/stream/test_processor_erasure.py",),
+        functions=("xǁProcessorǁerase",),
+        part="erase",
+    ),
+    Target(
+        "models/engine.py",
+        ("tests/models/test_erasure.py", "tests/models/test_eviction.py"),
+        functions=("xǁFeedbackEngineǁerase", "xǁFeedbackEngineǁforget"),
+        part="erase",
+    ),
+    Target(
+        "stream/auth.py",
+        ("tests/stream/test_auth.py",),
+        deselect=tuple(  # hypothesis sweeps: the enumerated cases cover the same branches
+            f"tests/stream/test_auth.py::{t}" for t in (
+                "test_fuzz_no_path_or_header_gets_past_without_a_valid_token",
+                "test_fuzz_a_valid_token_passes_on_any_path",
+                "test_fuzz_token_settings_parse_or_fail_with_a_named_value_error",
+            )
+        ),
+    ),
+    Target(
+        "stream/dp.py",
+        ("tests/stream/test_dp.py", "tests/stream/test_processor_dp.py"),
+        deselect=tuple(  # thousands of releases each (20 s and more on a quiet machine)
+            f"tests/stream/test_dp.py::{t}" for t in (
+                "test_item_counts_on_neighbouring_datasets_differ_within_epsilon",
+                "test_pair_counts_on_neighbouring_datasets_differ_within_epsilon",
+                "test_popularity_list_on_neighbouring_datasets_differs_within_epsilon",
+                "test_segment_release_on_neighbouring_datasets_differs_within_epsilon",
+            )
+        ),
+    ),
 )
 
 # mutmut's exit codes of a mutant's test run (mutmut/__main__.py, status_by_exit_code):
@@ -162,7 +212,7 @@ def _mutmut_config(target: Target) -> str:
 
 def prepare(target: Target) -> Path:
     """A fresh copy of the sources and tests with ``target``'s mutmut settings."""
-    work = WORK / target.module
+    work = WORK / target.name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
@@ -180,7 +230,7 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
         raise SystemExit(f"mutation: {target.path} not found: update TARGETS in tools/mutation.py")
     missing = [t for t in target.tests if not (REPO / t.split("::")[0]).exists()]
     if missing:
-        raise SystemExit(f"mutation: test {missing[0]} of {target.module} not found")
+        raise SystemExit(f"mutation: test {missing[0]} of {target.name} not found")
     work = prepare(target)
     names = [] if target.functions == ("*",) else [
         f"{target.module}.{f}__mutmut_*" for f in target.functions
@@ -208,7 +258,7 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
     if proc.returncode != 0 or not meta.is_file():
         tail = (work / "mutmut.log").read_text(errors="replace")[-2000:]
         raise SystemExit(
-            f"mutation: mutmut failed on {target.module} (see {work}/mutmut.log)\n{tail}"
+            f"mutation: mutmut failed on {target.name} (see {work}/mutmut.log)\n{tail}"
         )
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     results = module_results(codes, target)
@@ -220,10 +270,10 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
 def select(names: Sequence[str]) -> list[Target]:
     if not names:
         return list(TARGETS)
-    by_name = {t.module: t for t in TARGETS} | {t.path: t for t in TARGETS}
+    by_name = {t.path: t for t in TARGETS if not t.part} | {t.name: t for t in TARGETS}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        known = ", ".join(t.module for t in TARGETS)
+        known = ", ".join(t.name for t in TARGETS)
         raise SystemExit(f"mutation: unknown module {unknown[0]} (known: {known})")
     return [by_name[n] for n in names]
 
@@ -245,7 +295,7 @@ def mutmut_cli(argv: Sequence[str]) -> int:
 
 def show_survivors(target: Target) -> None:
     """Print the diff of each surviving mutant of ``target``'s last run."""
-    work = WORK / target.module
+    work = WORK / target.name
     names = (work / "survivors.txt").read_text().split()
     os.chdir(work)  # mutmut reads its settings from the folder it is imported in
     from mutmut.__main__ import get_diff_for_mutant
@@ -272,16 +322,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = select(args.modules)
     if args.list:
         for t in targets:
-            print(f"{t.module:28} {' '.join(t.tests)}")
+            print(f"{t.name:28} {' '.join(t.tests)}")
         return 0
     results = {}
     for target in targets:
         start = time.monotonic()
         outcomes = run_target(target, args.jobs)
-        results[target.module] = outcomes
-        line = summary({target.module: outcomes})
+        results[target.name] = outcomes
+        line = summary({target.name: outcomes})
         print(
-            f"{target.module}: {line['killed']}/{line['mutants']} killed, "
+            f"{target.name}: {line['killed']}/{line['mutants']} killed, "
             f"{line['survived']} survived, {line['timeout']} timeout "
             f"({time.monotonic() - start:.0f} s)",
             file=sys.stderr, flush=True,

@@ -33,8 +33,10 @@ def busy_engine() -> FeedbackEngine:
 def test_erase_leaves_no_trace_of_the_id_in_the_pickled_engine() -> None:
     engine = busy_engine()
     assert VICTIM.encode() in pickle.dumps(engine)
-    assert any(entry[1] == VICTIM for entry in engine.churn.heap)
-    assert engine.erase(VICTIM) >= 2  # the profile and at least one due date
+    due_dates = sum(1 for entry in engine.churn.heap if entry[1] == VICTIM)
+    assert due_dates >= 1
+    # the live session, the profile and each due date
+    assert engine.erase(VICTIM) == 2 + due_dates
     assert VICTIM.encode() not in pickle.dumps(engine)
     assert engine.erase(VICTIM) == 0
 
@@ -54,3 +56,13 @@ def test_an_erased_user_who_comes_back_is_a_new_user() -> None:
     assert summary is not None
     assert summary["clicks"] == 1 and summary["orders"] == 0
     assert summary["first_seen"] == T + 20 * 86_400
+
+
+def test_erase_drops_the_live_session_from_the_session_neighbour_store() -> None:
+    # The store holds no id, but the live session's item list is the user's own.
+    engine = busy_engine()
+    number = engine.sessions.current[VICTIM].number
+    assert number in engine.sessions.store
+    engine.erase(VICTIM)
+    assert number not in engine.sessions.store
+    assert all(number not in recent for recent in engine.sessions.item_sessions.values())

@@ -138,8 +138,11 @@ def test_a_pending_churn_alert_fires_before_eviction() -> None:
     assert due is not None
     alerts = engine.tick(due)
     assert [(a.kind, a.subject) for a in alerts] == [("churn_risk", "loyal")]
+    assert ("churn_risk", "loyal") in engine.cooldown.last
     assert engine.evict_inactive(due - 5 * DAY, limit=100) == ["loyal"]
     assert engine.profiles == {}
+    # The alert's cooldown goes with the user: nothing keyed by the id is left.
+    assert not [key for key in engine.cooldown.last if "loyal" in key]
 
 
 def test_stale_churn_entry_does_not_alert_a_returning_user() -> None:

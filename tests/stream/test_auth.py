@@ -177,3 +177,67 @@ def test_fuzz_token_settings_parse_or_fail_with_a_named_value_error(raw: str) ->
         assert str(exc).startswith("FEEDBACK_API_TOKENS: ")
     else:
         assert all(len(d) == 32 for d in clients)
+
+
+# -- exact answers and limits ---------------------------------------------------------
+
+
+def test_setting_errors_say_what_a_valid_entry_looks_like() -> None:
+    with pytest.raises(ValueError) as err:
+        parse_tokens(f"shop={SHOP}, sh op={CRM}")
+    assert str(err.value) == (
+        "FEEDBACK_API_TOKENS: entry 2 must be client=token (client: 1-64 of [A-Za-z0-9_.-])"
+    )
+    with pytest.raises(ValueError) as err:
+        parse_tokens("crm=" + "c" * 23)
+    assert str(err.value) == (
+        "FEEDBACK_API_TOKENS: the token of 'crm' needs >= 24 characters of [A-Za-z0-9-._~+/]"
+    )
+    with pytest.raises(ValueError) as err:
+        Gate({}, 0.0, 1)
+    assert str(err.value) == "the rate limit needs a rate > 0 and a burst >= 1"
+
+
+def test_tokens_of_exactly_24_characters_padding_and_empty_entries_are_accepted() -> None:
+    short, padded = "t" * 24, "p" * 24 + "=="
+    clients = parse_tokens(f" , shop={short},, crm={padded} ,")
+    assert sorted(clients.values()) == ["crm", "shop"]
+    g = Gate(clients, rate_per_second=1.0, burst=5)
+    assert g.check("/segments", [f"Bearer {short}"], "p", 0.0).client == "shop"
+    assert g.check("/segments", [f"Bearer {padded}"], "p", 0.0).client == "crm"
+    assert g.check("/segments", ["Bearer " + "p" * 24], "p", 0.0).status == 401
+
+
+def test_401_and_429_answer_with_json_and_nothing_else() -> None:
+    g = gate(rate=1.0, burst=1)
+    denied = g.check("/users/u1", [], "10.0.0.1", 0.0)
+    assert (denied.status, dict(denied.headers), denied.body) == (401, {
+        "WWW-Authenticate": 'Bearer realm="feedback-stream"',
+        "Content-Type": "application/json",
+    }, UNAUTHORIZED_BODY)
+    limited = g.check("/users/u1", [], "10.0.0.1", 0.5)
+    assert (limited.status, dict(limited.headers), limited.body) == (429, {
+        "Retry-After": "1", "Content-Type": "application/json",
+    }, TOO_MANY_BODY)
+
+
+def test_from_setting_is_closed_without_tokens_unless_told_otherwise() -> None:
+    closed = Gate.from_setting("", rate_per_second=1.0, burst=5)
+    assert closed.check("/users/u1", [], "127.0.0.1", 0.0).status == 401
+    opened = Gate.from_setting("", rate_per_second=1.0, burst=5, open_without_tokens=True)
+    assert opened.check("/users/u1", [], "127.0.0.1", 0.0).status == 200
+
+
+def test_a_new_peer_past_the_bucket_bound_is_still_limited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import stream.auth
+
+    monkeypatch.setattr(stream.auth, "MAX_BUCKETS", 3)
+    g = gate(rate=0.001, burst=1)
+    for peer in ("a", "b", "c"):
+        assert g.check("/users/u1", [], peer, 0.0).status == 401
+    assert g.check("/users/u1", [], "a", 0.0).status == 429  # a: seen again, kept
+    # d takes the place of the least recently seen (b), not its own.
+    assert [g.check("/users/u1", [], "d", 0.0).status for _ in range(2)] == [401, 429]
+    assert list(g._buckets) == ["peer:c", "peer:a", "peer:d"]

@@ -303,3 +303,170 @@ def test_a_release_noises_a_bounded_number_of_keys(monkeypatch: pytest.MonkeyPat
     counts = stream.dp.LaplaceCounts({"a": 5}, sensitivity=1, epsilon=1.0)
     assert all(counts.get(k) is not None for k in ("a", "b", "c"))
     assert counts.get("d") is None and counts.get("a") is not None and len(counts) == 3
+
+
+# -- what each release is built from (exact; fast enough for the mutation run) ----------
+
+
+def test_item_release_bounds_each_user_and_splits_epsilon_over_the_three_counts() -> None:
+    users = [
+        UserContribution("u1", bought=["a", "b", "a"], reviewed=["a"], viewed=["c"] * 3),
+        UserContribution("u2", bought=["a"], viewed=["c", "d"]),
+        heavy_user(),
+    ]
+    pub = publisher(users, epsilon=1.5, max_items_per_user=20)
+    release = pub._build_items(users)
+    assert list(release) == ["buyers", "reviewers", "viewers"]
+    for counts in release.values():
+        assert (counts.sensitivity, counts.epsilon, counts.scale) == (20, 0.5, 40.0)
+    heavy = bound_keys("heavy", heavy_user().bought, 20)
+    assert release["buyers"].exact == Counter(["a", "b", "a", *heavy])
+    assert release["reviewers"].exact == Counter(["a"])
+    assert release["viewers"].exact == Counter(["c", "c", "d"])
+
+
+def test_pair_release_bounds_each_user_and_spends_the_whole_epsilon() -> None:
+    users = [UserContribution("u1", sequence=["a", "b", "a", "c"]),
+             UserContribution("u2", sequence=["b", "a"]), heavy_user()]
+    pub = publisher(users, epsilon=2.0, max_pairs_per_user=1)
+    pairs = pub._build_pairs(users)
+    assert (pairs.sensitivity, pairs.epsilon, pairs.scale) == (1, 2.0, 0.5)
+    assert sum(pairs.exact.values()) == 3  # one pair per user
+    assert pairs.exact[("a", "b")] >= 1 and pairs.exact[("x", "y")] == 1
+
+
+def test_segment_release_spends_half_of_epsilon_on_sizes_and_half_on_sums(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import stream.dp
+
+    calls: list[tuple[str, int, float, float]] = []
+
+    def spy(name: str, real: Callable[..., list[float]]) -> Callable[..., list[float]]:
+        def mechanism(values: Sequence[float], sensitivity: float, epsilon: float) -> list[float]:
+            calls.append((name, len(values), sensitivity, epsilon))
+            return real(values, sensitivity, epsilon)
+        return mechanism
+
+    monkeypatch.setattr(stream.dp, "laplace_counts", spy("counts", stream.dp.laplace_counts))
+    monkeypatch.setattr(stream.dp, "laplace_floats", spy("floats", stream.dp.laplace_floats))
+    bounds = {"f": (0.0, 1.0), "g": (0.0, 2.0), "h": (1.0, 5.0)}
+    release_segments([(0, {"f": 0.5})], n_segments=4, epsilon=3.0, bounds=bounds)
+    # Sizes: L1 sensitivity 1; sums: one user moves each of the d scaled features by <= 1.
+    assert calls == [("counts", 4, 1, 1.5), ("floats", 12, 3.0, 1.5)]
+
+
+def test_segment_sizes_and_centres_are_exact_at_a_huge_epsilon() -> None:
+    bounds = {"f": (0.0, 10.0), "g": (1.0, 5.0)}
+    members = [
+        (0, {"f": 2.0, "g": 2.0}), (0, {"f": 4.0, "g": 4.0}),  # centre (3, 3)
+        (1, {"f": 50.0, "g": float("nan")}),  # clipped to 10; NaN counts as 0, then clipped to 1
+        (1, {"f": -5.0}),  # clipped to 0; a missing feature sits at its lower bound
+        (2, {"f": 1.0}), (-1, {"f": 1.0}),  # outside 0..n_segments-1: left out
+    ]
+    release = release_segments(members, n_segments=2, epsilon=1e9, bounds=bounds)
+    assert release.sizes == {0: 2, 1: 2}
+    assert release.centres[0] == pytest.approx({"f": 3.0, "g": 3.0}, abs=1e-6)
+    assert release.centres[1] == pytest.approx({"f": 5.0, "g": 1.0}, abs=1e-6)
+    empty = release_segments([], n_segments=2, epsilon=1e9, bounds=bounds)
+    # No members: size 0, centre at the lower bounds (a sum of ~0 over a size of at least 1).
+    assert empty.sizes == {0: 0, 1: 0}
+    assert empty.centres[0] == pytest.approx({"f": 0.0, "g": 1.0}, abs=1e-6)
+
+
+def test_segment_centres_stay_within_bounds_whatever_the_noise() -> None:
+    bounds = {"f": (2.0, 4.0)}
+    for seed in range(20):
+        release = release_segments([(0, {"f": 3.0})] * (seed % 3), n_segments=3, epsilon=0.05,
+                                   bounds=bounds)
+        assert all(s >= 0 for s in release.sizes.values())
+        assert all(2.0 <= c["f"] <= 4.0 for c in release.centres.values())
+
+
+def test_the_publisher_releases_from_its_source_with_its_settings() -> None:
+    users = [UserContribution(f"u{n}", bought=[f"i{n}"] * 1, reviewed=[f"i{n}"])
+             for n in range(40)]
+    users += [UserContribution(f"v{n}", bought=["best"], segment=1,
+                               features={"log_orders": 1.0}) for n in range(200)]
+    pub = publisher(users, epsilon=1e6, top_k=3)
+    assert pub.popular()[0] == "best" and len(pub.popular()) == 3
+    assert len(pub.popular(k=2)) == 2 and len(pub.popular(k=10)) == 3  # never above top_k
+    summary = pub.item_summary("best")
+    assert summary == {"item_id": "best", "buyers": 200, "reviewers": 0, "viewers": 0}
+    assert [s["item_id"] for s in pub.item_summaries(["i1", "nope"])] == ["i1", "nope"]
+    assert pub.item_summaries(["i1"])[0]["reviewers"] == 1
+    segments = pub.segments()
+    assert segments.sizes == {0: 0, 1: 200, 2: 0, 3: 0, 4: 0}
+    assert segments.centres[1]["log_orders"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_noisy_counts_below_zero_are_published_as_zero() -> None:
+    pub = publisher([], epsilon=0.01)  # scale 2000 on every count: half the draws are < 0
+    summaries = pub.item_summaries([f"i{n}" for n in range(50)])
+    assert all(s[k] >= 0 for s in summaries for k in ("buyers", "reviewers", "viewers"))
+    assert sum(s["buyers"] == 0 for s in summaries) > 10
+
+
+def test_bought_together_answers_at_and_above_the_support_only() -> None:
+    users = [UserContribution(f"u{n}", sequence=["a", "b"]) for n in range(20)]
+    at = publisher(users, epsilon=1e9, min_pair_support=20)
+    assert at.bought_together("a", "b") == 20 and at.bought_together("b", "a") == 20
+    above = publisher(users, epsilon=1e9, min_pair_support=21)
+    assert above.bought_together("a", "b") is None
+
+
+def test_every_pair_reason_is_checked_and_other_reasons_pass_through() -> None:
+    supported = publisher([UserContribution(f"u{n}", sequence=["x", "y"]) for n in range(30)],
+                          epsilon=1e9, min_pair_support=30)
+    unsupported = publisher([], epsilon=1e9, min_pair_support=1)
+    from stream.dp import PAIR_REASONS
+
+    for prefix in PAIR_REASONS:
+        assert private_reason("y", f"{prefix}x (2.0x)", supported) == prefix + "x"
+        assert private_reason("y", f"{prefix}x", unsupported) == FALLBACK_REASON
+    assert private_reason("y", "trending (x)", unsupported) == "trending (x)"
+
+
+def test_the_ledger_keeps_its_account_and_says_what_is_left() -> None:
+    ledger = BudgetLedger(limit=3.0)
+    ledger.charge("pairs", 1.0, delta=1e-6, at=5.0)
+    ledger.charge("items", 1.5, at=7.0)
+    assert ledger.spent_epsilon == 2.5 and ledger.spent_delta == 1e-6
+    assert ledger.last is not None
+    assert (ledger.last.release, ledger.last.epsilon, ledger.last.delta, ledger.last.at) == (
+        "items", 1.5, 0.0, 7.0)
+    with pytest.raises(BudgetExhausted, match=r"'segments' needs epsilon 1, 0\.5 of 3 left"):
+        ledger.charge("segments", 1.0)
+    ledger.charge("segments", 0.5)  # exactly up to the limit
+    assert ledger.remaining == 0.0 and ledger.releases() == {"pairs": 1, "items": 1,
+                                                              "segments": 1}
+    unlimited = BudgetLedger()
+    for _ in range(5):
+        unlimited.charge("popularity", 100.0)
+    assert unlimited.spent_epsilon == 500.0
+    for bad in [(0.0, 0.0), (math.inf, 0.0), (1.0, -0.1), (1.0, 1.0)]:
+        with pytest.raises(ValueError, match="epsilon > 0 and 0 <= delta < 1"):
+            unlimited.charge("x", *bad)
+    for limit in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="budget limit"):
+            BudgetLedger(limit)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("epsilon", 0.0), ("epsilon", math.inf), ("max_items_per_user", 0),
+    ("max_pairs_per_user", 0), ("top_k", 0), ("min_pair_support", 0),
+    ("interval_seconds", -1.0), ("budget", -1.0),
+])
+def test_a_bad_dp_setting_is_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError):
+        DPConfig(**{field: value}).validate()  # type: ignore[arg-type]
+    DPConfig(**{field: {"epsilon": 0.1, "interval_seconds": 0.0, "budget": 0.0}.get(field, 1)}
+             ).validate()  # type: ignore[arg-type]
+
+
+def test_bounding_keeps_all_keys_up_to_the_limit_and_pairs_ignore_repeats() -> None:
+    assert bound_keys("u", ["a", "b", "c"], 3) == ["a", "b", "c"]
+    assert len(bound_keys("u", ["a", "b", "c", "d"], 3)) == 3
+    assert bound_keys("u", ["a", "b"], 0) == []
+    assert user_pairs("u", ["b", "a", "a", "b"], 10) == [("a", "b")]
+    assert user_pairs("u", ["c", "c"], 10) == []

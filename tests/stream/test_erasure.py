@@ -94,3 +94,46 @@ def test_fuzz_requests_decode_or_are_rejected_and_agree_with_the_schema(raw: byt
         return
     assert validator("erasure").is_valid(orjson.loads(raw))
     assert request.user_id and request.request_id
+
+
+# The detail travels in the dead-letter record's headers: it must say what is wrong.
+DETAILS: list[tuple[bytes | None, bytes | None, str, str]] = [
+    (None, None, "undecodable", "the message has no value (null / tombstone)"),
+    (b"{", None, "undecodable", "the message is not valid JSON: "),
+    (b"[1]", None, "not_an_object", "the message must be a JSON object, got an array"),
+    (b'"u1"', None, "not_an_object", "the message must be a JSON object, got a string"),
+    (orjson.dumps({k: v for k, v in GOOD.items() if k != "requested_at"}), None,
+     "missing_field", 'field "requested_at" is required'),
+    (orjson.dumps({**GOOD, "requested_at": None}), None,
+     "missing_field", 'field "requested_at" is required'),
+    (orjson.dumps({**GOOD, "requested_at": 17.5}), None,
+     "wrong_type", 'field "requested_at" must be an RFC 3339 string, got a number'),
+    (orjson.dumps(GOOD), b"or-c17851",
+     "key_mismatch", "the message key is not the request's user_id"),
+]
+
+
+@pytest.mark.parametrize("raw, key, reason, detail", DETAILS)
+def test_each_rejection_says_why(
+    raw: bytes | None, key: bytes | None, reason: str, detail: str
+) -> None:
+    with pytest.raises(Rejected) as err:
+        decode_request(raw, key)
+    assert err.value.reason == reason
+    if detail.endswith(": "):  # followed by orjson's own words
+        assert err.value.detail.startswith(detail) and len(err.value.detail) > len(detail)
+    else:
+        assert err.value.detail == detail
+
+
+def test_the_size_limit_is_inclusive_and_named() -> None:
+    def padded(size: int) -> bytes:
+        raw = orjson.dumps({**GOOD, "pad": ""})
+        return raw[:-2] + b" " * (size - len(raw)) + raw[-2:]
+
+    assert len(padded(4096)) == 4096
+    assert decode_request(padded(4096)).user_id == GOOD["user_id"]
+    with pytest.raises(Rejected) as err:
+        decode_request(padded(4097))
+    assert (err.value.reason, err.value.detail) == (
+        "oversized", "the message is 4097 bytes, the limit is 4096")

@@ -82,3 +82,54 @@ def test_dead_letter_keys_are_pseudonymised_on_request() -> None:
     out = hashed.dead_letter(bad, rejection)
     assert out.key == pseudonymise("or-c17850", KEY.encode()).encode()
     assert out.value == b"\xff"  # the evidence stays as it came
+
+
+def test_erase_counts_and_drops_every_exposure_including_pulled_lists() -> None:
+    from stream.pull import Pulls
+
+    proc, s = make()
+    catalogue = [e for u in range(12) for e in events(f"u{u}", 30)]
+    proc.handle([msg(s, e, i) for i, e in enumerate(catalogue)])
+    proc.settle()
+    proc.publish_all()  # the held recommendations are shown now
+
+    def ann(kind: str, event_id: str, item: str, minute: int) -> dict[str, object]:
+        event: dict[str, object] = {"type": kind, "event_id": event_id, "user_id": "ann",
+                                    "item_id": item, "timestamp": f"2024-01-02T10:{minute:02d}:00Z"}
+        if kind == "purchase":
+            event.update(quantity=1, price=3.0)
+        return event
+
+    def shown() -> list[str]:
+        profile = proc.profiles.get("ann")
+        assert profile is not None
+        return list(profile["exposures"][-1][1])
+
+    # Three lists shown: one converted (bought from, not clicked), one clicked, one neither.
+    proc.handle([msg(s, ann("purchase", "a1", "i0", 0), 1000)])
+    proc.settle()
+    proc.publish_all()
+    proc.handle([msg(s, ann("purchase", "a2", shown()[0], 1), 1001)])
+    proc.settle()
+    proc.publish_all()
+    proc.handle([msg(s, ann("click", "a3", shown()[0], 2), 1002)])
+    proc.settle()
+    proc.publish_all()
+    profile = proc.profiles.get("ann")
+    assert profile is not None
+    assert [(e[6], e[7]) for e in profile["exposures"]] == [
+        (False, True), (True, False), (False, False)]
+    # A list pulled over HTTP waits in memory for ann's next event.
+    pulled = Pulls(proc, clock=lambda: NOW).recommend("ann", 3)
+    assert pulled["items"] and "ann" in proc.pulled.pending and "ann" in proc._exposure_logs
+
+    _, erased = proc.erase("ann")
+    assert erased == {"profile": 1, "engine_state": 1, "dedupe_ids": 3, "exposures": 4,
+                      "attribution": 2, "pending": 0, "recommendations": 1}
+    assert "ann" not in proc.pulled.pending and "ann" not in proc._exposure_logs
+    # ann comes back: nothing shown before the erasure is in her new log.
+    proc.handle([msg(s, ann("click", "a4", "i5", 3), 1003)])
+    profile = proc.profiles.get("ann")
+    assert profile is not None
+    assert pulled["recommendation_id"] not in {e[0] for e in profile["exposures"]}
+    assert all(not e[6] and not e[7] for e in profile["exposures"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -225,3 +226,34 @@ def test_data_dir_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert datasets.default_data_dir() == Path("/somewhere/else")
     monkeypatch.delenv("FEEDBACK_DATA_DIR")
     assert datasets.default_data_dir() == datasets.REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.parametrize(
+    ("name", "relative", "text", "where"),
+    [
+        ("online-retail", datasets.ONLINE_RETAIL_CSV,
+         "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+         "536365,85123A,X,6,2010-12-01 08:26:00,2.55,17850.0,UK\n"
+         "536365,71053,Y,six,2010-12-01 08:26:00,3.39,17850.0,UK\n",
+         "row 2: Quantity 'six' is not a valid int"),
+        ("movielens", datasets.MOVIELENS_CSV,
+         "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,four,964981247\n",
+         "row 2: rating 'four' is not a valid float"),
+    ],
+)
+def test_a_malformed_value_is_one_line_naming_file_row_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, relative: Path, text: str,
+    where: str,
+) -> None:
+    target = tmp_path / relative
+    target.parent.mkdir(parents=True)
+    if target.suffix == ".gz":
+        target.write_bytes(gzip.compress(text.encode()))
+    else:
+        target.write_text(text)
+    code = datasets.main(
+        ["convert", name, "--out", str(tmp_path / "x"), "--data-dir", str(tmp_path)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == f"convert: {target} {where}"

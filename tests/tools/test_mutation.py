@@ -20,8 +20,19 @@ def test_every_module_and_test_of_the_table_exists() -> None:
         assert (REPO / target.path).is_file(), target.path
         for test in (*target.tests, *target.deselect):
             assert (REPO / test.split("::")[0]).is_file(), test
-    modules = [t.module for t in TARGETS]
-    assert len(modules) == len(set(modules))
+    names = [t.name for t in TARGETS]
+    assert len(names) == len(set(names))
+
+
+def test_a_second_row_of_a_module_is_named_by_its_part() -> None:
+    erase = Target("stream/processor.py", ("t.py",), functions=("xǁProcessorǁerase",),
+                   part="erase")
+    assert (erase.module, erase.name) == ("stream.processor", "stream.processor:erase")
+    rows = {t.name for t in TARGETS}
+    assert {"stream.processor", "stream.processor:erase"} <= rows
+    assert mutation.select(["stream.processor:erase"])[0].functions == ("xǁProcessorǁerase",)
+    # The path alone names the row without a part.
+    assert mutation.select(["stream/processor.py"])[0].part == ""
 
 
 def test_exit_codes_are_classified_like_mutmut_does() -> None:

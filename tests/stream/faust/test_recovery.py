@@ -18,13 +18,13 @@ from stream.faust.recovery import ChangelogRecovery, FlushingProducerBuffer
 from stream.settings import Settings
 
 
-def app_for(guards: bool, tmp_path: Any) -> Any:
+def app_for(guards: bool, tmp_path: Any, **options: Any) -> Any:
     settings = Settings.from_env(
         {"FEEDBACK_RECOVERY_GUARDS": "1" if guards else "0", "FEEDBACK_STATE_DIR": str(tmp_path)}
     )
     guard = CommitGuard(settings.input_topics, settings.recovery_guards)
     app = create_app(settings, guard, None, broker="kafka://127.0.0.1:9",
-                     datadir=str(tmp_path / "faust"), autodiscover=False)
+                     datadir=str(tmp_path / "faust"), autodiscover=False, **options)
     return app, settings, guard
 
 
@@ -169,10 +169,67 @@ def test_recovery_keeps_list_offsets_when_a_fetch_fails_or_misses(
 
 
 def test_the_producer_buffer_is_wired_like_fausts(tmp_path: Any) -> None:
-    app, _, _ = app_for(True, tmp_path)
-    buffer = app.producer.buffer
-    assert buffer.app is app
-    assert buffer.beacon.parent is app.producer.beacon
+    loop = asyncio.new_event_loop()
+    try:
+        app, _, _ = app_for(True, tmp_path, loop=loop)
+        producer = app.producer
+        buffer = producer.buffer
+        assert buffer.app is app
+        # The producer is the app's: its loop and its place in the app's service tree.
+        assert producer.loop is loop and buffer.loop is loop
+        assert producer.beacon.parent is app.beacon
+        # Faust's own buffer is detached: the producer's only child is the flushing one.
+        assert list(producer.beacon.children) == [buffer.beacon]
+        assert not hasattr(buffer, "threaded_producer")
+    finally:
+        loop.close()
+
+
+def test_a_threaded_producer_hands_its_thread_to_the_flushing_buffer(tmp_path: Any) -> None:
+    app, _, _ = app_for(True, tmp_path, producer_threaded=True)
+    producer = app.producer
+    assert isinstance(producer.buffer, FlushingProducerBuffer)
+    assert producer.threaded_producer is not None
+    assert producer.buffer.threaded_producer is producer.threaded_producer
+
+
+class SlowRounds(GivesUp):
+    """Each round of flush_atmost takes ``round_seconds`` of a fake clock that
+    starts far from 0 (the warning measures time since the flush began)."""
+
+    round_seconds: float = 0.0
+    now: float = 5000.0
+
+    async def flush_atmost(self, max_messages: int | None) -> int:
+        self.now += self.round_seconds
+        return await super().flush_atmost(max_messages)
+
+
+def flush_with_rounds(queued: int, round_seconds: float) -> None:
+    buffer = type("Buffer", (SlowRounds, FlushingProducerBuffer), {})()
+    buffer.queued, buffer.round_seconds = queued, round_seconds
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop.time = lambda: buffer.now  # type: ignore[method-assign]
+        await buffer.flush()
+
+    asyncio.run(run())
+    assert buffer.size == 0
+
+
+@pytest.mark.parametrize("queued, round_seconds, warns", [
+    (2, 5.0, False),  # done after exactly 10 s: no warning
+    (3, 0.1, False),
+    (4, 3.5, True),  # 10.5 s after the start, one message still queued
+    (5, 3.0, True),  # 12 s
+])
+def test_a_flush_warns_only_past_10_seconds(
+    queued: int, round_seconds: float, warns: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    flush_with_rounds(queued, round_seconds)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == (["producer flush: 1 messages still queued after 10 s"] if warns else [])
 
 
 def test_a_long_flush_warns_once(caplog: pytest.LogCaptureFixture) -> None:
