@@ -453,3 +453,24 @@ def test_bounding_keeps_all_keys_up_to_the_limit_and_pairs_ignore_repeats() -> N
     assert bound_keys("u", ["a", "b"], 0) == []
     assert user_pairs("u", ["b", "a", "a", "b"], 10) == [("a", "b")]
     assert user_pairs("u", ["c", "c"], 10) == []
+
+
+def test_engine_contributions_carry_segment_features_and_recency_in_days() -> None:
+    from models.profiles import SEGMENT_FEATURES
+
+    engine = FeedbackEngine(EngineConfig(seed=1, segment_warmup=4))
+    t = 1_700_000_000.0
+    for u in range(6):  # u5 is the newest: the engine's clock is its review's time
+        engine.process(Event("purchase", f"p{u}", f"u{u}", "x", t + u * 86_400.0,
+                             quantity=1, price=5.0))
+        engine.process(Event("review", f"r{u}", f"u{u}", "y", t + u * 86_400.0 + 1,
+                             rating=4.0, text="good"))
+    by_user = {c.user_id: c for c in engine_contributions(engine)}
+    for u in range(6):
+        c = by_user[f"u{u}"]
+        assert c.bought == ["x"] and c.reviewed == ["y"] and c.viewed == []
+        assert c.segment is not None and c.segment == engine.segment_of(f"u{u}")
+        assert c.features is not None
+        assert list(c.features) == [*SEGMENT_FEATURES, "recency_days"]
+        assert c.features["recency_days"] == pytest.approx(5 - u)
+        assert c.features["log_orders"] == pytest.approx(math.log1p(1))
