@@ -41,6 +41,8 @@ DAY = 86_400.0
 
 __all__ = [
     "CustomerValue",
+    "Fit",
+    "FitJob",
     "Prediction",
     "SpendParams",
     "TransactionParams",
@@ -50,6 +52,7 @@ __all__ = [
     "fit_transactions",
     "p_alive",
     "p_no_purchase",
+    "run_fit",
     "spend_log_likelihood",
     "transaction_log_likelihood",
 ]
@@ -309,6 +312,54 @@ def expected_spend_per_purchase(params: SpendParams, n: Any, mean: Any) -> np.nd
 
 
 @dataclass(frozen=True, slots=True)
+class FitJob:
+    """What a refit needs, copied out of :class:`CustomerValue` at event time ``now``.
+
+    The arrays are the sample's own copies, so :func:`run_fit` can run in
+    another thread while the stream goes on learning.
+    """
+
+    now: float
+    x: np.ndarray
+    t_x: np.ndarray
+    T: np.ndarray
+    days: np.ndarray
+    mean: np.ndarray
+    transactions: TransactionParams | None  # warm start (None: from the defaults)
+    spend: SpendParams | None
+    modified: bool
+    new: int  # purchase-days learnt since the previous fit when the job was made
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """A refit's result, for :meth:`CustomerValue.apply_fit`."""
+
+    now: float
+    transactions: TransactionParams
+    spend: SpendParams
+    new: int
+
+
+def run_fit(job: FitJob) -> Fit:
+    """Maximum-likelihood fit of both population models to ``job``'s statistics (pure).
+
+    >>> cv = CustomerValue()
+    >>> for day, spend in [(0, 20.0), (10, 30.0), (25, 25.0)]:
+    ...     cv.learn_one("c1", day * DAY, spend)
+    >>> cv.learn_one("c2", 5 * DAY, 40.0)
+    >>> fit = run_fit(cv.fit_job(40 * DAY))
+    >>> cv.apply_fit(fit); cv.fits, cv.new_since_fit
+    (1, 0)
+    """
+    transactions = fit_transactions(
+        job.x, job.t_x, job.T, start=job.transactions, modified=job.modified
+    )
+    spend = fit_spend(job.days, job.mean, start=job.spend)
+    return Fit(job.now, transactions, spend, job.new)
+
+
+@dataclass(frozen=True, slots=True)
 class Prediction:
     """One customer's value over ``horizon_days`` from event time ``now``."""
 
@@ -470,20 +521,33 @@ class CustomerValue:
 
     def refit(self, now: float) -> None:
         """Maximum-likelihood refit of both models from the statistics at ``now``."""
+        self.apply_fit(run_fit(self.fit_job(now)))
+
+    def fit_job(self, now: float) -> FitJob:
+        """Copy the statistics a refit at ``now`` needs (O(customers), no fitting).
+
+        The expensive part, :func:`run_fit`, can then run off the event loop;
+        :meth:`apply_fit` swaps its parameters in.
+        """
         n = len(self.users)
         rows = None
         if n > self.max_fit_customers:
             rows = np.sort(self.rng.choice(n, size=self.max_fit_customers, replace=False))
-        x, t_x, T, days, mean = self.stats(now, rows)
+        x, t_x, T, days, mean = self.stats(now, rows)  # fresh arrays, not views
         warm = self.fits > 0
-        self.transactions = fit_transactions(
-            x, t_x, T, start=self.transactions if warm else None,
-            modified=self.transactions.modified,
+        return FitJob(
+            now, x, t_x, T, days, mean,
+            self.transactions if warm else None, self.spend if warm else None,
+            self.transactions.modified, self.new_since_fit,
         )  # fmt: skip
-        self.spend = fit_spend(days, mean, start=self.spend if warm else None)
-        self.fitted_at = now
+
+    def apply_fit(self, fit: Fit) -> None:
+        """Swap in a fit's parameters (purchase-days learnt while it ran stay new)."""
+        self.transactions = fit.transactions
+        self.spend = fit.spend
+        self.fitted_at = fit.now
         self.fits += 1
-        self.new_since_fit = 0
+        self.new_since_fit = max(self.new_since_fit - fit.new, 0)
 
     def predict_rows(self, now: float, horizon_days: float, rows: Any = None) -> dict[str, Any]:
         """Vectorised predictions for ``rows`` (all customers by default)."""

@@ -300,7 +300,8 @@ class ItemCooccurrence:
 
     def pmi_of(self, a: int, b: int) -> float | None:
         """PMI in bits of the pair ``(a, b)``: log2 of how many times more often they
-        co-occur than if independent (pair weights over item masses); ``None`` if never.
+        co-occur than if independent (pair weights over item masses); ``None`` if never,
+        or while either item's mass is unknown.
 
         >>> co = ItemCooccurrence()
         >>> for user in range(3):
@@ -315,7 +316,13 @@ class ItemCooccurrence:
         if pair <= 0.0:
             return None
         mass = self._mass
-        return math.log2(pair * float(mass.sum()) / (float(mass[a]) * float(mass[b])))
+        # A replica can hold a's published list before b's own model (and mass)
+        # arrived: no lift to state then.
+        ma = float(mass[a]) if a < len(mass) else 0.0
+        mb = float(mass[b]) if b < len(mass) else 0.0
+        if ma <= 0.0 or mb <= 0.0:
+            return None
+        return math.log2(pair * float(mass.sum()) / (ma * mb))
 
     def strongest_sources(
         self, history: Sequence[tuple[int, float]], candidates: Sequence[int]

@@ -12,8 +12,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import zlib
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +185,11 @@ class FeedbackEngine:
     'bought together with x (2.0x chance)'
     """
 
+    #: Share of events whose predictions are checked (hit, rating error and the drift
+    #: detectors on them): 1 in the evaluation; the worker sets its own
+    #: (``FEEDBACK_QUALITY_SAMPLE``). A class default, so older checkpoints load.
+    quality_sample: float = 1.0
+
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config if config is not None else EngineConfig()
         c = self.config
@@ -277,6 +283,15 @@ class FeedbackEngine:
         self.ratings_seen = 0
 
     # -- the per-event path ----------------------------------------------------
+    def _gauged(self, event: Event) -> bool:
+        """Whether ``event`` feeds the quality gauges (hit, rating error, drift): all
+        events at ``quality_sample`` 1, else a seeded hash of the event id picks them
+        (the same events on every run and worker). Learning never depends on it."""
+        rate = self.quality_sample
+        if rate >= 1.0:
+            return True
+        key = zlib.crc32(event.event_id.encode(), self.config.seed & 0xFFFFFFFF)
+        return key < rate * 4_294_967_296.0
     def _profile(self, user_id: str, t: float) -> UserProfile:
         profile = self.profiles.get(user_id)
         if profile is None:
@@ -358,14 +373,18 @@ class FeedbackEngine:
         out = Outcome()
 
         # ---- predict (nothing below has learnt from this event yet) ----
+        gauged = self._gauged(event)
         scored = None
         if event.is_positive:
-            out.hit = False
             if item < n_known:
+                # Scored on every positive event: the blend weights learn from it.
                 scored = self.recommender.score(profile, n_known)
-                rank = self.recommender.rank_of(scored, item)
-                out.hit = rank is not None and rank < c.top_k
-        if event.type == "review" and event.rating is not None:
+                if gauged:
+                    rank = self.recommender.rank_of(scored, item)
+                    out.hit = rank is not None and rank < c.top_k
+            elif gauged:
+                out.hit = False
+        if gauged and event.type == "review" and event.rating is not None:
             out.rating_error = self.ratings.predict_one(event.user_id, item) - event.rating
         words = None
         if event.type == "review" and event.text:
@@ -556,11 +575,14 @@ class FeedbackEngine:
                 )
 
     # -- periodic work -----------------------------------------------------------
-    def tick(self, now: float) -> list[Alert]:
+    def tick(self, now: float, refit_customer_value: bool = True) -> list[Alert]:
         """Churn alerts due by event time ``now``; a few segment refreshes.
 
         Cost is proportional to the alerts that fell due plus
-        ``refresh_users_per_tick``, never to the number of users.
+        ``refresh_users_per_tick``, never to the number of users, except for
+        the customer-value refit when one is due: a worker passes
+        ``refit_customer_value=False`` and runs that refit off its event loop
+        (``stream/refit.py``).
         """
         alerts: list[Alert] = []
         c = self.config
@@ -571,7 +593,8 @@ class FeedbackEngine:
             profile.churn_due = None  # checked: no longer holds the user back from eviction
             self._check_churn(user_id, profile, now, alerts)
         self.segmentation.refresh(c.refresh_users_per_tick)
-        self.customer_value.maybe_refit(now)
+        if refit_customer_value:
+            self.customer_value.maybe_refit(now)
         if len(self.cooldown.last) > 10_000:
             self.cooldown.prune(now)
         return alerts
@@ -650,7 +673,8 @@ class FeedbackEngine:
         """Erase ``user_id`` on request: :meth:`forget` plus the entries eviction
         leaves to lapse (the churn heap's due dates), so that no structure of
         the engine, hence no checkpoint, holds the id. Returns the number of
-        records removed (0: the engine held nothing of the user).
+        records removed (0: the engine held nothing of the user): the live
+        session, the profile and the churn due dates.
 
         Item-side models (co-occurrence, popularity, item factors, sentiment)
         keep the user's past contribution, with no id: docs/privacy.md says why.
@@ -658,9 +682,10 @@ class FeedbackEngine:
         >>> engine = FeedbackEngine()
         >>> _ = engine.process(Event("purchase", "e1", "u1", "x", 1e9, quantity=1))
         >>> engine.erase("u1"), engine.erase("u1"), "u1" in engine.profiles
-        (1, 0, False)
+        (2, 0, False)
         """
-        removed = int(self.forget(user_id))
+        removed = self.sessions.erase(user_id)  # before forget() drops the session
+        removed += int(self.forget(user_id))
         removed += self.churn.forget(user_id)
         return removed
 
@@ -879,40 +904,40 @@ class FeedbackEngine:
         if idx:
             scores[idx] = -np.inf
 
-    def similar(self, item_id: str, k: int = 10) -> list[Recommendation] | None:
-        """The items most often viewed or bought together with ``item_id``, best first.
-
-        The co-occurrence signal of the blend from that one item (cosine-like:
-        pair weight over both items' masses); ``None`` for an unknown item, an
-        empty list for an item nothing co-occurred with yet.
-        """
-        idx = self.catalogue.get(item_id)
-        if idx is None:
-            return None
-        n = len(self.catalogue)
-        scores = self.recommender.cooccurrence.scores([(idx, 1.0)], n)
-        scores[idx] = 0.0
-        scores[scores <= 0.0] = -np.inf
-        reason = f"viewed or bought together with {item_id}"
-        return [
-            Recommendation(self.catalogue.ids[i], float(scores[i]), reason)
-            for i in top_k(scores, k)
-        ]
-
     def popular(
-        self, user_id: str, k: int = 10, avoid: Collection[str] = ()
+        self,
+        user_id: str,
+        k: int = 10,
+        avoid: Collection[str] = (),
+        ranking: Sequence[str] | None = None,
     ) -> list[Recommendation]:
         """All-time most popular items ``user_id`` has not bought or reviewed (nor ``avoid``).
 
         The non-personalised baseline every personalised ranking must beat: the
         popularity component's own counts, the exclusion rule of
         :meth:`recommend`, ties broken by catalogue order; one vectorised pass.
+        With ``ranking`` (a published popularity list, best first) the list
+        follows it instead, each item scored ``len(ranking) - rank`` (0-based),
+        and items outside it are never recommended.
+
+        >>> engine = FeedbackEngine()
+        >>> for i, item in enumerate("aab"):
+        ...     _ = engine.process(Event("purchase", f"e{i}", f"u{i}", item, 1e9 + i, quantity=1))
+        >>> [(r.item_id, r.score) for r in engine.popular("u0", ranking=["b", "a", "zz"])]
+        [('b', 3.0)]
         """
         n = len(self.catalogue)
         if n == 0 or k <= 0:
             return []
-        counts = self.recommender.popularity.all_time(n)
-        scores = np.where(counts > 0, counts, -np.inf)
+        if ranking is None:
+            counts = self.recommender.popularity.all_time(n)
+            scores = np.where(counts > 0, counts, -np.inf)
+        else:
+            scores = np.full(n, -np.inf)
+            for rank, item in enumerate(ranking):
+                idx = self.catalogue.get(item)
+                if idx is not None and idx < n and not np.isfinite(scores[idx]):
+                    scores[idx] = float(len(ranking) - rank)
         profile = self.profiles.get(user_id)
         if profile is not None:
             exclude_seen(scores, profile)

@@ -39,7 +39,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from models.attribution import Attribution, Exposure, UserExposures
@@ -113,6 +113,9 @@ class FeedbackLoop:
     bandit
         A bandit to choose the strategy per segment instead of the experiment,
         or ``None``. The loop rewards it for first clicks of its exposures.
+    popular_ranking
+        A published popularity list for the popularity control and unknown
+        users (:class:`~models.strategies.Strategies`); ``None``: exact counts.
 
     Attributes
     ----------
@@ -129,6 +132,7 @@ class FeedbackLoop:
         top_k: int = 10,
         seed: int = 42,
         bandit: SegmentedThompson | None = None,
+        popular_ranking: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self.variants = variants
         self.salt = salt
@@ -139,7 +143,8 @@ class FeedbackLoop:
         self.bandit = bandit
         self.experiment = Experiment(parse_variants(variants), salt)
         self.strategies = Strategies(
-            seed=seed, fatigue_strategies=parse_strategies(fatigue_strategies)
+            seed=seed, fatigue_strategies=parse_strategies(fatigue_strategies),
+            popular_ranking=popular_ranking,
         )
         self.tallies: dict[str, Tally] = {}
 

@@ -11,13 +11,25 @@ if ``o > applied[src]``, and the counters and the watermark are written in the
 same changelog record, so a re-sent batch (a crash before the input offsets
 were committed, or the owner re-reading its topic) is skipped item by item,
 exactly, without any atomicity across items.
+
+Changelog volume: an item's record holds up to ``2 * max_neighbours`` neighbour
+weights, most of its bytes, while a batch changes a few of them. So the
+changelog form (:meth:`ItemState.changelog`, :meth:`ItemState.from_changelog`)
+keeps the neighbours of a big item in a separate *snapshot* record, written
+again only when the list was pruned or a quarter of it changed, and the item's
+own record carries, besides everything else, the absolute weights of the
+neighbours changed since that snapshot. Snapshots alternate between two keys by
+generation, and the item's record names the generation it extends, so a crash
+between writing a snapshot and the item's record leaves the previous pair
+whole: the table always rebuilds to a state some applied prefix produced, with
+its watermark, and the re-read increments apply on top of it exactly once.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +40,24 @@ from models.item_updates import Entry, Updates, murmur2
 if TYPE_CHECKING:
     from models.engine import EngineConfig
 
-__all__ = ["ItemOwner", "ItemParams", "ItemState"]
+__all__ = ["ItemOwner", "ItemParams", "ItemState", "is_snapshot_key", "snapshot_key"]
+
+#: Neighbour lists up to this long stay inside the item's own record.
+INLINE_NEIGHBOURS = 32
+#: A new snapshot once the neighbours changed since the last one are more than
+#: this fraction of the list (the item's record then carries at most that much).
+SNAPSHOT_FRACTION = 0.25
+_SNAPSHOT_SEP = "\x1f"
+
+
+def snapshot_key(item_id: str, generation: int) -> str:
+    """The table key of an item's neighbour snapshot of ``generation`` (two alternate)."""
+    return f"{item_id}{_SNAPSHOT_SEP}{generation % 2}"
+
+
+def is_snapshot_key(key: str) -> bool:
+    """Whether a table key is a neighbour snapshot's rather than an item's."""
+    return _SNAPSHOT_SEP in key
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +140,13 @@ class ItemState:
     price_n: float = 0.0
     steps: int = 0  # factor steps applied
     shown: list[float] | None = None  # (mass, count, steps) when last published
+    # The changelog form's bookkeeping (not part of the statistics): the
+    # generation of the neighbour snapshot the item's record extends (None: the
+    # neighbours are inline), that snapshot's epoch, and the neighbours changed
+    # since it, in the order they were first changed (new ones in insertion order).
+    generation: int | None = field(default=None, compare=False, repr=False)
+    snapshot_epoch: int = field(default=0, compare=False, repr=False)
+    touched: dict[str, None] = field(default_factory=dict, compare=False, repr=False)
 
     def due(self, params: ItemParams) -> bool:
         """Whether the item changed enough since it was last published (see
@@ -146,6 +182,7 @@ class ItemState:
         kind = op[0]
         if kind == "c":
             self.neighbours[op[1]] = self.neighbours.get(op[1], 0.0) + op[2]
+            self.touched[op[1]] = None
             self.mass += op[2]
             if len(self.neighbours) > 2 * params.max_neighbours:
                 self._prune(params.max_neighbours)
@@ -196,6 +233,7 @@ class ItemState:
         top = heapq.nlargest(keep, self.neighbours.items(), key=lambda kv: kv[1])
         self.neighbours = dict(top)
         self.epoch += 1
+        self.touched = {k: None for k in self.touched if k in self.neighbours}
 
     def published(self, now: float, params: ItemParams) -> dict[str, Any]:
         """The compact model every worker's replica takes (see ``apply_item_models``);
@@ -241,6 +279,80 @@ class ItemState:
             "shown": self.shown,
         }
 
+    def changelog(self, item_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """The table records to write for the item now, in order: a neighbour
+        snapshot when one is due, then the item's record: :meth:`to_dict`, with
+        ``nb`` the neighbours changed since the snapshot and ``gen`` the
+        snapshot's generation, or just :meth:`to_dict` when the list is short or
+        more than :data:`SNAPSHOT_FRACTION` of it changed since the snapshot.
+
+        Write them in this order to one partition (the item's); the state
+        :meth:`from_changelog` rebuilds is then this one, or after a crash
+        between the two, the previous one with its watermark.
+
+        Examples
+        --------
+        >>> s, p = ItemState(), ItemParams()
+        >>> entries = [["c:0", k, ["c", f"n{k}", 1.0]] for k in range(40)]
+        >>> s.apply(entries, p, "x")
+        40
+        >>> [(key, len(r["nb"])) for key, r in s.changelog("x")]  # all new: whole
+        [('x', 40)]
+        >>> s.apply([["c:0", 40, ["c", "n3", 0.5]]], p, "x")
+        1
+        >>> [(key, len(r["nb"])) for key, r in s.changelog("x")]  # snapshot, record
+        [('x\\x1f0', 40), ('x', 0)]
+        >>> s.apply([["c:0", 41, ["c", "n5", 0.5]]], p, "x")
+        1
+        >>> [(key, r["nb"]) for key, r in s.changelog("x")]  # the change only
+        [('x', {'n5': 1.5})]
+        """
+        out: list[tuple[str, dict[str, Any]]] = []
+        nb = self.neighbours
+        if len(nb) <= INLINE_NEIGHBOURS or len(self.touched) > SNAPSHOT_FRACTION * len(nb):
+            # Short, or much of it changed: the whole record costs no more.
+            self.generation = None
+            self.touched.clear()
+            out.append((item_id, self.to_dict()))
+            return out
+        if self.generation is None or self.snapshot_epoch != self.epoch:
+            self.generation = 0 if self.generation is None else self.generation + 1
+            self.snapshot_epoch = self.epoch
+            self.touched.clear()
+            # Its watermark too: what the snapshot reflects, for whoever reads the
+            # table (the item's record is the one whose watermark counts).
+            out.append((snapshot_key(item_id, self.generation), {
+                "gen": self.generation, "epoch": self.epoch, "nb": dict(nb),
+                "applied": dict(self.applied),
+            }))
+        record = self.to_dict()
+        record["nb"] = {k: nb[k] for k in self.touched}
+        record["gen"] = self.generation
+        out.append((item_id, record))
+        return out
+
+    @classmethod
+    def from_changelog(cls, record: Mapping[str, Any],
+                       get: Callable[[str], Mapping[str, Any] | None],
+                       item_id: str) -> ItemState:
+        """The state :meth:`changelog` wrote: the item's ``record``, completed from
+        its neighbour snapshot ``get(snapshot_key(item_id, gen))``."""
+        gen = record.get("gen")
+        if gen is None:
+            return cls.from_dict(record)
+        snap = get(snapshot_key(item_id, gen))
+        if snap is None or snap["gen"] != gen:
+            found = None if snap is None else snap["gen"]
+            raise ValueError(f"item {item_id!r}: neighbour snapshot {gen} missing (found {found})")
+        changed = record["nb"]
+        neighbours = dict(snap["nb"])
+        neighbours.update(changed)  # changed keep their place, new ones follow in order
+        state = cls.from_dict({**record, "nb": neighbours})
+        state.generation = gen
+        state.snapshot_epoch = snap["epoch"]
+        state.touched = dict.fromkeys(changed)
+        return state
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ItemState:
         """The inverse of :meth:`to_dict`."""
@@ -282,6 +394,9 @@ class ItemOwner:
         self.params = params
         self.items: dict[str, ItemState] = {}
         self.changed: set[str] = set()
+        # Changed since the last publish: the only items whose due() may have
+        # turned true (a state and what it last showed change only here).
+        self._fresh: set[str] = set()
 
     def apply(self, updates: Updates) -> tuple[int, int]:
         """Apply decoded updates; ``(entries applied, entries skipped as duplicates)``."""
@@ -293,6 +408,7 @@ class ItemOwner:
             fresh = state.apply(entries, self.params, item_id)
             if fresh:
                 self.changed.add(item_id)
+                self._fresh.add(item_id)
             applied += fresh
             skipped += len(entries) - fresh
         return applied, skipped
@@ -301,6 +417,7 @@ class ItemOwner:
         """The models of the changed items that are :meth:`ItemState.due`, as of event
         time ``now``; the others wait for a later call."""
         params, items = self.params, self.items
-        due = sorted(i for i in self.changed if items[i].due(params))
+        due = sorted(i for i in self._fresh if items[i].due(params))
+        self._fresh.clear()
         self.changed.difference_update(due)
         return [(i, items[i].published(now, params)) for i in due]

@@ -184,6 +184,27 @@ class SessionRecommender:
         """Drop ``user``'s current session (what it taught the rules and store stays)."""
         self.current.pop(user, None)
 
+    def erase(self, user: str) -> int:
+        """Drop ``user``'s current session and its items in the neighbour store; 1 if any.
+
+        Past sessions are not linked to a user once they end, so they stay, like
+        the rules: aggregates with no id (docs/privacy.md).
+
+        >>> s = SessionRecommender()
+        >>> s.learn_one("a", 3, 0.0, None)
+        >>> s.erase("a"), s.store, s.item_sessions, s.erase("a")
+        (1, {}, {3: []}, 0)
+        """
+        session = self.current.pop(user, None)
+        if session is None:
+            return 0
+        if self.store.pop(session.number, None) is not None:
+            for item in set(session.items):
+                recent = self.item_sessions.get(item)
+                if recent is not None and session.number in recent:
+                    recent.remove(session.number)
+        return 1
+
     # -- scoring -----------------------------------------------------------------
     def context(
         self,

@@ -28,7 +28,7 @@ produces the same list.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from hashlib import blake2b
 
 import numpy as np
@@ -55,6 +55,12 @@ class Strategies:
         Combined with each call's ``key`` to seed that call's sampling.
     fatigue_strategies
         The strategies that leave out the ``avoid`` items (default: all).
+    popular_ranking
+        A published popularity list (best first), read at each call: the
+        ``popularity`` control follows it instead of the engine's exact counts
+        (:meth:`FeedbackEngine.popular`), and so does every strategy for a user
+        the engine does not know outside a session, whose list would otherwise be the
+        blend's popularity ranking. ``None``: exact counts (offline evaluation).
 
     Examples
     --------
@@ -80,6 +86,7 @@ class Strategies:
         explore_temperature: float = 1.0,
         seed: int = 0,
         fatigue_strategies: Collection[str] = STRATEGIES,
+        popular_ranking: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         if explore_pool < 1 or explore_temperature <= 0:
             raise ValueError("explore_pool must be >= 1 and explore_temperature > 0")
@@ -87,6 +94,7 @@ class Strategies:
         self.explore_temperature = explore_temperature
         self.seed = seed
         self.fatigue_strategies = frozenset(fatigue_strategies)
+        self.popular_ranking = popular_ranking
 
     def recommend(
         self,
@@ -104,8 +112,14 @@ class Strategies:
         ``session_id`` and ``item_id`` (a request's session and the item being
         viewed) reach the engine's session context; the popularity control ignores them.
         """
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
         if strategy not in self.fatigue_strategies:
             avoid = ()
+        ranking = self.popular_ranking
+        cold = user_id not in engine.profiles and session_id is None and item_id is None
+        if ranking is not None and (strategy == "popularity" or cold):
+            return engine.popular(user_id, k, avoid=avoid, ranking=ranking())
         if strategy == "blend":
             return engine.recommend(
                 user_id, k, avoid=avoid, session_id=session_id, item_id=item_id

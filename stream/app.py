@@ -30,6 +30,7 @@ from stream.metrics import Metrics
 from stream.processor import Processor
 from stream.pull import Pulls
 from stream.records import InputMessage, OutputMessage
+from stream.refit import CustomerValueRefit
 from stream.settings import Settings
 from stream.topics import PROFILES_TABLE
 
@@ -223,6 +224,15 @@ def build_app(
 
     # mode types the handler of a Signal[Set[TP]] so that no async def matches it.
     app.on_partitions_revoked.connect(drop_held)  # type: ignore[arg-type]
+
+    # The customer-value refit fits in a worker thread (stream/refit.py), not in the tick.
+    processor.refit_customer_value_in_tick = False
+    clv_refit = CustomerValueRefit(engine, metrics.clv_refit_seconds)
+
+    @app.timer(settings.tick_interval_seconds)
+    async def refit_customer_value() -> None:
+        if processor.max_event_time:
+            await clv_refit.run_once(processor.max_event_time)
 
     @app.timer(settings.tick_interval_seconds)
     async def tick() -> None:

@@ -73,11 +73,15 @@ __all__ = [
     "laplace_floats",
     "noisy_top_k",
     "release_segments",
+    "release_threshold",
+    "threshold_counts",
     "user_pairs",
 ]
 
 #: What the service releases, each with its own ε per release and ledger line.
-RELEASES: Final = ("popularity", "items", "pairs", "segments")
+RELEASES: Final = (
+    "popularity", "items", "pairs", "neighbours", "segments", "segment_items",
+)
 #: Item-count kinds of an item summary, each a distinct-user count.
 ITEM_KINDS: Final = ("buyers", "reviewers", "viewers")
 
@@ -96,6 +100,7 @@ SEGMENT_BOUNDS: Final[dict[str, tuple[float, float]]] = {
     "sentiment_mean": (0.0, 1.0),
     "return_rate": (0.0, 1.0),
     "log_purchase_gap_days": (0.0, math.log1p(365.0)),
+    "log_expected_spend": (0.0, math.log1p(20_000.0)),
     "recency_days": (0.0, 365.0),
 }
 
@@ -315,6 +320,68 @@ def laplace_floats(values: Sequence[float], sensitivity: float, epsilon: float) 
     return list(measurement([float(v) for v in values]))
 
 
+@lru_cache(maxsize=64)
+def _threshold_measurement(keys_per_user: int, epsilon: float, delta: float) -> tuple[Any, int]:
+    """OpenDP's thresholded Laplace over integer-keyed counts and its threshold: the
+    smallest for which one user (``keys_per_user`` keys, each +-1) costs at most
+    ``(epsilon, delta)`` by the library's own privacy map."""
+    space = (
+        dp.map_domain(dp.atom_domain(T=int), dp.atom_domain(T=int)),
+        dp.l01inf_distance(dp.absolute_distance(T=int)),
+    )
+    scale = keys_per_user / epsilon
+    d_in = (keys_per_user, keys_per_user, 1)
+
+    def cost(threshold: int) -> tuple[float, float]:
+        m = dp.m.make_laplace_threshold(*space, scale=scale, threshold=threshold)
+        eps, dlt = m.map(d_in)
+        return float(eps), float(dlt)
+
+    low, high = 1, 1
+    while cost(high)[1] > delta:  # the threshold grows like scale * ln(keys / delta)
+        low, high = high, high * 2
+        if high > 1 << 40:
+            raise ValueError(f"no threshold reaches delta {delta:g}")
+    while low < high:
+        mid = (low + high) // 2
+        if cost(mid)[1] <= delta:
+            high = mid
+        else:
+            low = mid + 1
+    eps, dlt = cost(high)
+    if eps > epsilon * (1 + 1e-9) or dlt > delta:  # the library's map is the proof
+        raise AssertionError(f"thresholded Laplace spends ({eps}, {dlt}) > ({epsilon}, {delta})")
+    return dp.m.make_laplace_threshold(*space, scale=scale, threshold=high), high
+
+
+def threshold_counts(
+    counts: Mapping[K, int], keys_per_user: int, epsilon: float, delta: float
+) -> dict[K, int]:
+    """Counts over an unknown domain, ``(epsilon, delta)``-DP: each present key gets
+    Laplace noise of scale ``keys_per_user / epsilon`` and only the keys whose
+    noisy count reaches the threshold are released (OpenDP's
+    ``make_laplace_threshold``; δ bounds the chance that a key only one user
+    holds comes out). One user adds 1 to at most ``keys_per_user`` keys.
+
+    >>> out = threshold_counts({"big": 10_000, "rare": 1}, 1, epsilon=1.0, delta=1e-9)
+    >>> sorted(out), abs(out["big"] - 10_000) < 100
+    (['big'], True)
+    """
+    _check_epsilon(epsilon)
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    measurement, _ = _threshold_measurement(keys_per_user, float(epsilon), float(delta))
+    keys = list(counts)
+    noisy = measurement({i: int(counts[key]) for i, key in enumerate(keys)})
+    return {keys[i]: int(v) for i, v in noisy.items()}
+
+
+def release_threshold(keys_per_user: int, epsilon: float, delta: float) -> int:
+    """The smallest noisy count :func:`threshold_counts` releases."""
+    _check_epsilon(epsilon)
+    return _threshold_measurement(keys_per_user, float(epsilon), float(delta))[1]
+
+
 class LaplaceCounts(Generic[K]):
     """Distinct-user counts over a public domain, each key noised once when first read.
 
@@ -423,14 +490,22 @@ class DPConfig:
     min_pair_support: int = 20
     #: Total ε the releases may spend, 0: no limit (account only).
     budget: float = 0.0
+    #: δ of the thresholded neighbour release (the only one that is not pure ε-DP).
+    delta: float = 1e-6
+    #: Items per segment in the segments' top-item lists.
+    segment_top_k: int = 5
 
     def validate(self) -> None:
         _check_epsilon(self.epsilon)
-        for name in ("max_items_per_user", "max_pairs_per_user", "top_k", "min_pair_support"):
+        names = ("max_items_per_user", "max_pairs_per_user", "top_k", "min_pair_support",
+                 "segment_top_k")
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.interval_seconds < 0 or self.budget < 0:
             raise ValueError("interval_seconds and budget must be >= 0")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
 
 
 @dataclass
@@ -447,7 +522,10 @@ class DPPublisher:
     from its engine); each kind of release is recomputed from it at most every
     ``config.interval_seconds`` and charged to ``ledger``; in between, and
     once the budget is spent, the last release answers. ``clock`` is the wall
-    clock, replaceable in tests.
+    clock, replaceable in tests. ``domain`` returns the public item catalogue
+    the top-k selections choose from (every item, with 0 when nobody holds
+    it, so that which items can be chosen depends on no one's data); without
+    it they choose among the items the users hold.
     """
 
     source: Callable[[], Iterable[UserContribution]]
@@ -455,6 +533,7 @@ class DPPublisher:
     n_segments: int = 5
     ledger: BudgetLedger | None = None
     clock: Callable[[], float] = time.monotonic
+    domain: Callable[[], Iterable[str]] | None = None
 
     def __post_init__(self) -> None:
         self.config.validate()
@@ -463,7 +542,9 @@ class DPPublisher:
         self._cache: dict[str, _Cached] = {}
         self._lock = threading.Lock()
 
-    def _release(self, kind: str, build: Callable[[list[UserContribution]], Any]) -> Any:
+    def _release(
+        self, kind: str, build: Callable[[list[UserContribution]], Any], delta: float = 0.0
+    ) -> Any:
         now = self.clock()
         with self._lock:
             cached = self._cache.get(kind)
@@ -471,7 +552,7 @@ class DPPublisher:
                 return cached.value
             assert self.ledger is not None
             try:
-                self.ledger.charge(kind, self.config.epsilon, at=now)
+                self.ledger.charge(kind, self.config.epsilon, delta, at=now)
             except BudgetExhausted:
                 if cached is not None:
                     return cached.value
@@ -486,8 +567,14 @@ class DPPublisher:
         return ranked[: self.config.top_k if k is None else min(k, self.config.top_k)]
 
     def _build_popularity(self, users: list[UserContribution]) -> list[str]:
-        counts = distinct_counts([*u.bought, *u.reviewed] for u in users)
+        counts = self._over_domain(distinct_counts([*u.bought, *u.reviewed] for u in users))
         return noisy_top_k(counts, self.config.top_k, self.config.epsilon)
+
+    def _over_domain(self, counts: Counter[str]) -> Counter[str]:
+        if self.domain is not None:
+            for item in self.domain():
+                counts.setdefault(item, 0)
+        return counts
 
     def item_summary(self, item_id: str) -> dict[str, Any]:
         """Noisy distinct-user counts of one item (any id: unknown ones count 0 + noise)."""
@@ -529,6 +616,55 @@ class DPPublisher:
         counts = distinct_counts(user_pairs(u.user_id, u.sequence, limit) for u in users)
         return LaplaceCounts(counts, limit, self.config.epsilon)
 
+    def neighbours(self, item_id: str, k: int) -> list[tuple[str, int]]:
+        """The items most often used one after the other with ``item_id``, by noisy
+        number of customers, best first: at most ``k``, only pairs whose noisy count
+        reached the release's threshold (:func:`threshold_counts`). Any id answers,
+        an unknown one (almost surely) with nothing."""
+        release: dict[str, list[tuple[str, int]]] = self._release(
+            "neighbours", self._build_neighbours, self.config.delta
+        )
+        return release.get(item_id, [])[:k]
+
+    def neighbour_threshold(self) -> int:
+        """The smallest noisy count the neighbour release shows."""
+        return release_threshold(
+            self.config.max_pairs_per_user, self.config.epsilon, self.config.delta
+        )
+
+    def _build_neighbours(self, users: list[UserContribution]) -> dict[str, list[tuple[str, int]]]:
+        limit = self.config.max_pairs_per_user
+        counts = distinct_counts(user_pairs(u.user_id, u.sequence, limit) for u in users)
+        noisy = threshold_counts(counts, limit, self.config.epsilon, self.config.delta)
+        rows: dict[str, list[tuple[str, int]]] = {}
+        for (a, b), count in noisy.items():  # post-processing: both directions of a pair
+            rows.setdefault(a, []).append((b, count))
+            rows.setdefault(b, []).append((a, count))
+        for row in rows.values():
+            row.sort(key=lambda pair: (-pair[1], pair[0]))
+        return rows
+
+    def segment_items(self) -> dict[int, list[str]]:
+        """Each segment's ``config.segment_top_k`` most popular items (distinct buyers
+        or reviewers among its members), chosen ε-DP, best first."""
+        release: dict[int, list[str]] = self._release("segment_items", self._build_segment_items)
+        return release
+
+    def _build_segment_items(self, users: list[UserContribution]) -> dict[int, list[str]]:
+        # A user is in one segment: the per-segment selections compose in parallel,
+        # each is report-noisy-max at the full ε.
+        members: dict[int, list[UserContribution]] = {}
+        for u in users:
+            if u.segment is not None and 0 <= u.segment < self.n_segments:
+                members.setdefault(u.segment, []).append(u)
+        out: dict[int, list[str]] = {}
+        for j in range(self.n_segments):
+            counts = distinct_counts([*u.bought, *u.reviewed] for u in members.get(j, []))
+            out[j] = noisy_top_k(
+                self._over_domain(counts), self.config.segment_top_k, self.config.epsilon
+            )
+        return out
+
     def segments(self) -> SegmentRelease:
         """Noisy sizes and centres of the segments."""
         release: SegmentRelease = self._release("segments", self._build_segments)
@@ -545,12 +681,14 @@ class DPPublisher:
 
 # -- reasons --------------------------------------------------------------------------
 
-#: Reasons that quote an item pair statistic, by their fixed prefix (models/recommender.py).
+#: Reasons that quote an item pair statistic, by their fixed prefix (models/recommender.py,
+#: models/session.py).
 PAIR_REASONS: Final = (
     "bought together with ",
     "viewed together with ",
     "liked by people who liked ",
     "often chosen right after ",
+    "often viewed next after ",
 )
 #: What a pair reason becomes when the DP count does not support it.
 FALLBACK_REASON: Final = "related to your recent activity"
@@ -586,6 +724,7 @@ def engine_contributions(engine: Any) -> Iterable[UserContribution]:
     from models.profiles import DAY, SEGMENT_FEATURES
 
     ids = engine.catalogue.ids
+    rows, vectors = engine.segmentation.index, engine.segmentation.vectors
     for user_id, profile in list(engine.profiles.items()):
         by_kind: dict[str, list[str]] = {"purchase": [], "review": [], "click": []}
         for item, kind in profile.seen.items():
@@ -593,7 +732,11 @@ def engine_contributions(engine: Any) -> Iterable[UserContribution]:
         segment = engine.segment_of(user_id)
         features = None
         if segment is not None:
-            features = dict(zip(SEGMENT_FEATURES, profile.segment_vector().tolist(), strict=True))
+            # The coordinates the segmentation holds (with the expected spend of
+            # the user's latest event), else the profile's own.
+            row = rows.get(user_id)
+            vector = vectors[row] if row is not None else profile.segment_vector()
+            features = dict(zip(SEGMENT_FEATURES, vector.tolist(), strict=True))
             now = engine.clock if engine.clock is not None else profile.last_seen
             features["recency_days"] = max(0.0, now - profile.last_seen) / DAY
         yield UserContribution(

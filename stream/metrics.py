@@ -119,12 +119,13 @@ class Metrics:
         # Online model quality, measured before learning from each event.
         self.model_positives = Counter(
             "model_positive_events_total",
-            "Positive events (purchase with quantity > 0 or rating >= 4) scored for hit rate.",
+            "Positive events (purchase with quantity > 0 or rating >= 4) checked for hit rate "
+            "(the FEEDBACK_QUALITY_SAMPLE share of them).",
             namespace=ns, registry=registry,
         )
         self.model_hits = Counter(
             "model_hits_total",
-            "Positive events whose item was in the user's top-10 before learning.",
+            "Checked positive events whose item was in the user's top-10 before learning.",
             namespace=ns, registry=registry,
         )
         self.rating_error = Histogram(
@@ -324,6 +325,12 @@ class Metrics:
         )
         self.checkpoint_seconds = Histogram(
             "model_checkpoint_seconds", "Time to serialise and write one model checkpoint.",
+            namespace=ns, registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.clv_refit_seconds = Histogram(
+            "clv_refit_seconds",
+            "Time of one customer-value refit, in a worker thread off the event loop.",
             namespace=ns, registry=registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )

@@ -112,8 +112,12 @@ def _phone(match: re.Match[str]) -> str:
     return "[phone]"
 
 
-def scrub_pii(text: str) -> str:
-    """Replace e-mail addresses by ``[email]`` and phone numbers by ``[phone]``.
+_MIN_ID_CHARS = 3  # shorter ids ("7", "ab") are ordinary words and numbers in a review
+
+
+def scrub_pii(text: str, identifiers: tuple[str, ...] = ()) -> str:
+    """Replace e-mail addresses by ``[email]``, phone numbers by ``[phone]``, and each of
+    ``identifiers`` (the author's own user id) standing as a word by ``[user]``.
 
     Ordinary numbers stay: ``size 12``, ``$49.99``, ``2016``, ``5'8"``,
     ``32-24.5-32``, ``145-150 lbs``, ``2016-05-01``. Idempotent. Known limits:
@@ -122,7 +126,13 @@ def scrub_pii(text: str) -> str:
 
     >>> scrub_pii("call (555) 123-4567 or 555.123.4567; i'm 5'2\\", 110, 32-24.5-32")
     'call [phone] or [phone]; i\\'m 5\\'2", 110, 32-24.5-32'
+    >>> scrub_pii("I am customer C-1042, ask for C-1042b", identifiers=("c-1042",))
+    'I am customer [user], ask for C-1042b'
     """
+    for ident in identifiers:
+        if len(ident) >= _MIN_ID_CHARS and ident.casefold() in text.casefold():
+            text = re.sub(rf"(?<!\w){re.escape(ident)}(?!\w)", "[user]", text,
+                          flags=re.IGNORECASE)
     if "@" in text:
         text = _EMAIL.sub("[email]", text)
     return _PHONE.sub(_phone, text)

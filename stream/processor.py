@@ -22,7 +22,7 @@ import orjson
 
 from models.attribution import Exposure, UserExposures
 from models.bandit import SegmentedThompson, segment_key
-from models.engine import Alert, FeedbackEngine, Outcome
+from models.engine import Alert, FeedbackEngine, Outcome, Recommendation
 from models.events import Event
 from models.feedback_loop import FeedbackLoop, should_recommend
 from models.item_updates import Outbox, attach, encode_updates, partition_of
@@ -91,16 +91,21 @@ class Processor:
     ) -> None:
         self.settings = settings
         self.engine = engine
+        engine.quality_sample = settings.quality_sample
         self.profiles = profiles
         self.metrics = metrics
         self.clock = clock
         self.max_event_time = 0.0
+        # The Faust app refits the customer-value model off its event loop
+        # (stream/refit.py) and turns this off; a synchronous caller keeps it.
+        self.refit_customer_value_in_tick = True
         self._types_by_topic = settings.input_topics
         self._key = settings.pseudonymise_key.encode()
         # What is published about items and segments, differentially private.
         self.publisher = DPPublisher(
             lambda: engine_contributions(self.engine), settings.dp_config,
             n_segments=engine.config.n_segments,
+            domain=lambda: self.engine.catalogue.ids,
         )
         # ``bandit`` is a restored one (stream/checkpoint.py); else a new one from the prior.
         if settings.bandit and bandit is None:
@@ -113,6 +118,7 @@ class Processor:
             top_k=settings.top_k,
             seed=settings.bandit_seed,
             bandit=bandit if settings.bandit else None,
+            popular_ranking=self._published_popular,
         )
         self.debounce = Debounce(
             min_interval=settings.recommend_min_interval_seconds,
@@ -349,7 +355,8 @@ class Processor:
         out: list[OutputMessage] = []
         if self.max_event_time:
             now = self.clock()
-            out.extend(self._alert(a, now) for a in self.engine.tick(self.max_event_time))
+            alerts = self.engine.tick(self.max_event_time, self.refit_customer_value_in_tick)
+            out.extend(self._alert(a, now) for a in alerts)
         # Segment sizes are published (the metrics endpoint is open): DP sizes.
         self.metrics.segment_users.clear()
         try:
@@ -394,9 +401,9 @@ class Processor:
         if self._key:
             changes["user_id"] = pseudonymise(event.user_id, self._key)
         if event.text:
-            changes["text"] = scrub_pii(event.text)
+            changes["text"] = scrub_pii(event.text, (event.user_id,))
         if event.title:
-            changes["title"] = scrub_pii(event.title)
+            changes["title"] = scrub_pii(event.title, (event.user_id,))
         return dataclasses.replace(event, **changes) if changes else event
 
     def _observe(self, outcome: Outcome) -> None:
@@ -486,6 +493,22 @@ class Processor:
         self.loop.expose(self.pulled.log_of(user_id), exposure)
         self.metrics.exposures.labels(exposure.variant, exposure.strategy).inc()
 
+    def _published_popular(self) -> list[str]:
+        """The DP popularity list: what the popularity control shows (docs/privacy.md)."""
+        try:
+            return self.publisher.popular()
+        except BudgetExhausted:  # no release yet and no budget left: nothing to show
+            return []
+
+    def publishable(self, items: list[Recommendation]) -> list[Recommendation]:
+        """``items`` with each reason quoting an item pair ("bought together with X")
+        kept only when the DP count of the pair supports it (docs/privacy.md)."""
+        return [
+            dataclasses.replace(r, reason=private_reason(r.item_id, r.reason, self.publisher))
+            if r.reason.startswith(PAIR_REASONS) else r
+            for r in items
+        ]
+
     def _recommend(
         self, profile: StoredProfile, event: Event, msg: InputMessage, now: float
     ) -> OutputMessage | None:
@@ -500,13 +523,7 @@ class Processor:
             # empty list helps no consumer, so nothing is published.
             return None
         rec_id = str(uuid.uuid5(_ID_NAMESPACE, f"rec:{event.event_id}:{strategy}"))
-        # A reason quoting an item pair ("bought together with X") only when the
-        # DP count of the pair supports it (docs/privacy.md).
-        items = [
-            dataclasses.replace(r, reason=private_reason(r.item_id, r.reason, self.publisher))
-            if r.reason.startswith(PAIR_REASONS) else r
-            for r in items
-        ]
+        items = self.publishable(items)
         as_json = [recommendation_json(r) for r in items]  # once for the profile and payload
         profile["recommendations"] = compact_recommendations(as_json)
         profile["recommendation_id"] = rec_id

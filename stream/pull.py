@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from models.attribution import Exposure, UserExposures
 from stream.contract import MAX_ID_CHARS, format_timestamp
+from stream.published import similar_items
 
 if TYPE_CHECKING:
     from stream.processor import Processor
@@ -133,10 +134,10 @@ class Pulls:
         segment = profile["segment"] if profile is not None else None
         variant, strategy = p.choose(stored, segment, rec_id)
         log = p.exposures_of(profile) if profile is not None else None
-        items = p.loop.recommend(
+        items = p.publishable(p.loop.recommend(
             p.engine, stored, strategy, log, key=rec_id, k=k,
             session_id=session_id, item_id=item_id,
-        )
+        ))
         if items:
             exposure = Exposure(
                 rec_id, tuple(r.item_id for r in items), strategy, variant, event_time, segment
@@ -154,12 +155,10 @@ class Pulls:
             "generated_at": _rfc3339(now),
         }
 
-    def similar(self, item_id: str, k: int) -> dict[str, Any] | None:
-        """Items viewed or bought together with ``item_id``; ``None`` if unknown."""
-        recs = self.processor.engine.similar(item_id, k)
-        if recs is None:
-            return None
-        return {"item_id": item_id, "items": items_json(recs)}
+    def similar(self, item_id: str, k: int) -> dict[str, Any]:
+        """Items used together with ``item_id``, from the DP neighbour release
+        (:func:`stream.published.similar_items`); any id answers."""
+        return similar_items(self.processor.publisher, item_id, k)
 
 
 def _rfc3339(stamp: float) -> str:

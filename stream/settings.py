@@ -107,8 +107,9 @@ class Settings:
     # Differential privacy of the published item and segment statistics
     # (stream/dp.py, docs/privacy.md): epsilon per release, the per-user
     # contribution bounds, the popularity list's length, how often a release is
-    # recomputed, the support a "bought together" reason needs, and the total
-    # epsilon the releases may spend (0: account only).
+    # recomputed, the support a "bought together" reason needs, the total
+    # epsilon the releases may spend (0: account only), and the delta of the
+    # thresholded neighbour release (items bought together, GET /items/...).
     dp_epsilon: float = 1.0
     dp_max_items_per_user: int = 20
     dp_max_pairs_per_user: int = 10
@@ -116,6 +117,7 @@ class Settings:
     dp_interval_seconds: float = 300.0
     dp_min_pair_support: int = 20
     dp_budget: float = 0.0
+    dp_delta: float = 1e-6
 
     max_payload_bytes: int = 65_536
     max_text_chars: int = 10_000
@@ -141,6 +143,11 @@ class Settings:
     # ...and at the latest this long after the first trigger it answers.
     recommend_max_delay_seconds: float = 0.5
     checkpoint_interval_seconds: float = 30.0
+    # Share of events whose predictions feed the online quality gauges (hit rate,
+    # rating error, drift alerts), picked by a seeded hash of the event id. Every
+    # event is still learnt from (and positive events scored for the blend's
+    # step); `feedback-stream evaluate` checks every event.
+    quality_sample: float = 0.1
     # SIGTERM/SIGINT: the graceful stop (commits, final checkpoint) gets this long,
     # then the process exits anyway (orchestrators send SIGKILL after 10-30 s).
     stop_timeout_seconds: float = 8.0
@@ -246,6 +253,8 @@ class Settings:
             (self.dedup_window >= 1, "FEEDBACK_DEDUP_WINDOW must be >= 1"),
             (self.checkpoint_interval_seconds > 0,
              "FEEDBACK_CHECKPOINT_INTERVAL_SECONDS must be > 0"),
+            (0 < self.quality_sample <= 1,
+             f"FEEDBACK_QUALITY_SAMPLE must be > 0 and <= 1, got {self.quality_sample!r}"),
             (self.tick_interval_seconds > 0, "FEEDBACK_TICK_INTERVAL_SECONDS must be > 0"),
             (1 <= self.stop_timeout_seconds <= 300,
              "FEEDBACK_STOP_TIMEOUT_SECONDS must be >= 1 and <= 300"),
@@ -324,6 +333,7 @@ class Settings:
             (self.dp_interval_seconds >= 0, "FEEDBACK_DP_INTERVAL_SECONDS must be >= 0"),
             (self.dp_min_pair_support >= 1, "FEEDBACK_DP_MIN_PAIR_SUPPORT must be >= 1"),
             (0 <= self.dp_budget < float("inf"), "FEEDBACK_DP_BUDGET must be >= 0 (0: no limit)"),
+            (0 < self.dp_delta < 1e-3, "FEEDBACK_DP_DELTA must be > 0 and < 0.001"),
         ]
         for path in (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile):
             checks.append((not path or Path(path).is_file(), f"TLS file not found: {path}"))
@@ -365,6 +375,7 @@ class Settings:
             interval_seconds=self.dp_interval_seconds,
             min_pair_support=self.dp_min_pair_support,
             budget=self.dp_budget,
+            delta=self.dp_delta,
         )
 
     @property

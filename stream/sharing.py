@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
 from models.engine import FeedbackEngine
-from models.item_state import ItemParams, ItemState
+from models.item_state import ItemParams, ItemState, is_snapshot_key
 from models.item_updates import decode_updates, partition_of
 from stream.faust import write_as
 from stream.kafka import client_kwargs
@@ -81,14 +81,17 @@ class Sharing:
         state = self.states.get(item_id)
         if state is None:
             raw = table.get(item_id)
-            state = ItemState() if raw is None else ItemState.from_dict(raw)
+            state = ItemState() if raw is None else ItemState.from_changelog(
+                raw, table.get, item_id)
             self.states[item_id] = state
         return state
 
     def apply_batch(self, table: Any, messages: Iterable[tuple[bytes, Any]],
                     write: Callable[[str, dict[str, Any], Any], None]) -> tuple[int, int]:
         """Apply item-updates messages ``(payload, source)``; each changed item is
-        written once, ``write(item_id, record, source of its last message)``.
+        written once, ``write(key, record, source of its last message)`` for each
+        of its records (:meth:`ItemState.changelog`: the item's, after its
+        neighbour snapshot when one is due).
         Returns ``(entries applied, entries skipped as duplicates)``."""
         applied = skipped = 0
         dirty: dict[str, Any] = {}
@@ -108,7 +111,8 @@ class Sharing:
                     applied += fresh
                     dirty[item_id] = source
         for item_id, source in dirty.items():
-            write(item_id, self.states[item_id].to_dict(), source)
+            for key, record in self.states[item_id].changelog(item_id):
+                write(key, record, source)
             self.changed.add(item_id)
         self.metrics.item_updates_applied.inc(applied)
         self.metrics.item_updates_duplicate.inc(skipped)
@@ -137,7 +141,7 @@ class Sharing:
         taken = owned - self.owned
         if taken:
             for k in list(table):
-                if partition_of(k, partitions) in taken:
+                if not is_snapshot_key(k) and partition_of(k, partitions) in taken:
                     self.changed.add(k)
                     self.shown.pop(k, None)
                     self.states.pop(k, None)

@@ -17,18 +17,21 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from models.engine import FeedbackEngine
-from models.portraits import item_report, segment_report
 from stream.auth import Gate
+from stream.dp import BudgetExhausted
 from stream.erasure import ErasureRequest, encode_request
 from stream.faust.routing import user_route
 from stream.health import Health
 from stream.metrics import Metrics
 from stream.privacy import pseudonymise
+from stream.published import item_page, segments_page
 from stream.pull import BadRequest, Pulls, parse_id, parse_k
 from stream.settings import Settings
 from stream.stored_profile import StoredProfile, expand_recommendations
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The answer of a statistic whose first release the privacy budget did not allow.
+BUDGET_SPENT = {"error": "privacy budget spent"}
 
 
 def gate_middleware(settings: Settings, metrics: Metrics) -> Any:
@@ -68,14 +71,13 @@ def register(
     registry: CollectorRegistry,
     profiles: Any,
     health: Health,
-    pulls: Pulls | None = None,
+    pulls: Pulls,
 ) -> None:
     """Add the worker's pages to ``app``: ``profiles`` is the profile table,
     ``registry`` the metrics to expose, ``health`` what the probes answer,
     ``pulls`` the pull API."""
     key = settings.pseudonymise_key.encode()
-    if pulls is not None:
-        register_pulls(app, settings, profiles, pulls)
+    register_pulls(app, settings, profiles, pulls)
 
     @app.page("/users/{user_id}")
     class UserPage(View):
@@ -99,22 +101,33 @@ def register(
             )
             return self.json({"request_id": erasure.request_id, "status": "accepted"}, status=202)
 
+    # Item and segment statistics are DP releases (stream/published.py).
+    publisher = pulls.processor.publisher
+
     @app.page("/segments")
     class SegmentsPage(View):
-        """Customer portraits of this worker's segments (models.portraits)."""
+        """Customer portraits of this worker's segments, differentially private."""
 
         async def get(self, request: Request) -> Response:
-            return self.json({"segments": segment_report(engine)})
+            try:
+                segments = segments_page(publisher, engine.customer_value.horizon_days)
+            except BudgetExhausted:
+                return self.json(BUDGET_SPENT, status=503)
+            return self.json({"segments": segments})
 
     @app.page("/items/{item_id}")
     class ItemPage(View):
-        """Reviews, rating, sentiment, popularity and bought-together of one item."""
+        """Noisy buyers, reviewers, viewers and bought-together of one item."""
 
         async def get(self, request: Request, item_id: str) -> Response:
-            report = item_report(engine, item_id)
-            if report is None:
-                return self.json({"error": f"unknown item {item_id!r}"}, status=404)
-            return self.json(report)
+            try:
+                parse_id("item_id", item_id)
+            except BadRequest as exc:
+                return self.json({"error": str(exc)}, status=400)
+            try:
+                return self.json(item_page(publisher, item_id))
+            except BudgetExhausted:
+                return self.json(BUDGET_SPENT, status=503)
 
     @app.page("/metrics")
     class MetricsPage(View):
@@ -177,7 +190,7 @@ def register_pulls(app: faust.App, settings: Settings, profiles: Any, pulls: Pul
 
     @app.page("/items/{item_id}/similar")
     class SimilarPage(View):
-        """Items viewed or bought together with one item (this worker's models)."""
+        """Items used together with one item, differentially private (any id answers)."""
 
         async def get(self, request: Request, item_id: str) -> Response:
             started = time.perf_counter()
@@ -186,10 +199,10 @@ def register_pulls(app: faust.App, settings: Settings, profiles: Any, pulls: Pul
                 k = parse_k(request.query.get("k"), settings.top_k)
             except BadRequest as exc:
                 return answer(self, "similar", started, {"error": str(exc)}, 400)
-            body = pulls.similar(item_id, k)
-            if body is None:
-                error = {"error": f"unknown item {item_id!r}"}
-                return answer(self, "similar", started, error, 404)
+            try:
+                body = pulls.similar(item_id, k)
+            except BudgetExhausted:
+                return answer(self, "similar", started, BUDGET_SPENT, 503)
             return answer(self, "similar", started, body)
 
 

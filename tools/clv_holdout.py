@@ -131,6 +131,9 @@ class HoldoutReplay:
             "clv_purchases_total_ratio": float(
                 f["expected_purchases"].sum() / max(actual_n.sum(), 1.0)
             ),
+            # > 1: the customers bought more often in the holdout than in their past
+            "clv_actual_to_past_rate": float(actual_n.sum() / max(naive_n.sum(), 1e-9)),
+            **_group_bounds(f["x"], naive_n, actual_n, actual_s),
             "clv_churn_rate": float(churned.mean()),
             "churn_auc": roc_auc(1.0 - f["p_purchase"], churned),
             "churn_auc_recency": roc_auc(f["recency"], churned),
@@ -141,6 +144,35 @@ class HoldoutReplay:
         }
         out["lifetimes"] = _lifetimes(f, actual_n, actual_s, self.horizon_days, self.days, cut_day)
         return out
+
+
+# Groups of the oracle bounds: repeat purchase-days and the naive forecast.
+_REPEAT_EDGES = (1, 3, 6, 11, 21)
+_NAIVE_EDGES = (0.01, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 20)
+
+
+def _group_bounds(
+    x: np.ndarray, naive_n: np.ndarray, actual_n: np.ndarray, actual_s: np.ndarray
+) -> dict[str, float]:
+    """MAEs of forecasts that know each group's actual holdout mean (or median).
+
+    Customers are grouped by repeat purchase-days and by their naive forecast
+    (at most 6 x 12 groups). No forecast from these two features can be
+    calibrated better than the group mean; where its MAE is above the naive
+    baseline's, a mean forecast cannot beat the naive one on MAE, however good
+    (the MAE rewards the median instead).
+    """
+    key = np.digitize(x, _REPEAT_EDGES) * 100 + np.digitize(naive_n, _NAIVE_EDGES)
+    _, group = np.unique(key, return_inverse=True)
+    out = {}
+    for name, stat in (("mean", np.mean), ("median", np.median)):
+        for what, actual in (("purchases", actual_n), ("spend", actual_s)):
+            pred = np.zeros_like(actual)
+            for g in range(group.max() + 1 if len(group) else 0):
+                members = group == g
+                pred[members] = stat(actual[members])
+            out[f"clv_{what}_mae_oracle_group_{name}"] = _mae(pred, actual)
+    return out
 
 
 def _calibration(prob: np.ndarray, outcome: np.ndarray, bins: int = 5) -> list[dict[str, float]]:

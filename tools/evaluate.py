@@ -216,6 +216,7 @@ def evaluate(
     period: float = 1.0,
     share: Collection[str] = frozenset(PARTS),
     every: int | None = None,
+    changelog: bool = False,
     warmup_until: float | None = None,
     predictions: IO[bytes] | None = None,
     holdout_from: float | None = None,
@@ -232,9 +233,11 @@ def evaluate(
     or after ``warmup_until``, and each scored engine list is written to
     ``predictions`` as a JSON line. ``holdout_from`` (event time) adds the
     customer-value holdout of :mod:`tools.clv_holdout`; its churn figures
-    replace the 90-day ones.
+    replace the 90-day ones. ``changelog`` adds the item owners' changelog
+    volume to ``scaleout``.
     """
-    cluster = Cluster(workers, config, period, share, every) if workers is not None else None
+    cluster = (Cluster(workers, config, period, share, every, changelog)
+               if workers is not None else None)
     # The cluster routes each call to the user's worker: an engine to the replay.
     engine = cast(FeedbackEngine, cluster) if cluster is not None else FeedbackEngine(config)
     k = engine.config.top_k
@@ -734,6 +737,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"with --workers: what is shared, 'all', 'none' or some of {','.join(PARTS)}",
     )
     parser.add_argument(
+        "--changelog",
+        action="store_true",
+        help="with --workers: also measure the bytes the item owners write to their "
+        "changelog (neighbour snapshots and changed-only records, and whole records)",
+    )
+    parser.add_argument(
         "--warmup-until",
         metavar="ISO_TIME",
         help="learn from every event, but score only next-click lists made at or after this "
@@ -784,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--workers must be at least 1, not {args.workers}")
     if args.item_model_period <= 0:
         parser.error(f"--item-model-period must be positive, not {args.item_model_period}")
+    if args.changelog and args.workers is None:
+        parser.error("--changelog needs --workers")
     if args.item_model_events is not None and args.item_model_events < 1:
         parser.error(f"--item-model-events must be at least 1, not {args.item_model_events}")
     try:
@@ -838,6 +849,7 @@ def main(argv: list[str] | None = None) -> int:
             period=args.item_model_period,
             share=share,
             every=args.item_model_events,
+            changelog=args.changelog,
         )
     finally:
         if predictions is not None:

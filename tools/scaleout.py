@@ -80,6 +80,11 @@ class Traffic:
     model_bytes: int = 0
     blend_merges: int = 0
     by_worker: list[int] = field(default_factory=list)
+    # The owners' changelog, when measured: records and bytes (keys and values)
+    # written as ItemState.changelog writes them, and as whole records would be.
+    changelog_records: int = 0
+    changelog_bytes: int = 0
+    changelog_bytes_whole: int = 0
 
 
 class _Segments:
@@ -123,6 +128,7 @@ class Cluster:
         period: float = 1.0,
         share: Collection[str] = frozenset(PARTS),
         every: int | None = None,
+        changelog: bool = False,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -130,6 +136,7 @@ class Cluster:
         self.workers = workers
         self.period = period
         self.every = every
+        self.changelog = changelog
         self.seen = 0
         self.share = frozenset(share)
         self.dropped = tuple(f for part in PARTS if part not in self.share for f in PARTS[part])
@@ -195,13 +202,27 @@ class Cluster:
         """One period: outboxes to the owners, the owners' models to every engine."""
         tr = self.traffic
         tr.deliveries += 1
+        touched: list[set[str]] = [set() for _ in self.owners]
         for outbox in self.outboxes:
             for partition, payload in outbox.messages(self.workers).items():
                 tr.update_messages += 1
                 tr.update_bytes += len(payload)
-                applied, skipped = self.owners[partition].apply(decode_updates(payload))
+                updates = decode_updates(payload)
+                applied, skipped = self.owners[partition].apply(updates)
                 tr.entries_applied += applied
                 tr.entries_skipped += skipped
+                if self.changelog:
+                    touched[partition].update(updates)
+        if self.changelog:
+            # One owner batch per delivery: each item it changed written once.
+            for owner, ids in zip(self.owners, touched, strict=True):
+                for item_id in ids:
+                    state = owner.items[item_id]
+                    key = len(item_id.encode())
+                    tr.changelog_bytes_whole += key + len(orjson.dumps(state.to_dict()))
+                    for k, record in state.changelog(item_id):
+                        tr.changelog_records += 1
+                        tr.changelog_bytes += len(k.encode()) + len(orjson.dumps(record))
         records = [
             (item_id, orjson.dumps(self._shared(model)))
             for owner in self.owners
@@ -248,4 +269,9 @@ class Cluster:
             "item_model_records": tr.model_records,
             "item_model_bytes": tr.model_bytes,
             "blend_merges": tr.blend_merges,
+            **({
+                "changelog_records": tr.changelog_records,
+                "changelog_bytes": tr.changelog_bytes,
+                "changelog_bytes_whole_records": tr.changelog_bytes_whole,
+            } if self.changelog else {}),
         }

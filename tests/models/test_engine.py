@@ -145,3 +145,31 @@ def test_popular_is_the_all_time_ranking_minus_what_the_user_bought_or_reviewed(
     assert [r.item_id for r in engine.popular("d", 3)] == ["x"]
     assert [r.item_id for r in engine.popular("new-user", 3)] == ["x", "y", "z"]
     assert engine.popular("a", 0) == [] and FeedbackEngine().popular("a") == []
+
+
+def test_quality_sample_checks_a_seeded_share_and_learns_from_every_event() -> None:
+    stream = mixed_stream(3, n=1500)
+    full = FeedbackEngine(EngineConfig(seed=5))
+    sampled = FeedbackEngine(EngineConfig(seed=5))
+    sampled.quality_sample = 0.2
+    checked: list[str] = []
+    for event in stream:
+        of, os_ = full.process(event), sampled.process(event)
+        assert of.sentiment == os_.sentiment and of.segment == os_.segment
+        if os_.hit is not None or os_.rating_error is not None:
+            # a checked event's predictions are the unsampled engine's
+            assert (os_.hit, os_.rating_error) == (of.hit, of.rating_error)
+            checked.append(event.event_id)
+    positives = sum(e.is_positive or e.type == "review" for e in stream)
+    assert 0.1 * positives < len(checked) < 0.3 * positives
+    # every event was learnt from: same blend weights, same recommendations
+    np.testing.assert_array_equal(full.recommender.weights, sampled.recommender.weights)
+    assert [r.item_id for r in full.recommend("u3")] == [r.item_id for r in sampled.recommend("u3")]
+    # the sample is the same events on a second run (a hash of the event id)
+    again = FeedbackEngine(EngineConfig(seed=5))
+    again.quality_sample = 0.2
+    assert checked == [
+        e.event_id
+        for e in stream
+        if (o := again.process(e)).hit is not None or o.rating_error is not None
+    ]

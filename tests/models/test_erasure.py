@@ -55,3 +55,13 @@ def test_an_erased_user_who_comes_back_is_a_new_user() -> None:
     assert summary is not None
     assert summary["clicks"] == 1 and summary["orders"] == 0
     assert summary["first_seen"] == T + 20 * 86_400
+
+
+def test_erase_drops_the_live_session_from_the_session_neighbour_store() -> None:
+    # The store holds no id, but the live session's item list is the user's own.
+    engine = busy_engine()
+    number = engine.sessions.current[VICTIM].number
+    assert number in engine.sessions.store
+    engine.erase(VICTIM)
+    assert number not in engine.sessions.store
+    assert all(number not in recent for recent in engine.sessions.item_sessions.values())

@@ -201,3 +201,14 @@ def test_an_item_is_published_again_once_it_moved_enough() -> None:
     owner.apply({"x": [["a:0", o, ["p", 1.0, float(o)]] for o in (41, 42)]})  # 43: 7.5%
     assert [m["n"] for _, m in owner.publish(102.0)] == [43.0]
     assert owner.changed == set()
+
+
+def test_replica_explains_a_pair_whose_neighbour_has_no_mass_yet() -> None:
+    """A replica holds x's published list before y's own model (and mass) came:
+    the lift is unknown, not a division by zero (it crashed the worker's reasons)."""
+    b = FeedbackEngine(CONFIG)
+    b.apply_item_models([("x", {"t": 1.0, "nb": [["y"], [2.0], 0], "m": 2.0})])
+    co, cat = b.recommender.cooccurrence, b.catalogue
+    assert co.pmi_of(cat.index["x"], cat.index["y"]) is None
+    b.apply_item_models([("y", {"t": 2.0, "nb": [["x"], [2.0], 0], "m": 2.0})])
+    assert co.pmi_of(cat.index["x"], cat.index["y"]) is not None

@@ -158,21 +158,6 @@ def test_forget_drops_the_session() -> None:
     assert np.isfinite(engine.recommender.score(engine._profile("u", T0), 2).scores).all()
 
 
-def test_similar_items_are_the_co_occurring_ones() -> None:
-    engine = FeedbackEngine(EngineConfig(seed=3))
-    t = T0
-    for n in range(5):
-        t = clicks(engine, f"v{n}", ["a", "b"], t, f"s{n}")
-    t = clicks(engine, "w", ["a", "c"], t, "sw")
-    clicks(engine, "x", ["d"], t, "sx")
-    similar = engine.similar("a", k=5)
-    assert similar is not None
-    assert [r.item_id for r in similar] == ["b", "c"]  # not "a" itself, not unrelated "d"
-    assert similar[0].reason == "viewed or bought together with a"
-    assert engine.similar("d") == []
-    assert engine.similar("unknown") is None
-
-
 def test_strategies_pass_the_request_context_to_the_engine() -> None:
     from models.strategies import Strategies
 

@@ -32,6 +32,8 @@ from stream.dp import (
     noisy_top_k,
     private_reason,
     release_segments,
+    release_threshold,
+    threshold_counts,
     user_pairs,
 )
 
@@ -70,6 +72,21 @@ def test_real_noise_is_laplace_with_scale_sensitivity_over_epsilon() -> None:
     assert stats.kstest(noise, "laplace", args=(0.0, 2.0)).pvalue > 1e-3
     assert stats.kstest(noise, "laplace", args=(0.0, 2.6)).pvalue < 1e-6
     assert stats.kstest(noise, "norm", args=(0.0, 2.0 * math.sqrt(2))).pvalue < 1e-6
+
+
+def test_thresholded_noise_is_discrete_laplace_and_rare_keys_stay_out() -> None:
+    # 20,000 keys held by 1,000 users each: every one clears the threshold, and
+    # its noise is the discrete Laplace of scale keys_per_user / epsilon = 2.
+    counts = {f"k{n}": 1_000 for n in range(DRAWS)}
+    noisy = threshold_counts(counts, keys_per_user=4, epsilon=2.0, delta=1e-6)
+    assert len(noisy) == DRAWS
+    noise = [v - 1_000 for v in noisy.values()]
+    assert chi2_pvalue(noise, 2.0) > 1e-3
+    assert chi2_pvalue(noise, 3.0) < 1e-6
+    # Keys one user holds come out with probability below delta (here: never).
+    threshold = release_threshold(4, 2.0, 1e-6)
+    rare = threshold_counts({f"r{n}": 1 for n in range(DRAWS)}, 4, 2.0, 1e-6)
+    assert rare == {} and threshold > 4
 
 
 def test_top_k_selects_with_permute_and_flip_probabilities() -> None:

@@ -288,3 +288,21 @@ def test_attributed_revenue_is_counted_in_the_purchase_currency() -> None:
     assert value(reg, "feedback_attributed_revenue_total", **labels, currency="GBP") == 6.0
     assert value(reg, "feedback_attributed_revenue_total", **labels,
                  currency="unspecified") == 0.0
+
+
+def test_an_author_quoting_their_own_id_does_not_teach_it_to_the_sentiment_model() -> None:
+    proc, s, _ = make()
+    proc.handle([
+        msg(s, {"type": "review", "event_id": f"r{i}", "user_id": "kwyjibo-77",
+                "item_id": "sku-1", "timestamp": "2024-01-01T10:00:00Z", "rating": 1 + i % 5,
+                "title": "KWYJIBO-77 says", "text": f"I am kwyjibo-77 and the fabric is {i}"}, i)
+        for i in range(20)
+    ])
+    weights = repr(list(proc.engine.sentiment.classifier.weights)).lower()
+    assert "fabric" in weights  # the review words do reach the model
+    assert "kwyjibo" not in weights
+
+
+def test_the_engine_checks_quality_on_the_configured_share() -> None:
+    proc, _, _ = make(quality_sample=0.25)
+    assert proc.engine.quality_sample == 0.25

@@ -37,3 +37,11 @@ def test_item_sharing_settings_are_validated() -> None:
         Settings.from_env({"FEEDBACK_TOPIC_ITEM_MODEL": "feedback.item-updates"})
     with pytest.raises(SettingsError, match="FEEDBACK_TOPIC_GLOBALS must be 1-249"):
         Settings.from_env({"FEEDBACK_TOPIC_GLOBALS": "bad topic"})
+
+
+def test_quality_sample_is_a_share_in_0_1() -> None:
+    assert Settings.from_env({}).quality_sample == 0.1
+    assert Settings.from_env({"FEEDBACK_QUALITY_SAMPLE": "1"}).quality_sample == 1.0
+    for bad in ("0", "-0.1", "1.5", "nan"):
+        with pytest.raises(SettingsError, match="FEEDBACK_QUALITY_SAMPLE must be > 0 and <= 1"):
+            Settings.from_env({"FEEDBACK_QUALITY_SAMPLE": bad})

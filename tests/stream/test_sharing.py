@@ -8,6 +8,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from models.engine import FeedbackEngine
+from models.events import Event
 from models.item_state import ItemParams
 from models.item_updates import encode_updates, partition_of
 from stream.metrics import Metrics
@@ -83,3 +84,59 @@ def test_blend_average_ignores_workers_gone_quiet() -> None:
     }
     assert sh.merge_blends(now=1001.0)
     assert engine.recommender.weights.tolist() == [1.0] * n
+
+
+def test_replica_recommends_a_neighbour_whose_own_model_has_not_come_yet() -> None:
+    # Item a's published neighbour list names b before b's own model (its mass)
+    # reaches this replica: b joins the catalogue with no mass, and the reason
+    # for recommending it ("bought together with a") must not divide by it.
+    engine = FeedbackEngine()
+    engine.process(Event("purchase", "e1", "u1", "a", 1e9, quantity=1))
+    sh = sharing(engine)
+    owner = sharing()
+    table: dict = {}
+    owner.apply_updates(table, encode_updates({"a": [["c:0", 1, ["c", "b", 2.0]]]}))
+    models = dict(owner.due_models(table, set(range(owner.settings.partitions)), now=5.0))
+    records = [SimpleNamespace(topic=sh.settings.topic_item_model, key=b"a",
+                               value=models[b"a"])]
+    assert sh.read(records, now=5.0) == 1
+    recs = engine.recommend("u1")
+    assert [r.item_id for r in recs] == ["b"]
+    assert recs[0].reason.startswith("bought together with a"), recs[0].reason
+
+
+def test_a_restarted_owner_rebuilds_its_items_from_the_table_exactly() -> None:
+    """The owner writes neighbour snapshots and changed-only item records; a new
+    owner reading the same table (the changelog, latest record per key) has the
+    same states, and skips every re-sent entry."""
+    sh = sharing()
+    table: dict = {}
+    written: list[str] = []
+
+    def write(key: str, record: dict, _source: object) -> None:
+        written.append(key)
+        table[key] = orjson.loads(orjson.dumps(record))
+
+    payloads = [
+        # x meets a new item every time, y cycles through 40: both lists outgrow
+        # the inline size, and y's changes are a few known neighbours
+        encode_updates({"x": [["clicks:0", k, ["c", f"n{k}", 0.5], ["p", 1.0, 100.0 + k]]],
+                        "y": [["clicks:0", k, ["c", f"n{(k * 7) % 40}", 0.25]]]})
+        for k in range(60)
+    ]
+    for payload in payloads:
+        sh.apply_batch(table, [(payload, None)], write)
+    assert any("\x1f" in key for key in written)  # snapshots were written
+
+    restarted = sharing()
+    for item in ("x", "y"):
+        got, want = restarted.state_of(table, item), sh.states[item]
+        assert got == want and list(got.neighbours) == list(want.neighbours)
+    for payload in payloads:
+        assert restarted.apply_batch(table, [(payload, None)], write) == (0, 2)
+    assert restarted.state_of(table, "x").count == 60.0
+    # a partition taken over publishes its items, never the snapshot keys
+    owned = {partition_of("x", restarted.settings.partitions),
+             partition_of("y", restarted.settings.partitions)}
+    keys = {k for k, _ in restarted.due_models(table, owned, now=200.0)}
+    assert keys == {b"x", b"y"}

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tools import evaluate
+from tools.clv_holdout import _group_bounds
 
 START = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
 DAY = 86_400.0
@@ -60,6 +61,10 @@ def test_holdout_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert result["clv_purchases_mae"] < result["clv_purchases_mae_naive"]
     assert result["clv_spend_mae"] < result["clv_spend_mae_naive"]
     assert 0.5 < result["churn_auc"] <= 1 and 0 <= result["churn_brier"] < 0.25
+    for what in ("purchases", "spend"):
+        for stat in ("mean", "median"):
+            assert result[f"clv_{what}_mae_oracle_group_{stat}"] > 0
+    assert result["clv_actual_to_past_rate"] > 0
     assert result["clv_params"]["fits"] >= 1
     lifetimes = result["lifetimes"]
     for convention in ("same_statistics", "own_convention"):
@@ -78,3 +83,15 @@ def test_bad_holdout_date_is_a_one_line_error(
         evaluate.main([str(path), "--holdout-from", "next tuesday"])
     assert exc.value.code == 2
     assert "--holdout-from: not a date: 'next tuesday'" in capsys.readouterr().err
+
+
+def test_oracle_group_bounds() -> None:
+    # two groups: one-off buyers with a naive forecast of 0, and 5-repeat buyers
+    x = np.array([0, 0, 0, 5, 5])
+    naive = np.array([0.0, 0.0, 0.0, 3.0, 3.0])
+    actual = np.array([0.0, 0.0, 3.0, 4.0, 6.0])
+    bounds = _group_bounds(x, naive, actual, 10 * actual)
+    # group means 1 and 5: |errors| 1 1 2 1 1; group medians 0 and 5: 0 0 3 1 1
+    assert bounds["clv_purchases_mae_oracle_group_mean"] == pytest.approx(6 / 5)
+    assert bounds["clv_purchases_mae_oracle_group_median"] == pytest.approx(5 / 5)
+    assert bounds["clv_spend_mae_oracle_group_mean"] == pytest.approx(60 / 5)

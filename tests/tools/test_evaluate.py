@@ -256,3 +256,16 @@ def test_workers_bad_arguments_exit_with_one_line(
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("feedback-stream evaluate: error:")
+
+
+def test_changelog_volume_is_measured_beside_whole_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pairs_file(tmp_path)
+    out = _run(path, capsys, "--workers", "4", "--changelog")["scaleout"]
+    assert out["changelog_records"] > 0
+    assert 0 < out["changelog_bytes"] <= out["changelog_bytes_whole_records"]
+    assert "changelog_bytes" not in _run(path, capsys, "--workers", "4")["scaleout"]
+    with pytest.raises(SystemExit):
+        evaluate.main([str(path), "--changelog"])
+    assert "--changelog needs --workers" in capsys.readouterr().err
