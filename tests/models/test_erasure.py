@@ -35,7 +35,9 @@ def test_erase_leaves_no_trace_of_the_id_in_the_pickled_engine() -> None:
     assert VICTIM.encode() in pickle.dumps(engine)
     due_dates = sum(1 for entry in engine.churn.heap if entry[1] == VICTIM)
     assert due_dates >= 1
-    assert engine.erase(VICTIM) == 1 + due_dates  # the profile and each due date
+    assert VICTIM in engine.sessions.current
+    # The live session, the profile and each due date.
+    assert engine.erase(VICTIM) == 1 + 1 + due_dates
     assert VICTIM.encode() not in pickle.dumps(engine)
     assert engine.erase(VICTIM) == 0
 
