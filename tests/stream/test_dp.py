@@ -455,13 +455,14 @@ def test_the_ledger_keeps_its_account_and_says_what_is_left() -> None:
 @pytest.mark.parametrize("field, value", [
     ("epsilon", 0.0), ("epsilon", math.inf), ("max_items_per_user", 0),
     ("max_pairs_per_user", 0), ("top_k", 0), ("min_pair_support", 0),
-    ("interval_seconds", -1.0), ("budget", -1.0),
+    ("interval_seconds", -1.0), ("budget", -1.0), ("segment_top_k", 0), ("delta", 0.0),
+    ("delta", 1.0),
 ])
 def test_a_bad_dp_setting_is_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError):
         DPConfig(**{field: value}).validate()  # type: ignore[arg-type]
-    DPConfig(**{field: {"epsilon": 0.1, "interval_seconds": 0.0, "budget": 0.0}.get(field, 1)}
-             ).validate()  # type: ignore[arg-type]
+    fine = {"epsilon": 0.1, "interval_seconds": 0.0, "budget": 0.0, "delta": 0.5}
+    DPConfig(**{field: fine.get(field, 1)}).validate()  # type: ignore[arg-type]
 
 
 def test_bounding_keeps_all_keys_up_to_the_limit_and_pairs_ignore_repeats() -> None:
@@ -491,3 +492,76 @@ def test_engine_contributions_carry_segment_features_and_recency_in_days() -> No
         assert list(c.features) == [*SEGMENT_FEATURES, "recency_days"]
         assert c.features["recency_days"] == pytest.approx(5 - u)
         assert c.features["log_orders"] == pytest.approx(math.log1p(1))
+
+
+# -- the thresholded neighbour release and the per-segment top items -------------------
+
+
+@pytest.mark.parametrize("keys_per_user, epsilon, delta", [(1, 1.0, 1e-6), (10, 1.0, 1e-6),
+                                                           (4, 2.0, 1e-3)])
+def test_the_release_threshold_is_the_smallest_the_privacy_map_allows(
+    keys_per_user: int, epsilon: float, delta: float
+) -> None:
+    import opendp.prelude as dp
+
+    threshold = release_threshold(keys_per_user, epsilon, delta)
+    space = (dp.map_domain(dp.atom_domain(T=int), dp.atom_domain(T=int)),
+             dp.l01inf_distance(dp.absolute_distance(T=int)))
+    d_in = (keys_per_user, keys_per_user, 1)
+
+    def spent(t: int) -> tuple[float, float]:
+        m = dp.m.make_laplace_threshold(*space, scale=keys_per_user / epsilon, threshold=t)
+        eps, dlt = m.map(d_in)
+        return float(eps), float(dlt)
+
+    assert spent(threshold)[1] <= delta and spent(threshold)[0] <= epsilon * (1 + 1e-9)
+    assert spent(threshold - 1)[1] > delta
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="delta must be in"):
+            threshold_counts({"a": 1}, keys_per_user, epsilon, bad)
+
+
+def test_neighbours_are_the_pairs_above_the_threshold_best_first() -> None:
+    users = ([UserContribution(f"b{n}", sequence=["a", "b"]) for n in range(30)]
+             + [UserContribution(f"c{n}", sequence=["c", "a"]) for n in range(10)]
+             + [UserContribution(f"e{n}", sequence=["a", "e"]) for n in range(10)]
+             + [UserContribution("d", sequence=["a", "d"])])  # one customer: never shown
+    pub = publisher(users, epsilon=1e6, max_pairs_per_user=2, delta=1e-6)
+    assert pub.neighbour_threshold() == release_threshold(2, 1e6, 1e-6) == 2
+    assert pub.neighbours("a", 5) == [("b", 30), ("c", 10), ("e", 10)]  # ties by id
+    assert pub.neighbours("a", 1) == [("b", 30)]
+    assert pub.neighbours("b", 5) == [("a", 30)] and pub.neighbours("c", 5) == [("a", 10)]
+    assert pub.neighbours("d", 5) == [] and pub.neighbours("unknown", 5) == []
+    assert pub.ledger is not None
+    # The only (epsilon, delta) release: its delta is charged to the ledger.
+    assert pub.ledger.spent_delta == pytest.approx(6 * 1e-6)
+    assert pub.ledger.releases() == {"neighbours": 6}
+
+
+def test_segment_items_are_each_segments_own_best_sellers() -> None:
+    users = ([UserContribution(f"s0-{n}", bought=["x", f"own{n}"], segment=0) for n in range(50)]
+             + [UserContribution(f"s0b-{n}", reviewed=["y"], segment=0) for n in range(20)]
+             + [UserContribution(f"s2-{n}", bought=["z"], segment=2) for n in range(40)]
+             + [UserContribution(f"out-{n}", bought=["w"], segment=9) for n in range(99)]
+             + [UserContribution(f"none-{n}", bought=["w"]) for n in range(99)])
+    pub = DPPublisher(lambda: users, DPConfig(epsilon=1e6, interval_seconds=0.0,
+                                              segment_top_k=2), n_segments=3)
+    assert pub.segment_items() == {0: ["x", "y"], 1: [], 2: ["z"]}
+    # Over a public catalogue, every segment's list is full, zero counts included.
+    catalogue = ["x", "y", "z", "w", "v"]
+    over = DPPublisher(lambda: users, DPConfig(epsilon=1e6, interval_seconds=0.0,
+                                               segment_top_k=2), n_segments=3,
+                       domain=lambda: catalogue)
+    lists = over.segment_items()
+    assert lists[0] == ["x", "y"] and lists[2][0] == "z"
+    assert all(len(items) == 2 and set(items) <= set(catalogue) for items in lists.values())
+
+
+def test_popularity_chooses_from_the_catalogue_when_it_has_one() -> None:
+    users = [UserContribution(f"u{n}", bought=["a"]) for n in range(20)]
+    held = publisher(users, epsilon=1e6, top_k=3)
+    assert held.popular() == ["a"]
+    catalogue = DPPublisher(lambda: users, DPConfig(epsilon=1e6, interval_seconds=0.0, top_k=3),
+                            domain=lambda: ["a", "b", "c", "d"])
+    ranked = catalogue.popular()
+    assert ranked[0] == "a" and len(ranked) == 3 and set(ranked) <= {"a", "b", "c", "d"}
