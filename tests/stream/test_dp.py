@@ -104,8 +104,10 @@ def test_top_k_returns_k_distinct_keys_best_first_at_large_epsilon() -> None:
     assert noisy_top_k(counts, k=5, epsilon=1e4) == ["i29", "i28", "i27", "i26", "i25"]
     assert sorted(noisy_top_k({"a": 1, "b": 2}, k=5, epsilon=1.0)) == ["a", "b"]
     assert noisy_top_k({}, k=5, epsilon=1.0) == []
-    with pytest.raises(ValueError, match="epsilon"):
+    assert noisy_top_k(counts, k=0, epsilon=1.0) == []
+    with pytest.raises(ValueError) as err:
         noisy_top_k(counts, k=5, epsilon=0.0)
+    assert str(err.value) == "epsilon must be a finite number > 0, got 0.0"
 
 
 # -- neighbouring datasets, one user apart ---------------------------------------------
@@ -244,8 +246,12 @@ def test_publisher_charges_once_per_interval_and_answers_from_cache_in_between()
     first = pub.item_summary("x")
     assert pub.item_summary("x") == first
     assert pub.ledger is not None and pub.ledger.releases() == {"items": 1}
-    now[0] = 61.0
+    now[0] = 59.9
+    assert pub.item_summary("x") == first
+    now[0] = 60.0  # a whole interval later: a new release
     pub.item_summary("x")
+    assert pub.ledger.last is not None and pub.ledger.last.at == 60.0
+    now[0] = 61.0
     pub.popular()
     assert pub.ledger.releases() == {"items": 2, "popularity": 1}
     assert pub.ledger.by_release() == {"items": 2.0, "popularity": 1.0}
@@ -362,12 +368,14 @@ def test_segment_sizes_and_centres_are_exact_at_a_huge_epsilon() -> None:
         (0, {"f": 2.0, "g": 2.0}), (0, {"f": 4.0, "g": 4.0}),  # centre (3, 3)
         (1, {"f": 50.0, "g": float("nan")}),  # clipped to 10; NaN counts as 0, then clipped to 1
         (1, {"f": -5.0}),  # clipped to 0; a missing feature sits at its lower bound
-        (2, {"f": 1.0}), (-1, {"f": 1.0}),  # outside 0..n_segments-1: left out
+        (2, {"f": 7.0, "g": 4.5}),  # one member: the centre is that member
+        (3, {"f": 1.0}), (-1, {"f": 1.0}),  # outside 0..n_segments-1: left out
     ]
-    release = release_segments(members, n_segments=2, epsilon=1e9, bounds=bounds)
-    assert release.sizes == {0: 2, 1: 2}
+    release = release_segments(members, n_segments=3, epsilon=1e9, bounds=bounds)
+    assert release.sizes == {0: 2, 1: 2, 2: 1}
     assert release.centres[0] == pytest.approx({"f": 3.0, "g": 3.0}, abs=1e-6)
     assert release.centres[1] == pytest.approx({"f": 5.0, "g": 1.0}, abs=1e-6)
+    assert release.centres[2] == pytest.approx({"f": 7.0, "g": 4.5}, abs=1e-6)
     empty = release_segments([], n_segments=2, epsilon=1e9, bounds=bounds)
     # No members: size 0, centre at the lower bounds (a sum of ~0 over a size of at least 1).
     assert empty.sizes == {0: 0, 1: 0}
