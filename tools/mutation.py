@@ -121,6 +121,12 @@ TARGETS: tuple[Target, ...] = (
         functions=("xǁFeedbackEngineǁerase", "xǁFeedbackEngineǁforget"),
         part="erase",
     ),
+    Target(  # the live session's items, which the engine's erase drops too
+        "models/session.py",
+        ("tests/models/test_erasure.py",),
+        functions=("xǁSessionRecommenderǁerase",),
+        part="erase",
+    ),
     Target(
         "stream/auth.py",
         ("tests/stream/test_auth.py",),
