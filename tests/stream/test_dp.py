@@ -363,23 +363,28 @@ def test_segment_release_spends_half_of_epsilon_on_sizes_and_half_on_sums(
 
 
 def test_segment_sizes_and_centres_are_exact_at_a_huge_epsilon() -> None:
-    bounds = {"f": (0.0, 10.0), "g": (1.0, 5.0)}
+    bounds = {"f": (0.0, 10.0), "g": (1.0, 5.0), "h": (-4.0, 4.0)}
+    inf, nan = float("inf"), float("nan")
     members = [
-        (0, {"f": 2.0, "g": 2.0}), (0, {"f": 4.0, "g": 4.0}),  # centre (3, 3)
-        (1, {"f": 50.0, "g": float("nan")}),  # clipped to 10; NaN counts as 0, then clipped to 1
-        (1, {"f": -5.0}),  # clipped to 0; a missing feature sits at its lower bound
-        (2, {"f": 7.0, "g": 4.5}),  # one member: the centre is that member
-        (3, {"f": 1.0}), (-1, {"f": 1.0}),  # outside 0..n_segments-1: left out
+        (0, {"f": 2.0, "g": 2.0, "h": 1.0}), (0, {"f": 4.0, "g": 4.0, "h": 3.0}),  # (3, 3, 2)
+        # Clipped to 10; NaN counts as 0, then clipped to 1; +inf counts as 0.
+        (1, {"f": 50.0, "g": nan, "h": inf}),
+        # Clipped to 0; a missing feature sits at its lower bound; -inf counts as 0.
+        (1, {"f": -5.0, "h": -inf}),
+        (2, {"f": 7.0, "g": 4.5, "h": nan}),  # one member: the centre is that member
+        (3, {"f": 1.0}),  # g and h missing: their lower bounds (h's is not 0)
+        (4, {"f": 1.0}), (-1, {"f": 1.0}),  # outside 0..n_segments-1: left out
     ]
-    release = release_segments(members, n_segments=3, epsilon=1e9, bounds=bounds)
-    assert release.sizes == {0: 2, 1: 2, 2: 1}
-    assert release.centres[0] == pytest.approx({"f": 3.0, "g": 3.0}, abs=1e-6)
-    assert release.centres[1] == pytest.approx({"f": 5.0, "g": 1.0}, abs=1e-6)
-    assert release.centres[2] == pytest.approx({"f": 7.0, "g": 4.5}, abs=1e-6)
+    release = release_segments(members, n_segments=4, epsilon=1e9, bounds=bounds)
+    assert release.sizes == {0: 2, 1: 2, 2: 1, 3: 1}
+    assert release.centres[0] == pytest.approx({"f": 3.0, "g": 3.0, "h": 2.0}, abs=1e-6)
+    assert release.centres[1] == pytest.approx({"f": 5.0, "g": 1.0, "h": 0.0}, abs=1e-6)
+    assert release.centres[2] == pytest.approx({"f": 7.0, "g": 4.5, "h": 0.0}, abs=1e-6)
+    assert release.centres[3] == pytest.approx({"f": 1.0, "g": 1.0, "h": -4.0}, abs=1e-6)
     empty = release_segments([], n_segments=2, epsilon=1e9, bounds=bounds)
     # No members: size 0, centre at the lower bounds (a sum of ~0 over a size of at least 1).
     assert empty.sizes == {0: 0, 1: 0}
-    assert empty.centres[0] == pytest.approx({"f": 0.0, "g": 1.0}, abs=1e-6)
+    assert empty.centres[0] == pytest.approx({"f": 0.0, "g": 1.0, "h": -4.0}, abs=1e-6)
 
 
 def test_segment_centres_stay_within_bounds_whatever_the_noise() -> None:
@@ -437,6 +442,7 @@ def test_every_pair_reason_is_checked_and_other_reasons_pass_through() -> None:
 
 def test_the_ledger_keeps_its_account_and_says_what_is_left() -> None:
     ledger = BudgetLedger(limit=3.0)
+    assert ledger.last is None and ledger.remaining == 3.0
     ledger.charge("pairs", 1.0, delta=1e-6, at=5.0)
     ledger.charge("items", 1.5, at=7.0)
     assert ledger.spent_epsilon == 2.5 and ledger.spent_delta == 1e-6
@@ -474,7 +480,13 @@ def test_a_bad_dp_setting_is_refused(field: str, value: float) -> None:
 
 
 def test_bounding_keeps_all_keys_up_to_the_limit_and_pairs_ignore_repeats() -> None:
-    assert bound_keys("u", ["a", "b", "c"], 3) == ["a", "b", "c"]
+    keys = ["f", "e", "d", "c", "b", "a"]
+    assert bound_keys("u", keys, 6) == keys  # all of them, in their own order
+    # Each user's own choice among more: not the same sample for everyone.
+    many = [f"i{n}" for n in range(60)]
+    sequence = [x for n in range(0, 60, 2) for x in (many[n], many[n + 1])]
+    assert len({tuple(user_pairs(f"u{n}", sequence, 5)) for n in range(5)}) > 1
+    assert len({tuple(bound_keys(f"u{n}", many, 5)) for n in range(5)}) > 1
     assert len(bound_keys("u", ["a", "b", "c", "d"], 3)) == 3
     assert bound_keys("u", ["a", "b"], 0) == []
     assert user_pairs("u", ["b", "a", "a", "b"], 10) == [("a", "b")]
@@ -500,6 +512,11 @@ def test_engine_contributions_carry_segment_features_and_recency_in_days() -> No
         assert list(c.features) == [*SEGMENT_FEATURES, "recency_days"]
         assert c.features["recency_days"] == pytest.approx(5 - u)
         assert c.features["log_orders"] == pytest.approx(math.log1p(1))
+        # The coordinates the segmentation clusters on, expected spend included (the
+        # profile alone does not know it).
+        assert c.features["log_expected_spend"] > 0.0
+        row = engine.segmentation.vectors[engine.segmentation.index[f"u{u}"]]
+        assert [c.features[n] for n in SEGMENT_FEATURES] == pytest.approx(row.tolist())
 
 
 # -- the thresholded neighbour release and the per-segment top items -------------------
