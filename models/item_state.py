@@ -147,6 +147,8 @@ class ItemState:
     generation: int | None = field(default=None, compare=False, repr=False)
     snapshot_epoch: int = field(default=0, compare=False, repr=False)
     touched: dict[str, None] = field(default_factory=dict, compare=False, repr=False)
+    # The neighbours changed since the last changelog write.
+    pending: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def due(self, params: ItemParams) -> bool:
         """Whether the item changed enough since it was last published (see
@@ -183,6 +185,7 @@ class ItemState:
         if kind == "c":
             self.neighbours[op[1]] = self.neighbours.get(op[1], 0.0) + op[2]
             self.touched[op[1]] = None
+            self.pending.add(op[1])
             self.mass += op[2]
             if len(self.neighbours) > 2 * params.max_neighbours:
                 self._prune(params.max_neighbours)
@@ -234,6 +237,7 @@ class ItemState:
         self.neighbours = dict(top)
         self.epoch += 1
         self.touched = {k: None for k in self.touched if k in self.neighbours}
+        self.pending &= self.neighbours.keys()
 
     def published(self, now: float, params: ItemParams) -> dict[str, Any]:
         """The compact model every worker's replica takes (see ``apply_item_models``);
@@ -283,8 +287,10 @@ class ItemState:
         """The table records to write for the item now, in order: a neighbour
         snapshot when one is due, then the item's record: :meth:`to_dict`, with
         ``nb`` the neighbours changed since the snapshot and ``gen`` the
-        snapshot's generation, or just :meth:`to_dict` when the list is short or
-        more than :data:`SNAPSHOT_FRACTION` of it changed since the snapshot.
+        snapshot's generation; or just :meth:`to_dict` when the list is short or
+        more than :data:`SNAPSHOT_FRACTION` of it changed since the last write.
+        A new snapshot is due after a whole record, a prune, or once more than
+        that fraction changed since the snapshot.
 
         Write them in this order to one partition (the item's); the state
         :meth:`from_changelog` rebuilds is then this one, or after a crash
@@ -309,13 +315,20 @@ class ItemState:
         """
         out: list[tuple[str, dict[str, Any]]] = []
         nb = self.neighbours
-        if len(nb) <= INLINE_NEIGHBOURS or len(self.touched) > SNAPSHOT_FRACTION * len(nb):
-            # Short, or much of it changed: the whole record costs no more.
+        changed_now = len(self.pending)
+        self.pending.clear()
+        if len(nb) <= INLINE_NEIGHBOURS or changed_now > SNAPSHOT_FRACTION * len(nb):
+            # Short, or this batch alone changed much of it: the whole record
+            # costs about what its changes would.
             self.generation = None
             self.touched.clear()
             out.append((item_id, self.to_dict()))
             return out
-        if self.generation is None or self.snapshot_epoch != self.epoch:
+        if (
+            self.generation is None
+            or self.snapshot_epoch != self.epoch
+            or len(self.touched) > SNAPSHOT_FRACTION * len(nb)
+        ):
             self.generation = 0 if self.generation is None else self.generation + 1
             self.snapshot_epoch = self.epoch
             self.touched.clear()

@@ -66,10 +66,8 @@ class Settings:
     # workers learnt (plus transit, well under a second on a healthy cluster).
     item_model_period_seconds: float = 1.0
     # On: share item-side knowledge across workers through the topics above.
-    # Off: every worker learns from its own partitions' events only. Off by
-    # default while a worker can still exit when its item-owner agent is
-    # restarted on a rebalance (tests/integration/test_reliability_items.py).
-    share_items: bool = False
+    # Off: every worker learns from its own partitions' events only.
+    share_items: bool = True
     # Erasure requests in (key user_id) and their receipts out (docs/privacy.md).
     topic_erasure: str = "feedback.erasure"
     topic_erasure_done: str = "feedback.erasure.done"

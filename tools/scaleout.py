@@ -84,6 +84,7 @@ class Traffic:
     # written as ItemState.changelog writes them, and as whole records would be.
     changelog_records: int = 0
     changelog_bytes: int = 0
+    changelog_records_whole: int = 0
     changelog_bytes_whole: int = 0
 
 
@@ -219,6 +220,7 @@ class Cluster:
                 for item_id in ids:
                     state = owner.items[item_id]
                     key = len(item_id.encode())
+                    tr.changelog_records_whole += 1
                     tr.changelog_bytes_whole += key + len(orjson.dumps(state.to_dict()))
                     for k, record in state.changelog(item_id):
                         tr.changelog_records += 1
@@ -272,6 +274,7 @@ class Cluster:
             **({
                 "changelog_records": tr.changelog_records,
                 "changelog_bytes": tr.changelog_bytes,
+                "changelog_records_whole_records": tr.changelog_records_whole,
                 "changelog_bytes_whole_records": tr.changelog_bytes_whole,
             } if self.changelog else {}),
         }

