@@ -142,6 +142,9 @@ class EngineConfig:
     clv_refit_fraction: float = 0.1
     clv_refit_days: float = 7.0
     clv_max_fit_customers: int = 50_000
+    # MBG/CNBD-k regularity (models.clv): better on regular re-orderers (Online
+    # Retail), but its search fits up to 8 models numerically on a cold start
+    clv_regularity: bool = False
     # behaviour shift (models.information): windows in events, cooldown in event time
     shift_block: int = 500
     shift_current_blocks: int = 4
@@ -250,6 +253,7 @@ class FeedbackEngine:
             refit_fraction=c.clv_refit_fraction,
             refit_days=c.clv_refit_days,
             max_fit_customers=c.clv_max_fit_customers,
+            regularity=c.clv_regularity,
             seed=c.seed,
         )
         self.shift = BehaviourShift(

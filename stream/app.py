@@ -7,6 +7,7 @@ decisions about events live in the processor, so this module only moves bytes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from stream.faust import OffsetTrace, TableStore, create_app
 from stream.health import Health, watch_broker
 from stream.kafka import ssl_context
 from stream.metrics import Metrics
-from stream.processor import Processor
+from stream.processor import Processor, run_async
 from stream.pull import Pulls
 from stream.records import InputMessage, OutputMessage
 from stream.refit import CustomerValueRefit
@@ -39,6 +40,31 @@ log = logging.getLogger(__name__)
 # Events handed to the processor at once; settings.batch_max_wait_seconds
 # bounds the latency a partial batch adds.
 BATCH_SIZE = 500
+
+# The models are hundreds of thousands of long-lived containers. CPython's
+# full (oldest-generation) collection walks all of them, stopping the event
+# loop for 0.3-1 s on a 300 MB worker each time the heap grows by a quarter:
+# a pull or event arriving then waits that long. So every tick the survivors
+# are frozen (gc.freeze, constant time), and collections walk only what came
+# since. A cycle among frozen objects that becomes garbage is only freed by a
+# full collection of everything, done once every FULL_COLLECT_SECONDS.
+FULL_COLLECT_SECONDS = 3600.0
+
+
+class Collector:
+    """Keep CPython's cyclic collector off the models (see FULL_COLLECT_SECONDS)."""
+
+    def __init__(self, full_every: float = FULL_COLLECT_SECONDS) -> None:
+        self.full_every = full_every
+        self.last_full = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last_full >= self.full_every:
+            self.last_full = now
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
 
 
 @dataclass
@@ -56,6 +82,20 @@ class FeedbackApp:
     # What /livez and /readyz answer; the broker's reachability.
     health: Health | None = None
     sharing: sharing.Sharing | None = None
+    # What may commit the input offsets (stream/commit_guard.py).
+    commit_guard: CommitGuard | None = None
+    # One step at a time between processing, publishing and telling the commit
+    # guard what was published: the agent's batches, the held recommendations
+    # published between batches, and the revocations that drop them.
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def settle(self, batch: list[InputMessage]) -> None:
+        """After the outputs are acknowledged: what the commit guard may commit."""
+        assert self.commit_guard is not None
+        hold, release = self.processor.settle()
+        self.commit_guard.hold(hold)  # processed, their recommendation still held
+        self.commit_guard.done(batch)
+        self.commit_guard.release(release)  # held earlier, published now
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -153,22 +193,16 @@ def build_app(
             and not app.in_recovery
         ),
     )
-    fa = FeedbackApp(app, settings, processor, metrics, input_topic, outputs, health=health)
+    fa = FeedbackApp(
+        app, settings, processor, metrics, input_topic, outputs, health=health,
+        commit_guard=commit_guard,
+    )
     if settings.share_items:
         processor.share_items(Outbox())
         fa.sharing = sharing.register(app, settings, engine, metrics, app.crash)
 
-    # One step at a time between processing, publishing and telling the commit
-    # guard what was published: the agent's batches, the held recommendations
-    # published between batches, and the revocations that drop them.
-    publishing = asyncio.Lock()
-
-    def settle(batch: list[InputMessage]) -> None:
-        """After the outputs are acknowledged: what the commit guard may commit."""
-        hold, release = processor.settle()
-        commit_guard.hold(hold)  # processed, their recommendation still held
-        commit_guard.done(batch)
-        commit_guard.release(release)  # held earlier, published now
+    publishing = fa.publishing
+    settle = fa.settle
 
     @app.agent(input_topic)
     async def process(stream: Any) -> None:
@@ -182,14 +216,7 @@ def build_app(
                 for e in events
                 for m in (e.message,)
             ]
-            async with publishing:
-                # The batch's item updates and outputs are acknowledged before its
-                # profile writes are made (the profiles are the de-duplication
-                # ledger: an event they record is never processed again), and
-                # before its offsets may be committed (settle).
-                await publish(fa, processor.handle(batch, write=False))
-                processor.write_profiles()
-                settle(batch)
+            await process_batch(fa, batch)
             if trace is not None:
                 trace.batch(e.message for e in events)
 
@@ -204,7 +231,7 @@ def build_app(
                 continue
             try:
                 async with publishing:
-                    await publish(fa, processor.publish_due())
+                    await publish(fa, await run_async(processor.publish_due_in_slices()))
                     settle([])
             except Exception as exc:  # as an agent's failure would: the held stay uncommitted
                 log.exception("publishing held recommendations failed")
@@ -225,6 +252,8 @@ def build_app(
     # mode types the handler of a Signal[Set[TP]] so that no async def matches it.
     app.on_partitions_revoked.connect(drop_held)  # type: ignore[arg-type]
 
+    collector = Collector()
+
     # The customer-value refit fits in a worker thread (stream/refit.py), not in the tick.
     processor.refit_customer_value_in_tick = False
     clv_refit = CustomerValueRefit(engine, metrics.clv_refit_seconds)
@@ -236,6 +265,7 @@ def build_app(
 
     @app.timer(settings.tick_interval_seconds)
     async def tick() -> None:
+        collector.tick()
         await publish(fa, processor.tick())
         await update_lag(fa)
         metrics.users_tracked.set(len(engine.profiles))
@@ -295,6 +325,23 @@ def build_app(
 
     views.register(app, settings, engine, metrics.registry, profiles, health, Pulls(processor))
     return fa
+
+
+async def process_batch(fa: FeedbackApp, batch: list[InputMessage]) -> None:
+    """Process, publish and write one batch of input records, then let the commit
+    guard commit their offsets.
+
+    The batch's item updates and outputs are acknowledged before its profile
+    writes are made (the profiles are the de-duplication ledger: an event they
+    record is never processed again), and before its offsets may be committed
+    (settle). The processing and the writes run in slices: the event loop
+    answers HTTP pulls between two events, not after the whole batch.
+    """
+    processor = fa.processor
+    async with fa.publishing:
+        await publish(fa, await run_async(processor.handle_in_slices(batch, write=False)))
+        await run_async(processor.write_profiles_in_slices())
+        fa.settle(batch)
 
 
 async def publish(fa: FeedbackApp, messages: list[OutputMessage]) -> None:

@@ -11,12 +11,13 @@ eviction (:mod:`stream.eviction`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import time
 import uuid
-from collections.abc import Callable, Container, Sequence
-from typing import Any
+from collections.abc import Callable, Container, Generator, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
@@ -63,6 +64,39 @@ _ID_NAMESPACE = uuid.UUID("6b0c1d2e-8f7a-4c55-9e3b-2a6f0d9c4b17")
 
 def _rfc3339(ts: float) -> str:
     return format_timestamp(ts, timespec="milliseconds")
+
+
+T = TypeVar("T")
+
+#: Work done in slices: a generator that pauses (yields ``None``) between two
+#: slices, each at most about ``Settings.batch_slice_seconds`` long and ending
+#: between two events, and returns its result.
+Slices = Generator[None, None, T]
+
+
+def run(steps: Slices[T]) -> T:
+    """Run ``steps`` to its end without pausing; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+
+
+async def run_async(steps: Slices[T]) -> T:
+    """Run ``steps`` to its end, letting the event loop run at each of its pauses.
+
+    The worker's HTTP pulls (and its other tasks) wait for one slice, not for a
+    whole batch. At a pause every event before it has been processed whole:
+    the models and profiles a pull reads are those after an event, as they are
+    between batches.
+    """
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
+        await asyncio.sleep(0)
 
 
 # The currency label of attributed revenue from purchases that name none.
@@ -179,6 +213,15 @@ class Processor:
         first, so that no profile (the de-duplication ledger) records an event
         whose item-side increments could still be lost.
         """
+        return run(self.handle_in_slices(batch, write))
+
+    def handle_in_slices(
+        self, batch: Sequence[InputMessage], write: bool = True
+    ) -> Slices[list[OutputMessage]]:
+        """:meth:`handle` in slices (see :data:`Slices`): the worker runs it with
+        :func:`run_async`. Nothing is written or published between two slices
+        that :meth:`handle` would not have done by then; the batch's offsets are
+        released to the commit guard only after its end (the worker's ``settle``)."""
         out: list[OutputMessage] = []
         outbox = self.outbox
         self._exposure_logs.clear()
@@ -188,8 +231,14 @@ class Processor:
         # The user of each input partition's last event in the batch (see Debounce).
         last_user: dict[tuple[str, int], str] = {}
         now = self.clock()
+        budget = self.settings.batch_slice_seconds
+        pause_at = time.perf_counter() + budget
         for msg in batch:
             start = time.perf_counter()
+            if start >= pause_at:
+                yield  # between two events: the event loop's turn
+                start = time.perf_counter()
+                pause_at = start + budget
             etype = self._types_by_topic.get(msg.topic, "unknown")
             try:
                 event = self._decode(msg, now)
@@ -236,20 +285,30 @@ class Processor:
             processed.inc()
             seconds.observe(time.perf_counter() - start)
         due = self.debounce.batch_due(now, last_user)
-        for user_id, (profile, source) in self._publish(due, now, out).items():
+        written = yield from self._publish(due, now, out, pause_at)
+        for user_id, (profile, source) in written.items():
             dirty.setdefault(user_id, (profile, source))
         if outbox is not None:
             out.extend(self._item_updates(outbox))
         self._unwritten = dirty
         if write:
-            self.write_profiles()
+            yield from self.write_profiles_in_slices()
         return out
 
     def write_profiles(self) -> None:
         """The profile writes of the last :meth:`handle`."""
+        run(self.write_profiles_in_slices())
+
+    def write_profiles_in_slices(self) -> Slices[None]:
+        """:meth:`write_profiles` in slices (see :data:`Slices`)."""
         dirty, self._unwritten = self._unwritten, {}
+        budget = self.settings.batch_slice_seconds
+        pause_at = time.perf_counter() + budget
         for user_id, (profile, source) in dirty.items():
             self.profiles.put(user_id, profile, source)
+            if time.perf_counter() >= pause_at:
+                yield
+                pause_at = time.perf_counter() + budget
 
     def _item_updates(self, outbox: Outbox) -> list[OutputMessage]:
         """The batch's item-side increments, one message per destination partition
@@ -303,11 +362,16 @@ class Processor:
             out.append(rec)
 
     def _publish(
-        self, due: list[Held], now: float, out: list[OutputMessage]
-    ) -> dict[str, tuple[StoredProfile, InputMessage]]:
-        """Publish the ``due`` recommendations; their profiles to write."""
+        self, due: list[Held], now: float, out: list[OutputMessage], pause_at: float
+    ) -> Slices[dict[str, tuple[StoredProfile, InputMessage]]]:
+        """Publish the ``due`` recommendations, pausing from ``pause_at`` on
+        (``time.perf_counter``) between two; their profiles to write."""
         written: dict[str, tuple[StoredProfile, InputMessage]] = {}
+        budget = self.settings.batch_slice_seconds
         for held in due:
+            if time.perf_counter() >= pause_at:
+                yield
+                pause_at = time.perf_counter() + budget
             self._publish_one(held, now, out)
             written[held.event.user_id] = (held.profile, held.record)
         self.metrics.recommendations_held.set(len(self.debounce))
@@ -316,20 +380,26 @@ class Processor:
     def publish_due(self) -> list[OutputMessage]:
         """Between batches (the worker calls it often): publish the held
         recommendations due now, and write those profiles."""
+        return run(self.publish_due_in_slices())
+
+    def publish_due_in_slices(self) -> Slices[list[OutputMessage]]:
+        """:meth:`publish_due` in slices (see :data:`Slices`)."""
         if not self.debounce.held:
             return []
         now = self.clock()
-        return self._publish_between_batches(now, now)
+        return (yield from self._publish_between_batches(now, now))
 
     def publish_all(self) -> list[OutputMessage]:
         """Publish every held recommendation now (offline callers, tests)."""
-        return self._publish_between_batches(math.inf, self.clock())
+        return run(self._publish_between_batches(math.inf, self.clock()))
 
-    def _publish_between_batches(self, due_at: float, now: float) -> list[OutputMessage]:
+    def _publish_between_batches(
+        self, due_at: float, now: float
+    ) -> Slices[list[OutputMessage]]:
         out: list[OutputMessage] = []
-        for user_id, (profile, source) in self._publish(
-            self.debounce.due(due_at), now, out
-        ).items():
+        pause_at = time.perf_counter() + self.settings.batch_slice_seconds
+        written = yield from self._publish(self.debounce.due(due_at), now, out, pause_at)
+        for user_id, (profile, source) in written.items():
             self.profiles.put(user_id, profile, source)
         return out
 

@@ -132,6 +132,10 @@ class Settings:
     # after this wait: the latency a partial batch adds (0.05 before the debounce
     # below; docs/performance.md has both).
     batch_max_wait_seconds: float = 0.02
+    # The worker processes a batch in slices of about this long, each ending
+    # between two events, and lets its event loop run in between: an HTTP pull
+    # (GET /recommendations) waits for one slice, not for a whole batch.
+    batch_slice_seconds: float = 0.005
     # The worker's debounce of recommendations across batches (docs/performance.md):
     # a user's recommendation waits for their triggers to stop, and is published
     # at the end of the first batch without a new trigger of theirs, or this long
@@ -258,6 +262,8 @@ class Settings:
              "FEEDBACK_STOP_TIMEOUT_SECONDS must be >= 1 and <= 300"),
             (0 < self.batch_max_wait_seconds <= 5,
              "FEEDBACK_BATCH_MAX_WAIT_SECONDS must be > 0 and <= 5"),
+            (0 < self.batch_slice_seconds <= 1,
+             "FEEDBACK_BATCH_SLICE_SECONDS must be > 0 and <= 1"),
             (0 <= self.recommend_debounce_seconds <= 60,
              "FEEDBACK_RECOMMEND_DEBOUNCE_SECONDS must be >= 0 and <= 60"),
             (self.recommend_debounce_seconds <= self.recommend_max_delay_seconds <= 300,

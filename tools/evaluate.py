@@ -768,6 +768,11 @@ def main(argv: list[str] | None = None) -> int:
         "else), in seconds instead of the whole replay",
     )
     parser.add_argument(
+        "--clv-regularity",
+        action="store_true",
+        help="customer value: fit the MBG/CNBD-k regularity too (docs/models.md)",
+    )
+    parser.add_argument(
         "--pmi",
         action="store_true",
         help="score co-occurrence by positive PMI instead of the cosine-like normalisation",
@@ -827,7 +832,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.clv_only:
         if holdout_from is None:
             parser.error("--clv-only needs --holdout-from DATE")
-        clv = customer_value_only(events, holdout_from, EngineConfig(seed=args.seed))
+        clv = customer_value_only(
+            events, holdout_from, EngineConfig(seed=args.seed, clv_regularity=args.clv_regularity)
+        )
         print(orjson.dumps({**clv, "rejected_lines": rejected}).decode())
         return 0
     series: dict[str, Any] | None = {} if args.plot else None
@@ -838,7 +845,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate(
             events,
-            EngineConfig(seed=args.seed, cooccurrence_pmi=args.pmi),
+            EngineConfig(
+                seed=args.seed, cooccurrence_pmi=args.pmi, clv_regularity=args.clv_regularity
+            ),
             progress=sys.stderr.isatty() and not args.json,
             series=series,
             variants=args.variants or None,

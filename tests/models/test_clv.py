@@ -223,3 +223,55 @@ def test_churn_check_follows_a_refit() -> None:
     later = engine.profiles["weekly"].churn_due
     assert later is not None and later > due
     assert [a.kind for a in engine.tick(later)] == ["churn_risk"]
+
+
+def regular_customers(
+    n: int = 800, k: int = 4, end: float = 300.0, horizon: float = 90.0, seed: int = 7
+) -> tuple[list[list[float]], np.ndarray]:
+    """Customers with Erlang-k gaps (wholesale-like re-orders): days before ``end``,
+    and their purchase-days in the ``horizon`` after it."""
+    rng = np.random.default_rng(seed)
+    histories, future = [], np.zeros(n)
+    for c in range(n):
+        mean_gap = rng.gamma(2.0, 20.0)
+        t, days = rng.uniform(0, 150), []
+        while t < end + horizon:
+            if t < end:
+                days.append(t)
+            else:
+                future[c] += 1
+            t += rng.gamma(k, mean_gap / k) + 1.0
+        histories.append(days)
+    return histories, future
+
+
+def test_regularity_is_fitted_and_shrinks_regular_buyers_less() -> None:
+    histories, future = regular_customers()
+    models = {}
+    for regular in (True, False):
+        cv = CustomerValue(regularity=regular)
+        for c, days in enumerate(histories):
+            for day in days:
+                cv.learn_one(f"c{c}", day * DAY, 10.0)
+        cv.refit(300 * DAY)  # the first refit tries every k
+        models[regular] = cv
+    assert models[True].transactions.k >= 3
+    assert models[False].transactions.k == 1
+    rows = np.array([models[True].index[f"c{c}"] for c in range(len(histories))])
+    mae = {
+        regular: float(np.mean(np.abs(
+            cv.predict_rows(300 * DAY, 90.0, rows)["expected_purchases"] - future)))
+        for regular, cv in models.items()
+    }  # fmt: skip
+    assert mae[True] < 0.96 * mae[False]  # 0.908 vs 0.970 with this seed
+
+
+def test_alive_due_under_regular_gaps() -> None:
+    cv = CustomerValue(regularity=True)
+    cv.transactions = TransactionParams(r=2.0, alpha=40.0, a=0.5, b=3.0, k=3)
+    for day in (0, 20, 41, 60):
+        cv.learn_one("c", day * DAY, 10.0)
+    due = cv.alive_due("c", 0.5)
+    assert due is not None and due > 60 * DAY
+    assert cv.predict_one("c", due).p_alive == pytest.approx(0.5, abs=1e-3)
+    assert cv.predict_one("c", due - 5 * DAY).p_alive > 0.5

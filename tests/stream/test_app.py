@@ -64,3 +64,84 @@ def test_the_worker_answers_liveness_and_readiness(tmp_path: object) -> None:
     paths = {str(path) for path in fa.app.web.views}
     assert {"/livez", "/healthz", "/readyz", "/metrics"} <= paths
     assert fa.health is not None and not fa.health.readiness()[0]
+
+
+async def test_a_pull_is_answered_between_two_events_of_a_batch_not_after_it(
+    tmp_path: object,
+) -> None:
+    import asyncio
+
+    import orjson
+
+    from stream.app import process_batch
+    from stream.processor import DictStore, InputMessage
+    from stream.pull import Pulls
+
+    # A slice far below one event's work: the worker pauses after every event.
+    settings = Settings.from_env(
+        {"FEEDBACK_STATE_DIR": str(tmp_path), "FEEDBACK_BATCH_SLICE_SECONDS": "1e-9"}
+    )
+    registry = CollectorRegistry()
+    fa = build_app(settings, engine=FeedbackEngine(), registry=registry)
+
+    class Producer:
+        async def send(self, *args: object) -> asyncio.Future[None]:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    fa.app.producer = Producer()  # type: ignore[assignment]
+    fa.processor.profiles = DictStore()  # the Faust table needs a running app
+    n = 40
+    batch = [
+        InputMessage(settings.topic_clicks, 0, i, f"u{i % 5}".encode(), orjson.dumps({
+            "type": "click", "event_id": f"e{i}", "user_id": f"u{i % 5}",
+            "item_id": f"i{i % 9}", "timestamp": f"2024-01-01T10:00:{i:02d}Z",
+        }))
+        for i in range(n)
+    ]
+
+    def processed() -> float:
+        labels = {"type": "click", "outcome": "processed"}
+        return registry.get_sample_value("feedback_events_total", labels) or 0.0
+
+    seen_by_pull: list[float] = []
+
+    async def pull() -> None:
+        while processed() == 0:  # the batch has begun
+            await asyncio.sleep(0)
+        # An HTTP request takes a few turns of the event loop before its view runs.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        body = Pulls(fa.processor).recommend("u1", 5)
+        assert body["items"]
+        seen_by_pull.append(processed())
+
+    await asyncio.gather(process_batch(fa, batch), pull())
+    assert processed() == n
+    assert 0 < seen_by_pull[0] < n  # answered while the batch was still running
+
+
+def test_the_collector_freezes_survivors_and_frees_frozen_cycles_at_a_full_collection() -> None:
+    import gc
+    import weakref
+
+    from stream.app import Collector
+
+    class Node:
+        other: object = None
+
+    def cycle() -> weakref.ref[Node]:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        return weakref.ref(a)
+
+    try:
+        alive = cycle()
+        Collector(full_every=float("inf")).tick()  # frozen: collections skip it
+        gc.collect()
+        assert alive() is not None and gc.get_freeze_count() > 0
+        Collector(full_every=0.0).tick()  # the periodic full collection
+        assert alive() is None
+    finally:
+        gc.unfreeze()

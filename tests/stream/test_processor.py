@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from models.engine import FeedbackEngine
 from stream.contract import format_timestamp
 from stream.metrics import Metrics
-from stream.processor import DictStore, InputMessage, Processor
+from stream.processor import DictStore, InputMessage, OutputMessage, Processor
 from stream.settings import Settings, SettingsError
 
 NOW = 1_800_000_000.0  # the injected wall clock (2027)
@@ -288,6 +288,49 @@ def test_attributed_revenue_is_counted_in_the_purchase_currency() -> None:
     assert value(reg, "feedback_attributed_revenue_total", **labels, currency="GBP") == 6.0
     assert value(reg, "feedback_attributed_revenue_total", **labels,
                  currency="unspecified") == 0.0
+
+
+def test_a_batch_in_slices_pauses_between_events_and_gives_what_handle_gives() -> None:
+    # A slice budget far below one event's work: a pause after every event.
+    events = [purchase(f"e{i}", f"u{i % 7}", f"i{i % 11}") for i in range(60)]
+    whole, s, _ = make()
+    sliced, s2, sliced_reg = make(batch_slice_seconds=1e-9)
+    expected = whole.handle([msg(s, e, n) for n, e in enumerate(events)])
+    steps = sliced.handle_in_slices([msg(s2, e, n) for n, e in enumerate(events)])
+    processed_at_pauses = []
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            out = end.value
+            break
+        processed_at_pauses.append(
+            value(sliced_reg, "feedback_events_total", type="purchase", outcome="processed")
+        )
+    # A pause between every two events (the counter counts whole events); the
+    # publishing and the profile writes after the last event pause too.
+    assert {float(n) for n in range(1, 60)} <= set(processed_at_pauses)
+    assert processed_at_pauses == sorted(processed_at_pauses)
+    assert without_reasons(out) == without_reasons(expected)
+    assert sliced.engine.recommend("u3", 5) == whole.engine.recommend("u3", 5)
+
+
+def without_reasons(out: list[OutputMessage]) -> list[tuple[str, object]]:
+    """Outputs less their reasons: a pair reason depends on DP noise (stream/dp.py)."""
+    decoded = []
+    for o in out:
+        payload = orjson.loads(o.value) if o.value else None
+        if payload is not None:
+            for item in payload.get("items", ()):
+                item.pop("reason")
+        decoded.append((o.topic, payload))
+    return decoded
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "2"])
+def test_the_batch_slice_is_validated_at_start_up(value: str) -> None:
+    with pytest.raises(SettingsError, match="FEEDBACK_BATCH_SLICE_SECONDS"):
+        Settings.from_env({"FEEDBACK_BATCH_SLICE_SECONDS": value})
 
 
 def test_an_author_quoting_their_own_id_does_not_teach_it_to_the_sentiment_model() -> None:
