@@ -621,10 +621,14 @@ class DPPublisher:
         number of customers, best first: at most ``k``, only pairs whose noisy count
         reached the release's threshold (:func:`threshold_counts`). Any id answers,
         an unknown one (almost surely) with nothing."""
+        return self.all_neighbours().get(item_id, [])[:k]
+
+    def all_neighbours(self) -> dict[str, list[tuple[str, int]]]:
+        """The neighbour release: each item's released pairs (as :meth:`neighbours`)."""
         release: dict[str, list[tuple[str, int]]] = self._release(
             "neighbours", self._build_neighbours, self.config.delta
         )
-        return release.get(item_id, [])[:k]
+        return release
 
     def neighbour_threshold(self) -> int:
         """The smallest noisy count the neighbour release shows."""

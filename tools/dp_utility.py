@@ -5,7 +5,9 @@ reads from its engine, then releases the popularity list through
 :class:`stream.dp.DPPublisher` ``--runs`` times and compares each with the
 exact list (top-k by distinct users, no noise, no bounding): the overlap of
 the two top-k sets. Also the error of the noisy buyer counts of those items
-(item summaries), bounding included.
+(item summaries), bounding included, and what the neighbour release (similar
+items, "bought together" on item pages) shows: its threshold, how many pairs
+clear it, and the exact customer count of the most common pair.
 
     feedback-stream dp-utility --dataset online-retail --epsilon 1 --k 20
 """
@@ -22,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from stream.dp import DPConfig, DPPublisher, UserContribution, distinct_counts
+from stream.dp import DPConfig, DPPublisher, UserContribution, distinct_counts, user_pairs
 from tools.datasets import DATASETS, events
 
 HISTORY = 20  # the engine's default history_size: the sequence pairs are read from
@@ -66,15 +68,21 @@ def measure(
     config = DPConfig(
         epsilon=epsilon, top_k=k, interval_seconds=0.0, max_items_per_user=max_items
     )
-    publisher = DPPublisher(lambda: users, config)
+    catalogue = sorted({i for u in users for i in (*u.bought, *u.reviewed, *u.viewed)})
+    publisher = DPPublisher(lambda: users, config, domain=lambda: catalogue)
     overlaps: list[float] = []
     errors: list[float] = []
+    released_pairs: list[int] = []
     for _ in range(runs):
         overlaps.append(len(set(publisher.popular()) & set(exact)) / k)
         errors.extend(
             abs(summary["buyers"] - exact_counts[summary["item_id"]])
             for summary in publisher.item_summaries(exact)
         )
+        released_pairs.append(sum(map(len, publisher.all_neighbours().values())) // 2)
+    pairs = distinct_counts(
+        user_pairs(u.user_id, u.sequence, config.max_pairs_per_user) for u in users
+    )
     assert publisher.ledger is not None
     return {
         "users": len(users),
@@ -88,6 +96,9 @@ def measure(
         "exact_kth_count": exact_counts[exact[-1]] if exact else 0,
         "max_items_per_user": max_items,
         "buyers_abs_error_median": statistics.median(errors) if errors else None,
+        "neighbour_threshold": publisher.neighbour_threshold(),
+        "exact_top_pair_customers": max(pairs.values(), default=0),
+        "pairs_released_mean": round(statistics.fmean(released_pairs), 1),
         "epsilon_spent": publisher.ledger.by_release(),
     }
 
@@ -141,7 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"by {result['top_k_overlap_mean']:.1%} on average over {args.runs} releases "
             f"(min {result['top_k_overlap_min']:.0%}, max {result['top_k_overlap_max']:.0%}); "
             f"buyer counts of those items: median absolute error "
-            f"{result['buyers_abs_error_median']} (bound {args.max_items_per_user} items/user)"
+            f"{result['buyers_abs_error_median']} (bound {args.max_items_per_user} items/user); "
+            f"pairs bought together: {result['pairs_released_mean']} released on average "
+            f"(threshold {result['neighbour_threshold']} customers; the most common pair has "
+            f"{result['exact_top_pair_customers']})"
         )
     return 0
 

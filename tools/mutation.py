@@ -90,15 +90,18 @@ TARGETS: tuple[Target, ...] = (
     # The dead-letter path of the processor.
     Target(
         "stream/processor.py",
-        ("tests/stream/test_processor.py",),
-        functions=("xǁProcessorǁ_dead_letter", "x__rfc3339"),
+        # test_processor_erasure.py holds the dead-letter key's pseudonym.
+        ("tests/stream/test_processor.py", "tests/stream/test_processor_erasure.py"),
+        functions=("xǁProcessorǁdead_letter", "x__rfc3339"),
     ),
     # The stored profile: the de-duplication window and the profile's own fields.
     Target(
         "stream/stored_profile.py",
         ("tests/stream/test_stored_profile.py", "tests/stream/test_processor.py"),
     ),
-    Target("stream/debounce.py", ("tests/stream/test_debounce.py",)),
+    # Debounce.forget is reached by erasure: the owed recommendation is dropped.
+    Target("stream/debounce.py",
+           ("tests/stream/test_debounce.py", "tests/stream/test_processor_erasure.py")),
     Target("stream/eviction.py", ("tests/stream/test_eviction.py",)),
     # Erasure on request: the request/receipt contract, the worker's erase, the engine's.
     Target(
@@ -119,6 +122,12 @@ TARGETS: tuple[Target, ...] = (
         "models/engine.py",
         ("tests/models/test_erasure.py", "tests/models/test_eviction.py"),
         functions=("xǁFeedbackEngineǁerase", "xǁFeedbackEngineǁforget"),
+        part="erase",
+    ),
+    Target(  # the live session's items, which the engine's erase drops too
+        "models/session.py",
+        ("tests/models/test_erasure.py",),
+        functions=("xǁSessionRecommenderǁerase",),
         part="erase",
     ),
     Target(

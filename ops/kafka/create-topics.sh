@@ -39,6 +39,21 @@ create "${FEEDBACK_TOPIC_ERASURE_DONE:-feedback.erasure.done}" \
 # the input topics (Faust co-partitions the table with its source topics).
 create "${FEEDBACK_CHANGELOG_TOPIC:-${FEEDBACK_APP_ID:-feedback-stream}-profiles-changelog}" \
     --config cleanup.policy=compact
+# Item sharing (docs/architecture.md), on unless FEEDBACK_SHARE_ITEMS is off: item
+# updates keyed by item and the owners' table changelog (co-partitioned with the
+# inputs), the published item models (compacted: every worker reads all of it from
+# the beginning) and the one-partition globals (blend weights, segment centres).
+case "${FEEDBACK_SHARE_ITEMS:-True}" in
+    0 | [Ff][Aa][Ll][Ss][Ee] | [Nn][Oo] | [Oo][Ff][Ff]) ;;
+    *)
+        create "${FEEDBACK_TOPIC_ITEM_UPDATES:-feedback.item-updates}"
+        create "${FEEDBACK_APP_ID:-feedback-stream}-item_state-changelog" \
+            --config cleanup.policy=compact
+        create "${FEEDBACK_TOPIC_ITEM_MODEL:-feedback.item-model}" --config cleanup.policy=compact
+        (partitions=1 && create "${FEEDBACK_TOPIC_GLOBALS:-feedback.globals}" \
+            --config cleanup.policy=compact)
+        ;;
+esac
 
 "$kafka_topics" --bootstrap-server "$bootstrap" --describe \
     | grep -E '^Topic:' || true

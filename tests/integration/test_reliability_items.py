@@ -33,10 +33,12 @@ pytestmark = pytest.mark.integration
 def test_three_workers_kill_stop_join_lose_and_repeat_nothing(worker_factory) -> None:
     # Six partitions: Faust's co-partitioned assignor fills workers up to
     # ceil(partitions / workers) each, so four would leave one of three idle.
-    a = worker_factory(partitions=6)
+    a = worker_factory(partitions=6, wait=False)
     s = a.settings
-    b = worker_factory(settings=dataclasses.replace(s, web_port=free_port()))
-    c = worker_factory(settings=dataclasses.replace(s, web_port=free_port()))
+    b, c = (worker_factory(settings=dataclasses.replace(s, web_port=free_port()), wait=False)
+            for _ in range(2))
+    for w in (a, b, c):  # started together: one rebalance; generous, the CI machine is shared
+        w.wait_ready(timeout=180)
     # No returns: an item's popularity is then the plain sum of its events' strengths.
     events = make_events(150, 60, seed=13, returns=False)  # 9,000 events, 150 users
     producer = PacedProducer(s, records_for(s, events), rate=300).start()
@@ -49,7 +51,8 @@ def test_three_workers_kill_stop_join_lose_and_repeat_nothing(worker_factory) ->
     assert wait_for(lambda: producer.sent >= len(events) // 2, 120)
     b_sent = b.metric("feedback_item_update_entries_sent_total")
     assert b.stop(signal.SIGTERM) == 0
-    d = worker_factory(settings=dataclasses.replace(s, web_port=free_port()))
+    d = worker_factory(settings=dataclasses.replace(s, web_port=free_port()), wait=False)
+    d.wait_ready(timeout=180)
 
     assert producer.join() == len(events)
     profiles = read_profiles(s, complete(events), timeout=180)

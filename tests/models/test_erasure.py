@@ -35,8 +35,9 @@ def test_erase_leaves_no_trace_of_the_id_in_the_pickled_engine() -> None:
     assert VICTIM.encode() in pickle.dumps(engine)
     due_dates = sum(1 for entry in engine.churn.heap if entry[1] == VICTIM)
     assert due_dates >= 1
-    # the live session, the profile and each due date
-    assert engine.erase(VICTIM) == 2 + due_dates
+    assert VICTIM in engine.sessions.current
+    # The live session, the profile and each due date.
+    assert engine.erase(VICTIM) == 1 + 1 + due_dates
     assert VICTIM.encode() not in pickle.dumps(engine)
     assert engine.erase(VICTIM) == 0
 
@@ -66,3 +67,25 @@ def test_erase_drops_the_live_session_from_the_session_neighbour_store() -> None
     engine.erase(VICTIM)
     assert number not in engine.sessions.store
     assert all(number not in recent for recent in engine.sessions.item_sessions.values())
+
+
+def test_erasing_a_session_the_bounded_store_or_item_lists_have_dropped() -> None:
+    from models.session import SessionRecommender
+
+    # The store keeps the last 2 sessions: a's is pushed out by b's and c's.
+    store = SessionRecommender(max_sessions=2)
+    for n, user in enumerate("abc"):
+        store.learn_one(user, 7, float(n), None)
+    assert store.current["a"].number not in store.store
+    assert store.erase("a") == 1 and "a" not in store.current
+    assert list(store.store) == [store.current["b"].number, store.current["c"].number]
+
+    # Item 5's list of recent sessions is cut back to the last one: a's is gone from it.
+    lists = SessionRecommender(sample=1)
+    for n, user in enumerate("abcd"):
+        lists.learn_one(user, 5, float(n), None)
+    number = lists.current["a"].number
+    assert number in lists.store and number not in lists.item_sessions[5]
+    kept = list(lists.item_sessions[5])
+    assert lists.erase("a") == 1
+    assert number not in lists.store and lists.item_sessions[5] == kept

@@ -104,8 +104,10 @@ def test_top_k_returns_k_distinct_keys_best_first_at_large_epsilon() -> None:
     assert noisy_top_k(counts, k=5, epsilon=1e4) == ["i29", "i28", "i27", "i26", "i25"]
     assert sorted(noisy_top_k({"a": 1, "b": 2}, k=5, epsilon=1.0)) == ["a", "b"]
     assert noisy_top_k({}, k=5, epsilon=1.0) == []
-    with pytest.raises(ValueError, match="epsilon"):
+    assert noisy_top_k(counts, k=0, epsilon=1.0) == []
+    with pytest.raises(ValueError) as err:
         noisy_top_k(counts, k=5, epsilon=0.0)
+    assert str(err.value) == "epsilon must be a finite number > 0, got 0.0"
 
 
 # -- neighbouring datasets, one user apart ---------------------------------------------
@@ -244,8 +246,12 @@ def test_publisher_charges_once_per_interval_and_answers_from_cache_in_between()
     first = pub.item_summary("x")
     assert pub.item_summary("x") == first
     assert pub.ledger is not None and pub.ledger.releases() == {"items": 1}
-    now[0] = 61.0
+    now[0] = 59.9
+    assert pub.item_summary("x") == first
+    now[0] = 60.0  # a whole interval later: a new release
     pub.item_summary("x")
+    assert pub.ledger.last is not None and pub.ledger.last.at == 60.0
+    now[0] = 61.0
     pub.popular()
     assert pub.ledger.releases() == {"items": 2, "popularity": 1}
     assert pub.ledger.by_release() == {"items": 2.0, "popularity": 1.0}
@@ -357,21 +363,28 @@ def test_segment_release_spends_half_of_epsilon_on_sizes_and_half_on_sums(
 
 
 def test_segment_sizes_and_centres_are_exact_at_a_huge_epsilon() -> None:
-    bounds = {"f": (0.0, 10.0), "g": (1.0, 5.0)}
+    bounds = {"f": (0.0, 10.0), "g": (1.0, 5.0), "h": (-4.0, 4.0)}
+    inf, nan = float("inf"), float("nan")
     members = [
-        (0, {"f": 2.0, "g": 2.0}), (0, {"f": 4.0, "g": 4.0}),  # centre (3, 3)
-        (1, {"f": 50.0, "g": float("nan")}),  # clipped to 10; NaN counts as 0, then clipped to 1
-        (1, {"f": -5.0}),  # clipped to 0; a missing feature sits at its lower bound
-        (2, {"f": 1.0}), (-1, {"f": 1.0}),  # outside 0..n_segments-1: left out
+        (0, {"f": 2.0, "g": 2.0, "h": 1.0}), (0, {"f": 4.0, "g": 4.0, "h": 3.0}),  # (3, 3, 2)
+        # Clipped to 10; NaN counts as 0, then clipped to 1; +inf counts as 0.
+        (1, {"f": 50.0, "g": nan, "h": inf}),
+        # Clipped to 0; a missing feature sits at its lower bound; -inf counts as 0.
+        (1, {"f": -5.0, "h": -inf}),
+        (2, {"f": 7.0, "g": 4.5, "h": nan}),  # one member: the centre is that member
+        (3, {"f": 1.0}),  # g and h missing: their lower bounds (h's is not 0)
+        (4, {"f": 1.0}), (-1, {"f": 1.0}),  # outside 0..n_segments-1: left out
     ]
-    release = release_segments(members, n_segments=2, epsilon=1e9, bounds=bounds)
-    assert release.sizes == {0: 2, 1: 2}
-    assert release.centres[0] == pytest.approx({"f": 3.0, "g": 3.0}, abs=1e-6)
-    assert release.centres[1] == pytest.approx({"f": 5.0, "g": 1.0}, abs=1e-6)
+    release = release_segments(members, n_segments=4, epsilon=1e9, bounds=bounds)
+    assert release.sizes == {0: 2, 1: 2, 2: 1, 3: 1}
+    assert release.centres[0] == pytest.approx({"f": 3.0, "g": 3.0, "h": 2.0}, abs=1e-6)
+    assert release.centres[1] == pytest.approx({"f": 5.0, "g": 1.0, "h": 0.0}, abs=1e-6)
+    assert release.centres[2] == pytest.approx({"f": 7.0, "g": 4.5, "h": 0.0}, abs=1e-6)
+    assert release.centres[3] == pytest.approx({"f": 1.0, "g": 1.0, "h": -4.0}, abs=1e-6)
     empty = release_segments([], n_segments=2, epsilon=1e9, bounds=bounds)
     # No members: size 0, centre at the lower bounds (a sum of ~0 over a size of at least 1).
     assert empty.sizes == {0: 0, 1: 0}
-    assert empty.centres[0] == pytest.approx({"f": 0.0, "g": 1.0}, abs=1e-6)
+    assert empty.centres[0] == pytest.approx({"f": 0.0, "g": 1.0, "h": -4.0}, abs=1e-6)
 
 
 def test_segment_centres_stay_within_bounds_whatever_the_noise() -> None:
@@ -429,6 +442,7 @@ def test_every_pair_reason_is_checked_and_other_reasons_pass_through() -> None:
 
 def test_the_ledger_keeps_its_account_and_says_what_is_left() -> None:
     ledger = BudgetLedger(limit=3.0)
+    assert ledger.last is None and ledger.remaining == 3.0
     ledger.charge("pairs", 1.0, delta=1e-6, at=5.0)
     ledger.charge("items", 1.5, at=7.0)
     assert ledger.spent_epsilon == 2.5 and ledger.spent_delta == 1e-6
@@ -455,18 +469,124 @@ def test_the_ledger_keeps_its_account_and_says_what_is_left() -> None:
 @pytest.mark.parametrize("field, value", [
     ("epsilon", 0.0), ("epsilon", math.inf), ("max_items_per_user", 0),
     ("max_pairs_per_user", 0), ("top_k", 0), ("min_pair_support", 0),
-    ("interval_seconds", -1.0), ("budget", -1.0),
+    ("interval_seconds", -1.0), ("budget", -1.0), ("segment_top_k", 0), ("delta", 0.0),
+    ("delta", 1.0),
 ])
 def test_a_bad_dp_setting_is_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError):
         DPConfig(**{field: value}).validate()  # type: ignore[arg-type]
-    DPConfig(**{field: {"epsilon": 0.1, "interval_seconds": 0.0, "budget": 0.0}.get(field, 1)}
-             ).validate()  # type: ignore[arg-type]
+    fine = {"epsilon": 0.1, "interval_seconds": 0.0, "budget": 0.0, "delta": 0.5}
+    DPConfig(**{field: fine.get(field, 1)}).validate()  # type: ignore[arg-type]
 
 
 def test_bounding_keeps_all_keys_up_to_the_limit_and_pairs_ignore_repeats() -> None:
-    assert bound_keys("u", ["a", "b", "c"], 3) == ["a", "b", "c"]
+    keys = ["f", "e", "d", "c", "b", "a"]
+    assert bound_keys("u", keys, 6) == keys  # all of them, in their own order
+    # Each user's own choice among more: not the same sample for everyone.
+    many = [f"i{n}" for n in range(60)]
+    sequence = [x for n in range(0, 60, 2) for x in (many[n], many[n + 1])]
+    assert len({tuple(user_pairs(f"u{n}", sequence, 5)) for n in range(5)}) > 1
+    assert len({tuple(bound_keys(f"u{n}", many, 5)) for n in range(5)}) > 1
     assert len(bound_keys("u", ["a", "b", "c", "d"], 3)) == 3
     assert bound_keys("u", ["a", "b"], 0) == []
     assert user_pairs("u", ["b", "a", "a", "b"], 10) == [("a", "b")]
     assert user_pairs("u", ["c", "c"], 10) == []
+
+
+def test_engine_contributions_carry_segment_features_and_recency_in_days() -> None:
+    from models.profiles import SEGMENT_FEATURES
+
+    engine = FeedbackEngine(EngineConfig(seed=1, segment_warmup=4))
+    t = 1_700_000_000.0
+    for u in range(6):  # u5 is the newest: the engine's clock is its review's time
+        engine.process(Event("purchase", f"p{u}", f"u{u}", "x", t + u * 86_400.0,
+                             quantity=1, price=5.0))
+        engine.process(Event("review", f"r{u}", f"u{u}", "y", t + u * 86_400.0 + 1,
+                             rating=4.0, text="good"))
+    by_user = {c.user_id: c for c in engine_contributions(engine)}
+    for u in range(6):
+        c = by_user[f"u{u}"]
+        assert c.bought == ["x"] and c.reviewed == ["y"] and c.viewed == []
+        assert c.segment is not None and c.segment == engine.segment_of(f"u{u}")
+        assert c.features is not None
+        assert list(c.features) == [*SEGMENT_FEATURES, "recency_days"]
+        assert c.features["recency_days"] == pytest.approx(5 - u)
+        assert c.features["log_orders"] == pytest.approx(math.log1p(1))
+        # The coordinates the segmentation clusters on, expected spend included (the
+        # profile alone does not know it).
+        assert c.features["log_expected_spend"] > 0.0
+        row = engine.segmentation.vectors[engine.segmentation.index[f"u{u}"]]
+        assert [c.features[n] for n in SEGMENT_FEATURES] == pytest.approx(row.tolist())
+
+
+# -- the thresholded neighbour release and the per-segment top items -------------------
+
+
+@pytest.mark.parametrize("keys_per_user, epsilon, delta", [(1, 1.0, 1e-6), (10, 1.0, 1e-6),
+                                                           (4, 2.0, 1e-3)])
+def test_the_release_threshold_is_the_smallest_the_privacy_map_allows(
+    keys_per_user: int, epsilon: float, delta: float
+) -> None:
+    import opendp.prelude as dp
+
+    threshold = release_threshold(keys_per_user, epsilon, delta)
+    space = (dp.map_domain(dp.atom_domain(T=int), dp.atom_domain(T=int)),
+             dp.l01inf_distance(dp.absolute_distance(T=int)))
+    d_in = (keys_per_user, keys_per_user, 1)
+
+    def spent(t: int) -> tuple[float, float]:
+        m = dp.m.make_laplace_threshold(*space, scale=keys_per_user / epsilon, threshold=t)
+        eps, dlt = m.map(d_in)
+        return float(eps), float(dlt)
+
+    assert spent(threshold)[1] <= delta and spent(threshold)[0] <= epsilon * (1 + 1e-9)
+    assert spent(threshold - 1)[1] > delta
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="delta must be in"):
+            threshold_counts({"a": 1}, keys_per_user, epsilon, bad)
+
+
+def test_neighbours_are_the_pairs_above_the_threshold_best_first() -> None:
+    users = ([UserContribution(f"b{n}", sequence=["a", "b"]) for n in range(30)]
+             + [UserContribution(f"c{n}", sequence=["c", "a"]) for n in range(10)]
+             + [UserContribution(f"e{n}", sequence=["a", "e"]) for n in range(10)]
+             + [UserContribution("d", sequence=["a", "d"])])  # one customer: never shown
+    pub = publisher(users, epsilon=1e6, max_pairs_per_user=2, delta=1e-6)
+    assert pub.neighbour_threshold() == release_threshold(2, 1e6, 1e-6) == 2
+    assert pub.neighbours("a", 5) == [("b", 30), ("c", 10), ("e", 10)]  # ties by id
+    assert pub.neighbours("a", 1) == [("b", 30)]
+    assert pub.neighbours("b", 5) == [("a", 30)] and pub.neighbours("c", 5) == [("a", 10)]
+    assert pub.neighbours("d", 5) == [] and pub.neighbours("unknown", 5) == []
+    assert pub.ledger is not None
+    # The only (epsilon, delta) release: its delta is charged to the ledger.
+    assert pub.ledger.spent_delta == pytest.approx(6 * 1e-6)
+    assert pub.ledger.releases() == {"neighbours": 6}
+
+
+def test_segment_items_are_each_segments_own_best_sellers() -> None:
+    users = ([UserContribution(f"s0-{n}", bought=["x", f"own{n}"], segment=0) for n in range(50)]
+             + [UserContribution(f"s0b-{n}", reviewed=["y"], segment=0) for n in range(20)]
+             + [UserContribution(f"s2-{n}", bought=["z"], segment=2) for n in range(40)]
+             + [UserContribution(f"out-{n}", bought=["w"], segment=9) for n in range(99)]
+             + [UserContribution(f"none-{n}", bought=["w"]) for n in range(99)])
+    pub = DPPublisher(lambda: users, DPConfig(epsilon=1e6, interval_seconds=0.0,
+                                              segment_top_k=2), n_segments=3)
+    assert pub.segment_items() == {0: ["x", "y"], 1: [], 2: ["z"]}
+    # Over a public catalogue, every segment's list is full, zero counts included.
+    catalogue = ["x", "y", "z", "w", "v"]
+    over = DPPublisher(lambda: users, DPConfig(epsilon=1e6, interval_seconds=0.0,
+                                               segment_top_k=2), n_segments=3,
+                       domain=lambda: catalogue)
+    lists = over.segment_items()
+    assert lists[0] == ["x", "y"] and lists[2][0] == "z"
+    assert all(len(items) == 2 and set(items) <= set(catalogue) for items in lists.values())
+
+
+def test_popularity_chooses_from_the_catalogue_when_it_has_one() -> None:
+    users = [UserContribution(f"u{n}", bought=["a"]) for n in range(20)]
+    held = publisher(users, epsilon=1e6, top_k=3)
+    assert held.popular() == ["a"]
+    catalogue = DPPublisher(lambda: users, DPConfig(epsilon=1e6, interval_seconds=0.0, top_k=3),
+                            domain=lambda: ["a", "b", "c", "d"])
+    ranked = catalogue.popular()
+    assert ranked[0] == "a" and len(ranked) == 3 and set(ranked) <= {"a", "b", "c", "d"}

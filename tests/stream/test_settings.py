@@ -45,3 +45,10 @@ def test_quality_sample_is_a_share_in_0_1() -> None:
     for bad in ("0", "-0.1", "1.5", "nan"):
         with pytest.raises(SettingsError, match="FEEDBACK_QUALITY_SAMPLE must be > 0 and <= 1"):
             Settings.from_env({"FEEDBACK_QUALITY_SAMPLE": bad})
+
+
+def test_the_neighbour_release_delta_is_read_and_checked() -> None:
+    assert Settings.from_env({"FEEDBACK_DP_DELTA": "1e-7"}).dp_config.delta == 1e-7
+    for bad in ("0", "0.01", "-1e-6"):
+        with pytest.raises(SettingsError, match=r"FEEDBACK_DP_DELTA must be > 0 and < 0\.001"):
+            Settings.from_env({"FEEDBACK_DP_DELTA": bad})

@@ -29,7 +29,9 @@ def test_overlap_is_one_at_a_huge_epsilon_and_lower_at_a_tiny_one() -> None:
     users = contributions(events())
     exact = measure(users, epsilon=1e4, k=3, runs=5, max_items=20)
     assert exact["top_k_overlap_mean"] == 1.0
-    assert exact["epsilon_spent"] == {"popularity": 5e4, "items": 5e4}
+    assert exact["epsilon_spent"] == {"popularity": 5e4, "items": 5e4, "neighbours": 5e4}
+    # i0 -> i1 -> ... -> i6: six pairs, the first used by the 51 users with u % 7 >= 1
+    assert exact["pairs_released_mean"] == 6 and exact["exact_top_pair_customers"] == 51
     noisy = measure(users, epsilon=1e-3, k=3, runs=30, max_items=20)
     assert noisy["top_k_overlap_mean"] < 1.0
 
