@@ -23,6 +23,7 @@ from stream.dp import (
     BudgetLedger,
     DPConfig,
     DPPublisher,
+    LaplaceCounts,
     UserContribution,
     bound_keys,
     distinct_counts,
@@ -65,6 +66,17 @@ def test_count_noise_is_discrete_laplace_with_scale_sensitivity_over_epsilon() -
     assert chi2_pvalue(noisy, 2.0) > 1e-3
     # The test has power: the same draws are not those of a 1.5x wider noise.
     assert chi2_pvalue(noisy, 3.0) < 1e-6
+
+
+def test_released_counts_carry_discrete_laplace_noise_key_by_key() -> None:
+    # LaplaceCounts draws its noise from OpenDP in blocks: each key still gets its
+    # own draw of the configured law, added to its own count.
+    exact = {i: 1000 * (i % 2) for i in range(DRAWS)}
+    counts: LaplaceCounts[int] = LaplaceCounts(exact, sensitivity=4, epsilon=2.0)
+    noise = [counts.get(i) - exact[i] for i in range(DRAWS)]  # type: ignore[operator]
+    assert chi2_pvalue(noise, 2.0) > 1e-3
+    assert chi2_pvalue(noise, 3.0) < 1e-6
+    assert counts.get(7) == counts.get(7)  # one draw per key for the release's life
 
 
 def test_real_noise_is_laplace_with_scale_sensitivity_over_epsilon() -> None:
