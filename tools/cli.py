@@ -76,12 +76,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_topics(args: argparse.Namespace) -> int:
     from stream.kafka import create_topics
+    from stream.topics import topic_specs
 
     settings = _settings(args)
     _quiet_kafka_logs()
     created = asyncio.run(create_topics(settings))
+    partitions = {spec.name: spec.partitions for spec in topic_specs(settings)}
     for name in created:
-        print(f"created {name} ({settings.partitions} partitions)")
+        print(f"created {name} ({partitions.get(name, settings.partitions)} partitions)")
     if not created:
         print("all topics exist already")
     return 0

@@ -52,8 +52,11 @@ def click(eid: str, user: str, item: str) -> dict:
 
 
 def test_owed_recommendations_hold_their_commit_and_survive_a_crash(worker_factory) -> None:
+    # A batch waits up to 2 s: round 2's two records, produced together, must come
+    # in one batch (a batch without a trigger of zoe would publish her held list).
     first = worker_factory(
-        partitions=1, recommend_debounce_seconds=60, recommend_max_delay_seconds=60
+        partitions=1, recommend_debounce_seconds=60, recommend_max_delay_seconds=60,
+        batch_max_wait_seconds=2.0,
     )
     s = first.settings
     # Round 1 (offsets 0-6): every purchase is owed a recommendation.

@@ -46,15 +46,17 @@ def test_topics_is_idempotent(
     s = isolated_settings(broker, tmp_path, partitions=3)
     for name, value in settings_env(s).items():
         monkeypatch.setenv(name, value)
-    names = sorted(spec.name for spec in topic_specs(s))
+    specs = {spec.name: spec.partitions for spec in topic_specs(s)}
+    # Every topic has the asked partitions but the globals', which has one owner.
+    assert specs == {**dict.fromkeys(specs, 3), s.topic_globals: 1}
     assert described(s) == {}
 
     assert main(["topics"]) == 0
     first = capsys.readouterr().out.splitlines()
-    assert sorted(first) == sorted(f"created {n} (3 partitions)" for n in names)
-    assert described(s) == dict.fromkeys(names, 3)
+    assert sorted(first) == sorted(f"created {n} ({p} partitions)" for n, p in specs.items())
+    assert described(s) == specs
 
     # Again, even asking for more partitions: nothing is created or changed.
     assert main(["topics", "--partitions", "6"]) == 0
     assert capsys.readouterr().out.splitlines() == ["all topics exist already"]
-    assert described(s) == dict.fromkeys(names, 3)
+    assert described(s) == specs
