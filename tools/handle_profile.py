@@ -20,7 +20,6 @@ import collections
 import re
 import sys
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,27 +49,17 @@ def run(args: argparse.Namespace) -> float:
     import cProfile
     import pstats
 
-    import orjson
     from prometheus_client import CollectorRegistry
 
     from models.engine import FeedbackEngine
     from stream.metrics import Metrics
-    from stream.processor import DictStore, InputMessage, Processor
+    from stream.processor import DictStore, Processor
     from stream.settings import Settings
-    from tools.bench.workload import load_events
+    from tools.bench.workload import input_messages, load_events
 
     settings = Settings.from_env({})
     events = load_events("demo", args.data_dir, args.events)
-    msgs = [
-        InputMessage(
-            settings.topic_of(e["type"]),
-            zlib.crc32(str(e["user_id"]).encode()) % args.partitions,
-            i,
-            str(e["user_id"]).encode(),
-            orjson.dumps(e),
-        )
-        for i, e in enumerate(events)
-    ]
+    msgs = input_messages(events, settings, args.partitions)
     proc = Processor(settings, FeedbackEngine(), DictStore(), Metrics(CollectorRegistry()))
     warm = len(msgs) // 3
     for i in range(0, warm, args.batch):

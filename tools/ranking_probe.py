@@ -12,19 +12,17 @@ recommendations/s (and part of its events per CPU-second) follows.
 from __future__ import annotations
 
 import argparse
-import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
 from prometheus_client import CollectorRegistry
 
 from models.engine import FeedbackEngine
 from stream.metrics import Metrics
 from stream.processor import DictStore, InputMessage, Processor
 from stream.settings import Settings
-from tools.bench.workload import load_events
+from tools.bench.workload import input_messages, load_events
 
 
 def count(settings: Settings, msgs: Sequence[InputMessage], batch: int, debounce: bool) -> int:
@@ -59,15 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = Settings.from_env({})
     events = load_events("demo", args.data_dir, args.events)
-    msgs = [
-        InputMessage(
-            settings.topic_of(e["type"]),
-            zlib.crc32(str(e["user_id"]).encode()) % args.partitions,
-            i,
-            str(e["user_id"]).encode(), orjson.dumps(e),
-        )
-        for i, e in enumerate(events)
-    ]
+    msgs = input_messages(events, settings, args.partitions)
     print(f"{len(msgs):,} demo events, dataset order")
     for batch in (500, 100, 50):
         for debounce in (False, True):

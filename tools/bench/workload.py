@@ -7,12 +7,15 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from stream.contract import format_timestamp
 from stream.settings import Settings
+
+if TYPE_CHECKING:
+    from stream.records import InputMessage
 
 Record = tuple[str, bytes, bytes]  # topic, key, value
 
@@ -31,6 +34,27 @@ def encode(events: Sequence[dict[str, Any]], topic_of: Callable[[str], str]) -> 
     """Route and encode once, before any clock starts."""
     return [
         (topic_of(e["type"]), str(e["user_id"]).encode(), orjson.dumps(e)) for e in events
+    ]
+
+
+def input_messages(
+    events: Sequence[dict[str, Any]], settings: Settings, partitions: int
+) -> list[InputMessage]:
+    """``events`` as the records a worker's agent hands the processor, offset = position,
+    partitioned by the user id (for the in-process probes, no broker)."""
+    import zlib
+
+    from stream.records import InputMessage
+
+    return [
+        InputMessage(
+            settings.topic_of(e["type"]),
+            zlib.crc32(str(e["user_id"]).encode()) % partitions,
+            i,
+            str(e["user_id"]).encode(),
+            orjson.dumps(e),
+        )
+        for i, e in enumerate(events)
     ]
 
 
