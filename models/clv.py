@@ -526,7 +526,7 @@ class CustomerValue:
         tell ``k``: until ``regularity_min_repeats`` repeat purchase-days are
         known ``k`` stays 1; the first refit after that tries every ``k`` up
         to ``MAX_REGULARITY`` (a fit each), later ones the neighbours of ``k``
-        whenever the customers have doubled since they last did, and ``k``
+        whenever the repeat purchase-days have doubled since they last did, and ``k``
         alone otherwise: it describes the population and moves slowly.
 
     Examples
@@ -561,7 +561,7 @@ class CustomerValue:
         self.max_fit_customers = max_fit_customers
         self.regularity = regularity and modified
         self.regularity_min_repeats = regularity_min_repeats
-        self.regularity_checked_at = 0  # customers when k's candidates were last tried
+        self.regularity_checked_at = 0  # repeat purchase-days when k's candidates were last tried
         self.transactions = TransactionParams(modified=modified)
         self.spend = SpendParams()
         self.fitted_at: float | None = None
@@ -680,13 +680,15 @@ class CustomerValue:
         x, t_x, T, days, mean = self.stats(now, rows)  # fresh arrays, not views
         warm = self.fits > 0
         k = self.transactions.k
+        repeats = self.purchase_days - n
         first = self.regularity_checked_at == 0
-        check = self.regularity and (
-            self.purchase_days - n >= self.regularity_min_repeats
-            if first else n >= 2 * self.regularity_checked_at
-        )  # fmt: skip
+        # Repeat purchase-days, not customers, say how much the gaps tell about k: a
+        # cohort bought in one quarter (CDNOW) stops growing in customers early.
+        check = self.regularity and repeats >= max(
+            self.regularity_min_repeats, 2 * self.regularity_checked_at
+        )
         if check:
-            self.regularity_checked_at = n
+            self.regularity_checked_at = repeats
         return FitJob(
             now, x, t_x, T, days, mean,
             self.transactions if warm else None, self.spend if warm else None,
