@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -168,7 +169,7 @@ async def test_the_owner_writes_its_items_through_the_producer_not_faust_s_buffe
     settings = Settings.from_env({"FEEDBACK_STATE_DIR": str(tmp_path)})
     fa = build_app(settings, engine=FeedbackEngine(), registry=CollectorRegistry())
     assert fa.sharing is not None
-    table = fa.app.tables[ITEM_STATE_TABLE]
+    table: Any = fa.app.tables[ITEM_STATE_TABLE]
     sent: list[tuple[str, bytes, bytes, int]] = []
 
     async def send(topic: str, key: bytes, value: bytes, partition: int,
@@ -178,7 +179,7 @@ async def test_the_owner_writes_its_items_through_the_producer_not_faust_s_buffe
         done.set_result(SimpleNamespace(topic=topic, partition=partition, offset=len(sent)))
         return done
 
-    fa.app.producer.send = send  # type: ignore[method-assign]
+    fa.app.producer.send = send  # type: ignore[method-assign,assignment]
     items = [f"i{k}" for k in range(150)]
     events = [
         FaustEvent(
