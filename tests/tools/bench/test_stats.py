@@ -18,6 +18,7 @@ from tools.bench.stats import (
     ratio,
     time_at,
     value_at,
+    whole_window,
     window,
 )
 
