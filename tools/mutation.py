@@ -20,6 +20,7 @@ folder prints the diff of one).
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import json
 import os
@@ -175,6 +176,48 @@ def function_key(mutant: str, module: str) -> str:
     return re.sub(r"__mutmut_\d+$", "", mutant.removeprefix(module + "."))
 
 
+def function_spans(source: str) -> dict[str, tuple[int, int]]:
+    """mutmut's key of each function and method of a module -> its first and last line.
+
+    mutmut mutates top-level functions (``x_name``) and the methods of top-level
+    classes (``xǁClassǁname``), nothing nested deeper.
+    """
+    spans: dict[str, tuple[int, int]] = {}
+    tree = ast.parse(source)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            spans[f"x_{node.name}"] = (node.lineno, node.end_lineno or node.lineno)
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                    spans[f"xǁ{node.name}ǁ{item.name}"] = (
+                        item.lineno, item.end_lineno or item.lineno)
+    return spans
+
+
+def target_lines(target: Target, source: str) -> set[int] | None:
+    """The lines of ``target``'s functions; None when the row takes the whole module.
+
+    Raises SystemExit when a pattern names no function of the module: a renamed
+    function would otherwise leave its row with nothing to test.
+    """
+    if target.functions == ("*",):
+        return None
+    spans = function_spans(source)
+    lines: set[int] = set()
+    for pattern in target.functions:
+        keys = fnmatch.filter(spans, pattern)
+        if not keys:
+            raise SystemExit(
+                f"mutation: {target.name}: no function of {target.path} matches {pattern} "
+                "(renamed? update TARGETS in tools/mutation.py)"
+            )
+        for key in keys:
+            first, last = spans[key]
+            lines.update(range(first, last + 1))
+    return lines
+
+
 def module_results(
     exit_codes: Mapping[str, int | None], target: Target
 ) -> dict[str, str]:
@@ -212,8 +255,12 @@ def _mutmut_config(target: Target) -> str:
         f"source_paths = {toml_list(PACKAGES)}\n"
         f"only_mutate = {toml_list([target.path])}\n"
         f"pytest_add_cli_args_test_selection = {toml_list(target.tests)}\n"
-        # The doctests of the copied packages are not the module's tests.
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-o", "addopts=", '
+        # The doctests of the copied packages are not the module's tests. The
+        # unraisable-exception plugin runs gc.collect() several times at the end of
+        # every pytest session, a fifth of each mutant's start-up cost; what it
+        # reports is a warning, which fails no test here (no filterwarnings=error).
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:unraisableexception", '
+        '"-o", "addopts=", '
         f'"--strict-markers"{"".join(f", {json.dumps(a)}" for a in deselect)}]\n'
         "use_git_change_detection = false\n"
     )
@@ -240,6 +287,7 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
     missing = [t for t in target.tests if not (REPO / t.split("::")[0]).exists()]
     if missing:
         raise SystemExit(f"mutation: test {missing[0]} of {target.name} not found")
+    target_lines(target, (REPO / target.path).read_text())  # fails on a renamed function
     work = prepare(target)
     names = [] if target.functions == ("*",) else [
         f"{target.module}.{f}__mutmut_*" for f in target.functions
@@ -248,7 +296,7 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
     from tools.datasets import default_data_dir
 
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
-           "FEEDBACK_DATA_DIR": str(default_data_dir())}
+           "FEEDBACK_DATA_DIR": str(default_data_dir()), "MUTATION_ROW": target.name}
     env.pop("MUTANT_UNDER_TEST", None)
     cmd = [sys.executable, "-m", "tools.mutation", "--mutmut", "run",
            "--max-children", str(jobs), *names]
@@ -271,6 +319,11 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
         )
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     results = module_results(codes, target)
+    if not results:
+        raise SystemExit(
+            f"mutation: {target.name} matched no mutants in {target.path} "
+            "(renamed or emptied? update TARGETS in tools/mutation.py)"
+        )
     survivors = [n for n, o in results.items() if o == "survived"]
     (work / "survivors.txt").write_text("".join(f"{n}\n" for n in survivors))
     return results
@@ -292,12 +345,26 @@ def mutmut_cli(argv: Sequence[str]) -> int:
 
     mutmut 3.7 is the newest release that accepts faust-streaming's ``click<8.4``; it
     reads ``item._nodeid``, which pytest 9 no longer sets (3.8 reads ``nodeid``).
+
+    A row limited to some functions (``MUTATION_ROW`` names it) has only those
+    functions' lines mutated, through mutmut's covered-lines filter: generating
+    every mutant of a large module with libcst takes a minute (1,329 mutants of
+    models/engine.py for the 27 of its erase row), and the mutants of the other
+    functions would not be run anyway.
     """
     import _pytest.nodes
+    import mutmut
     from mutmut.__main__ import cli
 
     if not hasattr(_pytest.nodes.Node, "_nodeid"):
         _pytest.nodes.Node._nodeid = property(lambda node: node.nodeid)  # type: ignore[attr-defined]
+    row = os.environ.get("MUTATION_ROW")
+    if row:
+        target = select([row])[0]
+        lines = target_lines(target, Path(target.path).read_text())
+        if lines is not None:
+            # mutmut keys the filter by the absolute path of the file's copy in mutants/.
+            mutmut._covered_lines = {str((Path("mutants") / target.path).absolute()): lines}
     cli.main(list(argv), prog_name="mutmut")
     return 0
 
