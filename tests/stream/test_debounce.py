@@ -127,6 +127,25 @@ def test_between_batches_the_quiet_period_and_the_deadline_publish() -> None:
     assert i == 3 and [r["trigger_event_id"] for r in out] == ["q3"]
 
 
+def test_a_batch_without_her_trigger_publishes_though_she_is_the_partition_last() -> None:
+    """The next batch's only record is a producer's resend of her trigger: she
+    is still the partition's last user, but no new trigger of hers came, so her
+    basket is over and the batch's end publishes it (not the quiet period)."""
+    proc, s, clock = make()
+    feed = Feed(s)
+    warm(proc, feed)
+    first = feed(purchase("z1", "zoe", "a"))
+    assert recs(s, proc.handle([first])) == []
+    assert offsets(proc.settle()[0]) == [first.offset]
+    clock.now += 0.01  # well within the quiet period and the deadline
+    resent = feed(purchase("z1", "zoe", "a"))
+    out = recs(s, proc.handle([resent]))
+    assert [(r["user_id"], r["trigger_event_id"]) for r in out] == [("zoe", "z1")]
+    assert HELD_TRIGGER not in proc.profiles["zoe"]
+    held, released = proc.settle()
+    assert held == [] and offsets(released) == [first.offset]
+
+
 def test_a_later_invoice_publishes_the_held_one_first() -> None:
     proc, s, _ = make()
     feed = Feed(s)
@@ -268,6 +287,29 @@ def test_the_step_is_due_at_batch_end_between_batches_and_at_the_deadline() -> N
     off.start_batch()
     off.trigger("b", {}, trigger_event("b1", "b", 100.0), record(4), None, now=5.0)
     assert len(off.batch_due(5.0, {("purchases", 0): "b"})) == 1
+
+
+def test_at_batch_end_a_hold_of_an_earlier_batch_is_due_and_one_of_this_batch_is_not() -> None:
+    # The user stays the partition's last in every batch below, and the clock
+    # stays short of the 1 s deadline: only the batch decides.
+    d = Debounce(min_interval=60.0, quiet=0.1, max_delay=1.0)
+    last = {("purchases", 0): "u"}
+    d.start_batch()
+    d.trigger("u", {}, trigger_event("u1", "u", 100.0), record(1), None, now=5.0)
+    assert d.batch_due(5.0, last) == []
+    d.start_batch()  # a batch that brings no trigger of hers
+    assert [h.event.event_id for h in d.batch_due(5.1, last)] == ["u1"]
+    for batch in range(3):  # a trigger in each batch keeps the merged one held
+        d.start_batch()
+        d.trigger("u", {}, trigger_event(f"v{batch}", "u", 200.0), record(2 + batch), None,
+                  now=5.2 + batch * 0.1)
+        assert d.batch_due(5.2 + batch * 0.1, last) == []
+    d.start_batch()
+    assert [h.event.event_id for h in d.batch_due(5.6, last)] == ["v2"]
+    # Held in this batch, but past the deadline since its first merged trigger: due.
+    d.start_batch()
+    d.trigger("u", {}, trigger_event("w1", "u", 300.0), record(9), None, now=6.0)
+    assert [h.event.event_id for h in d.batch_due(7.5, last)] == ["w1"]
 
 
 def test_dropping_a_partition_forgets_its_holds_unreleased() -> None:
