@@ -320,3 +320,28 @@ def test_dropping_a_partition_forgets_its_holds_unreleased() -> None:
     assert d.drop({("purchases", 1)}) == 1 and list(d.held) == ["a"]
     hold, release = d.settle()
     assert [r.offset for r in hold] == [1] and release == []
+    # Announced as held by that settle(), then revoked: still neither released
+    # nor held again.
+    assert d.drop({("purchases", 0)}) == 1 and len(d) == 0
+    assert d.settle() == ([], [])
+
+
+def test_the_step_is_due_exactly_at_its_intervals() -> None:
+    # Times exact in binary floating point: the boundaries themselves are tested.
+    d = Debounce(min_interval=60.0, quiet=0.5, max_delay=2.0)
+    d.start_batch()
+    d.trigger("u", {}, trigger_event("u1", "u", 100.0), record(1), None, now=5.0)
+    # Exactly min_interval later (event time) is not "less than": the held one is due.
+    earlier = d.trigger("u", {}, trigger_event("u2", "u", 160.0), record(2), None, now=5.25)
+    assert earlier is not None and earlier.event.event_id == "u1"
+    d.trigger("u", {}, trigger_event("u2", "u", 160.0), record(2), None, now=5.25)
+    assert d.due(5.5) == [] and [h.event.event_id for h in d.due(5.75)] == ["u2"]  # quiet 0.5 s
+    d.trigger("v", {}, trigger_event("v1", "v", 100.0), record(3), None, now=6.0)
+    for i in range(1, 8):  # never quiet for 0.5 s: due at the 2 s deadline exactly
+        d.trigger("v", {}, trigger_event(f"v{i + 1}", "v", 100.0 + i), record(3 + i), None,
+                  now=6.0 + i * 0.25)
+    assert d.due(7.75) == [] and [h.event.event_id for h in d.due(8.0)] == ["v8"]
+    # At batch end too, the deadline itself is due.
+    d.start_batch()
+    d.trigger("w", {}, trigger_event("w1", "w", 100.0), record(9), None, now=9.0)
+    assert d.batch_due(11.0, {("purchases", 0): "w"})[0].event.event_id == "w1"
