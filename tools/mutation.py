@@ -229,6 +229,18 @@ def module_results(
     }
 
 
+def row_results(exit_codes: Mapping[str, int | None], target: Target) -> dict[str, str]:
+    """:func:`module_results`, or SystemExit when the row has no mutant: a row
+    that matches nothing would otherwise pass with 0 of 0 killed."""
+    results = module_results(exit_codes, target)
+    if not results:
+        raise SystemExit(
+            f"mutation: {target.name} matched no mutants in {target.path} "
+            "(renamed or emptied? update TARGETS in tools/mutation.py)"
+        )
+    return results
+
+
 def summary(results: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
     """The JSON line of ``make mutation`` from each module's mutant -> outcome."""
     out: dict[str, Any] = {"mutants": 0, "killed": 0, "survived": 0, "timeout": 0}
@@ -318,12 +330,7 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
             f"mutation: mutmut failed on {target.name} (see {work}/mutmut.log)\n{tail}"
         )
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    results = module_results(codes, target)
-    if not results:
-        raise SystemExit(
-            f"mutation: {target.name} matched no mutants in {target.path} "
-            "(renamed or emptied? update TARGETS in tools/mutation.py)"
-        )
+    results = row_results(codes, target)
     survivors = [n for n, o in results.items() if o == "survived"]
     (work / "survivors.txt").write_text("".join(f"{n}\n" for n in survivors))
     return results
@@ -338,6 +345,122 @@ def select(names: Sequence[str]) -> list[Target]:
         known = ", ".join(t.name for t in TARGETS)
         raise SystemExit(f"mutation: unknown module {unknown[0]} (known: {known})")
     return [by_name[n] for n in names]
+
+
+def skip_clean_run() -> None:
+    """Make mutmut skip its "clean tests" run when it has just collected its stats.
+
+    mutmut runs the selected tests three times before the first mutant: to
+    record which tests reach which function (the stats run, which stops the run
+    when a test fails), again unmutated (the clean run), and once more with every
+    mutated function raising (the forced-fail run, which stops at the first
+    test). In a fresh copy the stats run always happens first, on the same code
+    and tests, so the clean run repeats it: it is skipped then, and only then.
+    """
+    import mutmut
+    from mutmut.__main__ import PytestRunner
+
+    run_tests = PytestRunner.run_tests
+
+    def run_tests_unless_clean(
+        self: PytestRunner, *, mutant_name: str | None, tests: Iterable[str]
+    ) -> int:
+        clean = mutant_name is None and os.environ.get("MUTANT_UNDER_TEST") == ""
+        if clean and mutmut.stats_time is not None:  # set by a full stats run only
+            return 0
+        return run_tests(self, mutant_name=mutant_name, tests=tests)
+
+    PytestRunner.run_tests = run_tests_unless_clean  # type: ignore[method-assign]
+
+
+class CollectedTests:
+    """Each mutant's tests run from one collection made before the first mutant.
+
+    mutmut forks a child per mutant that calls ``pytest.main``: a new pytest
+    configuration, its plugins and a new collection of the test files each time,
+    which costs more than the tests themselves on most rows (0.1 s to start and
+    0.1 s to collect the 210 tests that reach ``stream.contract.event_from_dict``).
+    Here mutmut's parent process configures pytest and collects the row's tests
+    once, after its own three runs (stats, clean, forced fail); each mutant's child
+    runs its tests from that collection with pytest's own run-test loop, so the
+    fixtures, plugins, ``-x`` and the outcome are pytest's. A mutant whose tests
+    are not all in the collection runs through ``pytest.main`` as before.
+    """
+
+    def __init__(self) -> None:
+        self.session: Any = None
+        self.items: dict[str, Any] = {}
+
+    def collect(self, runner: Any) -> None:
+        from _pytest.config import _prepareconfig
+        from _pytest.main import Session
+        from mutmut.__main__ import change_cwd
+
+        # The arguments of mutmut's own runs, with output captured per process in
+        # memory: the children of one parent would share the temporary files of
+        # fd capture.
+        args = ["--rootdir=.", "--tb=native", *runner._pytest_args_regular_run([]),
+                *runner._pytest_add_cli_args, "--capture=sys"]
+        os.environ["MUTANT_UNDER_TEST"] = ""
+        with change_cwd("mutants"):
+            config = _prepareconfig(args)
+            session = Session.from_config(config)
+            config._do_configure()
+            config.hook.pytest_sessionstart(session=session)
+            config.hook.pytest_collection(session=session)
+        if session.testsfailed:  # a collection error: leave it to pytest.main
+            return
+        self.items = {item.nodeid: item for item in session.items}
+        self.session = session
+
+    def run(self, tests: Iterable[str]) -> int | None:
+        """pytest's exit code of ``tests`` (1 when one fails); None when one is
+        not in the collection."""
+        items = [self.items.get(t) for t in tests]
+        session = self.session
+        if session is None or not items or None in items:
+            return None
+        from mutmut.__main__ import change_cwd
+
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the child's report is not read
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        session.items = items
+        session.testsfailed = 0
+        session.shouldfail = session.shouldstop = False
+        try:
+            with change_cwd("mutants"):
+                session.config.hook.pytest_runtestloop(session=session)
+        except (session.Failed, session.Interrupted):
+            pass
+        except BaseException:  # pytest.main's INTERNAL_ERROR (3), which mutmut counts as killed
+            return 3
+        return 1 if session.testsfailed else 0
+
+
+def run_mutants_from_one_collection() -> None:
+    """Install :class:`CollectedTests` in mutmut (see there)."""
+    import mutmut.__main__ as mm
+
+    collected = CollectedTests()
+    forced_fail = mm.run_forced_fail_test
+    run_tests = mm.PytestRunner.run_tests
+
+    def run_forced_fail_then_collect(runner: Any) -> None:
+        forced_fail(runner)
+        collected.collect(runner)
+
+    def run_tests_collected(
+        self: Any, *, mutant_name: str | None, tests: Iterable[str]
+    ) -> int:
+        if mutant_name is not None:
+            code = collected.run(tests)
+            if code is not None:
+                return code
+        return int(run_tests(self, mutant_name=mutant_name, tests=tests))
+
+    mm.run_forced_fail_test = run_forced_fail_then_collect
+    mm.PytestRunner.run_tests = run_tests_collected  # type: ignore[method-assign]
 
 
 def mutmut_cli(argv: Sequence[str]) -> int:
@@ -358,6 +481,8 @@ def mutmut_cli(argv: Sequence[str]) -> int:
 
     if not hasattr(_pytest.nodes.Node, "_nodeid"):
         _pytest.nodes.Node._nodeid = property(lambda node: node.nodeid)  # type: ignore[attr-defined]
+    skip_clean_run()
+    run_mutants_from_one_collection()
     row = os.environ.get("MUTATION_ROW")
     if row:
         target = select([row])[0]
