@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import fnmatch
 import json
 import os
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +277,10 @@ def _mutmut_config(target: Target) -> str:
         '"-o", "addopts=", '
         f'"--strict-markers"{"".join(f", {json.dumps(a)}" for a in deselect)}]\n'
         "use_git_change_detection = false\n"
+        # A mutant still running at 5 times its tests' time (+1 s), measured by the
+        # stats run of the same row on the same machine, is a timeout (mutmut's
+        # default of 15 let a looping checkpoint mutant hold its slot for 70 s).
+        "timeout_multiplier = 5.0\n"
     )
 
 
@@ -290,6 +296,16 @@ def prepare(target: Target) -> Path:
         (REPO / "pyproject.toml").read_text() + _mutmut_config(target)
     )
     return work
+
+
+_RUNNING: set[subprocess.Popen[bytes]] = set()  # the mutmut runs of the rows under way
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End one row's mutmut run and the mutants it forked."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait()
 
 
 def run_target(target: Target, jobs: int) -> dict[str, str]:
@@ -317,12 +333,14 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
         proc = subprocess.Popen(
             cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+        _RUNNING.add(proc)
         try:
             proc.wait()
         except BaseException:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
+            stop(proc)
             raise
+        finally:
+            _RUNNING.discard(proc)
     meta = work / "mutants" / (target.path + ".meta")
     if proc.returncode != 0 or not meta.is_file():
         tail = (work / "mutmut.log").read_text(errors="replace")[-2000:]
@@ -517,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.mutation", description=__doc__.split("\n")[0])
     p.add_argument("modules", nargs="*", help="modules of the table (default: all)")
     p.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")),
-                   help="mutants tested at once (env MUTATION_JOBS, default 2)")
+                   help="processes at work at once (env MUTATION_JOBS, default 2)")
     p.add_argument("--list", action="store_true", help="print the table and exit")
     args = p.parse_args(argv)
     targets = select(args.modules)
@@ -525,10 +543,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         for t in targets:
             print(f"{t.name:28} {' '.join(t.tests)}")
         return 0
-    results = {}
-    for target in targets:
+    results = run_rows(targets, max(1, args.jobs))
+    print(json.dumps(summary({t.name: results[t.name] for t in targets})))
+    return 0
+
+
+def run_rows(targets: Sequence[Target], jobs: int) -> dict[str, dict[str, str]]:
+    """Each row's outcomes, ``jobs`` rows at a time with one mutant each.
+
+    A row spends a good part of its time in steps that use one process (copying,
+    generating its mutants, the stats run, collecting its tests); with two rows
+    under way, one row's mutants use the core another row's set-up leaves idle.
+    The rows with the most to mutate start first, so that no long row starts last.
+    """
+    order = sorted(targets, key=lambda t: (t.functions == ("*",),
+                                           (REPO / t.path).stat().st_size), reverse=True)
+    results: dict[str, dict[str, str]] = {}
+
+    def one(target: Target) -> None:
         start = time.monotonic()
-        outcomes = run_target(target, args.jobs)
+        outcomes = run_target(target, max(1, jobs // min(jobs, len(targets))))
         results[target.name] = outcomes
         line = summary({target.name: outcomes})
         print(
@@ -537,8 +571,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({time.monotonic() - start:.0f} s)",
             file=sys.stderr, flush=True,
         )
-    print(json.dumps(summary(results)))
-    return 0
+
+    pool = ThreadPoolExecutor(max_workers=min(jobs, len(targets)))
+    futures = [pool.submit(one, t) for t in order]
+    try:
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in done:
+            future.result()  # a row's failure (SystemExit with its one line) ends the run
+    finally:
+        for future in futures:
+            future.cancel()
+        for proc in list(_RUNNING):
+            stop(proc)
+        pool.shutdown(wait=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -125,3 +125,25 @@ def test_a_row_that_matches_nothing_fails_with_one_line() -> None:
     assert "matched no mutants" in message and "\n" not in message
     assert mutation.row_results({"stream.processor.xǁProcessorǁgone__mutmut_1": 1}, renamed) == {
         "stream.processor.xǁProcessorǁgone__mutmut_1": "killed"}
+
+
+def test_rows_run_two_at_a_time_and_a_failing_row_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def run(target: Target, jobs: int) -> dict[str, str]:
+        seen.append((target.name, jobs))
+        if target.name == "stream.auth":
+            raise SystemExit("mutation: stream.auth matched no mutants")
+        return {f"{target.name}.m": "killed"}
+
+    monkeypatch.setattr(mutation, "run_target", run)
+    mutation.main(["--jobs", "2", "stream.privacy", "stream.contract"])
+    # One mutant at a time in each of the two rows under way; the JSON keeps the
+    # order asked for.
+    assert sorted(seen) == [("stream.contract", 1), ("stream.privacy", 1)]
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(line["by_module"]) == ["stream.privacy", "stream.contract"]
+    with pytest.raises(SystemExit, match=r"stream\.auth matched no mutants"):
+        mutation.main(["stream.privacy", "stream.auth", "stream.contract"])
