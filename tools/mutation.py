@@ -277,10 +277,6 @@ def _mutmut_config(target: Target) -> str:
         '"-o", "addopts=", '
         f'"--strict-markers"{"".join(f", {json.dumps(a)}" for a in deselect)}]\n'
         "use_git_change_detection = false\n"
-        # A mutant still running at 5 times its tests' time (+1 s), measured by the
-        # stats run of the same row on the same machine, is a timeout (mutmut's
-        # default of 15 let a looping checkpoint mutant hold its slot for 70 s).
-        "timeout_multiplier = 5.0\n"
     )
 
 
@@ -448,9 +444,14 @@ class CollectedTests:
         session.shouldfail = session.shouldstop = False
         try:
             with change_cwd("mutants"):
-                session.config.hook.pytest_runtestloop(session=session)
-        except (session.Failed, session.Interrupted):
-            pass
+                try:
+                    session.config.hook.pytest_runtestloop(session=session)
+                except (session.Failed, session.Interrupted):
+                    pass
+                finally:
+                    # What pytest.main does at the end of a session: the fixtures
+                    # still set up (a broker, a server) are torn down.
+                    session._setupstate.teardown_exact(None)
         except BaseException:  # pytest.main's INTERNAL_ERROR (3), which mutmut counts as killed
             return 3
         return 1 if session.testsfailed else 0
