@@ -198,7 +198,7 @@ def build_app(
         commit_guard=commit_guard,
     )
     if settings.share_items:
-        processor.share_items(Outbox())
+        processor.share_items(Outbox(settings.partitions))
         fa.sharing = sharing.register(app, settings, engine, metrics, app.crash)
 
     publishing = fa.publishing
