@@ -307,16 +307,21 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
         # the awaits wait for the next period, with their messages.
         left = len(sharing.dirty)
         while left > 0 and sharing.dirty:
+            if app.should_stop or buffer.state != "running":
+                # Stopping: what is not written stays held; the next owner reads it again.
+                sharing.owed = owed + sharing.owed
+                return
             n = min(left, WRITE_CHUNK)
             left -= n
             records = sharing.write_changed(write, n)
-            await buffer.flush_atmost(records)
+            if left > 0:
+                await buffer.flush_atmost(records)
         guard.release(owed)  # those of partitions revoked meanwhile were forgotten
 
     @app.timer(settings.item_model_period_seconds, name="publish-item-models")
     async def publish_models() -> None:
-        if app.rebalancing or app.in_recovery:
-            return  # the table is not whole yet: publish once it is
+        if app.rebalancing or app.in_recovery or app.should_stop:
+            return  # the table is not whole yet (publish once it is), or stopping
         if coalesce:
             await write_period()
             if app.rebalancing:
