@@ -109,8 +109,10 @@ def test_graceful_restart_restores_every_profile(worker_factory) -> None:
     assert wait_for(lambda: sum(
         w.metric("feedback_events_total", outcome="processed") for w in workers
     ) >= len(events), timeout=180), "the workers did not process every event"
-    for w in workers:  # each stop ends by itself (up to 120 s on a loaded machine)
-        assert w.stop(signal.SIGTERM, timeout=120) == 0
+    # Each stop ends by itself: gracefully (0), or after the worker's own 8 s
+    # deadline on a loaded machine (1), which the restore must survive too.
+    codes = [w.stop(signal.SIGTERM, timeout=120) for w in workers]
+    assert set(codes) <= {0, 1}, codes
 
     # The changelog ends, in every partition, with one batch of 5 new profiles:
     # ListOffsets then stops 4 records short of each partition's end.
@@ -153,8 +155,9 @@ def test_graceful_restart_restores_every_profile(worker_factory) -> None:
     produce_events(s, records_for(s, more))
     states = read_item_states(s, events + more, timeout=180)
     items = account_items(events + more, states)
-    print(f"\n[restore guards={s.recovery_guards}, 3 workers] changelog records ListOffsets "
-          f"missed={short} users stale after restart={len(bad)}/{len(expected)}"
+    print(f"\n[restore guards={s.recovery_guards}, 3 workers] SIGTERM exit codes={codes} "
+          f"changelog records ListOffsets missed={short} users stale after restart="
+          f"{len(bad)}/{len(expected)}"
           f"\n{items.line('restore, 3 workers')}")
     assert bad == [], f"profiles not restored to the changelog's end: {bad[:10]}"
     assert items.short == {}, items.line("restore, 3 workers")
