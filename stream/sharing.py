@@ -28,8 +28,9 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import faust
@@ -41,7 +42,7 @@ from models.engine import FeedbackEngine
 from models.item_state import ItemParams, ItemState, is_snapshot_key
 from models.item_updates import decode_updates, partition_of
 from stream.commit_guard import CommitGuard
-from stream.faust import write_as
+from stream.faust import write_through
 from stream.kafka import client_kwargs
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -148,6 +149,19 @@ class Sharing:
         self.metrics.item_state_records_written.inc(n)
         return n
 
+    async def own(self, table: Any, events: Sequence[Any]) -> tuple[int, int]:
+        """:meth:`apply_batch` of the owner's Faust events, each changed item's
+        records written to the changelog partition of its last message (= the
+        item's) straight through the producer (:func:`stream.faust.write_through`),
+        acknowledged when this returns."""
+        writes: list[tuple[str, dict[str, Any], int]] = []
+        counts = self.apply_batch(
+            table, [(e.value, e) for e in events],
+            lambda key, record, event: writes.append((key, record, event.message.partition)),
+        )
+        await write_through(table, writes)
+        return counts
+
     def apply_updates(self, table: Any, payload: bytes) -> tuple[int, int]:
         """:meth:`apply_batch` of one message into a plain mapping."""
         return self.apply_batch(table, [(payload, None)],
@@ -252,7 +266,7 @@ class Sharing:
 
 
 #: The owner's changelog writes of one period go to the producer in chunks this
-#: size, each sent before the next (Faust's buffer warns above 100 pending).
+#: size, each acknowledged before the next.
 WRITE_CHUNK = 50
 
 
@@ -274,18 +288,16 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
     )
 
-    def write(item_id: str, record: dict[str, Any], event: Any) -> None:
-        # To the changelog partition of the item's own message (= the item's).
-        write_as(table, item_id, record, event)
-
     coalesce = guard is not None and guard.guards(settings.topic_item_updates)
 
     @app.agent(updates_topic, name="item-owner")
     async def own_items(stream: Any) -> None:
-        # In batches: an item touched by several messages is written once. No
-        # await between applying and writing (or holding the offsets until the
-        # period's write), and Faust flushes the producer before it commits, so a
-        # commit never passes an unwritten increment.
+        # In batches: an item touched by several messages is written once. With
+        # the guard, the batch's offsets are held until the period's write (no
+        # await between applying and holding); without it, the records go
+        # straight to the producer (write_through: Faust's buffered table writes
+        # stall the worker's inputs) and are acknowledged before the batch's
+        # events are acked. Either way a commit never passes an unwritten increment.
         async for events in stream.take_events(500, within=settings.batch_max_wait_seconds):
             if coalesce:
                 assert guard is not None
@@ -294,28 +306,37 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
                 guard.hold(messages)
                 sharing.owed.extend(messages)
             else:
-                sharing.apply_batch(table, [(e.value, e) for e in events], write)
+                await sharing.own(table, events)
+
+    def collect(writes: list[tuple[str, dict[str, Any], int]], key: str,
+                record: dict[str, Any], event: Any) -> None:
+        writes.append((key, record, event.message.partition))
 
     async def write_period() -> None:
-        """The period's changelog writes, then the offsets they cover are released."""
+        """The period's changelog writes, acknowledged, then the offsets they
+        cover are released."""
         assert guard is not None
         owed, sharing.owed = sharing.owed, []
-        buffer = app.producer.buffer
         # The items applied before now come first in ``dirty`` (an item applied
         # again keeps its place; one written and applied again goes last): the
         # first ``left`` cover every message in ``owed``. Those applied during
         # the awaits wait for the next period, with their messages.
         left = len(sharing.dirty)
         while left > 0 and sharing.dirty:
-            if app.should_stop or buffer.state != "running":
+            if app.should_stop:
                 # Stopping: what is not written stays held; the next owner reads it again.
                 sharing.owed = owed + sharing.owed
                 return
             n = min(left, WRITE_CHUNK)
             left -= n
-            records = sharing.write_changed(write, n)
-            if left > 0:
-                await buffer.flush_atmost(records)
+            writes: list[tuple[str, dict[str, Any], int]] = []
+            sharing.write_changed(partial(collect, writes), n)
+            # A partition revoked during an earlier chunk's await is the next
+            # owner's: none of its records goes out from here (its held offsets
+            # were forgotten, so its messages are read again there).
+            assigned = {tp.partition for tp in app.consumer.assignment()
+                        if tp.topic == settings.topic_item_updates}
+            await write_through(table, [w for w in writes if w[2] in assigned])
         guard.release(owed)  # those of partitions revoked meanwhile were forgotten
 
     @app.timer(settings.item_model_period_seconds, name="publish-item-models")
