@@ -331,12 +331,13 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
             left -= n
             writes: list[tuple[str, dict[str, Any], int]] = []
             sharing.write_changed(partial(collect, writes), n)
-            # A partition revoked during an earlier chunk's await is the next
-            # owner's: none of its records goes out from here (its held offsets
-            # were forgotten, so its messages are read again there).
-            assigned = {tp.partition for tp in app.consumer.assignment()
-                        if tp.topic == settings.topic_item_updates}
-            await write_through(table, [w for w in writes if w[2] in assigned])
+            # Every record taken is written: a partition revoked during an
+            # earlier chunk's await had its items dropped from ``dirty`` by
+            # Sharing.forget, and there is no await between taking and sending.
+            # (Filtering on the consumer's assignment instead lost increments:
+            # it can be empty mid-rebalance, before the revocation's forget,
+            # while the offsets were still released below.)
+            await write_through(table, writes)
         guard.release(owed)  # those of partitions revoked meanwhile were forgotten
 
     @app.timer(settings.item_model_period_seconds, name="publish-item-models")
