@@ -334,7 +334,7 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
             # Every record taken is written: a partition revoked during an
             # earlier chunk's await had its items dropped from ``dirty`` by
             # Sharing.forget, and there is no await between taking and sending.
-            # (Filtering on the consumer's assignment instead lost increments:
+            # (Filtering on the consumer's assignment instead can lose increments:
             # it can be empty mid-rebalance, before the revocation's forget,
             # while the offsets were still released below.)
             await write_through(table, writes)
