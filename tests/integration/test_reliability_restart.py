@@ -33,6 +33,7 @@ import dataclasses
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -92,6 +93,7 @@ def processed(worker: Worker) -> float:
 
 def stop_mid_stream(worker_factory: Any, target: Worker, others: list[Worker],
                     sig: signal.Signals, at_least: float, resume: float,
+                    then: Callable[[], Any] = lambda: None,
                     ) -> tuple[Worker, float, float, int]:
     """Stop ``target`` once it has processed ``at_least`` events, start its
     successor (same settings: same port, so the same checkpoint); returns it,
@@ -111,6 +113,7 @@ def stop_mid_stream(worker_factory: Any, target: Worker, others: list[Worker],
     # socket a moment after the worker is gone.
     assert wait_for(lambda: port_free(target.settings.web_port), 60), "web port still held"
     successor = worker_factory(settings=target.settings, wait=False)
+    then()
     assert wait_metric(successor, "feedback_recommendations_emitted_total", 1, resume) >= 1, (
         "the restarted worker published no recommendation"
     )
@@ -139,26 +142,34 @@ def test_sigterm_then_sigkill_mid_stream_loses_nothing(
     resume = 120.0 if n_workers == 1 else 180.0
     # No returns: an item's popularity is then the plain sum of its events' strengths.
     events = make_events(N_USERS, per_user, returns=False)
-    producer = PacedProducer(s, records_for(s, events), rate=RATE).start()
+    # In three parts: the second sent once the SIGTERMed worker's successor is
+    # starting, the third once the SIGKILLed one's is, so that each successor
+    # has events of its own to recommend on, however fast the others caught up.
+    cut1, cut2 = int(len(events) * 0.4), int(len(events) * 0.7)
+    parts = [records_for(s, events[a:b]) for a, b in ((0, cut1), (cut1, cut2), (cut2, None))]
+    producers = [PacedProducer(s, parts[0], rate=RATE).start()]
+
+    def send(part: int) -> Callable[[], None]:
+        return lambda: producers.append(PacedProducer(s, parts[part], rate=RATE).start())
 
     # SIGTERM one worker once it has learnt its share of the first quarter.
     share = len(events) / 4 / n_workers
     term = workers[0]
     second, recovery_term, done_term, code_term = stop_mid_stream(
-        worker_factory, term, workers[1:], signal.SIGTERM, share, resume)
+        worker_factory, term, workers[1:], signal.SIGTERM, share, resume, send(1))
     workers[0] = second
     # Alone, what the SIGTERM lost of the models' learning (nothing: a final
     # checkpoint); with three, the stop moved users between workers anyway.
     gap_term = learning_gap(second)[1] if n_workers == 1 else 0
     # Then SIGKILL: alone, the successor; with three, another of the original
-    # workers, once it has learnt a further share of a quarter.
+    # workers, once it has learnt a further share of an eighth.
     k = 0 if n_workers == 1 else 1
     kill = workers[k]
     third, recovery_kill, done_kill, _ = stop_mid_stream(
         worker_factory, kill, [w for w in workers if w is not kill], signal.SIGKILL,
-        processed(kill) + share, resume)
+        processed(kill) + share / 2, resume, send(2))
     workers[k] = third
-    sent = producer.join()
+    sent = sum(p.join() for p in producers)
 
     profiles = read_profiles(s, complete(events), timeout=300)
     acc = account(events, profiles)
