@@ -48,6 +48,7 @@ INLINE_NEIGHBOURS = 32
 #: this fraction of the list (the item's record then carries at most that much).
 SNAPSHOT_FRACTION = 0.25
 _SNAPSHOT_SEP = "\x1f"
+_LN2 = math.log(2.0)
 
 
 def snapshot_key(item_id: str, generation: int) -> str:
@@ -170,32 +171,44 @@ class ItemState:
         """
         changed = 0
         applied = self.applied
+        # Co-occurrence ops are most of the entries (one per neighbour an event
+        # touches): applied inline, the mass summed locally, no per-op call.
+        nb, touched, pending = self.neighbours, self.touched, self.pending
+        limit = 2 * params.max_neighbours
+        mass = self.mass
         for entry in entries:
-            src, offset = entry[0], entry[1]
+            src = entry[0]
+            offset = entry[1]
             if offset <= applied.get(src, -1):
                 continue
             applied[src] = offset
             changed += 1
-            for op in entry[2:]:
-                self._op(op, params, item_id)
+            for k in range(2, len(entry)):
+                op = entry[k]
+                if op[0] == "c":
+                    other, w = op[1], op[2]
+                    nb[other] = nb.get(other, 0.0) + w
+                    touched[other] = None
+                    pending.add(other)
+                    mass += w
+                    if len(nb) > limit:
+                        self._prune(params.max_neighbours)
+                        nb, touched = self.neighbours, self.touched
+                else:
+                    self._op(op, params, item_id)
+        self.mass = mass
         return changed
 
     def _op(self, op: list[Any], params: ItemParams, item_id: str) -> None:
+        """Every op but a co-occurrence pair's (inline in :meth:`apply`)."""
         kind = op[0]
-        if kind == "c":
-            self.neighbours[op[1]] = self.neighbours.get(op[1], 0.0) + op[2]
-            self.touched[op[1]] = None
-            self.pending.add(op[1])
-            self.mass += op[2]
-            if len(self.neighbours) > 2 * params.max_neighbours:
-                self._prune(params.max_neighbours)
-        elif kind == "p":
+        if kind == "p":
             self.count = max(0.0, self.count + op[1])
-            rate = math.log(2.0) / params.trending_half_life
+            rate = _LN2 / params.trending_half_life
             self.recent, self.recent_at = _decayed(self.recent, self.recent_at, op[1], op[2], rate)
         elif kind == "s":
             seg = self.segments.get(op[1])
-            rate = math.log(2.0) / params.segment_half_life
+            rate = _LN2 / params.segment_half_life
             value, at = _decayed(seg[0], seg[1], op[2], op[3], rate) if seg else _decayed(
                 0.0, None, op[2], op[3], rate
             )

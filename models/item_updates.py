@@ -247,13 +247,20 @@ def encode_updates(updates: Mapping[str, list[Entry]]) -> bytes:
 def decode_updates(payload: bytes) -> Updates:
     """The inverse of :func:`encode_updates`; ``ValueError`` on a malformed payload."""
     updates = orjson.loads(payload)
-    if not isinstance(updates, dict) or not all(
-        isinstance(e, list) and len(e) >= 3 and isinstance(e[0], str) and isinstance(e[1], int)
-        for entries in updates.values()
-        for e in entries
-    ):
-        raise ValueError("item updates: expected {item_id: [[src, offset, op, ...], ...]}")
+    # orjson builds exact list/str/int types: checked by identity, in a plain
+    # loop (a generator under all() costs a frame switch per entry).
+    if type(updates) is not dict:
+        raise ValueError(_MALFORMED)
+    for entries in updates.values():
+        if type(entries) is not list:
+            raise ValueError(_MALFORMED)
+        for e in entries:
+            if type(e) is not list or len(e) < 3 or type(e[0]) is not str or type(e[1]) is not int:
+                raise ValueError(_MALFORMED)
     return updates
+
+
+_MALFORMED = "item updates: expected {item_id: [[src, offset, op, ...], ...]}"
 
 
 # -- the workers' replicas ------------------------------------------------------

@@ -212,3 +212,15 @@ def test_replica_explains_a_pair_whose_neighbour_has_no_mass_yet() -> None:
     assert co.pmi_of(cat.index["x"], cat.index["y"]) is None
     b.apply_item_models([("y", {"t": 2.0, "nb": [["x"], [2.0], 0], "m": 2.0})])
     assert co.pmi_of(cat.index["x"], cat.index["y"]) is not None
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"x": 5}',  # entries not a list
+    b'{"x": [["src", 1.5, ["p", 1.0, 0.0]]]}',  # offset not an integer
+    b'{"x": [[1, 2, ["p", 1.0, 0.0]]]}',  # source not a string
+    b'{"x": [["src", 2]]}',  # no op
+    b'{"x": ["src"]}',  # entry not a list
+])
+def test_decode_rejects_malformed_entries(payload: bytes) -> None:
+    with pytest.raises(ValueError, match="item updates"):
+        decode_updates(payload)
