@@ -165,7 +165,8 @@ class ItemState:
         )
 
     def apply(self, entries: Iterable[Entry], params: ItemParams, item_id: str = "") -> int:
-        """Apply the entries newer than their source's watermark; how many were.
+        """Apply the events newer than their source's watermark; how many entries
+        had at least one (see :mod:`models.item_updates` for an entry's run of events).
 
         ``item_id`` seeds the factor vectors' start (:func:`initial_vector`).
         """
@@ -177,14 +178,19 @@ class ItemState:
         limit = 2 * params.max_neighbours
         mass = self.mass
         for entry in entries:
+            # A run of one source's events: each event's ops follow its offset.
             src = entry[0]
-            offset = entry[1]
-            if offset <= applied.get(src, -1):
-                continue
-            applied[src] = offset
-            changed += 1
-            for k in range(2, len(entry)):
+            mark = applied.get(src, -1)
+            fresh = live = False
+            for k in range(1, len(entry)):
                 op = entry[k]
+                if type(op) is int:
+                    live = op > mark
+                    if live:
+                        mark, fresh = op, True
+                    continue
+                if not live:
+                    continue
                 if op[0] == "c":
                     other, w = op[1], op[2]
                     nb[other] = nb.get(other, 0.0) + w
@@ -196,6 +202,9 @@ class ItemState:
                         nb, touched = self.neighbours, self.touched
                 else:
                     self._op(op, params, item_id)
+            if fresh:
+                applied[src] = mark
+                changed += 1
         self.mass = mass
         return changed
 

@@ -50,7 +50,13 @@ process (:mod:`tools.scaleout`).
 The records
 -----------
 An outbox maps item id -> entries; an entry is ``[src, offset, op, op, ...]``:
-what one event taught that item. Ops are short lists:
+what one event taught that item, followed, when later events of the same
+source taught it more in the same batch, by their offsets and ops in order:
+``[src, o1, op, ..., o2, op, ...]`` (offsets rising; an integer starts the next
+event's ops). Most entries are one co-occurrence pair, so a run spares the owner
+a list and a source string per event to decode. The owner applies each event's
+ops only if its offset is above the source's watermark, so a run is applied
+event by event exactly as separate entries would be. Ops are short lists:
 
 ==========================  ====================================================
 ``["c", other_id, w]``      co-occurrence pair weight ``w`` with ``other_id``
@@ -157,6 +163,8 @@ class Outbox:
         # a row's first step is preceded by its local start (the owner keeps the first).
         self.started: dict[str, set[int]] = {"b": set(), "r": set()}
         self.ids: list[str] = []  # the attached engine's catalogue ids
+        # The offset each item's last entry ends with (that entry's source is its first).
+        self._last: dict[str, int] = {}
 
     def at(self, src: str, offset: int) -> None:
         """Tag what the next event teaches with ``(src, offset)``."""
@@ -165,14 +173,20 @@ class Outbox:
 
     def _op(self, item_id: str, op: list[Any]) -> None:
         entries = self.items.get(item_id)
+        offset = self.offset
         if entries is None:
-            self.items[item_id] = [[self.src, self.offset, op]]
+            self.items[item_id] = [[self.src, offset, op]]
+            self._last[item_id] = offset
             return
         last = entries[-1]
-        if last[1] == self.offset and last[0] == self.src:
-            last.append(op)
-        else:
-            entries.append([self.src, self.offset, op])
+        if last[0] != self.src:
+            entries.append([self.src, offset, op])
+            self._last[item_id] = offset
+            return
+        if self._last[item_id] != offset:  # the next event of the run
+            last.append(offset)
+            self._last[item_id] = offset
+        last.append(op)
 
     def _collect(self) -> None:
         """Move the factorisations' traced steps into the current entries."""
@@ -217,6 +231,7 @@ class Outbox:
         """Every entry recorded since the last drain, per item id; the outbox is emptied."""
         self._collect()
         items, self.items = self.items, {}
+        self._last.clear()
         return items
 
     def messages(self, partitions: int) -> dict[int, bytes]:
