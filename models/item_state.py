@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.item_updates import Entry, Updates, murmur2
+from models.item_updates import ARITY, Entry, Updates, murmur2
 
 if TYPE_CHECKING:
     from models.engine import EngineConfig
@@ -178,21 +178,33 @@ class ItemState:
         limit = 2 * params.max_neighbours
         mass = self.mass
         for entry in entries:
-            # A run of one source's events: each event's ops follow its offset.
+            # A run of one source's events: each event's ops follow its offset;
+            # an op is inline (kind, arguments) or a list of its own.
             src = entry[0]
             mark = applied.get(src, -1)
             fresh = live = False
-            for k in range(1, len(entry)):
-                op = entry[k]
-                if type(op) is int:
-                    live = op > mark
+            k, n = 1, len(entry)
+            while k < n:
+                x = entry[k]
+                if type(x) is int:
+                    live = x > mark
                     if live:
-                        mark, fresh = op, True
+                        mark, fresh = x, True
+                    k += 1
                     continue
+                if type(x) is list:
+                    kind, op, at = x[0], x, 0
+                    k += 1
+                else:
+                    arity = ARITY.get(x)
+                    if arity is None:
+                        raise ValueError(f"item updates: unknown op {x!r}")
+                    kind, op, at = x, entry, k
+                    k += 1 + arity
                 if not live:
                     continue
-                if op[0] == "c":
-                    other, w = op[1], op[2]
+                if kind == "c":
+                    other, w = op[at + 1], op[at + 2]
                     nb[other] = nb.get(other, 0.0) + w
                     touched[other] = None
                     pending.add(other)
@@ -201,7 +213,7 @@ class ItemState:
                         self._prune(params.max_neighbours)
                         nb, touched = self.neighbours, self.touched
                 else:
-                    self._op(op, params, item_id)
+                    self._op(op if op is x else entry[at:k], params, item_id)
             if fresh:
                 applied[src] = mark
                 changed += 1

@@ -53,10 +53,13 @@ An outbox maps item id -> entries; an entry is ``[src, offset, op, op, ...]``:
 what one event taught that item, followed, when later events of the same
 source taught it more in the same batch, by their offsets and ops in order:
 ``[src, o1, op, ..., o2, op, ...]`` (offsets rising; an integer starts the next
-event's ops). Most entries are one co-occurrence pair, so a run spares the owner
-a list and a source string per event to decode. The owner applies each event's
+event's ops). An op is its kind and its arguments, inline: ``"c", "i7", 0.5``.
+Most of what an event teaches is co-occurrence pairs, one per neighbour item,
+so runs and inline ops spare the owner a source string and two lists per pair
+to decode (and its garbage collector the lists). The owner applies each event's
 ops only if its offset is above the source's watermark, so a run is applied
-event by event exactly as separate entries would be. Ops are short lists:
+event by event exactly as separate entries would be. The owner also reads an
+op given as its own list (``["c", "i7", 0.5]``). The ops:
 
 ==========================  ====================================================
 ``["c", other_id, w]``      co-occurrence pair weight ``w`` with ``other_id``
@@ -88,6 +91,7 @@ if TYPE_CHECKING:
     from models.profiles import UserProfile
 
 __all__ = [
+    "ARITY",
     "Outbox",
     "apply_item_models",
     "attach",
@@ -97,10 +101,37 @@ __all__ = [
     "merge_blend",
     "murmur2",
     "partition_of",
+    "split_entry",
 ]
 
-Entry = list[Any]  # [src, offset, op, op, ...]
+Entry = list[Any]  # [src, offset, op, op, ..., offset, op, ...]
 Updates = dict[str, list[Entry]]
+#: The arguments each op kind takes after its kind.
+ARITY = {"c": 2, "p": 2, "s": 3, "b": 2, "b0": 2, "r": 2, "r0": 2, "e": 2, "$": 1}
+
+
+def split_entry(entry: Entry) -> list[tuple[int, list[list[Any]]]]:
+    """An entry's events: ``(offset, [op as a list, ...])`` each, in order.
+
+    >>> split_entry(["clicks:0", 4, "c", "y", 0.5, "p", 1.0, 9.0, 6, ["c", "z", 1.0]])
+    [(4, [['c', 'y', 0.5], ['p', 1.0, 9.0]]), (6, [['c', 'z', 1.0]])]
+    """
+    out: list[tuple[int, list[list[Any]]]] = []
+    k, n = 1, len(entry)
+    while k < n:
+        x = entry[k]
+        if type(x) is int:
+            out.append((x, []))
+            k += 1
+        elif type(x) is list:
+            out[-1][1].append(x)
+            k += 1
+        else:
+            if x not in ARITY:
+                raise ValueError(f"item updates: unknown op {x!r}")
+            out[-1][1].append(entry[k : k + 1 + ARITY[x]])
+            k += 1 + ARITY[x]
+    return out
 
 
 def murmur2(data: bytes) -> int:
@@ -171,22 +202,22 @@ class Outbox:
         self._collect()
         self.src, self.offset = src, offset
 
-    def _op(self, item_id: str, op: list[Any]) -> None:
+    def _op(self, item_id: str, *op: Any) -> None:
         entries = self.items.get(item_id)
         offset = self.offset
         if entries is None:
-            self.items[item_id] = [[self.src, offset, op]]
+            self.items[item_id] = [[self.src, offset, *op]]
             self._last[item_id] = offset
             return
         last = entries[-1]
         if last[0] != self.src:
-            entries.append([self.src, offset, op])
+            entries.append([self.src, offset, *op])
             self._last[item_id] = offset
             return
         if self._last[item_id] != offset:  # the next event of the run
             last.append(offset)
             self._last[item_id] = offset
-        last.append(op)
+        last.extend(op)
 
     def _collect(self) -> None:
         """Move the factorisations' traced steps into the current entries."""
@@ -196,8 +227,8 @@ class Outbox:
             for row, start, start_bias, step, db in trace:
                 if row not in started:
                     started.add(row)
-                    self._op(ids[row], [kind + "0", start.tolist(), start_bias])
-                self._op(ids[row], [kind, step.tolist(), db])
+                    self._op(ids[row], kind + "0", start.tolist(), start_bias)
+                self._op(ids[row], kind, step.tolist(), db)
             trace.clear()
 
     def record(
@@ -216,16 +247,16 @@ class Outbox:
         t = event.timestamp
         for h, w in rec.cooccurrence.pairs(profile.history, item, strength):
             other = ids[h]
-            self._op(item_id, ["c", other, w])
-            self._op(other, ["c", item_id, w])
-        self._op(item_id, ["p", strength, t])
+            self._op(item_id, "c", other, w)
+            self._op(other, "c", item_id, w)
+        self._op(item_id, "p", strength, t)
         seg = profile.segment
         if seg is not None and seg < rec.n_segments:
-            self._op(item_id, ["s", seg, strength, t])
+            self._op(item_id, "s", seg, strength, t)
         if sentiment is not None:
-            self._op(item_id, ["e", sentiment, t])
+            self._op(item_id, "e", sentiment, t)
         if event.type == "purchase":
-            self._op(item_id, ["$", event.price])
+            self._op(item_id, "$", event.price)
 
     def drain(self) -> Updates:
         """Every entry recorded since the last drain, per item id; the outbox is emptied."""

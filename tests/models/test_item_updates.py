@@ -18,6 +18,7 @@ from models.item_updates import (
     encode_updates,
     murmur2,
     partition_of,
+    split_entry,
 )
 
 T0 = 1_700_000_000.0
@@ -70,8 +71,8 @@ def test_encode_decode_round_trip_and_bad_payloads() -> None:
     _feed(engine, outbox, EVENTS)
     updates = outbox.drain()
     assert outbox.drain() == {}
-    kinds = {op[0] for entries in updates.values() for e in entries for op in e[2:]
-             if not isinstance(op, int)}
+    kinds = {op[0] for entries in updates.values() for e in entries
+             for _, ops in split_entry(e) for op in ops}
     assert kinds == {"c", "p", "s", "b", "b0", "r", "r0", "e", "$"}
     assert decode_updates(encode_updates(updates)) == updates
     with pytest.raises(ValueError):
@@ -233,11 +234,11 @@ def test_an_items_events_of_one_source_travel_as_one_run() -> None:
     updates = outbox.drain()
     # one source: one entry per item, holding each of its events' offsets in order
     assert all(len(entries) == 1 for entries in updates.values())
-    offsets = [x for x in updates["i2"][0][1:] if isinstance(x, int)]
+    offsets = [o for o, _ in split_entry(updates["i2"][0])]
     assert len(offsets) > 1 and offsets == sorted(set(offsets))
     # split back into one entry per event: the owner learns the same from both
     split = {
-        item: [["purchases:0", o, *ops] for o, ops in _events_of(entries[0])]
+        item: [["purchases:0", o, *ops] for o, ops in split_entry(entries[0])]
         for item, entries in updates.items()
     }
     params = ItemParams.of(engine.config)
@@ -248,21 +249,16 @@ def test_an_items_events_of_one_source_travel_as_one_run() -> None:
         i: s.to_dict() for i, s in singles.items.items()}
 
 
-def _events_of(entry: list) -> list[tuple[int, list]]:
-    out: list[tuple[int, list]] = []
-    for x in entry[1:]:
-        if isinstance(x, int):
-            out.append((x, []))
-        else:
-            out[-1][1].append(x)
-    return out
-
-
 def test_a_run_replayed_past_the_watermark_applies_only_its_new_events() -> None:
     s, p = ItemState(), ItemParams()
-    assert s.apply([["a:0", 1, ["p", 1.0, 0.0], 2, ["p", 1.0, 0.0], ["c", "y", 0.5]]], p) == 1
+    assert s.apply([["a:0", 1, "p", 1.0, 0.0, 2, "p", 1.0, 0.0, "c", "y", 0.5]], p) == 1
     # re-read from offset 2 with one more event: only offset 3's ops are new
-    run = ["a:0", 2, ["p", 1.0, 0.0], ["c", "y", 0.5], 3, ["p", 1.0, 0.0], ["c", "y", 2.0]]
+    run = ["a:0", 2, "p", 1.0, 0.0, "c", "y", 0.5, 3, "p", 1.0, 0.0, "c", "y", 2.0]
     assert s.apply([run], p) == 1
     assert s.count == 3.0 and s.neighbours == {"y": 2.5} and s.applied == {"a:0": 3}
     assert s.apply([run], p) == 0 and s.count == 3.0
+
+
+def test_an_unknown_inline_op_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown op 'q'"):
+        ItemState().apply([["a:0", 1, "p", 1.0, 0.0, "q", 1.0]], ItemParams())
