@@ -211,7 +211,7 @@ class ItemState:
                     mass += w
                     if len(nb) > limit:
                         self._prune(params.max_neighbours)
-                        nb, touched = self.neighbours, self.touched
+                        nb, touched, pending = self.neighbours, self.touched, self.pending
                 else:
                     self._op(op if op is x else entry[at:k], params, item_id)
             if fresh:

@@ -177,7 +177,8 @@ def test_pruning_inside_a_call_keeps_the_bookkeeping_on_the_kept_neighbours() ->
     assert state.apply(entries, params, "x") == 40
     assert state.epoch >= 2
     assert len(state.neighbours) <= 2 * params.max_neighbours
-    assert "n39" in state.neighbours  # added after the last prune
+    # added after the last prune: kept, and marked changed for the next record
+    assert "n39" in state.neighbours and "n39" in state.touched and "n39" in state.pending
     assert state.mass == pytest.approx(sum(1.0 + k for k in range(40)))
     assert set(state.touched) <= state.neighbours.keys()
     assert state.pending <= state.neighbours.keys()
