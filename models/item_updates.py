@@ -56,7 +56,7 @@ source taught it more in the same batch, by their offsets and ops in order:
 event's ops). An op is its kind and its arguments, inline: ``"c", "i7", 0.5``.
 Most of what an event teaches is co-occurrence pairs, one per neighbour item,
 so runs and inline ops spare the owner a source string and two lists per pair
-to decode (and its garbage collector the lists). The owner applies each event's
+to decode. The owner applies each event's
 ops only if its offset is above the source's watermark, so a run is applied
 event by event exactly as separate entries would be. The owner also reads an
 op given as its own list (``["c", "i7", 0.5]``). The ops:
