@@ -192,6 +192,15 @@ def test_assign_keeps_the_published_head_through_local_pairs() -> None:
     assert nb.get(cat.index["f"]) == 0.1 and co.neighbours[x] is nb  # only the tail mapped
     co.assign(x, ["b", "a"], [1.0, 1.0], 2.0, cat.add, 1)  # pruned (a new epoch): rebuilt
     assert co.neighbours[x].n == 2
+    # a long fresh list, then its extension: keys, weights and slots in the list's order
+    many = [f"n{k}" for k in range(40)]
+    co.assign(x, many, [float(k) for k in range(40)], 9.0, cat.add, 2)
+    co.assign(x, [*many, "g"], [*(float(k) for k in range(40)), 0.5], 9.5, cat.add, 2)
+    nb = co.neighbours[x]
+    assert [cat.ids[k] for k in nb.keys[: nb.n]] == [*many, "g"]
+    assert nb.values[: nb.n].tolist() == [*(float(k) for k in range(40)), 0.5]
+    slots = {cat.ids[k]: s for k, s in nb.slots.items()}
+    assert slots == {i: k for k, i in enumerate([*many, "g"])}
 
 
 def test_an_item_is_published_again_once_it_moved_enough() -> None:
