@@ -212,10 +212,22 @@ class ItemCooccurrence:
         elif m:
             nb.values[:m] = weights[:m]
         slots = nb.slots
-        for i in range(m, len(ids)):
+        end = len(ids)
+        tail = [index_of(x) for x in ids[m:]]
+        if nb.n == m and not any(h in slots for h in tail):
+            # Nothing learnt locally among the new ids (always so for a fresh
+            # list): they go after the head in one numpy copy each.
+            if end > nb.keys.shape[0]:
+                nb.keys = grown(nb.keys, end)
+                nb.values = grown(nb.values, end)
+            nb.keys[m:end] = tail
+            nb.values[m:end] = weights[m:]
+            slots.update(zip(tail, range(m, end), strict=True))
+            nb.n = end
+            tail = []
+        for i, h in enumerate(tail, m):
             # Entry i goes to position i; a pair learnt locally since may sit
             # further on: swapped into place, so the list's head stays ``ids``.
-            h = index_of(ids[i])
             slot = slots.get(h)
             if slot is None:
                 slot = nb.n

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.item_updates import Entry, Updates, murmur2
+from models.item_updates import ARITY, Entry, Updates, murmur2
 
 if TYPE_CHECKING:
     from models.engine import EngineConfig
@@ -48,6 +48,7 @@ INLINE_NEIGHBOURS = 32
 #: this fraction of the list (the item's record then carries at most that much).
 SNAPSHOT_FRACTION = 0.25
 _SNAPSHOT_SEP = "\x1f"
+_LN2 = math.log(2.0)
 
 
 def snapshot_key(item_id: str, generation: int) -> str:
@@ -164,38 +165,71 @@ class ItemState:
         )
 
     def apply(self, entries: Iterable[Entry], params: ItemParams, item_id: str = "") -> int:
-        """Apply the entries newer than their source's watermark; how many were.
+        """Apply the events newer than their source's watermark; how many entries
+        had at least one (see :mod:`models.item_updates` for an entry's run of events).
 
         ``item_id`` seeds the factor vectors' start (:func:`initial_vector`).
         """
         changed = 0
         applied = self.applied
+        # Co-occurrence ops are most of the entries (one per neighbour an event
+        # touches): applied inline, the mass summed locally, no per-op call.
+        nb, touched, pending = self.neighbours, self.touched, self.pending
+        limit = 2 * params.max_neighbours
+        mass = self.mass
         for entry in entries:
-            src, offset = entry[0], entry[1]
-            if offset <= applied.get(src, -1):
-                continue
-            applied[src] = offset
-            changed += 1
-            for op in entry[2:]:
-                self._op(op, params, item_id)
+            # A run of one source's events: each event's ops follow its offset;
+            # an op is inline (kind, arguments) or a list of its own.
+            src = entry[0]
+            mark = applied.get(src, -1)
+            fresh = live = False
+            k, n = 1, len(entry)
+            while k < n:
+                x = entry[k]
+                if type(x) is int:
+                    live = x > mark
+                    if live:
+                        mark, fresh = x, True
+                    k += 1
+                    continue
+                if type(x) is list:
+                    kind, op, at = x[0], x, 0
+                    k += 1
+                else:
+                    arity = ARITY.get(x)
+                    if arity is None:
+                        raise ValueError(f"item updates: unknown op {x!r}")
+                    kind, op, at = x, entry, k
+                    k += 1 + arity
+                if not live:
+                    continue
+                if kind == "c":
+                    other, w = op[at + 1], op[at + 2]
+                    nb[other] = nb.get(other, 0.0) + w
+                    touched[other] = None
+                    pending.add(other)
+                    mass += w
+                    if len(nb) > limit:
+                        self._prune(params.max_neighbours)
+                        nb, touched, pending = self.neighbours, self.touched, self.pending
+                else:
+                    self._op(op if op is x else entry[at:k], params, item_id)
+            if fresh:
+                applied[src] = mark
+                changed += 1
+        self.mass = mass
         return changed
 
     def _op(self, op: list[Any], params: ItemParams, item_id: str) -> None:
+        """Every op but a co-occurrence pair's (inline in :meth:`apply`)."""
         kind = op[0]
-        if kind == "c":
-            self.neighbours[op[1]] = self.neighbours.get(op[1], 0.0) + op[2]
-            self.touched[op[1]] = None
-            self.pending.add(op[1])
-            self.mass += op[2]
-            if len(self.neighbours) > 2 * params.max_neighbours:
-                self._prune(params.max_neighbours)
-        elif kind == "p":
+        if kind == "p":
             self.count = max(0.0, self.count + op[1])
-            rate = math.log(2.0) / params.trending_half_life
+            rate = _LN2 / params.trending_half_life
             self.recent, self.recent_at = _decayed(self.recent, self.recent_at, op[1], op[2], rate)
         elif kind == "s":
             seg = self.segments.get(op[1])
-            rate = math.log(2.0) / params.segment_half_life
+            rate = _LN2 / params.segment_half_life
             value, at = _decayed(seg[0], seg[1], op[2], op[3], rate) if seg else _decayed(
                 0.0, None, op[2], op[3], rate
             )

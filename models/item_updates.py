@@ -54,7 +54,16 @@ process (:mod:`tools.scaleout`).
 The records
 -----------
 An outbox maps item id -> entries; an entry is ``[src, offset, op, op, ...]``:
-what one event taught that item. Ops are short lists:
+what one event taught that item, followed, when later events of the same
+source taught it more in the same batch, by their offsets and ops in order:
+``[src, o1, op, ..., o2, op, ...]`` (offsets rising; an integer starts the next
+event's ops). An op is its kind and its arguments, inline: ``"c", "i7", 0.5``.
+Most of what an event teaches is co-occurrence pairs, one per neighbour item,
+so runs and inline ops spare the owner a source string and two lists per pair
+to decode. The owner applies each event's
+ops only if its offset is above the source's watermark, so a run is applied
+event by event exactly as separate entries would be. The owner also reads an
+op given as its own list (``["c", "i7", 0.5]``). The ops:
 
 ==========================  ====================================================
 ``["c", other_id, w]``      co-occurrence pair weight ``w`` with ``other_id``
@@ -86,6 +95,7 @@ if TYPE_CHECKING:
     from models.profiles import UserProfile
 
 __all__ = [
+    "ARITY",
     "Outbox",
     "apply_item_models",
     "attach",
@@ -95,11 +105,38 @@ __all__ = [
     "merge_blend",
     "murmur2",
     "partition_of",
+    "split_entry",
     "with_pending",
 ]
 
-Entry = list[Any]  # [src, offset, op, op, ...]
+Entry = list[Any]  # [src, offset, op, op, ..., offset, op, ...]
 Updates = dict[str, list[Entry]]
+#: The arguments each op kind takes after its kind.
+ARITY = {"c": 2, "p": 2, "s": 3, "b": 2, "b0": 2, "r": 2, "r0": 2, "e": 2, "$": 1}
+
+
+def split_entry(entry: Entry) -> list[tuple[int, list[list[Any]]]]:
+    """An entry's events: ``(offset, [op as a list, ...])`` each, in order.
+
+    >>> split_entry(["clicks:0", 4, "c", "y", 0.5, "p", 1.0, 9.0, 6, ["c", "z", 1.0]])
+    [(4, [['c', 'y', 0.5], ['p', 1.0, 9.0]]), (6, [['c', 'z', 1.0]])]
+    """
+    out: list[tuple[int, list[list[Any]]]] = []
+    k, n = 1, len(entry)
+    while k < n:
+        x = entry[k]
+        if type(x) is int:
+            out.append((x, []))
+            k += 1
+        elif type(x) is list:
+            out[-1][1].append(x)
+            k += 1
+        else:
+            if x not in ARITY:
+                raise ValueError(f"item updates: unknown op {x!r}")
+            out[-1][1].append(entry[k : k + 1 + ARITY[x]])
+            k += 1 + ARITY[x]
+    return out
 
 
 def murmur2(data: bytes) -> int:
@@ -171,22 +208,30 @@ class Outbox:
         # published model of that partition held (see :meth:`confirm`).
         self.partitions = partitions
         self.confirmed: dict[int, dict[str, int]] = {}
+        # The offset each item's last entry ends with (that entry's source is its first).
+        self._last: dict[str, int] = {}
 
     def at(self, src: str, offset: int) -> None:
         """Tag what the next event teaches with ``(src, offset)``."""
         self._collect()
         self.src, self.offset = src, offset
 
-    def _op(self, item_id: str, op: list[Any]) -> None:
+    def _op(self, item_id: str, *op: Any) -> None:
         entries = self.items.get(item_id)
+        offset = self.offset
         if entries is None:
-            self.items[item_id] = [[self.src, self.offset, op]]
+            self.items[item_id] = [[self.src, offset, *op]]
+            self._last[item_id] = offset
             return
         last = entries[-1]
-        if last[1] == self.offset and last[0] == self.src:
-            last.append(op)
-        else:
-            entries.append([self.src, self.offset, op])
+        if last[0] != self.src:
+            entries.append([self.src, offset, *op])
+            self._last[item_id] = offset
+            return
+        if self._last[item_id] != offset:  # the next event of the run
+            last.append(offset)
+            self._last[item_id] = offset
+        last.extend(op)
 
     def _collect(self) -> None:
         """Move the factorisations' traced steps into the current entries."""
@@ -196,8 +241,8 @@ class Outbox:
             for row, start, start_bias, step, db in trace:
                 if row not in started:
                     started.add(row)
-                    self._op(ids[row], [kind + "0", start.tolist(), start_bias])
-                self._op(ids[row], [kind, step.tolist(), db])
+                    self._op(ids[row], kind + "0", start.tolist(), start_bias)
+                self._op(ids[row], kind, step.tolist(), db)
             trace.clear()
 
     def record(
@@ -216,16 +261,16 @@ class Outbox:
         t = event.timestamp
         for h, w in rec.cooccurrence.pairs(profile.history, item, strength):
             other = ids[h]
-            self._op(item_id, ["c", other, w])
-            self._op(other, ["c", item_id, w])
-        self._op(item_id, ["p", strength, t])
+            self._op(item_id, "c", other, w)
+            self._op(other, "c", item_id, w)
+        self._op(item_id, "p", strength, t)
         seg = profile.segment
         if seg is not None and seg < rec.n_segments:
-            self._op(item_id, ["s", seg, strength, t])
+            self._op(item_id, "s", seg, strength, t)
         if sentiment is not None:
-            self._op(item_id, ["e", sentiment, t])
+            self._op(item_id, "e", sentiment, t)
         if event.type == "purchase":
-            self._op(item_id, ["$", event.price])
+            self._op(item_id, "$", event.price)
 
     def drain(self) -> Updates:
         """Every entry recorded since the last drain, per item id; the outbox is
@@ -233,6 +278,7 @@ class Outbox:
         holds them (:meth:`confirm`)."""
         self._collect()
         items, self.items = self.items, {}
+        self._last.clear()
         unconfirmed = self.unconfirmed
         for item_id, entries in items.items():
             kept = unconfirmed.get(item_id)
@@ -278,7 +324,9 @@ class Outbox:
                 self._keep(item_id, entries, confirmed[p])
 
     def _keep(self, item_id: str, entries: list[Entry], marks: Mapping[str, int]) -> None:
-        left = [e for e in entries if e[1] > marks.get(e[0], -1)]
+        # A run's last event has its highest offset: a run partly held is kept
+        # whole (re-applying it follows the owner's watermark, event by event).
+        left = [e for e in entries if split_entry(e)[-1][0] > marks.get(e[0], -1)]
         if left:
             self.unconfirmed[item_id] = left
         else:
@@ -322,13 +370,20 @@ def encode_updates(updates: Mapping[str, list[Entry]]) -> bytes:
 def decode_updates(payload: bytes) -> Updates:
     """The inverse of :func:`encode_updates`; ``ValueError`` on a malformed payload."""
     updates = orjson.loads(payload)
-    if not isinstance(updates, dict) or not all(
-        isinstance(e, list) and len(e) >= 3 and isinstance(e[0], str) and isinstance(e[1], int)
-        for entries in updates.values()
-        for e in entries
-    ):
-        raise ValueError("item updates: expected {item_id: [[src, offset, op, ...], ...]}")
+    # orjson builds exact list/str/int types: checked by identity, in a plain
+    # loop (a generator under all() costs a frame switch per entry).
+    if type(updates) is not dict:
+        raise ValueError(_MALFORMED)
+    for entries in updates.values():
+        if type(entries) is not list:
+            raise ValueError(_MALFORMED)
+        for e in entries:
+            if type(e) is not list or len(e) < 3 or type(e[0]) is not str or type(e[1]) is not int:
+                raise ValueError(_MALFORMED)
     return updates
+
+
+_MALFORMED = "item updates: expected {item_id: [[src, offset, op, ...], ...]}"
 
 
 # -- the workers' replicas ------------------------------------------------------

@@ -146,3 +146,39 @@ def test_short_lists_stay_inline_in_the_item_record() -> None:
     [(key, record)] = s.changelog("x")
     assert key == "x" and "gen" not in record and record["nb"] == {"y": 1.0}
     assert ItemState.from_changelog(record, {}.get, "x") == s
+
+
+def test_apply_sums_every_pair_and_the_mass_once() -> None:
+    """Co-occurrence pairs (applied inline) add up per neighbour and into the mass,
+    across entries and calls, with re-sent entries skipped."""
+    params = ItemParams(max_neighbours=10_000)  # never pruned here
+    state = ItemState()
+    expected: dict[str, float] = {}
+    mass = 0.0
+    for batch in batches(200):
+        for entry in batch:
+            for op in entry[2:]:
+                if op[0] == "c":
+                    expected[op[1]] = expected.get(op[1], 0.0) + op[2]
+                    mass += op[2]
+        state.apply(batch, params, "x")
+        assert state.apply(batch, params, "x") == 0  # re-sent: nothing twice
+    assert state.neighbours == pytest.approx(expected, rel=1e-12)
+    assert state.mass == pytest.approx(mass, rel=1e-12)
+    assert state.touched.keys() == expected.keys() == state.pending
+
+
+def test_pruning_inside_a_call_keeps_the_bookkeeping_on_the_kept_neighbours() -> None:
+    """A prune in the middle of an entry list: later pairs land in the pruned
+    list, and the changed-neighbour sets only name neighbours still kept."""
+    params = ItemParams(max_neighbours=5)
+    state = ItemState()
+    entries = [["c:0", k, ["c", f"n{k}", 1.0 + k]] for k in range(40)]
+    assert state.apply(entries, params, "x") == 40
+    assert state.epoch >= 2
+    assert len(state.neighbours) <= 2 * params.max_neighbours
+    # added after the last prune: kept, and marked changed for the next record
+    assert "n39" in state.neighbours and "n39" in state.touched and "n39" in state.pending
+    assert state.mass == pytest.approx(sum(1.0 + k for k in range(40)))
+    assert set(state.touched) <= state.neighbours.keys()
+    assert state.pending <= state.neighbours.keys()

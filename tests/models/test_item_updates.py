@@ -18,6 +18,7 @@ from models.item_updates import (
     encode_updates,
     murmur2,
     partition_of,
+    split_entry,
 )
 
 T0 = 1_700_000_000.0
@@ -70,7 +71,8 @@ def test_encode_decode_round_trip_and_bad_payloads() -> None:
     _feed(engine, outbox, EVENTS)
     updates = outbox.drain()
     assert outbox.drain() == {}
-    kinds = {op[0] for entries in updates.values() for e in entries for op in e[2:]}
+    kinds = {op[0] for entries in updates.values() for e in entries
+             for _, ops in split_entry(e) for op in ops}
     assert kinds == {"c", "p", "s", "b", "b0", "r", "r0", "e", "$"}
     assert decode_updates(encode_updates(updates)) == updates
     with pytest.raises(ValueError):
@@ -190,6 +192,15 @@ def test_assign_keeps_the_published_head_through_local_pairs() -> None:
     assert nb.get(cat.index["f"]) == 0.1 and co.neighbours[x] is nb  # only the tail mapped
     co.assign(x, ["b", "a"], [1.0, 1.0], 2.0, cat.add, 1)  # pruned (a new epoch): rebuilt
     assert co.neighbours[x].n == 2
+    # a long fresh list, then its extension: keys, weights and slots in the list's order
+    many = [f"n{k}" for k in range(40)]
+    co.assign(x, many, [float(k) for k in range(40)], 9.0, cat.add, 2)
+    co.assign(x, [*many, "g"], [*(float(k) for k in range(40)), 0.5], 9.5, cat.add, 2)
+    nb = co.neighbours[x]
+    assert [cat.ids[k] for k in nb.keys[: nb.n]] == [*many, "g"]
+    assert nb.values[: nb.n].tolist() == [*(float(k) for k in range(40)), 0.5]
+    slots = {cat.ids[k]: s for k, s in nb.slots.items()}
+    assert slots == {i: k for k, i in enumerate([*many, "g"])}
 
 
 def test_an_item_is_published_again_once_it_moved_enough() -> None:
@@ -307,3 +318,61 @@ def test_own_pairs_after_the_published_head_leave_the_next_list_keyed_right() ->
     nb = co.neighbours[x]
     assert {cat.ids[k]: nb.get(int(k)) for k in nb.keys[: nb.n]} == {
         "a": 1.0, "b": 2.0, "d": 0.7, "c": 0.5}
+@pytest.mark.parametrize("payload", [
+    b'{"x": 5}',  # entries not a list
+    b'{"x": [["src", 1.5, ["p", 1.0, 0.0]]]}',  # offset not an integer
+    b'{"x": [[1, 2, ["p", 1.0, 0.0]]]}',  # source not a string
+    b'{"x": [["src", 2]]}',  # no op
+    b'{"x": ["src"]}',  # entry not a list
+])
+def test_decode_rejects_malformed_entries(payload: bytes) -> None:
+    with pytest.raises(ValueError, match="item updates"):
+        decode_updates(payload)
+
+
+def test_an_items_events_of_one_source_travel_as_one_run() -> None:
+    engine, outbox = _engine_with_outbox()
+    _feed(engine, outbox, EVENTS)
+    updates = outbox.drain()
+    # one source: one entry per item, holding each of its events' offsets in order
+    assert all(len(entries) == 1 for entries in updates.values())
+    offsets = [o for o, _ in split_entry(updates["i2"][0])]
+    assert len(offsets) > 1 and offsets == sorted(set(offsets))
+    # split back into one entry per event: the owner learns the same from both
+    split = {
+        item: [["purchases:0", o, *ops] for o, ops in split_entry(entries[0])]
+        for item, entries in updates.items()
+    }
+    params = ItemParams.of(engine.config)
+    runs, singles = ItemOwner(params), ItemOwner(params)
+    runs.apply(updates)
+    singles.apply(split)
+    assert {i: s.to_dict() for i, s in runs.items.items()} == {
+        i: s.to_dict() for i, s in singles.items.items()}
+
+
+def test_a_run_replayed_past_the_watermark_applies_only_its_new_events() -> None:
+    s, p = ItemState(), ItemParams()
+    assert s.apply([["a:0", 1, "p", 1.0, 0.0, 2, "p", 1.0, 0.0, "c", "y", 0.5]], p) == 1
+    # re-read from offset 2 with one more event: only offset 3's ops are new
+    run = ["a:0", 2, "p", 1.0, 0.0, "c", "y", 0.5, 3, "p", 1.0, 0.0, "c", "y", 2.0]
+    assert s.apply([run], p) == 1
+    assert s.count == 3.0 and s.neighbours == {"y": 2.5} and s.applied == {"a:0": 3}
+    assert s.apply([run], p) == 0 and s.count == 3.0
+
+
+def test_an_unknown_inline_op_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown op 'q'"):
+        ItemState().apply([["a:0", 1, "p", 1.0, 0.0, "q", 1.0]], ItemParams())
+
+
+def test_a_run_partly_held_by_a_model_stays_unconfirmed_until_its_last_event() -> None:
+    # A run's first offset is below the model's watermark, its last above it: the
+    # event at offset 6 is not in the model yet, so the run must be kept.
+    outbox = Outbox()
+    run = ["a:0", 4, "p", 1.0, 0.0, 6, "p", 1.0, 0.0]
+    outbox.unconfirmed = {"x": [run]}
+    outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 5}})])
+    assert outbox.unconfirmed == {"x": [run]}
+    outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 6}})])
+    assert outbox.unconfirmed == {}

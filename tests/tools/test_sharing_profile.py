@@ -1,0 +1,25 @@
+"""tools.sharing_profile: every stage of the item-sharing path timed, offline."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.shared_data import data_dir
+from tools.sharing_profile import STAGES, main
+
+
+def test_every_stage_runs_and_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    root = data_dir("online_retail")
+    assert main(["--events", "600", "--batch", "100", "--publish-every", "2",
+                 "--data-dir", str(root)]) == 0
+    out = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    for stage in STAGES:
+        assert float(out[f"{stage}_us_per_event"]) > 0.0
+    # runs: fewer entries than the pairs they carry, and models reach the replica
+    assert 0.0 < float(out["entries_per_event"]) < 10.0
+    assert float(out["models_per_event"]) > 0.0
+
+
+def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--batch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "sharing_profile: --batch must be >= 1"

@@ -1,0 +1,161 @@
+"""``python -m tools.sharing_profile``: the item-sharing path's cost per event, offline.
+
+No broker and no Faust, so the figures do not move with the machine's load as
+much as a bench does: ``--events`` events of a shared-dataset replay (the
+bench's inputs, :mod:`tools.bench.workload`) go through one
+:class:`~models.engine.FeedbackEngine` with an :class:`~models.item_updates.Outbox`,
+in batches of ``--batch`` events, each tagged with its input partition and
+offset as the worker tags them. After each batch, the stages the worker and the
+item owner run, each timed in CPU time:
+
+``learn``      ``engine.process`` of the batch's events (recording into the outbox);
+``encode``     ``outbox.messages(P)``: drained, split by partition, JSON-encoded;
+``apply``      the owner: ``decode_updates`` and ``ItemState.apply`` of each item;
+``changelog``  the owner: ``ItemState.changelog`` of each changed item, JSON-encoded;
+``publish``    every ``--publish-every`` batches: ``due`` and ``published`` of the
+               changed items, JSON-encoded;
+``replica``    those models decoded and applied to a second engine
+               (``apply_item_models``).
+
+It prints microseconds per event for each stage, the entries and bytes per
+event, and with ``--cprofile N`` the top N functions of the sharing stages
+(everything but ``learn``) by internal time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+STAGES = ("learn", "encode", "apply", "changelog", "publish", "replica")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from models.engine import FeedbackEngine
+    from models.item_state import ItemParams, ItemState
+    from models.item_updates import Outbox, attach, decode_updates, partition_of
+    from stream.contract import event_from_dict
+    from tools.bench.workload import load_events
+
+    raw = load_events(args.dataset, args.data_dir, args.events)
+    events = [event_from_dict(e) for e in raw]
+    engine, replica = FeedbackEngine(), FeedbackEngine()
+    outbox = Outbox()
+    attach(engine, outbox)
+    params = ItemParams.of(engine.config)
+    states: dict[str, ItemState] = {}
+    changed: set[str] = set()
+    offsets = [0] * args.partitions
+    spent = dict.fromkeys(STAGES, 0.0)
+    counts = {"entries": 0, "update_bytes": 0, "changelog_records": 0, "changelog_bytes": 0,
+              "models": 0, "model_bytes": 0}
+    profiler = cProfile.Profile() if args.cprofile else None
+    clock = time.process_time
+
+    def shared(stage: str, fn: Any, *a: Any) -> Any:
+        start = clock()
+        if profiler is not None:
+            profiler.enable()
+        out = fn(*a)
+        if profiler is not None:
+            profiler.disable()
+        spent[stage] += clock() - start
+        return out
+
+    def learn(batch: Sequence[Any]) -> None:
+        for event in batch:
+            p = partition_of(event.user_id, args.partitions)
+            outbox.at(f"events:{p}", offsets[p])
+            offsets[p] += 1
+            engine.process(event)
+
+    def apply(payloads: dict[int, bytes]) -> set[str]:
+        dirty = set()
+        for payload in payloads.values():
+            for item_id, entries in decode_updates(payload).items():
+                state = states.get(item_id)
+                if state is None:
+                    state = states[item_id] = ItemState()
+                counts["entries"] += len(entries)
+                if state.apply(entries, params, item_id):
+                    dirty.add(item_id)
+        return dirty
+
+    def changelog(dirty: set[str]) -> None:
+        for item_id in dirty:
+            for key, record in states[item_id].changelog(item_id):
+                counts["changelog_records"] += 1
+                counts["changelog_bytes"] += len(key) + len(orjson.dumps(record))
+        changed.update(dirty)
+
+    def publish(now: float) -> list[tuple[str, bytes]]:
+        due = sorted(i for i in changed if states[i].due(params))
+        changed.difference_update(due)
+        return [(i, orjson.dumps(states[i].published(now, params))) for i in due]
+
+    def apply_models(records: list[tuple[str, bytes]]) -> None:
+        replica.apply_item_models([(i, orjson.loads(v)) for i, v in records])
+
+    for n, i in enumerate(range(0, len(events), args.batch), start=1):
+        batch = events[i : i + args.batch]
+        start = clock()
+        learn(batch)
+        spent["learn"] += clock() - start
+        payloads = shared("encode", outbox.messages, args.partitions)
+        counts["update_bytes"] += sum(len(p) for p in payloads.values())
+        dirty = shared("apply", apply, payloads)
+        shared("changelog", changelog, dirty)
+        if n % args.publish_every == 0 or i + args.batch >= len(events):
+            records = shared("publish", publish, batch[-1].timestamp)
+            counts["models"] += len(records)
+            counts["model_bytes"] += sum(len(v) for _, v in records)
+            shared("replica", apply_models, records)
+    n_events = len(events)
+    result: dict[str, Any] = {f"{s}_us_per_event": 1e6 * spent[s] / n_events for s in STAGES}
+    result["sharing_us_per_event"] = sum(result[f"{s}_us_per_event"] for s in STAGES[1:])
+    result.update({f"{k}_per_event": v / n_events for k, v in counts.items()})
+    if profiler is not None:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.cprofile)
+        result["cprofile"] = out.getvalue()
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--batch", type=int, default=200, help="events per worker batch")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--publish-every", type=int, default=5, metavar="BATCHES")
+    p.add_argument("--dataset", default="demo", help="shared dataset replayed (default demo)")
+    p.add_argument("--data-dir", type=Path, help="datasets folder (default ../shared/data)")
+    p.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the top N")
+    args = p.parse_args(argv)
+    for name in ("events", "batch", "partitions", "publish_every"):
+        if getattr(args, name) < 1:
+            print(f"sharing_profile: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    try:
+        result = run(args)
+    except FileNotFoundError as exc:
+        print(f"sharing_profile: {exc}", file=sys.stderr)
+        return 2
+    profile = result.pop("cprofile", None)
+    for key, value in result.items():
+        print(f"{key:32s} {value:12.2f}")
+    if profile:
+        print(profile)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
