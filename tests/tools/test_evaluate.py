@@ -244,6 +244,16 @@ def test_workers_report_the_same_keys_and_sharing_restores_the_hit_rate(
     assert alone["hr_at_10"] < shared["hr_at_10"] - 0.1
 
 
+def test_two_workers_on_a_small_file_give_a_silhouette(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Half the pairs file per worker fits customer value on a few hours of
+    # history; a NaN there reached the segment features and the silhouette.
+    out = _run(pairs_file(tmp_path), capsys, "--workers", "2")
+    assert out["segment_users"] > 0
+    assert -1.0 <= out["segmentation_silhouette"] <= 1.0
+
+
 def test_workers_bad_arguments_exit_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
