@@ -260,11 +260,15 @@ def evaluate(
     alert_at: list[tuple[int, str]] = []
     has_purchases = any(e.type == "purchase" for e in events)
     # Outside the timed model path: its rankings are what the worker publishes.
-    information = ListInformation()
+    # Each worker numbers the catalogue its own way: lists are measured without workers only.
+    information = ListInformation() if cluster is None else None
     replay = (
-        AttributionReplay(variants, seed=engine.config.seed, on_list=information.on_list)
+        AttributionReplay(
+            variants, seed=engine.config.seed,
+            on_list=information.on_list if information is not None else None,
+        )
         if variants and any(e.type != "review" for e in events) else None
-    )
+    )  # fmt: skip
     next_click = (
         NextClick(
             lambda e: [r.item_id for r in engine.recommend(e.user_id, NEXT_K)],
@@ -385,7 +389,8 @@ def evaluate(
         result.update(holdout.report(engine))
     result["attribution"] = replay.report() if replay is not None else None
     result["information"] = (
-        information.report(len(engine.catalogue)) if replay is not None else None
+        information.report(len(engine.catalogue))
+        if replay is not None and information is not None else None
     )
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None

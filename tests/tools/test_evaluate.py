@@ -254,6 +254,21 @@ def test_two_workers_on_a_small_file_give_a_silhouette(
     assert -1.0 <= out["segmentation_silhouette"] <= 1.0
 
 
+def test_workers_with_the_attribution_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The replay's strategies reach the user's worker with their session context;
+    # list information needs one catalogue numbering, so it is measured without workers.
+    path = pairs_file(tmp_path)
+    assert evaluate.main([str(path), "--json", "--workers", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["attribution"]["blend"]["exposures"] > 0
+    assert out["information"] is None
+    assert evaluate.main([str(path), "--json"]) == 0
+    information = json.loads(capsys.readouterr().out)["information"]
+    assert "blend" in information["list_entropy"] and "blend" in information["exposure_gini"]
+
+
 def test_workers_bad_arguments_exit_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
