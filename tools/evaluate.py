@@ -411,6 +411,31 @@ def evaluate(
     return result
 
 
+def shift_alarms(events: list[Event], config: EngineConfig | None = None) -> dict[str, Any]:
+    """The ``behaviour_shift`` alerts of a replay, from the engine's detector alone.
+
+    The detector and its cooldown learn from nothing but the events, so feeding
+    them directly gives the alerts a full replay gives, in seconds. On a replay
+    without an injected change every alert is a false alarm: ``per_100k_events``.
+    """
+    engine = FeedbackEngine(config)
+    fired: list[dict[str, Any]] = []
+    for n, event in enumerate(events):
+        shift = engine.shift.learn_one(event)
+        t = event.timestamp
+        if shift is not None and engine.cooldown.allow("behaviour_shift", "stream", t):
+            when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            fired.append({"event": n + 1, "time": when,
+                          **{k: round(v, 4) for k, v in shift.items()}})  # fmt: skip
+    return {
+        "events": len(events),
+        "comparisons": engine.shift.checks,
+        "behaviour_shift": len(fired),
+        "per_100k_events": 1e5 * len(fired) / len(events) if events else None,
+        "alerts": fired,
+    }
+
+
 def _segmentation_metrics(engine: FeedbackEngine, sample: int = 4000) -> dict[str, Any]:
     users, x, labels = engine.segmentation.snapshot()
     if len(users) < 3:
@@ -773,6 +798,12 @@ def main(argv: list[str] | None = None) -> int:
         "else), in seconds instead of the whole replay",
     )
     parser.add_argument(
+        "--shift-only",
+        action="store_true",
+        help="only the behaviour-shift detector with its cooldown (it learns from nothing "
+        "else): its alerts, and how many per 100,000 events",
+    )
+    parser.add_argument(
         "--clv-regularity",
         action="store_true",
         help="customer value: fit the MBG/CNBD-k regularity too (docs/models.md)",
@@ -834,6 +865,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"feedback-stream evaluate: no valid event in {args.path} "
               f"({rejected} rejected lines)", file=sys.stderr)
         return 2
+    if args.shift_only:
+        shift = shift_alarms(events, EngineConfig(seed=args.seed))
+        print(orjson.dumps({**shift, "rejected_lines": rejected}).decode())
+        return 0
     if args.clv_only:
         if holdout_from is None:
             parser.error("--clv-only needs --holdout-from DATE")
