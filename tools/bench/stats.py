@@ -84,6 +84,56 @@ def window(
     return Window(start, end)
 
 
+def completed(
+    events: Sequence[tuple[float, float]],
+    done: Sequence[tuple[float, float]],
+    sent: float,
+    total: int,
+) -> list[tuple[float, float]]:
+    """Events processed *whole*, sampled in the same rounds as ``events``: read by a
+    worker, and their item-side increments applied by the item owners.
+
+    ``done`` counts the item-update entries the owners applied (or skipped as
+    duplicates) and ``sent`` is how many the ``total`` events produced; an
+    owner that lags behind the inputs holds the count back, since its work is
+    part of each event's cost. Without item sharing (``sent`` 0) it is ``events``.
+
+    >>> completed([(0, 50), (1, 100)], [(0, 100), (1, 400)], 400, 100)
+    [(0, 25.0), (1, 100.0)]
+    """
+    if sent <= 0:
+        return [(t, float(v)) for t, v in events]
+    return [
+        (t, min(float(v), total * d / sent))
+        for (t, v), (_, d) in zip(events, done, strict=False)
+    ]
+
+
+def whole_window(
+    events: Sequence[tuple[float, float]],
+    done: Sequence[tuple[float, float]],
+    total: int,
+    lo: float = WINDOW[0],
+    hi: float = WINDOW[1],
+) -> Window | None:
+    """The window of a run whose events are processed whole only once a trailing
+    stage (the item owners) has caught up: from the moment ``lo`` of ``total``
+    were read (``events``) to the moment ``hi`` of them were done (``done``,
+    :func:`completed`). Its rate, ``(hi - lo) * total / seconds``, is the
+    input's when the trailing stage keeps pace, and counts the stage's delay
+    when it does not (a stage that only starts once the inputs are read would
+    otherwise look as fast as it runs alone).
+
+    >>> w = whole_window([(0, 0), (10, 100)], [(0, 0), (10, 50), (20, 100)], 100)
+    >>> w.start, w.end
+    (1.0, 18.0)
+    """
+    start, end = time_at(events, lo * total), time_at(done, hi * total)
+    if start is None or end is None or end <= start:
+        return None
+    return Window(start, end)
+
+
 def ratio(value: float | None, reference: float | None) -> float | None:
     """``value / reference``, None when either is missing or the reference is not positive."""
     if value is None or reference is None or not reference > 0 or math.isnan(value):
