@@ -204,11 +204,46 @@ def expected_purchases(params: TransactionParams, t: float, x: Any, t_x: Any, T:
     decay = np.exp(rk * (np.log(span) - np.log(span + t)))
     if params.modified:
         scale = (a + b + x) / (a - 1.0)
-        hyp = hyp2f1(rk, b + x + 1, a + b + x, z)
+        upper, lower = b + x + 1, a + b + x
     else:
         scale = (a + b + x - 1.0) / (a - 1.0)
-        hyp = hyp2f1(rk, b + x, a + b + x - 1.0, z)
-    return scale * (1.0 - decay * hyp) / (1.0 + _death_odds(params, x, t_x, T))
+        upper, lower = b + x, a + b + x - 1.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        silent = decay * hyp2f1(rk, upper, lower, z)
+    if not np.all(np.isfinite(silent)):
+        silent = _silent_by_series(silent, rk, upper, lower, z)
+    return scale * (1.0 - silent) / (1.0 + _death_odds(params, x, t_x, T))
+
+
+def _silent_by_series(direct: Any, rk: Any, upper: Any, lower: Any, z: Any) -> np.ndarray:
+    """``(1 - z)^rk * 2F1(rk, upper; lower; z)`` where the closed form is not finite.
+
+    With a large ``rk`` (a fit at its rate bound, e.g. customers seen for hours
+    only) the power underflows to 0 and the 2F1 overflows, and their product is
+    NaN. The product is the mean of ``(upper)_N / (lower)_N`` over
+    ``N ~ NegBin(rk, 1 - z)``, summed here in logs over the bulk of ``N``.
+
+    >>> rk, upper, lower, z = 3.0, 2.5, 4.0, 0.6
+    >>> exact = (1 - z) ** rk * float(hyp2f1(rk, upper, lower, z))
+    >>> got = float(_silent_by_series(np.array(np.nan), rk, upper, lower, z))
+    >>> abs(got - exact) < 1e-9
+    True
+    """
+    out, rk, upper, lower, z = np.broadcast_arrays(
+        np.array(direct, dtype=float), *_as(rk, upper, lower, z)
+    )
+    out = out.copy()
+    for i in np.ndindex(out.shape):
+        if math.isfinite(out[i]):
+            continue
+        r, u, low, q = float(rk[i]), float(upper[i]), float(lower[i]), float(z[i])
+        mean, sd = r * q / (1.0 - q), math.sqrt(r * q) / (1.0 - q)
+        n = np.arange(max(0.0, math.floor(mean - 12 * sd)), math.ceil(mean + 12 * sd) + 64)
+        log_pmf = (gammaln(r + n) - gammaln(r) - gammaln(n + 1)
+                   + n * math.log(q) + r * math.log1p(-q))  # fmt: skip
+        log_ratio = gammaln(u + n) - gammaln(u) - gammaln(low + n) + gammaln(low)
+        out[i] = math.exp(float(logsumexp(log_pmf + log_ratio)))
+    return out
 
 
 def p_no_purchase(params: TransactionParams, t: float, x: Any, t_x: Any, T: Any) -> np.ndarray:

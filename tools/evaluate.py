@@ -260,11 +260,15 @@ def evaluate(
     alert_at: list[tuple[int, str]] = []
     has_purchases = any(e.type == "purchase" for e in events)
     # Outside the timed model path: its rankings are what the worker publishes.
-    information = ListInformation()
+    # Each worker numbers the catalogue its own way: lists are measured without workers only.
+    information = ListInformation() if cluster is None else None
     replay = (
-        AttributionReplay(variants, seed=engine.config.seed, on_list=information.on_list)
+        AttributionReplay(
+            variants, seed=engine.config.seed,
+            on_list=information.on_list if information is not None else None,
+        )
         if variants and any(e.type != "review" for e in events) else None
-    )
+    )  # fmt: skip
     next_click = (
         NextClick(
             lambda e: [r.item_id for r in engine.recommend(e.user_id, NEXT_K)],
@@ -385,7 +389,8 @@ def evaluate(
         result.update(holdout.report(engine))
     result["attribution"] = replay.report() if replay is not None else None
     result["information"] = (
-        information.report(len(engine.catalogue)) if replay is not None else None
+        information.report(len(engine.catalogue))
+        if replay is not None and information is not None else None
     )
     result["alerts_by_kind"] = dict(sorted(alerts.items()))
     result["events_per_second"] = len(events) / engine_seconds if engine_seconds > 0 else None
@@ -404,6 +409,31 @@ def evaluate(
             events=len(events),
         )  # fmt: skip
     return result
+
+
+def shift_alarms(events: list[Event], config: EngineConfig | None = None) -> dict[str, Any]:
+    """The ``behaviour_shift`` alerts of a replay, from the engine's detector alone.
+
+    The detector and its cooldown learn from nothing but the events, so feeding
+    them directly gives the alerts a full replay gives, in seconds. On a replay
+    without an injected change every alert is a false alarm: ``per_100k_events``.
+    """
+    engine = FeedbackEngine(config)
+    fired: list[dict[str, Any]] = []
+    for n, event in enumerate(events):
+        shift = engine.shift.learn_one(event)
+        t = event.timestamp
+        if shift is not None and engine.cooldown.allow("behaviour_shift", "stream", t):
+            when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            fired.append({"event": n + 1, "time": when,
+                          **{k: round(v, 4) for k, v in shift.items()}})  # fmt: skip
+    return {
+        "events": len(events),
+        "comparisons": engine.shift.checks,
+        "behaviour_shift": len(fired),
+        "per_100k_events": 1e5 * len(fired) / len(events) if events else None,
+        "alerts": fired,
+    }
 
 
 def _segmentation_metrics(engine: FeedbackEngine, sample: int = 4000) -> dict[str, Any]:
@@ -768,6 +798,12 @@ def main(argv: list[str] | None = None) -> int:
         "else), in seconds instead of the whole replay",
     )
     parser.add_argument(
+        "--shift-only",
+        action="store_true",
+        help="only the behaviour-shift detector with its cooldown (it learns from nothing "
+        "else): its alerts, and how many per 100,000 events",
+    )
+    parser.add_argument(
         "--clv-poisson",
         action="store_true",
         help="customer value: Poisson purchase-days (the MBG/NBD, k = 1) instead of the "
@@ -830,6 +866,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"feedback-stream evaluate: no valid event in {args.path} "
               f"({rejected} rejected lines)", file=sys.stderr)
         return 2
+    if args.shift_only:
+        shift = shift_alarms(events, EngineConfig(seed=args.seed))
+        print(orjson.dumps({**shift, "rejected_lines": rejected}).decode())
+        return 0
     if args.clv_only:
         if holdout_from is None:
             parser.error("--clv-only needs --holdout-from DATE")

@@ -42,6 +42,17 @@ class LocalStack:
         ports = list(self.workers) or [self.settings.web_port]
         return ",".join(f"{host}:{port}/metrics" for port in ports)
 
+    def check_workers(self) -> None:
+        """Raise :class:`LocalStackError` naming the first worker that has exited."""
+        for i, (port, proc) in enumerate((self.workers or {0: self.worker}).items()):
+            if proc.poll() is not None:
+                log = self.state_dir / ("worker.log" if i == 0 else f"worker-{i}.log")
+                reason = last_log_line(log)
+                raise LocalStackError(
+                    f"worker {i} (port {port}) exited with code {proc.returncode}"
+                    f"{': ' + reason if reason else ''} (logs in {self.state_dir})"
+                )
+
 
 def partitions_for(workers: int, at_least: int = 4) -> int:
     """A partition count that gives each of ``workers`` the same share: Faust's

@@ -28,7 +28,7 @@ which the sparse event time of the public datasets does not reproduce.
 from __future__ import annotations
 
 from collections import ChainMap
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,14 +182,25 @@ class Cluster:
         return [alert for engine in self.engines for alert in engine.tick(now)]
 
     def recommend(
-        self, user_id: str, k: int = 10, avoid: Collection[str] = ()
+        self,
+        user_id: str,
+        k: int = 10,
+        avoid: Collection[str] = (),
+        session_id: str | None = None,
+        item_id: str | None = None,
     ) -> list[Recommendation]:
-        return self.engine_of(user_id).recommend(user_id, k, avoid=avoid)
+        return self.engine_of(user_id).recommend(
+            user_id, k, avoid=avoid, session_id=session_id, item_id=item_id
+        )
 
     def popular(
-        self, user_id: str, k: int = 10, avoid: Collection[str] = ()
+        self,
+        user_id: str,
+        k: int = 10,
+        avoid: Collection[str] = (),
+        ranking: Sequence[str] | None = None,
     ) -> list[Recommendation]:
-        return self.engine_of(user_id).popular(user_id, k, avoid=avoid)
+        return self.engine_of(user_id).popular(user_id, k, avoid=avoid, ranking=ranking)
 
     def churn_risk(self, user_id: str, now: float | None = None) -> float | None:
         return self.engine_of(user_id).churn_risk(user_id, now)

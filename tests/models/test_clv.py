@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 import pytest
+from scipy.special import hyp2f1
 
 from models.clv import (
     DAY,
     CustomerValue,
     SpendParams,
     TransactionParams,
+    _silent_by_series,
     expected_purchases,
     expected_spend_per_purchase,
     fit_spend,
@@ -101,6 +104,21 @@ def test_silence_lowers_p_alive_and_raises_p_no_purchase() -> None:
     assert quiet[0] > quiet[1]
     silent = p_no_purchase(params, 90.0, [6, 6], [100.0, 100.0], [105.0, 300.0])
     assert silent[0] < silent[1]
+
+
+@pytest.mark.parametrize("modified", [True, False])
+def test_expected_purchases_stay_finite_at_the_rate_bound(modified: bool) -> None:
+    # A fit on customers seen for hours only puts r at its bound (e^9): the closed
+    # form's power underflows, its 2F1 overflows, and their product was NaN,
+    # which then poisoned every user's segmentation vector through expected spend.
+    params = TransactionParams(r=math.exp(9.0), alpha=5.64, a=564.9, b=2.23, modified=modified)
+    got = expected_purchases(params, 90.0, [0, 0, 2], [0.0, 0.0, 0.01], [0.0, 0.0007, 0.02])
+    assert np.all(np.isfinite(got)) and np.all(got > 0)
+    # where the closed form is finite, the series fallback gives the same figure
+    rk, upper, lower, z = 60.0, 3.2, 12.0, 0.9
+    closed = (1 - z) ** rk * float(hyp2f1(rk, upper, lower, z))
+    series = float(_silent_by_series(np.array(np.nan), rk, upper, lower, z))
+    assert series == pytest.approx(closed, rel=1e-9)
 
 
 def test_purchase_days_not_lines() -> None:

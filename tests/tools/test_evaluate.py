@@ -244,6 +244,31 @@ def test_workers_report_the_same_keys_and_sharing_restores_the_hit_rate(
     assert alone["hr_at_10"] < shared["hr_at_10"] - 0.1
 
 
+def test_two_workers_on_a_small_file_give_a_silhouette(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Half the pairs file per worker fits customer value on a few hours of
+    # history; a NaN there reached the segment features and the silhouette.
+    out = _run(pairs_file(tmp_path), capsys, "--workers", "2")
+    assert out["segment_users"] > 0
+    assert -1.0 <= out["segmentation_silhouette"] <= 1.0
+
+
+def test_workers_with_the_attribution_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The replay's strategies reach the user's worker with their session context;
+    # list information needs one catalogue numbering, so it is measured without workers.
+    path = pairs_file(tmp_path)
+    assert evaluate.main([str(path), "--json", "--workers", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["attribution"]["blend"]["exposures"] > 0
+    assert out["information"] is None
+    assert evaluate.main([str(path), "--json"]) == 0
+    information = json.loads(capsys.readouterr().out)["information"]
+    assert "blend" in information["list_entropy"] and "blend" in information["exposure_gini"]
+
+
 def test_workers_bad_arguments_exit_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -270,3 +295,34 @@ def test_changelog_volume_is_measured_beside_whole_records(
     with pytest.raises(SystemExit):
         evaluate.main([str(path), "--changelog"])
     assert "--changelog needs --workers" in capsys.readouterr().err
+
+
+def test_shift_only_counts_the_detectors_alerts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Clicks over 60 items; in the shifted copy, from event 20,000 on, a third go to 3 items."""
+    rng = np.random.default_rng(5)
+    start, n = 20_000, 26_000
+
+    def clicks(shifted: bool) -> list[dict]:
+        rows = []
+        for i in range(n):
+            item = f"i{rng.integers(60)}"
+            if shifted and i >= start and rng.random() < 1 / 3:
+                item = f"i{rng.integers(3)}"
+            t = datetime.fromtimestamp(1_600_000_000 + 60 * i, UTC)
+            rows.append({"type": "click", "event_id": f"c{i}", "user_id": f"u{rng.integers(500)}",
+                         "item_id": item, "timestamp": t.strftime("%Y-%m-%dT%H:%M:%SZ")})
+        return rows
+
+    for shifted in (False, True):
+        path = write(tmp_path / f"clicks-{shifted}.jsonl", clicks(shifted))
+        assert evaluate.main([str(path), "--shift-only", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["events"] == n and out["comparisons"] == n // 500 - 11
+        assert out["per_100k_events"] == pytest.approx(1e5 * out["behaviour_shift"] / n)
+        if shifted:
+            assert start < out["alerts"][0]["event"] <= start + 2_000
+            assert out["alerts"][0]["items"] > 0.02
+        else:
+            assert out["behaviour_shift"] == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +79,51 @@ def test_the_best_order_puts_the_most_wanted_first() -> None:
     best = sim.best_order_click_probability("u1", [lukewarm, liked])
     assert best == pytest.approx(sim.click_probability("u1", [liked, lukewarm]))
     assert best > sim.click_probability("u1", [lukewarm, liked])
+
+
+def test_a_worker_that_dies_mid_run_is_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+    import contextlib
+    import subprocess
+    import sys
+    import urllib.error
+
+    from stream.settings import Settings
+    from tools import local
+    from tools.cli import user_error
+    from tools.simulate import cli
+
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / "worker.log").write_text("x INFO started\nx ERROR processor crashed: boom\n")
+    stack = local.LocalStack(
+        Settings.from_env({}), tmp_path, alive, {8001: alive, 8002: dead}
+    )
+
+    @contextlib.contextmanager
+    def fake_stack(*args: object, **kwargs: object) -> Iterator[local.LocalStack]:
+        yield stack
+
+    async def refused(*args: object) -> None:
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(local, "local_stack", fake_stack)
+    monkeypatch.setattr(cli, "drive_broker", refused)
+    args = argparse.Namespace(state_dir="", json=True, workers=2, rate=1.0, duration=1.0,
+                              events=0, drain=0.0)
+    try:
+        with pytest.raises(local.LocalStackError) as info:
+            cli._run_embedded(args, None, {})  # type: ignore[arg-type]
+        message, code = user_error(info.value)
+        assert code == 1 and message is not None and "\n" not in message
+        assert message.startswith("worker 1 (port 8002) exited with code 3")
+        # every worker still alive: the error is not ours to explain
+        stack.workers.pop(8002)
+        with pytest.raises(urllib.error.URLError):
+            cli._run_embedded(args, None, {})  # type: ignore[arg-type]
+    finally:
+        alive.kill()
+        alive.wait()

@@ -143,8 +143,14 @@ def _run_embedded(
         workers=args.workers,
     ) as stack:
         url = stack.metrics_url
-        baseline = asyncio.run(drive_broker(
-            sim, stack.settings, args.rate, args.duration, args.events, args.drain,
-            not args.json, url,
-        ))
-        return subtract(wait_drained(url, sim.produced), baseline)
+        try:
+            baseline = asyncio.run(drive_broker(
+                sim, stack.settings, args.rate, args.duration, args.events, args.drain,
+                not args.json, url,
+            ))
+            return subtract(wait_drained(url, sim.produced), baseline)
+        except OSError:
+            # A dead worker's /metrics refuses the connection: say which worker
+            # died, in one line (the command line's handler prints it).
+            stack.check_workers()
+            raise
