@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from faust.types import TP
 from models.engine import FeedbackEngine
 from models.item_state import ItemParams, ItemState, is_snapshot_key
 from models.item_updates import decode_updates, partition_of
-from stream.faust import write_as
+from stream.faust import write_through
 from stream.kafka import client_kwargs
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -117,6 +117,19 @@ class Sharing:
         self.metrics.item_updates_applied.inc(applied)
         self.metrics.item_updates_duplicate.inc(skipped)
         return applied, skipped
+
+    async def own(self, table: Any, events: Sequence[Any]) -> tuple[int, int]:
+        """:meth:`apply_batch` of the owner's Faust events, each changed item's
+        records written to the changelog partition of its last message (= the
+        item's) straight through the producer (:func:`stream.faust.write_through`),
+        acknowledged when this returns."""
+        writes: list[tuple[str, dict[str, Any], int]] = []
+        counts = self.apply_batch(
+            table, [(e.value, e) for e in events],
+            lambda key, record, event: writes.append((key, record, event.message.partition)),
+        )
+        await write_through(table, writes)
+        return counts
 
     def apply_updates(self, table: Any, payload: bytes) -> tuple[int, int]:
         """:meth:`apply_batch` of one message into a plain mapping."""
@@ -231,17 +244,15 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
     )
 
-    def write(item_id: str, record: dict[str, Any], event: Any) -> None:
-        # To the changelog partition of the item's own message (= the item's).
-        write_as(table, item_id, record, event)
-
     @app.agent(updates_topic, name="item-owner")
     async def own_items(stream: Any) -> None:
-        # In batches: an item touched by several messages is written once. No
-        # await between applying and writing, and Faust flushes the producer
-        # before it commits, so a commit never passes an unwritten increment.
+        # In batches: an item touched by several messages is written once. The
+        # records go straight to the producer (write_through: Faust's buffered
+        # table writes stall the worker's inputs) and are acknowledged before
+        # the batch's events are acked, so a commit never passes an unwritten
+        # increment.
         async for events in stream.take_events(500, within=settings.batch_max_wait_seconds):
-            sharing.apply_batch(table, [(e.value, e) for e in events], write)
+            await sharing.own(table, events)
 
     @app.timer(settings.item_model_period_seconds, name="publish-item-models")
     async def publish_models() -> None:

@@ -25,10 +25,10 @@ from stream.commit_guard import CommitGuard
 from stream.faust.consumer import Consumer
 from stream.faust.offset_trace import OffsetTrace
 from stream.faust.recovery import ChangelogRecovery, GuardedTableManager, Producer
-from stream.faust.table_store import TableStore, write_as
+from stream.faust.table_store import TableStore, write_as, write_through
 from stream.settings import Settings
 
-__all__ = ["OffsetTrace", "TableStore", "create_app", "write_as"]
+__all__ = ["OffsetTrace", "TableStore", "create_app", "write_as", "write_through"]
 
 
 def create_app(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from faust.streams import _current_event
+from faust.types import TP
 
 from stream.records import InputMessage
 from stream.settings import Settings
@@ -23,6 +25,38 @@ def write_as(table: Any, key: str, value: Any, event: Any) -> None:
         table[key] = value
     finally:
         _current_event.reset(token)
+
+
+async def write_through(table: Any, writes: Sequence[tuple[str, Any, int]]) -> None:
+    """``table[key] = value`` for each ``(key, value, changelog partition)``, the
+    changelog records handed straight to the producer; returns once the broker
+    has acknowledged them all.
+
+    Faust's own path for a table write queues the record in its producer buffer,
+    which one task hands to aiokafka a record at a time (a ``FutureMessage``,
+    callbacks and sensors each). While that buffer holds more than 100 records
+    (``ProducerBuffer.max_messages``), Faust's conductor holds back *every*
+    input record it delivers until a hundred more have left
+    (``ProducerBuffer.wait_until_ebb``). The item owner writes hundreds of
+    records a batch: through that path the worker's inputs stalled for seconds
+    whenever the owners had work, and the buffer drained slower than they wrote.
+    The records and their bytes are those Faust would have sent.
+    """
+    if not writes:
+        return
+    topic = table.changelog_topic
+    name = topic.get_topic_name()
+    send = table.app.producer.send
+    store = table.data
+    futures = []
+    for key, value, partition in writes:
+        raw_key, _ = topic.prepare_key(key, table.key_serializer)
+        raw_value, _ = topic.prepare_value(value, table.value_serializer)
+        store[key] = value
+        futures.append(await send(name, raw_key, raw_value, partition, None, None))
+    for meta in await asyncio.gather(*futures):
+        # What Faust's own send callback records (a RocksDB store resumes from it).
+        store.set_persisted_offset(TP(meta.topic, meta.partition), meta.offset)
 
 
 class TableStore:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -140,3 +142,61 @@ def test_a_restarted_owner_rebuilds_its_items_from_the_table_exactly() -> None:
              partition_of("y", restarted.settings.partitions)}
     keys = {k for k, _ in restarted.due_models(table, owned, now=200.0)}
     assert keys == {b"x", b"y"}
+
+
+@dataclass
+class FaustEvent:
+    """What the owner reads of a Faust event (weakly referable, as Faust's are)."""
+
+    value: bytes
+    message: SimpleNamespace
+
+
+async def test_the_owner_writes_its_items_through_the_producer_not_faust_s_buffer(
+    tmp_path: object,
+) -> None:
+    """The owner's changelog records reach the producer with the bytes and the
+    partition Faust would have given them, and none waits in Faust's producer
+    buffer: while that buffer holds more than 100 records, Faust stops delivering
+    the worker's input records (the latency tail)."""
+    import asyncio
+
+    import faust.serializers.codecs as codecs
+
+    from stream.app import build_app
+    from stream.topics import ITEM_STATE_TABLE
+
+    settings = Settings.from_env({"FEEDBACK_STATE_DIR": str(tmp_path)})
+    fa = build_app(settings, engine=FeedbackEngine(), registry=CollectorRegistry())
+    assert fa.sharing is not None
+    table: Any = fa.app.tables[ITEM_STATE_TABLE]
+    sent: list[tuple[str, bytes, bytes, int]] = []
+
+    async def send(topic: str, key: bytes, value: bytes, partition: int,
+                   *_: object) -> asyncio.Future[object]:
+        sent.append((topic, key, value, partition))
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        done.set_result(SimpleNamespace(topic=topic, partition=partition, offset=len(sent)))
+        return done
+
+    fa.app.producer.send = send  # type: ignore[method-assign,assignment]
+    items = [f"i{k}" for k in range(150)]
+    events = [
+        FaustEvent(
+            encode_updates({item: [["clicks:0", 1, ["p", 1.0, 100.0]]]}),
+            SimpleNamespace(partition=partition_of(item, settings.partitions),
+                            topic=settings.topic_item_updates),
+        )
+        for item in items
+    ]
+    assert await fa.sharing.own(table, events) == (150, 0)
+    assert fa.app.producer.buffer.size == 0
+    assert len(sent) == 150
+    # Faust's table codec (JSON keys and values), as its own changelog path writes.
+    by_key = {codecs.loads("json", key): (topic, value, partition)
+              for topic, key, value, partition in sent}
+    topic, value, partition = by_key["i7"]
+    assert topic == table.changelog_topic.get_topic_name()
+    assert partition == partition_of("i7", settings.partitions)
+    assert codecs.loads("json", value) == table["i7"]
+    assert table["i7"]["count"] == 1.0

@@ -136,6 +136,10 @@ class WorkerProcess:
     events: list[tuple[float, float]] = field(default_factory=list)
     recommendations: list[tuple[float, float]] = field(default_factory=list)
     cpu: list[tuple[float, float]] = field(default_factory=list)
+    # Item-update entries sent by this worker, and applied (or skipped as
+    # duplicates) by it as an item owner.
+    item_updates_sent: list[tuple[float, float]] = field(default_factory=list)
+    item_updates_done: list[tuple[float, float]] = field(default_factory=list)
     peak_rss: int = 0
     totals: dict[str, float] = field(default_factory=dict)
 
@@ -154,6 +158,13 @@ class WorkerProcess:
             (t, totals.get("feedback_recommendations_emitted_total", 0.0))
         )
         self.cpu.append((t, cpu_seconds(self.proc.pid) or 0.0))
+        self.item_updates_sent.append(
+            (t, totals.get("feedback_item_update_entries_sent_total", 0.0))
+        )
+        self.item_updates_done.append((t, (
+            totals.get("feedback_item_update_entries_applied_total", 0.0)
+            + totals.get("feedback_item_update_entries_duplicate_total", 0.0)
+        )))
         self.totals = totals
         rss = rss_now(self.proc.pid) or 0
         self.peak_rss = max(self.peak_rss, rss_peak(self.proc.pid) or rss)
@@ -187,6 +198,24 @@ def start_workers(
     for w in workers:
         wait_http(f"{w.settings.web_url}/readyz", w.proc, timeout=timeout)
     return workers
+
+
+def wait_item_owners(workers: Sequence[WorkerProcess], timeout: float) -> float | None:
+    """Sample every worker until the item owners have applied every item-update
+    entry sent so far (the worker's share of an event's work that trails its
+    input); the seconds it took, None past ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        for w in workers:
+            if w.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with code {w.proc.returncode}")
+            w.sample()
+        sent = sum(w.item_updates_sent[-1][1] for w in workers if w.item_updates_sent)
+        done = sum(w.item_updates_done[-1][1] for w in workers if w.item_updates_done)
+        if done >= sent:
+            return time.monotonic() - start
+        time.sleep(SAMPLE_SECONDS)
+    return None
 
 
 def wait_counts(

@@ -90,8 +90,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"{fmt_rate(r.get('faust_per_event_send_events_per_second'))}"
         f"{_fmt_ratio(r.get('faust_per_event_send_events_vs_raw'))}",
         "worker, all models on",
-        f"  input events                 {fmt_rate(r.get('events_per_second'))}"
+        f"  events processed whole       {fmt_rate(r.get('events_per_second'))}"
         f"{_fmt_ratio(r.get('events_vs_raw'))}",
+        f"  input events read            {fmt_rate(r.get('input_events_per_second'))}"
+        + (f" (item owners {r['item_owner_catch_up_seconds']:,.1f} s behind at the end)"
+           if r.get("item_owner_catch_up_seconds") is not None else ""),
         f"  recommendations              {fmt_rate(r.get('recommendations_per_second'))}"
         f"{_fmt_ratio(r.get('recommendations_vs_raw'))}",
     ]

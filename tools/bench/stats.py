@@ -84,6 +84,31 @@ def window(
     return Window(start, end)
 
 
+def completed(
+    events: Sequence[tuple[float, float]],
+    done: Sequence[tuple[float, float]],
+    sent: float,
+    total: int,
+) -> list[tuple[float, float]]:
+    """Events processed *whole*, sampled in the same rounds as ``events``: read by a
+    worker, and their item-side increments applied by the item owners.
+
+    ``done`` counts the item-update entries the owners applied (or skipped as
+    duplicates) and ``sent`` is how many the ``total`` events produced; an
+    owner that lags behind the inputs holds the count back, since its work is
+    part of each event's cost. Without item sharing (``sent`` 0) it is ``events``.
+
+    >>> completed([(0, 50), (1, 100)], [(0, 100), (1, 400)], 400, 100)
+    [(0, 25.0), (1, 100.0)]
+    """
+    if sent <= 0:
+        return [(t, float(v)) for t, v in events]
+    return [
+        (t, min(float(v), total * d / sent))
+        for (t, v), (_, d) in zip(events, done, strict=False)
+    ]
+
+
 def ratio(value: float | None, reference: float | None) -> float | None:
     """``value / reference``, None when either is missing or the reference is not positive."""
     if value is None or reference is None or not reference > 0 or math.isnan(value):

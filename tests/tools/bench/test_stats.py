@@ -10,7 +10,16 @@ import math
 import numpy as np
 import pytest
 
-from tools.bench.stats import Window, combined, percentile, ratio, time_at, value_at, window
+from tools.bench.stats import (
+    Window,
+    combined,
+    completed,
+    percentile,
+    ratio,
+    time_at,
+    value_at,
+    window,
+)
 
 
 @pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 100])
@@ -64,6 +73,24 @@ def test_combined_adds_workers_round_by_round() -> None:
     a = [(0.0, 1.0), (1.0, 5.0)]
     b = [(0.1, 2.0), (1.1, 7.0)]
     assert combined([a, b]) == [(0.1, 3.0), (1.1, 12.0)]
+
+
+def test_a_lagging_item_owner_holds_the_whole_events_back() -> None:
+    # The inputs are read in 10 s; their 4,000 item-update entries (4 per
+    # event) are applied at 200/s, 20 s behind: 50 events/s processed whole.
+    events = [(float(t), min(1000.0, 100.0 * t)) for t in range(0, 31)]
+    done = [(float(t), min(4000.0, 200.0 * max(0, t - 10))) for t in range(0, 31)]
+    whole = completed(events, done, 4000.0, 1000)
+    assert whole[5] == (5.0, 0.0) and whole[-1] == (30.0, 1000.0)
+    w = window(whole, 1000)
+    assert w is not None
+    assert w.rate(whole) == pytest.approx(50.0)
+    assert window(events, 1000).rate(events) == pytest.approx(100.0)  # type: ignore[union-attr]
+
+
+def test_without_item_sharing_whole_events_are_the_inputs() -> None:
+    events = [(0.0, 0.0), (1.0, 10.0)]
+    assert completed(events, [(0.0, 0.0), (1.0, 0.0)], 0.0, 10) == events
 
 
 def test_ratio_guards() -> None:
