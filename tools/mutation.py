@@ -20,6 +20,8 @@ folder prints the diff of one).
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import fnmatch
 import json
 import os
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +178,48 @@ def function_key(mutant: str, module: str) -> str:
     return re.sub(r"__mutmut_\d+$", "", mutant.removeprefix(module + "."))
 
 
+def function_spans(source: str) -> dict[str, tuple[int, int]]:
+    """mutmut's key of each function and method of a module -> its first and last line.
+
+    mutmut mutates top-level functions (``x_name``) and the methods of top-level
+    classes (``xǁClassǁname``), nothing nested deeper.
+    """
+    spans: dict[str, tuple[int, int]] = {}
+    tree = ast.parse(source)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            spans[f"x_{node.name}"] = (node.lineno, node.end_lineno or node.lineno)
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                    spans[f"xǁ{node.name}ǁ{item.name}"] = (
+                        item.lineno, item.end_lineno or item.lineno)
+    return spans
+
+
+def target_lines(target: Target, source: str) -> set[int] | None:
+    """The lines of ``target``'s functions; None when the row takes the whole module.
+
+    Raises SystemExit when a pattern names no function of the module: a renamed
+    function would otherwise leave its row with nothing to test.
+    """
+    if target.functions == ("*",):
+        return None
+    spans = function_spans(source)
+    lines: set[int] = set()
+    for pattern in target.functions:
+        keys = fnmatch.filter(spans, pattern)
+        if not keys:
+            raise SystemExit(
+                f"mutation: {target.name}: no function of {target.path} matches {pattern} "
+                "(renamed? update TARGETS in tools/mutation.py)"
+            )
+        for key in keys:
+            first, last = spans[key]
+            lines.update(range(first, last + 1))
+    return lines
+
+
 def module_results(
     exit_codes: Mapping[str, int | None], target: Target
 ) -> dict[str, str]:
@@ -184,6 +229,18 @@ def module_results(
         for name, code in sorted(exit_codes.items())
         if any(fnmatch.fnmatchcase(function_key(name, target.module), f) for f in target.functions)
     }
+
+
+def row_results(exit_codes: Mapping[str, int | None], target: Target) -> dict[str, str]:
+    """:func:`module_results`, or SystemExit when the row has no mutant: a row
+    that matches nothing would otherwise pass with 0 of 0 killed."""
+    results = module_results(exit_codes, target)
+    if not results:
+        raise SystemExit(
+            f"mutation: {target.name} matched no mutants in {target.path} "
+            "(renamed or emptied? update TARGETS in tools/mutation.py)"
+        )
+    return results
 
 
 def summary(results: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
@@ -212,8 +269,12 @@ def _mutmut_config(target: Target) -> str:
         f"source_paths = {toml_list(PACKAGES)}\n"
         f"only_mutate = {toml_list([target.path])}\n"
         f"pytest_add_cli_args_test_selection = {toml_list(target.tests)}\n"
-        # The doctests of the copied packages are not the module's tests.
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-o", "addopts=", '
+        # The doctests of the copied packages are not the module's tests. The
+        # unraisable-exception plugin runs gc.collect() several times at the end of
+        # every pytest session, a fifth of each mutant's start-up cost; what it
+        # reports is a warning, which fails no test here (no filterwarnings=error).
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:unraisableexception", '
+        '"-o", "addopts=", '
         f'"--strict-markers"{"".join(f", {json.dumps(a)}" for a in deselect)}]\n'
         "use_git_change_detection = false\n"
     )
@@ -233,6 +294,16 @@ def prepare(target: Target) -> Path:
     return work
 
 
+_RUNNING: set[subprocess.Popen[bytes]] = set()  # the mutmut runs of the rows under way
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End one row's mutmut run and the mutants it forked."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait()
+
+
 def run_target(target: Target, jobs: int) -> dict[str, str]:
     """Run mutmut on one module; its mutants' outcomes."""
     if not (REPO / target.path).is_file():
@@ -240,6 +311,7 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
     missing = [t for t in target.tests if not (REPO / t.split("::")[0]).exists()]
     if missing:
         raise SystemExit(f"mutation: test {missing[0]} of {target.name} not found")
+    target_lines(target, (REPO / target.path).read_text())  # fails on a renamed function
     work = prepare(target)
     names = [] if target.functions == ("*",) else [
         f"{target.module}.{f}__mutmut_*" for f in target.functions
@@ -248,7 +320,7 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
     from tools.datasets import default_data_dir
 
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
-           "FEEDBACK_DATA_DIR": str(default_data_dir())}
+           "FEEDBACK_DATA_DIR": str(default_data_dir()), "MUTATION_ROW": target.name}
     env.pop("MUTANT_UNDER_TEST", None)
     cmd = [sys.executable, "-m", "tools.mutation", "--mutmut", "run",
            "--max-children", str(jobs), *names]
@@ -257,12 +329,14 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
         proc = subprocess.Popen(
             cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+        _RUNNING.add(proc)
         try:
             proc.wait()
         except BaseException:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
+            stop(proc)
             raise
+        finally:
+            _RUNNING.discard(proc)
     meta = work / "mutants" / (target.path + ".meta")
     if proc.returncode != 0 or not meta.is_file():
         tail = (work / "mutmut.log").read_text(errors="replace")[-2000:]
@@ -270,7 +344,7 @@ def run_target(target: Target, jobs: int) -> dict[str, str]:
             f"mutation: mutmut failed on {target.name} (see {work}/mutmut.log)\n{tail}"
         )
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    results = module_results(codes, target)
+    results = row_results(codes, target)
     survivors = [n for n, o in results.items() if o == "survived"]
     (work / "survivors.txt").write_text("".join(f"{n}\n" for n in survivors))
     return results
@@ -287,17 +361,154 @@ def select(names: Sequence[str]) -> list[Target]:
     return [by_name[n] for n in names]
 
 
+def skip_clean_run() -> None:
+    """Make mutmut skip its "clean tests" run when it has just collected its stats.
+
+    mutmut runs the selected tests three times before the first mutant: to
+    record which tests reach which function (the stats run, which stops the run
+    when a test fails), again unmutated (the clean run), and once more with every
+    mutated function raising (the forced-fail run, which stops at the first
+    test). In a fresh copy the stats run always happens first, on the same code
+    and tests, so the clean run repeats it: it is skipped then, and only then.
+    """
+    import mutmut
+    from mutmut.__main__ import PytestRunner
+
+    run_tests = PytestRunner.run_tests
+
+    def run_tests_unless_clean(
+        self: PytestRunner, *, mutant_name: str | None, tests: Iterable[str]
+    ) -> int:
+        clean = mutant_name is None and os.environ.get("MUTANT_UNDER_TEST") == ""
+        if clean and mutmut.stats_time is not None:  # set by a full stats run only
+            return 0
+        return run_tests(self, mutant_name=mutant_name, tests=tests)
+
+    PytestRunner.run_tests = run_tests_unless_clean  # type: ignore[method-assign]
+
+
+class CollectedTests:
+    """Each mutant's tests run from one collection made before the first mutant.
+
+    mutmut forks a child per mutant that calls ``pytest.main``: a new pytest
+    configuration, its plugins and a new collection of the test files each time,
+    which costs more than the tests themselves on most rows (0.1 s to start and
+    0.1 s to collect the 210 tests that reach ``stream.contract.event_from_dict``).
+    Here mutmut's parent process configures pytest and collects the row's tests
+    once, after its own three runs (stats, clean, forced fail); each mutant's child
+    runs its tests from that collection with pytest's own run-test loop, so the
+    fixtures, plugins, ``-x`` and the outcome are pytest's. A mutant whose tests
+    are not all in the collection runs through ``pytest.main`` as before.
+    """
+
+    def __init__(self) -> None:
+        self.session: Any = None
+        self.items: dict[str, Any] = {}
+
+    def collect(self, runner: Any) -> None:
+        from _pytest.config import _prepareconfig
+        from _pytest.main import Session
+        from mutmut.__main__ import change_cwd
+
+        # The arguments of mutmut's own runs, with output captured per process in
+        # memory: the children of one parent would share the temporary files of
+        # fd capture.
+        args = ["--rootdir=.", "--tb=native", *runner._pytest_args_regular_run([]),
+                *runner._pytest_add_cli_args, "--capture=sys"]
+        os.environ["MUTANT_UNDER_TEST"] = ""
+        with change_cwd("mutants"):
+            config = _prepareconfig(args)
+            session = Session.from_config(config)
+            config._do_configure()
+            config.hook.pytest_sessionstart(session=session)
+            config.hook.pytest_collection(session=session)
+        if session.testsfailed:  # a collection error: leave it to pytest.main
+            return
+        self.items = {item.nodeid: item for item in session.items}
+        self.session = session
+
+    def run(self, tests: Iterable[str]) -> int | None:
+        """pytest's exit code of ``tests`` (1 when one fails); None when one is
+        not in the collection."""
+        items = [self.items.get(t) for t in tests]
+        session = self.session
+        if session is None or not items or None in items:
+            return None
+        from mutmut.__main__ import change_cwd
+
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the child's report is not read
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        session.items = items
+        session.testsfailed = 0
+        session.shouldfail = session.shouldstop = False
+        try:
+            with change_cwd("mutants"):
+                try:
+                    session.config.hook.pytest_runtestloop(session=session)
+                except (session.Failed, session.Interrupted):
+                    pass
+                finally:
+                    # What pytest.main does at the end of a session: the fixtures
+                    # still set up (a broker, a server) are torn down.
+                    session._setupstate.teardown_exact(None)
+        except BaseException:  # pytest.main's INTERNAL_ERROR (3), which mutmut counts as killed
+            return 3
+        return 1 if session.testsfailed else 0
+
+
+def run_mutants_from_one_collection() -> None:
+    """Install :class:`CollectedTests` in mutmut (see there)."""
+    import mutmut.__main__ as mm
+
+    collected = CollectedTests()
+    forced_fail = mm.run_forced_fail_test
+    run_tests = mm.PytestRunner.run_tests
+
+    def run_forced_fail_then_collect(runner: Any) -> None:
+        forced_fail(runner)
+        collected.collect(runner)
+
+    def run_tests_collected(
+        self: Any, *, mutant_name: str | None, tests: Iterable[str]
+    ) -> int:
+        if mutant_name is not None:
+            code = collected.run(tests)
+            if code is not None:
+                return code
+        return int(run_tests(self, mutant_name=mutant_name, tests=tests))
+
+    mm.run_forced_fail_test = run_forced_fail_then_collect
+    mm.PytestRunner.run_tests = run_tests_collected  # type: ignore[method-assign]
+
+
 def mutmut_cli(argv: Sequence[str]) -> int:
     """mutmut's own command line, with the attribute it expects of pytest items.
 
     mutmut 3.7 is the newest release that accepts faust-streaming's ``click<8.4``; it
     reads ``item._nodeid``, which pytest 9 no longer sets (3.8 reads ``nodeid``).
+
+    A row limited to some functions (``MUTATION_ROW`` names it) has only those
+    functions' lines mutated, through mutmut's covered-lines filter: generating
+    every mutant of a large module with libcst takes a minute (1,329 mutants of
+    models/engine.py for the 27 of its erase row), and the mutants of the other
+    functions would not be run anyway.
     """
     import _pytest.nodes
+    import mutmut
     from mutmut.__main__ import cli
 
     if not hasattr(_pytest.nodes.Node, "_nodeid"):
         _pytest.nodes.Node._nodeid = property(lambda node: node.nodeid)  # type: ignore[attr-defined]
+    skip_clean_run()
+    run_mutants_from_one_collection()
+    row = os.environ.get("MUTATION_ROW")
+    if row:
+        target = select([row])[0]
+        lines = target_lines(target, Path(target.path).read_text())
+        if lines is not None:
+            # mutmut keys the filter by the absolute path of the file's copy in mutants/.
+            mutmut._covered_lines = {str((Path("mutants") / target.path).absolute()): lines}
     cli.main(list(argv), prog_name="mutmut")
     return 0
 
@@ -325,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.mutation", description=__doc__.split("\n")[0])
     p.add_argument("modules", nargs="*", help="modules of the table (default: all)")
     p.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")),
-                   help="mutants tested at once (env MUTATION_JOBS, default 2)")
+                   help="processes at work at once (env MUTATION_JOBS, default 2)")
     p.add_argument("--list", action="store_true", help="print the table and exit")
     args = p.parse_args(argv)
     targets = select(args.modules)
@@ -333,10 +544,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         for t in targets:
             print(f"{t.name:28} {' '.join(t.tests)}")
         return 0
-    results = {}
-    for target in targets:
+    results = run_rows(targets, max(1, args.jobs))
+    print(json.dumps(summary({t.name: results[t.name] for t in targets})))
+    return 0
+
+
+def run_rows(targets: Sequence[Target], jobs: int) -> dict[str, dict[str, str]]:
+    """Each row's outcomes, ``jobs`` rows at a time with one mutant each.
+
+    A row spends a good part of its time in steps that use one process (copying,
+    generating its mutants, the stats run, collecting its tests); with two rows
+    under way, one row's mutants use the core another row's set-up leaves idle.
+    The rows with the most to mutate start first, so that no long row starts last.
+    """
+    order = sorted(targets, key=lambda t: (t.functions == ("*",),
+                                           (REPO / t.path).stat().st_size), reverse=True)
+    results: dict[str, dict[str, str]] = {}
+
+    def one(target: Target) -> None:
         start = time.monotonic()
-        outcomes = run_target(target, args.jobs)
+        outcomes = run_target(target, max(1, jobs // min(jobs, len(targets))))
         results[target.name] = outcomes
         line = summary({target.name: outcomes})
         print(
@@ -345,8 +572,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({time.monotonic() - start:.0f} s)",
             file=sys.stderr, flush=True,
         )
-    print(json.dumps(summary(results)))
-    return 0
+
+    pool = ThreadPoolExecutor(max_workers=min(jobs, len(targets)))
+    futures = [pool.submit(one, t) for t in order]
+    try:
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in done:
+            future.result()  # a row's failure (SystemExit with its one line) ends the run
+    finally:
+        for future in futures:
+            future.cancel()
+        for proc in list(_RUNNING):
+            stop(proc)
+        pool.shutdown(wait=True)
+    return results
 
 
 if __name__ == "__main__":

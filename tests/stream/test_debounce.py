@@ -127,6 +127,25 @@ def test_between_batches_the_quiet_period_and_the_deadline_publish() -> None:
     assert i == 3 and [r["trigger_event_id"] for r in out] == ["q3"]
 
 
+def test_a_batch_without_her_trigger_publishes_though_she_is_the_partition_last() -> None:
+    """The next batch's only record is a producer's resend of her trigger: she
+    is still the partition's last user, but no new trigger of hers came, so her
+    basket is over and the batch's end publishes it (not the quiet period)."""
+    proc, s, clock = make()
+    feed = Feed(s)
+    warm(proc, feed)
+    first = feed(purchase("z1", "zoe", "a"))
+    assert recs(s, proc.handle([first])) == []
+    assert offsets(proc.settle()[0]) == [first.offset]
+    clock.now += 0.01  # well within the quiet period and the deadline
+    resent = feed(purchase("z1", "zoe", "a"))
+    out = recs(s, proc.handle([resent]))
+    assert [(r["user_id"], r["trigger_event_id"]) for r in out] == [("zoe", "z1")]
+    assert HELD_TRIGGER not in proc.profiles["zoe"]
+    held, released = proc.settle()
+    assert held == [] and offsets(released) == [first.offset]
+
+
 def test_a_later_invoice_publishes_the_held_one_first() -> None:
     proc, s, _ = make()
     feed = Feed(s)
@@ -270,6 +289,29 @@ def test_the_step_is_due_at_batch_end_between_batches_and_at_the_deadline() -> N
     assert len(off.batch_due(5.0, {("purchases", 0): "b"})) == 1
 
 
+def test_at_batch_end_a_hold_of_an_earlier_batch_is_due_and_one_of_this_batch_is_not() -> None:
+    # The user stays the partition's last in every batch below, and the clock
+    # stays short of the 1 s deadline: only the batch decides.
+    d = Debounce(min_interval=60.0, quiet=0.1, max_delay=1.0)
+    last = {("purchases", 0): "u"}
+    d.start_batch()
+    d.trigger("u", {}, trigger_event("u1", "u", 100.0), record(1), None, now=5.0)
+    assert d.batch_due(5.0, last) == []
+    d.start_batch()  # a batch that brings no trigger of hers
+    assert [h.event.event_id for h in d.batch_due(5.1, last)] == ["u1"]
+    for batch in range(3):  # a trigger in each batch keeps the merged one held
+        d.start_batch()
+        d.trigger("u", {}, trigger_event(f"v{batch}", "u", 200.0), record(2 + batch), None,
+                  now=5.2 + batch * 0.1)
+        assert d.batch_due(5.2 + batch * 0.1, last) == []
+    d.start_batch()
+    assert [h.event.event_id for h in d.batch_due(5.6, last)] == ["v2"]
+    # Held in this batch, but past the deadline since its first merged trigger: due.
+    d.start_batch()
+    d.trigger("u", {}, trigger_event("w1", "u", 300.0), record(9), None, now=6.0)
+    assert [h.event.event_id for h in d.batch_due(7.5, last)] == ["w1"]
+
+
 def test_dropping_a_partition_forgets_its_holds_unreleased() -> None:
     d = Debounce(min_interval=60.0, quiet=0.1, max_delay=1.0)
     d.start_batch()
@@ -278,3 +320,28 @@ def test_dropping_a_partition_forgets_its_holds_unreleased() -> None:
     assert d.drop({("purchases", 1)}) == 1 and list(d.held) == ["a"]
     hold, release = d.settle()
     assert [r.offset for r in hold] == [1] and release == []
+    # Announced as held by that settle(), then revoked: still neither released
+    # nor held again.
+    assert d.drop({("purchases", 0)}) == 1 and len(d) == 0
+    assert d.settle() == ([], [])
+
+
+def test_the_step_is_due_exactly_at_its_intervals() -> None:
+    # Times exact in binary floating point: the boundaries themselves are tested.
+    d = Debounce(min_interval=60.0, quiet=0.5, max_delay=2.0)
+    d.start_batch()
+    d.trigger("u", {}, trigger_event("u1", "u", 100.0), record(1), None, now=5.0)
+    # Exactly min_interval later (event time) is not "less than": the held one is due.
+    earlier = d.trigger("u", {}, trigger_event("u2", "u", 160.0), record(2), None, now=5.25)
+    assert earlier is not None and earlier.event.event_id == "u1"
+    d.trigger("u", {}, trigger_event("u2", "u", 160.0), record(2), None, now=5.25)
+    assert d.due(5.5) == [] and [h.event.event_id for h in d.due(5.75)] == ["u2"]  # quiet 0.5 s
+    d.trigger("v", {}, trigger_event("v1", "v", 100.0), record(3), None, now=6.0)
+    for i in range(1, 8):  # never quiet for 0.5 s: due at the 2 s deadline exactly
+        d.trigger("v", {}, trigger_event(f"v{i + 1}", "v", 100.0 + i), record(3 + i), None,
+                  now=6.0 + i * 0.25)
+    assert d.due(7.75) == [] and [h.event.event_id for h in d.due(8.0)] == ["v8"]
+    # At batch end too, the deadline itself is due.
+    d.start_batch()
+    d.trigger("w", {}, trigger_event("w1", "w", 100.0), record(9), None, now=9.0)
+    assert d.batch_due(11.0, {("purchases", 0): "w"})[0].event.event_id == "w1"

@@ -99,3 +99,51 @@ def test_each_run_gets_the_module_and_its_tests_only() -> None:
     assert 'only_mutate = ["stream/privacy.py"]' in config
     assert 'pytest_add_cli_args_test_selection = ["tests/stream/test_privacy.py"]' in config
     assert '"--deselect", "tests/stream/test_privacy.py::test_slow"' in config
+
+
+def test_function_keys_are_mutmuts_and_every_row_names_existing_functions() -> None:
+    source = "def top(a):\n    return a\n\n\nclass C:\n    def m(self):\n        pass\n"
+    assert mutation.function_spans(source) == {"x_top": (1, 2), "xǁCǁm": (6, 7)}
+    row = Target("m.py", ("t.py",), functions=("xǁCǁ*",))
+    assert mutation.target_lines(row, source) == {6, 7}
+    assert mutation.target_lines(Target("m.py", ("t.py",)), source) is None
+    for target in TARGETS:  # fails when a listed function is renamed
+        mutation.target_lines(target, (REPO / target.path).read_text())
+
+
+def test_a_row_that_matches_nothing_fails_with_one_line() -> None:
+    renamed = Target("stream/processor.py", ("t.py",), functions=("xǁProcessorǁgone",))
+    source = (REPO / renamed.path).read_text()
+    with pytest.raises(SystemExit) as raised:
+        mutation.target_lines(renamed, source)
+    message = str(raised.value.code)
+    assert "xǁProcessorǁgone" in message and "\n" not in message
+    # A row whose module left no mutant (emptied, or every mutant of another module).
+    with pytest.raises(SystemExit) as raised:
+        mutation.row_results({"stream.other.x_f__mutmut_1": 1}, renamed)
+    message = str(raised.value.code)
+    assert "matched no mutants" in message and "\n" not in message
+    assert mutation.row_results({"stream.processor.xǁProcessorǁgone__mutmut_1": 1}, renamed) == {
+        "stream.processor.xǁProcessorǁgone__mutmut_1": "killed"}
+
+
+def test_rows_run_two_at_a_time_and_a_failing_row_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def run(target: Target, jobs: int) -> dict[str, str]:
+        seen.append((target.name, jobs))
+        if target.name == "stream.auth":
+            raise SystemExit("mutation: stream.auth matched no mutants")
+        return {f"{target.name}.m": "killed"}
+
+    monkeypatch.setattr(mutation, "run_target", run)
+    mutation.main(["--jobs", "2", "stream.privacy", "stream.contract"])
+    # One mutant at a time in each of the two rows under way; the JSON keeps the
+    # order asked for.
+    assert sorted(seen) == [("stream.contract", 1), ("stream.privacy", 1)]
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(line["by_module"]) == ["stream.privacy", "stream.contract"]
+    with pytest.raises(SystemExit, match=r"stream\.auth matched no mutants"):
+        mutation.main(["stream.privacy", "stream.auth", "stream.contract"])

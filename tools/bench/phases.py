@@ -33,7 +33,17 @@ from tools.bench.processes import (
     wait_item_owners,
 )
 from tools.bench.report import fmt_rate
-from tools.bench.stats import combined, completed, per_cpu_second, percentile, rounded, window
+from tools.bench.stats import (
+    WINDOW,
+    Window,
+    combined,
+    completed,
+    per_cpu_second,
+    percentile,
+    rounded,
+    whole_window,
+    window,
+)
 from tools.bench.workload import (
     Record,
     bench_settings,
@@ -122,12 +132,12 @@ def throughput(b: Bench) -> None:
         finally:
             for w in single:
                 stop(w.proc)
-        done1 = whole(single, n)
-        win1 = window(done1, n)
+        win1 = whole_window(single[0].events, whole(single, n), n)
         if win1 is not None:
-            report["single_worker_events_per_second"] = rounded(win1.rate(done1), 1)
+            rate1 = whole_rate(win1, n)
+            report["single_worker_events_per_second"] = rounded(rate1, 1)
             report["single_worker_events_per_cpu_second"] = rounded(per_cpu_second(
-                win1.rate(done1), win1.rate(single[0].cpu)), 1)
+                rate1, win1.rate(single[0].cpu)), 1)
         log(f"single worker: {fmt_rate(report.get('single_worker_events_per_cpu_second'))} "
             "per CPU-second")
     s = b.settings = b.phase_settings("worker")
@@ -153,11 +163,11 @@ def throughput(b: Bench) -> None:
         log(f"worker: the item owners did not catch up within {b.timeout:.0f} s")
     else:
         report["item_owner_catch_up_seconds"] = rounded(catch_up, 1)
-    win = window(done, n)
+    win = whole_window(ev, done, n)
     if win is None or catch_up is None:
         log(f"worker: only {got:,.0f}/{n:,} events within {b.timeout:.0f} s")
     else:
-        report["events_per_second"] = rounded(win.rate(done), 1)
+        report["events_per_second"] = rounded(whole_rate(win, n), 1)
         report["window_seconds"] = rounded(win.seconds)
         cores = win.rate(combined([w.cpu for w in workers]))
         report["worker_cpu_cores"] = rounded(cores, 2)
@@ -186,6 +196,11 @@ def whole(workers: Sequence[WorkerProcess], n: int) -> list[tuple[float, float]]
     done = combined([w.item_updates_done for w in workers])
     sent = sum(w.item_updates_sent[-1][1] for w in workers if w.item_updates_sent)
     return completed(combined([w.events for w in workers]), done, sent, n)
+
+
+def whole_rate(win: Window, n: int) -> float:
+    """Events per second processed whole over a :func:`whole_window`."""
+    return (WINDOW[1] - WINDOW[0]) * n / win.seconds
 
 
 def latency(b: Bench) -> None:

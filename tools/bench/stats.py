@@ -109,6 +109,31 @@ def completed(
     ]
 
 
+def whole_window(
+    events: Sequence[tuple[float, float]],
+    done: Sequence[tuple[float, float]],
+    total: int,
+    lo: float = WINDOW[0],
+    hi: float = WINDOW[1],
+) -> Window | None:
+    """The window of a run whose events are processed whole only once a trailing
+    stage (the item owners) has caught up: from the moment ``lo`` of ``total``
+    were read (``events``) to the moment ``hi`` of them were done (``done``,
+    :func:`completed`). Its rate, ``(hi - lo) * total / seconds``, is the
+    input's when the trailing stage keeps pace, and counts the stage's delay
+    when it does not (a stage that only starts once the inputs are read would
+    otherwise look as fast as it runs alone).
+
+    >>> w = whole_window([(0, 0), (10, 100)], [(0, 0), (10, 50), (20, 100)], 100)
+    >>> w.start, w.end
+    (1.0, 18.0)
+    """
+    start, end = time_at(events, lo * total), time_at(done, hi * total)
+    if start is None or end is None or end <= start:
+        return None
+    return Window(start, end)
+
+
 def ratio(value: float | None, reference: float | None) -> float | None:
     """``value / reference``, None when either is missing or the reference is not positive."""
     if value is None or reference is None or not reference > 0 or math.isnan(value):
