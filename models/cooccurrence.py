@@ -188,6 +188,7 @@ class ItemCooccurrence:
         mass: float,
         index_of: Callable[[str], int],
         epoch: int = -1,
+        head: int | None = None,
     ) -> None:
         """Overwrite ``item``'s neighbours (distinct ``ids``, mapped by ``index_of``) with
         ``weights``, and its co-occurrence mass: a published list replacing the local one.
@@ -197,6 +198,8 @@ class ItemCooccurrence:
         whose head is the previous one of the same epoch: then only the weights are
         copied and the new tail mapped, so the cost follows what changed. Pairs
         learnt locally since, not yet in the list, keep their local weight.
+        ``head``: how many of ``ids`` are the publisher's list (the rest, this
+        worker's own pairs it does not hold yet); all by default.
         """
         self._ensure(item)
         nb = self.neighbours[item]
@@ -226,7 +229,7 @@ class ItemCooccurrence:
             nb.values[i] = weights[i]
         if m < len(ids):
             self._ensure(int(nb.keys[: nb.n].max()))
-        nb.published = (epoch, len(ids))
+        nb.published = (epoch, len(ids) if head is None else head)
         self._mass[item] = mass
         self._norm[item] = (mass + 1.0) ** -self.alpha
 

@@ -142,9 +142,10 @@ class EngineConfig:
     clv_refit_fraction: float = 0.1
     clv_refit_days: float = 7.0
     clv_max_fit_customers: int = 50_000
-    # MBG/CNBD-k regularity (models.clv): better on regular re-orderers (Online
-    # Retail), but its search fits up to 8 models numerically on a cold start
-    clv_regularity: bool = False
+    # MBG/CNBD-k regularity (models.clv): k is chosen by likelihood from the
+    # stream (CDNOW: 1, Online Retail's regular re-orderers: 2); False keeps k = 1
+    # and skips the search (up to 8 numerical fits on a cold start)
+    clv_regularity: bool = True
     # behaviour shift (models.information): windows in events, cooldown in event time
     shift_block: int = 500
     shift_current_blocks: int = 4

@@ -243,7 +243,9 @@ class ItemState:
         """The compact model every worker's replica takes (see ``apply_item_models``);
         remembers what it showed, for :meth:`due`."""
         self.shown = [self.mass, self.count, float(self.steps)]
-        model: dict[str, Any] = {"t": now}
+        # "w": per source partition, the highest offset the model holds; a worker
+        # re-applies its own increments above it (models.item_updates.Outbox.pending).
+        model: dict[str, Any] = {"t": now, "w": dict(self.applied)}
         if self.neighbours:
             # Every neighbour kept (at most 2 x max_neighbours, as a worker keeps), in
             # the dict's stable order: a replica maps only the ids new since (see
@@ -264,6 +266,40 @@ class ItemState:
         if self.price_n:
             model["$"] = [self.price, self.price_n]
         return model
+
+    @classmethod
+    def from_model(cls, model: Mapping[str, Any]) -> ItemState:
+        """The state a published model shows (the inverse of :meth:`published`, but
+        for the factor step count, which it does not carry), for a replica to
+        apply its own increments the model does not hold yet.
+
+        >>> s = ItemState()
+        >>> _ = s.apply([["a:0", 3, ["p", 2.0, 10.0], ["c", "y", 0.5]]], ItemParams(), "x")
+        >>> back = ItemState.from_model(s.published(20.0, ItemParams()))
+        >>> back.count, back.neighbours, back.applied
+        (2.0, {'y': 0.5}, {'a:0': 3})
+        """
+        state = cls(applied=dict(model.get("w") or {}))
+        nb = model.get("nb")
+        if nb is not None:
+            state.neighbours = dict(zip(nb[0], nb[1], strict=True))
+            state.epoch = nb[2]
+            state.mass = model["m"]
+        pop = model.get("p")
+        if pop is not None:
+            state.recent, state.recent_at = pop
+            state.count = model["n"]
+        state.segments = {int(k): list(v) for k, v in (model.get("s") or {}).items()}
+        if "q" in model:
+            state.taste, state.taste_bias = list(model["q"]), model["qb"]
+        if "r" in model:
+            state.rating, state.rating_bias = list(model["r"]), model["rb"]
+            state.rating_count = model["rn"]
+        if "e" in model:
+            state.sentiment = list(model["e"])
+        if "$" in model:
+            state.price, state.price_n = model["$"]
+        return state
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able record for the changelogged table."""

@@ -5,8 +5,9 @@ How the stream side uses it
 Every worker keeps learning everything locally (so one worker behaves as
 before); besides, the item-side increments its own events produce are shared:
 
-1. At start-up, per engine: ``outbox = Outbox(); attach(engine, outbox)``.
-   Without it (``engine.outbox is None``) the engine pays nothing.
+1. At start-up, per engine: ``outbox = Outbox(P); attach(engine, outbox)``
+   (P: the partitions of ``feedback.item-updates``). Without it
+   (``engine.outbox is None``) the engine pays nothing.
 2. Per input event, BEFORE ``engine.process(event)``: ``outbox.at(src, offset)``
    with ``src = f"{topic}:{partition}"`` and the event's Kafka offset. Every
    increment learnt from the event is tagged with them (the owner's
@@ -32,7 +33,10 @@ before); besides, the item-side increments its own events produce are shared:
 6. Every worker reads ``feedback.item-model`` (all partitions, from the start)
    and calls ``engine.apply_item_models([(item_id, model_dict), ...])``: it
    OVERWRITES the local item-side state of those items with the published
-   values (which already hold this worker's own increments the owner applied).
+   values (which already hold this worker's own increments the owner applied),
+   plus this worker's own increments the model does not hold yet (above its
+   per-source watermark ``w``: :meth:`Outbox.pending`), so that an owner lagging
+   behind does not take back what this worker learnt since.
 7. Blend weights, every period: publish ``blend_state(engine)`` to
    ``feedback.globals`` (key ``blend:<worker id>``); on reading the latest record
    of every live worker (its own included): ``merge_blend(engine, states)``.
@@ -91,6 +95,7 @@ __all__ = [
     "merge_blend",
     "murmur2",
     "partition_of",
+    "with_pending",
 ]
 
 Entry = list[Any]  # [src, offset, op, op, ...]
@@ -147,7 +152,7 @@ class Outbox:
     per item touched; nothing at all on an engine without an outbox.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, partitions: int | None = None) -> None:
         self.items: Updates = {}
         self.src = ""
         self.offset = -1
@@ -157,6 +162,15 @@ class Outbox:
         # a row's first step is preceded by its local start (the owner keeps the first).
         self.started: dict[str, set[int]] = {"b": set(), "r": set()}
         self.ids: list[str] = []  # the attached engine's catalogue ids
+        # Entries drained (sent) that no published model is known to hold yet, per
+        # item: re-applied over each published model of the item, so an owner
+        # lagging behind this worker does not take back its own fresher learning.
+        self.unconfirmed: Updates = {}
+        # The item-updates partitions (None: each item is confirmed by its own
+        # models only) and, per partition and source, the highest source offset a
+        # published model of that partition held (see :meth:`confirm`).
+        self.partitions = partitions
+        self.confirmed: dict[int, dict[str, int]] = {}
 
     def at(self, src: str, offset: int) -> None:
         """Tag what the next event teaches with ``(src, offset)``."""
@@ -214,10 +228,71 @@ class Outbox:
             self._op(item_id, ["$", event.price])
 
     def drain(self) -> Updates:
-        """Every entry recorded since the last drain, per item id; the outbox is emptied."""
+        """Every entry recorded since the last drain, per item id; the outbox is
+        emptied, and the entries are kept as unconfirmed until a published model
+        holds them (:meth:`confirm`)."""
         self._collect()
         items, self.items = self.items, {}
+        unconfirmed = self.unconfirmed
+        for item_id, entries in items.items():
+            kept = unconfirmed.get(item_id)
+            if kept is None:
+                unconfirmed[item_id] = list(entries)
+            else:
+                kept.extend(entries)
         return items
+
+    def confirm(self, models: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """Forget the unconfirmed entries that published ``models`` show applied.
+
+        An item's model holds every entry up to its watermark ``w`` (per source,
+        the highest offset applied). Besides, an owner applies the messages of
+        its partition in order, and this worker sends a source's entries in
+        offset order: once any model of a partition shows ``w[src] = o``, every
+        entry this worker sent to that partition from ``src`` up to ``o`` has been
+        applied, whichever item it was for. So the entries kept are only those the
+        owners have not applied yet: bounded by their lag, not by the items'
+        publication tolerance.
+        """
+        parts = self.partitions
+        confirmed = self.confirmed
+        touched: dict[int, dict[str, int]] = {}
+        for item_id, model in models:
+            w = model.get("w")
+            if not w:
+                continue
+            p = partition_of(item_id, parts) if parts else -1
+            for marks in (confirmed.setdefault(p, {}), touched.setdefault(p, {})):
+                for src, offset in w.items():
+                    if offset > marks.get(src, -1):
+                        marks[src] = offset
+            if not parts:  # confirmed by its own model only
+                entries = self.unconfirmed.get(item_id)
+                if entries is not None:
+                    self._keep(item_id, entries, w)
+        if not parts or not touched:
+            return
+        for item_id, entries in list(self.unconfirmed.items()):
+            p = partition_of(item_id, parts)
+            if p in touched:
+                self._keep(item_id, entries, confirmed[p])
+
+    def _keep(self, item_id: str, entries: list[Entry], marks: Mapping[str, int]) -> None:
+        left = [e for e in entries if e[1] > marks.get(e[0], -1)]
+        if left:
+            self.unconfirmed[item_id] = left
+        else:
+            del self.unconfirmed[item_id]
+
+    def pending(self, item_id: str) -> list[Entry]:
+        """This worker's entries for ``item_id`` that no published model is known
+        to hold: the unconfirmed sent ones, then those not drained yet."""
+        self._collect()
+        sent = self.unconfirmed.get(item_id)
+        fresh = self.items.get(item_id)
+        if fresh is None:
+            return sent or []
+        return fresh if sent is None else sent + fresh
 
     def messages(self, partitions: int) -> dict[int, bytes]:
         """:meth:`drain`, split by destination partition and encoded: one payload each."""
@@ -265,13 +340,26 @@ def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mappin
     cat = engine.catalogue
     rec = engine.recommender
     outbox = engine.outbox
+    params = None
+    if outbox is not None:
+        models = list(models)
+        outbox.confirm(models)
     n = 0
     for item_id, model in models:
         n += 1
+        if outbox is not None:
+            pending = outbox.pending(item_id)
+            if pending:
+                if params is None:
+                    from models.item_state import ItemParams
+
+                    params = ItemParams.of(engine.config)
+                model = with_pending(item_id, model, pending, params)
         idx = cat.add(item_id)
         nb = model.get("nb")
         if nb is not None:
-            rec.cooccurrence.assign(idx, nb[0], nb[1], model["m"], cat.add, nb[2])
+            rec.cooccurrence.assign(idx, nb[0], nb[1], model["m"], cat.add, nb[2],
+                                    nb[3] if len(nb) > 3 else None)
         pop = model.get("p")
         if pop is not None:
             rec.popularity.assign(idx, pop[0], pop[1], model["n"])
@@ -296,6 +384,38 @@ def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mappin
         if price is not None:
             _set_price(engine, idx, price[0], price[1])
     return n
+
+
+def with_pending(item_id: str, model: Mapping[str, Any], pending: list[Entry],
+                 params: Any) -> Mapping[str, Any]:
+    """``model`` with this worker's ``pending`` entries that it does not hold (above
+    its watermark ``w``) applied on top, as the owner will apply them: the parts
+    the model shares, no others. A neighbour list keeps the publisher's ids first,
+    in order, and says how many (a fourth element) so that the replica's
+    incremental assignment stays keyed to the publisher's list; pruned here, its
+    epoch is unknown (-1) and the next list is assigned afresh.
+
+    >>> from models.item_state import ItemParams
+    >>> model = {"t": 1.0, "w": {"a:0": 4}, "p": [3.0, 1.0], "n": 3.0,
+    ...          "nb": [["y"], [1.0], 0], "m": 1.0}
+    >>> mine = [["a:0", 4, ["p", 1.0, 1.0]], ["a:0", 5, ["p", 1.0, 1.0], ["c", "z", 0.5]]]
+    >>> out = with_pending("x", model, mine, ItemParams())
+    >>> out["n"], out["nb"], out["m"]  # offset 4 is in the model already
+    (4.0, [['y', 'z'], [1.0, 0.5], 0, 1], 1.5)
+    """
+    from models.item_state import ItemState
+
+    state = ItemState.from_model(model)
+    epoch = state.epoch
+    if not state.apply(pending, params, item_id):
+        return model
+    mine = state.published(model["t"], params)
+    merged = {k: mine.get(k, v) for k, v in model.items()}
+    nb = model.get("nb")
+    if nb is not None:
+        merged["nb"] = (mine["nb"] + [len(nb[0])] if state.epoch == epoch
+                        else [*mine["nb"][:2], -1])
+    return merged
 
 
 def _set_price(engine: FeedbackEngine, idx: int, mean: float, count: float) -> None:

@@ -121,7 +121,11 @@ def build_app(
     # The *_created series only double the scrape size; Grafana never uses them.
     disable_created_metrics()
     metrics = Metrics(registry)
-    commit_guard = CommitGuard(settings.input_topics, settings.recovery_guards)
+    # Over item-updates too: the item owner holds its offsets until it has
+    # written the period's changelog records (stream/sharing.py).
+    guarded = [*settings.input_topics] + ([settings.topic_item_updates]
+                                         if settings.share_items else [])
+    commit_guard = CommitGuard(guarded, settings.recovery_guards)
     trace = OffsetTrace(settings.input_topics) if settings.trace_offsets else None
     app = create_app(
         settings,
@@ -198,8 +202,8 @@ def build_app(
         commit_guard=commit_guard,
     )
     if settings.share_items:
-        processor.share_items(Outbox())
-        fa.sharing = sharing.register(app, settings, engine, metrics, app.crash)
+        processor.share_items(Outbox(settings.partitions))
+        fa.sharing = sharing.register(app, settings, engine, metrics, app.crash, commit_guard)
 
     publishing = fa.publishing
     settle = fa.settle

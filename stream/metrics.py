@@ -228,6 +228,12 @@ class Metrics:
             "re-read batch; per-source offset watermark).",
             namespace=ns, registry=registry,
         )
+        self.item_state_records_written = Counter(
+            "item_state_records_written_total",
+            "Changelog records the item owner wrote to its item_state table (item records "
+            "and neighbour snapshots).",
+            namespace=ns, registry=registry,
+        )
         self.item_models_published = Counter(
             "item_models_published_total",
             "Compact item models this worker published as an item owner.",

@@ -25,10 +25,12 @@ published before the batch's profile writes and offsets) is in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import faust
@@ -39,6 +41,7 @@ from faust.types import TP
 from models.engine import FeedbackEngine
 from models.item_state import ItemParams, ItemState, is_snapshot_key
 from models.item_updates import decode_updates, partition_of
+from stream.commit_guard import CommitGuard
 from stream.faust import write_through
 from stream.kafka import client_kwargs
 from stream.metrics import Metrics
@@ -60,8 +63,18 @@ class Sharing:
     metrics: Metrics
     params: ItemParams
     worker_id: str
-    # Items applied and not yet published, by this worker as their owner.
-    changed: set[str] = field(default_factory=set)
+    # Items applied since the last publication tick, by this worker as their
+    # owner: the only ones whose ItemState.due may have turned true (a state and
+    # what it last showed change only when it is applied or published), so each
+    # tick's work follows what changed, not what is waiting for the tolerance.
+    fresh: set[str] = field(default_factory=set)
+    # Items applied whose changelog records are not written yet, with the
+    # item-updates event of their last message (its partition is the changelog
+    # partition), and the item-updates messages whose writes are owed: with a
+    # commit guard over item-updates, the owner writes each changed item once
+    # per period (write_changed) and only then lets those offsets commit.
+    dirty: dict[str, Any] = field(default_factory=dict)
+    owed: list[Any] = field(default_factory=list)
     # What each item's last publication showed (ItemState.shown), for
     # ItemState.due: kept here, since the timer cannot write the table (Faust
     # writes a table only within a stream's event); lost with the worker, so a
@@ -87,14 +100,16 @@ class Sharing:
         return state
 
     def apply_batch(self, table: Any, messages: Iterable[tuple[bytes, Any]],
-                    write: Callable[[str, dict[str, Any], Any], None]) -> tuple[int, int]:
+                    write: Callable[[str, dict[str, Any], Any], None] | None
+                    ) -> tuple[int, int]:
         """Apply item-updates messages ``(payload, source)``; each changed item is
         written once, ``write(key, record, source of its last message)`` for each
         of its records (:meth:`ItemState.changelog`: the item's, after its
-        neighbour snapshot when one is due).
-        Returns ``(entries applied, entries skipped as duplicates)``."""
+        neighbour snapshot when one is due); ``write=None``: later, by
+        :meth:`write_changed`. Returns ``(entries applied, entries skipped as
+        duplicates)``."""
         applied = skipped = 0
-        dirty: dict[str, Any] = {}
+        changed: dict[str, Any] = {}
         decoded = []
         for payload, source in messages:
             try:
@@ -109,14 +124,30 @@ class Sharing:
                 skipped += len(entries) - fresh
                 if fresh:
                     applied += fresh
-                    dirty[item_id] = source
-        for item_id, source in dirty.items():
-            for key, record in self.states[item_id].changelog(item_id):
-                write(key, record, source)
-            self.changed.add(item_id)
+                    changed[item_id] = source
+        self.dirty.update(changed)
+        self.fresh.update(changed)
+        if write is not None:
+            self.write_changed(write)
         self.metrics.item_updates_applied.inc(applied)
         self.metrics.item_updates_duplicate.inc(skipped)
         return applied, skipped
+
+    def write_changed(self, write: Callable[[str, dict[str, Any], Any], None],
+                      limit: int | None = None) -> int:
+        """Write the changelog records of (up to ``limit``) items applied since
+        their last write, each item once; how many records. An item's records
+        carry its counters and watermark together, whenever they are written, so
+        the table rebuilds to a state with the watermark of what it holds."""
+        dirty, n = self.dirty, 0
+        items = list(dirty) if limit is None else list(itertools.islice(dirty, limit))
+        for item_id in items:
+            source = dirty.pop(item_id)
+            for key, record in self.states[item_id].changelog(item_id):
+                write(key, record, source)
+                n += 1
+        self.metrics.item_state_records_written.inc(n)
+        return n
 
     async def own(self, table: Any, events: Sequence[Any]) -> tuple[int, int]:
         """:meth:`apply_batch` of the owner's Faust events, each changed item's
@@ -140,10 +171,15 @@ class Sharing:
         """Drop what this owner keeps of revoked item-updates partitions (their
         next owner's table is the truth from now on)."""
         p = self.settings.partitions
-        self.changed = {i for i in self.changed if partition_of(i, p) not in partitions}
-        for cache in (self.shown, self.states):
+        self.fresh = {i for i in self.fresh if partition_of(i, p) not in partitions}
+        # Unwritten changes of those: their messages' offsets were never
+        # committable (the commit guard forgets them), so the next owner reads
+        # and applies them again. Writing them now would mix this worker's
+        # records into a changelog partition the next owner is restoring.
+        for cache in (self.shown, self.states, self.dirty):
             for i in [i for i in cache if partition_of(i, p) in partitions]:
                 del cache[i]
+        self.owed = [m for m in self.owed if m.partition not in partitions]
         self.owned -= partitions
 
     def due_models(self, table: Any, owned: set[int], now: float) -> list[tuple[bytes, bytes]]:
@@ -155,22 +191,21 @@ class Sharing:
         if taken:
             for k in list(table):
                 if not is_snapshot_key(k) and partition_of(k, partitions) in taken:
-                    self.changed.add(k)
+                    self.fresh.add(k)
                     self.shown.pop(k, None)
                     self.states.pop(k, None)
         self.owned = owned
-        ids = sorted(i for i in self.changed if partition_of(i, partitions) in owned)
-        self.changed.intersection_update(ids)  # drop those of partitions revoked meanwhile
+        # Those of partitions revoked meanwhile are dropped.
+        ids = sorted(i for i in self.fresh if partition_of(i, partitions) in owned)
+        self.fresh.clear()
         out = []
         for item_id in ids:
             if item_id not in self.states and table.get(item_id) is None:
-                self.changed.discard(item_id)
                 continue
             state = self.state_of(table, item_id)
             state.shown = self.shown.get(item_id)
             if not state.due(self.params):
-                continue  # moved less than the publication tolerance: stays changed
-            self.changed.discard(item_id)
+                continue  # moved less than the publication tolerance: tested when it moves
             model = state.published(now, self.params)
             self.shown[item_id] = state.shown
             out.append((item_id.encode(), orjson.dumps(model)))
@@ -230,9 +265,18 @@ class Sharing:
             self.blends[key.decode()] = value
 
 
+#: The owner's changelog writes of one period go to the producer in chunks this
+#: size, each acknowledged before the next.
+WRITE_CHUNK = 50
+
+
 def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics: Metrics,
-             crash: Any) -> Sharing:
-    """Add the item owner's agent, table and publisher, and the replica's reader."""
+             crash: Any, guard: CommitGuard | None = None) -> Sharing:
+    """Add the item owner's agent, table and publisher, and the replica's reader.
+
+    With a ``guard`` over ``feedback.item-updates`` the owner writes each changed
+    item once per period and holds the offsets of the messages applied until
+    then; without one, it writes after every batch (Faust would commit them)."""
     sharing = Sharing(settings, engine, metrics, ItemParams.of(engine.config),
                       worker_id=settings.canonical_url)
     updates_topic = app.topic(
@@ -244,20 +288,66 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
     )
 
+    coalesce = guard is not None and guard.guards(settings.topic_item_updates)
+
     @app.agent(updates_topic, name="item-owner")
     async def own_items(stream: Any) -> None:
-        # In batches: an item touched by several messages is written once. The
-        # records go straight to the producer (write_through: Faust's buffered
-        # table writes stall the worker's inputs) and are acknowledged before
-        # the batch's events are acked, so a commit never passes an unwritten
-        # increment.
+        # In batches: an item touched by several messages is written once. With
+        # the guard, the batch's offsets are held until the period's write (no
+        # await between applying and holding); without it, the records go
+        # straight to the producer (write_through: Faust's buffered table writes
+        # stall the worker's inputs) and are acknowledged before the batch's
+        # events are acked. Either way a commit never passes an unwritten increment.
         async for events in stream.take_events(500, within=settings.batch_max_wait_seconds):
-            await sharing.own(table, events)
+            if coalesce:
+                assert guard is not None
+                sharing.apply_batch(table, [(e.value, e) for e in events], None)
+                messages = [e.message for e in events]
+                guard.hold(messages)
+                sharing.owed.extend(messages)
+            else:
+                await sharing.own(table, events)
+
+    def collect(writes: list[tuple[str, dict[str, Any], int]], key: str,
+                record: dict[str, Any], event: Any) -> None:
+        writes.append((key, record, event.message.partition))
+
+    async def write_period() -> None:
+        """The period's changelog writes, acknowledged, then the offsets they
+        cover are released."""
+        assert guard is not None
+        owed, sharing.owed = sharing.owed, []
+        # The items applied before now come first in ``dirty`` (an item applied
+        # again keeps its place; one written and applied again goes last): the
+        # first ``left`` cover every message in ``owed``. Those applied during
+        # the awaits wait for the next period, with their messages.
+        left = len(sharing.dirty)
+        while left > 0 and sharing.dirty:
+            if app.should_stop:
+                # Stopping: what is not written stays held; the next owner reads it again.
+                sharing.owed = owed + sharing.owed
+                return
+            n = min(left, WRITE_CHUNK)
+            left -= n
+            writes: list[tuple[str, dict[str, Any], int]] = []
+            sharing.write_changed(partial(collect, writes), n)
+            # Every record taken is written: a partition revoked during an
+            # earlier chunk's await had its items dropped from ``dirty`` by
+            # Sharing.forget, and there is no await between taking and sending.
+            # (Filtering on the consumer's assignment instead can lose increments:
+            # it can be empty mid-rebalance, before the revocation's forget,
+            # while the offsets were still released below.)
+            await write_through(table, writes)
+        guard.release(owed)  # those of partitions revoked meanwhile were forgotten
 
     @app.timer(settings.item_model_period_seconds, name="publish-item-models")
     async def publish_models() -> None:
-        if app.rebalancing or app.in_recovery:
-            return  # the table is not whole yet: publish once it is
+        if app.rebalancing or app.in_recovery or app.should_stop:
+            return  # the table is not whole yet (publish once it is), or stopping
+        if coalesce:
+            await write_period()
+            if app.rebalancing:
+                return
         now = time.time()
         assigned = app.consumer.assignment()
         owned = {tp.partition for tp in assigned if tp.topic == settings.topic_item_updates}

@@ -45,6 +45,25 @@ def _mae(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - truth)))
 
 
+def _rmse(pred: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((pred - truth) ** 2)))
+
+
+def top_decile_share(pred: np.ndarray, truth: np.ndarray, fraction: float = 0.1) -> float:
+    """Share of the holdout's total that the ``fraction`` of customers ranked highest
+    by ``pred`` made (ties kept in customer order): how well a forecast finds the
+    most valuable customers, whatever its scale.
+
+    >>> top_decile_share(np.array([5.0, 1.0, 0.0, 2.0]), np.array([1.0, 6.0, 0.0, 3.0]), 0.5)
+    0.4
+    """
+    total = float(truth.sum())
+    if len(truth) == 0 or total <= 0:
+        return float("nan")
+    top = np.argsort(-pred, kind="stable")[: max(round(fraction * len(truth)), 1)]
+    return float(truth[top].sum() / total)
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     """Area under the ROC curve (Mann-Whitney U, ties averaged); ``None`` with one class.
 
@@ -128,6 +147,16 @@ class HoldoutReplay:
             "clv_spend_mae": _mae(f["expected_spend"], actual_s),
             "clv_purchases_mae_naive": _mae(naive_n, actual_n),
             "clv_spend_mae_naive": _mae(naive_s, actual_s),
+            # MAE rewards the median; these reward the mean and the ranking
+            **{
+                f"clv_{what}_{measure}{suffix}": fn(pred, actual)
+                for what, actual, model, naive in (
+                    ("purchases", actual_n, f["expected_purchases"], naive_n),
+                    ("spend", actual_s, f["expected_spend"], naive_s),
+                )
+                for measure, fn in (("rmse", _rmse), ("top_decile_share", top_decile_share))
+                for suffix, pred in (("", model), ("_naive", naive))
+            },
             "clv_purchases_total_ratio": float(
                 f["expected_purchases"].sum() / max(actual_n.sum(), 1.0)
             ),

@@ -768,9 +768,10 @@ def main(argv: list[str] | None = None) -> int:
         "else), in seconds instead of the whole replay",
     )
     parser.add_argument(
-        "--clv-regularity",
+        "--clv-poisson",
         action="store_true",
-        help="customer value: fit the MBG/CNBD-k regularity too (docs/models.md)",
+        help="customer value: Poisson purchase-days (the MBG/NBD, k = 1) instead of the "
+        "MBG/CNBD-k whose regularity k is chosen by likelihood (docs/models.md)",
     )
     parser.add_argument(
         "--pmi",
@@ -833,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         if holdout_from is None:
             parser.error("--clv-only needs --holdout-from DATE")
         clv = customer_value_only(
-            events, holdout_from, EngineConfig(seed=args.seed, clv_regularity=args.clv_regularity)
+            events, holdout_from, EngineConfig(seed=args.seed, clv_regularity=not args.clv_poisson)
         )
         print(orjson.dumps({**clv, "rejected_lines": rejected}).decode())
         return 0
@@ -846,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(
             events,
             EngineConfig(
-                seed=args.seed, cooccurrence_pmi=args.pmi, clv_regularity=args.clv_regularity
+                seed=args.seed, cooccurrence_pmi=args.pmi, clv_regularity=not args.clv_poisson
             ),
             progress=sys.stderr.isatty() and not args.json,
             series=series,

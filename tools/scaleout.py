@@ -142,7 +142,7 @@ class Cluster:
         self.share = frozenset(share)
         self.dropped = tuple(f for part in PARTS if part not in self.share for f in PARTS[part])
         self.engines = [FeedbackEngine(self.config) for _ in range(workers)]
-        self.outboxes = [Outbox() for _ in range(workers)]
+        self.outboxes = [Outbox(workers) for _ in range(workers)]
         for engine, outbox in zip(self.engines, self.outboxes, strict=True):
             attach(engine, outbox)
         params = ItemParams.of(self.config)

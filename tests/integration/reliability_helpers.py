@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -356,6 +357,17 @@ def complete(events: list[dict]) -> Callable[[dict[str, dict]], bool]:
         return sum(len(p["recent_event_ids"]) for p in profiles.values()) >= total
 
     return done
+
+
+def port_free(port: int) -> bool:
+    """No listener on ``port`` (one in TIME_WAIT does not count, as for the worker)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def owned_partitions(worker: Any) -> set[tuple[str, str]]:

@@ -284,6 +284,31 @@ def test_regularity_is_fitted_and_shrinks_regular_buyers_less() -> None:
     assert mae[True] < 0.96 * mae[False]  # 0.908 vs 0.970 with this seed
 
 
+def test_regularity_is_searched_again_when_repeat_purchases_double() -> None:
+    # The same 400 customers (their number never grows, like CDNOW's cohort) buy
+    # like clockwork for 150 days, then at Poisson gaps. Once their repeat
+    # purchase-days have doubled, a refit tries k's neighbours again and the
+    # likelihood moves k down.
+    rng = np.random.default_rng(3)
+    lines = []
+    for c in range(400):
+        t = rng.uniform(0, 10)
+        while t < 600:
+            lines.append((t, f"c{c}"))
+            t += (rng.gamma(6.0, 15.0 / 6.0) if t < 150 else rng.exponential(15.0)) + 1.0
+    cv = CustomerValue(regularity=True)
+    lines.sort()
+    for t, user in lines:
+        if t >= 150 and cv.fits == 0:
+            cv.refit(150 * DAY)  # the first search, on clockwork gaps
+        cv.learn_one(user, t * DAY, 10.0)
+    k_regular = cv.transactions.k
+    assert k_regular >= 3
+    assert len(cv) == 400 and cv.purchase_days - len(cv) >= 2 * cv.regularity_checked_at
+    cv.refit(600 * DAY)
+    assert cv.transactions.k == k_regular - 1
+
+
 def test_alive_due_under_regular_gaps() -> None:
     cv = CustomerValue(regularity=True)
     cv.transactions = TransactionParams(r=2.0, alpha=40.0, a=0.5, b=3.0, k=3)

@@ -212,3 +212,98 @@ def test_replica_explains_a_pair_whose_neighbour_has_no_mass_yet() -> None:
     assert co.pmi_of(cat.index["x"], cat.index["y"]) is None
     b.apply_item_models([("y", {"t": 2.0, "nb": [["x"], [2.0], 0], "m": 2.0})])
     assert co.pmi_of(cat.index["x"], cat.index["y"]) is not None
+
+
+def _item_side(engine: FeedbackEngine) -> dict[str, dict[str, object]]:
+    """Every item's local item-side state, by item id, comparable across engines."""
+    rec, cat = engine.recommender, engine.catalogue
+    n = len(cat)
+    pop = rec.popularity.all_time(n)
+    out: dict[str, dict[str, object]] = {}
+    for item_id in cat.ids:
+        i = cat.index[item_id]
+        co = rec.cooccurrence.neighbours[i] if i < len(rec.cooccurrence.neighbours) else None
+        out[item_id] = {
+            "count": pop[i],
+            "mass": rec.cooccurrence._mass[i],
+            "neighbours": {} if co is None else {
+                cat.ids[k]: co.get(int(k)) for k in co.keys[: co.n]},
+            "taste": [*rec.taste.item_vec[i].tolist(), rec.taste.item_bias[i]],
+            "rating": [*engine.ratings.item_vec[i].tolist(), engine.ratings.item_bias[i]],
+            "price": engine.item_price[i] if i < len(engine.item_price) else 0.0,
+            "sentiment": engine.item_sentiment.state.get(item_id),
+        }
+    return out
+
+
+def _assert_same(got: dict[str, dict[str, object]], want: dict[str, dict[str, object]]) -> None:
+    assert got.keys() == want.keys()
+    for item_id, parts in want.items():
+        for part, value in parts.items():
+            assert got[item_id][part] == pytest.approx(value), (item_id, part)
+
+
+def test_a_lagging_owners_model_does_not_take_back_the_replicas_own_learning() -> None:
+    """The owner has applied only the first of this worker's batches when it
+    publishes: the replica keeps its own later increments (sent but not yet
+    applied, and learnt but not yet sent) on top of the published model, and
+    once the owner has them all, applying its model counts none of them twice."""
+    engine, outbox = _engine_with_outbox()
+    owner = ItemOwner(ItemParams.of(engine.config))
+    _feed(engine, outbox, EVENTS[:12])
+    first = outbox.drain()
+    for offset, event in enumerate(EVENTS[12:25], start=12):
+        outbox.at("purchases:0", offset)
+        engine.process(event)
+    second = outbox.drain()  # sent; the owner lags behind it
+    for offset, event in enumerate(EVENTS[25:], start=25):
+        outbox.at("purchases:0", offset)
+        engine.process(event)  # learnt, not yet drained
+    local = _item_side(engine)
+
+    owner.apply(decode_updates(encode_updates(first)))
+    stale = owner.publish(T0 + 100)
+    assert {m["w"]["purchases:0"] for _, m in stale} <= set(range(12))
+    engine.apply_item_models(orjson.loads(orjson.dumps(stale)))
+    _assert_same(_item_side(engine), local)
+
+    owner.apply(decode_updates(encode_updates(second)))
+    owner.apply(decode_updates(encode_updates(outbox.drain())))
+    for state in owner.items.values():
+        state.shown = None  # publish every item
+    owner._fresh.update(owner.items)
+    engine.apply_item_models(orjson.loads(orjson.dumps(owner.publish(T0 + 200))))
+    _assert_same(_item_side(engine), local)
+    assert outbox.unconfirmed == {}  # every entry is in a published model now
+
+
+def test_a_partitions_models_confirm_every_entry_sent_to_it_up_to_their_watermark() -> None:
+    """An owner applies its partition's messages in order: a model of y holding
+    source offset 7 shows x's entries up to 7 applied, though x's model has not
+    come (an item below the publication tolerance may not be published for long)."""
+    x_y = {"x": [["a:0", 5, ["p", 1.0, 0.0]], ["a:0", 9, ["p", 1.0, 0.0]]],
+           "y": [["a:0", 7, ["p", 1.0, 0.0]]]}
+    alone, shared = Outbox(), Outbox(partitions=1)
+    for outbox in (alone, shared):
+        outbox.items = {k: [list(e) for e in v] for k, v in x_y.items()}
+        outbox.drain()
+        outbox.confirm([("y", {"t": 0.0, "w": {"a:0": 7}})])
+    assert shared.unconfirmed == {"x": [["a:0", 9, ["p", 1.0, 0.0]]]}
+    assert alone.unconfirmed == {"x": x_y["x"]}  # no partitions: its own model only
+
+
+def test_own_pairs_after_the_published_head_leave_the_next_list_keyed_right() -> None:
+    """A list assigned with this worker's pending pair ``c`` after the publisher's
+    head ``a, b``; the publisher's next list (same epoch) puts another worker's
+    ``d`` before ``c``: each weight lands on its own neighbour."""
+    from models.catalogue import ItemCatalogue
+    from models.cooccurrence import ItemCooccurrence
+
+    cat = ItemCatalogue()
+    co = ItemCooccurrence()
+    x = cat.add("x")
+    co.assign(x, ["a", "b", "c"], [1.0, 2.0, 0.5], 3.5, cat.add, 0, head=2)
+    co.assign(x, ["a", "b", "d", "c"], [1.0, 2.0, 0.7, 0.5], 4.2, cat.add, 0)
+    nb = co.neighbours[x]
+    assert {cat.ids[k]: nb.get(int(k)) for k in nb.keys[: nb.n]} == {
+        "a": 1.0, "b": 2.0, "d": 0.7, "c": 0.5}

@@ -144,6 +144,68 @@ def test_a_restarted_owner_rebuilds_its_items_from_the_table_exactly() -> None:
     assert keys == {b"x", b"y"}
 
 
+def test_an_owner_without_write_keeps_changes_until_the_periods_write() -> None:
+    """Deferred writes (the agent with a commit guard): three batches touching x
+    are one record of x when the period's write comes, with the watermark of all
+    three, and nothing is written before it."""
+    sh = sharing()
+    table: dict = {}
+    written: list[tuple[str, dict]] = []
+    for k in range(3):
+        sh.apply_batch(table, [(encode_updates({"x": [["c:0", k, ["p", 1.0, 0.0]]],
+                                                f"y{k}": [["c:0", k, ["p", 1.0, 0.0]]]}),
+                                f"msg{k}")], None)
+    assert table == {} and list(sh.dirty) == ["x", "y0", "y1", "y2"]
+    assert sh.dirty["x"] == "msg2"  # the source of its last message: its partition
+    assert sh.write_changed(lambda k, v, _: written.append((k, v)), limit=2) == 2
+    assert sh.write_changed(lambda k, v, _: written.append((k, v))) == 2
+    assert [k for k, _ in written] == ["x", "y0", "y1", "y2"] and sh.dirty == {}
+    record = dict(written)["x"]
+    assert record["count"] == 3.0 and record["applied"] == {"c:0": 2}
+    assert sh.metrics.item_state_records_written._value.get() == 4
+
+
+def test_a_revoked_partitions_unwritten_changes_are_dropped() -> None:
+    sh = sharing()
+    p = sh.settings.partitions
+    items = [f"i{k}" for k in range(12)]
+    sh.apply_batch({}, [(encode_updates({i: [["c:0", 1, ["p", 1.0, 0.0]]] for i in items}),
+                         None)], None)
+    gone = partition_of(items[0], p)
+    sh.owed = [SimpleNamespace(partition=q) for q in range(p)]
+    sh.forget({gone})
+    assert set(sh.dirty) == {i for i in items if partition_of(i, p) != gone}
+    assert [m.partition for m in sh.owed] == [q for q in range(p) if q != gone]
+
+
+def test_a_tick_tests_only_the_items_changed_since_the_last(monkeypatch) -> None:
+    """An item that moved less than the publication tolerance is tested again
+    only when it changes again (its due-ness cannot change otherwise): a tick's
+    work follows what changed, not every item waiting."""
+    from models.item_state import ItemState
+
+    sh = sharing()
+    table: dict = {}
+    p = sh.settings.partitions
+    owned = set(range(p))
+    items = [f"i{k}" for k in range(20)]
+    sh.apply_updates(table, encode_updates({i: [["c:0", 1, ["p", 100.0, 0.0]]] for i in items}))
+    assert len(sh.due_models(table, owned, now=1.0)) == 20
+    sh.apply_updates(table, encode_updates({i: [["c:0", 2, ["p", 1.0, 0.0]]] for i in items}))
+    assert sh.due_models(table, owned, now=2.0) == []  # 1%: below the tolerance
+    tested: list[int] = []
+    due = ItemState.due
+
+    def counting(self: ItemState, params: ItemParams) -> bool:
+        tested.append(1)
+        return due(self, params)
+
+    monkeypatch.setattr(ItemState, "due", counting)
+    sh.apply_updates(table, encode_updates({"i3": [["c:0", 3, ["p", 10.0, 0.0]]]}))
+    assert [k for k, _ in sh.due_models(table, owned, now=3.0)] == [b"i3"]
+    assert len(tested) == 1
+
+
 @dataclass
 class FaustEvent:
     """What the owner reads of a Faust event (weakly referable, as Faust's are)."""

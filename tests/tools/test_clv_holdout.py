@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tools import evaluate
-from tools.clv_holdout import _group_bounds
+from tools.clv_holdout import _group_bounds, top_decile_share
 
 START = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
 DAY = 86_400.0
@@ -65,6 +65,11 @@ def test_holdout_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         for stat in ("mean", "median"):
             assert result[f"clv_{what}_mae_oracle_group_{stat}"] > 0
     assert result["clv_actual_to_past_rate"] > 0
+    for what in ("purchases", "spend"):
+        assert result[f"clv_{what}_rmse"] >= result[f"clv_{what}_mae"]
+        assert result[f"clv_{what}_rmse_naive"] >= result[f"clv_{what}_mae_naive"]
+        assert 0 < result[f"clv_{what}_top_decile_share_naive"] <= 1
+        assert 0.1 < result[f"clv_{what}_top_decile_share"] <= 1
     assert result["clv_params"]["fits"] >= 1
     lifetimes = result["lifetimes"]
     for convention in ("same_statistics", "own_convention"):
@@ -95,3 +100,12 @@ def test_oracle_group_bounds() -> None:
     assert bounds["clv_purchases_mae_oracle_group_mean"] == pytest.approx(6 / 5)
     assert bounds["clv_purchases_mae_oracle_group_median"] == pytest.approx(5 / 5)
     assert bounds["clv_spend_mae_oracle_group_mean"] == pytest.approx(60 / 5)
+
+
+def test_top_decile_share() -> None:
+    actual = np.arange(20, dtype=float)  # total 190; the top two made 19 + 18
+    assert top_decile_share(actual, actual) == pytest.approx(37 / 190)
+    assert top_decile_share(-actual, actual) == pytest.approx(1 / 190)
+    # ties (a naive forecast of 0 for most customers) are ranked in customer order
+    assert top_decile_share(np.zeros(20), actual) == pytest.approx(1 / 190)
+    assert np.isnan(top_decile_share(np.ones(3), np.zeros(3)))
