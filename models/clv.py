@@ -773,6 +773,26 @@ class CustomerValue:
             "p_alive", "p_purchase",
         )))  # fmt: skip
 
+    def expected_spend_one(
+        self, user_id: str, now: float, horizon_days: float | None = None
+    ) -> float | None:
+        """``predict_one(...).expected_spend`` alone, without the P(alive) and
+        P(purchase) terms the engine's segmentation does not read (the same
+        arithmetic, hence the same value); ``None`` for a customer who never bought.
+
+        >>> cv = CustomerValue()
+        >>> cv.learn_one("a", 0.0, 10.0); cv.learn_one("a", 5 * DAY, 30.0)
+        >>> cv.expected_spend_one("a", 9 * DAY) == cv.predict_one("a", 9 * DAY).expected_spend
+        True
+        """
+        i = self.index.get(user_id)
+        if i is None:
+            return None
+        h = self.horizon_days if horizon_days is None else horizon_days
+        x, t_x, T, days, mean = self.stats(now, np.array([i]))
+        purchases = expected_purchases(self.transactions, h, x, t_x, T)
+        return float((purchases * expected_spend_per_purchase(self.spend, days, mean))[0])
+
     def alive_due(self, user_id: str, threshold: float) -> float | None:
         """Event time at which P(alive) falls below ``threshold`` if nothing is bought.
 

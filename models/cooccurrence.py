@@ -257,19 +257,23 @@ class ItemCooccurrence:
         keys: list[np.ndarray] = []
         vals: list[np.ndarray] = []
         factors: list[float] = []
+        lengths: list[int] = []
         if n > self._mass.shape[0]:
             self._ensure(n - 1)
         mass = self._mass
         neighbours = self.neighbours
+        known = len(neighbours)
         for h, r in history:
-            if h >= len(neighbours):
+            if h >= known:
                 continue
             nb = neighbours[h]
-            if nb.n == 0 or r <= 0.0:
+            size = nb.n
+            if size == 0 or r <= 0.0:
                 continue
-            keys.append(nb.keys[: nb.n])
-            vals.append(nb.values[: nb.n])
-            factors.append(r / math.sqrt(mass[h] + 1.0))
+            keys.append(nb.keys[:size])
+            vals.append(nb.values[:size])
+            lengths.append(size)
+            factors.append(r / math.sqrt(mass.item(h) + 1.0))  # .item(): a float, not a scalar
         if out is None:
             out = np.empty(n)
         if not keys:
@@ -284,7 +288,7 @@ class ItemCooccurrence:
             out[idx] = v * self._norm[idx]
         else:
             # One multiply for all sources (each source's weights times its factor).
-            weights = np.concatenate(vals) * np.repeat(factors, [k.shape[0] for k in keys])
+            weights = np.concatenate(vals) * np.repeat(np.array(factors), lengths)
             counts = np.bincount(np.concatenate(keys), weights=weights, minlength=n)
             np.multiply(counts[:n], self._norm[:n], out=out)
         return out

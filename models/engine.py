@@ -434,10 +434,10 @@ class FeedbackEngine:
             or profile.segment is None
             or profile.clicks & (profile.clicks - 1) == 0
         ):
-            value = self.customer_value.predict_one(event.user_id, t)
+            spend = self.customer_value.expected_spend_one(event.user_id, t)
             profile.segment = self.segmentation.learn_one(
                 event.user_id,
-                profile.segment_vector(value.expected_spend if value is not None else 0.0),
+                profile.segment_vector(spend if spend is not None else 0.0),
                 profile.last_seen,
             )
         out.segment = profile.segment

@@ -168,6 +168,24 @@ def test_refits_from_the_stream_and_predicts(customers: tuple[np.ndarray, ...]) 
     assert 0.0 < value.p_purchase <= value.p_alive <= 1.0
 
 
+@pytest.mark.parametrize("regularity", [False, True])
+def test_expected_spend_one_is_predict_ones_spend(regularity: bool) -> None:
+    """The engine's segmentation reads only the spend: the same figure, unknown -> None."""
+    cv = CustomerValue(regularity=regularity, seed=3)
+    rng = np.random.default_rng(5)
+    for i in range(300):
+        first = float(rng.uniform(0.0, 200.0)) * DAY
+        for k in range(int(rng.integers(1, 6))):
+            cv.learn_one(f"c{i}", first + k * float(rng.uniform(3.0, 40.0)) * DAY, 10.0 + k)
+    cv.refit(400.0 * DAY)
+    for now in (400.0 * DAY, 700.0 * DAY):
+        for user in ("c0", "c7", "c123"):
+            value = cv.predict_one(user, now, 30.0)
+            assert value is not None
+            assert cv.expected_spend_one(user, now, 30.0) == value.expected_spend
+    assert cv.expected_spend_one("nobody", 400.0 * DAY) is None
+
+
 def test_refit_schedule() -> None:
     cv = CustomerValue(refit_fraction=0.5, refit_min_new=3, refit_days=7.0)
     for i in range(3):

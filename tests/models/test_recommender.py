@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+import pytest
 
 from models.cooccurrence import ItemCooccurrence, Neighbours
 from models.engine import EngineConfig, FeedbackEngine
@@ -35,6 +36,31 @@ def test_cooccurrence_recommends_what_was_bought_together() -> None:
     assert recs[0].item_id == "B"
     assert recs[0].reason.startswith(("bought together with A (", "often chosen right after A"))
     assert "A" not in [r.item_id for r in recs]  # already bought
+
+
+def test_cooccurrence_scores_follow_the_formula() -> None:
+    """``sum_h r_h C[h, j] / ((m_h + 1) ** 0.5 (m_j + 1) ** alpha)`` against a dense
+    matrix built from the same pair increments, for one source and for several."""
+    rng = np.random.default_rng(4)
+    co = ItemCooccurrence(max_neighbours=1000, alpha=0.5)
+    n = 30
+    dense = np.zeros((n, n))
+    for i in range(n):  # a history names items learnt before
+        co.learn_one([], i, 1.0)
+    for _ in range(400):
+        items, strengths = rng.integers(0, n, 6).tolist(), rng.uniform(0.1, 1, 6).tolist()
+        history = list(zip(items, strengths, strict=True))
+        item, weight = int(rng.integers(0, n)), float(rng.uniform(0.1, 1.0))
+        for h, w in co.pairs(history, item, weight):
+            dense[h, item] += w
+            dense[item, h] += w
+        co.learn_one(history, item, weight)
+    mass = dense.sum(axis=1)
+    for history in ([(3, 1.0)], [(3, 1.0), (7, 0.9), (3, 0.5), (12, 0.2), (29, 0.0)]):
+        expected = sum(
+            r * dense[h] / np.sqrt(mass[h] + 1.0) for h, r in history if r > 0
+        ) / (mass + 1.0) ** 0.5
+        assert co.scores(history, n) == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
 def test_pmi_measures_association_beyond_popularity() -> None:
