@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import digamma, gammaln, hyp2f1
+from scipy.special import digamma, gammaln, hyp2f1, logsumexp
 
 DAY = 86_400.0
 # Shortest gap between purchase-days counted in the regularity statistic (days):
