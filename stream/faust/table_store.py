@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Iterable, Sequence
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from faust.streams import _current_event
 from faust.types import TP
@@ -25,6 +26,15 @@ def write_as(table: Any, key: str, value: Any, event: Any) -> None:
         table[key] = value
     finally:
         _current_event.reset(token)
+
+
+class _At:
+    """What a Faust store reads of the current event: its message's partition."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition)
 
 
 async def write_through(table: Any, writes: Sequence[tuple[str, Any, int]]) -> None:
@@ -52,7 +62,14 @@ async def write_through(table: Any, writes: Sequence[tuple[str, Any, int]]) -> N
     for key, value, partition in writes:
         raw_key, _ = topic.prepare_key(key, table.key_serializer)
         raw_value, _ = topic.prepare_value(value, table.value_serializer)
-        store[key] = value
+        # The RocksDB store files a key under the current event's partition (and
+        # asserts there is one); the owner's periodic write runs in a timer.
+        at = _At(partition)
+        token = _current_event.set(weakref.ref(cast(Any, at)))
+        try:
+            store[key] = value
+        finally:
+            _current_event.reset(token)
         futures.append(await send(name, raw_key, raw_value, partition, None, None))
     for meta in await asyncio.gather(*futures):
         # What Faust's own send callback records (a RocksDB store resumes from it).
