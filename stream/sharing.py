@@ -54,6 +54,13 @@ SEGMENTS_KEY = b"segments"
 BLEND_PREFIX = "blend:"
 
 
+def collect(writes: list[tuple[str, dict[str, Any], int]], key: str,
+            record: dict[str, Any], event: Any) -> None:
+    """A ``write`` for :meth:`Sharing.apply_batch`: the record, for the changelog
+    partition of the item-updates message it came from (= the item's)."""
+    writes.append((key, record, event.message.partition))
+
+
 @dataclass
 class Sharing:
     """What the item owner and the replica keep between calls."""
@@ -155,10 +162,8 @@ class Sharing:
         item's) straight through the producer (:func:`stream.faust.write_through`),
         acknowledged when this returns."""
         writes: list[tuple[str, dict[str, Any], int]] = []
-        counts = self.apply_batch(
-            table, [(e.value, e) for e in events],
-            lambda key, record, event: writes.append((key, record, event.message.partition)),
-        )
+        counts = self.apply_batch(table, [(e.value, e) for e in events],
+                                  partial(collect, writes))
         await write_through(table, writes)
         return counts
 
@@ -307,10 +312,6 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
                 sharing.owed.extend(messages)
             else:
                 await sharing.own(table, events)
-
-    def collect(writes: list[tuple[str, dict[str, Any], int]], key: str,
-                record: dict[str, Any], event: Any) -> None:
-        writes.append((key, record, event.message.partition))
 
     async def write_period() -> None:
         """The period's changelog writes, acknowledged, then the offsets they
