@@ -194,11 +194,14 @@ class Sharing:
         partitions = self.settings.partitions
         taken = owned - self.owned
         if taken:
+            # The cached states stay: those of a taken partition were read from
+            # its table after the assignment (Sharing.forget drops them on
+            # revocation) and may hold increments applied but not written yet,
+            # whose messages the period's write then releases.
             for k in list(table):
                 if not is_snapshot_key(k) and partition_of(k, partitions) in taken:
                     self.fresh.add(k)
                     self.shown.pop(k, None)
-                    self.states.pop(k, None)
         self.owned = owned
         # Those of partitions revoked meanwhile are dropped.
         ids = sorted(i for i in self.fresh if partition_of(i, partitions) in owned)

@@ -206,11 +206,7 @@ def test_sigterm_then_sigkill_mid_stream_loses_nothing(
     items = account_items(events, states)
     duplicates = sum(w.metric("feedback_item_update_entries_duplicate_total") for w in workers)
     print(f"{items.line(label)} duplicates_skipped_by_the_last_workers={duplicates:.0f}")
-    if items.short:
-        # Known defect, open in the scale-out issue: now and then a few item
-        # increments (a fraction of a percent) are missing after the SIGTERM and
-        # SIGKILL. Reported as an expected failure, with the items, until fixed.
-        pytest.xfail(f"known: item increments missing: {items.line(label)}")
+    assert items.short == {}, items.line(label)
 
     if n_workers == 1:
         # Its own successor restores every user's models from the checkpoint; with

@@ -262,3 +262,22 @@ async def test_the_owner_writes_its_items_through_the_producer_not_faust_s_buffe
     assert partition == partition_of("i7", settings.partitions)
     assert codecs.loads("json", value) == table["i7"]
     assert table["i7"]["count"] == 1.0
+
+
+def test_a_takeover_keeps_the_increments_applied_but_not_yet_written() -> None:
+    """A new owner applies messages before its first publication tick (catching
+    up after a restart or rebalance); the tick publishes every item of the
+    partitions it took over, and must not reload them from the table: the
+    increments applied since the table's record would be lost, their messages'
+    offsets released by the period's write."""
+    sh = sharing()
+    p = sh.settings.partitions
+    table: dict = {}
+    sh.apply_updates(table, encode_updates({"x": [["c:0", 1, ["p", 1.0, 0.0]]]}))  # written
+    sh.apply_batch(table, [(encode_updates({"x": [["c:0", 2, ["p", 0.3, 0.0]]]}), "m2")], None)
+    models = dict(sh.due_models(table, {partition_of("x", p)}, now=5.0))
+    assert orjson.loads(models[b"x"])["n"] == 1.3
+    written: list[tuple[str, dict]] = []
+    sh.write_changed(lambda k, v, _: written.append((k, v)))
+    record = dict(written)["x"]
+    assert (record["count"], record["applied"]) == (1.3, {"c:0": 2})
