@@ -16,6 +16,7 @@ from models.item_updates import (
     attach,
     decode_updates,
     encode_updates,
+    end_offset,
     murmur2,
     partition_of,
     split_entry,
@@ -371,8 +372,62 @@ def test_a_run_partly_held_by_a_model_stays_unconfirmed_until_its_last_event() -
     # event at offset 6 is not in the model yet, so the run must be kept.
     outbox = Outbox()
     run = ["a:0", 4, "p", 1.0, 0.0, 6, "p", 1.0, 0.0]
-    outbox.unconfirmed = {"x": [run]}
+    outbox.items = {"x": [list(run)]}
+    outbox.drain()
     outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 5}})])
     assert outbox.unconfirmed == {"x": [run]}
     outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 6}})])
-    assert outbox.unconfirmed == {}
+    assert outbox.unconfirmed == {} and outbox.ends == {}
+
+
+def test_confirming_keeps_each_entrys_end_with_it() -> None:
+    """Entries of two sources drained in two batches, confirmed one source at a
+    time: what is kept is exactly what a model has not shown yet, and each kept
+    entry's end stays beside it for the next confirmation."""
+    outbox = Outbox(partitions=1)
+    outbox.items = {"x": [["a:0", 1, "p", 1.0, 0.0, 3, "c", "y", 0.5],
+                          ["b:0", 2, "p", 1.0, 0.0]]}
+    outbox.drain()
+    outbox.items = {"x": [["a:0", 5, "p", 1.0, 0.0], ["b:0", 4, "c", "z", 1, 8, "p", 1.0, 0.0]]}
+    outbox.drain()
+    assert outbox.ends == {"x": [3, 2, 5, 8]}
+    outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 3}})])
+    assert outbox.unconfirmed["x"] == [["b:0", 2, "p", 1.0, 0.0], ["a:0", 5, "p", 1.0, 0.0],
+                                       ["b:0", 4, "c", "z", 1, 8, "p", 1.0, 0.0]]
+    assert outbox.ends == {"x": [2, 5, 8]}
+    outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 3, "b:0": 7}})])
+    assert outbox.unconfirmed["x"] == [["a:0", 5, "p", 1.0, 0.0],
+                                       ["b:0", 4, "c", "z", 1, 8, "p", 1.0, 0.0]]
+    assert outbox.ends == {"x": [5, 8]}
+    outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 5, "b:0": 8}})])
+    assert outbox.unconfirmed == {} and outbox.ends == {}
+
+
+def test_confirming_does_not_take_entries_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model read confirms against every unconfirmed entry of its
+    partition; splitting each run into its events there cost a replica more
+    than the models it applies (tools.sharing_profile --workers 3 --lag 5)."""
+    import models.item_updates as item_updates
+
+    outbox = Outbox(partitions=2)
+    outbox.items = {f"i{k}": [["a:0", k, "p", 1.0, 0.0, k + 1, "c", "y", 0.5]]
+                    for k in range(0, 40, 2)}
+    outbox.drain()
+
+    def refuse(entry: list) -> None:
+        raise AssertionError("an entry split to be confirmed")
+
+    monkeypatch.setattr(item_updates, "split_entry", refuse)
+    outbox.confirm([("i10", {"t": 1.0, "w": {"a:0": 21}})])
+    p = partition_of("i10", 2)
+    assert sorted(outbox.unconfirmed, key=lambda i: int(i[1:])) == [
+        f"i{k}" for k in range(0, 40, 2) if partition_of(f"i{k}", 2) != p or k + 1 > 21]
+
+
+@pytest.mark.parametrize("entry", [
+    ["a:0", 4],
+    ["a:0", 4, "c", "y", 0.5, "p", 1, 9, 6, ["c", "z", 1.0]],
+    ["a:0", 4, "b", [0.1, 0.2], 0.0, 7, "$", 3, 9, "s", 2, 1.0, 5.0],
+])
+def test_an_entrys_end_is_its_last_events_offset(entry: list) -> None:
+    assert end_offset(entry) == ([o for o, _ in split_entry(entry)] or [entry[1]])[-1]
