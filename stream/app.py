@@ -33,6 +33,7 @@ from stream.pull import Pulls
 from stream.records import InputMessage, OutputMessage
 from stream.refit import CustomerValueRefit
 from stream.settings import Settings
+from stream.stall import LoopWatch
 from stream.topics import PROFILES_TABLE
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,12 @@ def build_app(
         metrics.set_information(
             engine.information.report(len(engine.catalogue)), engine.shift.last
         )
+
+    loop_watch = LoopWatch(metrics.event_loop_lag_seconds, settings.loop_stall_log_seconds)
+
+    @app.task
+    async def watch_loop() -> None:
+        await loop_watch.run()
 
     @app.task
     async def broker_watch() -> None:
