@@ -30,6 +30,7 @@ purpose; here it depends on how the last changelog batch happens to fall.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import signal
 import time
 from collections import Counter
@@ -146,11 +147,15 @@ def test_sigterm_then_sigkill_mid_stream_loses_nothing(
     resume = 120.0 if n_workers == 1 else 180.0
     # No returns: an item's popularity is then the plain sum of its events' strengths.
     events = make_events(N_USERS, per_user, returns=False)
-    # In three parts: the second sent once the SIGTERMed worker's successor is
-    # starting, the third once the SIGKILLed one's is, so that each successor
-    # has events of its own to recommend on, however fast the others caught up.
-    cut1, cut2 = int(len(events) * 0.4), int(len(events) * 0.7)
-    parts = [records_for(s, events[a:b]) for a, b in ((0, cut1), (cut1, cut2), (cut2, None))]
+    # In four parts: the second sent once the SIGTERMed worker's successor is
+    # starting, the fourth once the SIGKILLed one's is, so that each successor
+    # has events of its own to recommend on, however fast the others caught up;
+    # the third as the wait for the SIGKILL starts, so that the worker to kill
+    # has the events it is to process before the kill (it would otherwise wait,
+    # idle, for events only sent after it: the others may have taken all the
+    # second part while the first successor started).
+    cuts = [0, *(int(len(events) * f) for f in (0.4, 0.55, 0.85)), None]
+    parts = [records_for(s, events[a:b]) for a, b in itertools.pairwise(cuts)]
     producers = [PacedProducer(s, parts[0], rate=RATE).start()]
 
     def send(part: int) -> Callable[[], None]:
@@ -169,9 +174,11 @@ def test_sigterm_then_sigkill_mid_stream_loses_nothing(
     # workers, once it has learnt a further share of an eighth.
     k = 0 if n_workers == 1 else 1
     kill = workers[k]
+    at_least = processed(kill) + share / 2
+    send(2)()
     third, recovery_kill, done_kill, _ = stop_mid_stream(
         worker_factory, kill, [w for w in workers if w is not kill], signal.SIGKILL,
-        processed(kill) + share / 2, resume, send(2))
+        at_least, resume, send(3))
     workers[k] = third
     sent = sum(p.join() for p in producers)
 
