@@ -102,6 +102,7 @@ __all__ = [
     "blend_state",
     "decode_updates",
     "encode_updates",
+    "entry_end",
     "merge_blend",
     "murmur2",
     "partition_of",
@@ -137,6 +138,28 @@ def split_entry(entry: Entry) -> list[tuple[int, list[list[Any]]]]:
             out[-1][1].append(entry[k : k + 1 + ARITY[x]])
             k += 1 + ARITY[x]
     return out
+
+
+def entry_end(entry: Entry) -> int:
+    """The offset of an entry's last event (a run's highest): :func:`split_entry`'s
+    last offset, without building its lists.
+
+    >>> entry_end(["clicks:0", 4, "c", "y", 0.5, "s", 2, 1.0, 9.0, 6, ["c", "z", 1.0]])
+    6
+    """
+    end, k, n = entry[1], 2, len(entry)
+    while k < n:
+        x = entry[k]
+        if type(x) is int:
+            end = x
+            k += 1
+        elif type(x) is list:
+            k += 1
+        else:
+            if x not in ARITY:
+                raise ValueError(f"item updates: unknown op {x!r}")
+            k += 1 + ARITY[x]
+    return end
 
 
 def murmur2(data: bytes) -> int:
@@ -203,6 +226,9 @@ class Outbox:
         # item: re-applied over each published model of the item, so an owner
         # lagging behind this worker does not take back its own fresher learning.
         self.unconfirmed: Updates = {}
+        # The end offset (entry_end) of each unconfirmed entry, in the same order:
+        # computed once when drained, since every confirm compares them all.
+        self._ends: dict[str, list[int]] = {}
         # The item-updates partitions (None: each item is confirmed by its own
         # models only) and, per partition and source, the highest source offset a
         # published model of that partition held (see :meth:`confirm`).
@@ -279,13 +305,16 @@ class Outbox:
         self._collect()
         items, self.items = self.items, {}
         self._last.clear()
-        unconfirmed = self.unconfirmed
+        unconfirmed, ends = self.unconfirmed, self._ends
         for item_id, entries in items.items():
             kept = unconfirmed.get(item_id)
+            new_ends = [entry_end(e) for e in entries]
             if kept is None:
                 unconfirmed[item_id] = list(entries)
+                ends[item_id] = new_ends
             else:
                 kept.extend(entries)
+                ends.setdefault(item_id, []).extend(new_ends)
         return items
 
     def confirm(self, models: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
@@ -326,11 +355,18 @@ class Outbox:
     def _keep(self, item_id: str, entries: list[Entry], marks: Mapping[str, int]) -> None:
         # A run's last event has its highest offset: a run partly held is kept
         # whole (re-applying it follows the owner's watermark, event by event).
-        left = [e for e in entries if split_entry(e)[-1][0] > marks.get(e[0], -1)]
-        if left:
-            self.unconfirmed[item_id] = left
+        ends = self._ends.get(item_id)
+        if ends is None or len(ends) != len(entries):  # set from outside: recount
+            ends = [entry_end(e) for e in entries]
+        keep = [i for i, e in enumerate(entries) if ends[i] > marks.get(e[0], -1)]
+        if len(keep) == len(entries):
+            self._ends[item_id] = ends
+        elif keep:
+            self.unconfirmed[item_id] = [entries[i] for i in keep]
+            self._ends[item_id] = [ends[i] for i in keep]
         else:
             del self.unconfirmed[item_id]
+            self._ends.pop(item_id, None)
 
     def pending(self, item_id: str) -> list[Entry]:
         """This worker's entries for ``item_id`` that no published model is known

@@ -16,6 +16,7 @@ from models.item_updates import (
     attach,
     decode_updates,
     encode_updates,
+    entry_end,
     murmur2,
     partition_of,
     split_entry,
@@ -376,3 +377,44 @@ def test_a_run_partly_held_by_a_model_stays_unconfirmed_until_its_last_event() -
     assert outbox.unconfirmed == {"x": [run]}
     outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 6}})])
     assert outbox.unconfirmed == {}
+
+
+def test_confirm_parses_no_entry_drained_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica confirms on every batch of models it reads, and a lagging owner
+    leaves many entries unconfirmed: each entry's end offset is read once, when
+    drained, not again at every confirm (the scan held the worker's event loop
+    for 0.2 s and more per read)."""
+    import models.item_updates as iu
+
+    engine, outbox = FeedbackEngine(CONFIG), Outbox(partitions=1)
+    attach(engine, outbox)
+    for offset, event in enumerate(EVENTS):  # two sources, interleaved
+        outbox.at(f"purchases:{offset % 2}", offset // 2)
+        engine.process(event)
+    drained = outbox.drain()
+    ends = {i: [iu.entry_end(e) for e in entries] for i, entries in drained.items()}
+    assert max(len(entries) for entries in drained.values()) > 2
+    mark = 8  # source 0 confirmed up to its event 8 of 15
+
+    def parsed(entry: list[object]) -> int:
+        raise AssertionError("an entry parsed again")
+
+    monkeypatch.setattr(iu, "entry_end", parsed)
+    monkeypatch.setattr(iu, "split_entry", parsed)
+    for _ in range(3):
+        outbox.confirm([("i0", {"t": 0.0, "w": {"purchases:0": mark}})])
+    kept = {
+        i: [e for e, end in zip(entries, ends[i], strict=True)
+            if e[0] != "purchases:0" or end > mark]
+        for i, entries in drained.items()
+    }
+    assert outbox.unconfirmed == {i: k for i, k in kept.items() if k}
+    assert sum(map(len, kept.values())) < sum(map(len, drained.values()))
+
+
+def test_entry_end_is_the_last_offset_split_entry_gives() -> None:
+    engine, outbox = _engine_with_outbox()
+    _feed(engine, outbox, EVENTS)
+    for entries in outbox.drain().values():
+        for e in entries:
+            assert entry_end(e) == split_entry(e)[-1][0]
