@@ -33,6 +33,7 @@ from stream.pull import Pulls
 from stream.records import InputMessage, OutputMessage
 from stream.refit import CustomerValueRefit
 from stream.settings import Settings
+from stream.stall import LoopWatch
 from stream.topics import PROFILES_TABLE
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,14 @@ log = logging.getLogger(__name__)
 # Events handed to the processor at once; settings.batch_max_wait_seconds
 # bounds the latency a partial batch adds.
 BATCH_SIZE = 500
+
+# Bytes per partition in one produce request. aiokafka holds one batch per
+# partition and makes a sender wait once it is full, and sends one request per
+# broker at a time: at Faust's 16 kB, the item owner's publication (a few kB per
+# item model, thousands per period) went out three records per partition per
+# round trip, stretched the 1 s period to 5-10 s, and the replica read it back
+# in hundreds of small fetches that took the event loop from the inputs.
+PRODUCER_BATCH_BYTES = 256 * 1024
 
 # The models are hundreds of thousands of long-lived containers. CPython's
 # full (oldest-generation) collection walks all of them, stopping the event
@@ -144,6 +153,7 @@ def build_app(
         broker_heartbeat_interval=settings.heartbeat_seconds,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         datadir=f"{settings.state_dir}/faust",
         web_in_thread=False,
         web_application_options={"middlewares": [views.gate_middleware(settings, metrics)]},
@@ -277,6 +287,12 @@ def build_app(
         metrics.set_information(
             engine.information.report(len(engine.catalogue)), engine.shift.last
         )
+
+    loop_watch = LoopWatch(metrics.event_loop_lag_seconds, settings.loop_stall_log_seconds)
+
+    @app.task
+    async def watch_loop() -> None:
+        await loop_watch.run()
 
     @app.task
     async def broker_watch() -> None:

@@ -334,6 +334,13 @@ class Metrics:
             namespace=ns, registry=registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
+        self.event_loop_lag_seconds = Histogram(
+            "event_loop_lag_seconds",
+            "How late the worker's event loop woke a 50 ms sleep: the time every "
+            "event, pull and timer waited for synchronous work to yield.",
+            namespace=ns, registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
         self.clv_refit_seconds = Histogram(
             "clv_refit_seconds",
             "Time of one customer-value refit, in a worker thread off the event loop.",

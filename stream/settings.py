@@ -136,6 +136,9 @@ class Settings:
     # between two events, and lets its event loop run in between: an HTTP pull
     # (GET /recommendations) waits for one slice, not for a whole batch.
     batch_slice_seconds: float = 0.005
+    # When the worker's event loop has had no turn for this long, a watching
+    # thread logs the stack it is running (stream/stall.py); 0: off.
+    loop_stall_log_seconds: float = 0.0
     # The worker's debounce of recommendations across batches (docs/performance.md):
     # a user's recommendation waits for their triggers to stop, and is published
     # at the end of the first batch without a new trigger of theirs, or this long
@@ -264,6 +267,8 @@ class Settings:
              "FEEDBACK_BATCH_MAX_WAIT_SECONDS must be > 0 and <= 5"),
             (0 < self.batch_slice_seconds <= 1,
              "FEEDBACK_BATCH_SLICE_SECONDS must be > 0 and <= 1"),
+            (0 <= self.loop_stall_log_seconds <= 60,
+             "FEEDBACK_LOOP_STALL_LOG_SECONDS must be >= 0 (0: off) and <= 60"),
             (0 <= self.recommend_debounce_seconds <= 60,
              "FEEDBACK_RECOMMEND_DEBOUNCE_SECONDS must be >= 0 and <= 60"),
             (self.recommend_debounce_seconds <= self.recommend_max_delay_seconds <= 300,

@@ -309,6 +309,18 @@ class Sharing:
             self.metrics.item_model_staleness.set(max(0.0, now - newest))
         return len(models)
 
+    async def read_in_slices(self, records: list[Any]) -> int:
+        """:meth:`read` of ``records`` in slices of :data:`READ_SLICE`, the event
+        loop's turn between two: a fetch holds up to 5,000 models (a new worker
+        reads the whole topic), and applying them at once held the loop (every
+        input batch and pull) for up to seconds."""
+        n = 0
+        for i in range(0, len(records), READ_SLICE):
+            if i:
+                await asyncio.sleep(0)
+            n += self.read(records[i : i + READ_SLICE], time.time())
+        return n
+
     def _global(self, key: bytes, value: dict[str, Any]) -> None:
         if key == SEGMENTS_KEY:
             if not self.owns_segments:
@@ -317,6 +329,9 @@ class Sharing:
         elif key.startswith(BLEND_PREFIX.encode()):
             self.blends[key.decode()] = value
 
+
+#: Item-model records a replica applies between two turns of the event loop.
+READ_SLICE = 50
 
 #: The owner's changelog writes of one period go to the producer in chunks this
 #: size, each acknowledged before the next.
@@ -403,7 +418,7 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
                 batch = await consumer.getmany(timeout_ms=200, max_records=5000)
                 records = [r for msgs in batch.values() for r in msgs]
                 if records:
-                    sharing.read(records, time.time())
+                    await sharing.read_in_slices(records)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

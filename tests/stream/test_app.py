@@ -145,3 +145,21 @@ def test_the_collector_freezes_survivors_and_frees_frozen_cycles_at_a_full_colle
         assert alive() is None
     finally:
         gc.unfreeze()
+
+
+def test_the_producer_sends_many_item_models_per_partition_per_request(tmp_path: object) -> None:
+    """aiokafka sends one request per broker at a time and holds one batch per
+    partition: the batch must take an owner's publication (thousands of item
+    models of a few kB) in a few round trips, not three records per trip."""
+    import orjson
+
+    from models.item_state import ItemParams, ItemState
+
+    settings = Settings.from_env({}, state_dir=str(tmp_path))
+    fa = build_app(settings, engine=FeedbackEngine(), registry=CollectorRegistry())
+    state = ItemState()
+    entries = [["c:0", 1, "p", 1.0, 0.0] + [x for k in range(50)
+                                             for x in ("c", f"neighbour-{k}", 1.0)]]
+    state.apply(entries, ItemParams(), "x")
+    model = orjson.dumps(state.published(0.0, ItemParams()))
+    assert fa.app.conf.producer_max_batch_size >= 50 * len(model)

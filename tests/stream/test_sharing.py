@@ -338,3 +338,38 @@ async def test_a_write_in_progress_does_not_release_the_messages_of_a_revoked_pa
     await sh.write_period(table, guard, lambda: False)
     assert guard.committable(("items", mine), None) == 1
     assert all(table[i]["count"] == 1.0 for i in ours + theirs)
+
+
+def test_a_replica_applies_a_large_fetch_in_slices_letting_the_loop_run() -> None:
+    """A fetch of thousands of models is applied a slice at a time; the event
+    loop (input batches, pulls) gets a turn between two slices, and every model
+    is applied in order."""
+    import asyncio
+
+    from stream.sharing import READ_SLICE
+
+    engine = FeedbackEngine()
+    sh = sharing(engine)
+    topic = sh.settings.topic_item_model
+    n = 3 * READ_SLICE + 7
+    records = [SimpleNamespace(topic=topic, key=f"i{k}".encode(),
+                               value=orjson.dumps({"t": 1.0, "p": [float(k), 1.0], "n": 1.0}))
+               for k in range(n)]
+    seen: list[int] = []
+
+    async def main() -> int:
+        async def other_task() -> None:
+            while True:
+                seen.append(len(engine.catalogue.ids))
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(other_task())
+        await asyncio.sleep(0)
+        applied = await sh.read_in_slices(records)
+        watcher.cancel()
+        return applied
+
+    assert asyncio.run(main()) == n
+    assert engine.catalogue.ids == [f"i{k}" for k in range(n)]
+    between = sorted(set(seen) - {0})
+    assert between == [READ_SLICE, 2 * READ_SLICE, 3 * READ_SLICE]

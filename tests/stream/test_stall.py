@@ -1,0 +1,58 @@
+import asyncio
+import logging
+import time
+
+import pytest
+
+from stream.stall import LoopWatch
+
+
+class Samples:
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def observe(self, value: float) -> None:
+        self.values.append(value)
+
+
+def block_the_loop(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_lag_is_how_late_the_heartbeat_woke(caplog: pytest.LogCaptureFixture) -> None:
+    lag = Samples()
+    watch = LoopWatch(lag, stall_log_seconds=0.1, beat=0.01)
+
+    async def main() -> None:
+        task = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.05)
+        block_the_loop(0.4)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.WARNING, logger="stream.stall"):
+        asyncio.run(main())
+    assert max(lag.values) >= 0.35
+    assert sorted(lag.values)[len(lag.values) // 2] < 0.1
+    stalls = [r.getMessage() for r in caplog.records]
+    assert len(stalls) == 1  # once per stall
+    assert "block_the_loop" in stalls[0]
+
+
+def test_no_stack_while_the_loop_turns() -> None:
+    watch = LoopWatch(Samples(), stall_log_seconds=0.1, beat=0.01)
+
+    async def main() -> list[str | None]:
+        task = asyncio.create_task(watch.run())
+        seen = []
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            seen.append(watch.stalled_stack())
+        task.cancel()
+        return seen
+
+    assert asyncio.run(main()) == [None] * 20
