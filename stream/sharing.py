@@ -95,6 +95,9 @@ class Sharing:
     # The latest blend record of every worker, by key, with its arrival time.
     blends: dict[str, dict[str, Any]] = field(default_factory=dict)
     owns_segments: bool = False
+    # The messages the period's write in progress is to release (see
+    # write_period), or None.
+    writing: list[Any] | None = None
 
     def state_of(self, table: Any, item_id: str) -> ItemState:
         """The item's state: this owner's cached object, else the table's record."""
@@ -185,7 +188,49 @@ class Sharing:
             for i in [i for i in cache if partition_of(i, p) in partitions]:
                 del cache[i]
         self.owed = [m for m in self.owed if m.partition not in partitions]
+        if self.writing is not None:
+            # The guard forgets their holds, and this worker may be given the
+            # partition back and read the same messages again, holding the same
+            # offsets for its next write: the write in progress releasing them
+            # would let them commit before that write.
+            self.writing[:] = [m for m in self.writing if m.partition not in partitions]
         self.owned -= partitions
+
+    async def write_period(self, table: Any, guard: CommitGuard,
+                           stopping: Callable[[], bool]) -> None:
+        """The period's changelog writes, acknowledged, then the offsets they
+        cover are released (``guard`` holds the owner's messages until then)."""
+        owed, self.owed = self.owed, []
+        self.writing = owed  # forget drops the revoked ones
+        try:
+            await self._write_period(table, guard, stopping, owed)
+        finally:
+            self.writing = None
+
+    async def _write_period(self, table: Any, guard: CommitGuard,
+                            stopping: Callable[[], bool], owed: list[Any]) -> None:
+        # The items applied before now come first in ``dirty`` (an item applied
+        # again keeps its place; one written and applied again goes last): the
+        # first ``left`` cover every message in ``owed``. Those applied during
+        # the awaits wait for the next period, with their messages.
+        left = len(self.dirty)
+        while left > 0 and self.dirty:
+            if stopping():
+                # Stopping: what is not written stays held; the next owner reads it again.
+                self.owed = owed + self.owed
+                return
+            n = min(left, WRITE_CHUNK)
+            left -= n
+            writes: list[tuple[str, dict[str, Any], int]] = []
+            self.write_changed(partial(collect, writes), n)
+            # Every record taken is written: a partition revoked during an
+            # earlier chunk's await had its items dropped from ``dirty`` by
+            # forget, and there is no await between taking and sending.
+            # (Filtering on the consumer's assignment instead can lose increments:
+            # it can be empty mid-rebalance, before the revocation's forget,
+            # while the offsets were still released below.)
+            await write_through(table, writes)
+        guard.release(owed)  # without those of partitions revoked meanwhile
 
     def due_models(self, table: Any, owned: set[int], now: float) -> list[tuple[bytes, bytes]]:
         """The item-model records to publish now: the changed items of the
@@ -331,40 +376,13 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
             else:
                 await sharing.own(table, events)
 
-    async def write_period() -> None:
-        """The period's changelog writes, acknowledged, then the offsets they
-        cover are released."""
-        assert guard is not None
-        owed, sharing.owed = sharing.owed, []
-        # The items applied before now come first in ``dirty`` (an item applied
-        # again keeps its place; one written and applied again goes last): the
-        # first ``left`` cover every message in ``owed``. Those applied during
-        # the awaits wait for the next period, with their messages.
-        left = len(sharing.dirty)
-        while left > 0 and sharing.dirty:
-            if app.should_stop:
-                # Stopping: what is not written stays held; the next owner reads it again.
-                sharing.owed = owed + sharing.owed
-                return
-            n = min(left, WRITE_CHUNK)
-            left -= n
-            writes: list[tuple[str, dict[str, Any], int]] = []
-            sharing.write_changed(partial(collect, writes), n)
-            # Every record taken is written: a partition revoked during an
-            # earlier chunk's await had its items dropped from ``dirty`` by
-            # Sharing.forget, and there is no await between taking and sending.
-            # (Filtering on the consumer's assignment instead can lose increments:
-            # it can be empty mid-rebalance, before the revocation's forget,
-            # while the offsets were still released below.)
-            await write_through(table, writes)
-        guard.release(owed)  # those of partitions revoked meanwhile were forgotten
-
     @app.timer(settings.item_model_period_seconds, name="publish-item-models")
     async def publish_models() -> None:
         if app.rebalancing or app.in_recovery or app.should_stop:
             return  # the table is not whole yet (publish once it is), or stopping
         if coalesce:
-            await write_period()
+            assert guard is not None
+            await sharing.write_period(table, guard, lambda: bool(app.should_stop))
             if app.rebalancing:
                 return
         now = time.time()

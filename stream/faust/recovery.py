@@ -98,6 +98,21 @@ class ChangelogRecovery(Recovery):
         if missing:
             log.warning("no Fetch high watermark for %s; using ListOffsets", sorted(missing))
 
+    async def _seek_offsets(self, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+        # Faust seeks an offset of -1 ("nothing read yet") to 0 but passes None
+        # on, which aiokafka refuses ("Offset must be a positive integer"): the
+        # recovery service crashed, and the worker with it, when a rebalance
+        # interrupted a recovery and left a changelog partition it had just
+        # made a standby without a start offset. Such a one is read from the
+        # start, as Faust reads one it knows nothing of.
+        for tp in tps:
+            offset = offsets.get(tp)
+            if offset is None or offset < -1:
+                log.warning("%s changelog %s[%d]: no start offset (%r); reading from the start",
+                            title, tp.topic, tp.partition, offset)
+                offsets[tp] = -1
+        await super()._seek_offsets(consumer, tps, offsets, title)
+
 
 class GuardedTableManager(TableManager):
     """Faust's table manager, recovering with :attr:`recovery_class`."""

@@ -283,6 +283,63 @@ def test_a_takeover_keeps_the_increments_applied_but_not_yet_written() -> None:
     assert (record["count"], record["applied"]) == (1.3, {"c:0": 2})
 
 
+async def test_a_write_in_progress_does_not_release_the_messages_of_a_revoked_partition(
+    monkeypatch: Any,
+) -> None:
+    """A rebalance during the period's write revokes every partition (Kafka's
+    eager protocol): the guard forgets the held messages, and the owner, given
+    the partition back, reads them again and holds the same offsets. The write
+    in progress must not release them: the increments applied again are written
+    only by a later period (the recovery may have put older records back under
+    the chunks already sent), and a commit before that write would lose them at
+    the next stop or rebalance."""
+    import stream.sharing as sharing_module
+    from stream.commit_guard import CommitGuard
+
+    sh = sharing()
+    p = sh.settings.partitions
+    items = [f"i{k}" for k in range(40)]
+    mine = partition_of(items[0], p)
+    ours = [i for i in items if partition_of(i, p) == mine][:3]
+    other = next(q for q in range(p) if q != mine)
+    guard = CommitGuard(["items"])
+    table: dict = {}
+
+    def read(offset: int, partition: int, ids: list[str]) -> SimpleNamespace:
+        msg = SimpleNamespace(topic="items", partition=partition, offset=offset)
+        payload = encode_updates({i: [["c:0", offset, ["p", 1.0, 0.0]]] for i in ids})
+        sh.apply_batch(table, [(payload, SimpleNamespace(message=msg))], None)
+        guard.hold([msg])
+        sh.owed.append(msg)
+        return msg
+
+    theirs = [i for i in items if partition_of(i, p) == other][:1]
+    read(0, mine, ours)
+    read(0, other, theirs)
+    monkeypatch.setattr(sharing_module, "WRITE_CHUNK", 1)
+    rebalanced = False
+
+    async def write_through(_: Any, writes: list) -> None:
+        nonlocal rebalanced
+        if not rebalanced:  # during the first chunk's send
+            rebalanced = True
+            sh.forget({mine})
+            guard.forget([("items", mine)])
+            table.clear()  # the recovery put back what the changelog held
+            read(0, mine, ours)  # given back: the same message read and held again
+        for key, record, _partition in writes:
+            table[key] = record
+
+    monkeypatch.setattr(sharing_module, "write_through", write_through)
+    await sh.write_period(table, guard, lambda: False)
+    assert guard.committable(("items", mine), None) is None  # held for the next write
+    assert guard.committable(("items", other), None) == 1  # not revoked: released
+    assert sh.writing is None and [m.partition for m in sh.owed] == [mine]
+    await sh.write_period(table, guard, lambda: False)
+    assert guard.committable(("items", mine), None) == 1
+    assert all(table[i]["count"] == 1.0 for i in ours + theirs)
+
+
 def test_a_replica_applies_a_large_fetch_in_slices_letting_the_loop_run() -> None:
     """A fetch of thousands of models is applied a slice at a time; the event
     loop (input batches, pulls) gets a turn between two slices, and every model

@@ -246,3 +246,38 @@ def test_a_long_flush_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     assert buffer.size == 0
     (message,) = [r.getMessage() for r in caplog.records]  # once, not at every round
     assert re.fullmatch(r"producer flush: [1-3] messages still queued after 10 s", message)
+
+
+class Seeks:
+    """A consumer that records what recovery seeks."""
+
+    def __init__(self) -> None:
+        self.seeks: dict[Any, int] = {}
+
+    async def seek_wait(self, offsets: dict[Any, int]) -> None:
+        # aiokafka's consumer.seek refuses the same.
+        for offset in offsets.values():
+            if not isinstance(offset, int) or offset < 0:
+                raise ValueError("Offset must be a positive integer")
+        self.seeks.update(offsets)
+
+
+def test_a_changelog_partition_without_a_start_offset_is_read_from_the_start(
+    tmp_path: Any,
+) -> None:
+    """A standby made while a rebalance interrupted recovery can reach the seek
+    with no offset (None): Faust passed it to aiokafka, whose ValueError crashed
+    the recovery service and the worker (seen in the three-worker restart test)."""
+    from collections import Counter
+
+    from faust.types import TP
+
+    app, _, _ = app_for(True, tmp_path)
+    recovery = app.tables.recovery
+    known, unknown, below = TP("cl", 0), TP("cl", 1), TP("cl", 2)
+    offsets: Counter[Any] = Counter({known: 41, below: -2})
+    offsets[unknown] = None  # type: ignore[assignment]
+    consumer = Seeks()
+    asyncio.run(recovery._seek_offsets(consumer, {known, unknown, below}, offsets, "standby"))
+    assert consumer.seeks == {known: 41, unknown: 0, below: 0}
+    assert offsets[unknown] == -1  # as Faust records "nothing read yet"
