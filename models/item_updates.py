@@ -102,7 +102,7 @@ __all__ = [
     "blend_state",
     "decode_updates",
     "encode_updates",
-    "entry_end",
+    "end_offset",
     "merge_blend",
     "murmur2",
     "partition_of",
@@ -140,26 +140,26 @@ def split_entry(entry: Entry) -> list[tuple[int, list[list[Any]]]]:
     return out
 
 
-def entry_end(entry: Entry) -> int:
-    """The offset of an entry's last event (a run's highest): :func:`split_entry`'s
-    last offset, without building its lists.
+def end_offset(entry: Entry) -> int:
+    """The offset of an entry's last event (its ops skipped by their arity, unsplit).
 
-    >>> entry_end(["clicks:0", 4, "c", "y", 0.5, "s", 2, 1.0, 9.0, 6, ["c", "z", 1.0]])
+    >>> end_offset(["clicks:0", 4, "c", "y", 0.5, "p", 1, 9, 6, ["c", "z", 1.0]])
     6
     """
-    end, k, n = entry[1], 2, len(entry)
+    last, k, n = entry[1], 2, len(entry)
     while k < n:
         x = entry[k]
         if type(x) is int:
-            end = x
+            last = x
             k += 1
         elif type(x) is list:
             k += 1
         else:
-            if x not in ARITY:
+            arity = ARITY.get(x)
+            if arity is None:
                 raise ValueError(f"item updates: unknown op {x!r}")
-            k += 1 + ARITY[x]
-    return end
+            k += 1 + arity
+    return last
 
 
 def murmur2(data: bytes) -> int:
@@ -226,16 +226,18 @@ class Outbox:
         # item: re-applied over each published model of the item, so an owner
         # lagging behind this worker does not take back its own fresher learning.
         self.unconfirmed: Updates = {}
-        # The end offset (entry_end) of each unconfirmed entry, in the same order:
-        # computed once when drained, since every confirm compares them all.
-        self._ends: dict[str, list[int]] = {}
+        # The offset each unconfirmed entry ends with (its last event's), in the
+        # same order: :meth:`confirm` compares it with the watermarks on every
+        # model read, so it is found once, when the entry is drained.
+        self.ends: dict[str, list[int]] = {}
         # The item-updates partitions (None: each item is confirmed by its own
         # models only) and, per partition and source, the highest source offset a
         # published model of that partition held (see :meth:`confirm`).
         self.partitions = partitions
         self.confirmed: dict[int, dict[str, int]] = {}
-        # The offset each item's last entry ends with (that entry's source is its first).
-        self._last: dict[str, int] = {}
+        # The offset each of an item's entries ends with, in order (an entry's
+        # source is its first element), kept on in :attr:`ends` once drained.
+        self._ends: dict[str, list[int]] = {}
 
     def at(self, src: str, offset: int) -> None:
         """Tag what the next event teaches with ``(src, offset)``."""
@@ -247,16 +249,17 @@ class Outbox:
         offset = self.offset
         if entries is None:
             self.items[item_id] = [[self.src, offset, *op]]
-            self._last[item_id] = offset
+            self._ends[item_id] = [offset]
             return
         last = entries[-1]
         if last[0] != self.src:
             entries.append([self.src, offset, *op])
-            self._last[item_id] = offset
+            self._ends[item_id].append(offset)
             return
-        if self._last[item_id] != offset:  # the next event of the run
+        ends = self._ends[item_id]
+        if ends[-1] != offset:  # the next event of the run
             last.append(offset)
-            self._last[item_id] = offset
+            ends[-1] = offset
         last.extend(op)
 
     def _collect(self) -> None:
@@ -304,17 +307,19 @@ class Outbox:
         holds them (:meth:`confirm`)."""
         self._collect()
         items, self.items = self.items, {}
-        self._last.clear()
-        unconfirmed, ends = self.unconfirmed, self._ends
+        recorded, self._ends = self._ends, {}
+        unconfirmed, ends = self.unconfirmed, self.ends
         for item_id, entries in items.items():
+            last = recorded.get(item_id)
+            if last is None or len(last) != len(entries):  # not put there by recording
+                last = [end_offset(e) for e in entries]
             kept = unconfirmed.get(item_id)
-            new_ends = [entry_end(e) for e in entries]
             if kept is None:
                 unconfirmed[item_id] = list(entries)
-                ends[item_id] = new_ends
+                ends[item_id] = last
             else:
                 kept.extend(entries)
-                ends.setdefault(item_id, []).extend(new_ends)
+                ends[item_id].extend(last)
         return items
 
     def confirm(self, models: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
@@ -355,18 +360,16 @@ class Outbox:
     def _keep(self, item_id: str, entries: list[Entry], marks: Mapping[str, int]) -> None:
         # A run's last event has its highest offset: a run partly held is kept
         # whole (re-applying it follows the owner's watermark, event by event).
-        ends = self._ends.get(item_id)
-        if ends is None or len(ends) != len(entries):  # set from outside: recount
-            ends = [entry_end(e) for e in entries]
+        ends = self.ends[item_id]
         keep = [i for i, e in enumerate(entries) if ends[i] > marks.get(e[0], -1)]
         if len(keep) == len(entries):
-            self._ends[item_id] = ends
-        elif keep:
+            return
+        if keep:
             self.unconfirmed[item_id] = [entries[i] for i in keep]
-            self._ends[item_id] = [ends[i] for i in keep]
+            self.ends[item_id] = [ends[i] for i in keep]
         else:
             del self.unconfirmed[item_id]
-            self._ends.pop(item_id, None)
+            del self.ends[item_id]
 
     def pending(self, item_id: str) -> list[Entry]:
         """This worker's entries for ``item_id`` that no published model is known

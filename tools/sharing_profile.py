@@ -20,6 +20,13 @@ item owner run, each timed in CPU time:
 It prints microseconds per event for each stage, the entries and bytes per
 event, and with ``--cprofile N`` the top N functions of the sharing stages
 (everything but ``learn``) by internal time.
+
+``--workers W`` runs W engines instead, as a deployment of W workers does: each
+has an outbox and is its own replica (so ``replica`` includes re-applying the
+worker's own unconfirmed entries over the models it reads, and it is the sum over
+the W replicas: every worker reads every model), input partition ``p`` goes to
+worker ``p % W``, and the owner applies each batch's item updates ``--lag``
+batches late, as a live owner lags the workers that feed it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import io
 import pstats
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,9 +56,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     raw = load_events(args.dataset, args.data_dir, args.events)
     events = [event_from_dict(e) for e in raw]
-    engine, replica = FeedbackEngine(), FeedbackEngine()
-    outbox = Outbox()
-    attach(engine, outbox)
+    workers = args.workers or 1
+    if args.workers:  # each worker's engine is its own replica
+        engines = [FeedbackEngine() for _ in range(workers)]
+        outboxes = [Outbox(args.partitions) for _ in range(workers)]
+        replicas = engines
+    else:
+        engines, outboxes, replicas = [FeedbackEngine()], [Outbox()], [FeedbackEngine()]
+    for engine, outbox in zip(engines, outboxes, strict=True):
+        attach(engine, outbox)
+    late: deque[tuple[int, list[bytes]]] = deque()  # (batch due, item-update payloads)
     params = ItemParams.of(engine.config)
     states: dict[str, ItemState] = {}
     changed: set[str] = set()
@@ -74,13 +89,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def learn(batch: Sequence[Any]) -> None:
         for event in batch:
             p = partition_of(event.user_id, args.partitions)
-            outbox.at(f"events:{p}", offsets[p])
+            outboxes[p % workers].at(f"events:{p}", offsets[p])
             offsets[p] += 1
-            engine.process(event)
+            engines[p % workers].process(event)
 
-    def apply(payloads: dict[int, bytes]) -> set[str]:
+    def encode() -> list[bytes]:
+        return [m for o in outboxes for m in o.messages(args.partitions).values()]
+
+    def apply(payloads: list[bytes]) -> set[str]:
         dirty = set()
-        for payload in payloads.values():
+        for payload in payloads:
             for item_id, entries in decode_updates(payload).items():
                 state = states.get(item_id)
                 if state is None:
@@ -103,18 +121,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return [(i, orjson.dumps(states[i].published(now, params))) for i in due]
 
     def apply_models(records: list[tuple[str, bytes]]) -> None:
-        replica.apply_item_models([(i, orjson.loads(v)) for i, v in records])
+        for replica in replicas:  # each worker decodes the records it reads
+            replica.apply_item_models([(i, orjson.loads(v)) for i, v in records])
 
     for n, i in enumerate(range(0, len(events), args.batch), start=1):
         batch = events[i : i + args.batch]
         start = clock()
         learn(batch)
         spent["learn"] += clock() - start
-        payloads = shared("encode", outbox.messages, args.partitions)
-        counts["update_bytes"] += sum(len(p) for p in payloads.values())
-        dirty = shared("apply", apply, payloads)
-        shared("changelog", changelog, dirty)
-        if n % args.publish_every == 0 or i + args.batch >= len(events):
+        payloads = shared("encode", encode)
+        counts["update_bytes"] += sum(len(p) for p in payloads)
+        last = i + args.batch >= len(events)
+        late.append((n + args.lag, payloads))
+        while late and (late[0][0] <= n or last):
+            dirty = shared("apply", apply, late.popleft()[1])
+            shared("changelog", changelog, dirty)
+        if n % args.publish_every == 0 or last:
             records = shared("publish", publish, batch[-1].timestamp)
             counts["models"] += len(records)
             counts["model_bytes"] += sum(len(v) for _, v in records)
@@ -136,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=200, help="events per worker batch")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--publish-every", type=int, default=5, metavar="BATCHES")
+    p.add_argument("--workers", type=int, default=0,
+                   help="W engines, each its own replica (default: one engine, a plain replica)")
+    p.add_argument("--lag", type=int, default=0, metavar="BATCHES",
+                   help="batches the owner applies item updates late")
     p.add_argument("--dataset", default="demo", help="shared dataset replayed (default demo)")
     p.add_argument("--data-dir", type=Path, help="datasets folder (default ../shared/data)")
     p.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the top N")
@@ -143,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("events", "batch", "partitions", "publish_every"):
         if getattr(args, name) < 1:
             print(f"sharing_profile: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    for name in ("workers", "lag"):
+        if getattr(args, name) < 0:
+            print(f"sharing_profile: --{name} must be >= 0", file=sys.stderr)
             return 2
     try:
         result = run(args)

@@ -16,7 +16,7 @@ from models.item_updates import (
     attach,
     decode_updates,
     encode_updates,
-    entry_end,
+    end_offset,
     murmur2,
     partition_of,
     split_entry,
@@ -372,49 +372,62 @@ def test_a_run_partly_held_by_a_model_stays_unconfirmed_until_its_last_event() -
     # event at offset 6 is not in the model yet, so the run must be kept.
     outbox = Outbox()
     run = ["a:0", 4, "p", 1.0, 0.0, 6, "p", 1.0, 0.0]
-    outbox.unconfirmed = {"x": [run]}
+    outbox.items = {"x": [list(run)]}
+    outbox.drain()
     outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 5}})])
     assert outbox.unconfirmed == {"x": [run]}
     outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 6}})])
-    assert outbox.unconfirmed == {}
+    assert outbox.unconfirmed == {} and outbox.ends == {}
 
 
-def test_confirm_parses_no_entry_drained_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A replica confirms on every batch of models it reads, and a lagging owner
-    leaves many entries unconfirmed: each entry's end offset is read once, when
-    drained, not again at every confirm (the scan held the worker's event loop
-    for 0.2 s and more per read)."""
-    import models.item_updates as iu
-
-    engine, outbox = FeedbackEngine(CONFIG), Outbox(partitions=1)
-    attach(engine, outbox)
-    for offset, event in enumerate(EVENTS):  # two sources, interleaved
-        outbox.at(f"purchases:{offset % 2}", offset // 2)
-        engine.process(event)
-    drained = outbox.drain()
-    ends = {i: [iu.entry_end(e) for e in entries] for i, entries in drained.items()}
-    assert max(len(entries) for entries in drained.values()) > 2
-    mark = 8  # source 0 confirmed up to its event 8 of 15
-
-    def parsed(entry: list[object]) -> int:
-        raise AssertionError("an entry parsed again")
-
-    monkeypatch.setattr(iu, "entry_end", parsed)
-    monkeypatch.setattr(iu, "split_entry", parsed)
-    for _ in range(3):
-        outbox.confirm([("i0", {"t": 0.0, "w": {"purchases:0": mark}})])
-    kept = {
-        i: [e for e, end in zip(entries, ends[i], strict=True)
-            if e[0] != "purchases:0" or end > mark]
-        for i, entries in drained.items()
-    }
-    assert outbox.unconfirmed == {i: k for i, k in kept.items() if k}
-    assert sum(map(len, kept.values())) < sum(map(len, drained.values()))
+def test_confirming_keeps_each_entrys_end_with_it() -> None:
+    """Entries of two sources drained in two batches, confirmed one source at a
+    time: what is kept is exactly what a model has not shown yet, and each kept
+    entry's end stays beside it for the next confirmation."""
+    outbox = Outbox(partitions=1)
+    outbox.items = {"x": [["a:0", 1, "p", 1.0, 0.0, 3, "c", "y", 0.5],
+                          ["b:0", 2, "p", 1.0, 0.0]]}
+    outbox.drain()
+    outbox.items = {"x": [["a:0", 5, "p", 1.0, 0.0], ["b:0", 4, "c", "z", 1, 8, "p", 1.0, 0.0]]}
+    outbox.drain()
+    assert outbox.ends == {"x": [3, 2, 5, 8]}
+    outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 3}})])
+    assert outbox.unconfirmed["x"] == [["b:0", 2, "p", 1.0, 0.0], ["a:0", 5, "p", 1.0, 0.0],
+                                       ["b:0", 4, "c", "z", 1, 8, "p", 1.0, 0.0]]
+    assert outbox.ends == {"x": [2, 5, 8]}
+    outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 3, "b:0": 7}})])
+    assert outbox.unconfirmed["x"] == [["a:0", 5, "p", 1.0, 0.0],
+                                       ["b:0", 4, "c", "z", 1, 8, "p", 1.0, 0.0]]
+    assert outbox.ends == {"x": [5, 8]}
+    outbox.confirm([("x", {"t": 1.0, "w": {"a:0": 5, "b:0": 8}})])
+    assert outbox.unconfirmed == {} and outbox.ends == {}
 
 
-def test_entry_end_is_the_last_offset_split_entry_gives() -> None:
-    engine, outbox = _engine_with_outbox()
-    _feed(engine, outbox, EVENTS)
-    for entries in outbox.drain().values():
-        for e in entries:
-            assert entry_end(e) == split_entry(e)[-1][0]
+def test_confirming_does_not_take_entries_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model read confirms against every unconfirmed entry of its
+    partition; splitting each run into its events there cost a replica more
+    than the models it applies (tools.sharing_profile --workers 3 --lag 5)."""
+    import models.item_updates as item_updates
+
+    outbox = Outbox(partitions=2)
+    outbox.items = {f"i{k}": [["a:0", k, "p", 1.0, 0.0, k + 1, "c", "y", 0.5]]
+                    for k in range(0, 40, 2)}
+    outbox.drain()
+
+    def refuse(entry: list) -> None:
+        raise AssertionError("an entry split to be confirmed")
+
+    monkeypatch.setattr(item_updates, "split_entry", refuse)
+    outbox.confirm([("i10", {"t": 1.0, "w": {"a:0": 21}})])
+    p = partition_of("i10", 2)
+    assert sorted(outbox.unconfirmed, key=lambda i: int(i[1:])) == [
+        f"i{k}" for k in range(0, 40, 2) if partition_of(f"i{k}", 2) != p or k + 1 > 21]
+
+
+@pytest.mark.parametrize("entry", [
+    ["a:0", 4],
+    ["a:0", 4, "c", "y", 0.5, "p", 1, 9, 6, ["c", "z", 1.0]],
+    ["a:0", 4, "b", [0.1, 0.2], 0.0, 7, "$", 3, 9, "s", 2, 1.0, 5.0],
+])
+def test_an_entrys_end_is_its_last_events_offset(entry: list) -> None:
+    assert end_offset(entry) == ([o for o, _ in split_entry(entry)] or [entry[1]])[-1]

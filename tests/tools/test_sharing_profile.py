@@ -20,6 +20,19 @@ def test_every_stage_runs_and_is_reported(capsys: pytest.CaptureFixture[str]) ->
     assert float(out["models_per_event"]) > 0.0
 
 
+def test_workers_are_their_own_replicas(capsys: pytest.CaptureFixture[str]) -> None:
+    root = data_dir("online_retail")
+    args = ["--events", "600", "--batch", "100", "--publish-every", "2", "--partitions", "4",
+            "--lag", "1", "--data-dir", str(root)]
+    assert main([*args, "--workers", "2"]) == 0
+    out = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    for stage in STAGES:
+        assert float(out[f"{stage}_us_per_event"]) > 0.0
+    assert float(out["models_per_event"]) > 0.0
+
+
 def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--batch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "sharing_profile: --batch must be >= 1"
+    assert main(["--lag", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "sharing_profile: --lag must be >= 0"
