@@ -101,7 +101,7 @@ class Worker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"worker exited ({self.process.returncode}); log:\n{self.log()[-4000:]}"
+                    f"worker exited ({self.process.returncode}); log:\n{self.excerpt()}"
                 )
             try:
                 if self.get("/readyz", timeout=1)[0] == 200:
@@ -109,7 +109,7 @@ class Worker:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"worker not ready in {timeout} s; log:\n{self.log()[-4000:]}")
+        raise TimeoutError(f"worker not ready in {timeout} s; log:\n{self.excerpt()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
@@ -123,6 +123,17 @@ class Worker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def excerpt(self) -> str:
+        """The log's first error with what follows it (its traceback), then its
+        end: what a failed run needs, since CI keeps no worker log."""
+        text = self.log()
+        first = min((i for i in (text.find("] [ERROR] "), text.find("] [CRITICAL] "),
+                                 text.find("Traceback (most recent call last)")) if i >= 0),
+                    default=-1)
+        head = "" if first < 0 or first >= len(text) - 3000 else (
+            text[text.rfind("\n", 0, first) + 1:][:3000] + "\n[...]\n")
+        return head + text[-3000:]
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""

@@ -395,7 +395,7 @@ def wait_metric(worker: Any, name: str, at_least: float, timeout: float, **label
         if value >= at_least:
             return value
         if worker.process.poll() is not None:
-            raise RuntimeError(f"worker exited; log:\n{worker.log()[-3000:]}")
+            raise RuntimeError(f"worker exited; log:\n{worker.excerpt()}")
         time.sleep(0.1)
     return value
 
