@@ -60,12 +60,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     with terminate_as_interrupt():
         proc = broker.start(args.port, args.host)
-        print(
-            f"embedded Kafka-compatible broker (Tansu) on {args.host}:{args.port}, "
-            f"pid {proc.pid}; Ctrl-C or SIGTERM stops it",
-            flush=True,
-        )
+        # The line tells a caller the broker answers, so a SIGTERM may follow it
+        # at once: it must already be inside the ``try`` that stops the broker.
         try:
+            print(
+                f"embedded Kafka-compatible broker (Tansu) on {args.host}:{args.port}, "
+                f"pid {proc.pid}; Ctrl-C or SIGTERM stops it",
+                flush=True,
+            )
             code = proc.wait()
         except KeyboardInterrupt:
             broker.stop(proc)

@@ -125,3 +125,27 @@ def test_evaluate_of_a_missing_or_empty_file_is_one_line(
     empty.write_text("not json\n")
     code, err = run(capsys, "evaluate", str(empty))
     assert code == 2 and len(err) == 1 and "no valid event" in err[0]
+
+
+def test_a_sigterm_right_after_the_broker_line_stops_the_broker(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line says the broker answers, so a caller may signal at once: the
+    interrupt that arrives as the line is written still stops Tansu (exit 0)."""
+    started = SimpleNamespace(pid=4242, wait=lambda: 0)
+    stopped: list[object] = []
+    monkeypatch.setattr(broker, "start", lambda port, host: started)
+    monkeypatch.setattr(broker, "stop", stopped.append)
+    lines: list[str] = []
+
+    def print_then_interrupt(*args: object, **kwargs: object) -> None:
+        lines.append(" ".join(map(str, args)))
+        if len(lines) == 1:  # the signal lands as the first line is written
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("builtins.print", print_then_interrupt)
+    try:
+        code = cli.cmd_broker(SimpleNamespace(port=1, host="127.0.0.1"))
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped the command: Tansu left running")
+    assert (code, stopped) == (0, [started])
+    assert lines[-1] == "broker on 127.0.0.1:1 stopped"
