@@ -141,25 +141,13 @@ def split_entry(entry: Entry) -> list[tuple[int, list[list[Any]]]]:
 
 
 def end_offset(entry: Entry) -> int:
-    """The offset of an entry's last event (its ops skipped by their arity, unsplit).
+    """The offset of an entry's last event. The outbox records it as the entry
+    grows; this reads it back for an entry put there otherwise.
 
     >>> end_offset(["clicks:0", 4, "c", "y", 0.5, "p", 1, 9, 6, ["c", "z", 1.0]])
     6
     """
-    last, k, n = entry[1], 2, len(entry)
-    while k < n:
-        x = entry[k]
-        if type(x) is int:
-            last = x
-            k += 1
-        elif type(x) is list:
-            k += 1
-        else:
-            arity = ARITY.get(x)
-            if arity is None:
-                raise ValueError(f"item updates: unknown op {x!r}")
-            k += 1 + arity
-    return last
+    return split_entry(entry)[-1][0]
 
 
 def murmur2(data: bytes) -> int:
