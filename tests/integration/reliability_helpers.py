@@ -316,6 +316,29 @@ def account_items(events: list[dict], states: dict[str, dict]) -> ItemAccounting
                           sum(s.get("count", 0.0) for s in states.values()), short)
 
 
+def assert_nothing_lost(settings: Settings, events: list[dict], acc: Accounting,
+                        label: str) -> None:
+    """The user side: every event learnt once; where the lost ones sit, if any."""
+    if acc.lost_ids:
+        print(f"[{label}] lost events at {locate(settings, acc.lost_ids[:50])}")
+        for line in explain_lost(settings, acc.lost_ids[:10], events):
+            print(f"[{label}] {line}")
+    assert (acc.lost, acc.learned_twice, acc.foreign) == (0, 0, 0), acc.line(label)
+
+
+def assert_items_exact(settings: Settings, events: list[dict], workers: Iterable[Any],
+                       label: str, timeout: float, note: str = "") -> dict[str, dict]:
+    """The item side: every item's popularity in the owners' table is exactly the
+    sum of its events' strengths; prints the duplicates ``workers`` skipped and
+    returns the item states."""
+    states = read_item_states(settings, events, timeout=timeout)
+    items = account_items(events, states)
+    duplicates = sum(w.metric("feedback_item_update_entries_duplicate_total") for w in workers)
+    print(f"{items.line(label)}{note} duplicates_skipped={duplicates:.0f}")
+    assert items.short == {}, items.line(label)
+    return states
+
+
 def locate(settings: Settings, event_ids: Iterable[str], timeout: float = 20.0) -> list[str]:
     """Where the given events sit in the input topics: ``topic[partition]@offset``."""
     wanted = set(event_ids)

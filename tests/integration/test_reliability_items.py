@@ -16,11 +16,10 @@ from tests.integration.conftest import wait_for
 from tests.integration.reliability_helpers import (
     PacedProducer,
     account,
-    account_items,
+    assert_items_exact,
+    assert_nothing_lost,
     complete,
-    explain_lost,
     make_events,
-    read_item_states,
     read_profiles,
     records_for,
     wait_metric,
@@ -60,15 +59,7 @@ def test_three_workers_kill_stop_join_lose_and_repeat_nothing(worker_factory) ->
     profiles = read_profiles(s, complete(events), timeout=180)
     acc = account(events, profiles)
     print(f"\n{acc.line('three workers')}")
-    if acc.lost_ids:
-        for line in explain_lost(s, acc.lost_ids[:10], events):
-            print(f"[three workers] {line}")
-    assert (acc.lost, acc.learned_twice, acc.foreign) == (0, 0, 0), acc.line("three workers")
-
-    states = read_item_states(s, events, timeout=120)
-    items = account_items(events, states)
-    duplicates = sum(w.metric("feedback_item_update_entries_duplicate_total") for w in (c, d))
-    print(f"{items.line('three workers')} b_sent_before_sigterm={b_sent:.0f} "
-          f"duplicates_skipped_by_survivors={duplicates:.0f}")
-    assert items.short == {}, items.line("three workers")
+    assert_nothing_lost(s, events, acc, "three workers")
+    states = assert_items_exact(s, events, (c, d), "three workers", timeout=120,
+                                note=f" b_sent_before_sigterm={b_sent:.0f}")
     assert sum(len(st["applied"]) for st in states.values()) > 0

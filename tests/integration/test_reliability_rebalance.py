@@ -18,13 +18,11 @@ from tests.integration.conftest import wait_for
 from tests.integration.reliability_helpers import (
     PacedProducer,
     account,
-    account_items,
+    assert_items_exact,
+    assert_nothing_lost,
     complete,
-    explain_lost,
-    locate,
     make_events,
     owned_partitions,
-    read_item_states,
     read_profiles,
     records_for,
     wait_metric,
@@ -79,18 +77,9 @@ def test_survivors_take_over_every_partition_with_state(
     label = f"rebalance, {n_workers} workers"
     print(f"\n{acc.line(label)} partitions_taken_over={len(killed_owned)} "
           f"all_learned_after_kill_s={takeover:.1f}")
-    if acc.lost_ids:
-        print(f"[{label}] lost events at {locate(s, acc.lost_ids[:50])}")
-        for line in explain_lost(s, acc.lost_ids[:10], events):
-            print(f"[{label}] {line}")
     assert sent == len(events)
-    assert (acc.lost, acc.learned_twice, acc.foreign) == (0, 0, 0), acc.line(label)
-
-    states = read_item_states(s, events, timeout=120)
-    items = account_items(events, states)
-    duplicates = sum(w.metric("feedback_item_update_entries_duplicate_total") for w in survivors)
-    print(f"{items.line(label)} duplicates_skipped_by_survivors={duplicates:.0f}")
-    assert items.short == {}, items.line(label)
+    assert_nothing_lost(s, events, acc, label)
+    assert_items_exact(s, events, survivors, label, timeout=120)
 
     # The survivors answer for every user (a request reaches the user's owner),
     # the killed worker's ones included, from the state they restored (not from zero).

@@ -44,13 +44,11 @@ from tests.integration.conftest import Worker, consume, wait_for
 from tests.integration.reliability_helpers import (
     PacedProducer,
     account,
-    account_items,
+    assert_items_exact,
+    assert_nothing_lost,
     complete,
-    explain_lost,
-    locate,
     make_events,
     port_free,
-    read_item_states,
     read_profiles,
     records_for,
     wait_metric,
@@ -197,19 +195,10 @@ def test_sigterm_then_sigkill_mid_stream_loses_nothing(
         f" learning_steps_lost={gap_total - gap_term}/{sampled} (sampled users, checkpoint"
         f" every {s.checkpoint_interval_seconds:g} s{moved})"
     )
-    if acc.lost_ids:
-        print(f"[{label}] lost events at {locate(s, acc.lost_ids[:50])}")
-        for line in explain_lost(s, acc.lost_ids[:10], events):
-            print(f"[{label}] {line}")
     assert sent == len(events)
-    assert (acc.lost, acc.learned_twice, acc.foreign) == (0, 0, 0), acc.line(label)
-
-    # The item side: nothing lost, nothing applied twice.
-    states = read_item_states(s, events, timeout=180)
-    items = account_items(events, states)
-    duplicates = sum(w.metric("feedback_item_update_entries_duplicate_total") for w in workers)
-    print(f"{items.line(label)} duplicates_skipped_by_the_last_workers={duplicates:.0f}")
-    assert items.short == {}, items.line(label)
+    assert_nothing_lost(s, events, acc, label)
+    # The item side: nothing lost, nothing applied twice (the last workers' skips).
+    assert_items_exact(s, events, workers, label, timeout=180)
 
     if n_workers == 1:
         # Its own successor restores every user's models from the checkpoint; with
