@@ -38,9 +38,10 @@ def test_lag_is_how_late_the_heartbeat_woke(caplog: pytest.LogCaptureFixture) ->
         asyncio.run(main())
     assert max(lag.values) >= 0.35
     assert sorted(lag.values)[len(lag.values) // 2] < 0.1
+    # Once per stall. A loaded machine can stall the loop elsewhere too (a real
+    # stall, logged as such): the one made here is logged exactly once.
     stalls = [r.getMessage() for r in caplog.records]
-    assert len(stalls) == 1  # once per stall
-    assert "block_the_loop" in stalls[0]
+    assert sum("block_the_loop" in m for m in stalls) == 1, stalls
 
 
 def test_no_stack_while_the_loop_turns() -> None:
