@@ -56,20 +56,29 @@ class LoopWatch:
     def stalled_stack(self) -> str | None:
         """The loop thread's current stack, if it has had no turn for
         ``stall_log_seconds``; else None."""
+        stall = self._stall()
+        return None if stall is None else stall[1]
+
+    def _stall(self) -> tuple[float, str] | None:
+        """(the heartbeat the loop has not passed since, its stack) during a stall.
+
+        ``last`` is read once: the heartbeat can move it between the staleness
+        check and the report, and a second read would make one stall two."""
+        last = self.last
         if self._loop_thread is None:
             return None
-        if time.monotonic() - self.last < self.beat + self.stall_log_seconds:
+        if time.monotonic() - last < self.beat + self.stall_log_seconds:
             return None
         frame = sys._current_frames().get(self._loop_thread)
-        return None if frame is None else "".join(traceback.format_stack(frame))
+        return None if frame is None else (last, "".join(traceback.format_stack(frame)))
 
     def _watch(self) -> None:
         reported = None
         while not self._stop.wait(self.stall_log_seconds / 4):
-            stack = self.stalled_stack()
-            if stack is None:
+            stall = self._stall()
+            if stall is None:
                 reported = None
-            elif reported != self.last:  # once per stall
-                reported = self.last
+            elif reported != stall[0]:  # once per stall
+                reported = stall[0]
                 log.warning("event loop without a turn for %.2f s, running:\n%s",
-                            time.monotonic() - self.last - self.beat, stack)
+                            time.monotonic() - stall[0] - self.beat, stall[1])

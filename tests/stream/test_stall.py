@@ -1,6 +1,9 @@
 import asyncio
 import logging
+import threading
 import time
+import traceback
+from typing import Any
 
 import pytest
 
@@ -57,3 +60,31 @@ def test_no_stack_while_the_loop_turns() -> None:
         return seen
 
     assert asyncio.run(main()) == [None] * 20
+
+
+def test_a_heartbeat_between_check_and_report_does_not_make_a_second_stall(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The loop (here: this thread, asleep) is stalled. On the watcher's second
+    # look the heartbeat wakes while the stack is being read: the stall it read
+    # is the one already logged, and the fresh heartbeat ends it.
+    watch = LoopWatch(Samples(), stall_log_seconds=0.02, beat=0.01)
+    watch._loop_thread = threading.get_ident()
+    watch.last = time.monotonic() - 1.0
+    looks = []
+    real_format_stack = traceback.format_stack
+
+    def format_stack(frame: Any) -> list[str]:
+        looks.append(frame)
+        if len(looks) == 2:
+            watch.last = time.monotonic() + 60  # and keeps beating
+        return real_format_stack(frame)
+
+    monkeypatch.setattr("stream.stall.traceback.format_stack", format_stack)
+    watcher = threading.Thread(target=watch._watch)
+    with caplog.at_level(logging.WARNING, logger="stream.stall"):
+        watcher.start()
+        time.sleep(0.2)
+        watch._stop.set()
+        watcher.join()
+    assert len(looks) == 2
+    assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
