@@ -82,6 +82,7 @@ op given as its own list (``["c", "i7", 0.5]``). The ops:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache
@@ -226,6 +227,11 @@ class Outbox:
         # published model of that partition held (see :meth:`confirm`).
         self.partitions = partitions
         self.confirmed: dict[int, dict[str, int]] = {}
+        # With partitions: per (partition, source), the unconfirmed entries'
+        # ``(end offset, item id)`` in drain order, each drain's sorted by end, so
+        # that a watermark's advance finds the items it confirms at the front
+        # instead of every unconfirmed item being compared on every model read.
+        self.queued: dict[tuple[int, str], deque[tuple[int, str]]] = {}
         # The offset each of an item's entries ends with, in order (an entry's
         # source is its first element), kept on in :attr:`ends` once drained.
         self._ends: dict[str, list[int]] = {}
@@ -299,7 +305,8 @@ class Outbox:
         self._collect()
         items, self.items = self.items, {}
         recorded, self._ends = self._ends, {}
-        unconfirmed, ends = self.unconfirmed, self.ends
+        unconfirmed, ends, parts = self.unconfirmed, self.ends, self.partitions
+        queue: list[tuple[int, str, int, str]] = []
         for item_id, entries in items.items():
             last = recorded.get(item_id)
             if last is None or len(last) != len(entries):  # not put there by recording
@@ -311,6 +318,16 @@ class Outbox:
             else:
                 kept.extend(entries)
                 ends[item_id].extend(last)
+            if parts:
+                p = partition_of(item_id, parts)
+                queue.extend((p, e[0], end, item_id) for e, end in zip(entries, last, strict=True))
+        queue.sort(key=lambda q: q[2])
+        queued = self.queued
+        for p, src, end, item_id in queue:
+            q = queued.get((p, src))
+            if q is None:
+                q = queued[(p, src)] = deque()
+            q.append((end, item_id))
         return items
 
     def confirm(self, models: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
@@ -327,25 +344,35 @@ class Outbox:
         """
         parts = self.partitions
         confirmed = self.confirmed
-        touched: dict[int, dict[str, int]] = {}
+        advanced: set[tuple[int, str]] = set()
         for item_id, model in models:
             w = model.get("w")
             if not w:
                 continue
             p = partition_of(item_id, parts) if parts else -1
-            for marks in (confirmed.setdefault(p, {}), touched.setdefault(p, {})):
-                for src, offset in w.items():
-                    if offset > marks.get(src, -1):
-                        marks[src] = offset
+            marks = confirmed.setdefault(p, {})
+            for src, offset in w.items():
+                if offset > marks.get(src, -1):
+                    marks[src] = offset
+                    advanced.add((p, src))
             if not parts:  # confirmed by its own model only
                 entries = self.unconfirmed.get(item_id)
                 if entries is not None:
                     self._keep(item_id, entries, w)
-        if not parts or not touched:
+        if not parts:
             return
-        for item_id, entries in list(self.unconfirmed.items()):
-            p = partition_of(item_id, parts)
-            if p in touched:
+        # The entries a mark's advance confirms are at the front of their queue
+        # (a partition re-read after a rebalance can put a lower end behind a
+        # higher one: that entry is then found once the mark passes the higher).
+        due: dict[str, int] = {}
+        for p, src in advanced:
+            q = self.queued.get((p, src))
+            mark = confirmed[p][src]
+            while q and q[0][0] <= mark:
+                due[q.popleft()[1]] = p
+        for item_id, p in due.items():
+            entries = self.unconfirmed.get(item_id)
+            if entries is not None:
                 self._keep(item_id, entries, confirmed[p])
 
     def _keep(self, item_id: str, entries: list[Entry], marks: Mapping[str, int]) -> None:
