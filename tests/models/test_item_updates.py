@@ -460,3 +460,30 @@ def test_a_watermarks_advance_looks_only_at_the_entries_it_confirms(
     assert seen == []
     outbox.confirm([("x", {"t": 1.0, "w": {"b:0": 3}})])
     assert seen == ["x"] and "x" not in outbox.unconfirmed
+
+
+def test_an_event_records_its_items_pairs_then_its_own_ops_in_order() -> None:
+    """The exact entries one purchase records: on its item, each pair with the
+    user's history (most recent first), then popularity, segment and price; on
+    each neighbour, the pair back."""
+    engine = FeedbackEngine(EngineConfig(seed=1))
+    outbox = Outbox()
+    attach(engine, outbox)
+    for i, item in enumerate(["a", "b"]):
+        outbox.at("purchases:0", i)
+        engine.process(Event("purchase", f"e{i}", "u", item, T0 + i, quantity=1, price=2.0))
+    outbox.drain()
+    profile = engine.profiles["u"]
+    profile.segment = 1
+    outbox.at("purchases:0", 7)
+    engine.process(Event("purchase", "e2", "u", "c", T0 + 2, quantity=1, price=4.0))
+    updates = outbox.drain()
+    w = engine.config.purchase_weight
+    gamma = engine.recommender.cooccurrence.gamma
+    # (the factor steps' ops follow, "b0"/"b" on the item and its sampled negatives)
+    assert [len(updates[i]) for i in "abc"] == [1, 1, 1]
+    assert updates["c"][0][:17] == ["purchases:0", 7, "c", "b", w, "c", "a", w * gamma,
+                                    "p", w, T0 + 2, "s", 1, w, T0 + 2, "$", 4.0]
+    assert updates["c"][0][17] == "b0"
+    assert updates["b"][0][:5] == ["purchases:0", 7, "c", "c", w]
+    assert updates["a"][0][:5] == ["purchases:0", 7, "c", "c", w * gamma]
