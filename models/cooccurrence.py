@@ -245,6 +245,20 @@ class ItemCooccurrence:
         self._mass[item] = mass
         self._norm[item] = (mass + 1.0) ** -self.alpha
 
+    def add_pairs(self, item: int, others: Sequence[int], weights: Sequence[float]) -> None:
+        """Add ``weights`` to ``item``'s pairs with ``others``, in its own list only,
+        after :meth:`assign` (which set the mass with them): a replica's own pairs
+        that the published list does not hold yet. New pairs go after the list, so
+        its head stays the publisher's; past ``2 * max_neighbours`` it is pruned
+        as learning prunes it (and the next published list is assigned afresh)."""
+        nb = self.neighbours[item]
+        for h, w in zip(others, weights, strict=True):
+            nb.add(h, w)
+        if others:
+            self._ensure(max(others))
+        if nb.n > 2 * self.max_neighbours:
+            nb.prune(self.max_neighbours)
+
     def scores(
         self, history: Sequence[tuple[int, float]], n: int, out: np.ndarray | None = None
     ) -> np.ndarray:

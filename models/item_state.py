@@ -97,6 +97,11 @@ def initial_vector(item_id: str, n: int, seed: int) -> list[float]:
     return rng.normal(0.0, 0.1, n).tolist()
 
 
+def _floats(values: Any) -> list[float]:
+    """A published vector as a list of floats (a decoded binary model's are arrays)."""
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
 def _decayed(value: float, at: float | None, w: float, t: float, rate: float
              ) -> tuple[float, float]:
     """``(value, at)`` after adding ``w`` at time ``t`` to a weight decaying at ``rate``."""
@@ -314,21 +319,26 @@ class ItemState:
         return model
 
     @classmethod
-    def from_model(cls, model: Mapping[str, Any]) -> ItemState:
+    def from_model(cls, model: Mapping[str, Any], neighbours: bool = True) -> ItemState:
         """The state a published model shows (the inverse of :meth:`published`, but
         for the factor step count, which it does not carry), for a replica to
-        apply its own increments the model does not hold yet.
+        apply its own increments the model does not hold yet. ``neighbours=False``:
+        the neighbour list left empty (its mass and epoch kept), so that applying
+        entries leaves there only the weights they add.
 
         >>> s = ItemState()
         >>> _ = s.apply([["a:0", 3, ["p", 2.0, 10.0], ["c", "y", 0.5]]], ItemParams(), "x")
         >>> back = ItemState.from_model(s.published(20.0, ItemParams()))
         >>> back.count, back.neighbours, back.applied
         (2.0, {'y': 0.5}, {'a:0': 3})
+        >>> ItemState.from_model(s.published(20.0, ItemParams()), neighbours=False).neighbours
+        {}
         """
         state = cls(applied=dict(model.get("w") or {}))
         nb = model.get("nb")
         if nb is not None:
-            state.neighbours = dict(zip(nb[0], nb[1], strict=True))
+            if neighbours:
+                state.neighbours = dict(zip(nb[0], _floats(nb[1]), strict=True))
             state.epoch = nb[2]
             state.mass = model["m"]
         pop = model.get("p")
@@ -337,9 +347,9 @@ class ItemState:
             state.count = model["n"]
         state.segments = {int(k): list(v) for k, v in (model.get("s") or {}).items()}
         if "q" in model:
-            state.taste, state.taste_bias = list(model["q"]), model["qb"]
+            state.taste, state.taste_bias = _floats(model["q"]), model["qb"]
         if "r" in model:
-            state.rating, state.rating_bias = list(model["r"]), model["rb"]
+            state.rating, state.rating_bias = _floats(model["r"]), model["rb"]
             state.rating_count = model["rn"]
         if "e" in model:
             state.sentiment = list(model["e"])

@@ -82,9 +82,11 @@ op given as its own list (``["c", "i7", 0.5]``). The ops:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import orjson
@@ -100,7 +102,9 @@ __all__ = [
     "apply_item_models",
     "attach",
     "blend_state",
+    "decode_model",
     "decode_updates",
+    "encode_model",
     "encode_updates",
     "end_offset",
     "merge_blend",
@@ -223,6 +227,11 @@ class Outbox:
         # published model of that partition held (see :meth:`confirm`).
         self.partitions = partitions
         self.confirmed: dict[int, dict[str, int]] = {}
+        # With partitions: per (partition, source), the unconfirmed entries'
+        # ``(end offset, item id)`` in drain order, each drain's sorted by end, so
+        # that a watermark's advance finds the items it confirms at the front
+        # instead of every unconfirmed item being compared on every model read.
+        self.queued: dict[tuple[int, str], deque[tuple[int, str]]] = {}
         # The offset each of an item's entries ends with, in order (an entry's
         # source is its first element), kept on in :attr:`ends` once drained.
         self._ends: dict[str, list[int]] = {}
@@ -300,7 +309,8 @@ class Outbox:
         self._collect()
         items, self.items = self.items, {}
         recorded, self._ends = self._ends, {}
-        unconfirmed, ends = self.unconfirmed, self.ends
+        unconfirmed, ends, parts = self.unconfirmed, self.ends, self.partitions
+        queue: list[tuple[int, str, int, str]] = []
         for item_id, entries in items.items():
             last = recorded.get(item_id)
             if last is None or len(last) != len(entries):  # not put there by recording
@@ -312,6 +322,16 @@ class Outbox:
             else:
                 kept.extend(entries)
                 ends[item_id].extend(last)
+            if parts:
+                p = partition_of(item_id, parts)
+                queue.extend((p, e[0], end, item_id) for e, end in zip(entries, last, strict=True))
+        queue.sort(key=lambda q: q[2])
+        queued = self.queued
+        for p, src, end, item_id in queue:
+            q = queued.get((p, src))
+            if q is None:
+                q = queued[(p, src)] = deque()
+            q.append((end, item_id))
         return items
 
     def confirm(self, models: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
@@ -328,25 +348,35 @@ class Outbox:
         """
         parts = self.partitions
         confirmed = self.confirmed
-        touched: dict[int, dict[str, int]] = {}
+        advanced: set[tuple[int, str]] = set()
         for item_id, model in models:
             w = model.get("w")
             if not w:
                 continue
             p = partition_of(item_id, parts) if parts else -1
-            for marks in (confirmed.setdefault(p, {}), touched.setdefault(p, {})):
-                for src, offset in w.items():
-                    if offset > marks.get(src, -1):
-                        marks[src] = offset
+            marks = confirmed.setdefault(p, {})
+            for src, offset in w.items():
+                if offset > marks.get(src, -1):
+                    marks[src] = offset
+                    advanced.add((p, src))
             if not parts:  # confirmed by its own model only
                 entries = self.unconfirmed.get(item_id)
                 if entries is not None:
                     self._keep(item_id, entries, w)
-        if not parts or not touched:
+        if not parts:
             return
-        for item_id, entries in list(self.unconfirmed.items()):
-            p = partition_of(item_id, parts)
-            if p in touched:
+        # The entries a mark's advance confirms are at the front of their queue
+        # (a partition re-read after a rebalance can put a lower end behind a
+        # higher one: that entry is then found once the mark passes the higher).
+        due: dict[str, int] = {}
+        for p, src in advanced:
+            q = self.queued.get((p, src))
+            mark = confirmed[p][src]
+            while q and q[0][0] <= mark:
+                due[q.popleft()[1]] = p
+        for item_id, p in due.items():
+            entries = self.unconfirmed.get(item_id)
+            if entries is not None:
                 self._keep(item_id, entries, confirmed[p])
 
     def _keep(self, item_id: str, entries: list[Entry], marks: Mapping[str, int]) -> None:
@@ -417,6 +447,128 @@ def decode_updates(payload: bytes) -> Updates:
 _MALFORMED = "item updates: expected {item_id: [[src, offset, op, ...], ...]}"
 
 
+# -- the item-model records -------------------------------------------------------
+#: The binary form's first bytes (the JSON form, which a replica still reads,
+#: starts with ``{``).
+MODEL_MAGIC = b"\x00IM1"
+#: Between two neighbour ids: ids hold no control character (stream.contract).
+_ID_SEP = "\x1f"
+_ARRAYS = ("nb", "q", "r")
+
+
+def encode_model(model: Mapping[str, Any]) -> bytes:
+    """One ``feedback.item-model`` record: a published model (see
+    :meth:`models.item_state.ItemState.published`) in a binary form every
+    replica decodes cheaply (:func:`decode_model`).
+
+    :data:`MODEL_MAGIC`, the JSON header's length (4 bytes, little-endian), the
+    header (every field but the arrays, which it gives the lengths of), the
+    neighbour weights and the factor vectors as little-endian float64, then the
+    neighbour ids joined by ``\\x1f``. The floats are most of a JSON model's
+    bytes and of its decoding, and a replica maps only the ids new since the
+    list it holds, so it splits only those.
+
+    >>> m = {"t": 1.0, "w": {"a:0": 3}, "nb": [["y", "z"], [0.5, 1.5], 2], "m": 2.0,
+    ...      "q": [0.25, -0.5], "qb": 0.1}
+    >>> back = decode_model(encode_model(m))
+    >>> back["nb"][0][1:], back["nb"][1].tolist(), back["nb"][2], back["q"].tolist()
+    (['z'], [0.5, 1.5], 2, [0.25, -0.5])
+    >>> decode_model(encode_model(m))["w"] == decode_model(orjson.dumps(m))["w"] == {"a:0": 3}
+    True
+    """
+    head = {k: v for k, v in model.items() if k not in _ARRAYS}
+    floats: list[float] = []
+    ids: Sequence[str] = ()
+    nb = model.get("nb")
+    if nb is not None:
+        ids = nb[0]
+        head["nb"] = [len(ids), nb[2]]
+        floats.extend(nb[1])
+    for key in ("q", "r"):
+        vec = model.get(key)
+        if vec is not None:
+            head[key] = len(vec)
+            floats.extend(vec)
+    header = orjson.dumps(head)
+    return b"".join((
+        MODEL_MAGIC, len(header).to_bytes(4, "little"), header,
+        np.asarray(floats, dtype="<f8").tobytes(), _ID_SEP.join(ids).encode(),
+    ))
+
+
+def decode_model(payload: bytes) -> dict[str, Any]:
+    """The model of a ``feedback.item-model`` record, binary (:func:`encode_model`:
+    the weights and vectors then come as read-only numpy arrays, the neighbour ids
+    as :class:`PackedIds`) or JSON. ``ValueError`` on a malformed payload."""
+    if not payload.startswith(MODEL_MAGIC):
+        model = orjson.loads(payload)
+        if type(model) is not dict:
+            raise ValueError("item model: expected a JSON object")
+        return model
+    try:
+        size = int.from_bytes(payload[4:8], "little")
+        model = orjson.loads(memoryview(payload)[8 : 8 + size])
+        at = 8 + size
+        nb, nq, nr = model.get("nb"), model.get("q"), model.get("r")
+        k = 0 if nb is None else nb[0]
+        total = k + (nq or 0) + (nr or 0)
+        floats = np.frombuffer(payload, "<f8", total, at)
+        if nb is not None:
+            text = payload[at + 8 * total :].decode()
+            model["nb"] = [PackedIds(text, k), floats[:k], nb[1]]
+        if nq is not None:
+            model["q"] = floats[k : k + nq]
+        if nr is not None:
+            model["r"] = floats[total - nr :]
+    except (ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"item model: malformed binary record ({exc})") from exc
+    return model
+
+
+class PackedIds(Sequence[str]):
+    """A published neighbour list's ids, split only as far as they are read: the
+    tail ``ids[m:]`` (the ids new since the list a replica holds) splits only
+    those off the end.
+
+    >>> ids = PackedIds("a\x1fb\x1fc", 3)
+    >>> ids[1:], ids[3:], len(ids), list(ids), ids[0]
+    (['b', 'c'], [], 3, ['a', 'b', 'c'], 'a')
+    """
+
+    __slots__ = ("_split", "_text", "n")
+
+    def __init__(self, text: str, n: int) -> None:
+        self._text = text
+        self.n = n
+        self._split: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _all(self) -> list[str]:
+        if self._split is None:
+            self._split = self._text.split(_ID_SEP) if self.n else []
+            if len(self._split) != self.n:
+                raise ValueError(f"item model: {len(self._split)} neighbour ids, not {self.n}")
+        return self._split
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if (type(i) is slice and self._split is None and i.step is None and i.stop is None
+                and i.start is not None and i.start > 0):
+            tail = self.n - i.start
+            if tail <= 0:
+                return []
+            return self._text.rsplit(_ID_SEP, tail)[1:]
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+
 # -- the workers' replicas ------------------------------------------------------
 def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mapping[str, Any]]]
                       ) -> int:
@@ -433,19 +585,23 @@ def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mappin
     n = 0
     for item_id, model in models:
         n += 1
+        pairs: dict[str, float] = {}
         if outbox is not None:
             pending = outbox.pending(item_id)
             if pending:
                 if params is None:
                     from models.item_state import ItemParams
 
-                    params = ItemParams.of(engine.config)
-                model = with_pending(item_id, model, pending, params)
+                    # Not pruned: the pending pairs are applied apart (below).
+                    params = replace(ItemParams.of(engine.config), max_neighbours=1 << 40)
+                model, pairs = with_pending(item_id, model, pending, params)
         idx = cat.add(item_id)
         nb = model.get("nb")
         if nb is not None:
-            rec.cooccurrence.assign(idx, nb[0], nb[1], model["m"], cat.add, nb[2],
-                                    nb[3] if len(nb) > 3 else None)
+            co = rec.cooccurrence
+            co.assign(idx, nb[0], nb[1], model["m"], cat.add, nb[2])
+            if pairs:
+                co.add_pairs(idx, [cat.add(other) for other in pairs], list(pairs.values()))
         pop = model.get("p")
         if pop is not None:
             rec.popularity.assign(idx, pop[0], pop[1], model["n"])
@@ -473,35 +629,38 @@ def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mappin
 
 
 def with_pending(item_id: str, model: Mapping[str, Any], pending: list[Entry],
-                 params: Any) -> Mapping[str, Any]:
+                 params: Any) -> tuple[Mapping[str, Any], dict[str, float]]:
     """``model`` with this worker's ``pending`` entries that it does not hold (above
     its watermark ``w``) applied on top, as the owner will apply them: the parts
-    the model shares, no others. A neighbour list keeps the publisher's ids first,
-    in order, and says how many (a fourth element) so that the replica's
-    incremental assignment stays keyed to the publisher's list; pruned here, its
-    epoch is unknown (-1) and the next list is assigned afresh.
+    the model shares, no others. The neighbour list stays the publisher's (its
+    mass includes the pending pairs): the pending pairs' weights come apart, in
+    the order first met, for the replica to add after it, so that the list's head
+    stays keyed to the publisher's list (see ``ItemCooccurrence.assign``) and the
+    list is not rebuilt here. ``params``: the owner's, with ``max_neighbours``
+    high enough that the pending pairs alone are never pruned.
 
     >>> from models.item_state import ItemParams
     >>> model = {"t": 1.0, "w": {"a:0": 4}, "p": [3.0, 1.0], "n": 3.0,
     ...          "nb": [["y"], [1.0], 0], "m": 1.0}
-    >>> mine = [["a:0", 4, ["p", 1.0, 1.0]], ["a:0", 5, ["p", 1.0, 1.0], ["c", "z", 0.5]]]
-    >>> out = with_pending("x", model, mine, ItemParams())
-    >>> out["n"], out["nb"], out["m"]  # offset 4 is in the model already
-    (4.0, [['y', 'z'], [1.0, 0.5], 0, 1], 1.5)
+    >>> mine = [["a:0", 4, ["p", 1.0, 1.0]], ["a:0", 5, ["p", 1.0, 1.0], ["c", "z", 0.5],
+    ...         ["c", "y", 0.25]]]
+    >>> out, pairs = with_pending("x", model, mine, ItemParams())
+    >>> out["n"], out["nb"], out["m"], pairs  # offset 4 is in the model already
+    (4.0, [['y'], [1.0], 0], 1.75, {'z': 0.5, 'y': 0.25})
     """
     from models.item_state import ItemState
 
-    state = ItemState.from_model(model)
-    epoch = state.epoch
+    state = ItemState.from_model(model, neighbours=False)
     if not state.apply(pending, params, item_id):
-        return model
+        return model, {}
     mine = state.published(model["t"], params)
     merged = {k: mine.get(k, v) for k, v in model.items()}
     nb = model.get("nb")
-    if nb is not None:
-        merged["nb"] = (mine["nb"] + [len(nb[0])] if state.epoch == epoch
-                        else [*mine["nb"][:2], -1])
-    return merged
+    if nb is None:
+        return merged, {}
+    merged["nb"] = nb
+    merged["m"] = state.mass
+    return merged, state.neighbours
 
 
 def _set_price(engine: FeedbackEngine, idx: int, mean: float, count: float) -> None:

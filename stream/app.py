@@ -143,6 +143,7 @@ def build_app(
         broker=[f"kafka://{s.strip()}" for s in settings.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(settings),
         store=f"{settings.table_store}://",
+        table_standby_replicas=settings.table_standby_replicas,
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

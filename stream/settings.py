@@ -171,6 +171,11 @@ class Settings:
     # the changelog at start) or "rocksdb" (on disk under state_dir, through the
     # optional rocksdict package: pip install 'feedback-stream[rocksdb]').
     table_store: str = "memory"
+    # Faust's standby copies of each table partition on other workers (the
+    # profiles and the item states): a standby follows the active worker's
+    # changelog, so a failover resumes from it instead of replaying the
+    # changelog; every worker then also reads W - 1 others' changelog writes.
+    table_standby_replicas: int = 1
     # The eviction step runs on its own tick, every this many seconds, and
     # forgets at most `evictions_per_tick` users (about 14 us each in process,
     # plus the changelog tombstone): the pause stays in the tens of ms, and
@@ -282,6 +287,8 @@ class Settings:
             (self.table_store in TABLE_STORES,
              f"FEEDBACK_TABLE_STORE must be one of {', '.join(TABLE_STORES)}"),
             (self.evictions_per_tick >= 1, "FEEDBACK_EVICTIONS_PER_TICK must be >= 1"),
+            (0 <= self.table_standby_replicas <= 10,
+             "FEEDBACK_TABLE_STANDBY_REPLICAS must be >= 0 and <= 10"),
             (self.eviction_interval_seconds > 0,
              "FEEDBACK_EVICTION_INTERVAL_SECONDS must be > 0"),
             (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -40,7 +40,7 @@ from faust.types import TP
 
 from models.engine import FeedbackEngine
 from models.item_state import ItemParams, ItemState, is_snapshot_key
-from models.item_updates import decode_updates, partition_of
+from models.item_updates import decode_model, decode_updates, encode_model, partition_of
 from stream.commit_guard import CommitGuard
 from stream.faust import write_through
 from stream.kafka import client_kwargs
@@ -261,7 +261,7 @@ class Sharing:
                 continue  # moved less than the publication tolerance: tested when it moves
             model = state.published(now, self.params)
             self.shown[item_id] = state.shown
-            out.append((item_id.encode(), orjson.dumps(model)))
+            out.append((item_id.encode(), encode_model(model)))
         return out
 
     def globals_due(self, now: float) -> list[tuple[bytes, bytes]]:
@@ -300,7 +300,7 @@ class Sharing:
             if r.topic == self.settings.topic_globals:
                 self._global(r.key, orjson.loads(r.value))
                 continue
-            model = orjson.loads(r.value)
+            model = decode_model(r.value)
             newest = max(newest, float(model.get("t", 0.0)))
             models.append((r.key.decode(), model))
         if models:
@@ -313,7 +313,9 @@ class Sharing:
         """:meth:`read` of ``records`` in slices of :data:`READ_SLICE`, the event
         loop's turn between two: a fetch holds up to 5,000 models (a new worker
         reads the whole topic), and applying them at once held the loop (every
-        input batch and pull) for up to seconds."""
+        input batch and pull) for up to seconds. Only the newest model of each
+        item in ``records`` is read (:func:`newest`)."""
+        records = newest(records, self.settings.topic_item_model)
         n = 0
         for i in range(0, len(records), READ_SLICE):
             if i:
@@ -328,6 +330,23 @@ class Sharing:
                 self.metrics.globals_applied.labels("segments").inc()
         elif key.startswith(BLEND_PREFIX.encode()):
             self.blends[key.decode()] = value
+
+
+def newest(records: list[Any], topic: str) -> list[Any]:
+    """``records`` without the item models of ``topic`` that a later record of the
+    same item follows: a replica overwrites an item with its model, so only the
+    newest one matters (an item's records share a partition, read in order).
+
+    >>> from types import SimpleNamespace as R
+    >>> rs = [R(topic="m", key=b"x", value=1), R(topic="g", key=b"b", value=2),
+    ...       R(topic="m", key=b"y", value=3), R(topic="m", key=b"x", value=4)]
+    >>> [r.value for r in newest(rs, "m")]
+    [2, 3, 4]
+    """
+    last = {r.key: i for i, r in enumerate(records) if r.topic == topic}
+    if len(last) == len(records):
+        return records
+    return [r for i, r in enumerate(records) if r.topic != topic or last[r.key] == i]
 
 
 #: Item-updates messages the owner applies between two turns of the event loop

@@ -39,7 +39,14 @@ from models.alerts import Alert
 from models.engine import EngineConfig, FeedbackEngine, Outcome, Recommendation
 from models.events import Event
 from models.item_state import ItemOwner, ItemParams
-from models.item_updates import Outbox, attach, decode_updates, partition_of
+from models.item_updates import (
+    Outbox,
+    attach,
+    decode_model,
+    decode_updates,
+    encode_model,
+    partition_of,
+)
 
 #: What can be shared, and the published model's fields of each.
 PARTS: dict[str, tuple[str, ...]] = {
@@ -237,14 +244,14 @@ class Cluster:
                         tr.changelog_records += 1
                         tr.changelog_bytes += len(k.encode()) + len(orjson.dumps(record))
         records = [
-            (item_id, orjson.dumps(self._shared(model)))
+            (item_id, encode_model(self._shared(model)))
             for owner in self.owners
             for item_id, model in owner.publish(now)
         ]
         tr.model_records += len(records)
         tr.model_bytes += sum(len(value) for _, value in records)
         # Every worker's reader decodes the same bytes alike: decoded once here.
-        models = [(item_id, orjson.loads(value)) for item_id, value in records]
+        models = [(item_id, decode_model(value)) for item_id, value in records]
         for engine in self.engines:
             engine.apply_item_models(models)
         if "segment" in self.share and self.workers > 1:

@@ -50,7 +50,14 @@ STAGES = ("learn", "encode", "apply", "changelog", "publish", "replica")
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from models.engine import FeedbackEngine
     from models.item_state import ItemParams, ItemState
-    from models.item_updates import Outbox, attach, decode_updates, partition_of
+    from models.item_updates import (
+        Outbox,
+        attach,
+        decode_model,
+        decode_updates,
+        encode_model,
+        partition_of,
+    )
     from stream.contract import event_from_dict
     from tools.bench.workload import load_events
 
@@ -118,11 +125,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def publish(now: float) -> list[tuple[str, bytes]]:
         due = sorted(i for i in changed if states[i].due(params))
         changed.difference_update(due)
-        return [(i, orjson.dumps(states[i].published(now, params))) for i in due]
+        return [(i, encode_model(states[i].published(now, params))) for i in due]
 
     def apply_models(records: list[tuple[str, bytes]]) -> None:
         for replica in replicas:  # each worker decodes the records it reads
-            replica.apply_item_models([(i, orjson.loads(v)) for i, v in records])
+            replica.apply_item_models([(i, decode_model(v)) for i, v in records])
 
     for n, i in enumerate(range(0, len(events), args.batch), start=1):
         batch = events[i : i + args.batch]

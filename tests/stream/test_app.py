@@ -22,6 +22,17 @@ def test_the_offset_trace_is_a_validated_setting_the_consumer_receives(
     assert (fa.app.transport.Consumer.offset_trace is not None) is expected
 
 
+@pytest.mark.parametrize("raw, expected", [(None, 1), ("0", 0), ("2", 2)])
+def test_the_table_standbys_are_a_setting_faust_receives(
+    raw: str | None, expected: int, tmp_path: object
+) -> None:
+    env = {"FEEDBACK_STATE_DIR": str(tmp_path)}
+    if raw is not None:
+        env["FEEDBACK_TABLE_STANDBY_REPLICAS"] = raw
+    fa = build_app(Settings.from_env(env), engine=FeedbackEngine(), registry=CollectorRegistry())
+    assert fa.app.conf.table_standby_replicas == expected
+
+
 async def test_lag_is_dropped_not_frozen_while_the_broker_is_unreachable(tmp_path: object) -> None:
     from types import SimpleNamespace
 
@@ -151,9 +162,8 @@ def test_the_producer_sends_many_item_models_per_partition_per_request(tmp_path:
     """aiokafka sends one request per broker at a time and holds one batch per
     partition: the batch must take an owner's publication (thousands of item
     models of a few kB) in a few round trips, not three records per trip."""
-    import orjson
-
     from models.item_state import ItemParams, ItemState
+    from models.item_updates import encode_model
 
     settings = Settings.from_env({}, state_dir=str(tmp_path))
     fa = build_app(settings, engine=FeedbackEngine(), registry=CollectorRegistry())
@@ -161,5 +171,5 @@ def test_the_producer_sends_many_item_models_per_partition_per_request(tmp_path:
     entries = [["c:0", 1, "p", 1.0, 0.0] + [x for k in range(50)
                                              for x in ("c", f"neighbour-{k}", 1.0)]]
     state.apply(entries, ItemParams(), "x")
-    model = orjson.dumps(state.published(0.0, ItemParams()))
+    model = encode_model(state.published(0.0, ItemParams()))
     assert fa.app.conf.producer_max_batch_size >= 50 * len(model)

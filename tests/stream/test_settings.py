@@ -52,3 +52,9 @@ def test_the_neighbour_release_delta_is_read_and_checked() -> None:
     for bad in ("0", "0.01", "-1e-6"):
         with pytest.raises(SettingsError, match=r"FEEDBACK_DP_DELTA must be > 0 and < 0\.001"):
             Settings.from_env({"FEEDBACK_DP_DELTA": bad})
+
+
+@pytest.mark.parametrize("raw", ["-1", "11"])
+def test_the_table_standbys_are_bounded(raw: str) -> None:
+    with pytest.raises(SettingsError, match="FEEDBACK_TABLE_STANDBY_REPLICAS must be >= 0"):
+        Settings.from_env({"FEEDBACK_TABLE_STANDBY_REPLICAS": raw})

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from models.engine import FeedbackEngine
 from models.events import Event
 from models.item_state import ItemParams
-from models.item_updates import encode_updates, partition_of
+from models.item_updates import decode_model, encode_updates, partition_of
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.sharing import Sharing
@@ -44,7 +44,7 @@ def test_owner_publishes_changed_items_of_its_partitions_and_all_on_takeover() -
     mine = {partition_of(items[0], p)}
     first = dict(sh.due_models(table, mine, now=10.0))
     assert set(first) == {i.encode() for i in items if partition_of(i, p) in mine}
-    assert orjson.loads(first[items[0].encode()])["n"] == 1.0
+    assert decode_model(first[items[0].encode()])["n"] == 1.0
     assert sh.due_models(table, mine, now=11.0) == []  # nothing changed since
     # A partition taken over: every item of it, changed or not.
     other = partition_of(next(i for i in items if partition_of(i, p) not in mine), p)
@@ -276,7 +276,7 @@ def test_a_takeover_keeps_the_increments_applied_but_not_yet_written() -> None:
     sh.apply_updates(table, encode_updates({"x": [["c:0", 1, ["p", 1.0, 0.0]]]}))  # written
     sh.apply_batch(table, [(encode_updates({"x": [["c:0", 2, ["p", 0.3, 0.0]]]}), "m2")], None)
     models = dict(sh.due_models(table, {partition_of("x", p)}, now=5.0))
-    assert orjson.loads(models[b"x"])["n"] == 1.3
+    assert decode_model(models[b"x"])["n"] == 1.3
     written: list[tuple[str, dict]] = []
     sh.write_changed(lambda k, v, _: written.append((k, v)))
     record = dict(written)["x"]
