@@ -55,7 +55,7 @@ class LoopWatch:
                 if 0 < self.stall_log_seconds <= late:
                     # The watcher logged the stack at the stall's start; its length
                     # is known only now.
-                    log.info("event loop stall over: no turn for %.3f s", late)
+                    log.warning("event loop stall over: no turn for %.3f s", late)
         finally:
             self._stop.set()
 
