@@ -132,6 +132,10 @@ class Settings:
     # after this wait: the latency a partial batch adds (0.05 before the debounce
     # below; docs/performance.md has both).
     batch_max_wait_seconds: float = 0.02
+    # How long the worker's consumer lets the broker hold an empty fetch. Kafka
+    # answers as soon as data arrives, the embedded broker (Tansu) only at the
+    # end of the wait: there it is the latency an event waits to be read.
+    fetch_max_wait_seconds: float = 0.1
     # The worker processes a batch in slices of about this long, each ending
     # between two events, and lets its event loop run in between: an HTTP pull
     # (GET /recommendations) waits for one slice, not for a whole batch.
@@ -265,6 +269,8 @@ class Settings:
              "FEEDBACK_STOP_TIMEOUT_SECONDS must be >= 1 and <= 300"),
             (0 < self.batch_max_wait_seconds <= 5,
              "FEEDBACK_BATCH_MAX_WAIT_SECONDS must be > 0 and <= 5"),
+            (0.001 <= self.fetch_max_wait_seconds <= 5,
+             "FEEDBACK_FETCH_MAX_WAIT_SECONDS must be >= 0.001 and <= 5"),
             (0 < self.batch_slice_seconds <= 1,
              "FEEDBACK_BATCH_SLICE_SECONDS must be > 0 and <= 1"),
             (0 <= self.loop_stall_log_seconds <= 60,

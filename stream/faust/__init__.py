@@ -49,7 +49,10 @@ def create_app(
     app = faust.App(settings.app_id, **options)
     # Faust builds the consumer itself: the app's own subclass carries its guard and trace.
     app.transport.Consumer = type(  # type: ignore[misc]
-        "Consumer", (Consumer,), {"commit_guard": commit_guard, "offset_trace": trace}
+        "Consumer", (Consumer,), {
+            "commit_guard": commit_guard, "offset_trace": trace,
+            "fetch_max_wait_ms": max(1, round(settings.fetch_max_wait_seconds * 1000)),
+        }
     )
     if settings.recovery_guards:
         app.transport.Producer = Producer  # type: ignore[misc]

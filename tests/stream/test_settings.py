@@ -52,3 +52,9 @@ def test_the_neighbour_release_delta_is_read_and_checked() -> None:
     for bad in ("0", "0.01", "-1e-6"):
         with pytest.raises(SettingsError, match=r"FEEDBACK_DP_DELTA must be > 0 and < 0\.001"):
             Settings.from_env({"FEEDBACK_DP_DELTA": bad})
+
+
+@pytest.mark.parametrize("raw", ["0", "6", "soon"])
+def test_the_fetch_wait_is_validated(raw: str) -> None:
+    with pytest.raises(SettingsError, match="FEEDBACK_FETCH_MAX_WAIT_SECONDS"):
+        Settings.from_env({"FEEDBACK_FETCH_MAX_WAIT_SECONDS": raw})
