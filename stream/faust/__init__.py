@@ -25,10 +25,19 @@ from stream.commit_guard import CommitGuard
 from stream.faust.consumer import Consumer
 from stream.faust.offset_trace import OffsetTrace
 from stream.faust.recovery import ChangelogRecovery, GuardedTableManager, Producer
-from stream.faust.table_store import TableStore, write_as, write_through
+from stream.faust.table_store import (
+    TableStore,
+    acknowledged,
+    send_through,
+    write_as,
+    write_through,
+)
 from stream.settings import Settings
 
-__all__ = ["OffsetTrace", "TableStore", "create_app", "write_as", "write_through"]
+__all__ = [
+    "OffsetTrace", "TableStore", "acknowledged", "create_app", "send_through", "write_as",
+    "write_through",
+]
 
 
 def create_app(

@@ -319,7 +319,7 @@ async def test_a_write_in_progress_does_not_release_the_messages_of_a_revoked_pa
     monkeypatch.setattr(sharing_module, "WRITE_CHUNK", 1)
     rebalanced = False
 
-    async def write_through(_: Any, writes: list) -> None:
+    async def send_through(_: Any, writes: list) -> list:
         nonlocal rebalanced
         if not rebalanced:  # during the first chunk's send
             rebalanced = True
@@ -329,8 +329,9 @@ async def test_a_write_in_progress_does_not_release_the_messages_of_a_revoked_pa
             read(0, mine, ours)  # given back: the same message read and held again
         for key, record, _partition in writes:
             table[key] = record
+        return []
 
-    monkeypatch.setattr(sharing_module, "write_through", write_through)
+    monkeypatch.setattr(sharing_module, "send_through", send_through)
     await sh.write_period(table, guard, lambda: False)
     assert guard.committable(("items", mine), None) is None  # held for the next write
     assert guard.committable(("items", other), None) == 1  # not revoked: released
@@ -495,3 +496,49 @@ async def test_the_periods_due_models_are_computed_in_slices() -> None:
     await revoker
     assert {k.decode() for k, _ in models} <= {i for i in items if partition_of(i, p) != gone}
     assert models  # the pause came after some were computed
+
+
+async def test_the_periods_write_lets_the_loop_run_between_slices(monkeypatch: Any) -> None:
+    """The period's changelog records are taken, encoded and sent a few items at
+    a time, the event loop's turn between two; all are acknowledged before the
+    messages they cover are released."""
+    import asyncio
+
+    import stream.sharing as sharing_module
+    from stream.commit_guard import CommitGuard
+
+    sh = sliced_sharing()
+    p = sh.settings.partitions
+    items = [f"i{k}" for k in range(60)]
+    guard = CommitGuard(["items"])
+    await sh.hold_and_apply({}, owner_events(items, p), guard)
+    table: dict = {}
+    sent: list[int] = []
+    acked: list[int] = []
+    turns: list[int] = []
+
+    async def send_through(_: Any, writes: list) -> list:
+        for key, record, _partition in writes:
+            table[key] = record
+        sent.append(len(writes))
+        return [len(writes)]
+
+    async def acknowledged(_: Any, futures: list) -> None:
+        acked.append(sum(futures))
+
+    async def other_task() -> None:
+        while True:
+            turns.append(len(table))
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(sharing_module, "send_through", send_through)
+    monkeypatch.setattr(sharing_module, "acknowledged", acknowledged)
+    watcher = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    await sh.write_period(table, guard, lambda: False)
+    watcher.cancel()
+    assert set(table) == set(items) and sh.dirty == {}
+    assert max(sent) <= sharing_module.WRITE_SLICE
+    assert acked == [sharing_module.WRITE_CHUNK, len(items) - sharing_module.WRITE_CHUNK]
+    assert len({n for n in turns if 0 < n < len(items)}) >= 5, turns
+    assert all(guard.committable(("items", q), None) == 1 for q in range(p))
