@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # which adds about half a second to the median event-to-recommendation latency.
 # A short wait only costs idle fetch requests, on any broker. The worker's is
 # Settings.fetch_max_wait_seconds (this is its default).
-FETCH_MAX_WAIT_MS = 100
+FETCH_MAX_WAIT_MS = 20
 
 if TYPE_CHECKING:
     _ConsumerBase = aiokafka_driver.Consumer
