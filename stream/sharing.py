@@ -387,18 +387,14 @@ class Sharing:
         return len(models)
 
     async def read_in_slices(self, records: list[Any]) -> int:
-        """:meth:`read` of ``records`` in chunks of :data:`READ_SLICE`, the event
-        loop's turn between two once ``Settings.batch_slice_seconds`` have
-        passed: a fetch holds up to 5,000 models (a new worker reads the whole
-        topic), and a chunk re-applies this worker's pending entries over each
-        model (0.03-0.07 s for 50 under the bench's latency phase)."""
-        budget = self.settings.batch_slice_seconds
-        pause_at = time.perf_counter() + budget
+        """:meth:`read` of ``records`` in slices of :data:`READ_SLICE`, the event
+        loop's turn between two: a fetch holds up to 5,000 models (a new worker
+        reads the whole topic), and applying them at once held the loop (every
+        input batch and pull) for up to seconds."""
         n = 0
         for i in range(0, len(records), READ_SLICE):
-            if i and time.perf_counter() >= pause_at:
+            if i:
                 await asyncio.sleep(0)
-                pause_at = time.perf_counter() + budget
             n += self.read(records[i : i + READ_SLICE], time.time())
         return n
 
@@ -416,11 +412,8 @@ class Sharing:
 #: backlog's 500 held the loop for 0.1-0.25 s.
 OWNER_BATCH = 50
 
-#: Item-model records a replica applies at once (each :meth:`Sharing.read`
-#: confirms its chunk's watermarks against every unconfirmed entry, so a chunk
-#: of one would cost that per model); the loop gets its turn between two chunks
-#: once the slice's time is up.
-READ_SLICE = 10
+#: Item-model records a replica applies between two turns of the event loop.
+READ_SLICE = 50
 
 #: The owner's changelog writes of one period go to the producer in chunks this
 #: size, each acknowledged before the next...

@@ -341,14 +341,6 @@ async def test_a_write_in_progress_does_not_release_the_messages_of_a_revoked_pa
     assert all(table[i]["count"] == 1.0 for i in ours + theirs)
 
 
-def sliced_sharing() -> Sharing:
-    """A Sharing whose sliced work pauses after every item (a 1 us budget)."""
-    engine = FeedbackEngine()
-    return Sharing(Settings.from_env({"FEEDBACK_BATCH_SLICE_SECONDS": "0.000001"}), engine,
-                   Metrics(CollectorRegistry()), ItemParams.of(engine.config),
-                   worker_id="http://w1:6066")
-
-
 def test_a_replica_applies_a_large_fetch_in_slices_letting_the_loop_run() -> None:
     """A fetch of thousands of models is applied a slice at a time; the event
     loop (input batches, pulls) gets a turn between two slices, and every model
@@ -357,8 +349,8 @@ def test_a_replica_applies_a_large_fetch_in_slices_letting_the_loop_run() -> Non
 
     from stream.sharing import READ_SLICE
 
-    sh = sliced_sharing()  # a turn after every chunk
-    engine = sh.engine
+    engine = FeedbackEngine()
+    sh = sharing(engine)
     topic = sh.settings.topic_item_model
     n = 3 * READ_SLICE + 7
     records = [SimpleNamespace(topic=topic, key=f"i{k}".encode(),
@@ -382,6 +374,14 @@ def test_a_replica_applies_a_large_fetch_in_slices_letting_the_loop_run() -> Non
     assert engine.catalogue.ids == [f"i{k}" for k in range(n)]
     between = sorted(set(seen) - {0})
     assert between == [READ_SLICE, 2 * READ_SLICE, 3 * READ_SLICE]
+
+
+def sliced_sharing() -> Sharing:
+    """A Sharing whose sliced work pauses after every item (a 1 us budget)."""
+    engine = FeedbackEngine()
+    return Sharing(Settings.from_env({"FEEDBACK_BATCH_SLICE_SECONDS": "0.000001"}), engine,
+                   Metrics(CollectorRegistry()), ItemParams.of(engine.config),
+                   worker_id="http://w1:6066")
 
 
 def owner_events(items: list[str], partitions: int) -> list[SimpleNamespace]:
