@@ -137,16 +137,44 @@ class FlushingProducerBuffer(ProducerBuffer):
     writes still queued. On a loaded machine the commit then covers events whose
     profile writes are not in the changelog yet, and a SIGKILL at that moment
     loses them for good (docs/faust-rebalance-record-loss.md, defect 2).
+
+    Nor does ``size`` count the message the buffer's task has taken off the
+    queue and is still handing to aiokafka (``_send_pending`` can wait there
+    for metadata or room in aiokafka's batches): Faust's ``Producer.flush``
+    then flushes aiokafka's batches without it, and the commit runs ahead of
+    that profile write. ``flush`` here also waits for the message in flight.
     """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def _send_pending(self, fut: Any) -> None:
+        # Runs from the moment the task took the message off the queue: the
+        # queue's get returns to its task without a turn of the loop between.
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
 
     async def flush(self) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         warned = False
         # flush_atmost raises if the buffer stops with messages queued, so
-        # this cannot spin on a dead producer.
-        while self.size:
-            await self.flush_atmost(None)
+        # this cannot spin on a dead producer; a send in flight ends in
+        # aiokafka's own timeout at worst.
+        while self.size or self.in_flight:
+            if self.size:
+                await self.flush_atmost(None)
+            else:
+                await self._idle.wait()
             if not warned and loop.time() - started > 10:
                 warned = True
                 log.warning("producer flush: %d messages still queued after 10 s", self.size)

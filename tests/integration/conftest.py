@@ -69,7 +69,9 @@ def isolated_settings(bootstrap: str, state_dir: Path, **overrides: Any) -> Sett
     }
     # FEEDBACK_RECOVERY_GUARDS=0 runs every test worker on Faust's own recovery:
     # the tests of stream/faust/ then fail (they build the cases it guards).
-    env = {k: os.environ[k] for k in ("FEEDBACK_RECOVERY_GUARDS",) if k in os.environ}
+    # FEEDBACK_TRACE_OFFSETS=1 logs every test worker's offset trace, for loss hunts.
+    env = {k: os.environ[k] for k in ("FEEDBACK_RECOVERY_GUARDS", "FEEDBACK_TRACE_OFFSETS")
+           if k in os.environ}
     values.update(overrides)
     return Settings.from_env(env, **values)
 

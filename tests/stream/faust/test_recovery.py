@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
@@ -69,6 +70,39 @@ def test_flush_returns_only_once_the_buffer_is_empty(buffer_class: type, left: i
     buffer.queued = 3
     asyncio.run(buffer.flush())
     assert buffer.size == left
+
+
+class SlowHandOver(ProducerBuffer):
+    """A send that waits in aiokafka (metadata, room in a batch) until let go."""
+
+    async def _send_pending(self, fut: Any) -> None:
+        await self.gate.wait()  # type: ignore[attr-defined]
+        self.sent.append(fut)  # type: ignore[attr-defined]
+
+
+def test_flush_waits_for_the_message_taken_off_the_queue_and_not_yet_sent() -> None:
+    class Buffer(FlushingProducerBuffer, SlowHandOver):
+        pass
+
+    async def main() -> tuple[bool, list[Any]]:
+        buffer = Buffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        buffer.gate, buffer.sent = asyncio.Event(), []
+        await buffer.start()
+        buffer.put("profile write")
+        await asyncio.sleep(0.01)  # the buffer's task took it: size 0, in flight
+        assert buffer.size == 0
+        flush = asyncio.create_task(buffer.flush())
+        await asyncio.sleep(0.05)
+        returned_before_the_send = flush.done()
+        buffer.gate.set()
+        await flush
+        await buffer.stop()
+        return returned_before_the_send, buffer.sent
+
+    returned_before_the_send, sent = asyncio.run(main())
+    assert not returned_before_the_send
+    assert sent == ["profile write"]
 
 
 class ListOffsetsOnly(Recovery):
