@@ -186,6 +186,18 @@ class ItemState:
             k, n = 1, len(entry)
             while k < n:
                 x = entry[k]
+                if x == "c":  # the common op first: no arity lookup, no unpacking
+                    if live:
+                        other, w = entry[k + 1], entry[k + 2]
+                        nb[other] = nb.get(other, 0.0) + w
+                        touched[other] = None
+                        pending.add(other)
+                        mass += w
+                        if len(nb) > limit:
+                            self._prune(params.max_neighbours)
+                            nb, touched, pending = self.neighbours, self.touched, self.pending
+                    k += 3
+                    continue
                 if type(x) is int:
                     live = x > mark
                     if live:

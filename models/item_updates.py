@@ -276,18 +276,22 @@ class Outbox:
         ids = engine.catalogue.ids
         item_id = event.item_id
         t = event.timestamp
+        # The event's own item gets all its ops in one call (what one call per op
+        # would append, in the same order); each neighbour its pair.
+        ops: list[Any] = []
         for h, w in rec.cooccurrence.pairs(profile.history, item, strength):
             other = ids[h]
-            self._op(item_id, "c", other, w)
+            ops += ("c", other, w)
             self._op(other, "c", item_id, w)
-        self._op(item_id, "p", strength, t)
+        ops += ("p", strength, t)
         seg = profile.segment
         if seg is not None and seg < rec.n_segments:
-            self._op(item_id, "s", seg, strength, t)
+            ops += ("s", seg, strength, t)
         if sentiment is not None:
-            self._op(item_id, "e", sentiment, t)
+            ops += ("e", sentiment, t)
         if event.type == "purchase":
-            self._op(item_id, "$", event.price)
+            ops += ("$", event.price)
+        self._op(item_id, *ops)
 
     def drain(self) -> Updates:
         """Every entry recorded since the last drain, per item id; the outbox is

@@ -66,6 +66,10 @@ class CommitGuard:
         self._owed: dict[Partition, set[int]] = {}
         # Held offsets Faust acked already: their release is their last word.
         self._acked_owed: set[tuple[str, int, int]] = set()
+        # The highest offset known committed per partition: Faust's own, or
+        # what this guard let it commit (every offset below was processed).
+        # Faust passes None for "unknown" when it commits a revoked partition.
+        self._committed: dict[Partition, int] = {}
         # Unprocessed offsets a commit stopped at (warned about once each).
         self._stopped_at: set[tuple[str, int, int]] = set()
         self.refused = 0  # acks of unprocessed input events, for the logs and tests
@@ -151,12 +155,18 @@ class CommitGuard:
         key = (tp[0], tp[1])
         processed = self._processed.setdefault(key, set())
         owed = self._owed.get(key)
+        known = max(committed or 0, self._committed.get(key, 0))
+        if known:
+            self._committed[key] = known
         if not processed:
             return None
-        # Faust may not know the committed offset (it keeps None for "unknown"
-        # and for 0): count from the first offset processed since then, held
-        # ones included.
-        base = committed if committed else min(min(processed), min(owed) if owed else 1 << 62)
+        # Neither Faust nor this guard knows a committed offset (Faust keeps
+        # None for "unknown" and for 0): count from the first offset processed,
+        # held ones included. Only for a partition no commit was ever seen of:
+        # Faust also passes None when it commits a revoked partition, and
+        # counting from the first offset processed since a rebalance then
+        # stepped over the offsets its fetch had skipped.
+        base = known if known else min(min(processed), min(owed) if owed else 1 << 62)
         if min(processed) < base:  # another owner committed past them
             processed.difference_update([o for o in processed if o < base])
         if owed and min(owed) < base:
@@ -172,7 +182,7 @@ class CommitGuard:
         end = base
         while end in processed:
             end += 1
-        return end if end > (committed or 0) else None
+        return end if end > base else None
 
     def cap(self, tp: Partition, offset: int, committed: int | None) -> int | None:
         """The offset to commit for ``tp`` instead of ``offset`` (None: none).
@@ -189,6 +199,8 @@ class CommitGuard:
         while end < offset and end in processed:
             end += 1
         processed.difference_update(range(base, end))
+        if end > base:
+            self._committed[(topic, partition)] = end
         owed = self._owed.get((topic, partition))
         if (
             end < offset and (topic, partition, end) not in self._stopped_at
@@ -200,4 +212,4 @@ class CommitGuard:
                 "never processed; it will be read again", topic, partition, end,
                 offset, end,
             )
-        return end if end > (committed or 0) else None
+        return end if end > base else None

@@ -160,8 +160,13 @@ class Processor:
             max_delay=settings.recommend_max_delay_seconds,
             enabled=debounce and settings.recommend_debounce_seconds > 0,
         )
-        # Parsed exposure logs of this batch's users: (the JSON they came from, log).
-        self._exposure_logs: dict[str, tuple[Any, UserExposures]] = {}
+        # Parsed exposure logs of this batch's users: (the profile and the JSON
+        # they came from, log).
+        self._exposure_logs: dict[str, tuple[StoredProfile, Any, UserExposures]] = {}
+        # Logs changed since their profile's JSON was written, by id(profile): a
+        # basket's lines attribute one after another, so the JSON is written once
+        # per profile per batch (:meth:`_store_exposures`), not once per event.
+        self._unsaved: dict[int, tuple[StoredProfile, UserExposures]] = {}
         # Pulled lists (stream/pull.py) waiting for their user's next event.
         self.pulled = PulledExposures(
             window=settings.attribution_window_seconds,
@@ -194,7 +199,7 @@ class Processor:
         return self.loop.bandit
 
     def _forget_user(self, user_id: str) -> None:
-        self._exposure_logs.pop(user_id, None)
+        self._drop_exposures(user_id)
         self.pulled.forget(user_id)
 
     # -- the hot path ---------------------------------------------------------
@@ -224,6 +229,7 @@ class Processor:
         released to the commit guard only after its end (the worker's ``settle``)."""
         out: list[OutputMessage] = []
         outbox = self.outbox
+        self._store_exposures()
         self._exposure_logs.clear()
         self.debounce.start_batch()
         # One profile write per user per batch: each write is a changelog record.
@@ -288,6 +294,7 @@ class Processor:
         written = yield from self._publish(due, now, out, pause_at)
         for user_id, (profile, source) in written.items():
             dirty.setdefault(user_id, (profile, source))
+        self._store_exposures()
         if outbox is not None:
             out.extend(self._item_updates(outbox))
         self._unwritten = dirty
@@ -399,6 +406,7 @@ class Processor:
         out: list[OutputMessage] = []
         pause_at = time.perf_counter() + self.settings.batch_slice_seconds
         written = yield from self._publish(self.debounce.due(due_at), now, out, pause_at)
+        self._store_exposures()
         for user_id, (profile, source) in written.items():
             self.profiles.put(user_id, profile, source)
         return out
@@ -501,19 +509,36 @@ class Processor:
         # per event; reused while the profile still holds the JSON it came from.
         raw = profile["exposures"]
         cached = self._exposure_logs.get(profile["user_id"])
-        if cached is not None and cached[0] is raw:
-            return cached[1]
+        if cached is not None and cached[0] is profile and cached[1] is raw:
+            return cached[2]
         log = UserExposures.from_json(
             raw,
             window=self.settings.attribution_window_seconds,
             max_exposures=self.settings.attribution_max_exposures,
         )
-        self._exposure_logs[profile["user_id"]] = (raw, log)
+        self._exposure_logs[profile["user_id"]] = (profile, raw, log)
         return log
 
     def _save_exposures(self, profile: StoredProfile, log: UserExposures) -> None:
-        raw = profile["exposures"] = log.to_json()
-        self._exposure_logs[profile["user_id"]] = (raw, log)
+        """``log`` is the profile's from now on; its JSON is written into the
+        profile by :meth:`_store_exposures`, before the profile is."""
+        self._exposure_logs[profile["user_id"]] = (profile, profile["exposures"], log)
+        self._unsaved[id(profile)] = (profile, log)
+
+    def _store_exposures(self) -> None:
+        """Write the changed logs' JSON into their profiles (before any profile
+        write, and before the parsed logs are dropped)."""
+        for profile, log in self._unsaved.values():
+            raw = profile["exposures"] = log.to_json()
+            cached = self._exposure_logs.get(profile["user_id"])
+            if cached is not None and cached[0] is profile:
+                self._exposure_logs[profile["user_id"]] = (profile, raw, log)
+        self._unsaved.clear()
+
+    def _drop_exposures(self, user_id: str) -> None:
+        self._exposure_logs.pop(user_id, None)
+        for key in [k for k, (p, _) in self._unsaved.items() if p["user_id"] == user_id]:
+            del self._unsaved[key]
 
     def _attribute(self, profile: StoredProfile, event: Event, etype: str) -> None:
         """Credit a click or purchase to one of the user's recent recommendations."""
@@ -700,7 +725,7 @@ class Processor:
                 1 for e in exposures if isinstance(e, list) and len(e) > 7 and (e[6] or e[7])
             )
             erased["profile"] = self.profiles.delete([stored])
-        self._exposure_logs.pop(stored, None)
+        self._drop_exposures(stored)
         pulled = self.pulled.pending.pop(stored, None)  # pulled lists not yet stored
         if pulled is not None:
             erased["exposures"] += len(pulled.exposures)

@@ -170,7 +170,9 @@ def test_refits_from_the_stream_and_predicts(customers: tuple[np.ndarray, ...]) 
 
 @pytest.mark.parametrize("regularity", [False, True])
 def test_expected_spend_one_is_predict_ones_spend(regularity: bool) -> None:
-    """The engine's segmentation reads only the spend: the same figure, unknown -> None."""
+    """The engine's segmentation reads only the spend: the same figure (in floats
+    instead of numpy: 1 - P(silent) cancels, so an ulp of the
+    transcendental functions shows at about 1e-12), unknown -> None."""
     cv = CustomerValue(regularity=regularity, seed=3)
     rng = np.random.default_rng(5)
     for i in range(300):
@@ -179,11 +181,44 @@ def test_expected_spend_one_is_predict_ones_spend(regularity: bool) -> None:
             cv.learn_one(f"c{i}", first + k * float(rng.uniform(3.0, 40.0)) * DAY, 10.0 + k)
     cv.refit(400.0 * DAY)
     for now in (400.0 * DAY, 700.0 * DAY):
-        for user in ("c0", "c7", "c123"):
+        for user in cv.users:
             value = cv.predict_one(user, now, 30.0)
             assert value is not None
-            assert cv.expected_spend_one(user, now, 30.0) == value.expected_spend
+            got = cv.expected_spend_one(user, now, 30.0)
+            assert got == pytest.approx(value.expected_spend, rel=1e-9, abs=1e-300)
     assert cv.expected_spend_one("nobody", 400.0 * DAY) is None
+
+
+@pytest.mark.parametrize("modified", [False, True])
+@pytest.mark.parametrize("k", [1, 3])
+def test_expected_spend_one_matches_the_array_formulas(modified: bool, k: int) -> None:
+    """Random customers and parameters, the edge cases included (no repeat, bought
+    just now, the series fallback of a fit at its rate bound): the float path
+    gives the array functions' value."""
+    rng = np.random.default_rng(11)
+    for trial in range(400):
+        tp = TransactionParams(
+            r=float(rng.uniform(0.05, 3.0)) if trial % 7 else 400.0,
+            alpha=float(rng.uniform(0.05, 60.0)) if trial % 7 else 0.01,
+            a=float(rng.uniform(1.05, 4.0)), b=float(rng.uniform(0.3, 5.0)),
+            modified=modified, k=k,
+        )
+        cv = CustomerValue()
+        cv.transactions = tp
+        cv.spend = SpendParams(float(rng.uniform(1.5, 9.0)), float(rng.uniform(1.5, 9.0)),
+                               float(rng.uniform(1.0, 50.0)))
+        first = float(rng.uniform(0.0, 100.0)) * DAY
+        cv.learn_one("c", first, float(rng.uniform(0.0, 80.0)))
+        t = first
+        for _ in range(int(rng.integers(0, 5))):
+            t += float(rng.uniform(1.0, 30.0)) * DAY
+            cv.learn_one("c", t, float(rng.uniform(0.0, 80.0)))
+        now = t + float(rng.choice([0.0, rng.uniform(0.0, 200.0) * DAY]))
+        h = float(rng.uniform(1.0, 365.0))
+        x, t_x, T, days, mean = cv.stats(now, np.array([cv.index["c"]]))
+        want = float((expected_purchases(tp, h, x, t_x, T)
+                      * expected_spend_per_purchase(cv.spend, days, mean))[0])
+        assert cv.expected_spend_one("c", now, h) == pytest.approx(want, rel=1e-9, abs=1e-300)
 
 
 def test_refit_schedule() -> None:

@@ -431,3 +431,30 @@ def test_confirming_does_not_take_entries_apart(monkeypatch: pytest.MonkeyPatch)
 ])
 def test_an_entrys_end_is_its_last_events_offset(entry: list) -> None:
     assert end_offset(entry) == ([o for o, _ in split_entry(entry)] or [entry[1]])[-1]
+
+
+def test_an_event_records_its_items_pairs_then_its_own_ops_in_order() -> None:
+    """The exact entries one purchase records: on its item, each pair with the
+    user's history (most recent first), then popularity, segment and price; on
+    each neighbour, the pair back."""
+    engine = FeedbackEngine(EngineConfig(seed=1))
+    outbox = Outbox()
+    attach(engine, outbox)
+    for i, item in enumerate(["a", "b"]):
+        outbox.at("purchases:0", i)
+        engine.process(Event("purchase", f"e{i}", "u", item, T0 + i, quantity=1, price=2.0))
+    outbox.drain()
+    profile = engine.profiles["u"]
+    profile.segment = 1
+    outbox.at("purchases:0", 7)
+    engine.process(Event("purchase", "e2", "u", "c", T0 + 2, quantity=1, price=4.0))
+    updates = outbox.drain()
+    w = engine.config.purchase_weight
+    gamma = engine.recommender.cooccurrence.gamma
+    # (the factor steps' ops follow, "b0"/"b" on the item and its sampled negatives)
+    assert [len(updates[i]) for i in "abc"] == [1, 1, 1]
+    assert updates["c"][0][:17] == ["purchases:0", 7, "c", "b", w, "c", "a", w * gamma,
+                                    "p", w, T0 + 2, "s", 1, w, T0 + 2, "$", 4.0]
+    assert updates["c"][0][17] == "b0"
+    assert updates["b"][0][:5] == ["purchases:0", 7, "c", "c", w]
+    assert updates["a"][0][:5] == ["purchases:0", 7, "c", "c", w * gamma]

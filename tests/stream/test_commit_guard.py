@@ -196,3 +196,17 @@ def test_a_released_offset_read_again_is_acked_normally() -> None:
     assert guard.take_done(TOPIC, 0, 2) is False
     guard.done(run(2, 2))  # read again after a seek
     assert guard.take_done(TOPIC, 0, 2) is True
+
+
+def test_a_revoked_partitions_commit_without_a_committed_offset_stops_at_the_hole() -> None:
+    # Seen in the three-worker restart test: after a rebalance Faust's fetch
+    # skipped 348-356 (processed 309-347 in an earlier generation, 357 on),
+    # and the commit of the revoked partition came with no committed offset.
+    guard = CommitGuard([TOPIC])
+    guard.done(run(309, 347))
+    assert guard.cap(TP0, 348, 309) == 348
+    guard.done(run(357, 710))
+    assert guard.cap(TP0, 711, None) is None  # not 711: 348 was never processed
+    assert guard.committable(TP0, None) is None
+    guard.done(run(348, 356))  # read again after the next seek
+    assert guard.cap(TP0, 711, None) == 711

@@ -290,6 +290,34 @@ def test_attributed_revenue_is_counted_in_the_purchase_currency() -> None:
                  currency="unspecified") == 0.0
 
 
+def test_a_users_exposure_log_is_written_once_per_batch_with_every_attribution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from models.attribution import UserExposures
+
+    proc, s, reg = make()
+    proc.handle([msg(s, purchase("e1", "ann", "a")), msg(s, purchase("e2", "ann", "b")),
+                 msg(s, purchase("e3", "bob", "a"))])
+    shown = proc.profiles["bob"]["exposures"][-1]
+    calls = []
+    to_json = UserExposures.to_json
+    monkeypatch.setattr(UserExposures, "to_json", lambda log: calls.append(1) or to_json(log))
+    # Bob clicks the recommended "b" three times, then buys it: four attributed
+    # events of one user, one batch (a basket's lines come so).
+    clicks = [{"type": "click", "event_id": f"c{i}", "user_id": "bob", "item_id": "b",
+               "timestamp": f"2024-01-01T10:0{i + 1}:00Z", "recommendation_id": shown[0]}
+              for i in range(3)]
+    bought = purchase("e4", "bob", "b", "2024-01-01T10:05:00Z")
+    proc.handle([msg(s, e, 3 + n) for n, e in enumerate([*clicks, bought])])
+    log = proc.profiles["bob"]["exposures"]
+    hit = next(e for e in log if e[0] == shown[0])
+    assert hit[6] and hit[7] and hit[8] == ["b"]  # clicked, converted, the clicked item
+    labels = {"variant": "blend", "strategy": "blend"}
+    assert value(reg, "feedback_attributed_purchases_total", **labels) == 1
+    # Once for the attributions, once more if the batch published bob a new list.
+    assert len(calls) == 1 + any(e[0] != shown[0] for e in log[log.index(hit) + 1:])
+
+
 def test_a_batch_in_slices_pauses_between_events_and_gives_what_handle_gives() -> None:
     # A slice budget far below one event's work: a pause after every event.
     events = [purchase(f"e{i}", f"u{i % 7}", f"i{i % 11}") for i in range(60)]
