@@ -129,9 +129,14 @@ class Settings:
     # Event ids remembered per user for de-duplication.
     dedup_window: int = 128
     # A batch of input events is handed to the processor once it holds 500 or
-    # after this wait: the latency a partial batch adds (0.05 before the debounce
-    # below; docs/performance.md has both).
-    batch_max_wait_seconds: float = 0.02
+    # after this wait: the latency a partial batch adds (docs/performance.md,
+    # "The fixed waits": this, the fetch wait and the debounce measured together).
+    batch_max_wait_seconds: float = 0.01
+    # How long the worker's consumer lets the broker hold an empty fetch. Kafka
+    # answers as soon as data arrives, the embedded broker (Tansu) only at the
+    # end of the wait: there it is the latency an event waits to be read, and
+    # shorter waits cost idle fetches.
+    fetch_max_wait_seconds: float = 0.02
     # The worker processes a batch in slices of about this long, each ending
     # between two events, and lets its event loop run in between: an HTTP pull
     # (GET /recommendations) waits for one slice, not for a whole batch.
@@ -144,7 +149,7 @@ class Settings:
     # at the end of the first batch without a new trigger of theirs, or this long
     # after the last one when no batch comes first; 0: at the end of each batch
     # (then shorter batch waits mean more rankings).
-    recommend_debounce_seconds: float = 0.1
+    recommend_debounce_seconds: float = 0.05
     # ...and at the latest this long after the first trigger it answers.
     recommend_max_delay_seconds: float = 0.5
     checkpoint_interval_seconds: float = 30.0
@@ -270,6 +275,8 @@ class Settings:
              "FEEDBACK_STOP_TIMEOUT_SECONDS must be >= 1 and <= 300"),
             (0 < self.batch_max_wait_seconds <= 5,
              "FEEDBACK_BATCH_MAX_WAIT_SECONDS must be > 0 and <= 5"),
+            (0.001 <= self.fetch_max_wait_seconds <= 5,
+             "FEEDBACK_FETCH_MAX_WAIT_SECONDS must be >= 0.001 and <= 5"),
             (0 < self.batch_slice_seconds <= 1,
              "FEEDBACK_BATCH_SLICE_SECONDS must be > 0 and <= 1"),
             (0 <= self.loop_stall_log_seconds <= 60,

@@ -6,7 +6,8 @@ loop's lag (how late a short sleep wakes up) is the histogram
 ``feedback_event_loop_lag_seconds``. With ``FEEDBACK_LOOP_STALL_LOG_SECONDS``
 set, a thread also watches the loop's heartbeat and, when the loop has had no
 turn for that long, logs the stack the loop is running (once per stall): the
-place to cut the work in slices.
+place to cut the work in slices; the heartbeat then logs how long the stall
+lasted in all, once the loop wakes it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ class LoopWatch:
                 start = self.last = time.monotonic()
                 await asyncio.sleep(self.beat)
                 now = self.last = time.monotonic()
-                self.lag.observe(max(0.0, now - start - self.beat))
+                late = max(0.0, now - start - self.beat)
+                self.lag.observe(late)
+                if 0 < self.stall_log_seconds <= late:
+                    # The watcher logged the stack at the stall's start; its length
+                    # is known only now.
+                    log.warning("event loop stall over: no turn for %.3f s", late)
         finally:
             self._stop.set()
 

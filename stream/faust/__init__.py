@@ -25,10 +25,19 @@ from stream.commit_guard import CommitGuard
 from stream.faust.consumer import Consumer
 from stream.faust.offset_trace import OffsetTrace
 from stream.faust.recovery import ChangelogRecovery, GuardedTableManager, Producer
-from stream.faust.table_store import TableStore, write_as, write_through
+from stream.faust.table_store import (
+    TableStore,
+    acknowledged,
+    send_through,
+    write_as,
+    write_through,
+)
 from stream.settings import Settings
 
-__all__ = ["OffsetTrace", "TableStore", "create_app", "write_as", "write_through"]
+__all__ = [
+    "OffsetTrace", "TableStore", "acknowledged", "create_app", "send_through", "write_as",
+    "write_through",
+]
 
 
 def create_app(
@@ -49,7 +58,10 @@ def create_app(
     app = faust.App(settings.app_id, **options)
     # Faust builds the consumer itself: the app's own subclass carries its guard and trace.
     app.transport.Consumer = type(  # type: ignore[misc]
-        "Consumer", (Consumer,), {"commit_guard": commit_guard, "offset_trace": trace}
+        "Consumer", (Consumer,), {
+            "commit_guard": commit_guard, "offset_trace": trace,
+            "fetch_max_wait_ms": max(1, round(settings.fetch_max_wait_seconds * 1000)),
+        }
     )
     if settings.recovery_guards:
         app.transport.Producer = Producer  # type: ignore[misc]

@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 # Faust hard-codes the consumer's fetch_max_wait_ms=1500. Kafka answers a waiting
 # fetch as soon as data arrives, but the embedded broker (Tansu) waits it out,
 # which adds about half a second to the median event-to-recommendation latency.
-# A short wait only costs idle fetch requests, on any broker.
-FETCH_MAX_WAIT_MS = 100
+# A short wait only costs idle fetch requests, on any broker. The worker's is
+# Settings.fetch_max_wait_seconds (this is its default).
+FETCH_MAX_WAIT_MS = 20
 
 if TYPE_CHECKING:
     _ConsumerBase = aiokafka_driver.Consumer
@@ -38,11 +39,12 @@ else:
 
 class ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
-        """faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500``: use
-        :data:`FETCH_MAX_WAIT_MS` (measurements in docs/performance.md)."""
+        """faust-streaming 0.15.3 hard-codes ``fetch_max_wait_ms=1500``: use the
+        consumer's ``fetch_max_wait_ms`` (measurements in docs/performance.md)."""
         consumer = super()._create_worker_consumer(transport)
         # Read by aiokafka when the consumer starts and builds its fetcher.
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        consumer._fetch_max_wait_ms = getattr(self.consumer, "fetch_max_wait_ms",
+                                              FETCH_MAX_WAIT_MS)
         return consumer
 
 
@@ -63,6 +65,7 @@ class ConsumerFixes(_ConsumerBase):
 
     commit_guard: ClassVar[CommitGuard | None] = None
     offset_trace: ClassVar[OffsetTrace | None] = None
+    fetch_max_wait_ms: ClassVar[int] = FETCH_MAX_WAIT_MS
 
     # -- Records of paused partitions fetched and thrown away ------------------
 

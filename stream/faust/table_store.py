@@ -52,8 +52,14 @@ async def write_through(table: Any, writes: Sequence[tuple[str, Any, int]]) -> N
     whenever the owners had work, and the buffer drained slower than they wrote.
     The records and their bytes are those Faust would have sent.
     """
+    await acknowledged(table, await send_through(table, writes))
+
+
+async def send_through(table: Any, writes: Sequence[tuple[str, Any, int]]) -> list[Any]:
+    """:func:`write_through` up to the broker's acknowledgements: the futures
+    to pass to :func:`acknowledged`."""
     if not writes:
-        return
+        return []
     topic = table.changelog_topic
     name = topic.get_topic_name()
     send = table.app.producer.send
@@ -71,6 +77,14 @@ async def write_through(table: Any, writes: Sequence[tuple[str, Any, int]]) -> N
         finally:
             _current_event.reset(token)
         futures.append(await send(name, raw_key, raw_value, partition, None, None))
+    return futures
+
+
+async def acknowledged(table: Any, futures: Sequence[Any]) -> None:
+    """Wait for the broker's acknowledgement of records :func:`send_through` sent."""
+    if not futures:
+        return
+    store = table.data
     for meta in await asyncio.gather(*futures):
         # What Faust's own send callback records (a RocksDB store resumes from it).
         store.set_persisted_offset(TP(meta.topic, meta.partition), meta.offset)

@@ -173,3 +173,25 @@ def test_the_producer_sends_many_item_models_per_partition_per_request(tmp_path:
     state.apply(entries, ItemParams(), "x")
     model = encode_model(state.published(0.0, ItemParams()))
     assert fa.app.conf.producer_max_batch_size >= 50 * len(model)
+
+
+def test_the_fetch_wait_is_a_setting_the_worker_consumer_gets(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from faust.transport.drivers import aiokafka as aiokafka_driver
+
+    from stream.faust.consumer import ConsumerThread
+
+    settings = Settings.from_env(
+        {"FEEDBACK_FETCH_MAX_WAIT_SECONDS": "0.02", "FEEDBACK_STATE_DIR": str(tmp_path)}
+    )
+    fa = build_app(settings, engine=FeedbackEngine(), registry=CollectorRegistry())
+    consumer_class = fa.app.transport.Consumer
+    # Faust's own builder hard-codes 1,500 ms.
+    monkeypatch.setattr(aiokafka_driver.AIOKafkaConsumerThread, "_create_worker_consumer",
+                        lambda self, transport: SimpleNamespace(_fetch_max_wait_ms=1500))
+    thread = ConsumerThread.__new__(ConsumerThread)
+    thread.consumer = consumer_class.__new__(consumer_class)
+    assert thread._create_worker_consumer(None)._fetch_max_wait_ms == 20

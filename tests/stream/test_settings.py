@@ -58,3 +58,9 @@ def test_the_neighbour_release_delta_is_read_and_checked() -> None:
 def test_the_table_standbys_are_bounded(raw: str) -> None:
     with pytest.raises(SettingsError, match="FEEDBACK_TABLE_STANDBY_REPLICAS must be >= 0"):
         Settings.from_env({"FEEDBACK_TABLE_STANDBY_REPLICAS": raw})
+
+
+@pytest.mark.parametrize("raw", ["0", "6", "soon"])
+def test_the_fetch_wait_is_validated(raw: str) -> None:
+    with pytest.raises(SettingsError, match="FEEDBACK_FETCH_MAX_WAIT_SECONDS"):
+        Settings.from_env({"FEEDBACK_FETCH_MAX_WAIT_SECONDS": raw})

@@ -319,7 +319,7 @@ async def test_a_write_in_progress_does_not_release_the_messages_of_a_revoked_pa
     monkeypatch.setattr(sharing_module, "WRITE_CHUNK", 1)
     rebalanced = False
 
-    async def write_through(_: Any, writes: list) -> None:
+    async def send_through(_: Any, writes: list) -> list:
         nonlocal rebalanced
         if not rebalanced:  # during the first chunk's send
             rebalanced = True
@@ -329,8 +329,9 @@ async def test_a_write_in_progress_does_not_release_the_messages_of_a_revoked_pa
             read(0, mine, ours)  # given back: the same message read and held again
         for key, record, _partition in writes:
             table[key] = record
+        return []
 
-    monkeypatch.setattr(sharing_module, "write_through", write_through)
+    monkeypatch.setattr(sharing_module, "send_through", send_through)
     await sh.write_period(table, guard, lambda: False)
     assert guard.committable(("items", mine), None) is None  # held for the next write
     assert guard.committable(("items", other), None) == 1  # not revoked: released
@@ -373,3 +374,171 @@ def test_a_replica_applies_a_large_fetch_in_slices_letting_the_loop_run() -> Non
     assert engine.catalogue.ids == [f"i{k}" for k in range(n)]
     between = sorted(set(seen) - {0})
     assert between == [READ_SLICE, 2 * READ_SLICE, 3 * READ_SLICE]
+
+
+def sliced_sharing() -> Sharing:
+    """A Sharing whose sliced work pauses after every item (a 1 us budget)."""
+    engine = FeedbackEngine()
+    return Sharing(Settings.from_env({"FEEDBACK_BATCH_SLICE_SECONDS": "0.000001"}), engine,
+                   Metrics(CollectorRegistry()), ItemParams.of(engine.config),
+                   worker_id="http://w1:6066")
+
+
+def owner_events(items: list[str], partitions: int) -> list[SimpleNamespace]:
+    """One item-updates event per partition, as the owner's agent takes them."""
+    by_partition: dict[int, dict] = {}
+    for i in items:
+        by_partition.setdefault(partition_of(i, partitions), {})[i] = [["c:0", 1, ["p", 1.0, 0.0]]]
+    return [SimpleNamespace(value=encode_updates(u),
+                            message=SimpleNamespace(topic="items", partition=q, offset=0))
+            for q, u in sorted(by_partition.items())]
+
+
+async def test_the_owner_applies_a_batch_in_slices_letting_the_loop_run() -> None:
+    """The owner's batch (a backlog's held the loop for 0.1-0.4 s) gives the loop
+    a turn between items, and applies exactly what the batch applied at once."""
+    import asyncio
+
+    from stream.commit_guard import CommitGuard
+
+    sh = sliced_sharing()
+    p = sh.settings.partitions
+    items = [f"i{k}" for k in range(30)]
+    events = owner_events(items, p)
+    turns: list[int] = []
+
+    async def other_task() -> None:
+        while True:
+            turns.append(len(sh.states))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    guard = CommitGuard(["items"])
+    assert await sh.hold_and_apply({}, events, guard) == (30, 0)
+    watcher.cancel()
+    # The other task ran while the items were being applied, not only around it.
+    assert len({n for n in turns if 0 < n < len(items)}) >= 10, turns
+    at_once = sharing()
+    at_once.apply_batch({}, [(e.value, e) for e in events], None)
+    assert list(sh.dirty) == list(at_once.dirty)
+    assert {i: s.changelog(i) for i, s in sh.states.items()} == {
+        i: s.changelog(i) for i, s in at_once.states.items()}
+    assert [m.partition for m in sh.owed] == [e.message.partition for e in events]
+    assert all(guard.committable(("items", q), None) is None for q in range(p))  # held
+
+
+async def test_a_partition_revoked_during_a_sliced_apply_is_left_to_its_next_owner() -> None:
+    import asyncio
+
+    from stream.commit_guard import CommitGuard
+
+    sh = sliced_sharing()
+    p = sh.settings.partitions
+    items = [f"i{k}" for k in range(40)]
+    events = owner_events(items, p)
+    gone = events[-1].message.partition  # applied last: revoked before it starts
+    guard = CommitGuard(["items"])
+
+    async def rebalance() -> None:
+        while len(sh.states) < 3:
+            await asyncio.sleep(0)
+        sh.forget({gone})
+        guard.forget([("items", gone)])
+
+    revoker = asyncio.create_task(rebalance())
+    await sh.hold_and_apply({}, events, guard)
+    await revoker
+    kept = {i for i in items if partition_of(i, p) != gone}
+    assert set(sh.dirty) == set(sh.fresh) == set(sh.states) == kept
+    assert gone not in {m.partition for m in sh.owed}
+
+
+async def test_the_periods_due_models_are_computed_in_slices() -> None:
+    import asyncio
+
+    sh = sliced_sharing()
+    p = sh.settings.partitions
+    items = [f"i{k}" for k in range(30)]
+    table: dict = {}
+    sh.apply_batch(table, [(e.value, e) for e in owner_events(items, p)], None)
+    at_once = sliced_sharing()
+    at_once.apply_batch(table, [(e.value, e) for e in owner_events(items, p)], None)
+    owned = set(range(p))
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    from stream.processor import run_async
+
+    watcher = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    models = await run_async(sh.due_models_in_slices(table, owned, now=5.0))
+    watcher.cancel()
+    assert turns >= 10
+    assert models == at_once.due_models(table, owned, now=5.0) and len(models) == 30
+
+    # A partition revoked during a pause: its items are not published.
+    sh.fresh.update(items)
+    sh.shown.clear()
+    gone = partition_of(items[-1], p)
+
+    async def rebalance() -> None:
+        await asyncio.sleep(0)
+        sh.forget({gone})
+
+    revoker = asyncio.create_task(rebalance())
+    models = await run_async(sh.due_models_in_slices(table, owned, now=6.0))
+    await revoker
+    assert {k.decode() for k, _ in models} <= {i for i in items if partition_of(i, p) != gone}
+    assert models  # the pause came after some were computed
+
+
+async def test_the_periods_write_lets_the_loop_run_between_slices(monkeypatch: Any) -> None:
+    """The period's changelog records are taken, encoded and sent a few items at
+    a time, the event loop's turn between two; all are acknowledged before the
+    messages they cover are released."""
+    import asyncio
+
+    import stream.sharing as sharing_module
+    from stream.commit_guard import CommitGuard
+
+    sh = sliced_sharing()
+    p = sh.settings.partitions
+    items = [f"i{k}" for k in range(60)]
+    guard = CommitGuard(["items"])
+    await sh.hold_and_apply({}, owner_events(items, p), guard)
+    table: dict = {}
+    sent: list[int] = []
+    acked: list[int] = []
+    turns: list[int] = []
+
+    async def send_through(_: Any, writes: list) -> list:
+        for key, record, _partition in writes:
+            table[key] = record
+        sent.append(len(writes))
+        return [len(writes)]
+
+    async def acknowledged(_: Any, futures: list) -> None:
+        acked.append(sum(futures))
+
+    async def other_task() -> None:
+        while True:
+            turns.append(len(table))
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(sharing_module, "send_through", send_through)
+    monkeypatch.setattr(sharing_module, "acknowledged", acknowledged)
+    watcher = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    await sh.write_period(table, guard, lambda: False)
+    watcher.cancel()
+    assert set(table) == set(items) and sh.dirty == {}
+    assert max(sent) <= sharing_module.WRITE_SLICE
+    assert acked == [sharing_module.WRITE_CHUNK, len(items) - sharing_module.WRITE_CHUNK]
+    assert len({n for n in turns if 0 < n < len(items)}) >= 5, turns
+    assert all(guard.committable(("items", q), None) == 1 for q in range(p))

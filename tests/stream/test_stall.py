@@ -45,6 +45,10 @@ def test_lag_is_how_late_the_heartbeat_woke(caplog: pytest.LogCaptureFixture) ->
     # stall, logged as such): the one made here is logged exactly once.
     stalls = [r.getMessage() for r in caplog.records]
     assert sum("block_the_loop" in m for m in stalls) == 1, stalls
+    # Its whole length is logged when the loop gets its turn back.
+    over = [float(r.getMessage().split()[-2]) for r in caplog.records
+            if "stall over" in r.getMessage()]
+    assert any(0.35 <= s < 1.0 for s in over), over
 
 
 def test_no_stack_while_the_loop_turns() -> None:

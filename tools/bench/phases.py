@@ -23,6 +23,7 @@ from stream.settings import Settings
 from tools.bench.processes import (
     SAMPLE_SECONDS,
     WorkerProcess,
+    cpu_seconds,
     log,
     rss_now,
     rss_peak,
@@ -227,6 +228,9 @@ def latency(b: Bench) -> None:
             ),
         )
 
+    # What the worker's waits cost at a live rate (idle fetches and polls
+    # included), which the throughput phase's backlog does not show.
+    cpu0, t0 = [cpu_seconds(w.proc.pid) or 0.0 for w in b.workers], time.monotonic()
     lat, pulls = asyncio.run(both())
     report["pull_requests_per_second"] = args.pull_rate
     report["pull_samples"] = len(pulls["latencies"])
@@ -234,6 +238,9 @@ def latency(b: Bench) -> None:
     for p in (50, 99):
         report[f"pull_latency_p{p}_seconds"] = rounded(percentile(pulls["latencies"], p), 4)
     wait_counts(b.workers, n + m, 10.0)
+    used = sum((cpu_seconds(w.proc.pid) or 0.0) - c for w, c in zip(b.workers, cpu0, strict=True))
+    report["latency_worker_cpu_cores"] = rounded(used / (time.monotonic() - t0), 3)
+    report["latency_worker_cpu_ms_per_event"] = rounded(1000 * used / m, 3) if m else None
     report["latency_offered_events_per_second"] = rounded(offered, 1)
     report["latency_samples"] = len(lat)
     for p in (50, 95, 99):
