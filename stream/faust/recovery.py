@@ -177,7 +177,8 @@ class FlushingProducerBuffer(ProducerBuffer):
                 await self._idle.wait()
             if not warned and loop.time() - started > 10:
                 warned = True
-                log.warning("producer flush: %d messages still queued after 10 s", self.size)
+                log.warning("producer flush: %d messages still queued, %d being handed "
+                            "to aiokafka, after 10 s", self.size, self.in_flight)
 
 
 class Producer(aiokafka_driver.Producer):
