@@ -4,6 +4,7 @@ without a broker; tests/integration/test_reliability_*.py run them for real."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -318,3 +319,22 @@ def test_a_changelog_partition_without_a_start_offset_is_read_from_the_start(
     asyncio.run(recovery._seek_offsets(consumer, {known, unknown, below}, offsets, "standby"))
     assert consumer.seeks == {known: 41, unknown: 0, below: 0}
     assert offsets[unknown] == -1  # as Faust records "nothing read yet"
+
+
+def test_only_a_missing_or_impossible_start_offset_is_reset_and_logged(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from faust.types import TP
+
+    app, _, _ = app_for(True, tmp_path)
+    recovery = app.tables.recovery
+    unknown, nothing_read, first, below = (TP("cl", p) for p in range(4))
+    offsets: dict[Any, Any] = {unknown: None, nothing_read: -1, first: 0, below: -2}
+    consumer = Seeks()
+    with caplog.at_level(logging.WARNING, logger="stream.faust.recovery"):
+        asyncio.run(recovery._seek_offsets(consumer, list(offsets), offsets, "active"))
+    assert offsets == {unknown: -1, nothing_read: -1, first: 0, below: -1}
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        "active changelog cl[0]: no start offset (None); reading from the start",
+        "active changelog cl[3]: no start offset (-2); reading from the start",
+    ]
