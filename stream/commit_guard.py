@@ -27,8 +27,8 @@ which the lag gauge shows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class Located(Protocol):
     def partition(self) -> int: ...
     @property
     def offset(self) -> int: ...
+
+
+L = TypeVar("L", bound=Located)
 
 
 class Offset(NamedTuple):
@@ -72,6 +75,11 @@ class CommitGuard:
         self._committed: dict[Partition, int] = {}
         # Unprocessed offsets a commit stopped at (warned about once each).
         self._stopped_at: set[tuple[str, int, int]] = set()
+        # Per partition, an offset below which every one is processed, held or
+        # committed (where in_order's scan resumes), and the hole in_order last
+        # asked to read again.
+        self._frontier: dict[Partition, int] = {}
+        self._rewound: dict[Partition, int] = {}
         self.refused = 0  # acks of unprocessed input events, for the logs and tests
 
     def guards(self, topic: str) -> bool:
@@ -112,6 +120,76 @@ class CommitGuard:
         for tp in partitions:
             for offset in self._owed.pop(tp, ()):
                 self._acked_owed.discard((tp[0], tp[1], offset))
+            self._frontier.pop(tp, None)  # its held offsets are holes again
+            self._rewound.pop(tp, None)
+
+    def in_order(self, messages: Sequence[L], committed: Callable[[Partition], int | None]
+                 ) -> tuple[list[L], dict[Partition, int]]:
+        """``messages`` without those that would be processed past an unprocessed
+        offset of their partition, and the first such offset (the *hole*) of each
+        partition to read again from; a hole already returned once is not
+        returned again until the partition is forgotten.
+
+        Faust can lose a delivered record around a rebalance (its ack is then
+        refused, and the commits stop there), while the records after it reach
+        the agent. Processed then, they would be learned before the lost one,
+        which is read again only after the partition's next seek: the item
+        owners keep per item and source partition the highest offset applied
+        (models/item_state.py), so the late record's item increments would be
+        skipped as already applied. ``committed(tp)`` is Faust's committed
+        offset of ``tp`` (None if unknown); with none known here either, a
+        partition's first message sets where its run starts.
+        """
+        if not self.enabled:
+            return list(messages), {}
+        kept: list[L] = []
+        holes: dict[Partition, int] = {}
+        expect: dict[Partition, int | None] = {}
+        for m in messages:
+            key = (m.topic, m.partition)
+            if m.topic not in self.input_topics:
+                kept.append(m)
+                continue
+            if key in holes:
+                continue
+            if key not in expect:
+                expect[key] = self._next_unprocessed(key, committed(key))
+            nxt = expect[key]
+            if nxt is not None and m.offset > nxt:
+                if self._rewound.get(key) != nxt:
+                    self._rewound[key] = nxt
+                    holes[key] = nxt
+                    log.info("offset %d of %s[%d] not processed: reading from it again "
+                             "before %d", nxt, m.topic, m.partition, m.offset)
+                else:
+                    holes[key] = -1  # still waiting for the hole read again
+                continue
+            kept.append(m)
+            expect[key] = m.offset + 1 if nxt is None else max(nxt, m.offset + 1)
+        return kept, {k: o for k, o in holes.items() if o >= 0}
+
+    def absent(self, tp: Partition, first: int, end: int) -> None:
+        """Offsets ``first`` to ``end - 1`` of ``tp`` hold no record (a fetch
+        from ``first`` returned ``end`` first): nothing to process there."""
+        if not self.enabled or end <= first:
+            return
+        self._processed.setdefault((tp[0], tp[1]), set()).update(range(first, end))
+
+    def _next_unprocessed(self, key: Partition, committed: int | None) -> int | None:
+        """The first offset of ``key`` from the committed one neither processed
+        nor held (None: no committed offset and nothing processed known)."""
+        processed = self._processed.get(key, set())
+        owed = self._owed.get(key, set())
+        known = max(committed or 0, self._committed.get(key, 0))
+        if not known:
+            if not processed and not owed:
+                return None
+            known = min(min(processed, default=1 << 62), min(owed, default=1 << 62))
+        n = max(known, self._frontier.get(key, 0))
+        while n in processed or n in owed:
+            n += 1
+        self._frontier[key] = n
+        return n
 
     def take_done(self, topic: str, partition: int, offset: int) -> bool:
         """Faust acks a guarded message: True if it was processed and published

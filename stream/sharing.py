@@ -43,7 +43,7 @@ from models.engine import FeedbackEngine
 from models.item_state import ItemParams, ItemState, is_snapshot_key
 from models.item_updates import decode_model, decode_updates, encode_model, partition_of
 from stream.commit_guard import CommitGuard
-from stream.faust import acknowledged, send_through, write_through
+from stream.faust import acknowledged, in_order, send_through, write_through
 from stream.kafka import client_kwargs
 from stream.metrics import Metrics
 from stream.processor import Slices, run, run_async
@@ -476,7 +476,11 @@ def register(app: faust.App, settings: Settings, engine: FeedbackEngine, metrics
                                                within=settings.batch_max_wait_seconds):
             if coalesce:
                 assert guard is not None
-                await sharing.hold_and_apply(table, events, guard)
+                # In offset order, as the user side: an item's watermark per
+                # source skips what comes after it.
+                events = in_order(app, events)
+                if events:
+                    await sharing.hold_and_apply(table, events, guard)
             else:
                 await sharing.own(table, events)
 

@@ -17,12 +17,13 @@ docs/faust-sigterm-offset-race.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import faust
 
 from stream.commit_guard import CommitGuard
-from stream.faust.consumer import Consumer
+from stream.faust.consumer import Consumer, ConsumerFixes
 from stream.faust.offset_trace import OffsetTrace
 from stream.faust.recovery import ChangelogRecovery, GuardedTableManager, Producer
 from stream.faust.table_store import (
@@ -35,9 +36,19 @@ from stream.faust.table_store import (
 from stream.settings import Settings
 
 __all__ = [
-    "OffsetTrace", "TableStore", "acknowledged", "create_app", "send_through", "write_as",
-    "write_through",
+    "OffsetTrace", "TableStore", "acknowledged", "create_app", "in_order", "send_through",
+    "write_as", "write_through",
 ]
+
+
+def in_order(app: faust.App, events: Sequence[Any]) -> list[Any]:
+    """The agent's ``events`` without those past a record of their partition
+    that Faust lost, which is read again first
+    (:meth:`stream.faust.consumer.ConsumerFixes.in_order`)."""
+    consumer = app.consumer
+    if isinstance(consumer, ConsumerFixes):
+        return consumer.in_order(events)
+    return list(events)
 
 
 def create_app(

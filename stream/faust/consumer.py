@@ -13,9 +13,10 @@ that each corrected behaviour is still there (each docstring says which one).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
@@ -81,6 +82,7 @@ class ConsumerFixes(_ConsumerBase):
         (docs/faust-rebalance-record-loss.md, defect 1).
         """
         asked = frozenset(active_partitions) if active_partitions is not None else None
+        await self._rewind_now()
         if active_partitions is None:  # client-only apps: every partition, as Faust means
             records = await super()._getmany(None, timeout)
         else:
@@ -88,7 +90,75 @@ class ConsumerFixes(_ConsumerBase):
             records = await super()._getmany(requested, timeout) if requested else {}
         if self.offset_trace is not None:
             self.offset_trace.fetched(records, asked, active_partitions)
+        self._rewound_fetch(records)
         return records
+
+    # -- Records processed out of order ----------------------------------------
+
+    def in_order(self, events: Sequence[Any]) -> list[Any]:
+        """The agent's ``events`` it may process now: none of a guarded partition
+        past a record Faust lost (:meth:`CommitGuard.in_order`); such a partition
+        is read again from its hole, before the next fetch (:meth:`rewind`). Its
+        events left out are acked by Faust and refused by the guard."""
+        guard = self.commit_guard
+        if guard is None or not guard.enabled:
+            return list(events)
+        by_message = {id(e.message): e for e in events}
+        kept, holes = guard.in_order(
+            [e.message for e in events],
+            lambda tp: self._committed_offset.get(TP(tp[0], tp[1])),
+        )
+        if holes:
+            self.rewind({TP(t, p): o for (t, p), o in holes.items()})
+        return [by_message[id(m)] for m in kept]
+
+    def rewind(self, offsets: Mapping[TP, int]) -> None:
+        """Read each partition again from its offset, from the next fetch on.
+
+        Not at once: Faust's fetch loop may be delivering an earlier fetch's
+        records, and each sets its read offset, below which it drops records;
+        :meth:`_getmany` starts each fetch, once the previous one's records are
+        all delivered, so the seek is done there.
+        """
+        pending = self.__dict__.setdefault("_rewinds", {})
+        for tp, offset in offsets.items():
+            pending[tp] = min(offset, pending.get(tp, offset))
+
+    async def _rewind_now(self) -> None:
+        pending: dict[TP, int] = self.__dict__.pop("_rewinds", {})
+        if not pending:
+            return
+        assigned = self.assignment()
+        checks = self.__dict__.setdefault("_rewound", {})
+        for tp, offset in pending.items():
+            if tp not in assigned:
+                continue  # revoked meanwhile: its next owner starts at its committed offset
+            try:
+                # In the consumer's thread, and Faust's read offset set to it:
+                # its fetch loop delivers the records from this offset on.
+                await self._thread.seek_wait({tp: offset})
+            except IllegalStateError:
+                continue  # revoked since assignment() was read
+            except TimeoutError:
+                pass  # seeked; only the position's confirmation timed out
+            checks[tp] = offset
+            log.info("reading %s[%d] again from %d", tp.topic, tp.partition, offset)
+
+    def _rewound_fetch(self, records: Mapping[TP, Any]) -> None:
+        """The first records of a rewound partition start past its offset: those
+        offsets hold no record (deleted, compacted, a transaction marker), and
+        the guard counts them as processed rather than wait for them.
+
+        aiokafka discards a fetch made before the seek, so the first records
+        returned after it start at the first offset that holds one.
+        """
+        checks: dict[TP, int] = self.__dict__.get("_rewound", {})
+        guard = self.commit_guard
+        for tp in [tp for tp in checks if records.get(tp)]:
+            offset, first = checks.pop(tp), records[tp][0].offset
+            if first > offset and guard is not None:
+                log.info("%s[%d] %d-%d: no records", tp.topic, tp.partition, offset, first - 1)
+                guard.absent((tp.topic, tp.partition), offset, first)
 
     async def seek_to_committed(self) -> Any:
         """Seek input partitions nobody has committed yet to their beginning.

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -210,3 +212,73 @@ def test_a_revoked_partitions_commit_without_a_committed_offset_stops_at_the_hol
     assert guard.committable(TP0, None) is None
     guard.done(run(348, 356))  # read again after the next seek
     assert guard.cap(TP0, 711, None) == 711
+
+
+def committed_at(offset: int | None) -> Callable[[Any], int | None]:
+    return lambda tp: offset
+
+
+def test_in_order_keeps_nothing_past_a_record_faust_lost() -> None:
+    # Traced in the three-worker restart test (clicks[5]): committed at 634,
+    # Faust delivered 634 and lost 635 around the rebalance's seek (its ack
+    # refused), then delivered 636 on; processed, 636-965 reached the item owners
+    # before 635, read again after the next rebalance, whose click the owner of
+    # sku-001 then skipped as applied.
+    guard = CommitGuard([TOPIC])
+    kept, holes = guard.in_order(run(634, 634), committed_at(634))
+    assert [m.offset for m in kept] == [634] and holes == {}
+    guard.done(kept)
+    guard.refuse(TOPIC, 0, 635)
+    kept, holes = guard.in_order(run(636, 640), committed_at(634))
+    assert kept == [] and holes == {TP0: 635}
+    # The records still queued after the seek: skipped, without a second seek.
+    kept, holes = guard.in_order(run(641, 642), committed_at(634))
+    assert kept == [] and holes == {}
+    kept, holes = guard.in_order(run(635, 637), committed_at(634))
+    assert [m.offset for m in kept] == [635, 636, 637] and holes == {}
+
+
+def test_in_order_counts_held_and_replayed_offsets_as_processed() -> None:
+    guard = CommitGuard([TOPIC])
+    guard.hold(run(10, 10))  # a debounced recommendation's trigger
+    guard.done(run(10, 12))
+    kept, holes = guard.in_order([*run(11, 12), *run(13, 14)], committed_at(10))
+    assert [m.offset for m in kept] == [11, 12, 13, 14] and holes == {}
+    guard.done(kept)
+    assert guard.cap(TP0, 15, 10) is None  # 10 still held: nothing committed
+    kept, holes = guard.in_order(run(15, 15), committed_at(10))
+    assert [m.offset for m in kept] == [15]
+
+
+def test_in_order_without_a_known_start_takes_the_first_offset_it_sees() -> None:
+    guard = CommitGuard([TOPIC])
+    kept, holes = guard.in_order([*run(5, 6), *run(8, 9)], committed_at(None))
+    assert [m.offset for m in kept] == [5, 6] and holes == {TP0: 7}
+    kept, holes = guard.in_order(run(3, 3), committed_at(None))
+    assert [m.offset for m in kept] == [3]  # below the run: a replay, in order
+
+
+def test_in_order_leaves_other_topics_and_a_disabled_guard_alone() -> None:
+    guard = CommitGuard([TOPIC])
+    other = [Offset("in.other", 0, 7)]
+    assert guard.in_order(other, committed_at(0)) == (other, {})
+    off = CommitGuard([TOPIC], enabled=False)
+    assert off.in_order(run(5, 5), committed_at(0)) == (run(5, 5), {})
+
+
+def test_a_forgotten_partitions_hole_is_reported_again() -> None:
+    guard = CommitGuard([TOPIC])
+    assert guard.in_order(run(3, 3), committed_at(1))[1] == {TP0: 1}
+    assert guard.in_order(run(3, 3), committed_at(1))[1] == {}
+    guard.forget([TP0])
+    assert guard.in_order(run(3, 3), committed_at(1))[1] == {TP0: 1}
+
+
+def test_absent_offsets_hold_no_hole() -> None:
+    guard = CommitGuard([TOPIC])
+    assert guard.in_order(run(4, 4), committed_at(2))[1] == {TP0: 2}
+    guard.absent(TP0, 2, 4)  # the fetch from 2 began at 4
+    kept, holes = guard.in_order(run(4, 4), committed_at(2))
+    assert [m.offset for m in kept] == [4] and holes == {}
+    guard.done(kept)
+    assert guard.cap(TP0, 5, 2) == 5
