@@ -27,6 +27,7 @@ which the lag gauge shows.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -55,6 +56,11 @@ class Offset(NamedTuple):
     offset: int
 
 
+#: How long :meth:`CommitGuard.in_order` waits for a hole read again before it
+#: asks for it once more (should the record be lost a second time).
+REWIND_AGAIN_SECONDS = 10.0
+
+
 class CommitGuard:
     """The bookkeeping of processed, held and released input offsets."""
 
@@ -79,7 +85,7 @@ class CommitGuard:
         # committed (where in_order's scan resumes), and the hole in_order last
         # asked to read again.
         self._frontier: dict[Partition, int] = {}
-        self._rewound: dict[Partition, int] = {}
+        self._rewound: dict[Partition, tuple[int, float]] = {}
         self.refused = 0  # acks of unprocessed input events, for the logs and tests
 
     def guards(self, topic: str) -> bool:
@@ -127,8 +133,10 @@ class CommitGuard:
                  ) -> tuple[list[L], dict[Partition, int]]:
         """``messages`` without those that would be processed past an unprocessed
         offset of their partition, and the first such offset (the *hole*) of each
-        partition to read again from; a hole already returned once is not
-        returned again until the partition is forgotten.
+        partition to read again from; a hole already returned is returned
+        again only once the partition is forgotten, or after
+        :data:`REWIND_AGAIN_SECONDS` (the records still queued when it was
+        returned follow it, and are dropped without a seek each).
 
         Faust can lose a delivered record around a rebalance (its ack is then
         refused, and the commits stop there), while the records after it reach
@@ -156,8 +164,10 @@ class CommitGuard:
                 expect[key] = self._next_unprocessed(key, committed(key))
             nxt = expect[key]
             if nxt is not None and m.offset > nxt:
-                if self._rewound.get(key) != nxt:
-                    self._rewound[key] = nxt
+                last = self._rewound.get(key)
+                now = time.monotonic()
+                if last is None or last[0] != nxt or now - last[1] > REWIND_AGAIN_SECONDS:
+                    self._rewound[key] = (nxt, now)
                     holes[key] = nxt
                     log.info("offset %d of %s[%d] not processed: reading from it again "
                              "before %d", nxt, m.topic, m.partition, m.offset)

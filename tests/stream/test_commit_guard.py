@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -282,3 +283,18 @@ def test_absent_offsets_hold_no_hole() -> None:
     assert [m.offset for m in kept] == [4] and holes == {}
     guard.done(kept)
     assert guard.cap(TP0, 5, 2) == 5
+
+
+def test_a_hole_still_missing_after_a_while_is_asked_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import stream.commit_guard as cg
+
+    now = [100.0]
+    monkeypatch.setattr(cg, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    guard = CommitGuard([TOPIC])
+    assert guard.in_order(run(3, 3), committed_at(1))[1] == {TP0: 1}
+    now[0] += cg.REWIND_AGAIN_SECONDS - 1
+    assert guard.in_order(run(4, 4), committed_at(1))[1] == {}
+    now[0] += 2
+    assert guard.in_order(run(5, 5), committed_at(1))[1] == {TP0: 1}
