@@ -57,8 +57,10 @@ class ConsumerFixes(_ConsumerBase):
     :class:`~stream.commit_guard.CommitGuard` decide what is committed for the
     input topics (docs/faust-sigterm-offset-race.md): :meth:`ack`,
     :meth:`_new_offset`, :meth:`_filter_tps_with_pending_acks` and
-    :meth:`_commit_offsets`. With an :class:`OffsetTrace`, the commit, fetch,
-    gap and seek methods also log what they did.
+    :meth:`_commit_offsets`. :meth:`in_order` keeps the agents from processing
+    a partition past a record Faust lost, which :meth:`rewind` reads again.
+    With an :class:`OffsetTrace`, the commit, fetch, gap and seek methods also
+    log what they did.
 
     Faust builds the consumer itself, so the guard and the trace are class
     attributes of the subclass :func:`stream.faust.create_app` installs.
