@@ -4,7 +4,9 @@ A plain class, without Faust: the consumer in :mod:`stream.faust.consumer`
 asks it what to commit, and the agent tells it what was processed and
 published. Partitions are ``(topic, partition)`` pairs (Faust's ``TP`` is one).
 
-The agent calls :meth:`CommitGuard.done` after publishing a batch,
+The agents first keep of each batch what :meth:`CommitGuard.in_order` lets
+through (never past an offset Faust lost). The agent calls
+:meth:`CommitGuard.done` after publishing a batch,
 :meth:`CommitGuard.hold` for the batch's events whose outputs are still owed
 (a debounced recommendation) and :meth:`CommitGuard.release` once those are
 published; :meth:`CommitGuard.forget` drops the held offsets of revoked
