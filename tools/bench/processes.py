@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.settings import Settings
-from tools.bench.stats import per_cpu_second, window
+from tools.bench.stats import per_cpu_second, unchanged_for, window
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_SECONDS = 0.2
@@ -140,6 +140,8 @@ class WorkerProcess:
     # duplicates) by it as an item owner.
     item_updates_sent: list[tuple[float, float]] = field(default_factory=list)
     item_updates_done: list[tuple[float, float]] = field(default_factory=list)
+    # Item models published by this worker as an owner plus those its replica applied.
+    item_models: list[tuple[float, float]] = field(default_factory=list)
     peak_rss: int = 0
     totals: dict[str, float] = field(default_factory=dict)
 
@@ -164,6 +166,10 @@ class WorkerProcess:
         self.item_updates_done.append((t, (
             totals.get("feedback_item_update_entries_applied_total", 0.0)
             + totals.get("feedback_item_update_entries_duplicate_total", 0.0)
+        )))
+        self.item_models.append((t, (
+            totals.get("feedback_item_models_published_total", 0.0)
+            + totals.get("feedback_item_models_applied_total", 0.0)
         )))
         self.totals = totals
         rss = rss_now(self.proc.pid) or 0
@@ -213,6 +219,25 @@ def wait_item_owners(workers: Sequence[WorkerProcess], timeout: float) -> float 
         sent = sum(w.item_updates_sent[-1][1] for w in workers if w.item_updates_sent)
         done = sum(w.item_updates_done[-1][1] for w in workers if w.item_updates_done)
         if done >= sent:
+            return time.monotonic() - start
+        time.sleep(SAMPLE_SECONDS)
+    return None
+
+
+def wait_item_models(workers: Sequence[WorkerProcess], timeout: float,
+                     quiet: float) -> float | None:
+    """Sample every worker until none has published or applied an item model for
+    ``quiet`` seconds (a few item-model periods): the owners' last publications
+    after their catch-up, and the replicas' reading of them (while an owner lags,
+    a replica's chunks re-apply this worker's pending entries: 0.1 s and more of
+    the event loop each), are over. The seconds it took, None past ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        for w in workers:
+            if w.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with code {w.proc.returncode}")
+            w.sample()
+        if all(unchanged_for(w.item_models) >= quiet for w in workers):
             return time.monotonic() - start
         time.sleep(SAMPLE_SECONDS)
     return None
