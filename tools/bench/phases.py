@@ -268,6 +268,10 @@ def latency(b: Bench) -> None:
     live = sorted(x for x in spans if x is not None and x[1] >= first and x[0] <= last)
     during, outside = split_by_spans(timed, live)
     report["latency_checkpoints"] = len(live)
+    # Each recommendation's send time and latency, and the checkpoints: where the
+    # tail sits in the phase (one episode, or spread) is read from here.
+    (b.state / "latency-samples.json").write_bytes(
+        orjson.dumps({"sent_at_and_latency": timed, "checkpoints": live}))
     report["latency_samples_during_checkpoints"] = len(during)
     for name, part in (("during", during), ("outside", outside)):
         report[f"latency_p99_{name}_checkpoints_seconds"] = (
