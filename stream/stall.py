@@ -8,7 +8,9 @@ set, a thread also watches the loop's heartbeat and, when the loop has had no
 turn for that long, logs the stack the loop is running (once per stall): the
 place to cut the work in slices; the heartbeat then logs how long the stall
 lasted in all, once the loop wakes it, and how much CPU time the loop's thread
-used meanwhile (``python -m tools.stall_log`` sums them by place).
+used over it and the heartbeat's sleep before it (so at most ``beat`` seconds of
+other work on top of the stall's; ``python -m tools.stall_log`` sums them by
+place).
 """
 
 from __future__ import annotations
