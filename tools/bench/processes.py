@@ -210,15 +210,24 @@ def wait_item_owners(workers: Sequence[WorkerProcess], timeout: float) -> float 
     """Sample every worker until the item owners have applied every item-update
     entry sent so far (the worker's share of an event's work that trails its
     input); the seconds it took, None past ``timeout``."""
+    def caught_up() -> bool:
+        sent = sum(w.item_updates_sent[-1][1] for w in workers if w.item_updates_sent)
+        done = sum(w.item_updates_done[-1][1] for w in workers if w.item_updates_done)
+        return done >= sent
+
+    return _sample_until(workers, timeout, caught_up)
+
+
+def _sample_until(workers: Sequence[WorkerProcess], timeout: float,
+                  done: Callable[[], bool]) -> float | None:
+    """Sample every worker until ``done()``; the seconds it took, None past ``timeout``."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         for w in workers:
             if w.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with code {w.proc.returncode}")
             w.sample()
-        sent = sum(w.item_updates_sent[-1][1] for w in workers if w.item_updates_sent)
-        done = sum(w.item_updates_done[-1][1] for w in workers if w.item_updates_done)
-        if done >= sent:
+        if done():
             return time.monotonic() - start
         time.sleep(SAMPLE_SECONDS)
     return None
@@ -231,16 +240,8 @@ def wait_item_models(workers: Sequence[WorkerProcess], timeout: float,
     after their catch-up, and the replicas' reading of them (while an owner lags,
     a replica's chunks re-apply this worker's pending entries: 0.1 s and more of
     the event loop each), are over. The seconds it took, None past ``timeout``."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        for w in workers:
-            if w.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with code {w.proc.returncode}")
-            w.sample()
-        if all(unchanged_for(w.item_models) >= quiet for w in workers):
-            return time.monotonic() - start
-        time.sleep(SAMPLE_SECONDS)
-    return None
+    return _sample_until(
+        workers, timeout, lambda: all(unchanged_for(w.item_models) >= quiet for w in workers))
 
 
 def wait_counts(
