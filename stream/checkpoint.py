@@ -28,7 +28,6 @@ Restoring reads a local file only: it never asks the broker for offsets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import importlib.metadata
 import itertools
@@ -142,7 +141,7 @@ def _fork_snapshot(models: Models, tmp: Path) -> int:
         try:
             # Background work: on a busy machine the worker's events go first (a
             # snapshot that takes a core for seconds showed in the latency tail).
-            _background()
+            os.nice(19)
             _write(tmp, dumps(models))
             code = 0
         except BaseException:  # nothing may escape a forked child
@@ -150,20 +149,6 @@ def _fork_snapshot(models: Models, tmp: Path) -> int:
         finally:
             os._exit(code)
     return pid
-
-
-def _background() -> None:
-    """Make this process (the snapshot child) run only on CPU time nothing else wants.
-
-    SCHED_IDLE where Linux has it: a thread of the worker (or of the broker) that
-    wakes preempts it at once and may be placed on its core as on an idle one,
-    where a nice-19 task may first run out its slice (up to a few ms per wake-up
-    of the event loop while the child pickles for seconds). Else nice 19.
-    """
-    os.nice(19)
-    # Not Linux, or not permitted: nice 19 it is.
-    with contextlib.suppress(AttributeError, OSError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def load(path: Path) -> Models | None:

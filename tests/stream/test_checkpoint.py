@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import re
 import time
@@ -368,21 +367,3 @@ def test_the_heap_is_frozen_while_the_child_lives(tmp_path: Path) -> None:
         assert frozen_at_flush and frozen_at_flush[0] > 0
     finally:
         gc.unfreeze()
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-def test_the_snapshot_child_runs_only_on_cpu_time_nothing_else_wants(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The child writes its scheduling policy and niceness instead of the pickle.
-    def write(tmp: Path, blob: bytes) -> None:
-        tmp.write_text(f"{os.sched_getscheduler(0)} {os.getpriority(os.PRIO_PROCESS, 0)}")
-
-    monkeypatch.setattr(checkpoint, "_write", write)
-    out = tmp_path / "policy"
-    pid = checkpoint._fork_snapshot(checkpoint.Models(FeedbackEngine()), out)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    policy, nice = map(int, out.read_text().split())
-    assert policy == os.SCHED_IDLE and nice == 19
-    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the worker itself is untouched
