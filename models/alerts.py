@@ -148,26 +148,33 @@ class BehaviourAnomaly:
         q = self.score_quantile.get()
         return max(self.min_score, q if q is not None else self.min_score)
 
-    def score_learn_one(self, features: Sequence[float]) -> float | None:
-        """Anomaly score of ``features`` in [0, 1] (``None`` during warm-up), then learn.
+    def scale_learn_one(self, features: Sequence[float]) -> list[float]:
+        """``features`` log-compressed and squashed into [0, 1] by the bounds so far,
+        then the bounds widened to take them in.
 
         The features must be finite (the event contract rejects NaN and infinities).
         """
         # Python floats, not numpy: five values are too few for numpy's per-call cost.
         raw = [math.copysign(math.log1p(abs(v)), v) for v in features]
         low, high = self.low, self.high
-        if low is None or high is None or self.forest is None:
+        if low is None or high is None:
             low, high = list(raw), list(raw)
-            self.forest = HalfSpaceForest(
-                len(raw), self.n_trees, self.height, self.window_size, self.seed
-            )
         x = [
             min(1.0, max(0.0, (r - lo) / max(hi - lo, 1e-9)))
             for r, lo, hi in zip(raw, low, high, strict=True)
         ]
-        score = self.forest.score_learn_one(x, self.n >= self.warmup)
         self.low = [min(lo, r) for lo, r in zip(low, raw, strict=True)]
         self.high = [max(hi, r) for hi, r in zip(high, raw, strict=True)]
+        return x
+
+    def score_learn_one(self, features: Sequence[float]) -> float | None:
+        """Anomaly score of ``features`` in [0, 1] (``None`` during warm-up), then learn."""
+        x = self.scale_learn_one(features)
+        if self.forest is None:
+            self.forest = HalfSpaceForest(
+                len(x), self.n_trees, self.height, self.window_size, self.seed
+            )
+        score = self.forest.score_learn_one(x, self.n >= self.warmup)
         self.n += 1
         if score is not None:
             self.score_quantile.update(score)
