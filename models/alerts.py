@@ -154,17 +154,24 @@ class BehaviourAnomaly:
 
         The features must be finite (the event contract rejects NaN and infinities).
         """
-        # Python floats, not numpy: five values are too few for numpy's per-call cost.
-        raw = [math.copysign(math.log1p(abs(v)), v) for v in features]
+        # One Python loop, not numpy: five values are too few for numpy's per-call cost.
+        if self.low is None or self.high is None:
+            raw = [math.copysign(math.log1p(abs(v)), v) for v in features]
+            self.low, self.high = list(raw), list(raw)
         low, high = self.low, self.high
-        if low is None or high is None:
-            low, high = list(raw), list(raw)
-        x = [
-            min(1.0, max(0.0, (r - lo) / max(hi - lo, 1e-9)))
-            for r, lo, hi in zip(raw, low, high, strict=True)
-        ]
-        self.low = [min(lo, r) for lo, r in zip(low, raw, strict=True)]
-        self.high = [max(hi, r) for hi, r in zip(high, raw, strict=True)]
+        if len(features) != len(low):
+            raise ValueError(f"expected {len(low)} features, got {len(features)}")
+        x = []
+        for i, v in enumerate(features):
+            r = math.copysign(math.log1p(abs(v)), v)
+            lo, hi = low[i], high[i]
+            span = hi - lo
+            s = (r - lo) / (span if span > 1e-9 else 1e-9)
+            x.append(0.0 if s < 0.0 else 1.0 if s > 1.0 else s)
+            if r < lo:
+                low[i] = r
+            elif r > hi:
+                high[i] = r
         return x
 
     def score_learn_one(self, features: Sequence[float]) -> float | None:
