@@ -98,25 +98,22 @@ def purchase_features(n: int, seed: int = 0) -> list[list[float]]:
 
 
 class RiverAnomaly:
-    """The detector on River's HalfSpaceTrees: numpy scaling, River's public calls."""
+    """The detector's scaling on River's HalfSpaceTrees, through River's public calls.
+
+    (The scaling against the numpy one the detector had on River's trees:
+    tests/tools/test_anomaly_probe.py.)
+    """
 
     def __init__(self, warmup: int) -> None:
         self.trees = anomaly.HalfSpaceTrees(n_trees=10, height=6, window_size=250, seed=0)
+        self.scaler = BehaviourAnomaly()
         self.warmup = warmup
-        self.low: np.ndarray | None = None
-        self.high: np.ndarray | None = None
         self.n = 0
 
     def score_learn_one(self, features: list[float]) -> float | None:
-        values = np.asarray(features, dtype=float)
-        raw = np.sign(values) * np.log1p(np.abs(values))
-        if self.low is None or self.high is None:
-            self.low, self.high = raw.copy(), raw.copy()
-        span = np.maximum(self.high - self.low, 1e-9)
-        x = dict(enumerate(np.clip((raw - self.low) / span, 0.0, 1.0).tolist()))
+        x = dict(enumerate(self.scaler.scale_learn_one(features)))
         score = float(self.trees.score_one(x)) if self.n >= self.warmup else None
         self.trees.learn_one(x)
-        self.low, self.high = np.minimum(self.low, raw), np.maximum(self.high, raw)
         self.n += 1
         return score
 
@@ -138,7 +135,8 @@ def test_detector_pickled_with_rivers_trees_goes_on_with_them() -> None:
         river.score_learn_one(f)
     old = BehaviourAnomaly(warmup=300)
     state = {k: v for k, v in old.__dict__.items() if k != "forest"}
-    state.update(trees=river.trees, low=river.low, high=river.high, n=river.n)
+    bounds = np.array(river.scaler.low), np.array(river.scaler.high)  # numpy, as then
+    state.update(trees=river.trees, low=bounds[0], high=bounds[1], n=river.n)
     state = pickle.loads(pickle.dumps(state))
     loaded = BehaviourAnomaly.__new__(BehaviourAnomaly)
     loaded.__setstate__(state)
