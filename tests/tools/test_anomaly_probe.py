@@ -13,7 +13,9 @@ from tools.anomaly_probe import RiverTreesAnomaly, auc, inject, main
 
 def test_the_river_baseline_scores_and_alerts_as_the_forest() -> None:
     rng = np.random.default_rng(0)
-    rows = np.column_stack([rng.integers(1, 13, 2000), rng.lognormal(1.0, 0.8, (2000, 4))]).tolist()
+    qty, price = rng.integers(1, 13, 2000), rng.lognormal(1.0, 0.8, 2000)
+    ratio, hours = rng.normal(0.0, 0.3, 2000), rng.exponential(30.0, 2000)  # ratio < 0 too
+    rows = np.column_stack([qty, price, qty * price, ratio, hours]).tolist()
     rows[1500][0] = 5000.0
     river, forest = (
         RiverTreesAnomaly(300, 0.99, 0.5),
