@@ -62,11 +62,14 @@ class HalfSpaceForest:
     >>> forest = HalfSpaceForest(n_features=2, n_trees=5, height=4, window_size=20, seed=1)
     >>> rng = np.random.default_rng(0)
     >>> for _ in range(40):
-    ...     _ = forest.score_learn_one(rng.uniform(0.4, 0.6, 2))
-    >>> usual = forest.score_learn_one(np.array([0.5, 0.5]))
-    >>> odd = forest.score_learn_one(np.array([0.02, 0.97]))
-    >>> bool(odd > usual)
+    ...     _ = forest.score_learn_one(rng.uniform(0.4, 0.6, 2).tolist())
+    >>> usual = forest.score_learn_one([0.5, 0.5])
+    >>> odd = forest.score_learn_one([0.02, 0.97])
+    >>> odd > usual
     True
+    >>> scores = forest.score_learn_many(rng.uniform(0.4, 0.6, (30, 2)))  # 30 at once
+    >>> scores.shape
+    (30,)
     """
 
     def __init__(

@@ -91,6 +91,9 @@ def score_then_learn(
     the score from the reference masses (``r_mass``, which learning does not
     touch) and counts ``x`` in the latest masses (``l_mass``): the same figures
     at half the cost. Pinned against River's own calls in the unit tests.
+
+    The detector runs on :class:`~models.halfspace.HalfSpaceForest` now; this stays
+    as the River baseline that ``tools/anomaly_probe`` times it against.
     """
     if not trees.trees or len(x) != len(trees.limits):
         # First call (River builds the trees) or a different feature set: River's own path.
