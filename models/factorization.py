@@ -12,6 +12,71 @@ from models.catalogue import grown
 GRAD_START = 1e-2
 
 
+class UserRows:
+    """Per-user float vectors of one length, as rows of shared fixed-size blocks.
+
+    A numpy array per user costs its 112-byte header on top of its data (224
+    bytes for 16 floats); a row of a block costs its data and the user's row
+    number. Blocks are never reallocated, so adding users copies nothing, and a
+    forgotten user's row goes to the next new user. :meth:`get` returns a view:
+    updating it in place updates the stored row.
+
+    >>> rows = UserRows(2)
+    >>> rows.add("a", np.array([1.0, 2.0]))[:] *= 2
+    >>> rows.get("a").tolist(), rows.get("b"), "a" in rows, len(rows)
+    ([2.0, 4.0], None, True, 1)
+    >>> rows.pop("a"), rows.pop("a"), len(rows)
+    (True, False, 0)
+    >>> rows.add("b", np.zeros(2)).tolist(), rows.rows  # b reuses a's row
+    ([0.0, 0.0], {'b': 0})
+    """
+
+    BLOCK_BITS = 10  # 1,024 rows per block
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.rows: dict[str, int] = {}
+        self.blocks: list[np.ndarray] = []
+        self.free: list[int] = []  # rows of forgotten users, reused first
+        self.used = 0  # rows ever handed out (the next fresh one)
+
+    def __contains__(self, user: object) -> bool:
+        return user in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _view(self, row: int) -> np.ndarray:
+        return self.blocks[row >> self.BLOCK_BITS][row & ((1 << self.BLOCK_BITS) - 1)]
+
+    def get(self, user: str) -> np.ndarray | None:
+        """The user's row (a view), ``None`` for an unknown user."""
+        row = self.rows.get(user)
+        return None if row is None else self._view(row)
+
+    def add(self, user: str, values: np.ndarray) -> np.ndarray:
+        """Store ``values`` as ``user``'s row (a new user); the row's view."""
+        if self.free:
+            row = self.free.pop()
+        else:
+            row = self.used
+            self.used += 1
+            if row >> self.BLOCK_BITS >= len(self.blocks):
+                self.blocks.append(np.zeros((1 << self.BLOCK_BITS, self.width)))
+        self.rows[user] = row
+        view = self._view(row)
+        view[:] = values
+        return view
+
+    def pop(self, user: str) -> bool:
+        """Forget ``user``'s row; False if there was none."""
+        row = self.rows.pop(user, None)
+        if row is None:
+            return False
+        self.free.append(row)
+        return True
+
+
 class RatingFactorization:
     """Biased matrix factorisation of star ratings, learnt by regularised SGD.
 
@@ -285,7 +350,7 @@ class ImplicitFactorization:
         self._recent_at = 0
         self.seed = seed
         self._rng = np.random.default_rng(seed)
-        self.user_vec: dict[str, np.ndarray] = {}
+        self.user_vec = UserRows(n_factors)
         self.item_vec = np.zeros((16, n_factors))
         self.item_bias = np.zeros(16)
         self._n_items = 0
@@ -313,7 +378,17 @@ class ImplicitFactorization:
 
     def forget(self, user: str) -> None:
         """Drop ``user``'s vector (an evicted user starts afresh)."""
-        self.user_vec.pop(user, None)
+        self.user_vec.pop(user)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # A pickle that holds one array per user (a dict): the same vectors as rows.
+        vecs = state.get("user_vec")
+        if isinstance(vecs, dict):
+            rows = UserRows(int(state["n_factors"]))  # type: ignore[call-overload]
+            for user, vec in vecs.items():
+                rows.add(user, vec)
+            state["user_vec"] = rows
+        self.__dict__.update(state)
 
     def scores(self, user: str, n: int, out: np.ndarray | None = None) -> np.ndarray:
         """Preference scores of items ``0..n-1`` (zeros for an unknown user).
@@ -337,8 +412,7 @@ class ImplicitFactorization:
         self._item(max(item, n_items - 1))
         p = self.user_vec.get(user)
         if p is None:
-            p = self._rng.normal(0.0, 0.1, self.n_factors)
-            self.user_vec[user] = p
+            p = self.user_vec.add(user, self._rng.normal(0.0, 0.1, self.n_factors))
         lr = self.lr * min(abs(weight), 2.0)
         sign = 1.0 if weight > 0 else -1.0
         shrink = 1.0 - lr * self.l2

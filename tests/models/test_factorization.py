@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import tracemalloc
+from collections.abc import Callable
+
 import numpy as np
 
 from models.factorization import ImplicitFactorization, RatingFactorization
@@ -94,3 +98,56 @@ def test_factorisations_are_deterministic_given_a_seed() -> None:
         for step in range(50):
             m.learn_one("u", step % 7, 1.0, n_items=10)
     np.testing.assert_array_equal(a.scores("u", 10), b.scores("u", 10))
+
+
+def _bytes_per_new_user(learn: Callable[[str], None], n: int = 3000) -> float:
+    users = [f"user-{i}" for i in range(n)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for user in users:
+            learn(user)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    return sum(s.size_diff for s in after.compare_to(before, "filename")) / n
+
+
+def test_bpr_user_vectors_are_rows_not_an_array_each() -> None:
+    # 16 floats are 128 bytes; an ndarray of them 240 with its header (294 per
+    # user with the dict entry), a row of a shared block 128 plus its row number.
+    bpr = ImplicitFactorization(seed=0)
+    for i in range(50):
+        bpr.learn_one("warm", i, 1.0, 50)
+    per_user = _bytes_per_new_user(lambda user: bpr.learn_one(user, 3, 1.0, 50))
+    assert per_user < 220
+
+
+def test_bpr_reuses_an_evicted_users_row_for_a_new_user() -> None:
+    bpr = ImplicitFactorization(seed=0)
+    for step in range(40):
+        bpr.learn_one("ann", step % 4, 1.0, n_items=8)
+    kept = bpr.user_vec.get("ann")
+    assert kept is not None
+    old = kept.copy()
+    bpr.forget("ann")
+    assert bpr.scores("ann", 8).tolist() == bpr.item_bias[:8].tolist()  # unknown again
+    bpr.learn_one("bob", 5, 1.0, n_items=8)
+    assert bpr.user_vec.used == 1  # bob took ann's row: no growth
+    bob = bpr.user_vec.get("bob")
+    assert bob is not None and not np.allclose(bob, old)  # and none of her vector
+
+
+def test_bpr_pickled_with_one_array_per_user_loads_as_rows() -> None:
+    bpr = ImplicitFactorization(seed=3)
+    for step in range(60):
+        bpr.learn_one(f"u{step % 3}", step % 5, 1.0, n_items=6)
+    state = copy.deepcopy(bpr.__dict__)
+    state["user_vec"] = {u: bpr.user_vec.get(u).copy() for u in ("u0", "u1", "u2")}  # type: ignore[union-attr]
+    old = ImplicitFactorization.__new__(ImplicitFactorization)
+    old.__setstate__(state)
+    for user in ("u0", "u1", "u2"):
+        assert old.scores(user, 6).tolist() == bpr.scores(user, 6).tolist()
+    old.learn_one("u3", 1, 1.0, n_items=6)  # new users still get rows
+    bpr.learn_one("u3", 1, 1.0, n_items=6)
+    assert old.scores("u3", 6).tolist() == bpr.scores("u3", 6).tolist()
