@@ -151,12 +151,13 @@ class RatingFactorization:
         self.high = -math.inf
         self.user_bias: dict[str, float] = {}
         self.user_count: dict[str, int] = {}
-        self.user_vec: dict[str, np.ndarray] = {}
+        # Per user, one row: the vector, then AdaGrad's running sums of squared
+        # gradients (:meth:`_user` returns both halves as views).
+        self.user_rows = UserRows(2 * n_factors)
         self.item_bias = np.zeros(16)
         self.item_count = np.zeros(16)
         self.item_vec = np.zeros((16, n_factors))
-        # AdaGrad's running sums of squared gradients, per user and per item
-        self.user_grad: dict[str, np.ndarray] = {}
+        # AdaGrad's running sums of squared gradients per item
         self.item_grad = np.zeros((16, n_factors))
         # the calibration (recursive least squares): weights and inverse covariance
         self.weights = np.array([0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
@@ -186,15 +187,31 @@ class RatingFactorization:
             )
             self._n_items = item + 1
 
-    def _user(self, user: str) -> np.ndarray:
-        vec = self.user_vec.get(user)
-        if vec is None:
-            vec = self._rng.normal(0.0, 0.1, self.n_factors)
-            self.user_vec[user] = vec
+    def _user(self, user: str) -> tuple[np.ndarray, np.ndarray]:
+        """The user's vector and gradient sums (views of their row), made if new."""
+        row = self.user_rows.get(user)
+        if row is None:
+            start = np.full(2 * self.n_factors, GRAD_START)
+            start[: self.n_factors] = self._rng.normal(0.0, 0.1, self.n_factors)
+            row = self.user_rows.add(user, start)
             self.user_bias[user] = 0.0
             self.user_count[user] = 0
-            self.user_grad[user] = np.full(self.n_factors, GRAD_START)
-        return vec
+        return row[: self.n_factors], row[self.n_factors :]
+
+    def user_vector(self, user: str) -> np.ndarray | None:
+        """The user's latent vector (a view), ``None`` for a user with no rating."""
+        row = self.user_rows.get(user)
+        return None if row is None else row[: self.n_factors]
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # A pickle that holds one vector and one gradient array per user (dicts).
+        vecs, grads = state.pop("user_vec", None), state.pop("user_grad", None)
+        if isinstance(vecs, dict) and isinstance(grads, dict):
+            rows = UserRows(2 * int(state["n_factors"]))  # type: ignore[call-overload]
+            for user, vec in vecs.items():
+                rows.add(user, np.concatenate([vec, grads[user]]))
+            state["user_rows"] = rows
+        self.__dict__.update(state)
 
     def _clip(self, value: float) -> float:
         if self.n == 0:
@@ -205,8 +222,7 @@ class RatingFactorization:
         """Drop ``user``'s bias, count and vector (an evicted user starts afresh)."""
         self.user_bias.pop(user, None)
         self.user_count.pop(user, None)
-        self.user_vec.pop(user, None)
-        self.user_grad.pop(user, None)
+        self.user_rows.pop(user)
 
     def _features(self, user: str, item: int) -> np.ndarray:
         """The calibration's inputs ``x`` for ``(user, item)`` (see the class docstring)."""
@@ -217,7 +233,7 @@ class RatingFactorization:
         if item < self._n_items:
             bi = float(self.item_bias[item])
             si = 1.0 / math.sqrt(float(self.item_count[item]) + 1.0)
-            vec = self.user_vec.get(user)
+            vec = self.user_vector(user)
             if vec is not None:
                 latent = float(vec @ self.item_vec[item])
         return np.array([1.0, bu, bi, latent, bu * su, bi * si, su, si])
@@ -241,7 +257,7 @@ class RatingFactorization:
         latent = np.zeros(n)
         bi[:m] = self.item_bias[:m]
         si[:m] = 1.0 / np.sqrt(self.item_count[:m] + 1.0)
-        vec = self.user_vec.get(user)
+        vec = self.user_vector(user)
         if vec is not None:
             latent[:m] = self.item_vec[:m] @ vec
         user_part = w[0] + w[1] * bu + w[4] * bu * su + w[6] * su
@@ -260,7 +276,7 @@ class RatingFactorization:
         if self.n:
             self._calibrate(user, item, rating)
         self._item(item)
-        p = self._user(user)
+        p, acc_p = self._user(user)
         self.n += 1
         self.mean += (rating - self.mean) / self.n
         self.low = min(self.low, rating)
@@ -282,7 +298,6 @@ class RatingFactorization:
         self.item_bias[item] += lb_item * (err - self.l2_bias * self.item_bias[item])
         grad_p = err * q - self.l2_latent * p
         grad_q = err * p - self.l2_latent * q
-        acc_p = self.user_grad[user]
         acc_q = self.item_grad[item]
         acc_p += grad_p * grad_p
         acc_q += grad_q * grad_q

@@ -66,7 +66,9 @@ def test_calibration_starts_as_the_plain_sum() -> None:
     mf = RatingFactorization(seed=0)
     mf.learn_one("a", 0, 4.0)  # the first rating: nothing to calibrate on yet
     assert mf.weights.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
-    expected = mf.mean + mf.user_bias["a"] + mf.item_bias[0] + mf.user_vec["a"] @ mf.item_vec[0]
+    vec = mf.user_vector("a")
+    assert vec is not None
+    expected = mf.mean + mf.user_bias["a"] + mf.item_bias[0] + vec @ mf.item_vec[0]
     assert abs(mf.predict_all("a", 1)[0] - expected) < 1e-9
 
 
@@ -151,3 +153,33 @@ def test_bpr_pickled_with_one_array_per_user_loads_as_rows() -> None:
     old.learn_one("u3", 1, 1.0, n_items=6)  # new users still get rows
     bpr.learn_one("u3", 1, 1.0, n_items=6)
     assert old.scores("u3", 6).tolist() == bpr.scores("u3", 6).tolist()
+
+
+def test_rating_user_vectors_and_gradients_share_one_row() -> None:
+    # Two arrays of 10 floats per rater were 2 x 192 bytes plus two dict entries;
+    # one row of 20 floats is 160 plus its row number.
+    mf = RatingFactorization(seed=0)
+    for i in range(20):
+        mf.learn_one("warm", i, 4.0)
+    per_user = _bytes_per_new_user(lambda user: mf.learn_one(user, 3, 5.0))
+    # What remains: the row (160 + 32), the bias float, three dict entries.
+    assert per_user < 400
+
+
+def test_rating_model_pickled_with_arrays_per_user_loads_as_rows() -> None:
+    mf = RatingFactorization(seed=3)
+    for user, item, r in _stream(5, 400):
+        mf.learn_one(user, item, r)
+    state = copy.deepcopy(mf.__dict__)
+    rows = state.pop("user_rows")
+    n = mf.n_factors
+    state["user_vec"] = {u: rows.get(u)[:n].copy() for u in rows.rows}
+    state["user_grad"] = {u: rows.get(u)[n:].copy() for u in rows.rows}
+    old = RatingFactorization.__new__(RatingFactorization)
+    old.__setstate__(state)
+    assert old.predict_all("u1", 40).tolist() == mf.predict_all("u1", 40).tolist()
+    for model in (old, mf):
+        model.learn_one("u1", 2, 1.0)
+        model.learn_one("new", 2, 5.0)
+    for user in ("u1", "new"):
+        assert old.predict_all(user, 40).tolist() == mf.predict_all(user, 40).tolist()
