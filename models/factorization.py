@@ -31,7 +31,7 @@ class UserRows:
     ([0.0, 0.0], {'b': 0})
     """
 
-    BLOCK_BITS = 10  # 1,024 rows per block
+    BLOCK_BITS = 10  # 1,024 rows per block (written out in get and _view)
 
     def __init__(self, width: int) -> None:
         self.width = width
@@ -47,12 +47,14 @@ class UserRows:
         return len(self.rows)
 
     def _view(self, row: int) -> np.ndarray:
-        return self.blocks[row >> self.BLOCK_BITS][row & ((1 << self.BLOCK_BITS) - 1)]
+        return self.blocks[row >> 10][row & 1023]  # BLOCK_BITS, inline: per event
 
     def get(self, user: str) -> np.ndarray | None:
         """The user's row (a view), ``None`` for an unknown user."""
         row = self.rows.get(user)
-        return None if row is None else self._view(row)
+        if row is None:
+            return None
+        return self.blocks[row >> 10][row & 1023]
 
     def add(self, user: str, values: np.ndarray) -> np.ndarray:
         """Store ``values`` as ``user``'s row (a new user); the row's view."""
