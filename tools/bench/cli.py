@@ -25,7 +25,7 @@ from tools.bench.phases import (
     peak_memory,
     throughput,
 )
-from tools.bench.processes import log
+from tools.bench.processes import faust_env, log
 from tools.bench.references import REFERENCES
 from tools.bench.report import add_ratios, format_report
 from tools.bench.workload import load_events
@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": args.dataset,
         "seed": args.seed,
     }
+    if args.faust_setting:
+        report["faust_settings"] = dict(args.faust_setting)
     log(f"loading {2 * n:,} events from the {args.dataset} replay")
     events = load_events(args.dataset, args.data_dir, 2 * n)
     with contextlib.ExitStack() as stack:
@@ -111,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra environment for the workers, e.g. "
         "FEEDBACK_CHECKPOINT_INTERVAL_SECONDS=600 (repeatable)",
     )
+    p.add_argument(
+        "--faust-setting", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
+        help="a faust.App setting for the Faust reference loops and the workers alike, "
+        "through Faust's environment variable for it, e.g. stream_buffer_maxsize=1024, "
+        "broker_max_poll_records=500, Monitor=lean (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--timeout", type=float, default=300.0, help="deadline of every phase, s")
     p.add_argument("--state-dir", help="logs and worker state (default: a temporary folder)")
@@ -131,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(args.references) - set(REFERENCES)
     if unknown:
         print(f"unknown reference loop(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    try:
+        faust_env(args.faust_setting)
+    except ValueError as exc:
+        print(f"--faust-setting: {exc}", file=sys.stderr)
         return 2
     if args.events < 100 or args.workers < 1:
         print("need --events >= 100 and --workers >= 1", file=sys.stderr)
