@@ -182,10 +182,11 @@ class Settings:
     # changelog, so a failover resumes from it instead of replaying the
     # changelog; every worker then also reads W - 1 others' changelog writes.
     table_standby_replicas: int = 1
-    # Faust's main sensor: "faust" (its Monitor, bookkeeping on every message,
-    # stream event and table access, shown only by Faust's /stats/ page) or
-    # "lean" (only what Faust's own stream-idle warning reads).
-    faust_monitor: str = "faust"
+    # Faust's main sensor: "lean" (only what Faust's own stream-idle warning
+    # reads) or "faust" (its Monitor: bookkeeping on every message, stream event
+    # and table access, about 3.7 us of CPU per event more, shown only by Faust's
+    # /stats/ page; `python -m tools.sensor_cost`, docs/performance.md).
+    faust_monitor: str = "lean"
     # The eviction step runs on its own tick, every this many seconds, and
     # forgets at most `evictions_per_tick` users (about 14 us each in process,
     # plus the changelog tombstone): the pause stays in the tens of ms, and
