@@ -24,6 +24,7 @@ from tools.bench.processes import (
     SAMPLE_SECONDS,
     WorkerProcess,
     cpu_seconds,
+    faust_env,
     log,
     rss_now,
     rss_peak,
@@ -84,6 +85,11 @@ class Bench:
     latest: float = 0.0  # the latest event time given so far
 
     @property
+    def faust_env(self) -> dict[str, str]:
+        """The ``--faust-setting`` values, for the reference loops and the workers alike."""
+        return faust_env(self.args.faust_setting)
+
+    @property
     def n(self) -> int:
         return int(self.args.events)
 
@@ -107,7 +113,7 @@ def ceilings(b: Bench) -> None:
         records = encode(b.events[:n], s.topic_of)
         secs = preload(s, records)
         log(f"{kind}: pre-loaded {n:,} events in {secs:.1f} s; running")
-        rate, per_cpu = run_reference(kind, s, n, b.state, b.timeout)
+        rate, per_cpu = run_reference(kind, s, n, b.state, b.timeout, b.faust_env)
         key = REFERENCE_KEYS[kind]
         b.report[key] = rounded(rate, 1)
         b.report[key.replace("_per_second", "_per_cpu_second")] = rounded(per_cpu, 1)
@@ -122,7 +128,7 @@ def throughput(b: Bench) -> None:
     CPU-second (``single_worker_events_per_cpu_second``).
     """
     args, n, report = b.args, b.n, b.report
-    env_extra = {"FEEDBACK_LOG_LEVEL": "WARNING", **dict(args.worker_env)}
+    env_extra = {"FEEDBACK_LOG_LEVEL": "WARNING", **b.faust_env, **dict(args.worker_env)}
     if args.worker_env:
         report["worker_env"] = dict(args.worker_env)
     if args.workers > 1:

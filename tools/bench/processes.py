@@ -20,6 +20,36 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE_SECONDS = 0.2
 
 
+def faust_env(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The environment that gives a Faust app (reference loop or worker) the
+    settings ``NAME=VALUE``, named as ``faust.App`` options; raises ValueError
+    naming a setting that cannot be given.
+
+    Faust reads each setting's own environment variable (``stream_buffer_maxsize``:
+    ``STREAM_BUFFER_MAXSIZE``) before the app's arguments, so the same variable
+    sets the same value in both. ``Monitor`` (``faust`` or ``lean``,
+    stream/faust/monitor.py) has no variable of Faust's:
+    ``FEEDBACK_FAUST_MONITOR``, which the worker's settings and the reference
+    loops read.
+    """
+    from faust.types.settings import Settings as FaustSettings
+
+    from stream.settings import FAUST_MONITORS
+
+    env: dict[str, str] = {}
+    for name, value in pairs:
+        if name == "Monitor":
+            if value not in FAUST_MONITORS:
+                raise ValueError(f"Monitor must be one of {', '.join(FAUST_MONITORS)}")
+            env["FEEDBACK_FAUST_MONITOR"] = value
+            continue
+        param = FaustSettings.SETTINGS.get(name)
+        if param is None or param.env_name is None:
+            raise ValueError(f"{name} is not a Faust setting with an environment variable")
+        env[param.env_name] = value
+    return env
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -81,10 +111,12 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
 
 
 def run_reference(
-    kind: str, settings: Settings, total: int, state_dir: Path, timeout: float
+    kind: str, settings: Settings, total: int, state_dir: Path, timeout: float,
+    env_extra: dict[str, str] | None = None,
 ) -> tuple[float | None, float | None]:
     """Start one reference loop on pre-loaded topics; returns its sustained events/s
-    and its events per CPU-second (robust to other load on the machine)."""
+    and its events per CPU-second (robust to other load on the machine).
+    ``env_extra``: Faust settings (:func:`faust_env`)."""
     cmd = [
         sys.executable, "-m", "tools.bench", "_reference", kind,
         "--bootstrap-servers", settings.bootstrap_servers,
@@ -96,7 +128,8 @@ def run_reference(
         "--state-dir", str(state_dir),
     ]
     log_file = open(state_dir / f"{kind}.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_file, text=True,
+                            env={**os.environ, **(env_extra or {})})
     ref = RefProcess(proc)
     ref.start_reader()
     deadline = time.monotonic() + timeout
@@ -119,8 +152,6 @@ def run_reference(
         return None, None
     rate = w.rate(ref.samples)
     return rate, per_cpu_second(rate, w.rate(cpu))
-
-
 
 
 def scrape(url: str) -> dict[str, float]:
