@@ -170,6 +170,8 @@ def test_truncated_events(kind: str, cut: int) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(depth=st.integers(1, 3000), opener=st.sampled_from([b"[", b'{"a":']))
+@example(depth=1023, opener=b"[")
+@example(depth=1024, opener=b"[")
 def test_deep_nesting(depth: int, opener: bytes) -> None:
     closer = b"]" if opener == b"[" else b"}"
     nested = opener * depth + b"1" + closer * depth
