@@ -259,6 +259,25 @@ def test_in_order_without_a_known_start_takes_the_first_offset_it_sees() -> None
     assert [m.offset for m in kept] == [3]  # below the run: a replay, in order
 
 
+def test_in_order_without_a_committed_offset_starts_from_the_lowest_processed_or_held() -> None:
+    # No commit known (Faust's nor the guard's): the run starts at the lowest
+    # offset processed or held, whichever is lower, so the hole after it is found.
+    guard = CommitGuard([TOPIC])
+    guard.done(run(2, 3))
+    kept, holes = guard.in_order(run(5, 5), committed_at(None))
+    assert kept == [] and holes == {TP0: 4}
+    held_later = CommitGuard([TOPIC])
+    held_later.done(run(2, 3))
+    held_later.hold(run(6, 6))
+    kept, holes = held_later.in_order(run(5, 5), committed_at(None))
+    assert kept == [] and holes == {TP0: 4}
+    held_first = CommitGuard([TOPIC])
+    held_first.hold(run(1, 1))
+    held_first.done(run(1, 3))
+    kept, holes = held_first.in_order(run(4, 4), committed_at(None))
+    assert [m.offset for m in kept] == [4] and holes == {}
+
+
 def test_in_order_leaves_other_topics_and_a_disabled_guard_alone() -> None:
     guard = CommitGuard([TOPIC])
     other = [Offset("in.other", 0, 7)]
