@@ -246,14 +246,23 @@ class ItemCooccurrence:
         self._norm[item] = (mass + 1.0) ** -self.alpha
 
     def add_pairs(self, item: int, others: Sequence[int], weights: Sequence[float]) -> None:
-        """Add ``weights`` to ``item``'s pairs with ``others``, in its own list only,
+        """Add ``weights`` to ``item``'s pairs with ``others`` (distinct), in its own list only,
         after :meth:`assign` (which set the mass with them): a replica's own pairs
         that the published list does not hold yet. New pairs go after the list, so
         its head stays the publisher's; past ``2 * max_neighbours`` it is pruned
         as learning prunes it (and the next published list is assigned afresh)."""
         nb = self.neighbours[item]
-        for h, w in zip(others, weights, strict=True):
-            nb.add(h, w)
+        slots = nb.slots
+        found = [slots.get(h) for h in others]
+        new: list[tuple[int, float]] = []
+        if None in found:
+            new = [(h, w) for h, w, s in zip(others, weights, found, strict=True) if s is None]
+            weights = [w for w, s in zip(weights, found, strict=True) if s is not None]
+            found = [s for s in found if s is not None]
+        if found:  # distinct pairs: one numpy add for those the list holds
+            nb.values[np.array(found, dtype=np.intp)] += weights
+        for h, w in new:
+            nb.append(h, w)
         if others:
             self._ensure(max(others))
         if nb.n > 2 * self.max_neighbours:

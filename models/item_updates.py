@@ -82,6 +82,7 @@ op given as its own list (``["c", "i7", 0.5]``). The ops:
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -99,6 +100,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ARITY",
     "Outbox",
+    "PendingSums",
     "apply_item_models",
     "attach",
     "blend_state",
@@ -235,6 +237,13 @@ class Outbox:
         # The offset each of an item's entries ends with, in order (an entry's
         # source is its first element), kept on in :attr:`ends` once drained.
         self._ends: dict[str, list[int]] = {}
+        # Per item whose model came while it had unconfirmed entries: their
+        # running total, kept as entries are drained and confirmed, so that a
+        # model adds them in one step (:meth:`with_pending`) instead of replaying
+        # them all: an owner's lag grows the entries, not the cost of a model.
+        self.sums: dict[str, PendingSums] = {}
+        # The popularity's and the segments' decay per second (see :func:`attach`).
+        self.rates = _rates(None)
 
     def at(self, src: str, offset: int) -> None:
         """Tag what the next event teaches with ``(src, offset)``."""
@@ -322,6 +331,10 @@ class Outbox:
             else:
                 kept.extend(entries)
                 ends[item_id].extend(last)
+                total = self.sums.get(item_id)
+                if total is not None:
+                    for e, end in zip(entries, last, strict=True):
+                        total.add(e, end, self.rates)
             if parts:
                 p = partition_of(item_id, parts)
                 queue.extend((p, e[0], end, item_id) for e, end in zip(entries, last, strict=True))
@@ -386,12 +399,24 @@ class Outbox:
         keep = [i for i, e in enumerate(entries) if ends[i] > marks.get(e[0], -1)]
         if len(keep) == len(entries):
             return
-        if keep:
-            self.unconfirmed[item_id] = [entries[i] for i in keep]
-            self.ends[item_id] = [ends[i] for i in keep]
-        else:
+        if not keep:
             del self.unconfirmed[item_id]
             del self.ends[item_id]
+            self.sums.pop(item_id, None)
+            return
+        kept = self.unconfirmed[item_id] = [entries[i] for i in keep]
+        kept_ends = self.ends[item_id] = [ends[i] for i in keep]
+        total = self.sums.get(item_id)
+        if total is None:
+            return
+        if 2 * len(keep) < len(entries):  # fewer to add again than to take out
+            self.sums[item_id] = PendingSums.of(kept, kept_ends, self.rates)
+            return
+        left = set(keep)
+        for i, e in enumerate(entries):
+            if i not in left:
+                total.remove(e, self.rates)
+        total.settle(kept, kept_ends)
 
     def pending(self, item_id: str) -> list[Entry]:
         """This worker's entries for ``item_id`` that no published model is known
@@ -403,12 +428,314 @@ class Outbox:
             return sent or []
         return fresh if sent is None else sent + fresh
 
+    def with_pending(self, item_id: str, model: Mapping[str, Any], params: Any
+                     ) -> tuple[Mapping[str, Any], dict[str, float]]:
+        """:func:`with_pending` of :meth:`pending`: the unconfirmed entries added in
+        one step (:class:`PendingSums`, replayed instead when their sums do not fit
+        the model), then those not drained yet (one batch at most) replayed."""
+        self._collect()
+        sent = self.unconfirmed.get(item_id)
+        fresh = self.items.get(item_id)
+        pairs: dict[str, float] = {}
+        if sent:
+            total = self.sums.get(item_id)
+            if total is None:
+                total = self.sums[item_id] = PendingSums.of(sent, self.ends[item_id], self.rates)
+            if not total.fits(model):
+                return with_pending(item_id, model, sent + fresh if fresh else sent, params)
+            model, pairs = total.over(model, params)
+        if fresh:
+            model, more = with_pending(item_id, model, fresh, params)
+            if more:
+                pairs = dict(pairs)
+                for other, w in more.items():
+                    pairs[other] = pairs.get(other, 0.0) + w
+        return model, pairs
+
     def messages(self, partitions: int) -> dict[int, bytes]:
         """:meth:`drain`, split by destination partition and encoded: one payload each."""
         split: dict[int, Updates] = {}
         for item_id, entries in self.drain().items():
             split.setdefault(partition_of(item_id, partitions), {})[item_id] = entries
         return {p: encode_updates(u) for p, u in split.items()}
+
+
+class PendingSums:
+    """An item's unconfirmed entries, summed: what replaying them event by event
+    over a published model adds to it (:func:`with_pending`), kept so that a
+    model takes it in one step (:meth:`over`), whatever the number of entries.
+
+    A running total: :meth:`add` as entries are sent, :meth:`remove` as models
+    confirm them, so each op is read once when it comes and once when it goes,
+    never on a model's application. Every part is a sum (the co-occurrence pairs
+    and mass, the counts, the factor steps, the prices' total) or a decayed sum
+    kept as of its latest event time; a sum removed to nothing is dropped, not
+    left at a rounding residue. The reviews are kept as a list and stepped in
+    order over the model (a sentiment step is not a sum): one per review of the
+    item, few.
+
+    Equal to the replay up to the floats' rounding (sums associated in another
+    order) whenever it :meth:`fits` the model: every event above the model's
+    watermark of its source, each source's offsets rising from op to op, and no
+    negative popularity weight (a returned purchase: the replay clamps at zero).
+    Otherwise the caller replays the entries.
+    """
+
+    __slots__ = ("count", "dq", "dqb", "dr", "drb", "first", "irregular", "last", "mass",
+                 "negative", "odd", "pairs", "price", "price_n", "qn", "recent", "reviews",
+                 "rn", "segments", "uses")
+
+    def __init__(self) -> None:
+        self.pairs: dict[str, float] = {}
+        self.uses: dict[str, int] = {}  # how many ops each pair sums
+        self.mass = 0.0
+        self.count = 0.0
+        self.recent: list[float] | None = None  # [sum, as of time, ops]
+        self.segments: dict[int, list[float]] = {}  # segment -> [sum, as of time, ops]
+        self.dq: np.ndarray | None = None
+        self.dqb = 0.0
+        self.qn = 0
+        self.dr: np.ndarray | None = None
+        self.drb = 0.0
+        self.rn = 0
+        self.price = 0.0  # the prices' total
+        self.price_n = 0
+        self.reviews: list[tuple[str, int, float, float]] = []  # (src, offset, p, t)
+        self.negative = 0  # popularity ops of negative weight
+        self.odd = 0  # entries whose offsets do not rise within them
+        # Per source: the first offset and the last entry's end of the entries
+        # summed, and whether an entry starts at or below an earlier one's end.
+        self.first: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self.irregular = False
+
+    @classmethod
+    def of(cls, entries: Sequence[Entry], ends: Sequence[int], rates: tuple[float, float]
+           ) -> PendingSums:
+        """The sums of ``entries`` (``ends``: their end offsets; ``rates``: the
+        popularity's and the segments' decay per second)."""
+        s = cls()
+        for entry, end in zip(entries, ends, strict=True):
+            s.add(entry, end, rates)
+        return s
+
+    def add(self, entry: Entry, end: int, rates: tuple[float, float]) -> None:
+        """Add an entry sent after those summed (``end``: its last event's offset)."""
+        self._fold(entry, True, rates)
+        src, first, last = entry[0], entry[1], self.last
+        if last.get(src, -1) >= first:
+            self.irregular = True
+        self.first.setdefault(src, first)
+        last[src] = max(last.get(src, -1), end)
+
+    def remove(self, entry: Entry, rates: tuple[float, float]) -> None:
+        """Take an entry added before back out; :meth:`settle` once all are out."""
+        self._fold(entry, False, rates)
+
+    def settle(self, entries: Sequence[Entry], ends: Sequence[int]) -> None:
+        """After :meth:`remove`: the sources' offsets and their order from the
+        ``entries`` left (``ends``: theirs), and the sums emptied set to exact zeros."""
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        irregular = False
+        for entry, end in zip(entries, ends, strict=True):
+            src = entry[0]
+            if last.get(src, -1) >= entry[1]:
+                irregular = True
+            first.setdefault(src, entry[1])
+            last[src] = max(last.get(src, -1), end)
+        self.first, self.last, self.irregular = first, last, irregular
+        if not self.pairs:
+            self.mass = 0.0
+        if self.recent is None:
+            self.count = 0.0
+        if not self.qn:
+            self.dq, self.dqb = None, 0.0
+        if not self.rn:
+            self.dr, self.drb = None, 0.0
+        if not self.price_n:
+            self.price = 0.0
+
+    def _fold(self, entry: Entry, adding: bool, rates: tuple[float, float]) -> None:
+        pairs, uses = self.pairs, self.uses
+        sign = 1.0 if adding else -1.0
+        mass = 0.0
+        src, offset, prev, odd = entry[0], -1, -1, False
+        k, n = 1, len(entry)
+        while k < n:
+            x = entry[k]
+            if x == "c":  # most ops: inline, as ItemState.apply reads them
+                other, w = entry[k + 1], entry[k + 2]
+                k += 3
+            elif type(x) is int:
+                odd |= x <= prev
+                prev = offset = x
+                k += 1
+                continue
+            else:
+                if type(x) is list:
+                    op: list[Any] = x
+                    k += 1
+                else:
+                    arity = ARITY.get(x)
+                    if arity is None:
+                        raise ValueError(f"item updates: unknown op {x!r}")
+                    op = entry[k : k + 1 + arity]
+                    k += 1 + arity
+                kind = op[0]
+                if kind != "c":
+                    self._op(op, adding, src, offset, rates)
+                    continue
+                other, w = op[1], op[2]
+            mass += w
+            if adding:
+                if other in pairs:
+                    pairs[other] += w
+                    uses[other] += 1
+                else:
+                    pairs[other] = w
+                    uses[other] = 1
+            else:
+                left = uses[other] - 1
+                if left:
+                    pairs[other] -= w
+                    uses[other] = left
+                else:
+                    del pairs[other], uses[other]
+        self.mass += sign * mass
+        if odd:
+            self.odd += 1 if adding else -1
+
+    def _op(self, op: list[Any], adding: bool, src: str, offset: int,
+            rates: tuple[float, float]) -> None:
+        """Every op but a pair's, added or removed."""
+        kind = op[0]
+        sign = 1 if adding else -1
+        if kind == "p":
+            self.count += sign * op[1]
+            self.negative += sign * (op[1] < 0)
+            self.recent = _decayed_sum(self.recent, op[1], op[2], sign, rates[0])
+        elif kind == "s":
+            self.negative += sign * (op[2] < 0)
+            acc = _decayed_sum(self.segments.get(op[1]), op[2], op[3], sign, rates[1])
+            if acc is None:
+                del self.segments[op[1]]
+            else:
+                self.segments[op[1]] = acc
+        elif kind in ("b", "r"):
+            total = self.dq if kind == "b" else self.dr
+            if total is None:
+                total = np.array(op[1], dtype=float)
+            elif adding:
+                total += op[1]
+            else:
+                total -= op[1]
+            if kind == "b":
+                self.dq, self.dqb, self.qn = total, self.dqb + sign * op[2], self.qn + sign
+            else:
+                self.dr, self.drb, self.rn = total, self.drb + sign * op[2], self.rn + sign
+        elif kind == "e":
+            if adding:
+                self.reviews.append((src, offset, op[1], op[2]))
+            else:
+                self.reviews = [r for r in self.reviews if r[0] != src or r[1] != offset]
+        elif kind == "$":
+            self.price += sign * op[1]
+            self.price_n += sign
+        elif kind not in ("b0", "r0"):  # a start: no effect over a published vector
+            raise ValueError(f"item updates: unknown op {kind!r}")
+
+    def fits(self, model: Mapping[str, Any]) -> bool:
+        """Whether :meth:`over` ``model`` is what replaying the entries gives."""
+        if self.irregular or self.odd or self.negative:
+            return False
+        w = model.get("w") or {}
+        return all(first > w.get(src, -1) for src, first in self.first.items())
+
+    def over(self, model: Mapping[str, Any], params: Any
+             ) -> tuple[dict[str, Any], dict[str, float]]:
+        """``model`` with the sums added, as :func:`with_pending` returns it: the
+        parts the model shares, and the pairs apart (not to be modified)."""
+        out = dict(model)
+        w = dict(model.get("w") or {})
+        for src, last in self.last.items():
+            if last > w.get(src, -1):
+                w[src] = last
+        out["w"] = w
+        pairs: dict[str, float] = {}
+        if model.get("nb") is not None:
+            out["m"] = model["m"] + self.mass
+            pairs = self.pairs
+        if "p" in model and self.recent is not None:
+            out["p"] = _decayed_over(model["p"], self.recent, _LN2 / params.trending_half_life)
+            out["n"] = model["n"] + self.count
+        if "s" in model and self.segments:
+            rate = _LN2 / params.segment_half_life
+            segs = {int(k): v for k, v in model["s"].items()}
+            for seg, acc in self.segments.items():
+                old = segs.get(seg)
+                segs[seg] = acc[:2] if old is None else _decayed_over(old, acc, rate)
+            out["s"] = {str(k): v for k, v in segs.items()}
+        if "q" in model and self.dq is not None:
+            out["q"] = np.asarray(model["q"], dtype=float) + self.dq
+            out["qb"] = model["qb"] + self.dqb
+        if "r" in model and self.dr is not None:
+            out["r"] = np.asarray(model["r"], dtype=float) + self.dr
+            out["rb"] = model["rb"] + self.drb
+            out["rn"] = model["rn"] + self.rn
+        if "e" in model and self.reviews:
+            from models.sentiment import ItemSentiment
+
+            track = ItemSentiment(params.sentiment_fast, params.sentiment_slow)
+            st = list(model["e"])
+            for _, _, p_positive, t in self.reviews:
+                track.step(st, p_positive, t)
+            out["e"] = st
+        if "$" in model and self.price_n:
+            mean, n = model["$"]
+            total = n + self.price_n
+            out["$"] = [mean + (self.price - self.price_n * mean) / total, total]
+        return out, pairs
+
+
+_LN2 = math.log(2.0)
+
+
+def _rates(params: Any) -> tuple[float, float]:
+    """The popularity's and the segments' decay per second under ``params``
+    (:class:`models.item_state.ItemParams`; None: its defaults)."""
+    if params is None:
+        from models.item_state import ItemParams
+
+        params = ItemParams()
+    return _LN2 / params.trending_half_life, _LN2 / params.segment_half_life
+
+
+def _decayed_sum(acc: list[float] | None, w: float, t: float, sign: int, rate: float
+                 ) -> list[float] | None:
+    """A decayed sum ``[sum, as of time, ops]`` with ``w`` at time ``t`` added
+    (``sign`` 1) or taken back out (-1: added before, so ``acc``'s time is the
+    later); None once it sums no op."""
+    if sign > 0:
+        if acc is None:
+            return [w, t, 1]
+        value, at, n = acc
+        if t >= at:
+            return [value * math.exp(-rate * (t - at)) + w, t, n + 1]
+        return [value + w * math.exp(-rate * (at - t)), at, n + 1]
+    assert acc is not None
+    if acc[2] <= 1:
+        return None
+    return [acc[0] - w * math.exp(-rate * (acc[1] - t)), acc[1], acc[2] - 1]
+
+
+def _decayed_over(base: Sequence[float], acc: list[float], rate: float) -> list[float]:
+    """A published ``[value, at]`` with a decayed sum added, as of the later time."""
+    value, at = base
+    total, t = acc[0], acc[1]
+    if t >= at:
+        return [value * math.exp(-rate * (t - at)) + total, t]
+    return [value + total * math.exp(-rate * (at - t)), at]
 
 
 def attach(engine: FeedbackEngine, outbox: Outbox | None) -> None:
@@ -418,7 +745,10 @@ def attach(engine: FeedbackEngine, outbox: Outbox | None) -> None:
     if outbox is None:
         taste.trace = ratings.trace = None
         return
+    from models.item_state import ItemParams
+
     outbox.ids = engine.catalogue.ids
+    outbox.rates = _rates(ItemParams.of(engine.config))
     taste.trace = outbox.taste
     ratings.trace = outbox.rating
 
@@ -595,8 +925,11 @@ def apply_item_models_in_steps(
     cat = engine.catalogue
     rec = engine.recommender
     outbox = engine.outbox
-    params = None
     if outbox is not None:
+        from models.item_state import ItemParams
+
+        # Not pruned: the pending pairs are applied apart (below).
+        params = replace(ItemParams.of(engine.config), max_neighbours=1 << 40)
         models = list(models)
         outbox.confirm(models)
     n = 0
@@ -606,21 +939,16 @@ def apply_item_models_in_steps(
         n += 1
         pairs: dict[str, float] = {}
         if outbox is not None:
-            pending = outbox.pending(item_id)
-            if pending:
-                if params is None:
-                    from models.item_state import ItemParams
-
-                    # Not pruned: the pending pairs are applied apart (below).
-                    params = replace(ItemParams.of(engine.config), max_neighbours=1 << 40)
-                model, pairs = with_pending(item_id, model, pending, params)
+            model, pairs = outbox.with_pending(item_id, model, params)
         idx = cat.add(item_id)
         nb = model.get("nb")
         if nb is not None:
             co = rec.cooccurrence
             co.assign(idx, nb[0], nb[1], model["m"], cat.add, nb[2])
             if pairs:
-                co.add_pairs(idx, [cat.add(other) for other in pairs], list(pairs.values()))
+                index = cat.index
+                others = [index[o] if o in index else cat.add(o) for o in pairs]
+                co.add_pairs(idx, others, list(pairs.values()))
         pop = model.get("p")
         if pop is not None:
             rec.popularity.assign(idx, pop[0], pop[1], model["n"])
