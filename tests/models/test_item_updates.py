@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import orjson
 import pytest
@@ -13,13 +15,17 @@ from models.events import Event
 from models.item_state import ItemOwner, ItemParams, ItemState
 from models.item_updates import (
     Outbox,
+    PendingSums,
     attach,
+    decode_model,
     decode_updates,
+    encode_model,
     encode_updates,
     end_offset,
     murmur2,
     partition_of,
     split_entry,
+    with_pending,
 )
 
 T0 = 1_700_000_000.0
@@ -487,3 +493,186 @@ def test_an_event_records_its_items_pairs_then_its_own_ops_in_order() -> None:
     assert updates["c"][0][17] == "b0"
     assert updates["b"][0][:5] == ["purchases:0", 7, "c", "c", w]
     assert updates["a"][0][:5] == ["purchases:0", 7, "c", "c", w * gamma]
+
+
+# -- the replica's pending sums ------------------------------------------------------
+def _stream(n: int, seed: int, returns: bool) -> list[tuple[str, Event]]:
+    """``n`` events of two input partitions, clicks, purchases (some returned),
+    reviews; times mostly rising, some late."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        user, item = f"u{rng.integers(12)}", f"i{rng.integers(9)}"
+        t = T0 + k - (30.0 if rng.random() < 0.1 else 0.0)
+        kind = rng.random()
+        if kind < 0.5:
+            event = Event("click", f"e{k}", user, item, t)
+        elif kind < 0.8:
+            quantity = -1 if returns and rng.random() < 0.1 else 1
+            event = Event("purchase", f"e{k}", user, item, t, quantity=quantity,
+                          price=float(rng.integers(1, 20)))
+        else:
+            event = Event("review", f"e{k}", user, item, t, rating=float(rng.integers(1, 6)),
+                          text="fine" if rng.random() < 0.5 else "broken, awful")
+        out.append((f"a:{partition_of(user, 2)}", event))
+    return out
+
+
+def _same_model(got: dict, want: dict, params: ItemParams) -> None:
+    """Two models with pending entries on top, as the replica takes them: every
+    part equal up to rounding, a decayed value compared as of the later time."""
+    import math
+
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if key in ("w", "t", "nb"):
+            assert got[key] == value, key
+        elif key in ("p", "s"):
+            half = params.trending_half_life if key == "p" else params.segment_half_life
+            pairs = {"": (got[key], value)} if key == "p" else {
+                s: (got[key][s], value[s]) for s in value}
+            assert (key == "p" or got[key].keys() == value.keys())
+            for a, b in pairs.values():
+                at = max(a[1], b[1])
+                decay = [math.exp(-math.log(2) / half * (at - x[1])) for x in (a, b)]
+                assert a[0] * decay[0] == pytest.approx(b[0] * decay[1], rel=1e-9), key
+        else:
+            assert np.asarray(got[key], dtype=float) == pytest.approx(
+                np.asarray(value, dtype=float), rel=1e-9), key
+
+
+@pytest.mark.parametrize("returns", [False, True])
+def test_pending_sums_over_a_model_match_replaying_the_pending_entries(returns: bool) -> None:
+    """A worker whose owner lags two batches behind, models read between and
+    within batches (entries sent and unconfirmed, and learnt not yet drained):
+    each model with this worker's pending sums on top is the model with its
+    pending entries replayed, part by part, up to rounding, the pairs too; the
+    sums are what most models take (the replay only where they do not fit)."""
+    engine = FeedbackEngine(CONFIG)
+    outbox = Outbox(partitions=2)
+    attach(engine, outbox)
+    params = ItemParams.of(engine.config)
+    wide = replace(params, max_neighbours=1 << 40)
+    owner = ItemOwner(params)
+    late: list[dict[int, bytes]] = []
+    offsets = {"a:0": 0, "a:1": 0}
+    events = _stream(900, seed=3, returns=returns)
+    summed = replayed = 0
+    for b in range(0, len(events), 30):
+        for n, (src, event) in enumerate(events[b : b + 30]):
+            outbox.at(src, offsets[src])
+            offsets[src] += 1
+            engine.process(event)
+            if n != 15:
+                continue
+            # Mid-batch: the owner's models of two batches ago.
+            models = [(i, decode_model(encode_model(m))) for i, m in owner.publish(T0 + b)]
+            outbox.confirm(models)
+            for item_id, model in models:
+                want, want_pairs = with_pending(item_id, model, outbox.pending(item_id), wide)
+                got, got_pairs = outbox.with_pending(item_id, model, wide)
+                _same_model(dict(got), dict(want), params)
+                assert got_pairs.keys() == want_pairs.keys()
+                for other, w in want_pairs.items():
+                    assert got_pairs[other] == pytest.approx(w, rel=1e-9)
+                held = outbox.sums.get(item_id)
+                if held is not None and outbox.unconfirmed.get(item_id):
+                    if held.fits(model):
+                        summed += 1
+                    else:
+                        replayed += 1
+            engine.apply_item_models(models)
+        late.append(outbox.messages(2))
+        if len(late) > 2:
+            for payload in late.pop(0).values():
+                owner.apply(decode_updates(payload))
+    assert summed > 100
+    assert (replayed > 0) == returns  # a returned purchase's negative weight: replayed
+
+
+def test_a_model_takes_the_sent_entries_sums_without_replaying_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the owner a batch behind, every model of the next batches would
+    replay all the entries this worker sent since: it adds their sums instead,
+    and the state is the one the replay gives."""
+    events = _stream(400, seed=5, returns=False)
+    engines = []
+    apply, replayed = ItemState.apply, []
+
+    def counting(state: ItemState, entries: list, *args: object) -> int:
+        replayed.append(len(entries))
+        return apply(state, entries, *args)  # type: ignore[arg-type]
+
+    for replay in (False, True):
+        engine = FeedbackEngine(CONFIG)
+        outbox = Outbox(partitions=2)
+        attach(engine, outbox)
+        owner = ItemOwner(ItemParams.of(engine.config))
+        offsets = {"a:0": 0, "a:1": 0}
+        late: list[dict[int, bytes]] = []
+        replayed.clear()
+        if replay:  # the reference: every pending entry replayed over each model
+            monkeypatch.setattr(Outbox, "with_pending", lambda self, i, m, p: with_pending(
+                i, m, self.pending(i), p))
+        for b in range(0, len(events), 40):
+            for src, event in events[b : b + 40]:
+                outbox.at(src, offsets[src])
+                offsets[src] += 1
+                engine.process(event)
+            late.append(outbox.messages(2))
+            if len(late) > 3:
+                for payload in late.pop(0).values():
+                    owner.apply(decode_updates(payload))
+            models = owner.publish(T0 + b)
+            with monkeypatch.context() as m:
+                m.setattr(ItemState, "apply", counting)
+                engine.apply_item_models(orjson.loads(orjson.dumps(models)))
+        assert (sum(replayed) > 200) == replay
+        engines.append(engine)
+        monkeypatch.undo()
+    _assert_same(_item_side(engines[0]), _item_side(engines[1]))
+
+
+def test_pending_sums_are_replayed_where_a_models_watermark_cuts_into_them() -> None:
+    """A model holding part of a sent run (an owner that applied the run's first
+    events from an earlier send): the sums do not fit, the run is replayed above
+    the watermark; a model below the run takes the sums."""
+    outbox = Outbox(partitions=1)
+    outbox.items = {"x": [["a:0", 3, "p", 1.0, T0, "c", "y", 0.5, 4, "p", 2.0, T0 + 1,
+                           "c", "y", 0.25, "c", "z", 1.0]]}
+    outbox.drain()
+    model = {"t": 1.0, "w": {"a:0": 3}, "p": [1.0, T0], "n": 1.0, "nb": [["y"], [0.5], 0],
+             "m": 0.5}
+    params = ItemParams()
+    got, pairs = outbox.with_pending("x", model, params)
+    assert not outbox.sums["x"].fits(model)
+    assert got["n"] == 3.0 and got["m"] == 1.75 and pairs == {"y": 0.25, "z": 1.0}
+    below = {**model, "w": {"a:0": 2}}
+    got, pairs = outbox.with_pending("x", below, params)
+    assert outbox.sums["x"].fits(below)
+    assert got["n"] == 4.0 and got["m"] == 2.25 and pairs == {"y": 0.75, "z": 1.0}
+
+
+def test_confirmed_entries_leave_the_sums_as_if_never_added() -> None:
+    """Entries confirmed go out of the sums: a pair no pending entry holds any
+    more is gone (not left at a rounding residue), and what is left is the sums
+    of the entries left."""
+    outbox = Outbox(partitions=1)
+    outbox.items = {"x": [["a:0", 1, "c", "y", 0.1, "p", 1.0, T0, "b", [0.1, 0.2], 0.3],
+                          ["b:0", 1, "c", "z", 0.7, "$", 4.0, "e", 0.9, T0]]}
+    outbox.drain()
+    outbox.with_pending("x", {"t": 1.0}, ItemParams())  # the sums start
+    outbox.items = {"x": [["a:0", 2, "c", "y", 0.2, "c", "w", 0.3, "p", 1.0, T0 + 5,
+                           "b", [1.0, 1.0], 0.5]]}
+    outbox.drain()
+    outbox.confirm([("q", {"t": 1.0, "w": {"a:0": 1, "b:0": 1}})])
+    held = outbox.sums["x"]
+    fresh = PendingSums.of(outbox.unconfirmed["x"], outbox.ends["x"], outbox.rates)
+    assert held.pairs == pytest.approx(fresh.pairs) and held.pairs.keys() == {"y", "w"}
+    assert held.uses == fresh.uses and held.mass == pytest.approx(0.5)
+    assert held.dq.tolist() == pytest.approx([1.0, 1.0]) and held.qn == 1
+    assert held.recent == pytest.approx(fresh.recent)
+    assert (held.price, held.price_n, held.reviews) == (0.0, 0, [])
+    assert (held.first, held.last) == ({"a:0": 2}, {"a:0": 2})
+    outbox.confirm([("q", {"t": 1.0, "w": {"a:0": 2}})])
+    assert "x" not in outbox.sums and "x" not in outbox.unconfirmed

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from models.engine import FeedbackEngine
@@ -591,3 +592,66 @@ async def test_the_periods_write_lets_the_loop_run_between_slices(monkeypatch: A
     assert acked == [sharing_module.WRITE_CHUNK, len(items) - sharing_module.WRITE_CHUNK]
     assert len({n for n in turns if 0 < n < len(items)}) >= 5, turns
     assert all(guard.committable(("items", q), None) == 1 for q in range(p))
+
+
+def test_a_lagging_owners_models_cost_the_replica_no_replay_of_its_sent_entries(
+        monkeypatch: Any) -> None:
+    """The worker's replica reads the models of an owner three batches behind:
+    it adds this worker's pending sums to each (no sent entry replayed, however
+    many the lag leaves), and ends with the item state replaying them gives."""
+    import numpy as np
+
+    from models.item_state import ItemState
+    from models.item_updates import Outbox, attach, with_pending
+
+    rng = np.random.default_rng(7)
+    events = [Event("purchase" if rng.random() < 0.4 else "click", f"e{k}",
+                    f"u{rng.integers(10)}", f"i{rng.integers(8)}", 1_700_000_000.0 + k,
+                    quantity=1, price=3.0) for k in range(360)]
+    states = []
+    apply, replayed = ItemState.apply, []
+
+    def counting(state: ItemState, entries: list, *args: Any) -> int:
+        replayed.append(len(entries))
+        return apply(state, entries, *args)
+
+    for replay in (False, True):
+        owner, table = sharing(), {}
+        worker = sharing()
+        outbox = Outbox(worker.settings.partitions)
+        attach(worker.engine, outbox)
+        if replay:
+            monkeypatch.setattr(Outbox, "with_pending", lambda self, i, m, p: with_pending(
+                i, m, self.pending(i), p))
+        replayed.clear()
+        late: list[dict[int, bytes]] = []
+        topic = worker.settings.topic_item_model
+        for b in range(0, len(events), 30):
+            for k, event in enumerate(events[b : b + 30], start=b):
+                outbox.at("clicks:0", k)
+                worker.engine.process(event)
+            late.append(outbox.messages(worker.settings.partitions))
+            if len(late) > 3:
+                for payload in late.pop(0).values():
+                    owner.apply_updates(table, payload)
+            records = [SimpleNamespace(topic=topic, key=k, value=v) for k, v in owner.due_models(
+                table, set(range(owner.settings.partitions)), now=float(b))]
+            with monkeypatch.context() as m:
+                m.setattr(ItemState, "apply", counting)
+                worker.read(records, now=float(b))
+        assert (sum(replayed) > 100) == replay, sum(replayed)
+        monkeypatch.undo()
+        rec, cat = worker.engine.recommender, worker.engine.catalogue
+        n = len(cat)
+        states.append((cat.ids, rec.popularity.all_time(n), rec.popularity.recent(n),
+                       rec.cooccurrence._mass[:n].copy(),
+                       [{cat.ids[int(h)]: rec.cooccurrence.neighbours[i].get(int(h))
+                         for h in rec.cooccurrence.neighbours[i].keys[
+                             : rec.cooccurrence.neighbours[i].n]} for i in range(n)]))
+    (ids, *got), (ids_replayed, *want) = states
+    assert ids == ids_replayed
+    for a, b in zip(got[:3], want[:3], strict=True):
+        assert a == pytest.approx(b, rel=1e-9)
+    assert [d.keys() for d in got[3]] == [d.keys() for d in want[3]]
+    for a, b in zip(got[3], want[3], strict=True):
+        assert a == pytest.approx(b, rel=1e-9)
