@@ -35,8 +35,9 @@ before); besides, the item-side increments its own events produce are shared:
    OVERWRITES the local item-side state of those items with the published
    values (which already hold this worker's own increments the owner applied),
    plus this worker's own increments the model does not hold yet (above its
-   per-source watermark ``w``: :meth:`Outbox.pending`), so that an owner lagging
-   behind does not take back what this worker learnt since.
+   per-source watermark ``w``: :meth:`Outbox.pending`, added as their running
+   sums, :class:`PendingSums`), so that an owner lagging behind does not take
+   back what this worker learnt since.
 7. Blend weights, every period: publish ``blend_state(engine)`` to
    ``feedback.globals`` (key ``blend:<worker id>``); on reading the latest record
    of every live worker (its own included): ``merge_blend(engine, states)``.
@@ -217,8 +218,8 @@ class Outbox:
         self.started: dict[str, set[int]] = {"b": set(), "r": set()}
         self.ids: list[str] = []  # the attached engine's catalogue ids
         # Entries drained (sent) that no published model is known to hold yet, per
-        # item: re-applied over each published model of the item, so an owner
-        # lagging behind this worker does not take back its own fresher learning.
+        # item: added over each published model of the item, so an owner lagging
+        # behind this worker does not take back its own fresher learning.
         self.unconfirmed: Updates = {}
         # The offset each unconfirmed entry ends with (its last event's), in the
         # same order: :meth:`confirm` compares it with the watermarks on every

@@ -375,12 +375,10 @@ class Sharing:
                    budget: float | None = None) -> Slices[int]:
         """:meth:`read`, pausing (see :data:`stream.processor.Slices`) between two
         models once ``budget`` seconds (``Settings.batch_slice_seconds``) have
-        passed: while an owner lags, each model re-applies this worker's pending
-        entries, and a slice of 50 models held the event loop for 0.1 s and more
-        of CPU. The models are confirmed together before the first is applied
+        passed. The models are confirmed together before the first is applied
         (:func:`models.item_updates.apply_item_models_in_steps`), as when they
-        were applied at once; a model applied after a pause re-applies this
-        worker's pending entries as they are then, those of the events processed
+        were applied at once; a model applied after a pause adds this worker's
+        pending increments as they are then, those of the events processed
         during the pause included, as a model of the next slice always did."""
         budget = self.settings.batch_slice_seconds if budget is None else budget
         models = []

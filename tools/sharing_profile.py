@@ -26,8 +26,8 @@ slice and of each model (p50, p99, max) are printed too: how long the replica
 held the event loop at once, and how long it does with a pause between two models.
 
 ``--workers W`` runs W engines instead, as a deployment of W workers does: each
-has an outbox and is its own replica (so ``replica`` includes re-applying the
-worker's own unconfirmed entries over the models it reads, and it is the sum over
+has an outbox and is its own replica (so ``replica`` includes adding the
+worker's own unconfirmed increments over the models it reads, and it is the sum over
 the W replicas: every worker reads every model), input partition ``p`` goes to
 worker ``p % W``, and the owner applies each batch's item updates ``--lag``
 batches late, as a live owner lags the workers that feed it.
