@@ -261,8 +261,16 @@ class ItemCooccurrence:
             found = [s for s in found if s is not None]
         if found:  # distinct pairs: one numpy add for those the list holds
             nb.values[np.array(found, dtype=np.intp)] += weights
-        for h, w in new:
-            nb.append(h, w)
+        if new:  # and one copy for those it does not, in order, after it
+            start, end = nb.n, nb.n + len(new)
+            if end > nb.keys.shape[0]:
+                nb.keys = grown(nb.keys, end)
+                nb.values = grown(nb.values, end)
+            hs = [h for h, _ in new]
+            nb.keys[start:end] = hs
+            nb.values[start:end] = [w for _, w in new]
+            nb.slots.update(zip(hs, range(start, end), strict=True))
+            nb.n = end
         if others:
             self._ensure(max(others))
         if nb.n > 2 * self.max_neighbours:
