@@ -83,6 +83,32 @@ def run(steps: Slices[T]) -> T:
             return end.value
 
 
+class Slicer:
+    """One piece of work's time slices: :meth:`run` drives a generator of steps,
+    which yields wherever a pause may come (between two steps), and pauses there
+    (yields, see :data:`Slices`) once ``budget`` seconds (``time.perf_counter``)
+    have passed since the start or the last pause. The step generators one
+    Slicer runs in turn share its slice."""
+
+    __slots__ = ("budget", "pause_at")
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.pause_at = time.perf_counter() + budget
+
+    def run(self, steps: Generator[None, None, T]) -> Slices[T]:
+        """Run ``steps`` to its end, pausing at its yields once the slice is up;
+        its result."""
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return end.value
+            if time.perf_counter() >= self.pause_at:
+                yield
+                self.pause_at = time.perf_counter() + self.budget
+
+
 async def run_async(steps: Slices[T]) -> T:
     """Run ``steps`` to its end, letting the event loop run at each of its pauses.
 
@@ -237,14 +263,30 @@ class Processor:
         # The user of each input partition's last event in the batch (see Debounce).
         last_user: dict[tuple[str, int], str] = {}
         now = self.clock()
-        budget = self.settings.batch_slice_seconds
-        pause_at = time.perf_counter() + budget
+        slicer = Slicer(self.settings.batch_slice_seconds)
+        yield from slicer.run(self._events(batch, now, out, dirty, last_user))
+        due = self.debounce.batch_due(now, last_user)
+        written = yield from slicer.run(self._publish(due, now, out))
+        for user_id, (profile, source) in written.items():
+            dirty.setdefault(user_id, (profile, source))
+        self._store_exposures()
+        if outbox is not None:
+            out.extend(self._item_updates(outbox))
+        self._unwritten = dirty
+        if write:
+            yield from self.write_profiles_in_slices()
+        return out
+
+    def _events(self, batch: Sequence[InputMessage], now: float, out: list[OutputMessage],
+                dirty: dict[str, tuple[StoredProfile, InputMessage]],
+                last_user: dict[tuple[str, int], str]) -> Generator[None, None, None]:
+        """The batch's events, one step each (see :class:`Slicer`): each user's
+        profile to write into ``dirty``, each partition's last user into
+        ``last_user``, the outputs into ``out``."""
+        outbox = self.outbox
         for msg in batch:
+            yield  # before an event: the event loop's turn, once the slice is up
             start = time.perf_counter()
-            if start >= pause_at:
-                yield  # between two events: the event loop's turn
-                start = time.perf_counter()
-                pause_at = start + budget
             etype = self._types_by_topic.get(msg.topic, "unknown")
             try:
                 event = self._decode(msg, now)
@@ -290,17 +332,6 @@ class Processor:
             processed, seconds = self._per_type(etype)
             processed.inc()
             seconds.observe(time.perf_counter() - start)
-        due = self.debounce.batch_due(now, last_user)
-        written = yield from self._publish(due, now, out, pause_at)
-        for user_id, (profile, source) in written.items():
-            dirty.setdefault(user_id, (profile, source))
-        self._store_exposures()
-        if outbox is not None:
-            out.extend(self._item_updates(outbox))
-        self._unwritten = dirty
-        if write:
-            yield from self.write_profiles_in_slices()
-        return out
 
     def write_profiles(self) -> None:
         """The profile writes of the last :meth:`handle`."""
@@ -309,13 +340,13 @@ class Processor:
     def write_profiles_in_slices(self) -> Slices[None]:
         """:meth:`write_profiles` in slices (see :data:`Slices`)."""
         dirty, self._unwritten = self._unwritten, {}
-        budget = self.settings.batch_slice_seconds
-        pause_at = time.perf_counter() + budget
+        yield from Slicer(self.settings.batch_slice_seconds).run(self._write(dirty))
+
+    def _write(self, dirty: dict[str, tuple[StoredProfile, InputMessage]]
+               ) -> Generator[None, None, None]:
         for user_id, (profile, source) in dirty.items():
             self.profiles.put(user_id, profile, source)
-            if time.perf_counter() >= pause_at:
-                yield
-                pause_at = time.perf_counter() + budget
+            yield
 
     def _item_updates(self, outbox: Outbox) -> list[OutputMessage]:
         """The batch's item-side increments, one message per destination partition
@@ -369,16 +400,13 @@ class Processor:
             out.append(rec)
 
     def _publish(
-        self, due: list[Held], now: float, out: list[OutputMessage], pause_at: float
-    ) -> Slices[dict[str, tuple[StoredProfile, InputMessage]]]:
-        """Publish the ``due`` recommendations, pausing from ``pause_at`` on
-        (``time.perf_counter``) between two; their profiles to write."""
+        self, due: list[Held], now: float, out: list[OutputMessage]
+    ) -> Generator[None, None, dict[str, tuple[StoredProfile, InputMessage]]]:
+        """Publish the ``due`` recommendations, one step each (see
+        :class:`Slicer`); their profiles to write."""
         written: dict[str, tuple[StoredProfile, InputMessage]] = {}
-        budget = self.settings.batch_slice_seconds
         for held in due:
-            if time.perf_counter() >= pause_at:
-                yield
-                pause_at = time.perf_counter() + budget
+            yield
             self._publish_one(held, now, out)
             written[held.event.user_id] = (held.profile, held.record)
         self.metrics.recommendations_held.set(len(self.debounce))
@@ -404,8 +432,8 @@ class Processor:
         self, due_at: float, now: float
     ) -> Slices[list[OutputMessage]]:
         out: list[OutputMessage] = []
-        pause_at = time.perf_counter() + self.settings.batch_slice_seconds
-        written = yield from self._publish(self.debounce.due(due_at), now, out, pause_at)
+        written = yield from Slicer(self.settings.batch_slice_seconds).run(
+            self._publish(self.debounce.due(due_at), now, out))
         self._store_exposures()
         for user_id, (profile, source) in written.items():
             self.profiles.put(user_id, profile, source)

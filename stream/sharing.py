@@ -46,7 +46,7 @@ from stream.commit_guard import CommitGuard
 from stream.faust import acknowledged, in_order, send_through, write_through
 from stream.kafka import client_kwargs
 from stream.metrics import Metrics
-from stream.processor import Slices, run, run_async
+from stream.processor import Slicer, Slices, run, run_async
 from stream.settings import Settings
 from stream.topics import ITEM_STATE_TABLE
 
@@ -393,16 +393,7 @@ class Sharing:
             newest = max(newest, float(model.get("t", 0.0)))
             models.append((r.key.decode(), model))
         if models:
-            steps = self.engine.apply_item_models_in_steps(models)
-            pause_at = time.perf_counter() + budget
-            while True:
-                try:
-                    next(steps)
-                except StopIteration:
-                    break
-                if time.perf_counter() >= pause_at:
-                    yield
-                    pause_at = time.perf_counter() + budget
+            yield from Slicer(budget).run(self.engine.apply_item_models_in_steps(models))
             self.metrics.item_models_applied.inc(len(models))
             self.metrics.item_model_staleness.set(max(0.0, now - newest))
         return len(models)

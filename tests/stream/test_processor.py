@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
@@ -9,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from models.engine import FeedbackEngine
 from stream.contract import format_timestamp
 from stream.metrics import Metrics
-from stream.processor import DictStore, InputMessage, OutputMessage, Processor
+from stream.processor import DictStore, InputMessage, OutputMessage, Processor, Slicer
 from stream.settings import Settings, SettingsError
 
 NOW = 1_800_000_000.0  # the injected wall clock (2027)
@@ -377,3 +379,33 @@ def test_an_author_quoting_their_own_id_does_not_teach_it_to_the_sentiment_model
 def test_the_engine_checks_quality_on_the_configured_share() -> None:
     proc, _, _ = make(quality_sample=0.25)
     assert proc.engine.quality_sample == 0.25
+
+
+def test_a_slicer_pauses_at_a_steps_yield_once_its_slice_is_up_and_shares_it() -> None:
+    done: list[str] = []
+
+    def steps(name: str, n: int):  # type: ignore[no-untyped-def]
+        for k in range(n):
+            if k:
+                yield  # between two steps
+            done.append(f"{name}{k}")
+        return name
+
+    def pauses(slicer: Slicer, *runs: tuple[str, int]) -> list[list[str]]:
+        at: list[list[str]] = []
+
+        def all_runs():  # type: ignore[no-untyped-def]
+            for name, n in runs:
+                assert (yield from slicer.run(steps(name, n))) == name
+        for _ in all_runs():
+            at.append(list(done))
+        done.clear()
+        return at
+
+    assert pauses(Slicer(math.inf), ("a", 3)) == []
+    # Every step boundary once the slice is always up; none after the last step.
+    assert pauses(Slicer(0.0), ("a", 3)) == [["a0"], ["a0", "a1"]]
+    # Two step generators in turn share the slicer's slice: one that is up when
+    # the first ends pauses at the second's first boundary.
+    slicer = Slicer(0.0)
+    assert pauses(slicer, ("a", 1), ("b", 2)) == [["a0", "b0"]]
