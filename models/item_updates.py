@@ -535,17 +535,31 @@ class PendingSums:
 
     def settle(self, entries: Sequence[Entry], ends: Sequence[int]) -> None:
         """After :meth:`remove`: the sources' offsets and their order from the
-        ``entries`` left (``ends``: theirs), and the sums emptied set to exact zeros."""
-        first: dict[str, int] = {}
-        last: dict[str, int] = {}
-        irregular = False
-        for entry, end in zip(entries, ends, strict=True):
-            src = entry[0]
-            if last.get(src, -1) >= entry[1]:
-                irregular = True
-            first.setdefault(src, entry[1])
-            last[src] = max(last.get(src, -1), end)
-        self.first, self.last, self.irregular = first, last, irregular
+        ``entries`` left (``ends``: theirs), and the sums emptied set to exact zeros.
+
+        The entries confirmed end at or below a watermark the entries left end
+        above, so a source's last end stays; its first offset is its first entry
+        left, found from the front; an order that held still holds."""
+        if self.irregular:
+            first: dict[str, int] = {}
+            last: dict[str, int] = {}
+            irregular = False
+            for entry, end in zip(entries, ends, strict=True):
+                src = entry[0]
+                if last.get(src, -1) >= entry[1]:
+                    irregular = True
+                first.setdefault(src, entry[1])
+                last[src] = max(last.get(src, -1), end)
+            self.first, self.last, self.irregular = first, last, irregular
+        else:
+            first, wanted = {}, len(self.first)
+            for entry in entries:
+                if entry[0] not in first:
+                    first[entry[0]] = entry[1]
+                    if len(first) == wanted:
+                        break
+            self.last = {src: self.last[src] for src in first}
+            self.first = first
         if not self.pairs:
             self.mass = 0.0
         if self.recent is None:

@@ -676,3 +676,24 @@ def test_confirmed_entries_leave_the_sums_as_if_never_added() -> None:
     assert (held.first, held.last) == ({"a:0": 2}, {"a:0": 2})
     outbox.confirm([("q", {"t": 1.0, "w": {"a:0": 2}})])
     assert "x" not in outbox.sums and "x" not in outbox.unconfirmed
+
+
+def test_sums_left_after_a_confirmation_know_each_sources_first_and_last_offsets() -> None:
+    """A few of many entries confirmed: the sums left start each source at its
+    first entry left and end it where it ended, as summing the entries left
+    gives, and a model above that first offset takes them."""
+    outbox = Outbox(partitions=1)
+    outbox.items = {"x": [["a:0", 1, "c", "y", 0.5], ["b:0", 4, "c", "y", 0.5]]}
+    outbox.drain()
+    outbox.with_pending("x", {"t": 1.0}, ItemParams())  # the sums start
+    for k in range(2, 6):
+        outbox.items = {"x": [["a:0", k, "c", "z", 1.0], ["b:0", k + 3, "c", "y", 0.5]]}
+        outbox.drain()
+    outbox.confirm([("q", {"t": 1.0, "w": {"a:0": 2}})])
+    held = outbox.sums["x"]
+    left = PendingSums.of(outbox.unconfirmed["x"], outbox.ends["x"], outbox.rates)
+    assert (held.first, held.last) == (left.first, left.last) == (
+        {"b:0": 4, "a:0": 3}, {"a:0": 5, "b:0": 8})
+    assert held.pairs == pytest.approx(left.pairs) and held.uses == left.uses
+    assert held.fits({"t": 1.0, "w": {"a:0": 2, "b:0": 3}})
+    assert not held.fits({"t": 1.0, "w": {"a:0": 3}})
