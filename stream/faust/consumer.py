@@ -158,9 +158,13 @@ class ConsumerFixes(_ConsumerBase):
         under pressure, and still awaits the rest of the poll. A partition feeding
         a queue that has no room for a whole poll (``poll_records``, which
         :func:`stream.faust.create_app` makes Faust's ``broker_max_poll_records``)
-        is left out of this poll instead; its records stay in aiokafka's fetch
-        buffer, where the next poll finds them: nothing is skipped or sought.
-        Not during table recovery, as Faust's ``on_buffer_full``.
+        below the queue's pressure mark is left out of this poll instead; its
+        records stay in aiokafka's fetch buffer, where the next poll finds them:
+        nothing is skipped or sought. Below that mark, Faust's own back-pressure
+        never engages (it takes partitions off one by one, and gives them back one
+        per ``get`` in its set's order, which can pass one over for as long as a
+        backlog lasts): a queue's partitions are left out and polled again
+        together. Not during table recovery, as Faust's ``on_buffer_full``.
         """
         limit = self.poll_records
         if limit is None or self.app.in_recovery:
@@ -170,7 +174,8 @@ class ConsumerFixes(_ConsumerBase):
         for tp in partitions:
             for channel in index.get(tp, ()):
                 queue = channel.queue
-                if queue.maxsize and queue.maxsize - queue.qsize() < limit:
+                mark = getattr(queue, "pressure_high_size", queue.maxsize)
+                if queue.maxsize and mark - queue.qsize() < limit:
                     held.add(tp)
                     break
         return held

@@ -380,6 +380,10 @@ class Queue:
     def qsize(self) -> int:
         return self.size
 
+    @property
+    def pressure_high_size(self) -> int:  # mode's FlowControlQueue: maxsize / 1.25
+        return int(self.maxsize / 1.25)
+
 
 @dataclass(eq=False)
 class Channel:
@@ -414,7 +418,8 @@ def test_a_poll_reaches_the_item_updates_behind_an_input_backlog() -> None:
 
 
 def test_a_stream_without_room_for_a_poll_keeps_its_records_in_the_fetch_buffer() -> None:
-    queues = {INPUT: Queue(4096, size=4096 - 199), UPDATES: Queue(4096)}
+    # Faust's back-pressure engages at 3,276 events: the poll stays below it.
+    queues = {INPUT: Queue(4096, size=3276 - 199), UPDATES: Queue(4096)}
     consumer = polling(backlog(), queues)
     active = set(consumer.records)
     got = asyncio.run(consumer._getmany(active, 1.0))
@@ -430,7 +435,7 @@ def test_a_stream_without_room_for_a_poll_keeps_its_records_in_the_fetch_buffer(
     assert consumer.polls == []
     queues[UPDATES].size = 0
     # Once the agent has taken events, the inputs come from where they stopped.
-    queues[INPUT].size = 4096 - 200
+    queues[INPUT].size = 3276 - 200
     got = asyncio.run(consumer._getmany(active, 1.0))
     assert got == {TP(INPUT, 0): list(range(200))}
 
