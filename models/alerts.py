@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
-from river import anomaly, drift, stats
+from river import drift, stats
 
-from models.river_internals import score_then_learn
+from models.halfspace import HalfSpaceForest
+from models.river_internals import forest_from_river
 
 ALERT_KINDS: tuple[str, ...] = (
     "negative_review_spike",
@@ -63,21 +65,23 @@ class Cooldown:
     def prune(self, now: float) -> None:
         """Forget keys whose cooldown has expired."""
         self.last = {
-            k: t
-            for k, t in self.last.items()
-            if now - t < self.per_kind.get(k[0], self.seconds)
+            k: t for k, t in self.last.items() if now - t < self.per_kind.get(k[0], self.seconds)
         }
 
 
 class BehaviourAnomaly:
     """Half-space trees over a purchase's features squashed into [0, 1].
 
-    River's ``HalfSpaceTrees`` assumes features in [0, 1], so each feature is
+    Half-space trees assume features in [0, 1], so each feature is
     log-compressed and min-max scaled with running bounds. The alert threshold
     is the larger of ``min_score`` and the running ``quantile`` of past scores,
     so that only the most unusual fraction of events raise alerts whatever the
     data's score distribution. Scores are produced only after ``warmup``
     events (the trees need a full reference window).
+
+    The trees are :class:`~models.halfspace.HalfSpaceForest`, River's
+    ``HalfSpaceTrees`` as arrays: with the same seed, the same trees and the
+    same scores as River's, at a fraction of the cost per event.
 
     Parameters
     ----------
@@ -95,6 +99,7 @@ class BehaviourAnomaly:
 
     Examples
     --------
+    >>> import numpy as np
     >>> det = BehaviourAnomaly(window_size=50, warmup=100, seed=1)
     >>> rng = np.random.default_rng(0)
     >>> for _ in range(300):
@@ -122,30 +127,61 @@ class BehaviourAnomaly:
         self.min_score = min_score
         self.warmup = warmup
         self.seed = seed
-        self.trees = anomaly.HalfSpaceTrees(
-            n_trees=n_trees, height=height, window_size=window_size, seed=seed
-        )
+        # Built on the first event, which tells the number of features.
+        self.forest: HalfSpaceForest | None = None
         self.score_quantile = stats.Quantile(quantile)
-        self.low: np.ndarray | None = None
-        self.high: np.ndarray | None = None
+        self.low: list[float] | None = None
+        self.high: list[float] | None = None
         self.n = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "trees" in state:  # pickled with River's HalfSpaceTrees: carry its trees over
+            state = dict(state)
+            state["forest"] = forest_from_river(state.pop("trees"))
+            for bound in ("low", "high"):
+                if state[bound] is not None:
+                    state[bound] = [float(v) for v in state[bound]]
+        self.__dict__.update(state)
 
     def threshold(self) -> float:
         """Current alert threshold."""
         q = self.score_quantile.get()
         return max(self.min_score, q if q is not None else self.min_score)
 
-    def score_learn_one(self, features: list[float]) -> float | None:
-        """Anomaly score of ``features`` in [0, 1] (``None`` during warm-up), then learn."""
-        values = np.asarray(features, dtype=float)
-        raw = np.sign(values) * np.log1p(np.abs(values))
+    def scale_learn_one(self, features: Sequence[float]) -> list[float]:
+        """``features`` log-compressed and squashed into [0, 1] by the bounds so far,
+        then the bounds widened to take them in.
+
+        The features must be finite (the event contract rejects NaN and infinities).
+        """
+        # One Python loop, not numpy: five values are too few for numpy's per-call cost.
         if self.low is None or self.high is None:
-            self.low, self.high = raw.copy(), raw.copy()
-        span = np.maximum(self.high - self.low, 1e-9)
-        x = dict(enumerate(np.clip((raw - self.low) / span, 0.0, 1.0).tolist()))
-        score = score_then_learn(self.trees, x, self.n >= self.warmup)
-        self.low = np.minimum(self.low, raw)
-        self.high = np.maximum(self.high, raw)
+            raw = [math.copysign(math.log1p(abs(v)), v) for v in features]
+            self.low, self.high = list(raw), list(raw)
+        low, high = self.low, self.high
+        if len(features) != len(low):
+            raise ValueError(f"expected {len(low)} features, got {len(features)}")
+        x = []
+        for i, v in enumerate(features):
+            r = math.copysign(math.log1p(abs(v)), v)
+            lo, hi = low[i], high[i]
+            span = hi - lo
+            s = (r - lo) / (span if span > 1e-9 else 1e-9)
+            x.append(0.0 if s < 0.0 else 1.0 if s > 1.0 else s)
+            if r < lo:
+                low[i] = r
+            elif r > hi:
+                high[i] = r
+        return x
+
+    def score_learn_one(self, features: Sequence[float]) -> float | None:
+        """Anomaly score of ``features`` in [0, 1] (``None`` during warm-up), then learn."""
+        x = self.scale_learn_one(features)
+        if self.forest is None:
+            self.forest = HalfSpaceForest(
+                len(x), self.n_trees, self.height, self.window_size, self.seed
+            )
+        score = self.forest.score_learn_one(x, self.n >= self.warmup)
         self.n += 1
         if score is not None:
             self.score_quantile.update(score)

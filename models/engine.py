@@ -14,7 +14,7 @@ import itertools
 import math
 import zlib
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,13 @@ from models.clv import CustomerValue, Prediction
 from models.events import Event
 from models.factorization import RatingFactorization
 from models.information import BehaviourShift, ListInformation
-from models.item_updates import Outbox, apply_item_models, blend_state, merge_blend
+from models.item_updates import (
+    Outbox,
+    apply_item_models,
+    apply_item_models_in_steps,
+    blend_state,
+    merge_blend,
+)
 from models.profiles import DAY, History, UserProfile
 from models.recommender import BlendedRecommender, exclude_seen, top_k
 from models.segmentation import OnlineSegmentation
@@ -644,6 +650,13 @@ class FeedbackEngine:
     def apply_item_models(self, models: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
         """Overwrite the local item-side state of published item models; how many."""
         return apply_item_models(self, models)
+
+    def apply_item_models_in_steps(
+        self, models: Iterable[tuple[str, Mapping[str, Any]]]
+    ) -> Generator[None, None, int]:
+        """:meth:`apply_item_models`, pausing between two models
+        (:func:`models.item_updates.apply_item_models_in_steps`)."""
+        return apply_item_models_in_steps(self, models)
 
     def blend_state(self) -> dict[str, Any]:
         """This engine's record for the blend weights' periodic averaging."""

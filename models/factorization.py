@@ -12,6 +12,73 @@ from models.catalogue import grown
 GRAD_START = 1e-2
 
 
+class UserRows:
+    """Per-user float vectors of one length, as rows of shared fixed-size blocks.
+
+    A numpy array per user costs its 112-byte header on top of its data (224
+    bytes for 16 floats); a row of a block costs its data and the user's row
+    number. Blocks are never reallocated, so adding users copies nothing, and a
+    forgotten user's row goes to the next new user. :meth:`get` returns a view:
+    updating it in place updates the stored row.
+
+    >>> rows = UserRows(2)
+    >>> rows.add("a", np.array([1.0, 2.0]))[:] *= 2
+    >>> rows.get("a").tolist(), rows.get("b"), "a" in rows, len(rows)
+    ([2.0, 4.0], None, True, 1)
+    >>> rows.pop("a"), rows.pop("a"), len(rows)
+    (True, False, 0)
+    >>> rows.add("b", np.zeros(2)).tolist(), rows.rows  # b reuses a's row
+    ([0.0, 0.0], {'b': 0})
+    """
+
+    BLOCK_BITS = 10  # 1,024 rows per block (written out in get and _view)
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.rows: dict[str, int] = {}
+        self.blocks: list[np.ndarray] = []
+        self.free: list[int] = []  # rows of forgotten users, reused first
+        self.used = 0  # rows ever handed out (the next fresh one)
+
+    def __contains__(self, user: object) -> bool:
+        return user in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _view(self, row: int) -> np.ndarray:
+        return self.blocks[row >> 10][row & 1023]  # BLOCK_BITS, inline: per event
+
+    def get(self, user: str) -> np.ndarray | None:
+        """The user's row (a view), ``None`` for an unknown user."""
+        row = self.rows.get(user)
+        if row is None:
+            return None
+        return self.blocks[row >> 10][row & 1023]
+
+    def add(self, user: str, values: np.ndarray) -> np.ndarray:
+        """Store ``values`` as ``user``'s row (a new user); the row's view."""
+        if self.free:
+            row = self.free.pop()
+        else:
+            row = self.used
+            self.used += 1
+            if row >> self.BLOCK_BITS >= len(self.blocks):
+                self.blocks.append(np.zeros((1 << self.BLOCK_BITS, self.width)))
+        self.rows[user] = row
+        view = self._view(row)
+        view[:] = values
+        return view
+
+    def pop(self, user: str) -> bool:
+        """Forget ``user``'s row; False if there was none."""
+        row = self.rows.pop(user, None)
+        if row is None:
+            return False
+        self.free.append(row)
+        return True
+
+
 class RatingFactorization:
     """Biased matrix factorisation of star ratings, learnt by regularised SGD.
 
@@ -86,12 +153,13 @@ class RatingFactorization:
         self.high = -math.inf
         self.user_bias: dict[str, float] = {}
         self.user_count: dict[str, int] = {}
-        self.user_vec: dict[str, np.ndarray] = {}
+        # Per user, one row: the vector, then AdaGrad's running sums of squared
+        # gradients (:meth:`_user` returns both halves as views).
+        self.user_rows = UserRows(2 * n_factors)
         self.item_bias = np.zeros(16)
         self.item_count = np.zeros(16)
         self.item_vec = np.zeros((16, n_factors))
-        # AdaGrad's running sums of squared gradients, per user and per item
-        self.user_grad: dict[str, np.ndarray] = {}
+        # AdaGrad's running sums of squared gradients per item
         self.item_grad = np.zeros((16, n_factors))
         # the calibration (recursive least squares): weights and inverse covariance
         self.weights = np.array([0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
@@ -121,15 +189,31 @@ class RatingFactorization:
             )
             self._n_items = item + 1
 
-    def _user(self, user: str) -> np.ndarray:
-        vec = self.user_vec.get(user)
-        if vec is None:
-            vec = self._rng.normal(0.0, 0.1, self.n_factors)
-            self.user_vec[user] = vec
+    def _user(self, user: str) -> tuple[np.ndarray, np.ndarray]:
+        """The user's vector and gradient sums (views of their row), made if new."""
+        row = self.user_rows.get(user)
+        if row is None:
+            start = np.full(2 * self.n_factors, GRAD_START)
+            start[: self.n_factors] = self._rng.normal(0.0, 0.1, self.n_factors)
+            row = self.user_rows.add(user, start)
             self.user_bias[user] = 0.0
             self.user_count[user] = 0
-            self.user_grad[user] = np.full(self.n_factors, GRAD_START)
-        return vec
+        return row[: self.n_factors], row[self.n_factors :]
+
+    def user_vector(self, user: str) -> np.ndarray | None:
+        """The user's latent vector (a view), ``None`` for a user with no rating."""
+        row = self.user_rows.get(user)
+        return None if row is None else row[: self.n_factors]
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # A pickle that holds one vector and one gradient array per user (dicts).
+        vecs, grads = state.pop("user_vec", None), state.pop("user_grad", None)
+        if isinstance(vecs, dict) and isinstance(grads, dict):
+            rows = UserRows(2 * int(state["n_factors"]))  # type: ignore[call-overload]
+            for user, vec in vecs.items():
+                rows.add(user, np.concatenate([vec, grads[user]]))
+            state["user_rows"] = rows
+        self.__dict__.update(state)
 
     def _clip(self, value: float) -> float:
         if self.n == 0:
@@ -140,8 +224,7 @@ class RatingFactorization:
         """Drop ``user``'s bias, count and vector (an evicted user starts afresh)."""
         self.user_bias.pop(user, None)
         self.user_count.pop(user, None)
-        self.user_vec.pop(user, None)
-        self.user_grad.pop(user, None)
+        self.user_rows.pop(user)
 
     def _features(self, user: str, item: int) -> np.ndarray:
         """The calibration's inputs ``x`` for ``(user, item)`` (see the class docstring)."""
@@ -152,7 +235,7 @@ class RatingFactorization:
         if item < self._n_items:
             bi = float(self.item_bias[item])
             si = 1.0 / math.sqrt(float(self.item_count[item]) + 1.0)
-            vec = self.user_vec.get(user)
+            vec = self.user_vector(user)
             if vec is not None:
                 latent = float(vec @ self.item_vec[item])
         return np.array([1.0, bu, bi, latent, bu * su, bi * si, su, si])
@@ -176,7 +259,7 @@ class RatingFactorization:
         latent = np.zeros(n)
         bi[:m] = self.item_bias[:m]
         si[:m] = 1.0 / np.sqrt(self.item_count[:m] + 1.0)
-        vec = self.user_vec.get(user)
+        vec = self.user_vector(user)
         if vec is not None:
             latent[:m] = self.item_vec[:m] @ vec
         user_part = w[0] + w[1] * bu + w[4] * bu * su + w[6] * su
@@ -195,7 +278,7 @@ class RatingFactorization:
         if self.n:
             self._calibrate(user, item, rating)
         self._item(item)
-        p = self._user(user)
+        p, acc_p = self._user(user)
         self.n += 1
         self.mean += (rating - self.mean) / self.n
         self.low = min(self.low, rating)
@@ -217,7 +300,6 @@ class RatingFactorization:
         self.item_bias[item] += lb_item * (err - self.l2_bias * self.item_bias[item])
         grad_p = err * q - self.l2_latent * p
         grad_q = err * p - self.l2_latent * q
-        acc_p = self.user_grad[user]
         acc_q = self.item_grad[item]
         acc_p += grad_p * grad_p
         acc_q += grad_q * grad_q
@@ -285,7 +367,7 @@ class ImplicitFactorization:
         self._recent_at = 0
         self.seed = seed
         self._rng = np.random.default_rng(seed)
-        self.user_vec: dict[str, np.ndarray] = {}
+        self.user_vec = UserRows(n_factors)
         self.item_vec = np.zeros((16, n_factors))
         self.item_bias = np.zeros(16)
         self._n_items = 0
@@ -313,7 +395,17 @@ class ImplicitFactorization:
 
     def forget(self, user: str) -> None:
         """Drop ``user``'s vector (an evicted user starts afresh)."""
-        self.user_vec.pop(user, None)
+        self.user_vec.pop(user)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # A pickle that holds one array per user (a dict): the same vectors as rows.
+        vecs = state.get("user_vec")
+        if isinstance(vecs, dict):
+            rows = UserRows(int(state["n_factors"]))  # type: ignore[call-overload]
+            for user, vec in vecs.items():
+                rows.add(user, vec)
+            state["user_vec"] = rows
+        self.__dict__.update(state)
 
     def scores(self, user: str, n: int, out: np.ndarray | None = None) -> np.ndarray:
         """Preference scores of items ``0..n-1`` (zeros for an unknown user).
@@ -337,8 +429,7 @@ class ImplicitFactorization:
         self._item(max(item, n_items - 1))
         p = self.user_vec.get(user)
         if p is None:
-            p = self._rng.normal(0.0, 0.1, self.n_factors)
-            self.user_vec[user] = p
+            p = self.user_vec.add(user, self._rng.normal(0.0, 0.1, self.n_factors))
         lr = self.lr * min(abs(weight), 2.0)
         sign = 1.0 if weight > 0 else -1.0
         shrink = 1.0 - lr * self.l2

@@ -83,7 +83,7 @@ op given as its own list (``["c", "i7", 0.5]``). The ops:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, overload
@@ -575,6 +575,23 @@ def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mappin
     """Overwrite ``engine``'s item-side state of each ``(item_id, model)`` published by
     :meth:`models.item_state.ItemState.published`; unknown ids (items or neighbours)
     join the catalogue. Returns the number of models applied."""
+    steps = apply_item_models_in_steps(engine, models)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return int(end.value)
+
+
+def apply_item_models_in_steps(
+    engine: FeedbackEngine, models: Iterable[tuple[str, Mapping[str, Any]]]
+) -> Generator[None, None, int]:
+    """:func:`apply_item_models`, pausing (yielding ``None``) after each model but
+    the last; returns the number of models applied. ``models`` are confirmed
+    (:meth:`Outbox.confirm`) all at once before the first is applied, so what
+    each model shows with this worker's pending entries on top does not depend on
+    where the caller pauses; the engine is whole at every pause (between two
+    models)."""
     cat = engine.catalogue
     rec = engine.recommender
     outbox = engine.outbox
@@ -584,6 +601,8 @@ def apply_item_models(engine: FeedbackEngine, models: Iterable[tuple[str, Mappin
         outbox.confirm(models)
     n = 0
     for item_id, model in models:
+        if n:
+            yield
         n += 1
         pairs: dict[str, float] = {}
         if outbox is not None:

@@ -252,9 +252,11 @@ def register(
     async def checkpoint_now() -> None:
         async with one_at_a_time:
             start = time.perf_counter()
+            metrics.checkpoint_started.set(time.time())
             await save_consistent(settings, models, app.producer.flush, between)
             metrics.checkpoints.inc()
             metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+            metrics.checkpoint_written.set(time.time())
 
     app.timer(settings.checkpoint_interval_seconds, name="checkpoint")(checkpoint_now)
 

@@ -334,6 +334,19 @@ class Metrics:
             namespace=ns, registry=registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
+        # When the last checkpoint began (its snapshot: the fork) and was written:
+        # how old the file on disk is, and which stretch of the worker's time a
+        # checkpoint child lived through (the bench splits its latencies by it).
+        self.checkpoint_started = Gauge(
+            "model_checkpoint_last_start_timestamp_seconds",
+            "Unix time the last model checkpoint began (its snapshot of the models).",
+            namespace=ns, registry=registry,
+        )
+        self.checkpoint_written = Gauge(
+            "model_checkpoint_last_end_timestamp_seconds",
+            "Unix time the last model checkpoint was written.",
+            namespace=ns, registry=registry,
+        )
         self.event_loop_lag_seconds = Histogram(
             "event_loop_lag_seconds",
             "How late the worker's event loop woke a 50 ms sleep: the time every "

@@ -24,6 +24,7 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 TABLE_STORES = ("memory", "rocksdb")
+FAUST_MONITORS = ("faust", "lean")  # stream/faust/monitor.py
 # Kafka's legal topic names.
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
@@ -181,6 +182,11 @@ class Settings:
     # changelog, so a failover resumes from it instead of replaying the
     # changelog; every worker then also reads W - 1 others' changelog writes.
     table_standby_replicas: int = 1
+    # Faust's main sensor: "lean" (only what Faust's own stream-idle warning
+    # reads) or "faust" (its Monitor: bookkeeping on every message, stream event
+    # and table access, about 3.7 us of CPU per event more, shown only by Faust's
+    # /stats/ page; `python -m tools.sensor_cost`, docs/performance.md).
+    faust_monitor: str = "lean"
     # The eviction step runs on its own tick, every this many seconds, and
     # forgets at most `evictions_per_tick` users (about 14 us each in process,
     # plus the changelog tombstone): the pause stays in the tens of ms, and
@@ -293,6 +299,8 @@ class Settings:
             (self.max_users >= 0, "FEEDBACK_MAX_USERS must be >= 0 (0: no cap)"),
             (self.table_store in TABLE_STORES,
              f"FEEDBACK_TABLE_STORE must be one of {', '.join(TABLE_STORES)}"),
+            (self.faust_monitor in FAUST_MONITORS,
+             f"FEEDBACK_FAUST_MONITOR must be one of {', '.join(FAUST_MONITORS)}"),
             (self.evictions_per_tick >= 1, "FEEDBACK_EVICTIONS_PER_TICK must be >= 1"),
             (0 <= self.table_standby_replicas <= 10,
              "FEEDBACK_TABLE_STANDBY_REPLICAS must be >= 0 and <= 10"),

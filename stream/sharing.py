@@ -369,6 +369,20 @@ class Sharing:
 
     def read(self, records: list[Any], now: float) -> int:
         """Apply records of ``feedback.item-model`` and ``feedback.globals``."""
+        return run(self.read_steps(records, now, math.inf))
+
+    def read_steps(self, records: list[Any], now: float,
+                   budget: float | None = None) -> Slices[int]:
+        """:meth:`read`, pausing (see :data:`stream.processor.Slices`) between two
+        models once ``budget`` seconds (``Settings.batch_slice_seconds``) have
+        passed: while an owner lags, each model re-applies this worker's pending
+        entries, and a slice of 50 models held the event loop for 0.1 s and more
+        of CPU. The models are confirmed together before the first is applied
+        (:func:`models.item_updates.apply_item_models_in_steps`), as when they
+        were applied at once; a model applied after a pause re-applies this
+        worker's pending entries as they are then, those of the events processed
+        during the pause included, as a model of the next slice always did."""
+        budget = self.settings.batch_slice_seconds if budget is None else budget
         models = []
         newest = 0.0
         for r in records:
@@ -381,7 +395,16 @@ class Sharing:
             newest = max(newest, float(model.get("t", 0.0)))
             models.append((r.key.decode(), model))
         if models:
-            self.engine.apply_item_models(models)
+            steps = self.engine.apply_item_models_in_steps(models)
+            pause_at = time.perf_counter() + budget
+            while True:
+                try:
+                    next(steps)
+                except StopIteration:
+                    break
+                if time.perf_counter() >= pause_at:
+                    yield
+                    pause_at = time.perf_counter() + budget
             self.metrics.item_models_applied.inc(len(models))
             self.metrics.item_model_staleness.set(max(0.0, now - newest))
         return len(models)
@@ -397,7 +420,7 @@ class Sharing:
         for i in range(0, len(records), READ_SLICE):
             if i:
                 await asyncio.sleep(0)
-            n += self.read(records[i : i + READ_SLICE], time.time())
+            n += await run_async(self.read_steps(records[i : i + READ_SLICE], time.time()))
         return n
 
     def _global(self, key: bytes, value: dict[str, Any]) -> None:
@@ -431,7 +454,9 @@ def newest(records: list[Any], topic: str) -> list[Any]:
 #: backlog's 500 held the loop for 0.1-0.25 s.
 OWNER_BATCH = 50
 
-#: Item-model records a replica applies between two turns of the event loop.
+#: Item-model records a replica confirms at once (``Outbox.confirm``), then applies
+#: with the event loop's turn between two once the slice's time is up
+#: (:meth:`Sharing.read_steps`), and always after the last.
 READ_SLICE = 50
 
 #: The owner's changelog writes of one period go to the producer in chunks this

@@ -7,7 +7,10 @@ loop's lag (how late a short sleep wakes up) is the histogram
 set, a thread also watches the loop's heartbeat and, when the loop has had no
 turn for that long, logs the stack the loop is running (once per stall): the
 place to cut the work in slices; the heartbeat then logs how long the stall
-lasted in all, once the loop wakes it.
+lasted in all, once the loop wakes it, and how much CPU time the loop's thread
+used over it and the heartbeat's sleep before it (so at most ``beat`` seconds of
+other work on top of the stall's; ``python -m tools.stall_log`` sums them by
+place).
 """
 
 from __future__ import annotations
@@ -48,14 +51,18 @@ class LoopWatch:
         try:
             while True:
                 start = self.last = time.monotonic()
+                cpu = time.thread_time()
                 await asyncio.sleep(self.beat)
                 now = self.last = time.monotonic()
                 late = max(0.0, now - start - self.beat)
                 self.lag.observe(late)
                 if 0 < self.stall_log_seconds <= late:
                     # The watcher logged the stack at the stall's start; its length
-                    # is known only now.
-                    log.warning("event loop stall over: no turn for %.3f s", late)
+                    # is known only now. The loop thread's CPU time over it tells
+                    # the work that held the loop from the machine's other jobs
+                    # (which stretch it in wall time only).
+                    log.warning("event loop stall over: no turn for %.3f s, %.3f s of CPU",
+                                late, time.thread_time() - cpu)
         finally:
             self._stop.set()
 

@@ -40,6 +40,12 @@ from stream.processor import DictStore, InputMessage, Processor
 from stream.settings import Settings
 
 WALL = 1.9e9  # the injected wall clock: later than any dataset event
+ROOT = str(Path(__file__).resolve().parents[1]) + "/"
+
+
+def _short(filename: str) -> str:
+    """A traced file's path inside the repository (others' as they are)."""
+    return filename.removeprefix(ROOT)
 
 
 def rss() -> int:
@@ -133,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stats = snap1.compare_to(snap0, "lineno")
             report["traced_bytes_per_user"] = round(sum(s.size_diff for s in stats) / args.users)
             report["traced_top"] = [
-                [f"{s.traceback[0].filename.split('/wt-mem/')[-1]}:{s.traceback[0].lineno}",
+                [f"{_short(s.traceback[0].filename)}:{s.traceback[0].lineno}",
                  round(s.size_diff / args.users)]
                 for s in stats[:15]
             ]

@@ -19,7 +19,11 @@ item owner run, each timed in CPU time:
 
 It prints microseconds per event for each stage, the entries and bytes per
 event, and with ``--cprofile N`` the top N functions of the sharing stages
-(everything but ``learn``) by internal time.
+(everything but ``learn``) by internal time. With ``--read-slices`` the replica
+applies the models as the worker's does (:data:`stream.sharing.READ_SLICE` at a
+time, confirmed together, then one by one) and the CPU milliseconds of each
+slice and of each model (p50, p99, max) are printed too: how long the replica
+held the event loop at once, and how long it does with a pause between two models.
 
 ``--workers W`` runs W engines instead, as a deployment of W workers does: each
 has an outbox and is its own replica (so ``replica`` includes re-applying the
@@ -43,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from stream.sharing import READ_SLICE
 
 STAGES = ("learn", "encode", "apply", "changelog", "publish", "replica")
 
@@ -127,9 +133,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         changed.difference_update(due)
         return [(i, encode_model(states[i].published(now, params))) for i in due]
 
+    chunk_ms: list[float] = []
+    model_ms: list[float] = []
+
     def apply_models(records: list[tuple[str, bytes]]) -> None:
         for replica in replicas:  # each worker decodes the records it reads
-            replica.apply_item_models([(i, decode_model(v)) for i, v in records])
+            models = [(i, decode_model(v)) for i, v in records]
+            if not args.read_slices:
+                replica.apply_item_models(models)
+                continue
+            # As the worker's replica: READ_SLICE models confirmed together, then
+            # applied one by one (the worker may pause between two).
+            for k in range(0, len(models), READ_SLICE):
+                start = last = clock()
+                steps = replica.apply_item_models_in_steps(models[k : k + READ_SLICE])
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration:
+                        break
+                    finally:
+                        now = clock()
+                        model_ms.append(1e3 * (now - last))
+                        last = now
+                chunk_ms.append(1e3 * (clock() - start))
 
     for n, i in enumerate(range(0, len(events), args.batch), start=1):
         batch = events[i : i + args.batch]
@@ -152,6 +179,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {f"{s}_us_per_event": 1e6 * spent[s] / n_events for s in STAGES}
     result["sharing_us_per_event"] = sum(result[f"{s}_us_per_event"] for s in STAGES[1:])
     result.update({f"{k}_per_event": v / n_events for k, v in counts.items()})
+    for name, ms in (("chunk", chunk_ms), ("model", model_ms)):
+        if ms:
+            ordered = sorted(ms)
+            for q in (50, 99):
+                result[f"replica_{name}_ms_p{q}"] = ordered[min(len(ordered) - 1,
+                                                                len(ordered) * q // 100)]
+            result[f"replica_{name}_ms_max"] = ordered[-1]
     if profiler is not None:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.cprofile)
@@ -172,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dataset", default="demo", help="shared dataset replayed (default demo)")
     p.add_argument("--data-dir", type=Path, help="datasets folder (default ../shared/data)")
     p.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the top N")
+    p.add_argument("--read-slices", action="store_true",
+                   help="apply the models as the worker's replica does (stream.sharing."
+                   "READ_SLICE at a time, one by one) and print the CPU milliseconds of "
+                   "each slice and of each model (the first with the slice's confirmation)")
     args = p.parse_args(argv)
     for name in ("events", "batch", "partitions", "publish_every"):
         if getattr(args, name) < 1:

@@ -10,7 +10,9 @@ docstring names:
 * :mod:`stream.faust.recovery`: table recovery to the changelog's real end,
   a producer flush that empties the send buffer;
 * :mod:`stream.faust.table_store`: the profile table's writes and tombstones;
-* :mod:`stream.faust.offset_trace`: the per-partition offset trace.
+* :mod:`stream.faust.offset_trace`: the per-partition offset trace;
+* :mod:`stream.faust.monitor`: Faust's main sensor without its per-event
+  bookkeeping.
 
 The upstream write-ups are docs/faust-rebalance-record-loss.md and
 docs/faust-sigterm-offset-race.md.
@@ -24,6 +26,7 @@ import faust
 
 from stream.commit_guard import CommitGuard
 from stream.faust.consumer import POLL_RECORDS, Consumer
+from stream.faust.monitor import MONITORS
 from stream.faust.offset_trace import OffsetTrace
 from stream.faust.recovery import ChangelogRecovery, GuardedTableManager, Producer
 from stream.faust.table_store import (
@@ -46,7 +49,8 @@ def create_app(
 ) -> faust.App:
     """A ``faust.App`` (``options`` as for it) built with the project's classes.
 
-    The consumer (:class:`~stream.faust.consumer.Consumer`) always; the table
+    The consumer (:class:`~stream.faust.consumer.Consumer`) and the Monitor
+    of ``settings.faust_monitor`` (:mod:`stream.faust.monitor`) always; the table
     recovery and the producer of :mod:`stream.faust.recovery` when
     ``settings.recovery_guards`` is on. The consumer consults ``commit_guard``
     (itself off when the guards are) and logs to ``trace`` if there is one.
@@ -59,6 +63,7 @@ def create_app(
     # Bounded polls, so that a stream's queue can be left out of a poll for want
     # of room (stream.faust.consumer.ConsumerFixes._without_room).
     options.setdefault("broker_max_poll_records", POLL_RECORDS)
+    options.setdefault("Monitor", MONITORS[settings.faust_monitor])
     app = faust.App(settings.app_id, **options)
     poll_records = app.conf.broker_max_poll_records
     if poll_records is not None and poll_records * 2 > app.conf.stream_buffer_maxsize:

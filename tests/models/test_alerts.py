@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 from river import anomaly
 
@@ -81,6 +83,75 @@ def test_anomaly_detector_warms_up_before_scoring() -> None:
     scores = [det.score_learn_one([1.0, 2.0]) for _ in range(12)]
     assert scores[:10] == [None] * 10
     assert all(s is not None and 0.0 <= s <= 1.0 for s in scores[10:])
+
+
+def purchase_features(n: int, seed: int = 0) -> list[list[float]]:
+    """Purchase-like features (quantity, price, revenue, price ratio, hours), some odd."""
+    rng = np.random.default_rng(seed)
+    qty = rng.integers(1, 13, n).astype(float)
+    price = rng.lognormal(1.0, 0.8, n)
+    qty[::211] = 4000.0
+    price[::307] *= 300.0
+    ratio = rng.normal(0.0, 0.1, n)
+    hours = rng.exponential(30.0, n)
+    return np.column_stack([qty, price, qty * price, ratio, hours]).tolist()
+
+
+class RiverAnomaly:
+    """The detector's scaling on River's HalfSpaceTrees, through River's public calls.
+
+    (The scaling against the numpy one the detector had on River's trees:
+    tests/tools/test_anomaly_probe.py.)
+    """
+
+    def __init__(self, warmup: int) -> None:
+        self.trees = anomaly.HalfSpaceTrees(n_trees=10, height=6, window_size=250, seed=0)
+        self.scaler = BehaviourAnomaly()
+        self.warmup = warmup
+        self.n = 0
+
+    def score_learn_one(self, features: list[float]) -> float | None:
+        x = dict(enumerate(self.scaler.scale_learn_one(features)))
+        score = float(self.trees.score_one(x)) if self.n >= self.warmup else None
+        self.trees.learn_one(x)
+        self.n += 1
+        return score
+
+
+def test_anomaly_scores_equal_those_on_rivers_trees() -> None:
+    features = purchase_features(3000)
+    river = RiverAnomaly(warmup=300)
+    ours = BehaviourAnomaly(warmup=300)
+    expected = [river.score_learn_one(f) for f in features]
+    assert [ours.score_learn_one(f) for f in features] == expected
+
+
+def test_detector_pickled_with_rivers_trees_goes_on_with_them() -> None:
+    # A checkpoint written before the array forest holds River's HalfSpaceTrees in
+    # ``trees`` and numpy bounds: it loads, keeps the learnt masses, scores as River.
+    features = purchase_features(2000, seed=1)
+    river = RiverAnomaly(warmup=300)
+    for f in features[:1130]:
+        river.score_learn_one(f)
+    old = BehaviourAnomaly(warmup=300)
+    state = {k: v for k, v in old.__dict__.items() if k != "forest"}
+    bounds = np.array(river.scaler.low), np.array(river.scaler.high)  # numpy, as then
+    state.update(trees=river.trees, low=bounds[0], high=bounds[1], n=river.n)
+    state = pickle.loads(pickle.dumps(state))
+    loaded = BehaviourAnomaly.__new__(BehaviourAnomaly)
+    loaded.__setstate__(state)
+    assert loaded.forest is not None and loaded.forest.counter == 1130 % 250
+    expected = [river.score_learn_one(f) for f in features[1130:]]
+    assert [loaded.score_learn_one(f) for f in features[1130:]] == expected
+
+
+def test_detector_pickled_before_its_first_event() -> None:
+    state = {k: v for k, v in BehaviourAnomaly().__dict__.items() if k != "forest"}
+    state["trees"] = anomaly.HalfSpaceTrees(n_trees=10, height=6, window_size=250, seed=0)
+    loaded = BehaviourAnomaly.__new__(BehaviourAnomaly)
+    loaded.__setstate__(state)
+    assert loaded.forest is None
+    assert loaded.score_learn_one([1.0, 2.0]) is None and loaded.forest is not None
 
 
 def test_fused_walk_matches_rivers_score_then_learn() -> None:

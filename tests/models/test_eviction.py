@@ -34,7 +34,7 @@ def per_user_keys(engine: FeedbackEngine, user: str) -> dict[str, bool]:
     return {
         "profile": user in engine.profiles,
         "taste": user in engine.recommender.taste.user_vec,
-        "ratings": user in engine.ratings.user_vec or user in engine.ratings.user_bias,
+        "ratings": user in engine.ratings.user_rows or user in engine.ratings.user_bias,
         "segmentation": user in engine.segmentation.index,
         "session": user in engine.sessions.current,
     }

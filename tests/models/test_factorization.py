@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import tracemalloc
+from collections.abc import Callable
+
 import numpy as np
 
 from models.factorization import ImplicitFactorization, RatingFactorization
@@ -62,7 +66,9 @@ def test_calibration_starts_as_the_plain_sum() -> None:
     mf = RatingFactorization(seed=0)
     mf.learn_one("a", 0, 4.0)  # the first rating: nothing to calibrate on yet
     assert mf.weights.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
-    expected = mf.mean + mf.user_bias["a"] + mf.item_bias[0] + mf.user_vec["a"] @ mf.item_vec[0]
+    vec = mf.user_vector("a")
+    assert vec is not None
+    expected = mf.mean + mf.user_bias["a"] + mf.item_bias[0] + vec @ mf.item_vec[0]
     assert abs(mf.predict_all("a", 1)[0] - expected) < 1e-9
 
 
@@ -94,3 +100,86 @@ def test_factorisations_are_deterministic_given_a_seed() -> None:
         for step in range(50):
             m.learn_one("u", step % 7, 1.0, n_items=10)
     np.testing.assert_array_equal(a.scores("u", 10), b.scores("u", 10))
+
+
+def _bytes_per_new_user(learn: Callable[[str], None], n: int = 3000) -> float:
+    users = [f"user-{i}" for i in range(n)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for user in users:
+            learn(user)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    return sum(s.size_diff for s in after.compare_to(before, "filename")) / n
+
+
+def test_bpr_user_vectors_are_rows_not_an_array_each() -> None:
+    # 16 floats are 128 bytes; an ndarray of them 240 with its header (294 per
+    # user with the dict entry), a row of a shared block 128 plus its row number.
+    bpr = ImplicitFactorization(seed=0)
+    for i in range(50):
+        bpr.learn_one("warm", i, 1.0, 50)
+    per_user = _bytes_per_new_user(lambda user: bpr.learn_one(user, 3, 1.0, 50))
+    assert per_user < 220
+
+
+def test_bpr_reuses_an_evicted_users_row_for_a_new_user() -> None:
+    bpr = ImplicitFactorization(seed=0)
+    for step in range(40):
+        bpr.learn_one("ann", step % 4, 1.0, n_items=8)
+    kept = bpr.user_vec.get("ann")
+    assert kept is not None
+    old = kept.copy()
+    bpr.forget("ann")
+    assert bpr.scores("ann", 8).tolist() == bpr.item_bias[:8].tolist()  # unknown again
+    bpr.learn_one("bob", 5, 1.0, n_items=8)
+    assert bpr.user_vec.used == 1  # bob took ann's row: no growth
+    bob = bpr.user_vec.get("bob")
+    assert bob is not None and not np.allclose(bob, old)  # and none of her vector
+
+
+def test_bpr_pickled_with_one_array_per_user_loads_as_rows() -> None:
+    bpr = ImplicitFactorization(seed=3)
+    for step in range(60):
+        bpr.learn_one(f"u{step % 3}", step % 5, 1.0, n_items=6)
+    state = copy.deepcopy(bpr.__dict__)
+    state["user_vec"] = {u: bpr.user_vec.get(u).copy() for u in ("u0", "u1", "u2")}  # type: ignore[union-attr]
+    old = ImplicitFactorization.__new__(ImplicitFactorization)
+    old.__setstate__(state)
+    for user in ("u0", "u1", "u2"):
+        assert old.scores(user, 6).tolist() == bpr.scores(user, 6).tolist()
+    old.learn_one("u3", 1, 1.0, n_items=6)  # new users still get rows
+    bpr.learn_one("u3", 1, 1.0, n_items=6)
+    assert old.scores("u3", 6).tolist() == bpr.scores("u3", 6).tolist()
+
+
+def test_rating_user_vectors_and_gradients_share_one_row() -> None:
+    # Two arrays of 10 floats per rater were 2 x 192 bytes plus two dict entries;
+    # one row of 20 floats is 160 plus its row number.
+    mf = RatingFactorization(seed=0)
+    for i in range(20):
+        mf.learn_one("warm", i, 4.0)
+    per_user = _bytes_per_new_user(lambda user: mf.learn_one(user, 3, 5.0))
+    # What remains: the row (160 + 32), the bias float, three dict entries.
+    assert per_user < 400
+
+
+def test_rating_model_pickled_with_arrays_per_user_loads_as_rows() -> None:
+    mf = RatingFactorization(seed=3)
+    for user, item, r in _stream(5, 400):
+        mf.learn_one(user, item, r)
+    state = copy.deepcopy(mf.__dict__)
+    rows = state.pop("user_rows")
+    n = mf.n_factors
+    state["user_vec"] = {u: rows.get(u)[:n].copy() for u in rows.rows}
+    state["user_grad"] = {u: rows.get(u)[n:].copy() for u in rows.rows}
+    old = RatingFactorization.__new__(RatingFactorization)
+    old.__setstate__(state)
+    assert old.predict_all("u1", 40).tolist() == mf.predict_all("u1", 40).tolist()
+    for model in (old, mf):
+        model.learn_one("u1", 2, 1.0)
+        model.learn_one("new", 2, 5.0)
+    for user in ("u1", "new"):
+        assert old.predict_all(user, 40).tolist() == mf.predict_all(user, 40).tolist()

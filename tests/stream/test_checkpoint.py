@@ -219,8 +219,16 @@ def test_register_checkpoints_on_a_timer_and_at_shutdown(
     assert (interval, name) == (7.5, "checkpoint") and len(app.shutdown) == 1
     assert not checkpoint.path_for(s).exists()
 
+    assert registry.get_sample_value(
+        "feedback_model_checkpoint_last_start_timestamp_seconds") == 0
+    before = time.time()
     asyncio.run(tick())
+    after = time.time()
     assert app.flushes == 1
+    # When it began and when it was written: the bench splits its latencies by them.
+    started = registry.get_sample_value("feedback_model_checkpoint_last_start_timestamp_seconds")
+    written = registry.get_sample_value("feedback_model_checkpoint_last_end_timestamp_seconds")
+    assert before <= started <= written <= after
     assert registry.get_sample_value("feedback_model_checkpoint_seconds_sum") < 60
     assert checkpoint.load(checkpoint.path_for(s)) is not None
     assert registry.get_sample_value("feedback_model_checkpoints_total") == 1

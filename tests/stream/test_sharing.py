@@ -376,6 +376,55 @@ def test_a_replica_applies_a_large_fetch_in_slices_letting_the_loop_run() -> Non
     assert between == [READ_SLICE, 2 * READ_SLICE, 3 * READ_SLICE]
 
 
+def test_a_replica_pauses_between_two_models_once_its_slice_is_up() -> None:
+    """Within a slice of READ_SLICE models (each can re-apply hundreds of this
+    worker's pending entries while an owner lags: a slice held the loop for 0.1 s
+    of CPU and more), the loop gets a turn between two models once the slice's
+    time is up; the models are confirmed together first, and the engine ends as
+    when the slice is applied at once."""
+    import asyncio
+
+    from models.item_updates import Outbox, encode_model
+
+    def replica() -> tuple[Sharing, FeedbackEngine]:
+        sh = sliced_sharing()
+        sh.engine.outbox = Outbox(sh.settings.partitions)
+        return sh, sh.engine
+
+    topic = sliced_sharing().settings.topic_item_model
+    records = [SimpleNamespace(topic=topic, key=f"i{k}".encode(), value=encode_model(
+        {"t": 1.0, "w": {"c:0": 10 + k}, "p": [float(k), 1.0], "n": 1.0,
+         "nb": [[f"i{(k + 1) % 5}"], [0.5], 0], "m": 0.5}))
+        for k in range(5)]
+    sh, engine = replica()
+    seen: list[int] = []
+
+    async def main() -> int:
+        async def other_task() -> None:
+            while True:
+                seen.append(len(engine.catalogue.ids))
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(other_task())
+        await asyncio.sleep(0)
+        applied = await sh.read_in_slices(records)
+        watcher.cancel()
+        return applied
+
+    assert asyncio.run(main()) == 5
+    # A turn after each of the first four models (each adds itself and a neighbour).
+    assert sorted(set(seen) - {0}) == [2, 3, 4, 5], seen
+    at_once, at_once_engine = replica()
+    assert at_once.read(records, 0.0) == 5
+    assert engine.catalogue.ids == at_once_engine.catalogue.ids
+    co, co_once = engine.recommender.cooccurrence, at_once_engine.recommender.cooccurrence
+    for k in range(5):
+        assert co.neighbours[k].get(co_once.neighbours[k].keys[0]) == 0.5
+    pop, pop_once = engine.recommender.popularity, at_once_engine.recommender.popularity
+    assert pop.recent(5).tolist() == pop_once.recent(5).tolist()
+    assert pop.all_time(5).tolist() == pop_once.all_time(5).tolist() == [1.0] * 5
+
+
 def sliced_sharing() -> Sharing:
     """A Sharing whose sliced work pauses after every item (a 1 us budget)."""
     engine = FeedbackEngine()

@@ -1,5 +1,6 @@
 import asyncio
 import logging
+import re
 import threading
 import time
 import traceback
@@ -46,9 +47,46 @@ def test_lag_is_how_late_the_heartbeat_woke(caplog: pytest.LogCaptureFixture) ->
     stalls = [r.getMessage() for r in caplog.records]
     assert sum("block_the_loop" in m for m in stalls) == 1, stalls
     # Its whole length is logged when the loop gets its turn back.
-    over = [float(r.getMessage().split()[-2]) for r in caplog.records
+    over = [stall_over(r.getMessage()) for r in caplog.records
             if "stall over" in r.getMessage()]
-    assert any(0.35 <= s < 1.0 for s in over), over
+    assert any(0.35 <= wall < 1.0 for wall, _ in over), over
+
+
+def stall_over(message: str) -> tuple[float, float]:
+    m = re.search(r"no turn for ([\d.]+) s, ([\d.]+) s of CPU", message)
+    assert m is not None, message
+    return float(m[1]), float(m[2])
+
+
+def burn_cpu(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_a_stall_s_cpu_time_tells_work_from_waiting(caplog: pytest.LogCaptureFixture) -> None:
+    # Work holding the loop uses the loop thread's CPU for the whole stall; a
+    # loop thread that waits (here it sleeps; on a busy machine, it is not
+    # scheduled) uses none, however long the stall.
+    watch = LoopWatch(Samples(), stall_log_seconds=0.1, beat=0.01)
+
+    async def main() -> None:
+        task = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.05)
+        burn_cpu(0.3)
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.WARNING, logger="stream.stall"):
+        asyncio.run(main())
+    over = [stall_over(r.getMessage()) for r in caplog.records
+            if "stall over" in r.getMessage()]
+    assert any(wall >= 0.28 and cpu >= 0.28 for wall, cpu in over), over
+    assert any(wall >= 0.25 and cpu < 0.1 for wall, cpu in over), over
 
 
 def test_no_stack_while_the_loop_turns() -> None:

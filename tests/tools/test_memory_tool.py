@@ -22,3 +22,16 @@ def test_memory_tool_reports_per_user_cost_and_the_bound() -> None:
     assert r["evicted_users"] == r["users_after_warmup"] + 300 + 1200 - held
     assert r["warmup_evicted_users"] == 0  # 600 events span less than a day
     assert r["warmup_hit_rate"] is not None
+
+
+def test_memory_tool_traces_by_repository_file() -> None:
+    data = data_dir("online_retail")
+    args = memory.build_parser().parse_args([
+        "--events", "300", "--users", "200", "--eviction-users", "0", "--trace",
+        "--data-dir", str(data),
+    ])
+    r = memory.run(args)
+    places = [place for place, _ in r["traced_top"]]
+    assert r["traced_bytes_per_user"] > 0 and places
+    # The project's own lines are named from the repository root.
+    assert any(p.startswith(("models/", "stream/")) for p in places), places

@@ -31,6 +31,20 @@ def test_workers_are_their_own_replicas(capsys: pytest.CaptureFixture[str]) -> N
     assert float(out["models_per_event"]) > 0.0
 
 
+def test_the_replica_s_slices_and_models_are_timed(capsys: pytest.CaptureFixture[str]) -> None:
+    root = data_dir("online_retail")
+    args = ["--events", "600", "--batch", "100", "--publish-every", "2", "--partitions", "4",
+            "--lag", "2", "--workers", "1", "--data-dir", str(root)]
+    assert main([*args, "--read-slices"]) == 0
+    out = {k: float(v) for k, v in
+           (line.split() for line in capsys.readouterr().out.splitlines())}
+    assert 0.0 < out["replica_model_ms_p50"] <= out["replica_model_ms_max"]
+    assert out["replica_model_ms_max"] <= out["replica_chunk_ms_max"]
+    assert out["replica_chunk_ms_p50"] <= out["replica_chunk_ms_p99"] <= out["replica_chunk_ms_max"]
+    assert main(args) == 0
+    assert "replica_chunk_ms_p50" not in capsys.readouterr().out
+
+
 def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--batch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "sharing_profile: --batch must be >= 1"

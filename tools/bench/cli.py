@@ -25,7 +25,7 @@ from tools.bench.phases import (
     peak_memory,
     throughput,
 )
-from tools.bench.processes import log
+from tools.bench.processes import faust_env, log
 from tools.bench.references import REFERENCES
 from tools.bench.report import add_ratios, format_report
 from tools.bench.workload import load_events
@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": args.dataset,
         "seed": args.seed,
     }
+    if args.faust_setting:
+        report["faust_settings"] = dict(args.faust_setting)
     log(f"loading {2 * n:,} events from the {args.dataset} replay")
     events = load_events(args.dataset, args.data_dir, 2 * n)
     with contextlib.ExitStack() as stack:
@@ -59,6 +61,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         run_id = f"b{os.getpid()}{int(time.time()) % 100000}"
         b = Bench(args, state, bootstrap, run_id, events, report, stack)
         ceilings(b)
+        if not args.workers:
+            report["state_dir"] = str(state)
+            return add_ratios(report)
         throughput(b)
         latency(b)
         peak_memory(b)
@@ -82,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Worker throughput, latency and memory, with reference loops as ceilings.",
     )
     p.add_argument("--events", type=int, default=100_000, help="events per contestant")
-    p.add_argument("--workers", type=int, default=1, help="workers in one consumer group")
+    p.add_argument("--workers", type=int, default=1,
+                   help="workers in one consumer group (0: the reference loops alone)")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--dataset", default="demo", help="shared dataset replayed (default demo)")
     p.add_argument("--data-dir", type=Path, help="datasets folder (default ../shared/data)")
@@ -111,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra environment for the workers, e.g. "
         "FEEDBACK_CHECKPOINT_INTERVAL_SECONDS=600 (repeatable)",
     )
+    p.add_argument(
+        "--faust-setting", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
+        help="a faust.App setting for the Faust reference loops and the workers alike, "
+        "through Faust's environment variable for it, e.g. stream_buffer_maxsize=1024, "
+        "broker_max_poll_records=500, Monitor=lean (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--timeout", type=float, default=300.0, help="deadline of every phase, s")
     p.add_argument("--state-dir", help="logs and worker state (default: a temporary folder)")
@@ -132,8 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown reference loop(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    if args.events < 100 or args.workers < 1:
-        print("need --events >= 100 and --workers >= 1", file=sys.stderr)
+    try:
+        faust_env(args.faust_setting)
+    except ValueError as exc:
+        print(f"--faust-setting: {exc}", file=sys.stderr)
+        return 2
+    if args.events < 100 or args.workers < 0:
+        print("need --events >= 100 and --workers >= 0", file=sys.stderr)
         return 2
     report = run(args)
     if args.json:

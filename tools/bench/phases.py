@@ -24,6 +24,7 @@ from tools.bench.processes import (
     SAMPLE_SECONDS,
     WorkerProcess,
     cpu_seconds,
+    faust_env,
     log,
     rss_now,
     rss_peak,
@@ -31,17 +32,20 @@ from tools.bench.processes import (
     start_workers,
     stop,
     wait_counts,
+    wait_item_models,
     wait_item_owners,
 )
 from tools.bench.report import fmt_rate
 from tools.bench.stats import (
     WINDOW,
     Window,
+    checkpoint_span,
     combined,
     completed,
     per_cpu_second,
     percentile,
     rounded,
+    split_by_spans,
     whole_window,
     window,
 )
@@ -81,6 +85,11 @@ class Bench:
     latest: float = 0.0  # the latest event time given so far
 
     @property
+    def faust_env(self) -> dict[str, str]:
+        """The ``--faust-setting`` values, for the reference loops and the workers alike."""
+        return faust_env(self.args.faust_setting)
+
+    @property
     def n(self) -> int:
         return int(self.args.events)
 
@@ -104,7 +113,7 @@ def ceilings(b: Bench) -> None:
         records = encode(b.events[:n], s.topic_of)
         secs = preload(s, records)
         log(f"{kind}: pre-loaded {n:,} events in {secs:.1f} s; running")
-        rate, per_cpu = run_reference(kind, s, n, b.state, b.timeout)
+        rate, per_cpu = run_reference(kind, s, n, b.state, b.timeout, b.faust_env)
         key = REFERENCE_KEYS[kind]
         b.report[key] = rounded(rate, 1)
         b.report[key.replace("_per_second", "_per_cpu_second")] = rounded(per_cpu, 1)
@@ -119,7 +128,7 @@ def throughput(b: Bench) -> None:
     CPU-second (``single_worker_events_per_cpu_second``).
     """
     args, n, report = b.args, b.n, b.report
-    env_extra = {"FEEDBACK_LOG_LEVEL": "WARNING", **dict(args.worker_env)}
+    env_extra = {"FEEDBACK_LOG_LEVEL": "WARNING", **b.faust_env, **dict(args.worker_env)}
     if args.worker_env:
         report["worker_env"] = dict(args.worker_env)
     if args.workers > 1:
@@ -152,6 +161,13 @@ def throughput(b: Bench) -> None:
     # (on a pre-loaded backlog, well after): the events are processed whole,
     # and the next phase starts on an idle worker, only once they have.
     catch_up = wait_item_owners(workers, b.timeout)
+    # ...and the latency phase starts only once the owners' last publications
+    # have been read by the replicas too.
+    period = float(dict(args.worker_env).get(
+        "FEEDBACK_ITEM_MODEL_PERIOD_SECONDS", s.item_model_period_seconds))
+    settled = wait_item_models(workers, b.timeout, quiet=max(2.0, 3 * period))
+    if settled is not None:
+        report["item_models_settle_seconds"] = rounded(settled, 1)
     b.done = n
     ev = combined([w.events for w in workers])
     done = whole(workers, n)
@@ -215,7 +231,7 @@ def latency(b: Bench) -> None:
     batch = b.events[n : n + m]
     log(f"latency: offering {m:,} new events at {offered:,.0f}/s and {args.pull_rate:g} pulls/s")
 
-    async def both() -> tuple[list[float], dict[str, Any]]:
+    async def both() -> tuple[list[tuple[float, float]], dict[str, Any]]:
         # The pull API is timed while the worker takes the same load.
         return await asyncio.gather(
             measure_latency(
@@ -231,7 +247,10 @@ def latency(b: Bench) -> None:
     # What the worker's waits cost at a live rate (idle fetches and polls
     # included), which the throughput phase's backlog does not show.
     cpu0, t0 = [cpu_seconds(w.proc.pid) or 0.0 for w in b.workers], time.monotonic()
-    lat, pulls = asyncio.run(both())
+    # The checkpoint each worker was last taking, from its last scrape.
+    spans = {checkpoint_span(w.totals, time.time()) for w in b.workers}
+    timed, pulls = asyncio.run(both())
+    lat = [latency for _, latency in timed]
     report["pull_requests_per_second"] = args.pull_rate
     report["pull_samples"] = len(pulls["latencies"])
     report["pull_failures"] = pulls["failures"]
@@ -246,6 +265,23 @@ def latency(b: Bench) -> None:
     for p in (50, 95, 99):
         report[f"latency_p{p}_seconds"] = rounded(percentile(lat, p), 4)
     report["latency_max_seconds"] = rounded(max(lat), 4) if lat else None
+    # Which recommendations a model checkpoint (its fork, then its child pickling
+    # beside the worker) lived through, from the workers' scrapes before and
+    # after the phase (at most one checkpoint starts per interval, 30 s by default).
+    spans |= {checkpoint_span(w.totals, time.time()) for w in b.workers}
+    first = min((sent for sent, _ in timed), default=0.0)
+    last = max((sent + latency for sent, latency in timed), default=0.0)
+    live = sorted(x for x in spans if x is not None and x[1] >= first and x[0] <= last)
+    during, outside = split_by_spans(timed, live)
+    report["latency_checkpoints"] = len(live)
+    # Each recommendation's send time and latency, and the checkpoints: where the
+    # tail sits in the phase (one episode, or spread) is read from here.
+    (b.state / "latency-samples.json").write_bytes(
+        orjson.dumps({"sent_at_and_latency": timed, "checkpoints": live}))
+    report["latency_samples_during_checkpoints"] = len(during)
+    for name, part in (("during", during), ("outside", outside)):
+        report[f"latency_p99_{name}_checkpoints_seconds"] = (
+            rounded(percentile(part, 99), 4) if part else None)
     b.done = n + m
 
 
@@ -367,7 +403,8 @@ def checkpoints(b: Bench) -> None:
     count = sum(w.totals.get("feedback_model_checkpoint_seconds_count", 0) for w in b.workers)
     total_s = sum(w.totals.get("feedback_model_checkpoint_seconds_sum", 0) for w in b.workers)
     b.report["checkpoints"] = int(count)
-    # The event loop is blocked while the engine is pickled: a latency outlier.
+    # From the snapshot to the file written; a forked child pickles the models,
+    # the event loop waits for the fork only.
     b.report["checkpoint_mean_seconds"] = rounded(total_s / count, 3) if count else None
 
 
@@ -377,14 +414,15 @@ async def measure_latency(
     ids: Sequence[str],
     rate: float,
     timeout: float,
-) -> list[float]:
-    """Offer ``records`` at ``rate`` and time each recommendation they trigger."""
+) -> list[tuple[float, float]]:
+    """Offer ``records`` at ``rate`` and time each recommendation they trigger:
+    ``(sent at, latency)``, in Unix time and seconds."""
     from aiokafka import AIOKafkaConsumer
 
     from stream.kafka import client_kwargs
 
     sent_at: dict[str, float] = {}
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []
     consumer = AIOKafkaConsumer(
         settings.topic_recommendations, **client_kwargs(settings),
         group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
@@ -406,7 +444,7 @@ async def measure_latency(
                     trigger = orjson.loads(rec.value).get("trigger_event_id")
                     t0 = sent_at.pop(trigger, None) if trigger else None
                     if t0 is not None:
-                        latencies.append(now - t0)
+                        latencies.append((t0, now - t0))
 
     reader = asyncio.create_task(read())
     try:

@@ -14,10 +14,40 @@ from pathlib import Path
 from typing import Any
 
 from stream.settings import Settings
-from tools.bench.stats import per_cpu_second, window
+from tools.bench.stats import per_cpu_second, unchanged_for, window
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_SECONDS = 0.2
+
+
+def faust_env(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The environment that gives a Faust app (reference loop or worker) the
+    settings ``NAME=VALUE``, named as ``faust.App`` options; raises ValueError
+    naming a setting that cannot be given.
+
+    Faust reads each setting's own environment variable (``stream_buffer_maxsize``:
+    ``STREAM_BUFFER_MAXSIZE``) before the app's arguments, so the same variable
+    sets the same value in both. ``Monitor`` (``faust`` or ``lean``,
+    stream/faust/monitor.py) has no variable of Faust's:
+    ``FEEDBACK_FAUST_MONITOR``, which the worker's settings and the reference
+    loops read.
+    """
+    from faust.types.settings import Settings as FaustSettings
+
+    from stream.settings import FAUST_MONITORS
+
+    env: dict[str, str] = {}
+    for name, value in pairs:
+        if name == "Monitor":
+            if value not in FAUST_MONITORS:
+                raise ValueError(f"Monitor must be one of {', '.join(FAUST_MONITORS)}")
+            env["FEEDBACK_FAUST_MONITOR"] = value
+            continue
+        param = FaustSettings.SETTINGS.get(name)
+        if param is None or param.env_name is None:
+            raise ValueError(f"{name} is not a Faust setting with an environment variable")
+        env[param.env_name] = value
+    return env
 
 
 def log(message: str) -> None:
@@ -81,10 +111,12 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
 
 
 def run_reference(
-    kind: str, settings: Settings, total: int, state_dir: Path, timeout: float
+    kind: str, settings: Settings, total: int, state_dir: Path, timeout: float,
+    env_extra: dict[str, str] | None = None,
 ) -> tuple[float | None, float | None]:
     """Start one reference loop on pre-loaded topics; returns its sustained events/s
-    and its events per CPU-second (robust to other load on the machine)."""
+    and its events per CPU-second (robust to other load on the machine).
+    ``env_extra``: Faust settings (:func:`faust_env`)."""
     cmd = [
         sys.executable, "-m", "tools.bench", "_reference", kind,
         "--bootstrap-servers", settings.bootstrap_servers,
@@ -96,7 +128,8 @@ def run_reference(
         "--state-dir", str(state_dir),
     ]
     log_file = open(state_dir / f"{kind}.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_file, text=True,
+                            env={**os.environ, **(env_extra or {})})
     ref = RefProcess(proc)
     ref.start_reader()
     deadline = time.monotonic() + timeout
@@ -121,8 +154,6 @@ def run_reference(
     return rate, per_cpu_second(rate, w.rate(cpu))
 
 
-
-
 def scrape(url: str) -> dict[str, float]:
     from tools.demo import scrape as demo_scrape
 
@@ -140,6 +171,8 @@ class WorkerProcess:
     # duplicates) by it as an item owner.
     item_updates_sent: list[tuple[float, float]] = field(default_factory=list)
     item_updates_done: list[tuple[float, float]] = field(default_factory=list)
+    # Item models published by this worker as an owner plus those its replica applied.
+    item_models: list[tuple[float, float]] = field(default_factory=list)
     peak_rss: int = 0
     totals: dict[str, float] = field(default_factory=dict)
 
@@ -164,6 +197,10 @@ class WorkerProcess:
         self.item_updates_done.append((t, (
             totals.get("feedback_item_update_entries_applied_total", 0.0)
             + totals.get("feedback_item_update_entries_duplicate_total", 0.0)
+        )))
+        self.item_models.append((t, (
+            totals.get("feedback_item_models_published_total", 0.0)
+            + totals.get("feedback_item_models_applied_total", 0.0)
         )))
         self.totals = totals
         rss = rss_now(self.proc.pid) or 0
@@ -204,18 +241,38 @@ def wait_item_owners(workers: Sequence[WorkerProcess], timeout: float) -> float 
     """Sample every worker until the item owners have applied every item-update
     entry sent so far (the worker's share of an event's work that trails its
     input); the seconds it took, None past ``timeout``."""
+    def caught_up() -> bool:
+        sent = sum(w.item_updates_sent[-1][1] for w in workers if w.item_updates_sent)
+        done = sum(w.item_updates_done[-1][1] for w in workers if w.item_updates_done)
+        return done >= sent
+
+    return _sample_until(workers, timeout, caught_up)
+
+
+def _sample_until(workers: Sequence[WorkerProcess], timeout: float,
+                  done: Callable[[], bool]) -> float | None:
+    """Sample every worker until ``done()``; the seconds it took, None past ``timeout``."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         for w in workers:
             if w.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with code {w.proc.returncode}")
             w.sample()
-        sent = sum(w.item_updates_sent[-1][1] for w in workers if w.item_updates_sent)
-        done = sum(w.item_updates_done[-1][1] for w in workers if w.item_updates_done)
-        if done >= sent:
+        if done():
             return time.monotonic() - start
         time.sleep(SAMPLE_SECONDS)
     return None
+
+
+def wait_item_models(workers: Sequence[WorkerProcess], timeout: float,
+                     quiet: float) -> float | None:
+    """Sample every worker until none has published or applied an item model for
+    ``quiet`` seconds (a few item-model periods): the owners' last publications
+    after their catch-up, and the replicas' reading of them (while an owner lags,
+    a replica's chunks re-apply this worker's pending entries: 0.1 s and more of
+    the event loop each), are over. The seconds it took, None past ``timeout``."""
+    return _sample_until(
+        workers, timeout, lambda: all(unchanged_for(w.item_models) >= quiet for w in workers))
 
 
 def wait_counts(

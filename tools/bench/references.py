@@ -68,6 +68,10 @@ async def _raw_loop(args: argparse.Namespace) -> None:
 def _faust_reference(args: argparse.Namespace, send: bool) -> None:
     import faust
 
+    from stream.faust.monitor import MONITORS
+
+    # Faust's own Monitor unless the bench passes --faust-setting Monitor=...
+    monitor = MONITORS[os.environ.get("FEEDBACK_FAUST_MONITOR", "faust")]
     app = faust.App(
         args.app_id,
         broker=[f"kafka://{s}" for s in args.bootstrap_servers.split(",")],
@@ -80,6 +84,7 @@ def _faust_reference(args: argparse.Namespace, send: bool) -> None:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         datadir=str(Path(args.state_dir) / f"faust-{args.app_id}"),
+        Monitor=monitor,
     )
     source = app.topic(
         *args.topics.split(","), key_type=bytes, key_serializer="raw", value_serializer="raw"

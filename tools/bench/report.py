@@ -135,6 +135,17 @@ def format_report(report: dict[str, Any]) -> str:
             + (f"; worker CPU {r['latency_worker_cpu_ms_per_event']:.2f} ms per event"
                if r.get("latency_worker_cpu_ms_per_event") is not None else "")
         )
+    if r.get("latency_checkpoints") is not None:
+        lines.append(
+            f"  model checkpoints during it: {r['latency_checkpoints']}"
+            + (f"; p99 of the {r['latency_samples_during_checkpoints']:,} recommendations "
+               f"in flight meanwhile "
+               f"{float(r['latency_p99_during_checkpoints_seconds']) * 1000:.0f} ms"
+               if r.get("latency_p99_during_checkpoints_seconds") is not None else "")
+            + (f", of the others "
+               f"{float(r['latency_p99_outside_checkpoints_seconds']) * 1000:.0f} ms"
+               if r.get("latency_p99_outside_checkpoints_seconds") is not None else "")
+        )
     if r.get("pull_samples"):
         lines.append(
             f"pull API at {r['pull_requests_per_second']:g} requests/s during that load "
@@ -145,7 +156,8 @@ def format_report(report: dict[str, Any]) -> str:
     if r.get("checkpoint_mean_seconds"):
         lines.append(
             f"model checkpoints: {r.get('checkpoints')}, "
-            f"{r['checkpoint_mean_seconds'] * 1000:.0f} ms each on average (the loop waits)"
+            f"{r['checkpoint_mean_seconds'] * 1000:.0f} ms each on average (in a forked "
+            "child: the loop waits for the fork only)"
         )
     lines.append(f"peak RSS {_fmt_bytes(r.get('peak_rss_bytes'))}")
     users = r.get("memory_users")

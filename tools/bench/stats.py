@@ -161,3 +161,54 @@ def combined(series: Sequence[Sequence[tuple[float, float]]]) -> list[tuple[floa
 
 def rounded(x: float | None, digits: int = 3) -> float | None:
     return None if x is None else round(x, digits)
+
+
+def checkpoint_span(totals: dict[str, float], now: float) -> tuple[float, float] | None:
+    """The worker's last model checkpoint as ``(began, written)`` in Unix time, from
+    a scrape of its gauges; one still in progress ends ``now``; None if it has
+    taken none.
+
+    >>> checkpoint_span({"feedback_model_checkpoint_last_start_timestamp_seconds": 10.0,
+    ...                  "feedback_model_checkpoint_last_end_timestamp_seconds": 4.0}, 12.0)
+    (10.0, 12.0)
+    """
+    began = totals.get("feedback_model_checkpoint_last_start_timestamp_seconds", 0.0)
+    written = totals.get("feedback_model_checkpoint_last_end_timestamp_seconds", 0.0)
+    if began <= 0:
+        return None
+    return (began, written if written >= began else max(began, now))
+
+
+def split_by_spans(
+    timed: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]]
+) -> tuple[list[float], list[float]]:
+    """The latencies of ``timed`` ``(sent at, latency)`` whose time in flight (from
+    the send to the answer) overlaps one of ``spans``, and the others.
+
+    >>> split_by_spans([(0.0, 0.1), (1.0, 0.5), (3.0, 0.1)], [(1.2, 2.0)])
+    ([0.5], [0.1, 0.1])
+    """
+    inside: list[float] = []
+    outside: list[float] = []
+    for sent, latency in timed:
+        hit = any(sent <= end and sent + latency >= start for start, end in spans)
+        (inside if hit else outside).append(latency)
+    return inside, outside
+
+
+def unchanged_for(samples: Sequence[tuple[float, float]]) -> float:
+    """How long a counter sampled as ``(time, value)`` has kept its last value, up
+    to its last sample.
+
+    >>> unchanged_for([(0.0, 1.0), (1.0, 2.0), (1.5, 2.0), (3.0, 2.0)])
+    2.0
+    """
+    if not samples:
+        return 0.0
+    last_t, last_v = samples[-1]
+    since = last_t
+    for t, v in reversed(samples):
+        if v != last_v:
+            break
+        since = t
+    return last_t - since

@@ -5,9 +5,41 @@ Nothing here is timed.
 
 from __future__ import annotations
 
+import pytest
+
 from tools.bench import main
 
 
 def test_cli_refuses_unknown_references() -> None:
     assert main(["--references", "raw,bogus"]) == 2
     assert main(["--events", "10"]) == 2
+
+
+def test_faust_settings_reach_faust_through_its_own_environment_variables() -> None:
+    from tools.bench.processes import faust_env
+
+    env = faust_env([("stream_buffer_maxsize", "1024"), ("broker_commit_interval", "10"),
+                     ("Monitor", "lean")])
+    assert env == {"STREAM_BUFFER_MAXSIZE": "1024", "BROKER_COMMIT_INTERVAL": "10",
+                   "FEEDBACK_FAUST_MONITOR": "lean"}
+
+
+def test_cli_refuses_unknown_faust_settings() -> None:
+    assert main(["--faust-setting", "stream_bufer_maxsize=1"]) == 2
+    assert main(["--faust-setting", "Monitor=off"]) == 2
+    assert main(["--workers", "-1"]) == 2
+
+
+def test_a_faust_app_reads_those_variables_over_its_own_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import faust
+
+    from tools.bench.processes import faust_env
+
+    for name, value in faust_env([("stream_buffer_maxsize", "1024"),
+                                  ("producer_max_batch_size", "16384")]).items():
+        monkeypatch.setenv(name, value)
+    conf = faust.App("bench-test", producer_max_batch_size=262144).conf
+    assert conf.stream_buffer_maxsize == 1024
+    assert conf.producer_max_batch_size == 16384

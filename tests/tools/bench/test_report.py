@@ -89,6 +89,18 @@ def test_format_report_shows_the_memory_bound() -> None:
             "12 bytes per user after the first horizon") in text
 
 
+def test_format_report_splits_the_latency_by_the_checkpoints() -> None:
+    r = {**report(), "latency_checkpoints": 1, "latency_samples_during_checkpoints": 420,
+         "latency_p99_during_checkpoints_seconds": 0.31,
+         "latency_p99_outside_checkpoints_seconds": 0.12}
+    text = format_report(add_ratios(r))
+    assert ("model checkpoints during it: 1; p99 of the 420 recommendations in flight "
+            "meanwhile 310 ms, of the others 120 ms") in text
+    none = format_report(add_ratios({**report(), "latency_checkpoints": 0,
+                                     "latency_p99_outside_checkpoints_seconds": 0.12}))
+    assert "model checkpoints during it: 0, of the others 120 ms" in none
+
+
 def test_format_report_survives_missing_figures() -> None:
     text = format_report(add_ratios({"events": 1000, "workers": 2}))
     assert "n/a" in text and "not measured" in text

@@ -12,11 +12,14 @@ import pytest
 
 from tools.bench.stats import (
     Window,
+    checkpoint_span,
     combined,
     completed,
     percentile,
     ratio,
+    split_by_spans,
     time_at,
+    unchanged_for,
     value_at,
     whole_window,
     window,
@@ -102,3 +105,36 @@ def test_ratio_guards() -> None:
     assert ratio(5.0, None) is None
     assert ratio(5.0, 0.0) is None
     assert ratio(math.nan, 1.0) is None
+
+
+def test_a_checkpoint_span_from_the_worker_s_gauges() -> None:
+    start = "feedback_model_checkpoint_last_start_timestamp_seconds"
+    end = "feedback_model_checkpoint_last_end_timestamp_seconds"
+    assert checkpoint_span({}, 5.0) is None
+    assert checkpoint_span({start: 0.0, end: 0.0}, 5.0) is None
+    assert checkpoint_span({start: 100.0, end: 103.5}, 200.0) == (100.0, 103.5)
+    # In progress: the previous one ended before this one began.
+    assert checkpoint_span({start: 100.0, end: 70.0}, 104.0) == (100.0, 104.0)
+    assert checkpoint_span({start: 100.0, end: 70.0}, 90.0) == (100.0, 100.0)
+
+
+def test_latencies_are_split_by_whether_a_span_overlaps_their_flight() -> None:
+    timed = [
+        (9.0, 0.5),  # answered before the span
+        (9.8, 0.3),  # in flight when it began
+        (10.5, 0.1),  # sent during it
+        (12.0, 0.2),  # sent as it ended
+        (12.1, 0.1),  # after
+    ]
+    inside, outside = split_by_spans(timed, [(10.0, 12.0)])
+    assert inside == [0.3, 0.1, 0.2] and outside == [0.5, 0.1]
+    assert split_by_spans(timed, []) == ([], [0.5, 0.3, 0.1, 0.2, 0.1])
+    assert split_by_spans(timed, [(0.0, 1.0), (12.15, 13.0)]) == ([0.2, 0.1], [0.5, 0.3, 0.1])
+
+
+def test_how_long_a_counter_has_kept_its_value() -> None:
+    assert unchanged_for([]) == 0.0
+    assert unchanged_for([(1.0, 5.0)]) == 0.0
+    assert unchanged_for([(0.0, 1.0), (0.2, 3.0), (0.4, 3.0), (2.4, 3.0)]) == pytest.approx(2.2)
+    # Moving at the last sample: not quiet at all.
+    assert unchanged_for([(0.0, 1.0), (1.0, 1.0), (1.2, 2.0)]) == 0.0
