@@ -5,7 +5,8 @@ modules here are the ones to re-check, each override against the behaviour its
 docstring names:
 
 * :mod:`stream.faust.consumer`: the consumer (records lost on a rebalance, the
-  commit guard's hooks, the fetch wait);
+  commit guard's hooks, the fetch wait, polls that reach every stream while
+  another has a backlog);
 * :mod:`stream.faust.recovery`: table recovery to the changelog's real end,
   a producer flush that empties the send buffer;
 * :mod:`stream.faust.table_store`: the profile table's writes and tombstones;
@@ -25,7 +26,7 @@ from typing import Any
 import faust
 
 from stream.commit_guard import CommitGuard
-from stream.faust.consumer import Consumer, ConsumerFixes
+from stream.faust.consumer import POLL_RECORDS, Consumer, ConsumerFixes
 from stream.faust.monitor import MONITORS
 from stream.faust.offset_trace import OffsetTrace
 from stream.faust.recovery import ChangelogRecovery, GuardedTableManager, Producer
@@ -70,13 +71,21 @@ def create_app(
         options["TableManager"] = type(
             "GuardedTableManager", (GuardedTableManager,), {"recovery_class": recovery}
         )
+    # Bounded polls, so that a stream's queue can be left out of a poll for want
+    # of room (stream.faust.consumer.ConsumerFixes._without_room).
+    options.setdefault("broker_max_poll_records", POLL_RECORDS)
     options.setdefault("Monitor", MONITORS[settings.faust_monitor])
     app = faust.App(settings.app_id, **options)
+    poll_records = app.conf.broker_max_poll_records
+    if poll_records is not None and poll_records * 2 > app.conf.stream_buffer_maxsize:
+        raise ValueError(f"broker_max_poll_records ({poll_records}) must be at most half "
+                         f"of stream_buffer_maxsize ({app.conf.stream_buffer_maxsize})")
     # Faust builds the consumer itself: the app's own subclass carries its guard and trace.
     app.transport.Consumer = type(  # type: ignore[misc]
         "Consumer", (Consumer,), {
             "commit_guard": commit_guard, "offset_trace": trace,
             "fetch_max_wait_ms": max(1, round(settings.fetch_max_wait_seconds * 1000)),
+            "poll_records": poll_records,
         }
     )
     if settings.recovery_guards:

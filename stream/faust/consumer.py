@@ -12,6 +12,7 @@ that each corrected behaviour is still there (each docstring says which one).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -31,6 +32,16 @@ log = logging.getLogger(__name__)
 # A short wait only costs idle fetch requests, on any broker. The worker's is
 # Settings.fetch_max_wait_seconds (this is its default).
 FETCH_MAX_WAIT_MS = 20
+
+# Records one poll hands Faust's fetch loop at most (Faust's broker_max_poll_records,
+# unbounded by default: a poll of a backlog returned all 5,000 records buffered).
+# A stream queue is polled only while it has room for this many (see
+# ConsumerFixes._without_room), so it is well below Faust's stream_buffer_maxsize.
+POLL_RECORDS = 200
+
+# How long a poll waits for records when partitions were left out of it for want
+# of room: their queue is looked at again after this.
+HELD_POLL_SECONDS = 0.05
 
 if TYPE_CHECKING:
     _ConsumerBase = aiokafka_driver.Consumer
@@ -59,8 +70,10 @@ class ConsumerFixes(_ConsumerBase):
     :meth:`_new_offset`, :meth:`_filter_tps_with_pending_acks` and
     :meth:`_commit_offsets`. :meth:`in_order` keeps the agents from processing
     a partition past a record Faust lost, which :meth:`rewind` reads again.
-    With an :class:`OffsetTrace`, the commit, fetch, gap and seek methods also
-    log what they did.
+    :meth:`_getmany` also lets every stream's records reach it while another
+    stream has a backlog (:meth:`_poll`, :meth:`_without_room`): the item
+    owner's, behind the inputs. With an :class:`OffsetTrace`, the commit,
+    fetch, gap and seek methods also log what they did.
 
     Faust builds the consumer itself, so the guard and the trace are class
     attributes of the subclass :func:`stream.faust.create_app` installs.
@@ -69,6 +82,7 @@ class ConsumerFixes(_ConsumerBase):
     commit_guard: ClassVar[CommitGuard | None] = None
     offset_trace: ClassVar[OffsetTrace | None] = None
     fetch_max_wait_ms: ClassVar[int] = FETCH_MAX_WAIT_MS
+    poll_records: ClassVar[int | None] = None
 
     # -- Records of paused partitions fetched and thrown away ------------------
 
@@ -89,7 +103,16 @@ class ConsumerFixes(_ConsumerBase):
             records = await super()._getmany(None, timeout)
         else:
             requested = set(active_partitions)
-            records = await super()._getmany(requested, timeout) if requested else {}
+            held = self._without_room(requested)
+            if held:
+                requested -= held
+                timeout = min(timeout, HELD_POLL_SECONDS)
+            if requested:
+                records = await self._poll(requested, timeout)
+            else:
+                records = {}
+                if held:  # nothing else to wait on: look again shortly
+                    await asyncio.sleep(timeout)
         if self.offset_trace is not None:
             self.offset_trace.fetched(records, asked, active_partitions)
         self._rewound_fetch(records)
@@ -161,6 +184,72 @@ class ConsumerFixes(_ConsumerBase):
             if first > offset and guard is not None:
                 log.info("%s[%d] %d-%d: no records", tp.topic, tp.partition, offset, first - 1)
                 guard.absent((tp.topic, tp.partition), offset, first)
+
+    async def _poll(self, partitions: set[TP], timeout: float) -> Any:
+        """The records of ``partitions``: up to ``poll_records`` for each group of
+        partitions that feed the same streams, none waiting on another's.
+
+        aiokafka's ``Fetcher.fetched_records`` drains the partitions in the
+        order their fetches completed, up to ``max_records`` in all, so the
+        input partitions' buffered megabyte each came before the item-updates
+        partitions, which a poll reached only once the inputs' buffers were
+        empty: the item owner lagged the whole input backlog. Each group is
+        asked without waiting; only when none has records does the poll wait
+        (``timeout``) on all of them at once, as Faust's does.
+        """
+        groups = self._groups(partitions)
+        if len(groups) < 2:
+            return await super()._getmany(partitions, timeout)
+        records: dict[TP, Any] = {}
+        for group in groups:
+            records.update(await super()._getmany(group, 0))
+        return records or await super()._getmany(partitions, timeout)
+
+    def _groups(self, partitions: set[TP]) -> list[set[TP]]:
+        """``partitions`` grouped by the streams (Faust's channels) they feed."""
+        index = self.app.topics._tp_index  # type: ignore[attr-defined]
+        groups: dict[frozenset[int], set[TP]] = {}
+        for tp in partitions:
+            key = frozenset(id(channel) for channel in index.get(tp, ()))
+            groups.setdefault(key, set()).add(tp)
+        return list(groups.values())
+
+    def _without_room(self, partitions: set[TP]) -> set[TP]:
+        """The partitions a whole poll's records could not be handed to without waiting.
+
+        Faust's fetch loop (``Consumer._drain_messages``) hands each record of a
+        poll to the conductor and awaits it; the conductor awaits a full stream
+        queue (``stream_buffer_maxsize``) until that stream's agent takes an
+        event. So while one agent has a backlog, the loop sits on its records and
+        the records of every other partition, those in the same poll and those
+        not fetched yet, wait for that agent: the item owner's
+        ``feedback.item-updates`` waited for the whole input backlog
+        (docs/performance.md, "The item owner's turn"). Faust's own back-pressure
+        (``on_buffer_full``) stops fetching a partition only once its queue is
+        under pressure, and still awaits the rest of the poll. A partition feeding
+        a queue that has no room for a whole poll (``poll_records``, which
+        :func:`stream.faust.create_app` makes Faust's ``broker_max_poll_records``)
+        below the queue's pressure mark is left out of this poll instead; its
+        records stay in aiokafka's fetch buffer, where the next poll finds them:
+        nothing is skipped or sought. Below that mark, Faust's own back-pressure
+        never engages (it takes partitions off one by one, and gives them back one
+        per ``get`` in its set's order, which can pass one over for as long as a
+        backlog lasts): a queue's partitions are left out and polled again
+        together. Not during table recovery, as Faust's ``on_buffer_full``.
+        """
+        limit = self.poll_records
+        if limit is None or self.app.in_recovery:
+            return set()
+        index = self.app.topics._tp_index  # type: ignore[attr-defined]
+        held: set[TP] = set()
+        for tp in partitions:
+            for channel in index.get(tp, ()):
+                queue = channel.queue
+                mark = getattr(queue, "pressure_high_size", queue.maxsize)
+                if queue.maxsize and mark - queue.qsize() < limit:
+                    held.add(tp)
+                    break
+        return held
 
     async def seek_to_committed(self) -> Any:
         """Seek input partitions nobody has committed yet to their beginning.

@@ -368,6 +368,8 @@ class Fetching(Consumer):
         self.seeks: list[dict[Any, int]] = []
         self.assigned = {CLICKS5}
         self._thread = SimpleNamespace(seek_wait=self._seek_wait)
+        # No stream behind any partition: one group, polled as Faust polls.
+        self.app = SimpleNamespace(in_recovery=False, topics=SimpleNamespace(_tp_index={}))
 
     async def _seek_wait(self, partitions: dict[Any, int]) -> None:
         self.seeks.append(dict(partitions))
@@ -459,3 +461,108 @@ def test_in_order_is_a_no_op_without_the_guard() -> None:
     assert consumer.in_order(batch) == batch
     fetch(consumer)
     assert consumer.seeks == []
+
+
+# -- Every stream's records reach it while another stream has a backlog -------
+
+INPUT, UPDATES = "in.clicks", "app.item-updates"
+
+
+class FetchBuffer:
+    """aiokafka's fetch buffer as its ``fetched_records`` drains it: the partitions
+    in the order their fetches completed, up to ``max_records`` in all."""
+
+    def __init__(self, records: dict[TP, list[int]], max_records: int) -> None:
+        self.records = records
+        self.max_records = max_records
+        self.polls: list[tuple[frozenset[TP], float]] = []
+
+    async def _getmany(self, partitions: set[TP] | None, timeout: float) -> dict[TP, list[int]]:
+        self.polls.append((frozenset(partitions or ()), timeout))
+        left, out = self.max_records, {}
+        for tp, offsets in self.records.items():
+            if (partitions and tp not in partitions) or not offsets:
+                continue
+            out[tp], self.records[tp] = offsets[:left], offsets[left:]
+            left -= len(out[tp])
+            if not left:
+                break
+        return out
+
+
+@dataclass(eq=False)
+class Queue:
+    maxsize: int
+    size: int = 0
+
+    def qsize(self) -> int:
+        return self.size
+
+    @property
+    def pressure_high_size(self) -> int:  # mode's FlowControlQueue: maxsize / 1.25
+        return int(self.maxsize / 1.25)
+
+
+@dataclass(eq=False)
+class Channel:
+    queue: Queue
+
+
+def polling(records: dict[TP, list[int]], queues: dict[str, Queue], limit: int = 200) -> Any:
+    """A consumer over :class:`FetchBuffer`, each topic feeding one stream queue."""
+    channels = {topic: Channel(q) for topic, q in queues.items()}
+    index = {tp: {channels[tp.topic]} for tp in records}
+    cls = type("Polling", (ConsumerFixes, FetchBuffer), {"poll_records": limit})
+    consumer = cls(records, limit)
+    consumer.app = SimpleNamespace(in_recovery=False, topics=SimpleNamespace(_tp_index=index))
+    return consumer
+
+
+def backlog() -> dict[TP, list[int]]:
+    # The inputs' buffered fetches completed first, each a thousand records.
+    records = {TP(INPUT, p): list(range(1000)) for p in range(4)}
+    records[TP(UPDATES, 0)] = [0, 1, 2]
+    return records
+
+
+def test_a_poll_reaches_the_item_updates_behind_an_input_backlog() -> None:
+    consumer = polling(backlog(), {INPUT: Queue(4096), UPDATES: Queue(4096)})
+    got = asyncio.run(consumer._getmany(set(consumer.records), 1.0))
+    # Up to a poll's records for each stream; the inputs in aiokafka's order.
+    assert got[TP(UPDATES, 0)] == [0, 1, 2]
+    assert got[TP(INPUT, 0)] == list(range(200)) and len(got) == 2
+    # Neither group waited on the other.
+    assert [timeout for _, timeout in consumer.polls] == [0, 0]
+
+
+def test_a_stream_without_room_for_a_poll_keeps_its_records_in_the_fetch_buffer() -> None:
+    # Faust's back-pressure engages at 3,276 events: the poll stays below it.
+    queues = {INPUT: Queue(4096, size=3276 - 199), UPDATES: Queue(4096)}
+    consumer = polling(backlog(), queues)
+    active = set(consumer.records)
+    got = asyncio.run(consumer._getmany(active, 1.0))
+    assert got == {TP(UPDATES, 0): [0, 1, 2]}
+    assert consumer.polls[0][0] == {TP(UPDATES, 0)}
+    # The next look is soon; Faust's own set of active partitions is untouched.
+    assert consumer.polls[0][1] <= 0.05 and active == set(consumer.records)
+    # With every stream full, nothing is polled (an empty set would be "all"
+    # to aiokafka), and the poll waits a moment rather than spin.
+    consumer.polls.clear()
+    queues[UPDATES].size = 4096
+    assert asyncio.run(consumer._getmany(active, 1.0)) == {}
+    assert consumer.polls == []
+    queues[UPDATES].size = 0
+    # Once the agent has taken events, the inputs come from where they stopped.
+    queues[INPUT].size = 3276 - 200
+    got = asyncio.run(consumer._getmany(active, 1.0))
+    assert got == {TP(INPUT, 0): list(range(200))}
+
+
+def test_in_recovery_or_without_a_poll_bound_every_partition_is_polled() -> None:
+    queues = {INPUT: Queue(4096, size=4096), UPDATES: Queue(4096)}
+    consumer = polling(backlog(), queues)
+    consumer.app.in_recovery = True
+    assert TP(INPUT, 0) in asyncio.run(consumer._getmany(set(consumer.records), 1.0))
+    consumer = polling(backlog(), queues, limit=200)
+    type(consumer).poll_records = None
+    assert TP(INPUT, 0) in asyncio.run(consumer._getmany(set(consumer.records), 1.0))

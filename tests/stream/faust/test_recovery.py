@@ -338,3 +338,10 @@ def test_only_a_missing_or_impossible_start_offset_is_reset_and_logged(
         "active changelog cl[0]: no start offset (None); reading from the start",
         "active changelog cl[3]: no start offset (-2); reading from the start",
     ]
+
+
+def test_the_consumer_polls_a_bounded_number_of_records(tmp_path: Any) -> None:
+    app, _, _ = app_for(True, tmp_path)
+    assert app.conf.broker_max_poll_records == app.transport.Consumer.poll_records == 200
+    with pytest.raises(ValueError, match="stream_buffer_maxsize"):
+        app_for(True, tmp_path, stream_buffer_maxsize=300)
