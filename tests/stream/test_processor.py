@@ -224,7 +224,7 @@ def test_contact_details_reach_neither_the_models_nor_the_checkpoint() -> None:
     ]
     proc.handle(batch)
     blob = checkpoint.dumps(checkpoint.Models(proc.engine, proc.bandit))
-    state = blob + orjson.dumps(dict(proc.profiles))
+    state = blob + orjson.dumps({u: p.to_json() for u, p in proc.profiles.items()})
     # The review words reach the sentiment vocabulary, so the check can see a leak.
     assert b"wugglefrump" in blob
     for part in (b"zorblaxq", b"quimby", b"plonkshop", b"7946", b"0958"):
@@ -300,8 +300,8 @@ def test_a_users_exposure_log_is_written_once_per_batch_with_every_attribution(
                  msg(s, purchase("e3", "bob", "a"))])
     shown = proc.profiles["bob"]["exposures"][-1]
     calls = []
-    to_json = UserExposures.to_json
-    monkeypatch.setattr(UserExposures, "to_json", lambda log: calls.append(1) or to_json(log))
+    compact = UserExposures.compact
+    monkeypatch.setattr(UserExposures, "compact", lambda log: calls.append(1) or compact(log))
     # Bob clicks the recommended "b" three times, then buys it: four attributed
     # events of one user, one batch (a basket's lines come so).
     clicks = [{"type": "click", "event_id": f"c{i}", "user_id": "bob", "item_id": "b",
