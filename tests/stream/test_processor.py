@@ -377,3 +377,30 @@ def test_an_author_quoting_their_own_id_does_not_teach_it_to_the_sentiment_model
 def test_the_engine_checks_quality_on_the_configured_share() -> None:
     proc, _, _ = make(quality_sample=0.25)
     assert proc.engine.quality_sample == 0.25
+
+
+def test_profiles_hold_each_list_once_and_survive_the_changelog_whole() -> None:
+    from faust.serializers.codecs import get_codec
+
+    from stream.faust.table_store import PROFILE_CODEC
+    from stream.stored_profile import StoredProfile
+
+    proc, s, _ = make()
+    proc.handle([msg(s, purchase("e1", "ann", "a")), msg(s, purchase("e2", "ann", "b")),
+                 msg(s, purchase("e3", "bob", "a"), 2)])
+    shown = proc.profiles["bob"].exposures[-1]
+    click = {"type": "click", "event_id": "c1", "user_id": "bob", "item_id": shown[1][0],
+             "timestamp": "2024-01-01T10:01:00Z", "recommendation_id": shown[0]}
+    proc.handle([msg(s, click, 3), msg(s, purchase("e4", "bob", "b", "2024-01-01T10:05:00Z"), 4)])
+    codec = get_codec(PROFILE_CODEC)
+    for user, profile in proc.profiles.items():
+        if profile.rec_items:  # the list of a user answered: one tuple for both
+            assert profile.exposures[-1][1] is profile.rec_items, user
+        back = codec.loads(codec.dumps(profile))
+        for name in StoredProfile.__slots__:
+            assert getattr(back, name) == getattr(profile, name), (user, name)
+    bob = proc.profiles["bob"]
+    assert bob.rec_items
+    clicked = next(e for e in bob.exposures if e[0] == shown[0])
+    assert clicked[6] and clicked[8] == (shown[1][0],)
+    assert bob.events == {"click": 1, "purchase": 2, "review": 0}
