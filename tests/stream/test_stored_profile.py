@@ -170,6 +170,7 @@ def test_a_read_only_mapping_is_read_with_its_defaults() -> None:
 
 def test_recommendations_keep_the_rounded_scores_exactly() -> None:
     recs = [recommendation_json(Recommendation("a", 0.123456789, "popular")),
+            recommendation_json(Recommendation("d", 3.0000004999, "popular")),
             recommendation_json(Recommendation("b", 2.0, "similar")),
             recommendation_json(Recommendation("c", 1234.56789049, "similar"))]
     assert recs[0] == {"item_id": "a", "score": 0.123457, "reason": "popular"}
