@@ -42,6 +42,22 @@ class ProfileCodec(codecs.Codec):
 codecs.register(PROFILE_CODEC, ProfileCodec())
 
 
+class ProfileValue:
+    """The profile table's ``value_type``.
+
+    Faust takes a table's value serializer from its value type's options
+    (``Collection._serializer_from_type``), never from its ``schema``, and
+    gives the changelog topic that serializer and type; on decoding it hands
+    the codec's result to ``from_data``, which keeps it as it is.
+    """
+
+    _options = SimpleNamespace(serializer=PROFILE_CODEC)
+
+    @classmethod
+    def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
+        return data
+
+
 def write_as(table: Any, key: str, value: Any, event: Any) -> None:
     """``table[key] = value`` as if within ``event`` (a Faust event of the
     table's source topic): Faust sends the change to the changelog partition of
