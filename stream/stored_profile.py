@@ -69,7 +69,7 @@ class Shared:
 
     __slots__ = ("capacity", "strings")
 
-    def __init__(self, capacity: int = 1 << 17) -> None:
+    def __init__(self, capacity: int = 1 << 15) -> None:
         self.capacity = capacity
         self.strings: dict[str, str] = {}
 
