@@ -21,6 +21,8 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
+import orjson
+
 from models.attribution import CompactExposure, Exposure
 from models.engine import Outcome, Recommendation
 from models.events import Event
@@ -187,22 +189,24 @@ class StoredProfile:
 
     # -- the wire form ------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        """The changelog's JSON object."""
+        """The changelog's JSON object, its arrays as lists or tuples (JSON
+        encoders write both as arrays: the id window and the exposure log go
+        as they are held)."""
+        flat: list[Any] = []
+        for triple in zip(self.rec_items, self.scores(), self.rec_reasons, strict=True):
+            flat.extend(triple)
         record: dict[str, Any] = {
             "user_id": self.user_id,
             "events": self.events,
             "first_event_time": self.first_event_time,
             "last_event_time": self.last_event_time,
             "segment": self.segment,
-            "recent_event_ids": list(self.recent_event_ids),
-            "recommendations": [
-                v for triple in zip(self.rec_items, self.scores(), self.rec_reasons, strict=True)
-                for v in triple
-            ],
+            "recent_event_ids": self.recent_event_ids,
+            "recommendations": flat,
             "recommendation_id": self.recommendation_id,
             "recommended_at": self.recommended_at,
             "variant": self.variant,
-            "exposures": [[*e[:1], list(e[1]), *e[2:8], list(e[8])] for e in self.exposures],
+            "exposures": self.exposures,
         }
         if self.held_trigger is not None:
             record[HELD_TRIGGER] = self.held_trigger
@@ -242,14 +246,18 @@ class StoredProfile:
         return p
 
     # -- read by wire key (tools, tests): a copy built from the wire form ----------------
+    def wire(self) -> dict[str, Any]:
+        """:meth:`to_json` as a JSON decoder gives it back (lists for arrays)."""
+        return orjson.loads(orjson.dumps(self.to_json()))
+
     def __getitem__(self, key: str) -> Any:
-        return self.to_json()[key]
+        return self.wire()[key]
 
     def __contains__(self, key: object) -> bool:
         return key in self.to_json()
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.to_json().get(key, default)
+        return self.wire().get(key, default)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, StoredProfile):

@@ -50,7 +50,7 @@ def test_the_codec_writes_the_bytes_of_the_json_codec_and_reads_them_back() -> N
     profile = codec.loads(raw)
     assert isinstance(profile, StoredProfile)
     assert codec.dumps(profile) == raw  # every field survives, in the same order
-    assert profile.to_json() == wire
+    assert profile.wire() == wire
     assert profile.held_trigger == "e3"
     assert profile.events == {"click": 2, "purchase": 1, "review": 0}
 
@@ -139,7 +139,7 @@ def test_the_wire_form_is_plain_json_and_round_trips() -> None:
 
 
 def test_a_new_profile_has_every_field_empty() -> None:
-    assert new_stored_profile("u").to_json() == {
+    assert new_stored_profile("u").wire() == {
         "user_id": "u", "events": {"click": 0, "purchase": 0, "review": 0},
         "first_event_time": None, "last_event_time": None, "segment": None,
         "recent_event_ids": [], "recommendations": [], "recommendation_id": None,
