@@ -132,12 +132,17 @@ class ItemCooccurrence:
             return
         neighbours = self.neighbours
         nb_item = neighbours[item]
-        mass, norm, exponent = self._mass, self._norm, -self.alpha
+        item_slots, item_values = nb_item.slots, nb_item.values
+        # Python float reads and writes through memoryviews: a numpy scalar
+        # ``a[i] += w`` costs about twice as much, and these run up to
+        # 2 x history_size times per event. Same float additions, same order.
+        item_view = memoryview(item_values)
+        mass, norm = memoryview(self._mass), memoryview(self._norm)
+        exponent = -self.alpha
         cap = 2 * self.max_neighbours
+        gamma = self.gamma
         decay = 1.0
         total = 0.0
-        # The hot loop of learning (up to 2 x history_size pair updates per event):
-        # existing pairs are updated inline, new ones appended without a second lookup.
         for h, w_h in reversed(history):
             if h != item and w_h > 0.0:
                 w = min(weight, w_h) * decay
@@ -145,21 +150,25 @@ class ItemCooccurrence:
                 slot = nb_h.slots.get(item)
                 if slot is None:
                     nb_h.append(item, w)
+                    if nb_h.n > cap:
+                        nb_h.prune(self.max_neighbours)
                 else:
-                    nb_h.values[slot] += w
-                slot = nb_item.slots.get(h)
+                    values = nb_h.values
+                    values[slot] = values.item(slot) + w
+                slot = item_slots.get(h)
                 if slot is None:
                     nb_item.append(h, w)
+                    if nb_item.values is not item_values:  # grown: the view is stale
+                        item_values = nb_item.values
+                        item_view = memoryview(item_values)
                 else:
-                    nb_item.values[slot] += w
-                mass_h = mass.item(h) + w
+                    item_view[slot] += w
+                mass_h = mass[h] + w
                 mass[h] = mass_h
                 norm[h] = (mass_h + 1.0) ** exponent
                 total += w
-                if nb_h.n > cap:
-                    nb_h.prune(self.max_neighbours)
-            decay *= self.gamma
-        mass_item = mass.item(item) + total
+            decay *= gamma
+        mass_item = mass[item] + total
         mass[item] = mass_item
         norm[item] = (mass_item + 1.0) ** exponent
         if nb_item.n > cap:
