@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 
 from models.catalogue import grown
+
+
+def _floats(array: np.ndarray) -> memoryview[float]:
+    """A float64 array's buffer as Python floats (reads and writes in place)."""
+    return cast("memoryview[float]", array.data)
 
 
 class Neighbours:
@@ -136,8 +142,8 @@ class ItemCooccurrence:
         # Python float reads and writes through memoryviews: a numpy scalar
         # ``a[i] += w`` costs about twice as much, and these run up to
         # 2 x history_size times per event. Same float additions, same order.
-        item_view = memoryview(item_values)
-        mass, norm = memoryview(self._mass), memoryview(self._norm)
+        item_view = _floats(item_values)
+        mass, norm = _floats(self._mass), _floats(self._norm)
         exponent = -self.alpha
         cap = 2 * self.max_neighbours
         gamma = self.gamma
@@ -160,7 +166,7 @@ class ItemCooccurrence:
                     nb_item.append(h, w)
                     if nb_item.values is not item_values:  # grown: the view is stale
                         item_values = nb_item.values
-                        item_view = memoryview(item_values)
+                        item_view = _floats(item_values)
                 else:
                     item_view[slot] += w
                 mass_h = mass[h] + w
