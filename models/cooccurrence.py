@@ -43,7 +43,8 @@ class Neighbours:
         if slot is None:
             self.append(item, weight)
         else:
-            self.values[slot] += weight
+            values = self.values  # a float read and a write: cheaper than a numpy ``+=``
+            values[slot] = values.item(slot) + weight
 
     def append(self, item: int, weight: float) -> None:
         """Start the pair with ``item``, known to be absent, at ``weight``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from models.cooccurrence import ItemCooccurrence
+from models.cooccurrence import ItemCooccurrence, Neighbours
 
 
 def _reference(
@@ -52,3 +52,15 @@ def test_learn_one_matches_the_plain_pair_updates_bit_for_bit() -> None:
         assert nb.slots == {h: i for i, h in enumerate(nb.keys[: nb.n].tolist())}
         assert co._mass[item] == mass.get(item, 0.0)
         assert co._norm[item] == (mass.get(item, 0.0) + 1.0) ** -0.5
+
+
+def test_neighbours_add_accumulates_each_pair_in_order() -> None:
+    nb = Neighbours()
+    rng = random.Random(5)
+    expected: dict[int, float] = {}
+    for _ in range(500):
+        item, w = rng.randrange(30), rng.random()
+        nb.add(item, w)
+        expected[item] = expected.get(item, 0.0) + w
+    assert {h: nb.get(h) for h in expected} == expected
+    assert nb.n == len(expected)
