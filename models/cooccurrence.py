@@ -145,8 +145,9 @@ class ItemCooccurrence:
         # 2 x history_size times per event. Same float additions, same order.
         item_view = _floats(nb_item.values)
         mass, norm = _floats(self._mass), _floats(self._norm)
-        # Most pairs are new (15 of 16 on the demo replay): item's new entries are
-        # numbered at once and written after the loop in one slice each.
+        # Many cells are new (15 of the 32 an event updates on the demo replay):
+        # item's new entries are numbered here and written after the loop, in one
+        # slice each, instead of one append (and numpy scalar writes) per pair.
         base = nb_item.n
         new_keys: list[int] = []
         new_values: list[float] = []
