@@ -25,6 +25,7 @@ names the signal behind each item.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -337,26 +338,44 @@ def with_session(
     >>> sig = SessionSignals(np.array([[0, 1.0], [0, 0], [1.0, 0], [0, 0]]), [1], [])
     >>> w = np.array([4, .5, 1, 1])
     >>> scores, unit = with_session(np.array([2.0, 1.0]), sig, w, 0.2)
-    >>> scores.round(2).tolist(), [strongest(sig, w, unit, i) for i in (0, 1)]
+    >>> scores.round(2).tolist(), strongest(sig, w, unit, [0, 1])
     ([1.2, 4.0], [2, 0])
     """
-    finite = np.isfinite(blend)
-    unit = np.zeros_like(blend)
-    if finite.any():
-        low, high = float(blend[finite].min()), float(blend[finite].max())
-        if high > low:
-            unit[finite] = (blend[finite] - low) / (high - low)
+    # The excluded items are few (the user's purchases, the fatigued): indexed
+    # once, where boolean masks over the catalogue would copy it three times.
+    excluded = np.flatnonzero(np.isneginf(blend))
+    if excluded.size:
+        finite = np.ones(blend.shape[0], dtype=bool)
+        finite[excluded] = False
+        low = float(np.min(blend, where=finite, initial=np.inf))
+        high = float(np.max(blend, where=finite, initial=-np.inf))
+    else:
+        low, high = float(blend.min()), float(blend.max())
+    if high > low:
+        unit = np.subtract(blend, low)
+        unit /= high - low
+        unit[excluded] = 0.0
+    else:
+        unit = np.zeros_like(blend)
     unit *= blend_weight
-    scores = weights @ signals.matrix + unit  # one BLAS pass
-    scores[~finite] = -np.inf
+    scores = weights @ signals.matrix  # one BLAS pass
+    scores += unit
+    scores[excluded] = -np.inf
     return scores, unit
 
 
-def strongest(signals: SessionSignals, weights: np.ndarray, unit: np.ndarray, item: int) -> int:
-    """Index in :data:`SESSION_FEATURES` of the largest contribution to ``item``'s
-    score, ``len(SESSION_FEATURES)`` when the blend's (``unit``) is larger."""
-    contributions = [*(weights * signals.matrix[:, item]).tolist(), float(unit[item])]
-    return max(range(len(contributions)), key=contributions.__getitem__)
+def strongest(
+    signals: SessionSignals, weights: np.ndarray, unit: np.ndarray, items: Sequence[int]
+) -> list[int]:
+    """For each of ``items``, the index in :data:`SESSION_FEATURES` of the largest
+    contribution to its score, ``len(SESSION_FEATURES)`` when the blend's (``unit``)
+    is larger; ties go to the first. One gather of the items' columns."""
+    if not items:
+        return []
+    contributions = np.empty((len(SESSION_FEATURES) + 1, len(items)))
+    np.multiply(weights[:, None], signals.matrix[:, items], out=contributions[:-1])
+    contributions[-1] = unit[items]
+    return [int(j) for j in contributions.argmax(axis=0)]
 
 
 #: Why a session signal recommends an item; ``{item}`` is the rule's source.

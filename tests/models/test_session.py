@@ -6,7 +6,13 @@ import numpy as np
 
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
-from models.session import SESSION_FEATURES, SessionRecommender
+from models.session import (
+    SESSION_FEATURES,
+    SessionRecommender,
+    SessionSignals,
+    strongest,
+    with_session,
+)
 
 T0 = 1_700_000_000.0
 RULES = SESSION_FEATURES.index("rules")
@@ -169,3 +175,37 @@ def test_strategies_pass_the_request_context_to_the_engine() -> None:
     assert s.recommend("blend", engine, "new", k=2, item_id="a")[0].item_id == "a"
     pool = s.recommend("explore", engine, "new", k=2, key="k", item_id="a")
     assert {r.item_id for r in pool} <= {"a", "b"}
+
+
+def test_with_session_scales_the_blend_over_the_items_it_did_not_exclude() -> None:
+    rng = np.random.default_rng(3)
+    n = 50
+    matrix = rng.random((4, n)) * (rng.random((4, n)) < 0.2)
+    sig = SessionSignals(matrix, [1], [])
+    weights = np.array([4.0, 0.5, 1.0, 1.0])
+    blend = rng.normal(size=n)
+    blend[[3, 17, 40]] = -np.inf
+    scores, unit = with_session(blend, sig, weights, 0.2)
+    finite = np.isfinite(blend)
+    low, high = blend[finite].min(), blend[finite].max()
+    expected = np.zeros(n)
+    expected[finite] = (blend[finite] - low) / (high - low)
+    expected *= 0.2
+    # Bit for bit the dense formula: published scores must not move by an ulp.
+    assert np.array_equal(unit, expected)
+    assert np.array_equal(scores[finite], (weights @ matrix + expected)[finite])
+    assert np.isneginf(scores[~finite]).all()
+    for flat in (np.full(n, 2.0), np.full(n, -np.inf)):  # nothing to scale
+        scores, unit = with_session(flat, sig, weights, 0.2)
+        assert not unit.any()
+        assert np.array_equal(np.isneginf(scores), np.isneginf(flat))
+
+
+def test_strongest_names_the_largest_contribution_first_on_ties() -> None:
+    m = np.array([[0.0, 0.25, 0.0], [0.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.5, 0.0, 0.0]])
+    sig = SessionSignals(m, [0], [])
+    w = np.array([4.0, 0.5, 1.0, 1.0])
+    unit = np.array([0.1, 0.2, 0.3])
+    assert strongest(sig, w, unit, [0, 1, 2]) == [2, 0, len(SESSION_FEATURES)]
+    assert strongest(sig, w, unit, [2, 0]) == [len(SESSION_FEATURES), 2]
+    assert strongest(sig, w, unit, []) == []
