@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 
@@ -127,6 +128,19 @@ class SessionRecommender:
         # even for one item seen once)
         self.item_sessions: dict[int, list[int]] = {}
         self.sessions_started = 0
+        # The store's sessions as arrays, made when a session first votes (V-SKNN
+        # reads about a hundred per ranking) and dropped when it changes or leaves
+        # the store: at most one per stored session. Not checkpointed.
+        self._store_arrays: dict[int, np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_store_arrays", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._store_arrays = {}
 
     # -- learning ----------------------------------------------------------------
     def _session(self, user: str, t: float, key: str | None) -> Session:
@@ -139,7 +153,9 @@ class SessionRecommender:
             self.current[user] = s
             self.store[s.number] = []
             if len(self.store) > self.max_sessions:  # dicts keep insertion order
-                del self.store[next(iter(self.store))]
+                oldest = next(iter(self.store))
+                del self.store[oldest]
+                self._store_arrays.pop(oldest, None)
         return s
 
     def learn_one(
@@ -168,6 +184,7 @@ class SessionRecommender:
         stored = self.store.get(s.number)
         if stored is not None and len(stored) < self.max_items and item not in stored:
             stored.append(item)
+            self._store_arrays.pop(s.number, None)
             recent = self.item_sessions.get(item)
             if recent is None:
                 self.item_sessions[item] = [s.number]
@@ -200,6 +217,7 @@ class SessionRecommender:
         session = self.current.pop(user, None)
         if session is None:
             return 0
+        self._store_arrays.pop(session.number, None)
         if self.store.pop(session.number, None) is not None:
             for item in set(session.items):
                 recent = self.item_sessions.get(item)
@@ -278,38 +296,40 @@ class SessionRecommender:
         weights: dict[int, float] = {}
         for pos, item in enumerate(recent):
             weights[item] = (pos + 1) / len(recent)  # linear decay, the viewed item 1
-        numbers: list[np.ndarray] = []
-        shares: list[np.ndarray] = []
+        lists: list[list[int]] = []
+        shares: list[float] = []
+        sample = self.sample
         for item, wi in weights.items():
             sessions = self.item_sessions.get(item)
             if sessions:
-                tail = np.asarray(sessions[-self.sample :], dtype=np.int64)
-                numbers.append(tail)
-                shares.append(np.full(tail.shape[0], wi))
-        if numbers:
+                lists.append(sessions[-sample:] if len(sessions) > sample else sessions)
+                shares.append(wi)
+        if lists:
             # One pass in numpy: each candidate session's similarity, then the nearest.
-            unique, where = np.unique(np.concatenate(numbers), return_inverse=True)
-            similarity = np.bincount(where, weights=np.concatenate(shares))
+            sizes = [len(x) for x in lists]
+            numbers = np.fromiter(itertools.chain.from_iterable(lists), np.int64, sum(sizes))
+            unique, similarity = _summed_by_key(numbers, np.repeat(shares, sizes))
             if own is not None:
                 similarity[unique == own] = 0.0
             k = min(self.neighbours, unique.shape[0])
             nearest = np.argpartition(-similarity, k - 1)[:k]
-            voters: list[list[int]] = []
-            sims: list[float] = []
+            # Each voter's items as one array (cached, see __init__), and one concatenation.
+            cache = self._store_arrays
+            chosen = unique[nearest].tolist()
+            near = similarity[nearest].tolist()
+            got: list[np.ndarray | None] = list(map(cache.get, chosen))
             store = self.store
-            for number, sim in zip(
-                unique[nearest].tolist(), similarity[nearest].tolist(), strict=True
-            ):
-                items = store.get(number)
-                if items and sim > 0.0:
-                    voters.append(items)
-                    sims.append(sim)
+            for pos, arr in enumerate(got):
+                if arr is None:
+                    items = store.get(chosen[pos])
+                    if items:
+                        got[pos] = cache[chosen[pos]] = np.array(items, dtype=np.int64)
+            vote = [a is not None and sim > 0.0 for a, sim in zip(got, near, strict=True)]
+            voters = cast("list[np.ndarray]", list(itertools.compress(got, vote)))
             if voters:
-                sizes = [len(v) for v in voters]
-                keys_arr = np.fromiter(
-                    itertools.chain.from_iterable(voters), dtype=np.int64, count=sum(sizes)
-                )
-                votes = np.repeat(sims, sizes)
+                sims = list(itertools.compress(near, vote))
+                keys_arr = np.concatenate(voters)
+                votes = np.repeat(sims, np.fromiter(map(len, voters), np.int64, len(voters)))
                 # Summed in the same order as np.add.at would, at a fraction of its cost.
                 m[3] = np.bincount(keys_arr, weights=votes, minlength=n)[:n]
                 top = float(m[3].max())
@@ -325,6 +345,27 @@ class SessionRecommender:
             if w > best_w:
                 best, best_w = source, w
         return best
+
+
+def _summed_by_key(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(distinct keys ascending, the sum of each one's weights)``, each sum taken
+    in the order of ``keys`` (what ``np.unique`` and ``np.bincount`` give).
+
+    Keys within a narrow range (session numbers of recent sessions) are counted
+    over that range, which costs less than ``np.unique``'s sort; the sums are
+    the same, bit for bit.
+
+    >>> _summed_by_key(np.array([7, 3, 7]), np.array([0.5, 1.0, 0.25]))
+    (array([3, 7]), array([1.  , 0.75]))
+    """
+    low = int(keys.min())
+    span = int(keys.max()) - low + 1
+    if span <= 8 * keys.shape[0] + 256:
+        shifted = keys - low
+        present = np.flatnonzero(np.bincount(shifted, minlength=span))
+        return present + low, np.bincount(shifted, weights=weights, minlength=span)[present]
+    unique, where = np.unique(keys, return_inverse=True)
+    return unique, np.bincount(where, weights=weights)
 
 
 def with_session(
