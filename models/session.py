@@ -385,19 +385,20 @@ def with_session(
     # The excluded items are few (the user's purchases, the fatigued): indexed
     # once, where boolean masks over the catalogue would copy it three times.
     excluded = np.flatnonzero(np.isneginf(blend))
+    high = float(blend.max())
     if excluded.size:
-        finite = np.ones(blend.shape[0], dtype=bool)
-        finite[excluded] = False
-        low = float(np.min(blend, where=finite, initial=np.inf))
-        high = float(np.max(blend, where=finite, initial=-np.inf))
+        unit = blend.copy()
+        unit[excluded] = np.inf
+        low = float(unit.min())
     else:
-        low, high = float(blend.min()), float(blend.max())
+        unit = np.empty_like(blend)
+        low = float(blend.min())
     if high > low:
-        unit = np.subtract(blend, low)
+        np.subtract(blend, low, out=unit)
         unit /= high - low
         unit[excluded] = 0.0
     else:
-        unit = np.zeros_like(blend)
+        unit.fill(0.0)
     unit *= blend_weight
     scores = weights @ signals.matrix  # one BLAS pass
     scores += unit
