@@ -28,8 +28,7 @@ user's profile, which survives restarts and rebalances through the changelog.
 
 from __future__ import annotations
 
-import itertools
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -201,9 +200,12 @@ class UserExposures:
         """
         if min_impressions <= 0:
             return set()
-        # Counted in C (one Counter over every list shown): this runs for every ranking.
-        shown = Counter(itertools.chain.from_iterable(e.items for e in self.exposures))
-        clicked = set(itertools.chain.from_iterable(e.clicked_items for e in self.exposures))
+        shown: dict[str, int] = {}
+        clicked: set[str] = set()
+        for exposure in self.exposures:
+            clicked.update(exposure.clicked_items)
+            for item in exposure.items:
+                shown[item] = shown.get(item, 0) + 1
         return clicked | {i for i, n in shown.items() if n >= min_impressions}
 
     # -- attribution -------------------------------------------------------------
