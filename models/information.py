@@ -146,11 +146,11 @@ class ExposureTally:
         for i in items:
             shown[i] = shown.get(i, 0) + 1
         n = max(len(ranks), 1)
-        last = self.strata - 1
-        idx = np.fromiter(items, dtype=np.int64, count=len(items))
-        known = idx < len(ranks)
-        strata = np.full(idx.shape[0], last)  # an item newer than the ranks: the tail
-        strata[known] = np.minimum(ranks[idx[known]] * self.strata // n, last)
+        strata = [
+            min(int(ranks[i]) * self.strata // n, self.strata - 1) if i < len(ranks)
+            else self.strata - 1  # an item newer than the ranks: the tail
+            for i in items
+        ]  # fmt: skip
         entropy_here = entropy_bits(np.bincount(strata, minlength=self.strata))
         self.entropy_sum[strategy] = self.entropy_sum.get(strategy, 0.0) + entropy_here
         self.lists[strategy] = self.lists.get(strategy, 0) + 1
