@@ -384,15 +384,16 @@ def with_session(
     """
     # The excluded items are few (the user's purchases, the fatigued): indexed
     # once, where boolean masks over the catalogue would copy it three times.
-    excluded = np.flatnonzero(np.isneginf(blend))
-    high = float(blend.max())
+    excluded = np.flatnonzero(~np.isfinite(blend))
     if excluded.size:
         unit = blend.copy()
+        unit[excluded] = -np.inf
+        high = float(unit.max())
         unit[excluded] = np.inf
         low = float(unit.min())
     else:
         unit = np.empty_like(blend)
-        low = float(blend.min())
+        low, high = float(blend.min()), float(blend.max())
     if high > low:
         np.subtract(blend, low, out=unit)
         unit /= high - low

@@ -188,6 +188,7 @@ def test_with_session_scales_the_blend_over_the_items_it_did_not_exclude() -> No
     weights = np.array([4.0, 0.5, 1.0, 1.0])
     blend = rng.normal(size=n)
     blend[[3, 17, 40]] = -np.inf
+    blend[8] = np.nan  # not a score: excluded like -inf
     scores, unit = with_session(blend, sig, weights, 0.2)
     finite = np.isfinite(blend)
     low, high = blend[finite].min(), blend[finite].max()
