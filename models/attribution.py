@@ -29,15 +29,20 @@ user's profile, which survives restarts and rebalances through the changelog.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from models.events import Event
 
-__all__ = ["Attribution", "Attributor", "Exposure", "UserExposures"]
+__all__ = ["Attribution", "Attributor", "CompactExposure", "Exposure", "UserExposures"]
 
 MatchedBy = Literal["id", "window"]
+#: :meth:`Exposure.compact`: the positional values of :meth:`Exposure.to_json`,
+#: in tuples (the items and the clicked items), as a profile holds them in memory.
+CompactExposure = tuple[
+    str, tuple[str, ...], str, str, float, int | None, bool, bool, tuple[str, ...]
+]
 
 
 @dataclass(slots=True)
@@ -72,10 +77,19 @@ class Exposure:
             list(self.clicked_items),
         ]
 
+    def compact(self) -> CompactExposure:
+        """:meth:`to_json` in tuples: the items are this exposure's own tuple, and
+        an exposure without clicked items holds the empty tuple (one for all)."""
+        return (
+            self.recommendation_id, self.items, self.strategy, self.variant,
+            self.timestamp, self.segment, self.clicked, self.converted,
+            tuple(self.clicked_items),
+        )
+
     @classmethod
-    def from_json(cls, data: list[Any] | dict[str, Any]) -> Exposure:
-        """Inverse of :meth:`to_json`; the earlier dict form (short keys, as
-        profiles in an older changelog hold it) is read too."""
+    def from_json(cls, data: Sequence[Any] | dict[str, Any]) -> Exposure:
+        """Inverse of :meth:`to_json` and :meth:`compact`; the earlier dict form
+        (short keys, as profiles in an older changelog hold it) is read too."""
         if isinstance(data, dict):
             data = [
                 data["id"], data["items"], data["s"], data["v"], data["t"], data.get("seg"),
@@ -169,10 +183,14 @@ class UserExposures:
         """The exposures as JSON (oldest first)."""
         return [e.to_json() for e in self.exposures]
 
+    def compact(self) -> tuple[CompactExposure, ...]:
+        """The exposures in :meth:`Exposure.compact` form (oldest first)."""
+        return tuple(e.compact() for e in self.exposures)
+
     @classmethod
     def from_json(
         cls,
-        data: Iterable[list[Any] | dict[str, Any]] | None,
+        data: Iterable[Sequence[Any] | dict[str, Any]] | None,
         window: float = 1800.0,
         max_exposures: int = 20,
         retention: float = 86_400.0,

@@ -461,7 +461,8 @@ class ImplicitFactorization:
             g = lr * sign / (1.0 + math.exp(min(x, 30.0)))  # lr * sign * sigmoid(-x)
             step = g * p  # g * p before p's own update (no copy of p needed)
             p *= shrink
-            p += g * diff
+            diff *= g  # a temporary of this pair: scaled in place, no second one
+            p += diff
             q_item *= shrink
             q_item += step
             q_other *= shrink

@@ -24,7 +24,14 @@ from stream import checkpoint, sharing, views
 from stream.commit_guard import CommitGuard
 from stream.contract import Rejected
 from stream.erasure import decode_request, encode_receipt
-from stream.faust import OffsetTrace, TableStore, create_app, in_order
+from stream.faust import (
+    PROFILE_CODEC,
+    OffsetTrace,
+    ProfileValue,
+    TableStore,
+    create_app,
+    in_order,
+)
 from stream.health import Health, watch_broker
 from stream.kafka import ssl_context
 from stream.metrics import Metrics
@@ -189,7 +196,8 @@ def build_app(
         PROFILES_TABLE,
         default=None,
         partitions=settings.partitions,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer=PROFILE_CODEC),
+        value_type=ProfileValue,  # what makes Faust use the profile codec
     )
     models = checkpoint.load_or_new(settings) if engine is None else checkpoint.Models(engine)
     engine = models.engine

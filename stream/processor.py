@@ -44,10 +44,8 @@ from stream.pull import PulledExposures
 from stream.records import InputMessage, OutputMessage
 from stream.settings import Settings
 from stream.stored_profile import (
-    HELD_TRIGGER,
     ProfileStore,
     StoredProfile,
-    compact_recommendations,
     from_changelog,
     new_stored_profile,
     recommendation_json,
@@ -262,10 +260,10 @@ class Processor:
                     from_changelog(stored) if stored is not None
                     else new_stored_profile(event.user_id)
                 )
-            if event.event_id in profile["recent_event_ids"]:
+            if event.event_id in profile.recent_event_ids:
                 self.metrics.events.labels(etype, "duplicate").inc()
                 if (
-                    profile.get(HELD_TRIGGER) == event.event_id
+                    profile.held_trigger == event.event_id
                     and event.user_id not in self.debounce
                 ):
                     # Replayed after a crash or a rebalance with its recommendation
@@ -282,7 +280,7 @@ class Processor:
                 # Before this event's own recommendation exists: never credited to it.
                 self._attribute(profile, event, etype)
             if should_recommend(
-                profile["recommended_at"], event, self.settings.recommend_min_interval_seconds
+                profile.recommended_at, event, self.settings.recommend_min_interval_seconds
             ):
                 self._trigger(profile, event, msg, now, out)
             out.extend(self._alert(a, now) for a in outcome.alerts)
@@ -344,7 +342,7 @@ class Processor:
         :func:`should_recommend` starts now, so later clicks do not trigger again."""
         while (earlier := self._hold(profile, event, msg, now)) is not None:
             self._publish_one(earlier, now, out)
-        profile["recommended_at"] = event.timestamp
+        profile.recommended_at = event.timestamp
 
     def _hold(
         self, profile: StoredProfile, event: Event, msg: InputMessage, now: float
@@ -352,19 +350,19 @@ class Processor:
         """Hold, and name the trigger in the profile so that a replay holds it
         again; or return the user's earlier held trigger, due first."""
         earlier = self.debounce.trigger(
-            event.user_id, profile, event, msg, profile["recommended_at"], now
+            event.user_id, profile, event, msg, profile.recommended_at, now
         )
         if earlier is None:
-            profile[HELD_TRIGGER] = event.event_id
+            profile.held_trigger = event.event_id
         return earlier
 
     def _publish_one(self, held: Held, now: float, out: list[OutputMessage]) -> None:
         profile = held.profile
-        profile.pop(HELD_TRIGGER, None)
+        profile.held_trigger = None
         rec = self._recommend(profile, held.event, held.record, now)
         if rec is None:
             # Nothing published: the next trigger may try again.
-            profile["recommended_at"] = held.previous
+            profile.recommended_at = held.previous
         else:
             out.append(rec)
 
@@ -507,8 +505,8 @@ class Processor:
     def _exposures(self, profile: StoredProfile) -> UserExposures:
         # Parsed once per user per batch (a basket's lines, a click session), not
         # per event; reused while the profile still holds the JSON it came from.
-        raw = profile["exposures"]
-        cached = self._exposure_logs.get(profile["user_id"])
+        raw = profile.exposures
+        cached = self._exposure_logs.get(profile.user_id)
         if cached is not None and cached[0] is profile and cached[1] is raw:
             return cached[2]
         log = UserExposures.from_json(
@@ -516,28 +514,28 @@ class Processor:
             window=self.settings.attribution_window_seconds,
             max_exposures=self.settings.attribution_max_exposures,
         )
-        self._exposure_logs[profile["user_id"]] = (profile, raw, log)
+        self._exposure_logs[profile.user_id] = (profile, raw, log)
         return log
 
     def _save_exposures(self, profile: StoredProfile, log: UserExposures) -> None:
         """``log`` is the profile's from now on; its JSON is written into the
         profile by :meth:`_store_exposures`, before the profile is."""
-        self._exposure_logs[profile["user_id"]] = (profile, profile["exposures"], log)
+        self._exposure_logs[profile.user_id] = (profile, profile.exposures, log)
         self._unsaved[id(profile)] = (profile, log)
 
     def _store_exposures(self) -> None:
         """Write the changed logs' JSON into their profiles (before any profile
         write, and before the parsed logs are dropped)."""
         for profile, log in self._unsaved.values():
-            raw = profile["exposures"] = log.to_json()
-            cached = self._exposure_logs.get(profile["user_id"])
+            raw = profile.exposures = log.compact()
+            cached = self._exposure_logs.get(profile.user_id)
             if cached is not None and cached[0] is profile:
-                self._exposure_logs[profile["user_id"]] = (profile, raw, log)
+                self._exposure_logs[profile.user_id] = (profile, raw, log)
         self._unsaved.clear()
 
     def _drop_exposures(self, user_id: str) -> None:
         self._exposure_logs.pop(user_id, None)
-        for key in [k for k, (p, _) in self._unsaved.items() if p["user_id"] == user_id]:
+        for key in [k for k, (p, _) in self._unsaved.items() if p.user_id == user_id]:
             del self._unsaved[key]
 
     def _attribute(self, profile: StoredProfile, event: Event, etype: str) -> None:
@@ -607,7 +605,7 @@ class Processor:
     def _recommend(
         self, profile: StoredProfile, event: Event, msg: InputMessage, now: float
     ) -> OutputMessage | None:
-        segment = profile["segment"]
+        segment = profile.segment
         variant, strategy = self.choose(event.user_id, segment, event.event_id)
         log = self._exposures(profile)
         items = self.loop.recommend(
@@ -620,16 +618,13 @@ class Processor:
         rec_id = str(uuid.uuid5(_ID_NAMESPACE, f"rec:{event.event_id}:{strategy}"))
         items = self.publishable(items)
         as_json = [recommendation_json(r) for r in items]  # once for the profile and payload
-        profile["recommendations"] = compact_recommendations(as_json)
-        profile["recommendation_id"] = rec_id
-        profile["recommended_at"] = event.timestamp
-        profile["variant"] = variant
+        shown = tuple(r.item_id for r in items)  # the profile's and the exposure's
+        profile.recommend(
+            rec_id, shown, [r["score"] for r in as_json], [r["reason"] for r in as_json],
+            event.timestamp, variant,
+        )
         self.loop.expose(
-            log,
-            Exposure(
-                rec_id, tuple(r.item_id for r in items), strategy, variant, event.timestamp,
-                segment,
-            ),
+            log, Exposure(rec_id, shown, strategy, variant, event.timestamp, segment)
         )
         self._save_exposures(profile, log)
         self.metrics.exposures.labels(variant, strategy).inc()
@@ -718,12 +713,9 @@ class Processor:
             self.metrics.recommendations_held.set(len(self.debounce))
         profile = self.profiles.get(stored)
         if profile is not None:
-            exposures = profile.get("exposures") or []
-            erased["dedupe_ids"] = len(profile.get("recent_event_ids") or [])
-            erased["exposures"] = len(exposures)
-            erased["attribution"] = sum(
-                1 for e in exposures if isinstance(e, list) and len(e) > 7 and (e[6] or e[7])
-            )
+            erased["dedupe_ids"] = len(profile.recent_event_ids)
+            erased["exposures"] = len(profile.exposures)
+            erased["attribution"] = sum(1 for e in profile.exposures if e[6] or e[7])
             erased["profile"] = self.profiles.delete([stored])
         self._drop_exposures(stored)
         pulled = self.pulled.pending.pop(stored, None)  # pulled lists not yet stored

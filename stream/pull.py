@@ -131,7 +131,7 @@ class Pulls:
         event_time = p.max_event_time or now
         rec_id = str(uuid.uuid5(_PULL_NAMESPACE, f"pull:{stored}:{now!r}:{self.requests}"))
         profile = p.profiles.get(stored)
-        segment = profile["segment"] if profile is not None else None
+        segment = profile.segment if profile is not None else None
         variant, strategy = p.choose(stored, segment, rec_id)
         log = p.exposures_of(profile) if profile is not None else None
         items = p.publishable(p.loop.recommend(

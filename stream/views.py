@@ -27,7 +27,7 @@ from stream.privacy import pseudonymise
 from stream.published import item_page, segments_page
 from stream.pull import BadRequest, Pulls, parse_id, parse_k
 from stream.settings import Settings
-from stream.stored_profile import StoredProfile, expand_recommendations
+from stream.stored_profile import StoredProfile
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: The answer of a statistic whose first release the privacy budget did not allow.
@@ -210,14 +210,13 @@ def profile_view(profile: StoredProfile, features: dict[str, Any] | None) -> dic
     """What ``GET /users/{id}`` returns: the stored profile less internal fields,
     with the models' features of the user (``features``)."""
     return {
-        "user_id": profile["user_id"],
-        "events": profile["events"],
-        "first_event_time": profile["first_event_time"],
-        "last_event_time": profile["last_event_time"],
-        "segment": profile["segment"],
-        "variant": profile.get("variant"),
-        "recommendation_id": profile["recommendation_id"],
-        # Kept as [item, score, reason] triples; answered as before.
-        "recommendations": expand_recommendations(profile["recommendations"]),
+        "user_id": profile.user_id,
+        "events": profile.events,
+        "first_event_time": profile.first_event_time,
+        "last_event_time": profile.last_event_time,
+        "segment": profile.segment,
+        "variant": profile.variant,
+        "recommendation_id": profile.recommendation_id,
+        "recommendations": profile.recommendations(),
         "features": features,
     }

@@ -13,12 +13,20 @@ functions by cumulative time. Under py-spy::
 
 ``--summarise`` prints each function's inclusive share of a py-spy raw file's
 samples (a function counted once per sample however deep it recurses).
+
+``--digest N`` prints, per output topic, how many records the batch logic
+emitted for the first N demo events and a hash of them, and a hash of the
+segments it stored: the same figures from two checkouts show that a change left
+the outputs alone. The hashes leave out what is not reproducible: the
+``generated_at`` wall-clock time and the reasons (the "bought together" ones
+carry DP noise).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import re
 import sys
 import time
@@ -69,6 +77,58 @@ class RankingClock:
     def reset(self) -> None:
         self.calls = 0
         self.seconds = 0.0
+
+
+def reproducible(value: Any) -> Any:
+    """``value`` (decoded JSON) without its ``generated_at`` times and reasons.
+
+    >>> reproducible({"generated_at": "t", "items": [{"item_id": "a", "reason": "r"}]})
+    {'items': [{'item_id': 'a'}]}
+    """
+    if isinstance(value, dict):
+        return {
+            k: reproducible(v) for k, v in value.items() if k not in ("generated_at", "reason")
+        }
+    if isinstance(value, list):
+        return [reproducible(v) for v in value]
+    return value
+
+
+def digest(args: argparse.Namespace) -> dict[str, tuple[int, str]]:
+    """``{topic: (records, hash)}`` of what the batch logic emits for the first
+    ``args.digest`` demo events, plus ``"segments"``: the stored profiles' segments."""
+    import orjson
+    from prometheus_client import CollectorRegistry
+
+    from models.engine import FeedbackEngine
+    from stream.metrics import Metrics
+    from stream.processor import DictStore, Processor, StoredProfile
+    from stream.records import InputMessage
+    from stream.settings import Settings
+    from tools.bench.workload import input_messages, load_events
+
+    hashes: dict[str, Any] = collections.defaultdict(hashlib.sha256)
+    counts: collections.Counter[str] = collections.Counter()
+
+    class Store(DictStore):
+        def put(self, user_id: str, profile: StoredProfile, source: InputMessage) -> None:
+            hashes["segments"].update(f"{user_id}:{profile.get('segment')}\n".encode())
+            counts["segments"] += 1
+            super().put(user_id, profile, source)
+
+    settings = Settings.from_env({})
+    msgs = input_messages(load_events("demo", args.data_dir, args.digest), settings, 4)
+    proc = Processor(settings, FeedbackEngine(), Store(), Metrics(CollectorRegistry()))
+    for i in range(0, len(msgs), args.batch):
+        for out in proc.handle(msgs[i : i + args.batch]):
+            value = out.value or b"-"
+            if out.value is not None:
+                value = orjson.dumps(
+                    reproducible(orjson.loads(out.value)), option=orjson.OPT_SORT_KEYS
+                )
+            hashes[out.topic].update((out.key or b"") + b"\0" + value + b"\n")
+            counts[out.topic] += 1
+    return {topic: (counts[topic], h.hexdigest()[:16]) for topic, h in sorted(hashes.items())}
 
 
 def run(args: argparse.Namespace) -> float:
@@ -125,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the top N")
     p.add_argument("--summarise", type=Path, metavar="RAW", help="a py-spy raw file")
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--digest", type=int, default=0, metavar="N",
+                   help="hash the outputs of the first N events instead of timing")
     args = p.parse_args(argv)
     if args.summarise is not None:
         if not args.summarise.is_file():
@@ -132,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         for share, name in summarise(args.summarise, args.top):
             print(f"{100 * share:5.1f} %  {name}")
+        return 0
+    if args.digest:
+        for topic, (count, value) in digest(args).items():
+            print(f"{topic}: {count:,} records, {value}")
         return 0
     run(args)
     return 0

@@ -30,6 +30,8 @@ from stream.faust.monitor import MONITORS
 from stream.faust.offset_trace import OffsetTrace
 from stream.faust.recovery import ChangelogRecovery, GuardedTableManager, Producer
 from stream.faust.table_store import (
+    PROFILE_CODEC,
+    ProfileValue,
     TableStore,
     acknowledged,
     send_through,
@@ -39,8 +41,8 @@ from stream.faust.table_store import (
 from stream.settings import Settings
 
 __all__ = [
-    "OffsetTrace", "TableStore", "acknowledged", "create_app", "in_order", "send_through",
-    "write_as", "write_through",
+    "PROFILE_CODEC", "OffsetTrace", "ProfileValue", "TableStore", "acknowledged", "create_app",
+    "in_order", "send_through", "write_as", "write_through",
 ]
 
 

@@ -1,4 +1,4 @@
-"""The Faust profile table as the processor's profile store."""
+"""The Faust profile table as the processor's profile store, and its codec."""
 
 from __future__ import annotations
 
@@ -8,12 +8,54 @@ from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
 from typing import Any, cast
 
+import orjson
+from faust.serializers import codecs
 from faust.streams import _current_event
 from faust.types import TP
 
 from stream.records import InputMessage
 from stream.settings import Settings
-from stream.stored_profile import StoredProfile
+from stream.stored_profile import StoredProfile, from_changelog
+
+#: The profile table's value serializer (:class:`ProfileCodec`).
+PROFILE_CODEC = "feedback-profile"
+
+
+class ProfileCodec(codecs.Codec):
+    """The profile table's values: a :class:`StoredProfile` in memory, its JSON
+    object (:meth:`StoredProfile.to_json`) on the changelog.
+
+    The bytes are those Faust's ``json`` codec writes for that object (orjson,
+    the same options), so that changelogs written before and after read alike;
+    decoding makes the compact record at once, for the profiles a recovery
+    restores too. Tombstones never reach a codec (Faust passes ``None`` through).
+    """
+
+    def _dumps(self, obj: Any) -> bytes:
+        record = obj.to_json() if isinstance(obj, StoredProfile) else obj
+        return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z)
+
+    def _loads(self, s: bytes) -> Any:
+        return from_changelog(orjson.loads(s))
+
+
+codecs.register(PROFILE_CODEC, ProfileCodec())
+
+
+class ProfileValue:
+    """The profile table's ``value_type``.
+
+    Faust takes a table's value serializer from its value type's options
+    (``Collection._serializer_from_type``), never from its ``schema``, and
+    gives the changelog topic that serializer and type; on decoding it hands
+    the codec's result to ``from_data``, which keeps it as it is.
+    """
+
+    _options = SimpleNamespace(serializer=PROFILE_CODEC)
+
+    @classmethod
+    def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
+        return data
 
 
 def write_as(table: Any, key: str, value: Any, event: Any) -> None:
@@ -133,9 +175,10 @@ class TableStore:
             if profile is None:
                 continue
             # A record written by an earlier release may still carry its partition.
+            legacy = profile.legacy_partition
             partition = (
                 written if written is not None
-                else profile.get("partition", restored.get(user_id))
+                else legacy if legacy is not None else restored.get(user_id)
             )
             if partition in owned:
                 self.table.send_changelog(partition, user_id, None, value_serializer="raw")

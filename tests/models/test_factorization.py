@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import tracemalloc
 from collections.abc import Callable
 
@@ -183,3 +184,41 @@ def test_rating_model_pickled_with_arrays_per_user_loads_as_rows() -> None:
         model.learn_one("new", 2, 5.0)
     for user in ("u1", "new"):
         assert old.predict_all(user, 40).tolist() == mf.predict_all(user, 40).tolist()
+
+
+def test_bpr_step_is_the_written_out_pair_update_bit_for_bit() -> None:
+    # One purchase (two pairs: a uniform negative, then a recent-positive one):
+    # every row it moves equals the BPR step computed from the rows before it.
+    bpr = ImplicitFactorization(n_factors=4, lr=0.05, l2=0.01, seed=7)
+    for item in range(6):
+        bpr.learn_one("seed", item, 1.0, n_items=6)
+    draws = copy.deepcopy(bpr)  # the same random draws, to know each negative
+    bpr.learn_one("ann", 2, 1.0, n_items=6)  # a new user: the first step starts the row
+    draws.learn_one("ann", 2, 1.0, n_items=6)
+    before = copy.deepcopy(bpr)
+    draws_before = copy.deepcopy(draws)
+    bpr.learn_one("ann", 3, 1.5, n_items=6)
+    start = before.user_vec.get("ann")
+    assert start is not None
+    p = start.copy()
+    q, b = before.item_vec.copy(), before.item_bias.copy()
+    lr = 0.05 * 1.5
+    shrink = 1.0 - lr * 0.01
+    recent = list(draws_before._recent)
+    for k in range(2):
+        u = draws_before._uniform()
+        other = recent[int(u * len(recent))] if k % 2 == 1 else int(u * 6)
+        if other == 3:
+            continue
+        diff = q[3] - q[other]
+        x = float(p @ diff) + b[3] - b[other]
+        g = lr / (1.0 + math.exp(min(x, 30.0)))
+        step = g * p
+        p = p * shrink + g * diff
+        q[3] = q[3] * shrink + step
+        q[other] = q[other] * shrink - step
+        b[3], b[other] = b[3] * shrink + g, b[other] * shrink - g
+    after = bpr.user_vec.get("ann")
+    assert after is not None and np.array_equal(after, p)
+    assert np.array_equal(bpr.item_vec[:6], q[:6])
+    assert np.array_equal(bpr.item_bias[:6], b[:6])

@@ -195,3 +195,37 @@ def test_the_fetch_wait_is_a_setting_the_worker_consumer_gets(
     thread = ConsumerThread.__new__(ConsumerThread)
     thread.consumer = consumer_class.__new__(consumer_class)
     assert thread._create_worker_consumer(None)._fetch_max_wait_ms == 20
+
+
+def test_the_profile_changelog_reads_and_writes_compact_records(tmp_path: object) -> None:
+    import asyncio
+
+    from faust.serializers.codecs import get_codec
+    from faust.types import Message
+
+    from stream.stored_profile import StoredProfile, new_stored_profile
+
+    fa = build_app(
+        Settings.from_env({"FEEDBACK_STATE_DIR": str(tmp_path)}),
+        engine=FeedbackEngine(), registry=CollectorRegistry(),
+    )
+    table = fa.processor.profiles.table  # type: ignore[attr-defined]
+    topic = table.changelog_topic
+    profile = new_stored_profile("u")
+    profile.count("purchase")
+    previous = get_codec("json").dumps(profile.to_json())  # a record as Faust's json codec wrote it
+    raw, _ = topic.prepare_value(profile, table.value_serializer)
+    assert raw == previous
+
+    def message(offset: int, value: bytes | None) -> Message:
+        return Message(topic.get_topic_name(), 0, offset, 0.0, 0, [], b'"u"', value, None)
+
+    async def decode() -> tuple[object, object]:
+        channel = topic.clone_using_queue(fa.app.FlowControlQueue())
+        restored = await channel.decode(message(0, previous))
+        tombstone = await channel.decode(message(1, None))
+        return restored.value, tombstone.value
+
+    restored, tombstone = asyncio.run(decode())
+    assert isinstance(restored, StoredProfile) and restored == profile
+    assert tombstone is None

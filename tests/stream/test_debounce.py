@@ -17,7 +17,7 @@ from stream.debounce import Debounce
 from stream.metrics import Metrics
 from stream.processor import DictStore, InputMessage, Processor
 from stream.settings import Settings, SettingsError
-from stream.stored_profile import HELD_TRIGGER
+from stream.stored_profile import HELD_TRIGGER, from_changelog
 
 NOW = 1_800_000_000.0
 
@@ -171,7 +171,10 @@ def test_a_held_recommendation_survives_a_crash_through_the_profile() -> None:
     assert offsets(held) == [trigger.offset]
     # Crash: the held recommendation is lost with the process; the profiles
     # (changelog) and the models survive, the held offset was not committed.
-    store = DictStore({u: orjson.loads(orjson.dumps(p)) for u, p in proc.profiles.items()})
+    store = DictStore({
+        u: from_changelog(orjson.loads(orjson.dumps(p.to_json())))
+        for u, p in proc.profiles.items()
+    })
     successor, _, _ = make(store=store, engine=proc.engine)
     assert recs(s, successor.handle([trigger])) == []
     assert offsets(successor.settle()[0]) == [trigger.offset]

@@ -13,7 +13,11 @@ from stream.contract import format_timestamp
 from stream.metrics import Metrics
 from stream.processor import DictStore, InputMessage, Processor
 from stream.settings import Settings, SettingsError
-from stream.stored_profile import compact_recommendations, expand_recommendations
+from stream.stored_profile import (
+    compact_recommendations,
+    expand_recommendations,
+    from_changelog,
+)
 from stream.views import profile_view
 
 NOW = 1_800_000_000.0  # the injected wall clock (2027)
@@ -92,7 +96,8 @@ def test_sweep_deletes_stored_profiles_the_models_do_not_know() -> None:
     # Profiles restored from a taken-over partition's changelog: none in the models.
     proc, s, reg = make(user_retention_seconds=DAY)
     for user, last in (("old", T0), ("recent", T0 + 9.5 * DAY)):
-        proc.profiles.put(user, {"user_id": user, "last_event_time": last}, None)  # type: ignore[arg-type]
+        restored = from_changelog({"user_id": user, "last_event_time": last})
+        proc.profiles.put(user, restored, None)  # type: ignore[arg-type]
     proc.handle([purchase(s, "e1", "ann", "a", T0 + 10 * DAY)])
     assert proc.evict() == 1
     assert sorted(proc.profiles) == ["ann", "recent"]
@@ -117,12 +122,14 @@ def test_profile_keeps_recommendations_once_and_view_answers_as_before() -> None
     bob = proc.profiles.get("bob")
     assert bob is not None
     assert len(bob["recommendations"]) == 3 * len(payload["items"])  # one flat list
-    view = profile_view(orjson.loads(orjson.dumps(bob)), None)  # as read from the changelog
     items = [{k: v for k, v in i.items() if k != "rank"} for i in payload["items"]]
+    assert profile_view(bob, None)["recommendations"] == items
+    wire = orjson.loads(orjson.dumps(bob.to_json()))
+    view = profile_view(from_changelog(wire), None)  # as read from the changelog
     assert view["recommendations"] == items
     # A profile stored in the list-of-dicts form still answers the same.
-    old = dict(bob, recommendations=items)
-    assert profile_view(old, None)["recommendations"] == items
+    old = dict(wire, recommendations=items)
+    assert profile_view(from_changelog(old), None)["recommendations"] == items
     assert expand_recommendations(compact_recommendations(items)) == items
 
 
@@ -169,7 +176,7 @@ def eviction_over(users: dict[str, float], **options: Any) -> tuple[Any, DictSto
     engine, store, registry = FeedbackEngine(), DictStore(), CollectorRegistry()
     for i, (user, t) in enumerate(users.items()):
         engine.process(Event("purchase", f"e{i}", user, "sku", t, quantity=1, price=1.0))
-        store[user] = {"user_id": user, "last_event_time": t}  # type: ignore[assignment]
+        store[user] = from_changelog({"user_id": user, "last_event_time": t})
     counter = Metrics(registry).users_evicted
     options = {"retention": 0.0, "max_users": 0, "per_tick": 100, **options}
     return Eviction(engine, store, counter, **options), store, registry
@@ -200,7 +207,7 @@ def test_without_retention_no_profile_is_swept() -> None:
 
 def test_the_sweep_steps_over_users_the_models_know() -> None:
     ev, store, reg = eviction_over({"known": T0 + 10 * DAY}, retention=DAY)
-    store["stale"] = {"user_id": "stale", "last_event_time": T0}  # type: ignore[assignment]
+    store["stale"] = from_changelog({"user_id": "stale", "last_event_time": T0})
     assert ev.evict(T0 + 10 * DAY) == 1
     assert list(store) == ["known"] and evicted(reg, "inactive") == 1
 

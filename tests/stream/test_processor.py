@@ -224,7 +224,7 @@ def test_contact_details_reach_neither_the_models_nor_the_checkpoint() -> None:
     ]
     proc.handle(batch)
     blob = checkpoint.dumps(checkpoint.Models(proc.engine, proc.bandit))
-    state = blob + orjson.dumps(dict(proc.profiles))
+    state = blob + orjson.dumps({u: p.to_json() for u, p in proc.profiles.items()})
     # The review words reach the sentiment vocabulary, so the check can see a leak.
     assert b"wugglefrump" in blob
     for part in (b"zorblaxq", b"quimby", b"plonkshop", b"7946", b"0958"):
@@ -300,8 +300,8 @@ def test_a_users_exposure_log_is_written_once_per_batch_with_every_attribution(
                  msg(s, purchase("e3", "bob", "a"))])
     shown = proc.profiles["bob"]["exposures"][-1]
     calls = []
-    to_json = UserExposures.to_json
-    monkeypatch.setattr(UserExposures, "to_json", lambda log: calls.append(1) or to_json(log))
+    compact = UserExposures.compact
+    monkeypatch.setattr(UserExposures, "compact", lambda log: calls.append(1) or compact(log))
     # Bob clicks the recommended "b" three times, then buys it: four attributed
     # events of one user, one batch (a basket's lines come so).
     clicks = [{"type": "click", "event_id": f"c{i}", "user_id": "bob", "item_id": "b",
@@ -377,3 +377,30 @@ def test_an_author_quoting_their_own_id_does_not_teach_it_to_the_sentiment_model
 def test_the_engine_checks_quality_on_the_configured_share() -> None:
     proc, _, _ = make(quality_sample=0.25)
     assert proc.engine.quality_sample == 0.25
+
+
+def test_profiles_hold_each_list_once_and_survive_the_changelog_whole() -> None:
+    from faust.serializers.codecs import get_codec
+
+    from stream.faust.table_store import PROFILE_CODEC
+    from stream.stored_profile import StoredProfile
+
+    proc, s, _ = make()
+    proc.handle([msg(s, purchase("e1", "ann", "a")), msg(s, purchase("e2", "ann", "b")),
+                 msg(s, purchase("e3", "bob", "a"), 2)])
+    shown = proc.profiles["bob"].exposures[-1]
+    click = {"type": "click", "event_id": "c1", "user_id": "bob", "item_id": shown[1][0],
+             "timestamp": "2024-01-01T10:01:00Z", "recommendation_id": shown[0]}
+    proc.handle([msg(s, click, 3), msg(s, purchase("e4", "bob", "b", "2024-01-01T10:05:00Z"), 4)])
+    codec = get_codec(PROFILE_CODEC)
+    for user, profile in proc.profiles.items():
+        if profile.rec_items:  # the list of a user answered: one tuple for both
+            assert profile.exposures[-1][1] is profile.rec_items, user
+        back = codec.loads(codec.dumps(profile))
+        for name in StoredProfile.__slots__:
+            assert getattr(back, name) == getattr(profile, name), (user, name)
+    bob = proc.profiles["bob"]
+    assert bob.rec_items
+    clicked = next(e for e in bob.exposures if e[0] == shown[0])
+    assert clicked[6] and clicked[8] == (shown[1][0],)
+    assert bob.events == {"click": 1, "purchase": 2, "review": 0}

@@ -51,3 +51,30 @@ def test_the_ranking_clock_counts_calls_and_passes_results_through() -> None:
     assert clock.calls == 2 and clock.seconds >= 0.0
     clock.reset()
     assert (clock.calls, clock.seconds) == (0, 0.0)
+
+
+def test_digest_is_reproducible_and_moves_with_what_is_emitted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two runs give the same hashes (no wall clock, no DP noise in them); an
+    # engine that recommends differently gives another recommendations hash.
+    args = ["--digest", "1500", "--data-dir", "../shared/data"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+    assert "feedback.recommendations:" in first and "segments:" in first
+
+    from models.recommender import BlendedRecommender
+
+    original = BlendedRecommender.__init__
+
+    def faster(self: BlendedRecommender, *a: object, **k: object) -> None:
+        original(self, *a, **k)  # type: ignore[arg-type]
+        self.blend_lr = 0.5
+
+    monkeypatch.setattr(BlendedRecommender, "__init__", faster)
+    assert main(args) == 0
+    changed = capsys.readouterr().out
+    line = [x for x in changed.splitlines() if x.startswith("feedback.recommendations:")]
+    assert line and line[0] not in first
