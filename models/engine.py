@@ -819,9 +819,10 @@ class FeedbackEngine:
             return self._recommend_in_session(scored, profile, context, k)
         top = self.recommender.top(scored, k)
         reasons = self.recommender.reasons(scored, top, profile, self.catalogue)
+        ids = self.catalogue.ids
         return [
-            Recommendation(self.catalogue.ids[i], float(scored.scores[i]), reason)
-            for i, reason in zip(top, reasons, strict=True)
+            Recommendation(ids[i], value, reason)
+            for i, value, reason in zip(top, scored.scores[top].tolist(), reasons, strict=True)
         ]
 
     def _recommend_in_session(
@@ -835,8 +836,9 @@ class FeedbackEngine:
         weights = np.asarray(c.session_weights)
         scores, unit = with_session(scored.scores, signals, weights, c.session_blend_weight)
         top = top_k(scores, k)
-        why = {i: strongest(signals, weights, unit, i) for i in top}
-        from_blend = [i for i in top if why[i] == len(SESSION_FEATURES)]
+        why = strongest(signals, weights, unit, top)
+        blend = len(SESSION_FEATURES)
+        from_blend = [i for i, j in zip(top, why, strict=True) if j == blend]
         blend_reasons = dict(
             zip(
                 from_blend,
@@ -844,16 +846,17 @@ class FeedbackEngine:
                 strict=True,
             )
         )
+        ids = self.catalogue.ids
         out = []
-        for i in top:
-            reason = blend_reasons.get(i)
+        for i, j, value in zip(top, why, scores[top].tolist(), strict=True):
+            reason = blend_reasons.get(i) if j == blend else None
             if reason is None:
-                signal = SESSION_FEATURES[why[i]]
+                signal = SESSION_FEATURES[j]
                 source = self.sessions.rule_source(signals, i) if signal == "rules" else None
                 reason = SESSION_REASONS[signal].format(
-                    item=self.catalogue.ids[source] if source is not None else "it"
+                    item=ids[source] if source is not None else "it"
                 )
-            out.append(Recommendation(self.catalogue.ids[i], float(scores[i]), reason))
+            out.append(Recommendation(ids[i], value, reason))
         return out
 
     def segment_of(self, user_id: str) -> int | None:

@@ -25,7 +25,9 @@ names the signal behind each item.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 
@@ -126,6 +128,19 @@ class SessionRecommender:
         # even for one item seen once)
         self.item_sessions: dict[int, list[int]] = {}
         self.sessions_started = 0
+        # The store's sessions as arrays, made when a session first votes (V-SKNN
+        # reads about a hundred per ranking) and dropped when it changes or leaves
+        # the store: at most one per stored session. Not checkpointed.
+        self._store_arrays: dict[int, np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_store_arrays", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._store_arrays = {}
 
     # -- learning ----------------------------------------------------------------
     def _session(self, user: str, t: float, key: str | None) -> Session:
@@ -138,7 +153,9 @@ class SessionRecommender:
             self.current[user] = s
             self.store[s.number] = []
             if len(self.store) > self.max_sessions:  # dicts keep insertion order
-                del self.store[next(iter(self.store))]
+                oldest = next(iter(self.store))
+                del self.store[oldest]
+                self._store_arrays.pop(oldest, None)
         return s
 
     def learn_one(
@@ -167,6 +184,7 @@ class SessionRecommender:
         stored = self.store.get(s.number)
         if stored is not None and len(stored) < self.max_items and item not in stored:
             stored.append(item)
+            self._store_arrays.pop(s.number, None)
             recent = self.item_sessions.get(item)
             if recent is None:
                 self.item_sessions[item] = [s.number]
@@ -199,6 +217,7 @@ class SessionRecommender:
         session = self.current.pop(user, None)
         if session is None:
             return 0
+        self._store_arrays.pop(session.number, None)
         if self.store.pop(session.number, None) is not None:
             for item in set(session.items):
                 recent = self.item_sessions.get(item)
@@ -277,38 +296,40 @@ class SessionRecommender:
         weights: dict[int, float] = {}
         for pos, item in enumerate(recent):
             weights[item] = (pos + 1) / len(recent)  # linear decay, the viewed item 1
-        numbers: list[np.ndarray] = []
-        shares: list[np.ndarray] = []
+        lists: list[list[int]] = []
+        shares: list[float] = []
+        sample = self.sample
         for item, wi in weights.items():
             sessions = self.item_sessions.get(item)
             if sessions:
-                tail = np.asarray(sessions[-self.sample :], dtype=np.int64)
-                numbers.append(tail)
-                shares.append(np.full(tail.shape[0], wi))
-        if numbers:
+                lists.append(sessions[-sample:] if len(sessions) > sample else sessions)
+                shares.append(wi)
+        if lists:
             # One pass in numpy: each candidate session's similarity, then the nearest.
-            unique, where = np.unique(np.concatenate(numbers), return_inverse=True)
-            similarity = np.bincount(where, weights=np.concatenate(shares))
+            sizes = [len(x) for x in lists]
+            numbers = np.fromiter(itertools.chain.from_iterable(lists), np.int64, sum(sizes))
+            unique, similarity = _summed_by_key(numbers, np.repeat(shares, sizes))
             if own is not None:
                 similarity[unique == own] = 0.0
             k = min(self.neighbours, unique.shape[0])
             nearest = np.argpartition(-similarity, k - 1)[:k]
-            voters: list[list[int]] = []
-            sims: list[float] = []
+            # Each voter's items as one array (cached, see __init__), and one concatenation.
+            cache = self._store_arrays
+            chosen = unique[nearest].tolist()
+            near = similarity[nearest].tolist()
+            got: list[np.ndarray | None] = list(map(cache.get, chosen))
             store = self.store
-            for number, sim in zip(
-                unique[nearest].tolist(), similarity[nearest].tolist(), strict=True
-            ):
-                items = store.get(number)
-                if items and sim > 0.0:
-                    voters.append(items)
-                    sims.append(sim)
+            for pos, arr in enumerate(got):
+                if arr is None:
+                    items = store.get(chosen[pos])
+                    if items:
+                        got[pos] = cache[chosen[pos]] = np.array(items, dtype=np.int64)
+            vote = [a is not None and sim > 0.0 for a, sim in zip(got, near, strict=True)]
+            voters = cast("list[np.ndarray]", list(itertools.compress(got, vote)))
             if voters:
-                sizes = [len(v) for v in voters]
-                keys_arr = np.fromiter(
-                    itertools.chain.from_iterable(voters), dtype=np.int64, count=sum(sizes)
-                )
-                votes = np.repeat(sims, sizes)
+                sims = list(itertools.compress(near, vote))
+                keys_arr = np.concatenate(voters)
+                votes = np.repeat(sims, np.fromiter(map(len, voters), np.int64, len(voters)))
                 # Summed in the same order as np.add.at would, at a fraction of its cost.
                 m[3] = np.bincount(keys_arr, weights=votes, minlength=n)[:n]
                 top = float(m[3].max())
@@ -326,6 +347,27 @@ class SessionRecommender:
         return best
 
 
+def _summed_by_key(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(distinct keys ascending, the sum of each one's weights)``, each sum taken
+    in the order of ``keys`` (what ``np.unique`` and ``np.bincount`` give).
+
+    Keys within a narrow range (session numbers of recent sessions) are counted
+    over that range, which costs less than ``np.unique``'s sort; the sums are
+    the same, bit for bit.
+
+    >>> _summed_by_key(np.array([7, 3, 7]), np.array([0.5, 1.0, 0.25]))
+    (array([3, 7]), array([1.  , 0.75]))
+    """
+    low = int(keys.min())
+    span = int(keys.max()) - low + 1
+    if span <= 8 * keys.shape[0] + 256:
+        shifted = keys - low
+        present = np.flatnonzero(np.bincount(shifted, minlength=span))
+        return present + low, np.bincount(shifted, weights=weights, minlength=span)[present]
+    unique, where = np.unique(keys, return_inverse=True)
+    return unique, np.bincount(where, weights=weights)
+
+
 def with_session(
     blend: np.ndarray, signals: SessionSignals, weights: np.ndarray, blend_weight: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -337,26 +379,46 @@ def with_session(
     >>> sig = SessionSignals(np.array([[0, 1.0], [0, 0], [1.0, 0], [0, 0]]), [1], [])
     >>> w = np.array([4, .5, 1, 1])
     >>> scores, unit = with_session(np.array([2.0, 1.0]), sig, w, 0.2)
-    >>> scores.round(2).tolist(), [strongest(sig, w, unit, i) for i in (0, 1)]
+    >>> scores.round(2).tolist(), strongest(sig, w, unit, [0, 1])
     ([1.2, 4.0], [2, 0])
     """
-    finite = np.isfinite(blend)
-    unit = np.zeros_like(blend)
-    if finite.any():
-        low, high = float(blend[finite].min()), float(blend[finite].max())
-        if high > low:
-            unit[finite] = (blend[finite] - low) / (high - low)
+    # The excluded items are few (the user's purchases, the fatigued): indexed
+    # once, where boolean masks over the catalogue would copy it three times.
+    excluded = np.flatnonzero(~np.isfinite(blend))
+    if excluded.size:
+        unit = blend.copy()
+        unit[excluded] = -np.inf
+        high = float(unit.max())
+        unit[excluded] = np.inf
+        low = float(unit.min())
+    else:
+        unit = np.empty_like(blend)
+        low, high = float(blend.min()), float(blend.max())
+    if high > low:
+        np.subtract(blend, low, out=unit)
+        unit /= high - low
+        unit[excluded] = 0.0
+    else:
+        unit.fill(0.0)
     unit *= blend_weight
-    scores = weights @ signals.matrix + unit  # one BLAS pass
-    scores[~finite] = -np.inf
+    scores = weights @ signals.matrix  # one BLAS pass
+    scores += unit
+    scores[excluded] = -np.inf
     return scores, unit
 
 
-def strongest(signals: SessionSignals, weights: np.ndarray, unit: np.ndarray, item: int) -> int:
-    """Index in :data:`SESSION_FEATURES` of the largest contribution to ``item``'s
-    score, ``len(SESSION_FEATURES)`` when the blend's (``unit``) is larger."""
-    contributions = [*(weights * signals.matrix[:, item]).tolist(), float(unit[item])]
-    return max(range(len(contributions)), key=contributions.__getitem__)
+def strongest(
+    signals: SessionSignals, weights: np.ndarray, unit: np.ndarray, items: Sequence[int]
+) -> list[int]:
+    """For each of ``items``, the index in :data:`SESSION_FEATURES` of the largest
+    contribution to its score, ``len(SESSION_FEATURES)`` when the blend's (``unit``)
+    is larger; ties go to the first. One gather of the items' columns."""
+    if not items:
+        return []
+    contributions = np.empty((len(SESSION_FEATURES) + 1, len(items)))
+    np.multiply(weights[:, None], signals.matrix[:, items], out=contributions[:-1])
+    contributions[-1] = unit[items]
+    return [int(j) for j in contributions.argmax(axis=0)]
 
 
 #: Why a session signal recommends an item; ``{item}`` is the rule's source.

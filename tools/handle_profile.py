@@ -3,8 +3,10 @@
 No broker and no Faust: the worker's :class:`~stream.processor.Processor` (all
 models, the debounce off, an in-memory profile store) handles ``--events``
 demo events in batches of ``--batch``; the first third warms the models and
-the rest is timed. It prints the timed part's events per CPU-second, and with
-``--cprofile N`` the top N functions by cumulative time. Under py-spy::
+the rest is timed. It prints the timed part's events per CPU-second, the
+rankings it published (each a ``Processor._recommend``: rank, explain, publish)
+with their CPU time each and their share, and with ``--cprofile N`` the top N
+functions by cumulative time. Under py-spy::
 
     py-spy record -r 100 -f raw -o spy.txt -- python -m tools.handle_profile
     python -m tools.handle_profile --summarise spy.txt
@@ -52,6 +54,29 @@ def summarise(path: Path, top: int) -> list[tuple[float, str]]:
         for name in names:
             inclusive[name] += n
     return [(c / max(total, 1), name) for name, c in inclusive.most_common(top)]
+
+
+class RankingClock:
+    """Counts the calls of a processor's ``_recommend`` and their CPU time (this thread's)."""
+
+    def __init__(self, proc: Any) -> None:
+        self.calls = 0
+        self.seconds = 0.0
+        inner = proc._recommend
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.thread_time() - start
+                self.calls += 1
+
+        proc._recommend = timed
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.seconds = 0.0
 
 
 def reproducible(value: Any) -> Any:
@@ -122,9 +147,11 @@ def run(args: argparse.Namespace) -> float:
     events = load_events("demo", args.data_dir, args.events)
     msgs = input_messages(events, settings, args.partitions)
     proc = Processor(settings, FeedbackEngine(), DictStore(), Metrics(CollectorRegistry()))
+    rankings = RankingClock(proc)
     warm = len(msgs) // 3
     for i in range(0, warm, args.batch):
         proc.handle(msgs[i : min(i + args.batch, warm)])
+    rankings.reset()
     profiler = cProfile.Profile() if args.cprofile else None
     start = time.process_time()
     if profiler is not None:
@@ -133,8 +160,15 @@ def run(args: argparse.Namespace) -> float:
         proc.handle(msgs[i : i + args.batch])
     if profiler is not None:
         profiler.disable()
-    rate = (len(msgs) - warm) / max(time.process_time() - start, 1e-9)
-    print(f"{len(msgs) - warm:,} events timed: {rate:,.0f} events per CPU-second")
+    seconds = max(time.process_time() - start, 1e-9)
+    timed = len(msgs) - warm
+    rate = timed / seconds
+    print(f"{timed:,} events timed: {rate:,.0f} events per CPU-second")
+    each = 1e6 * rankings.seconds / max(rankings.calls, 1)
+    print(
+        f"{rankings.calls:,} rankings ({rankings.calls / timed:.3f} per event): "
+        f"{each:,.0f} us of CPU each, {100 * rankings.seconds / seconds:.1f} % of the timed CPU"
+    )
     if profiler is not None:
         pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(
             args.cprofile

@@ -117,3 +117,13 @@ def test_divergence_and_gini_bounds() -> None:
     assert js_divergence([1, 2, 3], [1, 2, 3]) == 0.0
     assert 0.0 < js_divergence([5, 1], [1, 5]) < 1.0
     assert gini([0, 0, 5]) == pytest.approx(2 / 3)
+
+
+def test_list_entropy_counts_each_item_in_its_popularity_stratum() -> None:
+    tally = ExposureTally(strata=4)
+    ranks = np.array([3, 0, 7, 1, 6, 2, 5, 4])  # item i's popularity rank; stratum rank*4//8
+    # strata 1, 0, 3 and 3 (item 9 is newer than the ranks: the tail)
+    tally.learn_list("blend", [0, 1, 4, 9], ranks)
+    assert tally.entropy_sum["blend"] == 1.5
+    tally.learn_list("blend", [], ranks)
+    assert tally.entropy_sum["blend"] == 1.5 and tally.lists["blend"] == 2

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 
 from models.engine import EngineConfig, FeedbackEngine
 from models.events import Event
-from models.session import SESSION_FEATURES, SessionRecommender
+from models.session import (
+    SESSION_FEATURES,
+    SessionRecommender,
+    SessionSignals,
+    _summed_by_key,
+    strongest,
+    with_session,
+)
 
 T0 = 1_700_000_000.0
 RULES = SESSION_FEATURES.index("rules")
@@ -169,3 +178,68 @@ def test_strategies_pass_the_request_context_to_the_engine() -> None:
     assert s.recommend("blend", engine, "new", k=2, item_id="a")[0].item_id == "a"
     pool = s.recommend("explore", engine, "new", k=2, key="k", item_id="a")
     assert {r.item_id for r in pool} <= {"a", "b"}
+
+
+def test_with_session_scales_the_blend_over_the_items_it_did_not_exclude() -> None:
+    rng = np.random.default_rng(3)
+    n = 50
+    matrix = rng.random((4, n)) * (rng.random((4, n)) < 0.2)
+    sig = SessionSignals(matrix, [1], [])
+    weights = np.array([4.0, 0.5, 1.0, 1.0])
+    blend = rng.normal(size=n)
+    blend[[3, 17, 40]] = -np.inf
+    blend[8] = np.nan  # not a score: excluded like -inf
+    scores, unit = with_session(blend, sig, weights, 0.2)
+    finite = np.isfinite(blend)
+    low, high = blend[finite].min(), blend[finite].max()
+    expected = np.zeros(n)
+    expected[finite] = (blend[finite] - low) / (high - low)
+    expected *= 0.2
+    # Bit for bit the dense formula: published scores must not move by an ulp.
+    assert np.array_equal(unit, expected)
+    assert np.array_equal(scores[finite], (weights @ matrix + expected)[finite])
+    assert np.isneginf(scores[~finite]).all()
+    for flat in (np.full(n, 2.0), np.full(n, -np.inf)):  # nothing to scale
+        scores, unit = with_session(flat, sig, weights, 0.2)
+        assert not unit.any()
+        assert np.array_equal(np.isneginf(scores), np.isneginf(flat))
+
+
+def test_strongest_names_the_largest_contribution_first_on_ties() -> None:
+    m = np.array([[0.0, 0.25, 0.0], [0.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.5, 0.0, 0.0]])
+    sig = SessionSignals(m, [0], [])
+    w = np.array([4.0, 0.5, 1.0, 1.0])
+    unit = np.array([0.1, 0.2, 0.3])
+    assert strongest(sig, w, unit, [0, 1, 2]) == [2, 0, len(SESSION_FEATURES)]
+    assert strongest(sig, w, unit, [2, 0]) == [len(SESSION_FEATURES), 2]
+    assert strongest(sig, w, unit, []) == []
+
+
+def test_a_voting_session_that_grows_or_leaves_the_store_votes_as_it_is_now() -> None:
+    s = SessionRecommender(max_sessions=2)
+    feed(s, "a", [0, 1])
+    votes = s.signals([0], 10).matrix[NEIGHBOURS]
+    assert votes[1] > 0 and votes[5] == 0.0  # a votes for its items, as arrays now
+    feed(s, "a", [5], t=T0 + 2)  # a's stored session grows after it voted
+    assert s.signals([0], 10).matrix[NEIGHBOURS][5] == votes[1]
+    again = pickle.loads(pickle.dumps(s))  # checkpoints leave the arrays out
+    assert "_store_arrays" not in s.__getstate__()
+    assert np.array_equal(again.signals([0], 10).matrix, s.signals([0], 10).matrix)
+    feed(s, "b", [7], t=T0 + 20)
+    feed(s, "c", [8], t=T0 + 20)  # a's session leaves the store: it no longer votes
+    assert not s.signals([0], 10).matrix[NEIGHBOURS].any()
+    assert len(s._store_arrays) <= len(s.store) == 2
+    s.signals([7], 10), s.signals([8], 10)
+    s.erase("b")  # b's session and its array go
+    assert len(s._store_arrays) <= len(s.store) == 1
+
+
+def test_summed_by_key_is_unique_and_bincount_bit_for_bit() -> None:
+    rng = np.random.default_rng(5)
+    for spread in (40, 10_000_000):  # counted over the range, and sorted
+        keys = rng.integers(0, spread, 300) + 1_000_000
+        weights = rng.random(300) / 7
+        unique, where = np.unique(keys, return_inverse=True)
+        got_keys, got_sums = _summed_by_key(keys, weights)
+        assert np.array_equal(got_keys, unique)
+        assert np.array_equal(got_sums, np.bincount(where, weights=weights))

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.handle_profile import main, summarise
+from tests.shared_data import data_dir
+from tools.handle_profile import RankingClock, main, summarise
 
 
 def test_inclusive_shares_count_a_function_once_per_sample(tmp_path: Path) -> None:
@@ -27,6 +28,29 @@ def test_a_missing_raw_file_is_one_line_and_exit_2(
     missing = tmp_path / "none.txt"
     assert main(["--summarise", str(missing)]) == 2
     assert capsys.readouterr().err.strip() == f"handle_profile: no such file: {missing}"
+
+
+def test_the_run_counts_the_rankings_it_times(capsys: pytest.CaptureFixture[str]) -> None:
+    root = data_dir("online_retail", "womens_clothing_reviews")
+    assert main(["--events", "900", "--batch", "50", "--data-dir", str(root)]) == 0
+    rate, rankings = capsys.readouterr().out.splitlines()
+    assert rate.startswith("600 events timed: ")
+    calls = int(rankings.split(" rankings")[0].replace(",", ""))
+    assert 0 < calls < 600
+    assert f"({calls / 600:.3f} per event)" in rankings and "us of CPU each" in rankings
+
+
+def test_the_ranking_clock_counts_calls_and_passes_results_through() -> None:
+    class Proc:
+        def _recommend(self, x: int) -> int:
+            return x + 1
+
+    proc = Proc()
+    clock = RankingClock(proc)
+    assert proc._recommend(1) == 2 and proc._recommend(2) == 3
+    assert clock.calls == 2 and clock.seconds >= 0.0
+    clock.reset()
+    assert (clock.calls, clock.seconds) == (0, 0.0)
 
 
 def test_digest_is_reproducible_and_moves_with_what_is_emitted(
