@@ -532,7 +532,7 @@ class Processor:
 
     def _exposures(self, profile: StoredProfile) -> UserExposures:
         # Parsed once per user per batch (a basket's lines, a click session), not
-        # per event; reused while the profile still holds the JSON it came from.
+        # per event; reused while the profile still holds the compact log it came from.
         raw = profile.exposures
         cached = self._exposure_logs.get(profile.user_id)
         if cached is not None and cached[0] is profile and cached[1] is raw:
@@ -546,13 +546,13 @@ class Processor:
         return log
 
     def _save_exposures(self, profile: StoredProfile, log: UserExposures) -> None:
-        """``log`` is the profile's from now on; its JSON is written into the
+        """``log`` is the profile's from now on; its compact form is written into the
         profile by :meth:`_store_exposures`, before the profile is."""
         self._exposure_logs[profile.user_id] = (profile, profile.exposures, log)
         self._unsaved[id(profile)] = (profile, log)
 
     def _store_exposures(self) -> None:
-        """Write the changed logs' JSON into their profiles (before any profile
+        """Write the changed logs' compact form into their profiles (before any profile
         write, and before the parsed logs are dropped)."""
         for profile, log in self._unsaved.values():
             raw = profile.exposures = log.compact()
