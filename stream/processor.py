@@ -106,6 +106,13 @@ class Slicer:
                 yield
                 self.pause_at = time.perf_counter() + self.budget
 
+    async def turn(self) -> None:
+        """An async caller's step boundary: let the event loop run once the slice
+        is up (the next slice starts when it is back)."""
+        if time.perf_counter() >= self.pause_at:
+            await asyncio.sleep(0)
+            self.pause_at = time.perf_counter() + self.budget
+
 
 async def run_async(steps: Slices[T]) -> T:
     """Run ``steps`` to its end, letting the event loop run at each of its pauses.

@@ -29,7 +29,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -154,33 +154,13 @@ class Sharing:
         to write: their next owner reads their messages again (``revoked``, if
         given, receives those partitions)."""
         budget = self.settings.batch_slice_seconds if budget is None else budget
-        parts = self.settings.partitions
-        applied = skipped = 0
-        changed: dict[str, Any] = {}
         revoked = self.revoked_while_applying = set() if revoked is None else revoked
-        pause_at = time.perf_counter() + budget
         try:
-            for payload, source in messages:
-                try:
-                    updates = decode_updates(payload)
-                except ValueError:
-                    # Written by this service's own workers: a bug, not bad input.
-                    log.error("malformed item-updates message skipped: %r", payload[:200])
-                    continue
-                for item_id, entries in updates.items():
-                    if time.perf_counter() >= pause_at:
-                        yield
-                        pause_at = time.perf_counter() + budget
-                    if revoked and partition_of(item_id, parts) in revoked:
-                        continue
-                    state = self.state_of(table, item_id)
-                    fresh = state.apply(entries, self.params, item_id)
-                    skipped += len(entries) - fresh
-                    if fresh:
-                        applied += fresh
-                        changed[item_id] = source
+            changed, applied, skipped = yield from Slicer(budget).run(
+                self._apply_steps(table, messages, revoked))
         finally:
             self.revoked_while_applying = None
+        parts = self.settings.partitions
         if revoked:
             changed = {i: s for i, s in changed.items() if partition_of(i, parts) not in revoked}
         self.dirty.update(changed)
@@ -188,6 +168,33 @@ class Sharing:
         self.metrics.item_updates_applied.inc(applied)
         self.metrics.item_updates_duplicate.inc(skipped)
         return applied, skipped
+
+    def _apply_steps(self, table: Any, messages: Iterable[tuple[bytes, Any]], revoked: set[int]
+                     ) -> Generator[None, None, tuple[dict[str, Any], int, int]]:
+        """:meth:`apply_in_slices`'s work, a step boundary before each item: the
+        items changed (with the source of their last message), the entries
+        applied and those skipped as duplicates."""
+        parts = self.settings.partitions
+        applied = skipped = 0
+        changed: dict[str, Any] = {}
+        for payload, source in messages:
+            try:
+                updates = decode_updates(payload)
+            except ValueError:
+                # Written by this service's own workers: a bug, not bad input.
+                log.error("malformed item-updates message skipped: %r", payload[:200])
+                continue
+            for item_id, entries in updates.items():
+                yield
+                if revoked and partition_of(item_id, parts) in revoked:
+                    continue
+                state = self.state_of(table, item_id)
+                fresh = state.apply(entries, self.params, item_id)
+                skipped += len(entries) - fresh
+                if fresh:
+                    applied += fresh
+                    changed[item_id] = source
+        return changed, applied, skipped
 
     def write_changed(self, write: Callable[[str, dict[str, Any], Any], None],
                       limit: int | None = None) -> int:
@@ -261,8 +268,7 @@ class Sharing:
         # again keeps its place; one written and applied again goes last): the
         # first ``left`` cover every message in ``owed``. Those applied during
         # the awaits wait for the next period, with their messages.
-        budget = self.settings.batch_slice_seconds
-        pause_at = time.perf_counter() + budget
+        slicer = Slicer(self.settings.batch_slice_seconds)
         left = len(self.dirty)
         while left > 0 and self.dirty:
             if stopping():
@@ -284,9 +290,7 @@ class Sharing:
                 # it can be empty mid-rebalance, before the revocation's forget,
                 # while the offsets were still released below.)
                 futures += await send_through(table, writes)
-                if time.perf_counter() >= pause_at:
-                    await asyncio.sleep(0)
-                    pause_at = time.perf_counter() + budget
+                await slicer.turn()
             await acknowledged(table, futures)
         guard.release(owed)  # without those of partitions revoked meanwhile
 
@@ -304,8 +308,13 @@ class Sharing:
         partition revoked during a pause are not published (their states are
         the next owner's)."""
         budget = self.settings.batch_slice_seconds if budget is None else budget
+        return (yield from Slicer(budget).run(self._due_steps(table, owned, now)))
+
+    def _due_steps(self, table: Any, owned: set[int], now: float
+                   ) -> Generator[None, None, list[tuple[bytes, bytes]]]:
+        """:meth:`due_models_in_slices`'s work, a step boundary every 256 keys of
+        a taken partition's table scan and before each changed item."""
         partitions = self.settings.partitions
-        pause_at = time.perf_counter() + budget
         taken = owned - self.owned
         self.owned = set(owned)  # Sharing.forget removes those revoked from now on
         if taken:
@@ -314,9 +323,8 @@ class Sharing:
             # revocation) and may hold increments applied but not written yet,
             # whose messages the period's write then releases.
             for n, k in enumerate(list(table)):
-                if n % 256 == 255 and time.perf_counter() >= pause_at:
+                if n % 256 == 255:
                     yield
-                    pause_at = time.perf_counter() + budget
                 if not is_snapshot_key(k) and partition_of(k, partitions) in taken:
                     self.fresh.add(k)
                     self.shown.pop(k, None)
@@ -325,9 +333,7 @@ class Sharing:
         self.fresh.clear()
         out = []
         for item_id in ids:
-            if time.perf_counter() >= pause_at:
-                yield
-                pause_at = time.perf_counter() + budget
+            yield
             if partition_of(item_id, partitions) not in self.owned:
                 continue  # revoked during the pause
             if item_id not in self.states and table.get(item_id) is None:
