@@ -25,6 +25,15 @@ time, confirmed together, then one by one) and the CPU milliseconds of each
 slice and of each model (p50, p99, max) are printed too: how long the replica
 held the event loop at once, and how long it does with a pause between two models.
 
+``--save FILE`` writes what the run learnt: digests of every item-update
+payload, changelog record and item-model record (the owner's outputs, which a
+change to the sharing path must leave byte for byte) and each replica's
+item-side state (neighbour weights, masses, popularity, factors, sentiment,
+prices, per item id); ``--against FILE`` compares the run with such a file
+(saved by another checkout on the same arguments) and prints the largest
+relative difference of the replicas' numbers, which may move by float rounding
+only, and whether the owner's outputs are the same (``owner_same`` 1).
+
 ``--workers W`` runs W engines instead, as a deployment of W workers does: each
 has an outbox and is its own replica (so ``replica`` includes adding the
 worker's own unconfirmed increments over the models it reads, and it is the sum over
@@ -37,7 +46,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import io
+import math
 import pstats
 import sys
 import time
@@ -46,6 +57,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from stream.sharing import READ_SLICE
@@ -86,6 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spent = dict.fromkeys(STAGES, 0.0)
     counts = {"entries": 0, "update_bytes": 0, "changelog_records": 0, "changelog_bytes": 0,
               "models": 0, "model_bytes": 0}
+    digests = {k: hashlib.sha256() for k in ("updates", "changelog", "models")}
     profiler = cProfile.Profile() if args.cprofile else None
     clock = time.process_time
 
@@ -121,11 +134,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     dirty.add(item_id)
         return dirty
 
+    written: list[tuple[str, bytes]] = []
+
     def changelog(dirty: set[str]) -> None:
-        for item_id in dirty:
+        for item_id in sorted(dirty):
             for key, record in states[item_id].changelog(item_id):
+                data = orjson.dumps(record)
                 counts["changelog_records"] += 1
-                counts["changelog_bytes"] += len(key) + len(orjson.dumps(record))
+                counts["changelog_bytes"] += len(key) + len(data)
+                if args.save or args.against:
+                    written.append((key, data))
         changed.update(dirty)
 
     def publish(now: float) -> list[tuple[str, bytes]]:
@@ -165,15 +183,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spent["learn"] += clock() - start
         payloads = shared("encode", encode)
         counts["update_bytes"] += sum(len(p) for p in payloads)
+        for payload in payloads:
+            digests["updates"].update(payload)
         last = i + args.batch >= len(events)
         late.append((n + args.lag, payloads))
         while late and (late[0][0] <= n or last):
             dirty = shared("apply", apply, late.popleft()[1])
             shared("changelog", changelog, dirty)
+            for key, data in written:
+                digests["changelog"].update(key.encode() + b"\0" + data)
+            written.clear()
         if n % args.publish_every == 0 or last:
             records = shared("publish", publish, batch[-1].timestamp)
             counts["models"] += len(records)
             counts["model_bytes"] += sum(len(v) for _, v in records)
+            for i, v in records:
+                digests["models"].update(i.encode() + b"\0" + v)
             shared("replica", apply_models, records)
     n_events = len(events)
     result: dict[str, Any] = {f"{s}_us_per_event": 1e6 * spent[s] / n_events for s in STAGES}
@@ -186,11 +211,90 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result[f"replica_{name}_ms_p{q}"] = ordered[min(len(ordered) - 1,
                                                                 len(ordered) * q // 100)]
             result[f"replica_{name}_ms_max"] = ordered[-1]
+    if args.save or args.against:
+        learnt = {"owner": {k: d.hexdigest() for k, d in digests.items()},
+                  "replicas": [replica_state(r) for r in replicas]}
+        if args.save:
+            args.save.write_bytes(orjson.dumps(learnt, option=orjson.OPT_SERIALIZE_NUMPY))
+        if args.against:
+            result.update(compare(orjson.loads(args.against.read_bytes()), learnt))
     if profiler is not None:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.cprofile)
         result["cprofile"] = out.getvalue()
     return result
+
+
+def replica_state(engine: Any) -> dict[str, Any]:
+    """A replica's item-side state, per item id (JSON-able): what the published
+    models and the worker's own pending increments made of it."""
+    rec = engine.recommender
+    ids = engine.catalogue.ids
+    n = len(ids)
+    co = rec.cooccurrence
+    pop_recent, pop_all = rec.popularity.recent(n), rec.popularity.all_time(n)
+    segments = [p.recent(n) for p in rec.segment_popularity]
+    taste, ratings = rec.taste, engine.ratings
+    price = np.zeros(n)
+    price_n = np.zeros(n)
+    m = min(n, engine.item_price.shape[0])
+    price[:m], price_n[:m] = engine.item_price[:m], engine.item_price_n[:m]
+    items: dict[str, Any] = {}
+    for idx, item_id in enumerate(ids):
+        nb = co.neighbours[idx] if idx < len(co.neighbours) else None
+        pairs = {} if nb is None else {
+            ids[k]: w for k, w in zip(nb.keys[: nb.n].tolist(), nb.values[: nb.n].tolist(),
+                                      strict=True)}
+        items[item_id] = {
+            "nb": pairs,
+            "m": float(co._mass[idx]) if idx < co._mass.shape[0] else 0.0,
+            "p": [float(pop_recent[idx]), float(pop_all[idx])],
+            "s": [float(s[idx]) for s in segments],
+            "q": ([*taste.item_vec[idx].tolist(), float(taste.item_bias[idx])]
+                  if idx < taste._n_items else None),
+            "r": ([*ratings.item_vec[idx].tolist(), float(ratings.item_bias[idx]),
+                   float(ratings.item_count[idx])] if idx < ratings._n_items else None),
+            "e": engine.item_sentiment.state.get(item_id),
+            "$": [float(price[idx]), float(price_n[idx])],
+        }
+    return {"ids": list(ids), "items": items}
+
+
+def _differences(a: Any, b: Any, where: str, out: dict[str, float]) -> None:
+    """The largest relative difference of the numbers of ``a`` and ``b`` (the same
+    shape) into ``out["max"]``; a difference of shape or of a key: ``out["shape"]``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            out["shape"] += 1
+            out.setdefault(f"keys differ at {where}", 1.0)
+        for k in a.keys() & b.keys():
+            _differences(a[k], b[k], where, out)
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            out["shape"] += 1
+            return
+        for x, y in zip(a, b, strict=True):
+            _differences(x, y, where, out)
+    elif isinstance(a, int | float) and isinstance(b, int | float):
+        scale = max(abs(a), abs(b))
+        if scale and not (math.isnan(a) and math.isnan(b)):
+            out["max"] = max(out["max"], abs(a - b) / scale)
+    elif a != b:
+        out["shape"] += 1
+
+
+def compare(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, float]:
+    """``--against``: the owner's outputs the same, and the replicas' largest
+    relative difference and differences of shape (items, neighbours, keys)."""
+    out = {"max": 0.0, "shape": 0.0}
+    if len(saved["replicas"]) != len(now["replicas"]):
+        out["shape"] += 1
+    for r, (a, b) in enumerate(zip(saved["replicas"], now["replicas"], strict=False)):
+        if a["ids"] != b["ids"]:
+            out["shape"] += 1  # the catalogue's order: its indices key every array
+        _differences(a["items"], b["items"], f"replica {r}", out)
+    return {"owner_same": float(saved["owner"] == now["owner"]),
+            "replica_max_rel_diff": out["max"], "replica_shape_diffs": out["shape"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="apply the models as the worker's replica does (stream.sharing."
                    "READ_SLICE at a time, one by one) and print the CPU milliseconds of "
                    "each slice and of each model (the first with the slice's confirmation)")
+    p.add_argument("--save", type=Path, metavar="FILE",
+                   help="write the owner's output digests and the replicas' state")
+    p.add_argument("--against", type=Path, metavar="FILE",
+                   help="compare with a --save of another checkout (same arguments)")
     args = p.parse_args(argv)
     for name in ("events", "batch", "partitions", "publish_every"):
         if getattr(args, name) < 1:
@@ -226,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     profile = result.pop("cprofile", None)
     for key, value in result.items():
-        print(f"{key:32s} {value:12.2f}")
+        print(f"{key:32s} {value:12.2f}" if key != "replica_max_rel_diff"
+              else f"{key:32s} {value:12.3g}")
     if profile:
         print(profile)
     return 0

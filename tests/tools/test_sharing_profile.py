@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import orjson
 import pytest
 
 from tests.shared_data import data_dir
@@ -50,3 +53,37 @@ def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().err.strip() == "sharing_profile: --batch must be >= 1"
     assert main(["--lag", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "sharing_profile: --lag must be >= 0"
+
+
+def test_a_saved_run_is_compared_with_another(capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path) -> None:
+    """--save / --against: the same code gives the same owner outputs and replicas;
+    a replica's number moved, or an owner's output changed, is reported."""
+    root = data_dir("online_retail")
+    args = ["--events", "600", "--batch", "100", "--publish-every", "2", "--partitions", "4",
+            "--lag", "1", "--workers", "2", "--data-dir", str(root)]
+    saved = tmp_path / "run.json"
+    assert main([*args, "--save", str(saved)]) == 0
+    capsys.readouterr()
+
+    def against() -> dict[str, float]:
+        assert main([*args, "--against", str(saved)]) == 0
+        out = dict(line.split() for line in capsys.readouterr().out.splitlines())
+        return {k: float(out[k]) for k in
+                ("owner_same", "replica_max_rel_diff", "replica_shape_diffs")}
+
+    assert against() == {"owner_same": 1.0, "replica_max_rel_diff": 0.0,
+                         "replica_shape_diffs": 0.0}
+    learnt = orjson.loads(saved.read_bytes())
+    items = learnt["replicas"][1]["items"]
+    item = next(i for i, s in items.items() if s["nb"])
+    other = next(iter(items[item]["nb"]))
+    items[item]["nb"][other] *= 1 + 1e-6
+    learnt["owner"]["models"] = "0" * 64
+    saved.write_bytes(orjson.dumps(learnt))
+    moved = against()
+    assert moved["owner_same"] == 0.0 and moved["replica_shape_diffs"] == 0.0
+    assert moved["replica_max_rel_diff"] == pytest.approx(1e-6, rel=1e-3)
+    del items[item]["nb"][other]
+    saved.write_bytes(orjson.dumps(learnt))
+    assert against()["replica_shape_diffs"] == 1.0
