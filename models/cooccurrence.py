@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 import numpy as np
@@ -220,6 +220,7 @@ class ItemCooccurrence:
         index_of: Callable[[str], int],
         epoch: int = -1,
         head: int | None = None,
+        known: Mapping[str, int] | None = None,
     ) -> None:
         """Overwrite ``item``'s neighbours (distinct ``ids``, mapped by ``index_of``) with
         ``weights``, and its co-occurrence mass: a published list replacing the local one.
@@ -230,7 +231,9 @@ class ItemCooccurrence:
         copied and the new tail mapped, so the cost follows what changed. Pairs
         learnt locally since, not yet in the list, keep their local weight.
         ``head``: how many of ``ids`` are the publisher's list (the rest, this
-        worker's own pairs it does not hold yet); all by default.
+        worker's own pairs it does not hold yet); all by default. ``known``: the
+        ids ``index_of`` already maps, looked up in one pass (``index_of`` then
+        maps only the others, in order).
         """
         self._ensure(item)
         nb = self.neighbours[item]
@@ -244,8 +247,19 @@ class ItemCooccurrence:
             nb.values[:m] = weights[:m]
         slots = nb.slots
         end = len(ids)
-        tail = [index_of(x) for x in ids[m:]]
-        if nb.n == m and not any(h in slots for h in tail):
+        if known is None:
+            tail = [index_of(x) for x in ids[m:]]
+        else:
+            tail_ids = ids[m:]
+            found = list(map(known.get, tail_ids))
+            if None in found:
+                found = [index_of(x) if h is None else h
+                         for h, x in zip(found, tail_ids, strict=True)]
+            tail = cast("list[int]", found)
+        # The new ids' rows: every other neighbour's were made when it was learnt
+        # or assigned.
+        newest = max(tail) if tail else -1
+        if nb.n == m and slots.keys().isdisjoint(tail):
             # Nothing learnt locally among the new ids (always so for a fresh
             # list): they go after the head in one numpy copy each.
             if end > nb.keys.shape[0]:
@@ -256,22 +270,37 @@ class ItemCooccurrence:
             slots.update(zip(tail, range(m, end), strict=True))
             nb.n = end
             tail = []
-        for i, h in enumerate(tail, m):
+        if tail:
             # Entry i goes to position i; a pair learnt locally since may sit
             # further on: swapped into place, so the list's head stays ``ids``.
-            slot = slots.get(h)
-            if slot is None:
-                slot = nb.n
-                nb.append(h, weights[i])
-            if slot != i:
-                keys, values = nb.keys, nb.values
-                other = int(keys[i])
-                keys[i], keys[slot] = h, other
-                values[slot] = values[i]
-                slots[h], slots[other] = i, slot
-            nb.values[i] = weights[i]
-        if m < len(ids):
-            self._ensure(int(nb.keys[: nb.n].max()))
+            # On lists of the part from m (numpy scalar reads and writes cost
+            # several times more), written back at once.
+            keys, values = nb.keys[m : nb.n].tolist(), nb.values[m : nb.n].tolist()
+            n = nb.n
+            for i, (h, w) in enumerate(zip(tail, weights[m:].tolist()
+                                           if isinstance(weights, np.ndarray) else weights[m:],
+                                           strict=True), m):
+                slot = slots.get(h)
+                if slot is None:
+                    slot = n
+                    slots[h] = n
+                    keys.append(h)
+                    values.append(w)
+                    n += 1
+                if slot != i:
+                    other = keys[i - m]
+                    keys[i - m], keys[slot - m] = h, other
+                    values[slot - m] = values[i - m]
+                    slots[h], slots[other] = i, slot
+                values[i - m] = w
+            if n > nb.keys.shape[0]:
+                nb.keys = grown(nb.keys, n)
+                nb.values = grown(nb.values, n)
+            nb.keys[m:n] = keys
+            nb.values[m:n] = values
+            nb.n = n
+        if newest >= 0:
+            self._ensure(newest)
         nb.published = (epoch, len(ids) if head is None else head)
         self._mass[item] = mass
         self._norm[item] = (mass + 1.0) ** -self.alpha

@@ -93,6 +93,8 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import orjson
 
+from models.catalogue import grown
+
 if TYPE_CHECKING:
     from models.engine import FeedbackEngine
     from models.events import Event
@@ -112,6 +114,7 @@ __all__ = [
     "end_offset",
     "merge_blend",
     "murmur2",
+    "pack_model",
     "partition_of",
     "split_entry",
     "with_pending",
@@ -822,22 +825,31 @@ def encode_model(model: Mapping[str, Any]) -> bytes:
     True
     """
     head = {k: v for k, v in model.items() if k not in _ARRAYS}
-    floats: list[float] = []
-    ids: Sequence[str] = ()
     nb = model.get("nb")
-    if nb is not None:
-        ids = nb[0]
-        head["nb"] = [len(ids), nb[2]]
-        floats.extend(nb[1])
-    for key in ("q", "r"):
-        vec = model.get(key)
+    q, r = model.get("q"), model.get("r")
+    return pack_model(head, None if nb is None else nb[0], None if nb is None else nb[1],
+                      0 if nb is None else nb[2], q, r)
+
+
+def pack_model(head: dict[str, Any], ids: Iterable[str] | None, weights: Iterable[float] | None,
+               epoch: int, q: Sequence[float] | None, r: Sequence[float] | None) -> bytes:
+    """:func:`encode_model` of a model given as its ``head`` (every field but the
+    arrays, in the model's order; completed here), its neighbour ``ids`` and
+    ``weights`` (any iterables of the list's length, e.g. a dict's keys and
+    values: no list is built), its ``epoch``, and its factor vectors."""
+    parts: list[np.ndarray] = []
+    if ids is not None:
+        assert weights is not None
+        parts.append(np.fromiter(weights, dtype="<f8"))
+        head["nb"] = [len(parts[0]), epoch]
+    for key, vec in (("q", q), ("r", r)):
         if vec is not None:
             head[key] = len(vec)
-            floats.extend(vec)
+            parts.append(np.asarray(vec, dtype="<f8"))
     header = orjson.dumps(head)
     return b"".join((
         MODEL_MAGIC, len(header).to_bytes(4, "little"), header,
-        np.asarray(floats, dtype="<f8").tobytes(), _ID_SEP.join(ids).encode(),
+        *(a.tobytes() for a in parts), b"" if ids is None else _ID_SEP.join(ids).encode(),
     ))
 
 
@@ -959,7 +971,7 @@ def apply_item_models_in_steps(
         nb = model.get("nb")
         if nb is not None:
             co = rec.cooccurrence
-            co.assign(idx, nb[0], nb[1], model["m"], cat.add, nb[2])
+            co.assign(idx, nb[0], nb[1], model["m"], cat.add, nb[2], known=cat.index)
             if pairs:
                 index = cat.index
                 others = [index[o] if o in index else cat.add(o) for o in pairs]
@@ -1026,10 +1038,9 @@ def with_pending(item_id: str, model: Mapping[str, Any], pending: list[Entry],
 
 
 def _set_price(engine: FeedbackEngine, idx: int, mean: float, count: float) -> None:
-    from models.catalogue import grown
-
-    engine.item_price = grown(engine.item_price, idx + 1)
-    engine.item_price_n = grown(engine.item_price_n, idx + 1)
+    if idx >= engine.item_price.shape[0] or idx >= engine.item_price_n.shape[0]:
+        engine.item_price = grown(engine.item_price, idx + 1)
+        engine.item_price_n = grown(engine.item_price_n, idx + 1)
     engine.item_price[idx] = mean
     engine.item_price_n[idx] = count
 
