@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.item_updates import ARITY, Entry, Updates, murmur2, pack_model
+from models.item_updates import ARITY, Entry, Updates, murmur2
 
 if TYPE_CHECKING:
     from models.engine import EngineConfig
@@ -317,30 +317,6 @@ class ItemState:
         if self.price_n:
             model["$"] = [self.price, self.price_n]
         return model
-
-    def published_record(self, now: float, params: ItemParams) -> bytes:
-        """``encode_model(self.published(now, params))``, byte for byte, without
-        the model's lists (the neighbours go from the dict to the record)."""
-        self.shown = [self.mass, self.count, float(self.steps)]
-        head: dict[str, Any] = {"t": now, "w": self.applied}
-        nb = self.neighbours
-        if nb:
-            head["m"] = self.mass
-        if self.recent_at is not None:
-            head["p"] = [self.recent, self.recent_at]
-            head["n"] = self.count
-        if self.segments:
-            head["s"] = {str(k): v for k, v in self.segments.items()}
-        if self.taste is not None:
-            head["qb"] = self.taste_bias
-        if self.rating is not None:
-            head["rb"], head["rn"] = self.rating_bias, self.rating_count
-        if self.sentiment is not None:
-            head["e"] = self.sentiment
-        if self.price_n:
-            head["$"] = [self.price, self.price_n]
-        return pack_model(head, nb.keys() if nb else None, nb.values() if nb else None,
-                          self.epoch, self.taste, self.rating)
 
     @classmethod
     def from_model(cls, model: Mapping[str, Any], neighbours: bool = True) -> ItemState:

@@ -114,7 +114,6 @@ __all__ = [
     "end_offset",
     "merge_blend",
     "murmur2",
-    "pack_model",
     "partition_of",
     "split_entry",
     "with_pending",
@@ -825,31 +824,22 @@ def encode_model(model: Mapping[str, Any]) -> bytes:
     True
     """
     head = {k: v for k, v in model.items() if k not in _ARRAYS}
+    floats: list[float] = []
+    ids: Sequence[str] = ()
     nb = model.get("nb")
-    q, r = model.get("q"), model.get("r")
-    return pack_model(head, None if nb is None else nb[0], None if nb is None else nb[1],
-                      0 if nb is None else nb[2], q, r)
-
-
-def pack_model(head: dict[str, Any], ids: Iterable[str] | None, weights: Iterable[float] | None,
-               epoch: int, q: Sequence[float] | None, r: Sequence[float] | None) -> bytes:
-    """:func:`encode_model` of a model given as its ``head`` (every field but the
-    arrays, in the model's order; completed here), its neighbour ``ids`` and
-    ``weights`` (any iterables of the list's length, e.g. a dict's keys and
-    values: no list is built), its ``epoch``, and its factor vectors."""
-    parts: list[np.ndarray] = []
-    if ids is not None:
-        assert weights is not None
-        parts.append(np.fromiter(weights, dtype="<f8"))
-        head["nb"] = [len(parts[0]), epoch]
-    for key, vec in (("q", q), ("r", r)):
+    if nb is not None:
+        ids = nb[0]
+        head["nb"] = [len(ids), nb[2]]
+        floats.extend(nb[1])
+    for key in ("q", "r"):
+        vec = model.get(key)
         if vec is not None:
             head[key] = len(vec)
-            parts.append(np.asarray(vec, dtype="<f8"))
+            floats.extend(vec)
     header = orjson.dumps(head)
     return b"".join((
         MODEL_MAGIC, len(header).to_bytes(4, "little"), header,
-        *(a.tobytes() for a in parts), b"" if ids is None else _ID_SEP.join(ids).encode(),
+        np.asarray(floats, dtype="<f8").tobytes(), _ID_SEP.join(ids).encode(),
     ))
 
 

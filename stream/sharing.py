@@ -41,7 +41,7 @@ from faust.types import TP
 
 from models.engine import FeedbackEngine
 from models.item_state import ItemParams, ItemState, is_snapshot_key
-from models.item_updates import decode_model, decode_updates, partition_of
+from models.item_updates import decode_model, decode_updates, encode_model, partition_of
 from stream.commit_guard import CommitGuard
 from stream.faust import acknowledged, in_order, send_through, write_through
 from stream.kafka import client_kwargs
@@ -342,9 +342,9 @@ class Sharing:
             state.shown = self.shown.get(item_id)
             if not state.due(self.params):
                 continue  # moved less than the publication tolerance: tested when it moves
-            record = state.published_record(now, self.params)
+            model = state.published(now, self.params)
             self.shown[item_id] = state.shown
-            out.append((item_id.encode(), record))
+            out.append((item_id.encode(), encode_model(model)))
         return out
 
     def globals_due(self, now: float) -> list[tuple[bytes, bytes]]:

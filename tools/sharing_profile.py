@@ -12,8 +12,8 @@ item owner run, each timed in CPU time:
 ``encode``     ``outbox.messages(P)``: drained, split by partition, JSON-encoded;
 ``apply``      the owner: ``decode_updates`` and ``ItemState.apply`` of each item;
 ``changelog``  the owner: ``ItemState.changelog`` of each changed item, JSON-encoded;
-``publish``    every ``--publish-every`` batches: ``due`` and ``published_record``
-               (the binary item-model record) of the changed items;
+``publish``    every ``--publish-every`` batches: ``due`` and ``published`` of the
+               changed items, encoded (``encode_model``);
 ``replica``    those models decoded and applied to a second engine
                (``apply_item_models``).
 
@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         attach,
         decode_model,
         decode_updates,
+        encode_model,
         partition_of,
     )
     from stream.contract import event_from_dict
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def publish(now: float) -> list[tuple[str, bytes]]:
         due = sorted(i for i in changed if states[i].due(params))
         changed.difference_update(due)
-        return [(i, states[i].published_record(now, params)) for i in due]
+        return [(i, encode_model(states[i].published(now, params))) for i in due]
 
     chunk_ms: list[float] = []
     model_ms: list[float] = []
