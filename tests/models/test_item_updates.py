@@ -177,14 +177,21 @@ def test_apply_item_models_overwrites_the_replica() -> None:
     assert top.reason.startswith("bought together with i0 (")
 
 
-def test_assign_keeps_the_published_head_through_local_pairs() -> None:
+@pytest.mark.parametrize("lookup", ["one by one", "known ids in one pass"])
+def test_assign_keeps_the_published_head_through_local_pairs(lookup: str) -> None:
     """Incremental assignment: local pairs learnt between two publications, then a
-    list whose head is the previous one, give the same weights as a fresh assignment."""
+    list whose head is the previous one, give the same weights as a fresh assignment
+    (the new ids mapped by ``index_of`` alone, or those the catalogue knows in one
+    pass, as a replica does)."""
+    from functools import partial
+
     from models.catalogue import ItemCatalogue
     from models.cooccurrence import ItemCooccurrence
 
     cat = ItemCatalogue()
     co = ItemCooccurrence()
+    if lookup != "one by one":
+        co.assign = partial(co.assign, known=cat.index)  # type: ignore[method-assign]
     for i in "xabcde":
         co.learn_one((), cat.add(i), 1.0)
     x = cat.index["x"]
@@ -197,6 +204,7 @@ def test_assign_keeps_the_published_head_through_local_pairs() -> None:
     assert {cat.ids[k]: s for k, s in nb.slots.items()} == {"a": 0, "b": 1, "c": 2, "e": 3, "d": 4}
     co.assign(x, ["a", "b", "c", "e", "d", "f"], [1.5, 2.0, 0.7, 0.4, 0.3, 0.1], 5.0, cat.add, 0)
     assert nb.get(cat.index["f"]) == 0.1 and co.neighbours[x] is nb  # only the tail mapped
+    assert len(co.neighbours) == len(cat) and co._mass.shape[0] >= len(cat)  # f's row made
     co.assign(x, ["b", "a"], [1.0, 1.0], 2.0, cat.add, 1)  # pruned (a new epoch): rebuilt
     assert co.neighbours[x].n == 2
     # a long fresh list, then its extension: keys, weights and slots in the list's order
@@ -208,6 +216,26 @@ def test_assign_keeps_the_published_head_through_local_pairs() -> None:
     assert nb.values[: nb.n].tolist() == [*(float(k) for k in range(40)), 0.5]
     slots = {cat.ids[k]: s for k, s in nb.slots.items()}
     assert slots == {i: k for k, i in enumerate([*many, "g"])}
+
+
+def test_a_local_pair_the_published_list_lacks_keeps_its_weight_after_it() -> None:
+    """A pair learnt locally that the next published list (same epoch) does not
+    hold is moved behind the list with its own weight, not the one it swapped with."""
+    from models.catalogue import ItemCatalogue
+    from models.cooccurrence import ItemCooccurrence
+
+    cat = ItemCatalogue()
+    co = ItemCooccurrence()
+    for i in "xabcd":
+        co.learn_one((), cat.add(i), 1.0)
+    x = cat.index["x"]
+    co.assign(x, ["a", "b"], [1.0, 2.0], 3.0, cat.add, 0, known=cat.index)
+    co.learn_one([(cat.index["d"], 1.0), (cat.index["c"], 0.5)], x, 1.0)  # c 0.5, d 0.9
+    co.assign(x, ["a", "b", "d"], [1.0, 2.0, 1.5], 5.0, cat.add, 0, known=cat.index)
+    nb = co.neighbours[x]
+    assert [cat.ids[k] for k in nb.keys[: nb.n]] == ["a", "b", "d", "c"]
+    assert nb.values[: nb.n].tolist() == [1.0, 2.0, 1.5, 0.5]
+    assert {cat.ids[k]: s for k, s in nb.slots.items()} == {"a": 0, "b": 1, "d": 2, "c": 3}
 
 
 def test_an_item_is_published_again_once_it_moved_enough() -> None:
