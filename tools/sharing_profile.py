@@ -17,6 +17,9 @@ item owner run, each timed in CPU time:
 ``replica``    those models decoded and applied to a second engine
                (``apply_item_models``).
 
+The heap's survivors are frozen as in the worker (:data:`FREEZE_EVERY`), so a
+stage is not charged for a full collection of the whole replay's heap.
+
 It prints microseconds per event for each stage, the entries and bytes per
 event, and with ``--cprofile N`` the top N functions of the sharing stages
 (everything but ``learn``) by internal time. With ``--read-slices`` the replica
