@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -56,6 +56,17 @@ class Neighbours:
         self.keys[slot] = item
         self.values[slot] = weight
         self.n = slot + 1
+
+    def put_range(self, start: int, keys: Any, values: Any) -> None:
+        """Write ``keys`` and ``values`` at ``start`` on, growing the arrays if short,
+        and end the list after them (the caller keeps ``slots``)."""
+        end = start + len(keys)
+        if end > self.keys.shape[0]:
+            self.keys = grown(self.keys, end)
+            self.values = grown(self.values, end)
+        self.keys[start:end] = keys
+        self.values[start:end] = values
+        self.n = end
 
     def get(self, item: int) -> float:
         """Weight of the pair with ``item`` (0 if absent)."""
@@ -183,13 +194,7 @@ class ItemCooccurrence:
                 total += w
             decay *= gamma
         if new_keys:
-            end = base + len(new_keys)
-            if end > nb_item.keys.shape[0]:
-                nb_item.keys = grown(nb_item.keys, end)
-                nb_item.values = grown(nb_item.values, end)
-            nb_item.keys[base:end] = new_keys
-            nb_item.values[base:end] = new_values
-            nb_item.n = end
+            nb_item.put_range(base, new_keys, new_values)
         mass_item = mass[item] + total
         mass[item] = mass_item
         norm[item] = (mass_item + 1.0) ** exponent
@@ -262,13 +267,8 @@ class ItemCooccurrence:
         if nb.n == m and slots.keys().isdisjoint(tail):
             # Nothing learnt locally among the new ids (always so for a fresh
             # list): they go after the head in one numpy copy each.
-            if end > nb.keys.shape[0]:
-                nb.keys = grown(nb.keys, end)
-                nb.values = grown(nb.values, end)
-            nb.keys[m:end] = tail
-            nb.values[m:end] = weights[m:]
+            nb.put_range(m, tail, weights[m:])
             slots.update(zip(tail, range(m, end), strict=True))
-            nb.n = end
             tail = []
         if tail:
             # Entry i goes to position i; a pair learnt locally since may sit
@@ -293,12 +293,7 @@ class ItemCooccurrence:
                     values[slot - m] = values[i - m]
                     slots[h], slots[other] = i, slot
                 values[i - m] = w
-            if n > nb.keys.shape[0]:
-                nb.keys = grown(nb.keys, n)
-                nb.values = grown(nb.values, n)
-            nb.keys[m:n] = keys
-            nb.values[m:n] = values
-            nb.n = n
+            nb.put_range(m, keys, values)
         if newest >= 0:
             self._ensure(newest)
         nb.published = (epoch, len(ids) if head is None else head)
@@ -322,15 +317,10 @@ class ItemCooccurrence:
         if found:  # distinct pairs: one numpy add for those the list holds
             nb.values[np.array(found, dtype=np.intp)] += weights
         if new:  # and one copy for those it does not, in order, after it
-            start, end = nb.n, nb.n + len(new)
-            if end > nb.keys.shape[0]:
-                nb.keys = grown(nb.keys, end)
-                nb.values = grown(nb.values, end)
+            start = nb.n
             hs = [h for h, _ in new]
-            nb.keys[start:end] = hs
-            nb.values[start:end] = [w for _, w in new]
-            nb.slots.update(zip(hs, range(start, end), strict=True))
-            nb.n = end
+            nb.put_range(start, hs, [w for _, w in new])
+            nb.slots.update(zip(hs, range(start, nb.n), strict=True))
         if others:
             self._ensure(max(others))
         if nb.n > 2 * self.max_neighbours:
