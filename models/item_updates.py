@@ -1028,9 +1028,8 @@ def with_pending(item_id: str, model: Mapping[str, Any], pending: list[Entry],
 
 
 def _set_price(engine: FeedbackEngine, idx: int, mean: float, count: float) -> None:
-    if idx >= engine.item_price.shape[0] or idx >= engine.item_price_n.shape[0]:
-        engine.item_price = grown(engine.item_price, idx + 1)
-        engine.item_price_n = grown(engine.item_price_n, idx + 1)
+    engine.item_price = grown(engine.item_price, idx + 1)  # the same array when long enough
+    engine.item_price_n = grown(engine.item_price_n, idx + 1)
     engine.item_price[idx] = mean
     engine.item_price_n[idx] = count
 
