@@ -81,6 +81,16 @@ def _env_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a rate above 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="feedback-stream bench",
@@ -102,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the fixed load is offered (0: skip)")
     p.add_argument("--load-fraction", type=float, default=0.5,
                    help="offered load as a fraction of the measured maximum")
+    p.add_argument("--offered-rate", type=_positive,
+                   help="offer this many events/s instead of --load-fraction of the measured "
+                   "maximum (to compare two codes at one load)")
     p.add_argument("--pull-rate", type=float, default=20.0,
                    help="GET /recommendations requests per second during the fixed load "
                    "(0: skip)")

@@ -220,13 +220,28 @@ def whole_rate(win: Window, n: int) -> float:
     return (WINDOW[1] - WINDOW[0]) * n / win.seconds
 
 
+def offered_rate(measured: float | None, fraction: float, fixed: float | None) -> float | None:
+    """The latency phase's events per second: ``fixed`` when given, else
+    ``fraction`` of the measured maximum (None: nothing measured).
+
+    The measured maximum moves by half between runs of the same code (the
+    machine, and the read order's share of rankings), and the latency with it:
+    two codes are compared at one fixed rate.
+
+    >>> offered_rate(600.0, 0.5, None), offered_rate(600.0, 0.5, 250.0)
+    (300.0, 250.0)
+    """
+    if fixed is not None:
+        return fixed
+    return measured * fraction if measured else None
+
+
 def latency(b: Bench) -> None:
     """Phase 3: the next events of the replay at a fixed fraction of the measured maximum."""
     args, n, report = b.args, b.n, b.report
-    max_rate = report.get("events_per_second")
-    if not max_rate or args.latency_seconds <= 0:
+    offered = offered_rate(report.get("events_per_second"), args.load_fraction, args.offered_rate)
+    if not offered or args.latency_seconds <= 0:
         return
-    offered = max_rate * args.load_fraction
     m = min(n, int(offered * args.latency_seconds))
     batch = b.events[n : n + m]
     log(f"latency: offering {m:,} new events at {offered:,.0f}/s and {args.pull_rate:g} pulls/s")

@@ -43,3 +43,23 @@ def test_a_faust_app_reads_those_variables_over_its_own_arguments(
     conf = faust.App("bench-test", producer_max_batch_size=262144).conf
     assert conf.stream_buffer_maxsize == 1024
     assert conf.producer_max_batch_size == 16384
+
+
+@pytest.mark.parametrize("rate", ["0", "-5", "fast"])
+def test_cli_refuses_an_offered_rate_that_is_no_positive_number(
+    rate: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--offered-rate", rate])
+    assert stop.value.code == 2
+    assert "--offered-rate" in capsys.readouterr().err
+
+
+def test_a_fixed_offered_rate_overrides_the_fraction_of_the_measured_maximum() -> None:
+    from tools.bench.phases import offered_rate
+
+    assert offered_rate(600.0, 0.5, None) == 300.0
+    assert offered_rate(600.0, 0.5, 250.0) == 250.0
+    assert offered_rate(None, 0.5, 250.0) == 250.0  # nothing measured: the fixed rate still runs
+    assert offered_rate(None, 0.5, None) is None
+    assert offered_rate(0.0, 0.5, None) is None
