@@ -13,6 +13,7 @@ from stream.contract import format_timestamp
 from stream.metrics import Metrics
 from stream.processor import DictStore, InputMessage, OutputMessage, Processor, Slicer
 from stream.settings import Settings, SettingsError
+from tests.stream.loop_turns import loop_turns
 
 NOW = 1_800_000_000.0  # the injected wall clock (2027)
 
@@ -412,28 +413,14 @@ def test_a_slicer_pauses_at_a_steps_yield_once_its_slice_is_up_and_shares_it() -
 
 
 async def test_a_slicers_async_turn_lets_the_loop_run_only_once_its_slice_is_up() -> None:
-    import asyncio
-
-    turns = 0
-
-    async def other_task() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
     async def boundaries(slicer: Slicer, n: int) -> int:
-        nonlocal turns
-        await asyncio.sleep(0)  # the other task starts
-        turns = 0
-        for _ in range(n):
-            await slicer.turn()
-        return turns
+        async with loop_turns() as turns:
+            for _ in range(n):
+                await slicer.turn()
+        return len(turns)
 
-    watcher = asyncio.create_task(other_task())
     assert await boundaries(Slicer(math.inf), 5) == 0
     assert await boundaries(Slicer(0.0), 5) == 5
-    watcher.cancel()
 
 
 def test_profiles_hold_each_list_once_and_survive_the_changelog_whole() -> None:

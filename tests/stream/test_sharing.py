@@ -17,6 +17,7 @@ from models.item_updates import decode_model, encode_updates, partition_of
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.sharing import Sharing
+from tests.stream.loop_turns import loop_turns
 
 
 def sharing(engine: FeedbackEngine | None = None) -> Sharing:
@@ -357,21 +358,14 @@ def test_a_replica_applies_a_large_fetch_in_slices_letting_the_loop_run() -> Non
     records = [SimpleNamespace(topic=topic, key=f"i{k}".encode(),
                                value=orjson.dumps({"t": 1.0, "p": [float(k), 1.0], "n": 1.0}))
                for k in range(n)]
-    seen: list[int] = []
 
-    async def main() -> int:
-        async def other_task() -> None:
-            while True:
-                seen.append(len(engine.catalogue.ids))
-                await asyncio.sleep(0)
+    async def main() -> tuple[int, list[int]]:
+        async with loop_turns(lambda: len(engine.catalogue.ids)) as seen:
+            applied = await sh.read_in_slices(records)
+        return applied, seen
 
-        watcher = asyncio.create_task(other_task())
-        await asyncio.sleep(0)
-        applied = await sh.read_in_slices(records)
-        watcher.cancel()
-        return applied
-
-    assert asyncio.run(main()) == n
+    applied, seen = asyncio.run(main())
+    assert applied == n
     assert engine.catalogue.ids == [f"i{k}" for k in range(n)]
     between = sorted(set(seen) - {0})
     assert between == [READ_SLICE, 2 * READ_SLICE, 3 * READ_SLICE]
@@ -398,21 +392,14 @@ def test_a_replica_pauses_between_two_models_once_its_slice_is_up() -> None:
          "nb": [[f"i{(k + 1) % 5}"], [0.5], 0], "m": 0.5}))
         for k in range(5)]
     sh, engine = replica()
-    seen: list[int] = []
 
-    async def main() -> int:
-        async def other_task() -> None:
-            while True:
-                seen.append(len(engine.catalogue.ids))
-                await asyncio.sleep(0)
+    async def main() -> tuple[int, list[int]]:
+        async with loop_turns(lambda: len(engine.catalogue.ids)) as seen:
+            applied = await sh.read_in_slices(records)
+        return applied, seen
 
-        watcher = asyncio.create_task(other_task())
-        await asyncio.sleep(0)
-        applied = await sh.read_in_slices(records)
-        watcher.cancel()
-        return applied
-
-    assert asyncio.run(main()) == 5
+    applied, seen = asyncio.run(main())
+    assert applied == 5
     # A turn after each of the first four models (each adds itself and a neighbour).
     assert sorted(set(seen) - {0}) == [2, 3, 4, 5], seen
     at_once, at_once_engine = replica()
@@ -447,26 +434,15 @@ def owner_events(items: list[str], partitions: int) -> list[SimpleNamespace]:
 async def test_the_owner_applies_a_batch_in_slices_letting_the_loop_run() -> None:
     """The owner's batch (a backlog's held the loop for 0.1-0.4 s) gives the loop
     a turn between items, and applies exactly what the batch applied at once."""
-    import asyncio
-
     from stream.commit_guard import CommitGuard
 
     sh = sliced_sharing()
     p = sh.settings.partitions
     items = [f"i{k}" for k in range(30)]
     events = owner_events(items, p)
-    turns: list[int] = []
-
-    async def other_task() -> None:
-        while True:
-            turns.append(len(sh.states))
-            await asyncio.sleep(0)
-
-    watcher = asyncio.create_task(other_task())
-    await asyncio.sleep(0)
     guard = CommitGuard(["items"])
-    assert await sh.hold_and_apply({}, events, guard) == (30, 0)
-    watcher.cancel()
+    async with loop_turns(lambda: len(sh.states)) as turns:
+        assert await sh.hold_and_apply({}, events, guard) == (30, 0)
     # The other task ran while the items were being applied, not only around it.
     assert len({n for n in turns if 0 < n < len(items)}) >= 10, turns
     at_once = sharing()
@@ -515,21 +491,12 @@ async def test_the_periods_due_models_are_computed_in_slices() -> None:
     at_once = sliced_sharing()
     at_once.apply_batch(table, [(e.value, e) for e in owner_events(items, p)], None)
     owned = set(range(p))
-    turns = 0
-
-    async def other_task() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
 
     from stream.processor import run_async
 
-    watcher = asyncio.create_task(other_task())
-    await asyncio.sleep(0)
-    models = await run_async(sh.due_models_in_slices(table, owned, now=5.0))
-    watcher.cancel()
-    assert turns >= 10
+    async with loop_turns() as turns:
+        models = await run_async(sh.due_models_in_slices(table, owned, now=5.0))
+    assert len(turns) >= 10
     assert models == at_once.due_models(table, owned, now=5.0) and len(models) == 30
 
     # A partition revoked during a pause: its items are not published.
@@ -552,8 +519,6 @@ async def test_the_periods_write_lets_the_loop_run_between_slices(monkeypatch: A
     """The period's changelog records are taken, encoded and sent a few items at
     a time, the event loop's turn between two; all are acknowledged before the
     messages they cover are released."""
-    import asyncio
-
     import stream.sharing as sharing_module
     from stream.commit_guard import CommitGuard
 
@@ -565,7 +530,6 @@ async def test_the_periods_write_lets_the_loop_run_between_slices(monkeypatch: A
     table: dict = {}
     sent: list[int] = []
     acked: list[int] = []
-    turns: list[int] = []
 
     async def send_through(_: Any, writes: list) -> list:
         for key, record, _partition in writes:
@@ -576,17 +540,10 @@ async def test_the_periods_write_lets_the_loop_run_between_slices(monkeypatch: A
     async def acknowledged(_: Any, futures: list) -> None:
         acked.append(sum(futures))
 
-    async def other_task() -> None:
-        while True:
-            turns.append(len(table))
-            await asyncio.sleep(0)
-
     monkeypatch.setattr(sharing_module, "send_through", send_through)
     monkeypatch.setattr(sharing_module, "acknowledged", acknowledged)
-    watcher = asyncio.create_task(other_task())
-    await asyncio.sleep(0)
-    await sh.write_period(table, guard, lambda: False)
-    watcher.cancel()
+    async with loop_turns(lambda: len(table)) as turns:
+        await sh.write_period(table, guard, lambda: False)
     assert set(table) == set(items) and sh.dirty == {}
     assert max(sent) <= sharing_module.WRITE_SLICE
     assert acked == [sharing_module.WRITE_CHUNK, len(items) - sharing_module.WRITE_CHUNK]
