@@ -10,11 +10,13 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from aiokafka.errors import IllegalStateError
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
 
@@ -206,6 +208,7 @@ def build_app(
         debounce=True,
     )
     models.bandit = processor.bandit  # what the checkpoints save is what the processor learns
+    processor.highwater = fetched_highwater(app)
     health = Health(settings, gauge=metrics.broker_reachable)
     health.set_group(
         # Faust counts a rebalance from the first join, and ends it once the
@@ -391,6 +394,21 @@ async def publish(fa: FeedbackApp, messages: list[OutputMessage]) -> None:
         for m in messages
     ]
     await asyncio.gather(*futures)
+
+
+def fetched_highwater(app: faust.App) -> Callable[[str, int], int | None]:
+    """An input partition's high-water mark as of the consumer's last fetch of
+    it, or None when not known: not fetched yet, revoked (aiokafka asserts), or
+    no consumer running (Faust raises)."""
+
+    def highwater(topic: str, partition: int) -> int | None:
+        try:
+            mark = app.consumer.highwater(TP(topic, partition))
+        except (AssertionError, IllegalStateError, ConsumerNotStarted):
+            return None
+        return mark if isinstance(mark, int) else None
+
+    return highwater
 
 
 async def update_lag(fa: FeedbackApp) -> None:

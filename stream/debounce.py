@@ -57,7 +57,9 @@ class Debounce:
 
     * at the end of a batch (:meth:`batch_due`), when another user's event
       follows its trigger on its partition (a basket's lines are consecutive
-      records), or when the batch brought no new trigger of the user;
+      records), when its partition is drained (the broker held nothing past
+      the batch at the consumer's last fetch: no more lines have come), or
+      when the batch brought no new trigger of the user;
     * between batches (:meth:`due`), ``quiet`` seconds after the user's last
       trigger;
     * always, ``max_delay`` seconds after the first merged trigger.
@@ -146,17 +148,24 @@ class Debounce:
             self._release(held.record)
         return taken
 
-    def batch_due(self, now: float, last_user: Mapping[tuple[str, int], str]) -> list[Held]:
+    def batch_due(
+        self, now: float, last_user: Mapping[tuple[str, int], str],
+        drained: Container[tuple[str, int]] = (),
+    ) -> list[Held]:
         """At the end of a batch: the held recommendations due now, taken out.
 
         ``last_user`` names the user of each input partition's last event in the
-        batch; theirs stay held, since their basket may go on in the next batch.
+        batch; theirs stay held, since their basket may go on in the next batch,
+        unless their partition is in ``drained``: nothing was left past the
+        batch, so a held trigger would only wait out a fetch for lines that
+        have not been sent.
         """
         deadline = now - self.max_delay
         return self._take([
             u for u, h in self.held.items()
             if not self.enabled or h.batch < self._batches or h.since <= deadline
-            or last_user.get((h.record.topic, h.record.partition)) != u
+            or last_user.get(part := (h.record.topic, h.record.partition)) != u
+            or part in drained
         ])
 
     def due(self, now: float) -> list[Held]:

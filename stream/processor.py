@@ -191,6 +191,10 @@ class Processor:
             max_delay=settings.recommend_max_delay_seconds,
             enabled=debounce and settings.recommend_debounce_seconds > 0,
         )
+        # The consumer's high-water mark of an input partition as of its last
+        # fetch (the worker sets it; None where unknown): a held trigger whose
+        # partition has nothing past the batch is published at the batch's end.
+        self.highwater: Callable[[str, int], int | None] | None = None
         # Parsed exposure logs of this batch's users: (the profile and the JSON
         # they came from, log).
         self._exposure_logs: dict[str, tuple[StoredProfile, Any, UserExposures]] = {}
@@ -270,7 +274,7 @@ class Processor:
         now = self.clock()
         slicer = Slicer(self.settings.batch_slice_seconds)
         yield from slicer.run(self._events(batch, now, out, dirty, last_user))
-        due = self.debounce.batch_due(now, last_user)
+        due = self.debounce.batch_due(now, last_user, self._drained(batch))
         written = yield from slicer.run(self._publish(due, now, out))
         for user_id, (profile, source) in written.items():
             dirty.setdefault(user_id, (profile, source))
@@ -281,6 +285,18 @@ class Processor:
         if write:
             yield from self.write_profiles_in_slices()
         return out
+
+    def _drained(self, batch: Sequence[InputMessage]) -> set[tuple[str, int]]:
+        """The batch's input partitions the consumer had read to the end at its
+        last fetch: their last users' baskets have no more lines to come yet."""
+        highwater = self.highwater
+        if highwater is None or not self.debounce.held:
+            return set()
+        last = {(msg.topic, msg.partition): msg.offset for msg in batch}
+        return {
+            part for part, offset in last.items()
+            if (mark := highwater(*part)) is not None and offset + 1 >= mark
+        }
 
     def _events(self, batch: Sequence[InputMessage], now: float, out: list[OutputMessage],
                 dirty: dict[str, tuple[StoredProfile, InputMessage]],

@@ -229,3 +229,34 @@ def test_the_profile_changelog_reads_and_writes_compact_records(tmp_path: object
     restored, tombstone = asyncio.run(decode())
     assert isinstance(restored, StoredProfile) and restored == profile
     assert tombstone is None
+
+
+def test_the_processor_reads_the_consumers_fetched_high_water_marks(tmp_path: object) -> None:
+    """The debounce's drained partitions come from the consumer's last fetch; a
+    partition it has not fetched, or has lost to a rebalance (aiokafka asserts),
+    has no mark, so its last user stays held."""
+    from faust.exceptions import ConsumerNotStarted
+    from faust.types import TP
+
+    from stream.app import fetched_highwater
+
+    class Consumer:
+        def highwater(self, tp: TP) -> int | None:
+            if tp.partition == 2:
+                raise AssertionError("partition not assigned")
+            if tp.partition == 3:
+                raise ConsumerNotStarted("Consumer thread not yet started")
+            return {("clicks", 0): 42}.get((tp.topic, tp.partition))
+
+    class App:
+        consumer = Consumer()
+
+    highwater = fetched_highwater(App())  # type: ignore[arg-type]
+    assert highwater("clicks", 0) == 42
+    assert highwater("clicks", 1) is None
+    assert highwater("clicks", 2) is None
+    assert highwater("clicks", 3) is None
+    # The worker's processor is given the app's.
+    settings = Settings.from_env({"FEEDBACK_STATE_DIR": str(tmp_path)})
+    fa = build_app(settings, engine=FeedbackEngine(), registry=CollectorRegistry())
+    assert fa.processor.highwater is not None

@@ -106,6 +106,35 @@ def test_a_basket_split_over_batches_is_ranked_once_after_its_last_line() -> Non
     assert offsets(released) == offsets(second) and offsets(held) == offsets(third)
 
 
+def test_a_drained_partition_publishes_its_last_users_basket_at_the_batch_end() -> None:
+    """Nothing was left past the batch on her partition at the consumer's last
+    fetch: no more lines have been sent, so her recommendation goes out now
+    instead of waiting a fetch cycle for the next batch."""
+    proc, s, clock = make()
+    feed = Feed(s)
+    warm(proc, feed)
+    marks: dict[tuple[str, int], int] = {}
+    proc.highwater = lambda topic, partition: marks.get((topic, partition))
+    line = feed(purchase("z1", "zoe", "a"))
+    part = (line.topic, line.partition)
+    marks[part] = line.offset + 2  # one more record on the broker: her basket may go on
+    assert recs(s, proc.handle([line])) == []
+    assert offsets(proc.settle()[0]) == [line.offset]
+    clock.now += 0.01
+    more = feed(purchase("z2", "zoe", "b"))
+    marks[part] = more.offset + 1  # the batch read the partition to its end
+    out = recs(s, proc.handle([more]))
+    assert [(r["user_id"], r["trigger_event_id"]) for r in out] == [("zoe", "z2")]
+    held, released = proc.settle()
+    assert held == [] and offsets(released) == [line.offset]
+    assert HELD_TRIGGER not in proc.profiles["zoe"]
+    # A mark the consumer does not know (not fetched yet, or revoked) holds.
+    del marks[part]
+    last = feed(purchase("z3", "zoe", "c", ts="2024-01-01T11:00:00Z"))
+    assert recs(s, proc.handle([last])) == []
+    assert offsets(proc.settle()[0]) == [last.offset]
+
+
 def test_between_batches_the_quiet_period_and_the_deadline_publish() -> None:
     proc, s, clock = make(recommend_debounce_seconds=0.1, recommend_max_delay_seconds=0.3)
     feed = Feed(s)
@@ -290,6 +319,16 @@ def test_the_step_is_due_at_batch_end_between_batches_and_at_the_deadline() -> N
     off.start_batch()
     off.trigger("b", {}, trigger_event("b1", "b", 100.0), record(4), None, now=5.0)
     assert len(off.batch_due(5.0, {("purchases", 0): "b"})) == 1
+
+
+def test_the_step_publishes_a_partitions_last_user_once_the_partition_is_drained() -> None:
+    d = Debounce(min_interval=60.0, quiet=0.1, max_delay=1.0)
+    d.start_batch()
+    d.trigger("a", {}, trigger_event("a1", "a", 100.0), record(1, partition=0), None, now=5.0)
+    d.trigger("b", {}, trigger_event("b1", "b", 100.0), record(2, partition=1), None, now=5.0)
+    last = {("purchases", 0): "a", ("purchases", 1): "b"}
+    due = d.batch_due(5.0, last, drained={("purchases", 1)})
+    assert [h.event.event_id for h in due] == ["b1"] and list(d.held) == ["a"]
 
 
 def test_at_batch_end_a_hold_of_an_earlier_batch_is_due_and_one_of_this_batch_is_not() -> None:
