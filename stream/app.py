@@ -208,7 +208,8 @@ def build_app(
         debounce=True,
     )
     models.bandit = processor.bandit  # what the checkpoints save is what the processor learns
-    processor.highwater = fetched_highwater(app)
+    if settings.recommend_publish_drained:
+        processor.highwater = fetched_highwater(app)
     health = Health(settings, gauge=metrics.broker_reachable)
     health.set_group(
         # Faust counts a rebalance from the first join, and ends it once the

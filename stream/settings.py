@@ -153,6 +153,11 @@ class Settings:
     recommend_debounce_seconds: float = 0.05
     # ...and at the latest this long after the first trigger it answers.
     recommend_max_delay_seconds: float = 0.5
+    # On: a held trigger is also published at the end of its batch when the batch
+    # drained its input partition (the consumer's last fetch held nothing past
+    # it: no more lines have been sent). Off: it waits for the next batch too,
+    # so a basket whose lines come in two fetches is ranked once, not twice.
+    recommend_publish_drained: bool = True
     checkpoint_interval_seconds: float = 30.0
     # Share of events whose predictions feed the online quality gauges (hit rate,
     # rating error, drift alerts), picked by a seeded hash of the event id. Every

@@ -54,9 +54,11 @@ def click(eid: str, user: str, item: str) -> dict:
 def test_owed_recommendations_hold_their_commit_and_survive_a_crash(worker_factory) -> None:
     # A batch waits up to 2 s: round 2's two records, produced together, must come
     # in one batch (a batch without a trigger of zoe would publish her held list).
+    # Held across batches even where a batch drains the partition (the default
+    # publishes those at the batch's end: test_a_drained_partitions_trigger_...).
     first = worker_factory(
         partitions=1, recommend_debounce_seconds=60, recommend_max_delay_seconds=60,
-        batch_max_wait_seconds=2.0,
+        batch_max_wait_seconds=2.0, recommend_publish_drained=False,
     )
     s = first.settings
     # Round 1 (offsets 0-6): every purchase is owed a recommendation.
@@ -99,3 +101,23 @@ def test_owed_recommendations_hold_their_commit_and_survive_a_crash(worker_facto
     assert status == 200 and orjson.loads(body)["events"]["purchase"] == 2  # learned once
     # Published, so committed: 9 records.
     assert wait_for(lambda: committed(s, s.topic_purchases) == 9, timeout=60)
+
+
+def test_a_drained_partitions_trigger_is_published_at_its_batch_end(worker_factory) -> None:
+    """With a 60 s debounce, the partition's last trigger would wait a minute
+    for lines that were never sent; the batch drained the partition (the
+    consumer's fetched high-water mark), so it goes out with its batch."""
+    w = worker_factory(
+        partitions=1, recommend_debounce_seconds=60, recommend_max_delay_seconds=60,
+    )
+    s = w.settings
+    events = [purchase(f"p{i}", f"w{i}", "abc"[i % 3]) for i in range(6)]
+    events.append(purchase("zoe-1", "zoe", "a"))
+    produce_events(s, event_records(s, events))
+    recs = consume(
+        s, s.topic_recommendations,
+        until=lambda r: "zoe-1" in {orjson.loads(m.value)["trigger_event_id"] for m in r},
+        timeout=30,
+    )
+    assert "zoe-1" in {orjson.loads(m.value)["trigger_event_id"] for m in recs}
+    assert w.metric("feedback_recommendations_held") == 0

@@ -256,7 +256,11 @@ def test_the_processor_reads_the_consumers_fetched_high_water_marks(tmp_path: ob
     assert highwater("clicks", 1) is None
     assert highwater("clicks", 2) is None
     assert highwater("clicks", 3) is None
-    # The worker's processor is given the app's.
-    settings = Settings.from_env({"FEEDBACK_STATE_DIR": str(tmp_path)})
-    fa = build_app(settings, engine=FeedbackEngine(), registry=CollectorRegistry())
-    assert fa.processor.highwater is not None
+    # The worker's processor is given the app's, unless the setting is off.
+    for raw, given in ((None, True), ("0", False)):
+        env = {"FEEDBACK_STATE_DIR": str(tmp_path)}
+        if raw is not None:
+            env["FEEDBACK_RECOMMEND_PUBLISH_DRAINED"] = raw
+        fa = build_app(Settings.from_env(env), engine=FeedbackEngine(),
+                       registry=CollectorRegistry())
+        assert (fa.processor.highwater is not None) is given
